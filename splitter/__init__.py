@@ -1,0 +1,3 @@
+"""splitter: a reverse proxy for strangler-fig migrations."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,188 @@
+"""The admin listener: /metrics, /healthz, /readyz and /admin/*.
+
+Reads are open (the listener binds to 127.0.0.1 by default); every mutation
+needs `Authorization: Bearer $SPLITTER_ADMIN_TOKEN`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import bucketing
+from .metrics import CONTENT_TYPE
+from .overrides import Conflict, Unavailable
+
+if TYPE_CHECKING:
+    from .app import Runtime
+
+log = structlog.get_logger("splitter.admin")
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+
+def create_admin(rt: Runtime) -> Starlette:
+    token = rt.settings.admin_token.encode() if rt.settings.admin_token else None
+
+    def authorize(request: Request) -> str:
+        if token is None:
+            raise _Refused(403, "admin changes are disabled: set SPLITTER_ADMIN_TOKEN in the proxy's environment and send it as 'Authorization: Bearer <token>'")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+            raise _Refused(401, "wrong or missing admin token (Authorization: Bearer <SPLITTER_ADMIN_TOKEN>)")
+        actor = request.headers.get("x-splitter-actor", "")[:64]
+        peer = request.client.host if request.client else "?"
+        return f"{actor}@{peer}" if actor else peer
+
+    async def body(request: Request) -> dict[str, Any]:
+        try:
+            data = json.loads(await request.body() or b"{}")
+        except ValueError:
+            raise _Refused(400, "body must be JSON") from None
+        if not isinstance(data, dict):
+            raise _Refused(400, "body must be a JSON object")
+        return data
+
+    def route_or_404(name: str) -> None:
+        if name not in rt.snapshot.config.by_name:
+            known = ", ".join(r.name for r in rt.snapshot.config.routes)
+            raise _Refused(404, f"unknown route {name!r} (routes: {known})")
+
+    def routes_view() -> list[dict[str, Any]]:
+        snap = rt.snapshot
+        return [
+            {
+                "name": r.name,
+                "prefix": r.prefix,
+                "percent": 0 if snap.kill else snap.percent[r.name],
+                "file_percent": r.percent,
+                "source": "kill" if snap.kill else snap.sources[r.name],
+            }
+            for r in snap.config.routes
+        ]
+
+    async def mutate(request: Request) -> Response:
+        """One wrapper for every write: auth, errors -> status, audit log."""
+        try:
+            who = authorize(request)
+            handler = request.scope["endpoint_impl"]
+            result = await handler(request, who)
+        except _Refused as exc:
+            return JSONResponse({"error": exc.message}, exc.status)
+        except Unavailable as exc:
+            return JSONResponse({"error": str(exc)}, 503)
+        except Conflict as exc:
+            return JSONResponse({"error": str(exc)}, 409)
+        return JSONResponse(result)
+
+    def writer(impl: Any) -> Any:
+        async def endpoint(request: Request) -> Response:
+            request.scope["endpoint_impl"] = impl
+            return await mutate(request)
+
+        return endpoint
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        ok, why = rt.ready
+        return JSONResponse({"ready": ok, "reason": why}, 200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(rt.metrics.render(), media_type=CONTENT_TYPE)
+
+    async def list_routes(request: Request) -> Response:
+        return JSONResponse(routes_view())
+
+    async def set_route(request: Request, who: str) -> Any:
+        name = request.path_params["name"]
+        route_or_404(name)
+        data = await body(request)
+        pct = data.get("percent")
+        if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
+            raise _Refused(400, f"percent must be an integer 0..100, got {json.dumps(pct)}")
+        old = rt.snapshot.percent[name]
+        await rt.overrides.set_percent(name, pct)
+        log.info("override set", who=who, route=name, old=old, new=pct)
+        return next(r for r in routes_view() if r["name"] == name)
+
+    async def clear_route(request: Request, who: str) -> Any:
+        name = request.path_params["name"]
+        route_or_404(name)
+        old = rt.snapshot.percent[name]
+        await rt.overrides.clear(name)
+        log.info("override cleared", who=who, route=name, old=old, new=rt.snapshot.percent[name])
+        return next(r for r in routes_view() if r["name"] == name)
+
+    async def rollback(request: Request, who: str) -> Any:
+        data = await body(request)
+        if data.get("all") is True:
+            names = [r.name for r in rt.snapshot.config.routes]
+        elif isinstance(data.get("route"), str):
+            route_or_404(data["route"])
+            names = [data["route"]]
+        else:
+            raise _Refused(400, 'body must be {"route": NAME} or {"all": true}')
+        old = {n: rt.snapshot.percent[n] for n in names}
+        if names:
+            await rt.overrides.set_many(dict.fromkeys(names, 0))
+        log.warning("rollback", who=who, routes=names, old=old, new=0)
+        return routes_view()
+
+    async def get_kill(request: Request) -> Response:
+        return JSONResponse({"on": rt.snapshot.kill})
+
+    async def kill_on(request: Request, who: str) -> Any:
+        old = rt.snapshot.kill
+        await rt.overrides.set_kill(True)
+        log.warning("kill switch", who=who, old=old, new=True)
+        return {"on": True}
+
+    async def kill_off(request: Request, who: str) -> Any:
+        old = rt.snapshot.kill
+        await rt.overrides.set_kill(False)
+        log.warning("kill switch", who=who, old=old, new=False)
+        return {"on": False}
+
+    async def bucket(request: Request) -> Response:
+        uid = request.query_params.get("user_id")
+        if not uid:
+            return JSONResponse({"error": "query parameter user_id is required"}, 400)
+        return JSONResponse(bucket_view(rt.snapshot, uid))
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+            Route("/admin/routes", list_routes),
+            Route("/admin/routes/{name}", writer(set_route), methods=["PUT"]),
+            Route("/admin/routes/{name}/override", writer(clear_route), methods=["DELETE"]),
+            Route("/admin/rollback", writer(rollback), methods=["POST"]),
+            Route("/admin/kill", get_kill, methods=["GET"]),
+            Route("/admin/kill", writer(kill_on), methods=["PUT"]),
+            Route("/admin/kill", writer(kill_off), methods=["DELETE"]),
+            Route("/admin/bucket", bucket),
+        ]
+    )
+
+
+def bucket_view(snap: Any, user_id: str) -> dict[str, Any]:
+    routes = []
+    for r in snap.config.routes:
+        b = bucketing.bucket(user_id, r.salt)
+        pct = snap.percent[r.name]
+        backend = "legacy" if snap.kill else ("new" if b < pct else "legacy")
+        routes.append({"route": r.name, "bucket": b, "percent": pct, "backend": backend})
+    return {"user_id": user_id, "kill": snap.kill, "routes": routes}

@@ -1,0 +1,243 @@
+"""create_app(settings) wires the pieces; the lifespan owns the upstream sessions and Redis.
+
+One ASGI app serves both listeners: requests that arrived on the admin socket
+(scope["server"], the local address the kernel accepted on — not something a
+client can choose) go to the admin app, everything else to the proxy. So the
+proxy port never exposes /metrics or /admin/*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+import structlog
+
+from . import config as config_mod
+from .config import Backend, Config, ConfigError
+from .metrics import Metrics
+from .overrides import MemoryOverrides, RedisOverrides, State
+
+log = structlog.get_logger("splitter")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Process settings: the CLI builds them from flags and the environment."""
+
+    config_path: str = "routes.yaml"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    workers: int = 1
+    environment: str | None = None  # SPLITTER_ENV
+    redis_url: str | None = None  # SPLITTER_REDIS_URL, wins over routes.yaml
+    admin_token: str | None = None  # SPLITTER_ADMIN_TOKEN
+    force_token: str | None = None  # SPLITTER_FORCE_TOKEN
+    multiprocess_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR, with --workers > 1
+    graceful_timeout: float = 30.0
+    access_log: bool = True
+    reload_interval: float = 0.5
+    redis_resync_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a request needs to be routed, swapped whole on every change."""
+
+    config: Config
+    percent: Mapping[str, int]
+    sources: Mapping[str, str]
+    kill: bool
+    id_headers: tuple[bytes, ...] = field(default=())
+
+
+def make_snapshot(cfg: Config, state: State) -> Snapshot:
+    percent, sources = {}, {}
+    for r in cfg.routes:
+        if r.name in state.percents:
+            percent[r.name] = max(0, min(100, state.percents[r.name]))
+            sources[r.name] = state.sources.get(r.name, "override")
+        else:
+            percent[r.name] = r.percent
+            sources[r.name] = "file"
+    names = {s.name.encode() for s in cfg.user_id if s.kind != "cookie"}
+    names.add(b"cookie")
+    return Snapshot(cfg, percent, sources, state.kill, tuple(sorted(names)))
+
+
+class Runtime:
+    """The running proxy's state: config, overrides, metrics, upstream sessions."""
+
+    def __init__(self, settings: Settings, cfg: Config) -> None:
+        self.settings = settings
+        self.redis_url = settings.redis_url or cfg.redis_url
+        self.metrics = Metrics(settings.multiprocess_dir, with_redis=self.redis_url is not None)
+        self.overrides: MemoryOverrides
+        if self.redis_url:
+            self.overrides = RedisOverrides(self.redis_url, cfg.redis_prefix, on_up=self._redis_up, resync_interval=settings.redis_resync_interval)
+        else:
+            self.overrides = MemoryOverrides(settings.workers)
+        self.snapshot = make_snapshot(cfg, self.overrides.state)
+        self.overrides.subscribe(self._on_overrides)
+        self.sessions: dict[Backend, aiohttp.ClientSession] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._file_sig = _file_signature(settings.config_path)
+        self.observe = self.metrics.observe
+        self.started = False
+        self._publish_gauges()
+
+    # --- lifecycle ------------------------------------------------------------
+    async def start(self) -> None:
+        await self.overrides.start()
+        self._tasks.append(asyncio.create_task(self._watch(), name="splitter-config-watch"))
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+        self.started = True
+        cfg = self.snapshot.config
+        log.info("started", config=cfg.path, environment=cfg.environment, routes=len(cfg.routes), redis=self.redis_url is not None, pid=os.getpid())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await self.overrides.stop()
+        for session in self.sessions.values():
+            await session.close()
+        self.sessions.clear()
+
+    def session(self, backend: Backend) -> aiohttp.ClientSession:
+        """One pooled session per backend definition; no cookie jar, bodies passed raw."""
+        s = self.sessions.get(backend)
+        if s is None:
+            s = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=False),
+                timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=backend.connect_timeout, sock_read=backend.read_timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                raise_for_status=False,
+            )
+            self.sessions[backend] = s
+        return s
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        if not self.started:
+            return False, "starting"
+        if self.redis_url and not self.overrides.ever_connected:
+            return False, "Redis not reached yet"
+        return True, "ok"
+
+    # --- changes --------------------------------------------------------------
+    def _on_overrides(self, state: State) -> None:
+        old = self.snapshot
+        self.snapshot = make_snapshot(old.config, state)
+        self._publish_gauges()
+
+    def _redis_up(self, up: bool) -> None:
+        if self.metrics.redis_up is not None:
+            self.metrics.redis_up.set(1 if up else 0)
+
+    def _publish_gauges(self) -> None:
+        snap = self.snapshot
+        for name, pct in snap.percent.items():
+            self.metrics.route_percent.labels(name).set(pct)
+        self.metrics.kill_switch.set(1 if snap.kill else 0)
+
+    def reload(self) -> bool:
+        """Validate routes.yaml and swap it in whole; on any error keep the old config."""
+        path = self.settings.config_path
+        self._file_sig = _file_signature(path)
+        old = self.snapshot.config
+        try:
+            cfg = config_mod.load(path, self.settings.environment)
+        except ConfigError as exc:
+            self.metrics.reloads.labels("failure").inc()
+            log.error("config reload rejected; keeping the running config", errors=exc.errors)
+            return False
+        if (self.settings.redis_url or cfg.redis_url) != self.redis_url or cfg.redis_prefix != old.redis_prefix:
+            log.warning("config change needs a restart to apply", key="redis")
+        self.snapshot = make_snapshot(cfg, self.overrides.state)
+        for gone in {r.name for r in old.routes} - {r.name for r in cfg.routes}:
+            with contextlib.suppress(KeyError):
+                self.metrics.route_percent.remove(gone)
+        self._publish_gauges()
+        self.metrics.reloads.labels("success").inc()
+        log.info("config reloaded", config=path, routes=len(cfg.routes), percent=dict(self.snapshot.percent))
+        return True
+
+    async def _watch(self) -> None:
+        path = self.settings.config_path
+        while True:
+            await asyncio.sleep(self.settings.reload_interval)
+            sig = _file_signature(path)
+            if sig != self._file_sig:
+                self.reload()
+
+
+def _file_signature(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class App:
+    """The ASGI entry point for both listeners."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        from .admin import create_admin
+        from .proxy import Proxy
+
+        self.runtime = runtime
+        self.proxy = Proxy(runtime)
+        self.admin = create_admin(runtime)
+        self.admin_port = runtime.settings.admin_port
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        server = scope.get("server")
+        if server is not None and server[1] == self.admin_port:
+            await self.admin(scope, receive, send)
+        else:
+            await self.proxy(scope, receive, send)
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.runtime.start()
+                except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.runtime.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings, cfg: Config | None = None) -> App:
+    if cfg is None:
+        cfg = config_mod.load(settings.config_path, settings.environment)
+    return App(Runtime(settings, cfg))
+
+
+def with_ports(settings: Settings, port: int, admin_port: int) -> Settings:
+    return replace(settings, port=port, admin_port=admin_port)

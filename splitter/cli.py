@@ -1,0 +1,384 @@
+"""Command line: argument parsing, environment reading, logging set-up.
+
+This is the only module that reads os.environ. Operator mistakes end in one
+line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import structlog
+
+from . import config as config_mod
+from .config import ConfigError
+
+DEFAULT_ADMIN = "http://127.0.0.1:8081"
+
+
+class OperatorError(Exception):
+    """A mistake the operator can fix; printed as one line."""
+
+
+def fail(message: str) -> NoReturn:
+    raise OperatorError(message)
+
+
+def setup_logging(level: str = "info") -> None:
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=max(lvl, logging.WARNING), format="%(message)s", stream=sys.stderr)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.WriteLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+# --- serve -------------------------------------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from .app import Settings
+
+    env = os.environ
+    return Settings(
+        config_path=args.config,
+        host=args.host,
+        port=args.port,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        workers=args.workers,
+        environment=env.get("SPLITTER_ENV") or None,
+        redis_url=args.redis_url or env.get("SPLITTER_REDIS_URL") or None,
+        admin_token=env.get("SPLITTER_ADMIN_TOKEN") or None,
+        force_token=env.get("SPLITTER_FORCE_TOKEN") or None,
+        graceful_timeout=args.graceful_timeout,
+        access_log=not args.no_access_log,
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run_worker(settings: Any, sockets: list[socket.socket], log_level: str) -> None:
+    import uvicorn
+
+    from .app import create_app
+
+    setup_logging(log_level)
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            server_header=False,
+            date_header=False,
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+            timeout_graceful_shutdown=int(settings.graceful_timeout),
+            timeout_keep_alive=75,  # like nginx keepalive_timeout: longer than typical LB idle timeouts
+        )
+    )
+    server.run(sockets=sockets)
+    if not server.started:
+        sys.exit(3)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    settings = _settings(args)
+    if settings.workers < 1:
+        fail("--workers must be at least 1")
+    try:
+        cfg = config_mod.load(settings.config_path, settings.environment)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    if (settings.host, settings.port) == (settings.admin_host, settings.admin_port) or (settings.port == settings.admin_port and settings.port != 0):
+        fail("--port and --admin-port must differ")
+    proxy_sock = _bind(settings.host, settings.port)
+    admin_sock = _bind(settings.admin_host, settings.admin_port)
+    from dataclasses import replace
+
+    settings = replace(settings, port=proxy_sock.getsockname()[1], admin_port=admin_sock.getsockname()[1])
+    log = structlog.get_logger("splitter")
+    log.info("listening", proxy=f"http://{settings.host}:{settings.port}", admin=f"http://{settings.admin_host}:{settings.admin_port}", workers=settings.workers, environment=settings.environment or cfg.environment)
+    if settings.workers == 1:
+        _run_worker(settings, [proxy_sock, admin_sock], args.log_level)
+        return 0
+    return _supervise(settings, [proxy_sock, admin_sock], args.log_level)
+
+
+def _supervise(settings: Any, sockets: list[socket.socket], log_level: str) -> int:
+    """Fork-free multi-worker mode (spawn, like uvicorn): the workers share both listening sockets."""
+    import multiprocessing
+    import time
+    from dataclasses import replace
+
+    mpdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="splitter-metrics-")
+    own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    for name in os.listdir(mpdir):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(mpdir, name))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir  # read by prometheus_client at import in each worker
+    settings = replace(settings, multiprocess_dir=mpdir)
+    ctx = multiprocessing.get_context("spawn")
+    log = structlog.get_logger("splitter")
+    stopping = False
+
+    def start() -> Any:
+        p = ctx.Process(target=_run_worker, args=(settings, sockets, log_level), daemon=False)
+        p.start()
+        return p
+
+    workers = [start() for _ in range(settings.workers)]
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in workers:
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signal.SIGTERM)
+
+    def on_hup(signum: int, frame: Any) -> None:
+        for p in workers:
+            if p.is_alive() and p.pid:
+                os.kill(p.pid, signal.SIGHUP)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
+    try:
+        while not stopping:
+            for i, p in enumerate(workers):
+                if not p.is_alive() and not stopping:
+                    if p.exitcode == 3:
+                        log.error("worker failed to start; stopping")
+                        on_signal(signal.SIGTERM, None)
+                        break
+                    log.warning("worker died; restarting", pid=p.pid, exitcode=p.exitcode)
+                    workers[i] = start()
+            time.sleep(0.2)
+        for p in workers:
+            p.join()
+    finally:
+        if own_dir:
+            shutil.rmtree(mpdir, ignore_errors=True)
+    return 0
+
+
+# --- check / bucket --------------------------------------------------------------
+
+
+def _load_or_fail(path: str, env: str | None) -> config_mod.Config:
+    try:
+        return config_mod.load(path, env)
+    except ConfigError as exc:
+        raise _ConfigFailure(exc.errors) from None
+
+
+class _ConfigFailure(Exception):
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    env = args.env or os.environ.get("SPLITTER_ENV") or None
+    cfg = _load_or_fail(args.file, env)
+    parts = ", ".join(f"{r.name} {r.prefix} {r.percent}%" for r in cfg.routes)
+    print(f"{args.file}: ok, environment {cfg.environment}, {len(cfg.routes)} routes ({parts}), unmatched -> {cfg.unmatched}")
+    return 0
+
+
+def cmd_bucket(args: argparse.Namespace) -> int:
+    from . import bucketing
+
+    env = os.environ.get("SPLITTER_ENV") or None
+    cfg = _load_or_fail(args.config, env)
+    print(f"user {args.user_id!r}, environment {cfg.environment} (routes.yaml values; runtime overrides: splitter status)")
+    print(f"{'ROUTE':<20} {'BUCKET':>6} {'PERCENT':>7}  BACKEND")
+    for r in cfg.routes:
+        b = bucketing.bucket(args.user_id, r.salt)
+        print(f"{r.name:<20} {b:>6} {r.percent:>7}  {'new' if b < r.percent else 'legacy'}")
+    return 0
+
+
+# --- admin API clients --------------------------------------------------------------
+
+
+def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None, write: bool = False) -> Any:
+    import httpx
+
+    base = (args.admin or os.environ.get("SPLITTER_ADMIN_URL") or DEFAULT_ADMIN).rstrip("/")
+    headers = {"X-Splitter-Actor": os.environ.get("USER", "cli")}
+    if write:
+        token = os.environ.get("SPLITTER_ADMIN_TOKEN")
+        if not token:
+            fail("SPLITTER_ADMIN_TOKEN is not set: export the admin token the proxy was started with")
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        resp = httpx.request(method, base + path, json=body, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach the admin API at {base} ({type(exc).__name__}); is the proxy running? (--admin URL)")
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    if resp.status_code >= 400:
+        msg = data.get("error") if isinstance(data, dict) else None
+        fail(f"admin API answered {resp.status_code}: {msg or resp.text.strip()[:200]}")
+    return data
+
+
+def _print_routes(routes: list[dict[str, Any]], kill: bool) -> None:
+    print(f"{'ROUTE':<20} {'PREFIX':<24} {'PERCENT':>7} {'FILE':>5}  SOURCE")
+    for r in routes:
+        print(f"{r['name']:<20} {r['prefix']:<24} {r['percent']:>7} {r['file_percent']:>5}  {r['source']}")
+    print(f"kill switch: {'ON (everything goes to legacy)' if kill else 'off'}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    routes = _admin(args, "GET", "/admin/routes")
+    kill = _admin(args, "GET", "/admin/kill")
+    _print_routes(routes, bool(kill.get("on")))
+    return 0
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    try:
+        pct = int(args.percent)
+    except ValueError:
+        fail(f"percent must be an integer 0..100, got {args.percent!r}")
+    if not 0 <= pct <= 100:
+        fail(f"percent must be an integer 0..100, got {pct}")
+    r = _admin(args, "PUT", f"/admin/routes/{args.route}", {"percent": pct}, write=True)
+    print(f"{r['name']}: {r['percent']}% to new (file {r['file_percent']}%, source {r['source']})")
+    return 0
+
+
+def cmd_clear(args: argparse.Namespace) -> int:
+    r = _admin(args, "DELETE", f"/admin/routes/{args.route}/override", write=True)
+    print(f"{r['name']}: override cleared, {r['percent']}% to new (from routes.yaml)")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    if args.all == (args.route is not None):
+        fail("name one ROUTE or --all")
+    body = {"all": True} if args.all else {"route": args.route}
+    routes = _admin(args, "POST", "/admin/rollback", body, write=True)
+    names = [r["name"] for r in routes if r["percent"] == 0]
+    print(f"rolled back to legacy (0%): {', '.join(names) if args.all else args.route}")
+    return 0
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    on = args.state == "on"
+    _admin(args, "PUT" if on else "DELETE", "/admin/kill", write=True)
+    print("kill switch ON: every request goes to legacy" if on else "kill switch off: routing by percent again")
+    return 0
+
+
+# --- parser ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="splitter", description="Reverse proxy for strangler-fig migrations: sticky percent split between legacy and new.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the proxy")
+    s.add_argument("--config", default="routes.yaml")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--admin-host", default="127.0.0.1")
+    s.add_argument("--admin-port", type=int, default=8081)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--redis-url", default=None)
+    s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM")
+    s.add_argument("--no-access-log", action="store_true", help="no per-request log line (errors are still logged)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("check", help="validate routes.yaml")
+    c.add_argument("file", nargs="?", default="routes.yaml")
+    c.add_argument("--env", default=None, help="check against this environment")
+    c.set_defaults(func=cmd_check)
+
+    b = sub.add_parser("bucket", help="show a user's bucket and backend per route")
+    b.add_argument("user_id")
+    b.add_argument("--config", default="routes.yaml")
+    b.set_defaults(func=cmd_bucket)
+
+    def admin_parser(name: str, help_: str) -> argparse.ArgumentParser:
+        a = sub.add_parser(name, help=help_)
+        a.add_argument("--admin", default=None, help=f"admin API URL (default $SPLITTER_ADMIN_URL or {DEFAULT_ADMIN})")
+        return a
+
+    st = admin_parser("status", "routes, percents and the kill switch of a running proxy")
+    st.set_defaults(func=cmd_status)
+    se = admin_parser("set", "override a route's percent at runtime")
+    se.add_argument("route")
+    se.add_argument("percent")
+    se.set_defaults(func=cmd_set)
+    cl = admin_parser("clear", "remove a route's runtime override (back to routes.yaml)")
+    cl.add_argument("route")
+    cl.set_defaults(func=cmd_clear)
+    rb = admin_parser("rollback", "send a route (or all) to legacy: override to 0")
+    rb.add_argument("route", nargs="?")
+    rb.add_argument("--all", action="store_true")
+    rb.set_defaults(func=cmd_rollback)
+    k = admin_parser("kill", "kill switch: everything to legacy")
+    k.add_argument("state", choices=["on", "off"])
+    k.set_defaults(func=cmd_kill)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except _ConfigFailure as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 1
+    except OperatorError as exc:
+        print(f"splitter: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""routes.yaml -> frozen Config.
+
+Every problem is reported as ``file:line: key.path: message`` so an operator can
+jump straight to it; all problems of a file are collected, not just the first.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+BACKENDS = ("legacy", "new")
+ANONYMOUS = ("cookie", "legacy", "new")
+ID_KINDS = ("header", "cookie", "jwt_sub")
+NAME_RE = re.compile(r"[a-z0-9_]+")
+DEFAULT_MAX_BODY = 1 << 30
+UID_COOKIE = "splitter_uid"
+
+
+class ConfigError(Exception):
+    """A routes.yaml that cannot be used; ``errors`` holds one line per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    url: str  # origin only: scheme://host[:port]
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class IdSource:
+    kind: str  # header | cookie | jwt_sub
+    name: str  # header or cookie name; header names are lower-case
+
+
+@dataclass(frozen=True)
+class Guard:
+    max_error_rate: float
+    min_requests: int = 50
+    window_s: float = 60.0
+    max_p95_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class Shadow:
+    percent: int = 100
+    methods: tuple[str, ...] = ("GET", "HEAD")
+    ignore: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ("content-type",)
+
+
+@dataclass(frozen=True)
+class Gates:
+    max_error_rate: float | None = None
+    max_p95_ms: float | None = None
+    max_p95_ratio: float | None = None
+    min_requests: int = 0
+
+
+@dataclass(frozen=True)
+class Rollout:
+    steps: tuple[int, ...]
+    interval_s: float
+    gates: Gates
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    prefix: str
+    percent: int  # for the environment in force
+    percent_by_env: Mapping[str, int] | None = None
+    salt: str | None = None
+    guard: Guard | None = None
+    shadow: Shadow | None = None
+    rollout: Rollout | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    environment: str
+    backends: Mapping[str, Backend]
+    routes: tuple[Route, ...]
+    user_id: tuple[IdSource, ...] = ()
+    anonymous: str = "cookie"
+    unmatched: str = "legacy"
+    redis_url: str | None = None
+    redis_prefix: str = "splitter"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    by_name: Mapping[str, Route] = field(default_factory=dict)
+    # (prefix, route) longest first, so the first hit is the longest prefix
+    _ordered: tuple[tuple[str, Route], ...] = ()
+
+    def match(self, path: str) -> Route | None:
+        """Longest prefix on a segment boundary: /api/auth matches /api/auth/x, not /api/authx."""
+        for prefix, route in self._ordered:
+            if path.startswith(prefix):
+                n = len(prefix)
+                if len(path) == n or path[n] == "/" or prefix[-1] == "/":
+                    return route
+        return None
+
+
+# --- loading ---------------------------------------------------------------
+
+
+class _Doc:
+    """Plain data from YAML plus the line of every key path."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.lines: dict[str, int] = {}
+        self.errors: list[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        line = self.lines.get(path)
+        if line is None:  # report at the closest parent that has a line
+            parent = path
+            while line is None and parent:
+                parent = re.sub(r"(\.[^.\[]+|\[\d+\])$", "", parent)
+                if parent == path:
+                    break
+                line = self.lines.get(parent)
+        self.errors.append(f"{self.filename}:{line or 1}: {path or '(top)'}: {message}")
+
+    def plain(self, loader: yaml.SafeLoader, node: yaml.Node, path: str) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for knode, vnode in node.value:
+                key = str(loader.construct_object(knode))
+                sub = f"{path}.{key}" if path else key
+                if key in out:
+                    self.lines[sub] = knode.start_mark.line + 1
+                    self.error(sub, "duplicate key")
+                    continue
+                self.lines[sub] = knode.start_mark.line + 1
+                out[key] = self.plain(loader, vnode, sub)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.plain(loader, item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        return loader.construct_object(node)
+
+
+def load(path: str | Path, environment: str | None = None) -> Config:
+    """Read and validate a routes.yaml; raise ConfigError naming file:line: key."""
+    p = Path(path)
+    name = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{name}:0: (file): not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{name}:0: (file): cannot read: {exc}"]) from None
+    return parse(text, name, environment)
+
+
+def parse(text: str, filename: str = "routes.yaml", environment: str | None = None) -> Config:
+    doc = _Doc(filename)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = doc.plain(loader, node, "") if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{filename}:{line}: (yaml): invalid YAML: {problem}"]) from None
+    finally:
+        loader.dispose()
+    if doc.errors:
+        raise ConfigError(doc.errors)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{filename}:1: (top): must be a mapping with backends and routes, got an empty or non-mapping document"])
+    config = _build(doc, data, environment)
+    if doc.errors:
+        raise ConfigError(doc.errors)
+    assert config is not None
+    return config
+
+
+_TOP_KEYS = {"environment", "backends", "user_id", "anonymous", "routes", "unmatched", "redis", "trusted_proxies", "max_body_bytes"}
+_ROUTE_KEYS = {"name", "prefix", "percent", "salt", "guard", "shadow", "rollout"}
+
+
+def _unknown(doc: _Doc, data: dict[str, Any], allowed: set[str], path: str) -> None:
+    for key in data:
+        if key not in allowed:
+            sub = f"{path}.{key}" if path else key
+            doc.error(sub, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _mapping(doc: _Doc, value: Any, path: str) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        doc.error(path, f"must be a mapping, got {_show(value)}")
+        return None
+    return value
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "nothing"
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+def _number(doc: _Doc, d: dict[str, Any], key: str, path: str, default: float | None, *, positive: bool = True, integer: bool = False, upper: float | None = None) -> Any:
+    if key not in d:
+        return default
+    v = d[key]
+    ok = _is_int(v) if integer else _is_num(v)
+    kind = "an integer" if integer else "a number"
+    if not ok or (positive and v <= 0 and not integer) or (integer and v < 0) or (upper is not None and v > upper):
+        rng = f" 0..{upper:g}" if upper is not None else (" > 0" if positive and not integer else " >= 0" if integer else "")
+        doc.error(f"{path}.{key}", f"must be {kind}{rng}, got {_show(v)}")
+        return default
+    return v
+
+
+def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config | None:
+    _unknown(doc, data, _TOP_KEYS, "")
+    environment = env_override or data.get("environment") or "development"
+    if not isinstance(environment, str):
+        doc.error("environment", f"must be a string, got {_show(environment)}")
+        environment = "development"
+
+    backends: dict[str, Backend] = {}
+    raw_backends = _mapping(doc, data.get("backends"), "backends") if "backends" in data else None
+    if "backends" not in data:
+        doc.error("backends", "required: legacy and new, each with a url")
+    if raw_backends is not None:
+        _unknown(doc, raw_backends, set(BACKENDS), "backends")
+        for bname in BACKENDS:
+            path = f"backends.{bname}"
+            if bname not in raw_backends:
+                doc.error(path, "required, with a url")
+                continue
+            b = _mapping(doc, raw_backends[bname], path)
+            if b is None:
+                continue
+            _unknown(doc, b, {"url", "connect_timeout", "read_timeout"}, path)
+            origin = _origin(doc, b.get("url"), f"{path}.url")
+            ct = _number(doc, b, "connect_timeout", path, 5.0)
+            rt = _number(doc, b, "read_timeout", path, 60.0)
+            if origin:
+                backends[bname] = Backend(bname, origin, float(ct), float(rt))
+
+    sources = _user_id(doc, data.get("user_id", []))
+    anonymous = data.get("anonymous", "cookie")
+    if anonymous not in ANONYMOUS:
+        doc.error("anonymous", f"must be one of {', '.join(ANONYMOUS)}, got {_show(anonymous)}")
+    unmatched = data.get("unmatched", "legacy")
+    if unmatched not in BACKENDS:
+        doc.error("unmatched", f"must be legacy or new, got {_show(unmatched)}")
+
+    routes = _routes(doc, data.get("routes"), environment) if "routes" in data else []
+    if "routes" not in data:
+        doc.error("routes", "required: a list of routes (may be empty: [])")
+
+    redis_url, redis_prefix = None, "splitter"
+    if "redis" in data and data["redis"] is not None:
+        r = _mapping(doc, data["redis"], "redis")
+        if r is not None:
+            _unknown(doc, r, {"url", "prefix"}, "redis")
+            redis_url = r.get("url")
+            if redis_url is not None:
+                parts = urlsplit(str(redis_url))
+                if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+                    doc.error("redis.url", f"must be a redis:// URL, got {_show(redis_url)}")
+            redis_prefix = r.get("prefix", "splitter")
+            if not isinstance(redis_prefix, str) or not redis_prefix:
+                doc.error("redis.prefix", f"must be a non-empty string, got {_show(redis_prefix)}")
+
+    trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    raw_trusted = data.get("trusted_proxies", [])
+    if not isinstance(raw_trusted, list):
+        doc.error("trusted_proxies", f"must be a list of CIDRs, got {_show(raw_trusted)}")
+    else:
+        for i, cidr in enumerate(raw_trusted):
+            try:
+                trusted.append(ipaddress.ip_network(str(cidr), strict=False))
+            except ValueError:
+                doc.error(f"trusted_proxies[{i}]", f"must be an IP network like 10.0.0.0/8, got {_show(cidr)}")
+
+    max_body = data.get("max_body_bytes", DEFAULT_MAX_BODY)
+    if not _is_int(max_body) or max_body <= 0:
+        doc.error("max_body_bytes", f"must be a positive integer, got {_show(max_body)}")
+        max_body = DEFAULT_MAX_BODY
+
+    if doc.errors:
+        return None
+    ordered = tuple(sorted(((r.prefix, r) for r in routes), key=lambda pr: len(pr[0]), reverse=True))
+    return Config(
+        path=doc.filename,
+        environment=environment,
+        backends=backends,
+        routes=tuple(routes),
+        user_id=tuple(sources),
+        anonymous=anonymous,
+        unmatched=unmatched,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        trusted_proxies=tuple(trusted),
+        max_body_bytes=max_body,
+        by_name={r.name: r for r in routes},
+        _ordered=ordered,
+    )
+
+
+def _origin(doc: _Doc, url: Any, path: str) -> str | None:
+    if not isinstance(url, str):
+        doc.error(path, f"must be an http:// URL, got {_show(url)}")
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        doc.error(path, f"must be an origin like http://127.0.0.1:8001 (scheme, host, optional port; no path), got {_show(url)}")
+        return None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+def _user_id(doc: _Doc, raw: Any) -> list[IdSource]:
+    if not isinstance(raw, list):
+        doc.error("user_id", f"must be a list like [{{header: X-User-ID}}], got {_show(raw)}")
+        return []
+    out = []
+    for i, item in enumerate(raw):
+        path = f"user_id[{i}]"
+        if not isinstance(item, dict) or len(item) != 1:
+            doc.error(path, f"must be one of header: NAME, cookie: NAME, jwt_sub: HEADER, got {_show(item)}")
+            continue
+        ((kind, name),) = item.items()
+        if kind not in ID_KINDS:
+            doc.error(f"{path}.{kind}", f"unknown key (allowed: {', '.join(ID_KINDS)})")
+        elif not isinstance(name, str) or not name:
+            doc.error(f"{path}.{kind}", f"must be a header or cookie name, got {_show(name)}")
+        else:
+            out.append(IdSource(kind, name if kind == "cookie" else name.lower()))
+    return out
+
+
+def _routes(doc: _Doc, raw: Any, environment: str) -> list[Route]:
+    if not isinstance(raw, list):
+        doc.error("routes", f"must be a list, got {_show(raw)}")
+        return []
+    routes: list[Route] = []
+    names: dict[str, str] = {}
+    prefixes: dict[str, str] = {}
+    env_sets: list[tuple[str, frozenset[str]]] = []
+    for i, r in enumerate(raw):
+        path = f"routes[{i}]"
+        if not isinstance(r, dict):
+            doc.error(path, f"must be a mapping with name, prefix, percent, got {_show(r)}")
+            continue
+        _unknown(doc, r, _ROUTE_KEYS, path)
+        name = r.get("name")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            doc.error(f"{path}.name", f"must match [a-z0-9_]+, got {_show(name)}")
+            name = None
+        elif name in names:
+            doc.error(f"{path}.name", f"duplicate name {name!r} (also {names[name]})")
+        else:
+            names[name] = path
+        prefix = r.get("prefix")
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            doc.error(f"{path}.prefix", f"must be a path starting with /, got {_show(prefix)}")
+            prefix = None
+        else:
+            if len(prefix) > 1:
+                prefix = prefix.rstrip("/") or "/"
+            if prefix in prefixes:
+                doc.error(f"{path}.prefix", f"duplicate prefix {prefix!r} (also {prefixes[prefix]})")
+            prefixes[prefix] = path
+        percent, by_env = _percent(doc, r.get("percent"), f"{path}.percent", environment, "percent" in r)
+        if by_env is not None:
+            env_sets.append((f"{path}.percent", frozenset(by_env)))
+        salt = r.get("salt")
+        if salt is not None and not isinstance(salt, str):
+            doc.error(f"{path}.salt", f"must be a string, got {_show(salt)}")
+        guard = _guard(doc, r["guard"], f"{path}.guard") if "guard" in r else None
+        shadow = _shadow(doc, r["shadow"], f"{path}.shadow") if "shadow" in r else None
+        rollout = _rollout(doc, r["rollout"], f"{path}.rollout") if "rollout" in r else None
+        if name and prefix and percent is not None:
+            routes.append(Route(name, prefix, percent, by_env, salt, guard, shadow, rollout))
+    if env_sets:
+        first_path, first = env_sets[0]
+        for p, envs in env_sets[1:]:
+            if envs != first:
+                doc.error(p, f"percent maps must all name the same environments: {', '.join(sorted(envs))} here, {', '.join(sorted(first))} at {first_path}")
+    return routes
+
+
+def _percent(doc: _Doc, v: Any, path: str, environment: str, present: bool) -> tuple[int | None, dict[str, int] | None]:
+    if not present:
+        doc.error(path, "required: an integer 0..100 or a map of environment to integer")
+        return None, None
+    if _is_int(v):
+        if 0 <= v <= 100:
+            return v, None
+        doc.error(path, f"must be an integer 0..100, got {_show(v)}")
+        return None, None
+    if isinstance(v, dict):
+        ok = True
+        for env, pct in v.items():
+            if not _is_int(pct) or not 0 <= pct <= 100:
+                doc.error(f"{path}.{env}", f"must be an integer 0..100, got {_show(pct)}")
+                ok = False
+        if environment not in v:
+            doc.error(path, f"no value for environment {environment!r} (has: {', '.join(map(str, v)) or 'none'})")
+            ok = False
+        return (v[environment], dict(v)) if ok else (None, dict(v))
+    doc.error(path, f"must be an integer 0..100, got {_show(v)}")
+    return None, None
+
+
+def _guard(doc: _Doc, raw: Any, path: str) -> Guard | None:
+    g = _mapping(doc, raw, path)
+    if g is None:
+        return None
+    _unknown(doc, g, {"max_error_rate", "min_requests", "window_s", "max_p95_ratio"}, path)
+    if "max_error_rate" not in g:
+        doc.error(f"{path}.max_error_rate", "required: a number 0..1")
+    rate = _number(doc, g, "max_error_rate", path, 0.05, positive=False, upper=1)
+    return Guard(
+        float(rate),
+        int(_number(doc, g, "min_requests", path, 50, integer=True)),
+        float(_number(doc, g, "window_s", path, 60.0)),
+        _number(doc, g, "max_p95_ratio", path, None),
+    )
+
+
+def _shadow(doc: _Doc, raw: Any, path: str) -> Shadow | None:
+    s = _mapping(doc, raw, path)
+    if s is None:
+        return None
+    _unknown(doc, s, {"percent", "methods", "ignore", "headers"}, path)
+    pct = _number(doc, s, "percent", path, 100, integer=True, upper=100)
+    methods = s.get("methods", ["GET", "HEAD"])
+    ignore = s.get("ignore", [])
+    headers = s.get("headers", ["content-type"])
+    for key, val in (("methods", methods), ("ignore", ignore), ("headers", headers)):
+        if not isinstance(val, list) or not all(isinstance(x, str) for x in val):
+            doc.error(f"{path}.{key}", f"must be a list of strings, got {_show(val)}")
+            return None
+    for i, p in enumerate(ignore):
+        if not p.startswith("$"):
+            doc.error(f"{path}.ignore[{i}]", f"must be a JSON path like $.generated_at, got {p!r}")
+    return Shadow(int(pct), tuple(m.upper() for m in methods), tuple(ignore), tuple(h.lower() for h in headers))
+
+
+def _rollout(doc: _Doc, raw: Any, path: str) -> Rollout | None:
+    r = _mapping(doc, raw, path)
+    if r is None:
+        return None
+    _unknown(doc, r, {"steps", "interval_s", "gates"}, path)
+    steps = r.get("steps")
+    if not isinstance(steps, list) or not steps or not all(_is_int(s) and 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
+        doc.error(f"{path}.steps", f"must be a rising list of integers 1..100, got {_show(steps)}")
+        steps = [100]
+    interval = _number(doc, r, "interval_s", path, 86400.0)
+    gates_raw = r.get("gates", {})
+    g = _mapping(doc, gates_raw, f"{path}.gates") or {}
+    gp = f"{path}.gates"
+    _unknown(doc, g, {"max_error_rate", "max_p95_ms", "max_p95_ratio", "min_requests"}, gp)
+    gates = Gates(
+        _number(doc, g, "max_error_rate", gp, None, positive=False, upper=1),
+        _number(doc, g, "max_p95_ms", gp, None),
+        _number(doc, g, "max_p95_ratio", gp, None),
+        int(_number(doc, g, "min_requests", gp, 0, integer=True)),
+    )
+    return Rollout(tuple(steps), float(interval), gates)

@@ -1,0 +1,58 @@
+"""The registry and the metric objects. Names and labels are SPEC's; dashboards rely on them.
+
+One `observe()` per request. Labelled children are cached so the hot path does a
+dict lookup instead of `labels()` each time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self, multiprocess_dir: str | None = None, with_redis: bool = False) -> None:
+        disable_created_metrics()  # no *_created series: dashboards never read them
+        self.multiprocess_dir = multiprocess_dir
+        self.registry = CollectorRegistry()
+        # In multiprocess mode values live in files; exposition reads them all back.
+        reg: Any = None if multiprocess_dir else self.registry
+        self.requests = Counter("splitter_requests_total", "Requests answered, by route, backend, handler and status code.", ["route", "backend", "handler", "code"], registry=reg)
+        self.duration = Histogram("splitter_request_duration_seconds", "Time from request start to the last response byte.", ["route", "backend", "handler"], buckets=DURATION_BUCKETS, registry=reg)
+        self.errors = Counter("splitter_errors_total", "Upstream failures and 5xx answers, by kind (connect, timeout, protocol, status_5xx).", ["route", "backend", "handler", "kind"], registry=reg)
+        self.route_percent = Gauge("splitter_route_percent", "Effective percent of users sent to new.", ["route"], registry=reg, multiprocess_mode="mostrecent")
+        self.kill_switch = Gauge("splitter_kill_switch", "1 when the kill switch sends everything to legacy.", registry=reg, multiprocess_mode="mostrecent")
+        self.reloads = Counter("splitter_config_reloads_total", "routes.yaml reloads by result.", ["result"], registry=reg)
+        self.redis_up = Gauge("splitter_redis_up", "1 when connected to Redis.", registry=reg, multiprocess_mode="mostrecent") if with_redis else None
+        self.rejected = Counter("splitter_rejected_total", "Requests the proxy refused itself, by reason.", ["reason"], registry=reg)
+        self.client_aborts = Counter("splitter_client_aborts_total", "Clients that went away mid-request.", ["route", "handler"], registry=reg)
+        self.guard_trips = Counter("splitter_guard_trips_total", "Automatic rollbacks by the error guard.", ["route", "reason"], registry=reg)
+        self.shadow = Counter("splitter_shadow_total", "Shadow comparisons by result.", ["route", "result"], registry=reg)
+        self.rollout_step = Gauge("splitter_rollout_step", "Current percent step of a gated rollout.", ["route"], registry=reg, multiprocess_mode="mostrecent")
+        self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        for result in ("success", "failure"):
+            self.reloads.labels(result)
+
+    def observe(self, route: str, backend: str, handler: str, code: int, seconds: float) -> None:
+        key = (route, backend, handler, code)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (self.requests.labels(route, backend, handler, str(code)), self.duration.labels(route, backend, handler))
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def error(self, route: str, backend: str, handler: str, kind: str) -> None:
+        self.errors.labels(route, backend, handler, kind).inc()
+
+    def render(self) -> bytes:
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

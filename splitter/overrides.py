@@ -1,0 +1,265 @@
+"""Runtime percent overrides and the kill switch; the only module that imports redis.
+
+The hot path never talks to Redis: it reads `store.state`, an immutable snapshot
+replaced whole on every change. With Redis the keys are the truth:
+
+    {prefix}:percent   hash  route -> integer percent
+    {prefix}:source    hash  route -> override | guard | rollout
+    {prefix}:kill      "1" on, "0" off
+    {prefix}:state     sentinel written with every change; its absence after a
+                       reconnect means Redis lost its data (restart without
+                       persistence), and the last known state is written back
+    {prefix}:events    pub/sub channel; any message means "resync from the keys"
+
+Every replica resyncs on connect, on every event and once a second, so a lost
+message costs at most a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("splitter.overrides")
+
+SOURCES = ("override", "guard", "rollout")
+
+
+class Unavailable(Exception):
+    """A write cannot reach every replica right now (503)."""
+
+
+class Conflict(Exception):
+    """A write that would only reach one worker (409)."""
+
+
+@dataclass(frozen=True)
+class State:
+    percents: Mapping[str, int] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+    kill: bool = False
+
+
+Listener = Callable[[State], None]
+
+
+class MemoryOverrides:
+    """Overrides for one process; lost on restart. With several workers a write
+    would reach only the worker that took it, so writes are refused (409)."""
+
+    shared = False
+
+    def __init__(self, workers: int = 1) -> None:
+        self.state = State()
+        self.workers = workers
+        self.up = True
+        self.ever_connected = True
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def _apply(self, state: State) -> None:
+        self.state = state
+        for listener in self._listeners:
+            listener(state)
+
+    def _check_writable(self) -> None:
+        if self.workers > 1:
+            raise Conflict(f"runtime changes need Redis with --workers {self.workers}: each worker keeps its own overrides in memory; set redis.url in routes.yaml or SPLITTER_REDIS_URL (editing routes.yaml works without it)")
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def set_percent(self, route: str, percent: int, source: str = "override") -> None:
+        self._check_writable()
+        s = self.state
+        self._apply(State({**s.percents, route: percent}, {**s.sources, route: source}, s.kill))
+
+    async def set_many(self, percents: Mapping[str, int], source: str = "override") -> None:
+        self._check_writable()
+        s = self.state
+        self._apply(State({**s.percents, **percents}, {**s.sources, **{r: source for r in percents}}, s.kill))
+
+    async def clear(self, route: str) -> None:
+        self._check_writable()
+        s = self.state
+        self._apply(State({k: v for k, v in s.percents.items() if k != route}, {k: v for k, v in s.sources.items() if k != route}, s.kill))
+
+    async def set_kill(self, on: bool) -> None:
+        self._check_writable()
+        s = self.state
+        self._apply(State(s.percents, s.sources, on))
+
+
+class RedisOverrides(MemoryOverrides):
+    shared = True
+
+    def __init__(self, url: str, prefix: str, on_up: Callable[[bool], None] | None = None, resync_interval: float = 1.0) -> None:
+        super().__init__()
+        import redis.asyncio as redis
+
+        self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
+        self.client = redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+        self.url = url
+        self.k_percent = f"{prefix}:percent"
+        self.k_source = f"{prefix}:source"
+        self.k_kill = f"{prefix}:kill"
+        self.k_state = f"{prefix}:state"
+        self.channel = f"{prefix}:events"
+        self.up = False
+        self.ever_connected = False
+        self._known = False  # True once we have a state from Redis or from a write
+        self._on_up = on_up
+        self._resync_interval = resync_interval
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._set_up(False)
+        self._task = asyncio.create_task(self._run(), name="splitter-redis")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        try:
+            await self.client.aclose()
+        except self._redis_errors:
+            pass
+
+    def _set_up(self, up: bool) -> None:
+        if up != self.up or not self.ever_connected:
+            if up:
+                log.info("redis connected", url=_safe_url(self.url))
+            elif self.ever_connected:
+                log.warning("redis disconnected", url=_safe_url(self.url))
+        self.up = up
+        if up:
+            self.ever_connected = True
+        if self._on_up:
+            self._on_up(up)
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                await self._resync()
+                self._set_up(True)
+                backoff = 0.1
+                loop = asyncio.get_running_loop()
+                next_resync = loop.time() + self._resync_interval
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._resync_interval)
+                    if msg is not None or loop.time() >= next_resync:
+                        await self._resync()
+                        next_resync = loop.time() + self._resync_interval
+            except asyncio.CancelledError:
+                await _quietly(pubsub.aclose())
+                raise
+            except self._redis_errors as exc:
+                if self.up:
+                    log.warning("redis error", error=str(exc) or type(exc).__name__)
+                self._set_up(False)
+                await _quietly(pubsub.aclose())
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _resync(self) -> None:
+        async with self._lock:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.exists(self.k_state)
+            pipe.hgetall(self.k_percent)
+            pipe.hgetall(self.k_source)
+            pipe.get(self.k_kill)
+            exists, percents, sources, kill = await pipe.execute()
+            if not exists:
+                s = self.state
+                if self._known and (s.percents or s.kill):
+                    await self._write(s)
+                    log.warning("redis lost its data; wrote back the last known overrides and kill switch", overrides=dict(s.percents), kill=s.kill)
+                else:
+                    await self.client.set(self.k_state, "1")
+                self._known = True
+                return
+            state = State(
+                {k: int(v) for k, v in percents.items() if v.lstrip("-").isdigit()},
+                {k: sources.get(k, "override") for k in percents},
+                kill == "1",
+            )
+            self._known = True
+            if state != self.state:
+                self._apply(state)
+
+    async def _write(self, s: State, event: dict[str, Any] | None = None) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.k_percent, self.k_source)
+        if s.percents:
+            pipe.hset(self.k_percent, mapping={k: str(v) for k, v in s.percents.items()})
+            pipe.hset(self.k_source, mapping={k: s.sources.get(k, "override") for k in s.percents})
+        pipe.set(self.k_kill, "1" if s.kill else "0")
+        pipe.set(self.k_state, "1")
+        pipe.publish(self.channel, json.dumps(event or {"type": "resync"}))
+        await pipe.execute()
+
+    async def _change(self, make: Callable[[State], State], event: dict[str, Any]) -> None:
+        if not self.up:
+            raise Unavailable("Redis is unreachable: the change would not reach the other replicas; nothing was changed, try again when Redis is back")
+        try:
+            async with self._lock:
+                # read-modify-write on the keys, which are the fleet's truth
+                pipe = self.client.pipeline(transaction=False)
+                pipe.hgetall(self.k_percent)
+                pipe.hgetall(self.k_source)
+                pipe.get(self.k_kill)
+                percents, sources, kill = await pipe.execute()
+                current = State({k: int(v) for k, v in percents.items()}, {k: sources.get(k, "override") for k in percents}, kill == "1")
+                new = make(current)
+                await self._write(new, event)
+                self._known = True
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis write failed ({exc or type(exc).__name__}); nothing was changed") from None
+        self._apply(new)
+
+    async def set_percent(self, route: str, percent: int, source: str = "override") -> None:
+        await self._change(lambda s: State({**s.percents, route: percent}, {**s.sources, route: source}, s.kill), {"type": "set", "route": route, "percent": percent})
+
+    async def set_many(self, percents: Mapping[str, int], source: str = "override") -> None:
+        await self._change(lambda s: State({**s.percents, **percents}, {**s.sources, **{r: source for r in percents}}, s.kill), {"type": "set_many"})
+
+    async def clear(self, route: str) -> None:
+        await self._change(lambda s: State({k: v for k, v in s.percents.items() if k != route}, {k: v for k, v in s.sources.items() if k != route}, s.kill), {"type": "clear", "route": route})
+
+    async def set_kill(self, on: bool) -> None:
+        await self._change(lambda s: State(s.percents, s.sources, on), {"type": "kill", "on": on})
+
+
+async def _quietly(aw: Any) -> None:
+    try:
+        await aw
+    except Exception:  # noqa: BLE001 - closing a broken connection may fail any way
+        pass
+
+
+def _safe_url(url: str) -> str:
+    """Redis URL without its password, for logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
