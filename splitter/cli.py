@@ -101,6 +101,7 @@ def _run_worker(settings: Any, sockets: list[socket.socket], log_level: str) -> 
             http="httptools",
             lifespan="on",
             server_header=False,
+            proxy_headers=False,  # trusted_proxies in routes.yaml decides, not uvicorn
             date_header=False,
             access_log=False,
             log_config=None,

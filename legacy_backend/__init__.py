@@ -1,0 +1,1 @@
+"""The legacy service: the technical-layer architecture (api/, models/, services/)."""

@@ -1,0 +1,50 @@
+"""The legacy service: routes wired to api/, which call services/, which use models/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .api import auth, health, review, upload
+from .api.common import error_response
+from .faults import FaultInjection
+from .models.database import Database
+from .services.auth_service import AuthService
+from .services.errors import ApiError
+from .services.review_service import ReviewService
+from .services.upload_service import UploadService
+from .settings import Settings
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+def create_app(settings: Settings) -> Any:
+    db = Database(settings.database_url)
+    app = Starlette(
+        routes=[
+            Route("/health", health.health),
+            Route("/api/auth/register", auth.register, methods=["POST"]),
+            Route("/api/auth/login", auth.login, methods=["POST"]),
+            Route("/api/auth/me", auth.me, methods=["GET"]),
+            Route("/api/auth/logout", auth.logout, methods=["POST"]),
+            Route("/api/upload", upload.create, methods=["POST"]),
+            Route("/api/upload/{upload_id}", upload.get, methods=["GET"]),
+            Route("/api/resume/review", review.create, methods=["POST"]),
+            Route("/api/resume/review/{review_id}", review.get, methods=["GET"]),
+        ],
+        exception_handlers={ApiError: _api_error},
+    )
+    app.state.auth = AuthService(db, settings.jwt_secret)
+    app.state.uploads = UploadService(db, settings.upload_dir, settings.upload_max_bytes)
+    app.state.reviews = ReviewService(db)
+    app.state.backend = "legacy"
+    if settings.fault_error_rate or settings.fault_latency_ms:
+        return FaultInjection(app, settings.fault_error_rate, settings.fault_latency_ms)
+    return app

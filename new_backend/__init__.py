@@ -1,0 +1,1 @@
+"""The new service: the feature-based architecture (features/<name>/{api,service,repository})."""

@@ -1,0 +1,52 @@
+"""HTTP plumbing for every feature: errors, JSON bodies, fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+
+class HTTPProblem(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+async def problem_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPProblem)
+    return JSONResponse({"detail": exc.detail}, exc.status)
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise HTTPProblem(422, "request body must be a JSON object")
+    return parsed
+
+
+class Faults:
+    """FAULT_ERROR_RATE share of requests answered 500, FAULT_LATENCY_MS added; /health exempt."""
+
+    def __init__(self, app: Any, error_rate: float, latency_ms: float) -> None:
+        self.app = app
+        self.error_rate = error_rate
+        self.delay = latency_ms / 1000
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            return await self.app(scope, receive, send)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.error_rate and random.random() < self.error_rate:
+            return await JSONResponse({"detail": "injected fault"}, 500)(scope, receive, send)
+        return await self.app(scope, receive, send)

@@ -1,0 +1,34 @@
+"""The new service's settings; read from the environment here and only here."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+DEV_SECRET = "splitter-demo-development-secret-change-me"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///./splitter-demo.db"
+    jwt_secret: str = DEV_SECRET
+    upload_dir: str = "./uploads"
+    upload_max_bytes: int = 5 * 1024 * 1024
+    fault_error_rate: float = 0.0
+    fault_latency_ms: float = 0.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        secret = env.get("JWT_SECRET") or DEV_SECRET
+        if secret == DEV_SECRET:
+            print("new_backend: JWT_SECRET not set; using the development default (never in production)", file=sys.stderr)
+        return cls(
+            database_url=env.get("DATABASE_URL", cls.database_url),
+            jwt_secret=secret,
+            upload_dir=env.get("UPLOAD_DIR", cls.upload_dir),
+            upload_max_bytes=int(env.get("UPLOAD_MAX_BYTES", cls.upload_max_bytes)),
+            fault_error_rate=float(env.get("FAULT_ERROR_RATE", 0) or 0),
+            fault_latency_ms=float(env.get("FAULT_LATENCY_MS", 0) or 0),
+        )

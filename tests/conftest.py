@@ -1,0 +1,232 @@
+"""Real processes on 127.0.0.1: stand-in upstreams, the two backends, splitter, redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args} exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout}s: {last}")
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None, log: Path | None = None) -> None:
+        self.args = args
+        self.log = log
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        if log:
+            with open(log, "ab") as out:
+                self.p = subprocess.Popen(args, env=full_env, cwd=cwd or ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        else:
+            self.p = subprocess.Popen(args, env=full_env, cwd=cwd or ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def signal(self, sig: int) -> None:
+        if self.p.poll() is None:
+            os.kill(self.p.pid, sig)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        return self.p.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    started: list[Proc] = []
+    yield started
+    for p in reversed(started):
+        p.stop()
+
+
+@pytest.fixture
+def standin(procs: list[Proc], tmp_path: Path) -> Callable[[str], str]:
+    """Start a stand-in upstream named NAME; returns its origin URL."""
+
+    def start(name: str) -> str:
+        port = free_port()
+        p = Proc([PY, str(ROOT / "tests" / "standin.py"), "--port", str(port), "--name", name], log=tmp_path / f"standin-{name}.log")
+        procs.append(p)
+        wait_http(f"http://127.0.0.1:{port}/ready", proc=p.p)
+        return f"http://127.0.0.1:{port}"
+
+    return start
+
+
+class Splitter:
+    def __init__(self, proc: Proc, port: int, admin_port: int, config: Path) -> None:
+        self.proc, self.port, self.admin_port, self.config = proc, port, admin_port, config
+        self.url = f"http://127.0.0.1:{port}"
+        self.admin = f"http://127.0.0.1:{admin_port}"
+
+    def metrics(self) -> str:
+        return httpx.get(self.admin + "/metrics", timeout=5).text
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one series, labels matched exactly (order-free)."""
+        want = {f'{k}="{v}"' for k, v in labels.items()}
+        for line in self.metrics().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                series, _, value = line.rpartition(" ")
+                got = set(series[series.find("{") + 1 : -1].split(",")) if "{" in series else set()
+                if got == want:
+                    return float(value)
+        return None
+
+
+@pytest.fixture
+def splitter(procs: list[Proc], tmp_path: Path) -> Callable[..., Splitter]:
+    """Start `splitter serve` on a routes.yaml text; waits for /readyz."""
+
+    def start(routes_yaml: str, env: dict[str, str] | None = None, args: list[str] | None = None, config: Path | None = None, ready: bool = True) -> Splitter:
+        cfg = config or tmp_path / "routes.yaml"
+        if config is None or not cfg.exists():
+            cfg.write_text(routes_yaml)
+        port, admin_port = free_port(), free_port()
+        log = tmp_path / f"splitter-{port}.log"
+        p = Proc([PY, "-m", "splitter", "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin_port), *(args or [])], env=env, log=log)
+        procs.append(p)
+        s = Splitter(p, port, admin_port, cfg)
+        if ready:
+            wait_http(s.admin + "/readyz", proc=p.p)
+            deadline = time.monotonic() + 10
+            while httpx.get(s.admin + "/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "splitter never became ready"
+                time.sleep(0.05)
+        return s
+
+    return start
+
+
+def routes_yaml(legacy: str, new: str, routes: str = "", extra: str = "", environment: str = "production") -> str:
+    return f"""environment: {environment}
+backends:
+  legacy: {{url: "{legacy}", read_timeout: 2}}
+  new: {{url: "{new}", read_timeout: 2}}
+user_id:
+  - header: X-User-ID
+  - jwt_sub: Authorization
+  - cookie: user_id
+anonymous: legacy
+routes:
+{routes or '''  - name: auth
+    prefix: /api/auth
+    percent: 50
+  - name: upload
+    prefix: /api/upload
+    percent: 0
+  - name: resume_review
+    prefix: /api/resume
+    percent: 100'''}
+unmatched: legacy
+{extra}
+"""
+
+
+@pytest.fixture(scope="session")
+def redis_server_bin() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        pytest.fail("redis-server is not installed: `make test` installs it (apt-get install redis-server)")
+    return path
+
+
+class Redis:
+    def __init__(self, binary: str, port: int, workdir: Path) -> None:
+        self.binary, self.port, self.workdir = binary, port, workdir
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: Proc | None = None
+
+    def start(self) -> None:
+        self.proc = Proc([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)], log=self.workdir / f"redis-{self.port}.log")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.p.kill()
+            self.proc.p.wait()
+            self.proc = None
+
+    def command(self, *args: str) -> Any:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+        try:
+            return client.execute_command(*args)
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def redis_server(redis_server_bin: str, tmp_path: Path) -> Iterator[Redis]:
+    r = Redis(redis_server_bin, free_port(), tmp_path)
+    r.start()
+    yield r
+    r.stop()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
+    """Poll until check() is truthy; returns its value, fails with the last one."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")

@@ -1,0 +1,87 @@
+"""A stand-in upstream for tests: reports what it received, and misbehaves on request.
+
+    python tests/standin.py --port P --name legacy
+
+GET/POST anything  -> 200 JSON {backend, method, path, raw_path, query, headers: [[k, v]...], body_bytes}
+/redirect          -> 302 Location: /elsewhere
+/cookies           -> two Set-Cookie headers
+/gzip              -> a gzip body with Content-Encoding: gzip (never decoded by the proxy)
+/slow?s=N          -> sleeps N seconds first
+/bytes?n=N         -> streams N bytes (chunked)
+/status?code=N     -> answers N
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+from typing import Any
+
+import uvicorn
+
+GZIP_BODY = gzip.compress(b"hello gzip " * 100, mtime=0)
+
+
+def make_app(name: str) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        query = dict(p.split("=", 1) for p in scope["query_string"].decode().split("&") if "=" in p)
+        size = 0
+        while True:
+            msg = await receive()
+            size += len(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        headers: list[tuple[bytes, bytes]] = [(b"x-backend", name.encode())]
+        status = 200
+        if path.endswith("/slow"):
+            await asyncio.sleep(float(query.get("s", "1")))
+        if path.endswith("/redirect"):
+            status = 302
+            headers.append((b"location", b"/elsewhere"))
+        if path.endswith("/cookies"):
+            headers += [(b"set-cookie", b"a=1; Path=/"), (b"set-cookie", b"b=2; Path=/")]
+        if path.endswith("/gzip"):
+            await send({"type": "http.response.start", "status": 200, "headers": headers + [(b"content-encoding", b"gzip"), (b"content-type", b"text/plain"), (b"content-length", str(len(GZIP_BODY)).encode())]})
+            await send({"type": "http.response.body", "body": GZIP_BODY})
+            return
+        if path.endswith("/bytes"):
+            n = int(query.get("n", "0"))
+            await send({"type": "http.response.start", "status": 200, "headers": headers + [(b"content-type", b"application/octet-stream")]})
+            chunk = b"x" * 65536
+            while n > 0:
+                part = chunk[: min(n, len(chunk))]
+                n -= len(part)
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if path.endswith("/status"):
+            status = int(query.get("code", "200"))
+        body = json.dumps(
+            {
+                "backend": name,
+                "method": scope["method"],
+                "path": path,
+                "raw_path": scope["raw_path"].decode("latin-1"),
+                "query": scope["query_string"].decode("latin-1"),
+                "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+                "body_bytes": size,
+            }
+        ).encode()
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--name", required=True)
+    a = p.parse_args()
+    uvicorn.run(make_app(a.name), host="127.0.0.1", port=a.port, loop="uvloop", http="httptools", log_level="warning", access_log=False)

@@ -1,0 +1,66 @@
+import base64
+import hashlib
+import json
+
+from splitter import bucketing
+from splitter.config import IdSource
+
+
+def reference_bucket(user_id: str) -> int:
+    # the migration plan's ABTestManager, verbatim
+    user_hash = hashlib.md5(user_id.encode()).hexdigest()
+    return int(user_hash[:8], 16) % 100
+
+
+IDS = [f"user-{i}" for i in range(10_000)]
+
+
+def test_bucket_matches_the_migration_plan_formula_for_10000_ids():
+    assert [bucketing.bucket(u) for u in IDS] == [reference_bucket(u) for u in IDS]
+
+
+def test_ten_percent_sends_ten_percent_plus_minus_one():
+    share = sum(bucketing.is_new(bucketing.bucket(u), 10) for u in IDS) / len(IDS)
+    assert 0.09 <= share <= 0.11
+
+
+def test_raising_the_percent_only_adds_users():
+    at10 = {u for u in IDS if bucketing.is_new(bucketing.bucket(u), 10)}
+    at25 = {u for u in IDS if bucketing.is_new(bucketing.bucket(u), 25)}
+    assert at10 < at25
+    assert all(not bucketing.is_new(bucketing.bucket(u), 0) for u in IDS)
+    assert all(bucketing.is_new(bucketing.bucket(u), 100) for u in IDS)
+
+
+def test_salt_hashes_salt_colon_id():
+    assert bucketing.bucket("alice", "auth-v2") == reference_bucket("auth-v2:alice")
+    assert bucketing.bucket("alice", None) == reference_bucket("alice")
+
+
+def jwt(claims: dict) -> str:
+    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    return f"{enc({'alg': 'HS256'})}.{enc(claims)}.sig"
+
+
+def test_jwt_sub_is_read_without_verification():
+    assert bucketing.jwt_sub("Bearer " + jwt({"sub": "u-42"})) == "u-42"
+    assert bucketing.jwt_sub("bearer " + jwt({"sub": 7})) == "7"
+    for bad in ["Basic abc", "Bearer x.y", "Bearer a.!!!.c", "Bearer " + jwt({"no": "sub"}), "Bearer " + jwt({"sub": True}), "Bearer a." + "A" * 9000 + ".c"]:
+        assert bucketing.jwt_sub(bad) is None, bad
+
+
+def test_sources_are_tried_in_order_first_non_empty_wins():
+    sources = (IdSource("header", "x-user-id"), IdSource("jwt_sub", "authorization"), IdSource("cookie", "user_id"))
+    token = "Bearer " + jwt({"sub": "from-jwt"})
+    assert bucketing.user_id(sources, {"x-user-id": "h", "authorization": token}, False) == "h"
+    assert bucketing.user_id(sources, {"x-user-id": "  ", "authorization": token}, False) == "from-jwt"
+    assert bucketing.user_id(sources, {"cookie": "a=1; user_id=c"}, False) == "c"
+    assert bucketing.user_id(sources, {"cookie": "splitter_uid=minted"}, False) is None
+    assert bucketing.user_id(sources, {"cookie": "splitter_uid=minted"}, True) == "minted"
+    assert bucketing.user_id(sources, {"x-user-id": "x" * 10_000}, False) is None
+
+
+def test_cookie_parsing_edge_cases():
+    assert bucketing.cookie_value('a=1; user_id="quoted"', "user_id") == "quoted"
+    assert bucketing.cookie_value("user_idx=1; user_id=2", "user_id") == "2"
+    assert bucketing.cookie_value("garbage;;=;", "user_id") is None

@@ -1,0 +1,170 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from splitter import config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+VALID = """environment: production
+backends:
+  legacy: {url: "http://127.0.0.1:8001"}
+  new: {url: "http://127.0.0.1:8002", connect_timeout: 1, read_timeout: 3}
+user_id:
+  - header: X-User-ID
+routes:
+  - name: auth
+    prefix: /api/auth
+    percent: {development: 100, staging: 100, production: 10}
+  - name: upload
+    prefix: /api/upload/
+    percent: 0
+    salt: s1
+  - name: auth_admin
+    prefix: /api/auth/admin
+    percent: {development: 0, staging: 0, production: 0}
+unmatched: new
+"""
+
+
+def test_valid_file_loads_into_frozen_objects():
+    cfg = config.parse(VALID)
+    assert cfg.environment == "production"
+    assert cfg.by_name["auth"].percent == 10
+    assert cfg.by_name["upload"].prefix == "/api/upload"
+    assert cfg.backends["new"].read_timeout == 3.0
+    assert cfg.unmatched == "new"
+    with pytest.raises(AttributeError):
+        cfg.routes[0].percent = 50  # type: ignore[misc]
+
+
+def test_environment_override_picks_the_map_entry():
+    assert config.parse(VALID, environment="staging").by_name["auth"].percent == 100
+
+
+@pytest.mark.parametrize(
+    "path,route",
+    [("/api/auth", "auth"), ("/api/auth/", "auth"), ("/api/auth/login", "auth"), ("/api/authx", None), ("/api/auth/admin/x", "auth_admin"), ("/api/auth/adminx", "auth"), ("/api/upload", "upload"), ("/api/upload/1", "upload"), ("/", None)],
+)
+def test_longest_prefix_on_segment_boundaries(path, route):
+    r = config.parse(VALID).match(path)
+    assert (r.name if r else None) == route
+
+
+def line_of(text: str, needle: str) -> int:
+    """Line number where needle (possibly several lines) starts."""
+    return text[: text.index(needle)].count("\n") + 1
+
+
+@pytest.mark.parametrize(
+    "change,needle,message",
+    [
+        (("percent: 0\n    salt", "percent: 150\n    salt"), "percent: 150", "routes[1].percent: must be an integer 0..100, got 150"),
+        (("unmatched: new", "unmatched: new\ncolour: blue"), "colour: blue", "colour: unknown key"),
+        (("    salt: s1", "    salt: s1\n    weight: 3"), "weight: 3", "routes[1].weight: unknown key"),
+        (("name: upload", "name: auth"), "name: auth\n    prefix: /api/upload", "routes[1].name: duplicate name 'auth'"),
+        (("production: 10}", "production: 10}".replace("production", "prod")), "prod: 10", "routes[0].percent: no value for environment 'production'"),
+        (('"http://127.0.0.1:8002"', '"ftp//nowhere"'), "ftp//nowhere", "backends.new.url: must be an origin"),
+        (("prefix: /api/upload/", "prefix: /api/auth"), "prefix: /api/auth\n    percent: 0", "routes[1].prefix: duplicate prefix '/api/auth'"),
+        (("{development: 0, staging: 0, production: 0}", "{staging: 0, production: 0}"), "staging: 0, production: 0", "routes[2].percent: percent maps must all name the same environments"),
+    ],
+)
+def test_errors_name_file_line_and_key_path(tmp_path, change, needle, message):
+    text = VALID.replace(*change)
+    assert text != VALID
+    f = tmp_path / "routes.yaml"
+    f.write_text(text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    line = line_of(text, needle)
+    assert any(e.startswith(f"{f}:") and message in e for e in err.value.errors), err.value.errors
+    hit = next(e for e in err.value.errors if message in e)
+    assert hit.split(":")[1] == str(line), (hit, line)
+
+
+def test_bad_percent_reads_exactly_like_the_spec_example(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID.replace("percent: 0\n    salt", "percent: 150\n    salt"))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert err.value.errors == [f"{f}:13: routes[1].percent: must be an integer 0..100, got 150"]
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "[1, 2]", "routes: [\n", "backends: {}\nroutes: []"])
+def test_empty_or_broken_files_are_rejected_whole(text):
+    with pytest.raises(config.ConfigError) as err:
+        config.parse(text)
+    assert all(e.startswith("routes.yaml:") for e in err.value.errors)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(config.ConfigError) as err:
+        config.load(tmp_path / "nope.yaml")
+    assert "not found" in str(err.value)
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "splitter", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def test_check_valid_file_exits_0_with_one_line(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID)
+    r = run_cli("check", str(f))
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().splitlines()) == 1 and "ok" in r.stdout
+    assert r.stderr == ""
+
+
+def test_check_the_shipped_routes_yaml_in_every_environment():
+    for env in ("development", "staging", "production"):
+        r = run_cli("check", "routes.yaml", "--env", env)
+        assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (("percent: 0\n    salt", "percent: 150\n    salt"), ":13: routes[1].percent: must be an integer 0..100, got 150"),
+        (("unmatched: new", "unmatched: new\ncolour: blue"), ":19: colour: unknown key"),
+        (("name: upload", "name: auth"), ":11: routes[1].name: duplicate name"),
+        (("production: 10}", "prod: 10}"), ":10: routes[0].percent: no value for environment 'production'"),
+        (('"http://127.0.0.1:8002"', '"not a url"'), ":4: backends.new.url: must be an origin"),
+    ],
+)
+def test_check_reports_each_error_with_file_line_key_and_exit_1(tmp_path, change, message):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID.replace(*change))
+    r = run_cli("check", str(f))
+    assert r.returncode == 1
+    assert r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert any(line.startswith(str(f) + ":") and message in line for line in lines), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_check_against_another_environment(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID)
+    r = run_cli("check", str(f), "--env", "qa")
+    assert r.returncode == 1 and "no value for environment 'qa'" in r.stderr
+
+
+def test_check_missing_file_one_line_exit_1(tmp_path):
+    r = run_cli("check", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "not found" in r.stderr
+
+
+def test_bucket_command_prints_bucket_and_backend(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID)
+    r = run_cli("bucket", "alice", "--config", str(f))
+    assert r.returncode == 0, r.stderr
+    import hashlib
+
+    b = int(hashlib.md5(b"alice").hexdigest()[:8], 16) % 100
+    auth_line = next(line for line in r.stdout.splitlines() if line.startswith("auth "))
+    assert auth_line.split()[1] == str(b)
+    assert auth_line.split()[3] == ("new" if b < 10 else "legacy")
