@@ -1,0 +1,34 @@
+# The two commands: `make run` (the demo: legacy, new and the splitter, no Redis)
+# and `make test` (the whole suite, with a real redis-server).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test install system-deps lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	PY=$(PY) scripts/demo.sh
+
+# redis-server for the runtime-control tests, from the system package manager
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		echo "installing redis-server"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	}
+
+test: $(VENV)/.installed system-deps
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check splitter legacy_backend new_backend tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) splitter-demo.db* uploads .pytest_cache

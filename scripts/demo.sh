@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Start legacy_backend (8001), new_backend (8002) and the splitter (8080, admin 8081)
+# on routes.yaml with no Redis. Ctrl-C stops all three.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export DATABASE_URL=${DATABASE_URL:-sqlite:///./splitter-demo.db}
+export JWT_SECRET=${JWT_SECRET:-splitter-demo-development-secret-change-me}
+export UPLOAD_DIR=${UPLOAD_DIR:-./uploads}
+export SPLITTER_ADMIN_TOKEN=${SPLITTER_ADMIN_TOKEN:-demo-admin-token}
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo; echo "stopping..."
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+"$PY" -m legacy_backend --port 8001 & pids+=($!)
+"$PY" -m new_backend --port 8002 & pids+=($!)
+"$PY" -m splitter serve --config routes.yaml & pids+=($!)
+
+for url in http://127.0.0.1:8001/health http://127.0.0.1:8002/health http://127.0.0.1:8081/readyz; do
+  for _ in $(seq 1 100); do
+    if "$PY" -c "import sys, httpx; sys.exit(httpx.get('$url', timeout=1).status_code != 200)" 2>/dev/null; then break; fi
+    sleep 0.2
+  done
+done
+
+cat <<MSG
+
+  splitter demo is up (no Redis; runtime overrides live in this process)
+    proxy          http://localhost:8080
+    admin/metrics  http://127.0.0.1:8081/metrics   (admin token: \$SPLITTER_ADMIN_TOKEN=$SPLITTER_ADMIN_TOKEN)
+    legacy         http://127.0.0.1:8001
+    new            http://127.0.0.1:8002
+
+  try:
+    curl -si localhost:8080/api/auth/me -H 'X-User-ID: alice'
+    .venv/bin/splitter status
+    SPLITTER_ADMIN_TOKEN=$SPLITTER_ADMIN_TOKEN .venv/bin/splitter set auth 100
+
+  Ctrl-C stops all three.
+MSG
+wait -n "${pids[@]}"
