@@ -1,0 +1,96 @@
+"""Operator CLI: happy path against a running proxy, and each mistake as one line on stderr."""
+
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+import respx
+from conftest import ROOT, routes_yaml
+
+from splitter import cli
+
+TOKEN = "cli-token"
+
+
+def run(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SPLITTER_ADMIN_TOKEN"}
+    if token:
+        env["SPLITTER_ADMIN_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "splitter", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
+
+
+def test_happy_path_against_a_running_proxy(standin, splitter):
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+    r = run("status", "--admin", s.admin)
+    assert r.returncode == 0 and "auth" in r.stdout and "kill switch: off" in r.stdout
+    assert run("set", "auth", "25", "--admin", s.admin).stdout.strip() == "auth: 25% to new (file 50%, source override)"
+    assert "auth                 /api/auth                     25    50  override" in run("status", "--admin", s.admin).stdout
+    assert run("clear", "auth", "--admin", s.admin).returncode == 0
+    assert run("rollback", "upload", "--admin", s.admin).returncode == 0
+    assert run("kill", "on", "--admin", s.admin).stdout.startswith("kill switch ON")
+    assert "kill switch: ON" in run("status", "--admin", s.admin).stdout
+    assert run("kill", "off", "--admin", s.admin).returncode == 0
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert r.returncode == 1, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_unreachable_admin(tmp_path):
+    from conftest import free_port
+
+    one_line_error(run("status", "--admin", f"http://127.0.0.1:{free_port()}"), "cannot reach the admin API")
+
+
+def test_missing_token():
+    one_line_error(run("set", "auth", "5", token=None), "SPLITTER_ADMIN_TOKEN is not set")
+
+
+def test_bad_percent_is_refused_before_any_request():
+    one_line_error(run("set", "auth", "150"), "percent must be an integer 0..100, got 150")
+    one_line_error(run("set", "auth", "ten"), "percent must be an integer 0..100, got 'ten'")
+
+
+def test_rollback_needs_a_route_or_all():
+    one_line_error(run("rollback"), "name one ROUTE or --all")
+
+
+def test_bad_config_for_serve_is_one_line_per_error(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text("backends: {}\nroutes: []\n")
+    r = run("serve", "--config", str(f), "--port", "0", "--admin-port", "0")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"{f}:1: backends.legacy: required" in r.stderr
+
+
+@pytest.fixture
+def admin_mock():
+    with respx.mock(base_url="http://admin.test", assert_all_called=False) as mock:
+        yield mock
+
+
+def test_unknown_route_via_respx(admin_mock, capsys, monkeypatch):
+    monkeypatch.setenv("SPLITTER_ADMIN_TOKEN", TOKEN)
+    admin_mock.put("/admin/routes/nope").respond(404, json={"error": "unknown route 'nope' (routes: auth)"})
+    assert cli.main(["set", "nope", "5", "--admin", "http://admin.test"]) == 1
+    err = capsys.readouterr().err
+    assert err == "splitter: admin API answered 404: unknown route 'nope' (routes: auth)\n"
+
+
+def test_wrong_token_via_respx(admin_mock, capsys, monkeypatch):
+    monkeypatch.setenv("SPLITTER_ADMIN_TOKEN", "wrong")
+    route = admin_mock.put("/admin/kill").respond(401, json={"error": "wrong or missing admin token"})
+    assert cli.main(["kill", "on", "--admin", "http://admin.test"]) == 1
+    assert route.calls.last.request.headers["authorization"] == "Bearer wrong"
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_timeout_via_respx(admin_mock, capsys):
+    admin_mock.get("/admin/routes").mock(side_effect=httpx.ConnectTimeout("slow"))
+    assert cli.main(["status", "--admin", "http://admin.test"]) == 1
+    assert "cannot reach the admin API at http://admin.test" in capsys.readouterr().err

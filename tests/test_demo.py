@@ -1,0 +1,49 @@
+"""`make run`: the whole demo answers through the proxy within 20 s, and Ctrl-C stops all three."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+from conftest import ROOT
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_demo_script_starts_three_processes_and_ctrl_c_stops_them(tmp_path):
+    busy = [p for p in (8001, 8002, 8080, 8081) if port_open(p)]
+    assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
+    env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up")}
+    log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
+    p = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        r = None
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get("http://localhost:8080/api/auth/me", headers={"X-User-ID": "alice"}, timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert r is not None, (tmp_path / "demo.log").read_text()
+        assert r.status_code == 401 and r.headers["x-splitter-handler"] in ("old_auth", "new_auth")
+        while "Ctrl-C stops all three" not in (tmp_path / "demo.log").read_text() and time.monotonic() < deadline + 5:
+            time.sleep(0.1)
+        os.killpg(p.pid, signal.SIGINT)
+        p.wait(15)
+        deadline = time.monotonic() + 10
+        while any(port_open(port) for port in (8001, 8002, 8080)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(port_open(port) for port in (8001, 8002, 8080, 8081))
+        out = (tmp_path / "demo.log").read_text()
+        assert "curl -si localhost:8080/api/auth/me -H 'X-User-ID: alice'" in out
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        log.close()

@@ -1,0 +1,164 @@
+"""Fleet-wide runtime control through a real redis-server on a free port."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import ROOT, eventually, routes_yaml
+
+from splitter.bucketing import bucket
+
+TOKEN = "fleet-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+USERS = [f"f{i}" for i in range(100)]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SPLITTER_ADMIN_TOKEN": TOKEN}
+    return subprocess.run([sys.executable, "-m", "splitter", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
+
+
+def routing(s, path="/api/auth/x", users=USERS) -> list[str]:
+    with httpx.Client(base_url=s.url) as c:
+        return [c.get(path, headers={"X-User-ID": u}).json()["backend"] for u in users]
+
+
+def expected(percent: int, users=USERS) -> list[str]:
+    return ["new" if bucket(u) < percent else "legacy" for u in users]
+
+
+@pytest.fixture
+def fleet(standin, splitter, redis_server):
+    legacy, new = standin("legacy"), standin("new")
+    text = routes_yaml(legacy, new, extra=f'redis: {{url: "{redis_server.url}", prefix: "t"}}')
+    env = {"SPLITTER_ADMIN_TOKEN": TOKEN}
+    a = splitter(text, env=env)
+    b_cfg = a.config.parent / "routes-b.yaml"
+    b_cfg.write_text(text)
+    b = splitter(text, env=env, config=b_cfg)
+    return a, b, redis_server
+
+
+def time_until(check, timeout: float = 3.0) -> float:
+    t0 = time.monotonic()
+    eventually(check, timeout=timeout, interval=0.02)
+    return time.monotonic() - t0
+
+
+def test_a_change_on_one_replica_reaches_the_other_within_1s(fleet):
+    a, b, redis = fleet
+    assert a.metric("splitter_redis_up") == 1 and b.metric("splitter_redis_up") == 1
+    r = cli("set", "auth", "60", "--admin", a.admin)
+    assert r.returncode == 0, r.stderr
+    assert "auth: 60%" in r.stdout
+    elapsed = time_until(lambda: routing(b, users=USERS[:30]) == expected(60, USERS[:30]))
+    assert elapsed <= 1.0, elapsed
+    assert routing(b) == expected(60) and routing(a) == expected(60)
+    assert redis.command("HGET", "t:percent", "auth") == "60"
+
+    assert cli("kill", "on", "--admin", a.admin).returncode == 0
+    elapsed = time_until(lambda: set(routing(b, users=USERS[:30])) == {"legacy"})
+    assert elapsed <= 1.0, elapsed
+    assert set(routing(a)) == {"legacy"} and set(routing(b, "/api/resume/x")) == {"legacy"}
+    assert b.metric("splitter_kill_switch") == 1
+    assert cli("kill", "off", "--admin", b.admin).returncode == 0
+    eventually(lambda: routing(a, users=USERS[:30]) == expected(60, USERS[:30]), timeout=1)
+
+    r = cli("rollback", "--all", "--admin", b.admin)
+    assert r.returncode == 0, r.stderr
+    eventually(lambda: all(x["percent"] == 0 for x in httpx.get(a.admin + "/admin/routes").json()), timeout=1)
+    assert set(routing(a, "/api/resume/x")) == {"legacy"}
+
+    status = cli("status", "--admin", a.admin)
+    assert status.returncode == 0 and "resume_review" in status.stdout and "override" in status.stdout
+
+
+def test_redis_outage_and_empty_restart(fleet):
+    a, b, redis = fleet
+    assert cli("set", "auth", "60", "--admin", a.admin).returncode == 0
+    assert cli("rollback", "resume_review", "--admin", a.admin).returncode == 0
+    assert cli("kill", "on", "--admin", a.admin).returncode == 0
+    assert cli("kill", "off", "--admin", a.admin).returncode == 0
+    eventually(lambda: routing(b, users=USERS[:20]) == expected(60, USERS[:20]), timeout=1)
+
+    failures: list[str] = []
+    sent = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=5) as c:
+            while not stop.is_set():
+                for s in (a, b):
+                    u = USERS[sent[0] % len(USERS)]
+                    try:
+                        r = c.get(s.url + "/api/auth/x", headers={"X-User-ID": u})
+                        if r.status_code != 200 or r.json()["backend"] != expected(60, [u])[0]:
+                            failures.append(f"{r.status_code} {r.text[:80]}")
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+                    sent[0] += 1
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        time.sleep(0.5)
+        redis.stop()
+        eventually(lambda: a.metric("splitter_redis_up") == 0 and b.metric("splitter_redis_up") == 0, timeout=5)
+        r = httpx.put(a.admin + "/admin/routes/auth", json={"percent": 10}, headers=AUTH)
+        assert r.status_code == 503 and "Redis" in r.json()["error"]
+        r = cli("kill", "on", "--admin", b.admin)
+        assert r.returncode == 1 and "503" in r.stderr
+        time.sleep(1.0)
+        redis.start()  # empty: no persistence
+        eventually(lambda: a.metric("splitter_redis_up") == 1 and b.metric("splitter_redis_up") == 1, timeout=10)
+        eventually(lambda: redis.command("HGET", "t:percent", "auth") == "60", timeout=3)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join()
+    assert sent[0] > 100
+    assert failures == [], failures[:5]
+    assert redis.command("HGET", "t:percent", "resume_review") == "0"
+    assert redis.command("GET", "t:kill") == "0"
+    assert "wrote back the last known overrides" in a.proc.output() + b.proc.output()
+    # the subscription survived the outage: a change is fleet-wide again
+    assert cli("set", "auth", "20", "--admin", b.admin).returncode == 0
+    assert time_until(lambda: routing(a, users=USERS[:30]) == expected(20, USERS[:30])) <= 1.0
+
+
+def test_kill_switch_survives_a_redis_restart(fleet):
+    a, b, redis = fleet
+    assert cli("kill", "on", "--admin", a.admin).returncode == 0
+    eventually(lambda: b.metric("splitter_kill_switch") == 1, timeout=1)
+    redis.stop()
+    eventually(lambda: a.metric("splitter_redis_up") == 0, timeout=5)
+    redis.start()
+    eventually(lambda: redis.command("GET", "t:kill") == "1", timeout=10)
+    assert set(routing(a)) == {"legacy"} and set(routing(b)) == {"legacy"}
+
+
+def test_workers_with_redis_all_apply_a_change_and_gauges_are_single_values(standin, splitter, redis_server):
+    text = routes_yaml(standin("legacy"), standin("new"), extra=f'redis: {{url: "{redis_server.url}"}}')
+    s = splitter(text, env={"SPLITTER_ADMIN_TOKEN": TOKEN}, args=["--workers", "2"])
+    eventually(lambda: s.metric("splitter_redis_up") == 1, timeout=5)
+    assert cli("set", "auth", "80", "--admin", s.admin).returncode == 0
+    time.sleep(1.0)
+    # fresh connections spread over both workers; every one must route by 80%
+    for _ in range(5):
+        for u in USERS[:40]:
+            r = httpx.get(s.url + "/api/auth/x", headers={"X-User-ID": u, "Connection": "close"})
+            assert r.json()["backend"] == expected(80, [u])[0]
+    # every worker answers /metrics from the shared files: counters summed, gauges single
+    text = s.metrics()
+    assert s.metric("splitter_route_percent", route="auth") == 80
+    assert s.metric("splitter_kill_switch") == 0
+    total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("splitter_requests_total{") and 'route="auth"' in line)
+    assert total == 200
+    import json
+
+    started = [json.loads(line) for line in s.proc.output().splitlines() if '"event": "started"' in line]
+    assert len({e["pid"] for e in started}) == 2, "two workers, each with its own Redis subscription"
