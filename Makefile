@@ -23,7 +23,7 @@ system-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	}
 
-test: $(VENV)/.installed system-deps
+test: $(VENV)/.installed system-deps lint
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
