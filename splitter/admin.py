@@ -161,6 +161,32 @@ def create_admin(rt: Runtime) -> Starlette:
             return JSONResponse({"error": "query parameter user_id is required"}, 400)
         return JSONResponse(bucket_view(rt.snapshot, uid))
 
+    async def shadow(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            route_or_404(name)
+        except _Refused as exc:
+            return JSONResponse({"error": exc.message}, exc.status)
+        if rt.snapshot.config.by_name[name].shadow is None:
+            return JSONResponse({"error": f"route {name!r} has no shadow: in routes.yaml"}, 404)
+        return JSONResponse({"route": name, "mismatches": rt.shadow.recent(name)})
+
+    async def rollouts(request: Request) -> Response:
+        try:
+            return JSONResponse(await rt.rollouts.view())
+        except Unavailable as exc:
+            return JSONResponse({"error": str(exc)}, 503)
+
+    async def rollout_action(request: Request, who: str) -> Any:
+        name, action = request.path_params["name"], request.path_params["action"]
+        route_or_404(name)
+        if rt.snapshot.config.by_name[name].rollout is None:
+            raise _Refused(404, f"route {name!r} has no rollout: in routes.yaml")
+        if action not in ("pause", "resume", "abort"):
+            raise _Refused(404, "action must be pause, resume or abort")
+        log.info("rollout action", who=who, route=name, action=action)
+        return await rt.rollouts.act(name, action)
+
     return Starlette(
         routes=[
             Route("/healthz", healthz),
@@ -174,6 +200,9 @@ def create_admin(rt: Runtime) -> Starlette:
             Route("/admin/kill", writer(kill_on), methods=["PUT"]),
             Route("/admin/kill", writer(kill_off), methods=["DELETE"]),
             Route("/admin/bucket", bucket),
+            Route("/admin/shadow/{name}", shadow),
+            Route("/admin/rollouts", rollouts),
+            Route("/admin/rollouts/{name}/{action}", writer(rollout_action), methods=["POST"]),
         ]
     )
 

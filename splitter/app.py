@@ -21,8 +21,12 @@ import structlog
 
 from . import config as config_mod
 from .config import Backend, Config, ConfigError
+from .guard import Guard
 from .metrics import Metrics
 from .overrides import MemoryOverrides, RedisOverrides, State
+from .rollout import Rollouts
+from .shadow import Shadow
+from .window import RouteOutcomes
 
 log = structlog.get_logger("splitter")
 
@@ -88,6 +92,10 @@ class Runtime:
         self.snapshot = make_snapshot(cfg, self.overrides.state)
         self.overrides.subscribe(self._on_overrides)
         self.sessions: dict[Backend, aiohttp.ClientSession] = {}
+        self.outcomes: dict[str, RouteOutcomes] = _outcomes(cfg, {})
+        self.guard = Guard(self)
+        self.rollouts = Rollouts(self)
+        self.shadow = Shadow(self)
         self._tasks: list[asyncio.Task[None]] = []
         self._file_sig = _file_signature(settings.config_path)
         self.observe = self.metrics.observe
@@ -98,6 +106,8 @@ class Runtime:
     async def start(self) -> None:
         await self.overrides.start()
         self._tasks.append(asyncio.create_task(self._watch(), name="splitter-config-watch"))
+        self._tasks.append(asyncio.create_task(self.guard.run(), name="splitter-guard"))
+        self._tasks.append(asyncio.create_task(self.rollouts.run(), name="splitter-rollouts"))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
         self.started = True
@@ -112,6 +122,7 @@ class Runtime:
                 await task
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await self.shadow.stop()
         await self.overrides.stop()
         for session in self.sessions.values():
             await session.close()
@@ -144,6 +155,9 @@ class Runtime:
     def _on_overrides(self, state: State) -> None:
         old = self.snapshot
         self.snapshot = make_snapshot(old.config, state)
+        for name, pct in self.snapshot.percent.items():
+            if old.percent.get(name) != pct and name in self.outcomes:
+                self.outcomes[name].clear()  # a new population: judge it afresh
         self._publish_gauges()
 
     def _redis_up(self, up: bool) -> None:
@@ -169,6 +183,7 @@ class Runtime:
             return False
         if (self.settings.redis_url or cfg.redis_url) != self.redis_url or cfg.redis_prefix != old.redis_prefix:
             log.warning("config change needs a restart to apply", key="redis")
+        self.outcomes = _outcomes(cfg, self.outcomes)
         self.snapshot = make_snapshot(cfg, self.overrides.state)
         for gone in {r.name for r in old.routes} - {r.name for r in cfg.routes}:
             with contextlib.suppress(KeyError):
@@ -185,6 +200,17 @@ class Runtime:
             sig = _file_signature(path)
             if sig != self._file_sig:
                 self.reload()
+
+
+def _outcomes(cfg: Config, old: dict[str, RouteOutcomes]) -> dict[str, RouteOutcomes]:
+    """Sliding windows for the routes that a guard or a rollout judges; kept across reloads."""
+    out = {}
+    for r in cfg.routes:
+        spans = [r.guard.window_s if r.guard else 0.0, (r.rollout.interval_s + 1) if r.rollout else 0.0]
+        if max(spans) > 0:
+            keep = old.get(r.name)
+            out[r.name] = keep if keep is not None and keep.new.span == max(1.0, max(spans)) else RouteOutcomes(max(spans))
+    return out
 
 
 def _file_signature(path: str) -> tuple[int, int, int] | None:

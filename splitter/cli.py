@@ -7,6 +7,7 @@ line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -311,6 +312,37 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shadow(args: argparse.Namespace) -> int:
+    data = _admin(args, "GET", f"/admin/shadow/{args.route}")
+    items = data["mismatches"]
+    if not items:
+        print(f"{args.route}: no recent shadow mismatches")
+        return 0
+    for m in items:
+        print(f"{m['method']} {m['path']}  primary={m['primary']} shadow={m['shadow']}  request_id={m['request_id']}")
+        for d in m["diff"]:
+            print(f"    {d['path']}: {json.dumps(d['primary'])} != {json.dumps(d['shadow'])}")
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        items = _admin(args, "GET", "/admin/rollouts")
+        if args.route:
+            items = [i for i in items if i["route"] == args.route]
+            if not items:
+                fail(f"route {args.route!r} has no rollout: in routes.yaml")
+        print(f"{'ROUTE':<20} {'STATUS':<12} {'PERCENT':>7}  STEPS  REASON")
+        for i in items:
+            print(f"{i['route']:<20} {i['status']:<12} {i['percent']:>7}  {'/'.join(map(str, i['steps']))}  {i['reason']}")
+        return 0
+    if not args.route:
+        fail(f"rollout {args.action} needs a ROUTE")
+    r = _admin(args, "POST", f"/admin/rollouts/{args.route}/{args.action}", {}, write=True)
+    print(f"{r['route']}: rollout {r['status']} at {r['percent']}%")
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------
 
 
@@ -362,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     k = admin_parser("kill", "kill switch: everything to legacy")
     k.add_argument("state", choices=["on", "off"])
     k.set_defaults(func=cmd_kill)
+    sh = admin_parser("shadow", "recent shadow mismatches of a route, with diffs")
+    sh.add_argument("route")
+    sh.set_defaults(func=cmd_shadow)
+    ro = admin_parser("rollout", "gated rollouts: status, pause, resume, abort")
+    ro.add_argument("action", choices=["status", "pause", "resume", "abort"])
+    ro.add_argument("route", nargs="?")
+    ro.set_defaults(func=cmd_rollout)
     return p
 
 

@@ -60,6 +60,7 @@ class MemoryOverrides:
         self.up = True
         self.ever_connected = True
         self._listeners: list[Listener] = []
+        self._rollouts: dict[str, dict[str, Any]] = {}
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -99,6 +100,17 @@ class MemoryOverrides:
         s = self.state
         self._apply(State(s.percents, s.sources, on))
 
+    # --- rollout controller state: one record per route, and who drives it ---
+    async def get_rollout(self, route: str) -> dict[str, Any] | None:
+        return self._rollouts.get(route)
+
+    async def put_rollout(self, route: str, record: dict[str, Any]) -> None:
+        self._rollouts[route] = record
+
+    async def lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Whether `owner` may drive `name` now; one process always may."""
+        return self.workers == 1
+
 
 class RedisOverrides(MemoryOverrides):
     shared = True
@@ -115,6 +127,7 @@ class RedisOverrides(MemoryOverrides):
         self.k_kill = f"{prefix}:kill"
         self.k_state = f"{prefix}:state"
         self.channel = f"{prefix}:events"
+        self.prefix = prefix
         self.up = False
         self.ever_connected = False
         self._known = False  # True once we have a state from Redis or from a write
@@ -243,8 +256,35 @@ class RedisOverrides(MemoryOverrides):
     async def clear(self, route: str) -> None:
         await self._change(lambda s: State({k: v for k, v in s.percents.items() if k != route}, {k: v for k, v in s.sources.items() if k != route}, s.kill), {"type": "clear", "route": route})
 
+    async def get_rollout(self, route: str) -> dict[str, Any] | None:
+        try:
+            raw = await self.client.hget(f"{self.prefix}:rollout", route)
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+        return json.loads(raw) if raw else None
+
+    async def put_rollout(self, route: str, record: dict[str, Any]) -> None:
+        try:
+            await self.client.hset(f"{self.prefix}:rollout", route, json.dumps(record))
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+
+    async def lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew a lease; another replica takes over when the holder stops renewing."""
+        key = f"{self.prefix}:lease:{name}"
+        ttl_ms = int(ttl_s * 1000)
+        try:
+            if await self.client.set(key, owner, nx=True, px=ttl_ms):
+                return True
+            return bool(await self.client.eval(_RENEW, 1, key, owner, ttl_ms))
+        except self._redis_errors:
+            return False
+
     async def set_kill(self, on: bool) -> None:
         await self._change(lambda s: State(s.percents, s.sources, on), {"type": "kill", "on": on})
+
+
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 
 
 async def _quietly(aw: Any) -> None:

@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import json
 import os
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +31,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from . import bucketing
-from .config import UID_COOKIE
+from .config import UID_COOKIE, Shadow
+from .shadow import MAX_BODY as SHADOW_MAX_BODY
 
 if TYPE_CHECKING:
     from .app import Runtime
@@ -101,7 +103,7 @@ class _TooLarge(Exception):
     pass
 
 
-async def _body(receive: Receive, state: _BodyState, limit: int) -> AsyncIterator[bytes]:
+async def _body(receive: Receive, state: _BodyState, limit: int, tee: list[bytes] | None = None) -> AsyncIterator[bytes]:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -113,6 +115,8 @@ async def _body(receive: Receive, state: _BodyState, limit: int) -> AsyncIterato
             if state.received > limit:
                 state.too_large = True
                 raise _TooLarge()
+            if tee is not None:
+                tee.append(chunk)
             yield chunk
         if not message.get("more_body", False):
             state.complete = True
@@ -229,7 +233,9 @@ class Proxy:
 
         body_state = _BodyState()
         has_body = b"transfer-encoding" in hd or hd.get(b"content-length", b"0") != b"0"
-        data = _body(receive, body_state, cfg.max_body_bytes) if has_body else None
+        shadowing = route is not None and route.shadow is not None and forced is None and not snap.kill and _wants_shadow(route.shadow, method, hd)
+        req_tee: list[bytes] | None = [] if shadowing and has_body else None
+        data = _body(receive, body_state, cfg.max_body_bytes, req_tee) if has_body else None
         if not has_body:
             body_state.complete = True
 
@@ -249,6 +255,7 @@ class Proxy:
             err = map_upstream_error(exc)
             rt.metrics.error(route_name, backend_name, handler, err.kind)
             rt.observe(route_name, backend_name, handler, err.status, time.perf_counter() - start)
+            self._judge(route_name, backend_name, True, time.perf_counter() - start)
             await _send_error(send, err.status, err.message, handler, request_id)
             self._log(request_id, method, path, route_name, handler, err.status, start, user_bucket, error=err.kind)
             return
@@ -275,16 +282,18 @@ class Proxy:
                 self._log(request_id, method, path, route_name, handler, err.status, start, user_bucket, error=err.kind)
                 return
             await send({"type": "http.response.start", "status": status, "headers": headers})
+            resp_tee: list[bytes] | None = [first] if shadowing else None
             if not first or content.at_eof():
                 await send({"type": "http.response.body", "body": first, "more_body": False})
             else:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
-                outcome = await self._stream(resp, receive, send, body_state)
+                outcome = await self._stream(resp, receive, send, body_state, resp_tee)
                 if outcome is not None:
                     if outcome == "client_abort":
                         rt.metrics.client_aborts.labels(route_name, handler).inc()
                     else:
                         rt.metrics.error(route_name, backend_name, handler, outcome)
+                        self._judge(route_name, backend_name, True, time.perf_counter() - start)
                     # The head is out: abort the connection rather than pretend the body is whole.
                     self._log(request_id, method, path, route_name, handler, status, start, user_bucket, error=outcome)
                     return
@@ -292,11 +301,27 @@ class Proxy:
             resp.release()
         if status >= 500:
             rt.metrics.error(route_name, backend_name, handler, "status_5xx")
-        rt.observe(route_name, backend_name, handler, status, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        rt.observe(route_name, backend_name, handler, status, elapsed)
+        self._judge(route_name, backend_name, status >= 500, elapsed)
+        if shadowing:
+            assert route is not None
+            complete = resp_tee is not None and len(resp_tee) <= 1024 and sum(map(len, resp_tee)) <= SHADOW_MAX_BODY
+            response = (status, CIMultiDict(resp.headers), b"".join(resp_tee or ())) if complete else None
+            req_body = b"".join(req_tee) if req_tee is not None else None
+            if req_body is not None and len(req_body) > SHADOW_MAX_BODY:
+                response = None
+            rt.shadow.launch(route, backend_name, method, target[len(backend.url) :], out, req_body, response)
         if self.access_log:
             self._log(request_id, method, path, route_name, handler, status, start, user_bucket)
 
-    async def _stream(self, resp: aiohttp.ClientResponse, receive: Receive, send: Send, body_state: _BodyState) -> str | None:
+    def _judge(self, route_name: str, backend_name: str, error: bool, seconds: float) -> None:
+        """Feed the guard and rollout windows, for the routes that have them."""
+        outcomes = self.rt.outcomes.get(route_name)
+        if outcomes is not None:
+            outcomes.record(backend_name, time.time(), error, seconds)
+
+    async def _stream(self, resp: aiohttp.ClientResponse, receive: Receive, send: Send, body_state: _BodyState, tee: list[bytes] | None = None) -> str | None:
         """Copy the rest of the body; returns None when whole, else why it stopped."""
         gone = asyncio.Event()
         watcher = None
@@ -320,6 +345,8 @@ class Proxy:
                     break
                 if gone.is_set():
                     return "client_abort"
+                if tee is not None and len(tee) <= 1024:  # more chunks than that: too big to compare
+                    tee.append(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if gone.is_set():
                 return "client_abort"
@@ -347,6 +374,15 @@ class Proxy:
             user_bucket=user_bucket,
             **extra,
         )
+
+
+def _wants_shadow(shadow: Shadow, method: str, hd: dict[bytes, bytes]) -> bool:
+    if method not in shadow.methods or b"transfer-encoding" in hd:
+        return False
+    cl = hd.get(b"content-length")
+    if cl is not None and (not cl.isdigit() or int(cl) > SHADOW_MAX_BODY):
+        return False
+    return shadow.percent >= 100 or random.random() * 100 < shadow.percent
 
 
 def _lookup_headers(hd: dict[bytes, bytes], names: tuple[bytes, ...]) -> dict[str, str]:

@@ -17,6 +17,8 @@ import argparse
 import asyncio
 import gzip
 import json
+import random
+import time
 from typing import Any
 
 import uvicorn
@@ -61,6 +63,14 @@ def make_app(name: str) -> Any:
             return
         if path.endswith("/status"):
             status = int(query.get("code", "200"))
+        if "/json/" in path:
+            # deterministic JSON, except: generated_at (ignored by config), nonce (noise), score on new at /scored
+            doc = {"id": 7, "items": [{"n": 1}, {"n": 2}], "score": 11 if name == "new" and path.endswith("/scored") else 10, "generated_at": time.time(), "nonce": random.random()}
+            body = json.dumps(doc).encode()
+            headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         body = json.dumps(
             {
                 "backend": name,

@@ -1,0 +1,175 @@
+"""Gated progressive rollout: walk a route's override through its steps while the gates hold.
+
+State per route (in Redis with a fleet, else in memory):
+    {"status": running|paused|aborted|rolled_back|done, "step": index, "since": epoch s, "reason": str}
+With Redis one replica drives a route at a time (a lease renewed every tick;
+when the holder dies another takes over after the lease runs out). The driver
+judges the gates on its own traffic since the current step began.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .config import Gates, Route
+from .overrides import Conflict, Unavailable
+from .window import Totals
+
+if TYPE_CHECKING:
+    from .app import Runtime
+
+log = structlog.get_logger("splitter.rollout")
+LEASE_S = 3.0
+
+
+def gate_failure(g: Gates, new: Totals, legacy: Totals) -> str | None:
+    """The first gate that fails, judged only with enough new traffic."""
+    if new.requests < max(1, g.min_requests):
+        return None
+    if g.max_error_rate is not None and new.error_rate > g.max_error_rate:
+        return f"error rate {new.error_rate:.4f} > {g.max_error_rate}"
+    if g.max_p95_ms is not None and new.p95_ms is not None and new.p95_ms > g.max_p95_ms:
+        return f"p95 {new.p95_ms:g} ms > {g.max_p95_ms:g} ms"
+    if g.max_p95_ratio is not None and new.p95_ms and legacy.p95_ms and legacy.requests >= max(1, g.min_requests):
+        ratio = new.p95_ms / legacy.p95_ms
+        if ratio > g.max_p95_ratio:
+            return f"p95 ratio {ratio:.2f} > {g.max_p95_ratio}"
+    return None
+
+
+class Rollouts:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.driving: set[str] = set()
+        self._waiting_logged: set[tuple[str, int]] = set()
+
+    def routes(self) -> list[Route]:
+        return [r for r in self.rt.snapshot.config.routes if r.rollout is not None]
+
+    async def run(self) -> None:
+        while True:
+            intervals = [r.rollout.interval_s for r in self.routes() if r.rollout]
+            await asyncio.sleep(max(0.1, min([1.0, *(i / 5 for i in intervals)])))
+            for route in self.routes():
+                try:
+                    await self.tick(route, time.time())
+                except (Unavailable, Conflict) as exc:
+                    log.warning("rollout tick skipped", route=route.name, error=str(exc))
+
+    async def tick(self, route: Route, now: float) -> None:
+        rt = self.rt
+        ro = route.rollout
+        assert ro is not None
+        if not await rt.overrides.lease(f"rollout:{route.name}", self.owner, LEASE_S):
+            self.driving.discard(route.name)
+            return
+        if route.name not in self.driving:
+            self.driving.add(route.name)
+            log.info("driving rollout", route=route.name, owner=self.owner)
+        state = await rt.overrides.get_rollout(route.name) or {"status": "running", "step": -1, "since": now, "reason": ""}
+        snap = rt.snapshot
+        if state["status"] != "running":
+            self._gauge(route.name)
+            return
+        step = int(state["step"])
+        if step >= 0 and snap.sources.get(route.name) != "rollout":
+            why = "guard tripped" if snap.sources.get(route.name) == "guard" else f"percent changed by hand (source {snap.sources.get(route.name)})"
+            state.update(status="rolled_back" if "guard" in why else "paused", reason=why)
+            await rt.overrides.put_rollout(route.name, state)
+            log.warning("rollout stopped", route=route.name, reason=why)
+            return
+        if step < 0:
+            await self._go(route, state, 0, now, "start")
+            return
+        outcomes = rt.outcomes[route.name]
+        since = float(state["since"])
+        new = outcomes.new.totals(now, since=since, span_s=ro.interval_s + 1)
+        legacy = outcomes.legacy.totals(now, since=since, span_s=ro.interval_s + 1)
+        failure = gate_failure(ro.gates, new, legacy)
+        gate_values = {"requests": new.requests, "error_rate": round(new.error_rate, 5), "p95_ms": new.p95_ms, "legacy_p95_ms": legacy.p95_ms}
+        if failure:
+            await rt.overrides.set_percent(route.name, 0, source="rollout")
+            state.update(status="rolled_back", reason=f"gate failed at {ro.steps[step]}%: {failure}", since=now)
+            await rt.overrides.put_rollout(route.name, state)
+            self._gauge(route.name)
+            log.warning("rollout rolled back", route=route.name, step=ro.steps[step], reason=failure, **gate_values)
+            return
+        if now - since < ro.interval_s:
+            return
+        if new.requests < ro.gates.min_requests:
+            if (route.name, step) not in self._waiting_logged:
+                self._waiting_logged.add((route.name, step))
+                log.info("rollout waiting for traffic", route=route.name, step=ro.steps[step], have=new.requests, need=ro.gates.min_requests)
+            return
+        if step + 1 >= len(ro.steps):
+            state.update(status="done", reason="all steps passed", since=now)
+            await rt.overrides.put_rollout(route.name, state)
+            log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
+            return
+        await self._go(route, state, step + 1, now, "advance", **gate_values)
+
+    async def _go(self, route: Route, state: dict[str, Any], step: int, now: float, why: str, **gate_values: Any) -> None:
+        ro = route.rollout
+        assert ro is not None
+        old = self.rt.snapshot.percent[route.name]
+        await self.rt.overrides.set_percent(route.name, ro.steps[step], source="rollout")
+        state.update(status="running", step=step, since=now, reason="")
+        await self.rt.overrides.put_rollout(route.name, state)
+        self._gauge(route.name)
+        log.info("rollout step", route=route.name, action=why, old=old, new=ro.steps[step], **gate_values)
+
+    def _gauge(self, name: str) -> None:
+        self.rt.metrics.rollout_step.labels(name).set(self.rt.snapshot.percent.get(name, 0))
+
+    # --- operator actions -------------------------------------------------------
+    async def view(self) -> list[dict[str, Any]]:
+        out = []
+        for r in self.routes():
+            assert r.rollout is not None
+            state = await self.rt.overrides.get_rollout(r.name) or {"status": "pending", "step": -1, "since": None, "reason": ""}
+            step = int(state["step"])
+            out.append(
+                {
+                    "route": r.name,
+                    "status": state["status"],
+                    "step": r.rollout.steps[step] if step >= 0 else None,
+                    "percent": self.rt.snapshot.percent[r.name],
+                    "steps": list(r.rollout.steps),
+                    "interval_s": r.rollout.interval_s,
+                    "since": state["since"],
+                    "reason": state["reason"],
+                    "driven_here": r.name in self.driving,
+                }
+            )
+        return out
+
+    async def act(self, name: str, action: str) -> dict[str, Any]:
+        state = await self.rt.overrides.get_rollout(name) or {"status": "running", "step": -1, "since": time.time(), "reason": ""}
+        now = time.time()
+        if action == "pause":
+            state.update(status="paused", reason="paused by operator")
+        elif action == "resume":
+            if state["status"] in ("aborted", "rolled_back"):
+                state.update(status="running", step=-1, since=now, reason="")  # start over at the first step
+            else:
+                if state["status"] == "paused" and int(state["step"]) >= 0:
+                    await self.rt.overrides.set_percent(name, self._steps(name)[int(state["step"])], source="rollout")
+                state.update(status="running", since=now, reason="")
+        elif action == "abort":
+            await self.rt.overrides.set_percent(name, 0, source="rollout")
+            state.update(status="aborted", reason="aborted by operator", since=now)
+        await self.rt.overrides.put_rollout(name, state)
+        log.warning("rollout " + action, route=name, status=state["status"])
+        return next(v for v in await self.view() if v["route"] == name)
+
+    def _steps(self, name: str) -> tuple[int, ...]:
+        r = self.rt.snapshot.config.by_name[name]
+        assert r.rollout is not None
+        return r.rollout.steps
