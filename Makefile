@@ -16,12 +16,16 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	PY=$(PY) scripts/demo.sh
 
-# redis-server for the runtime-control tests, from the system package manager
+# redis-server (runtime-control tests) and prometheus + promtool (ops tests), from the system package manager
+SYSTEM_PACKAGES := redis-server:redis-server prometheus:prometheus promtool:prometheus
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-		echo "installing redis-server"; \
-		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
-	}
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 test: $(VENV)/.installed system-deps lint
 	$(PY) -m pytest -q

@@ -343,6 +343,41 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import httpx
+
+    from . import report
+
+    if args.prometheus:
+        base = args.prometheus.rstrip("/")
+        results = {}
+        for key, query in report.prometheus_queries(args.window).items():
+            try:
+                resp = httpx.get(base + "/api/v1/query", params={"query": query}, timeout=10)
+                body = resp.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                fail(f"cannot query Prometheus at {base} ({type(exc).__name__})")
+            if body.get("status") != "success":
+                fail(f"Prometheus answered {resp.status_code}: {body.get('error', resp.text[:200])}")
+            results[key] = body["data"]["result"]
+        sides = report.from_prometheus(results)
+    else:
+        base = (args.admin or os.environ.get("SPLITTER_ADMIN_URL") or DEFAULT_ADMIN).rstrip("/")
+        try:
+            text = httpx.get(base + "/metrics", timeout=10).text
+        except httpx.HTTPError as exc:
+            fail(f"cannot reach the admin API at {base} ({type(exc).__name__}); is the proxy running? (--admin URL)")
+        sides = report.from_metrics_text(text)
+    reports = report.build(sides, args.route)
+    if args.route and not reports:
+        fail(f"no traffic recorded for route {args.route!r}")
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        print(report.table(reports))
+    return 2 if any(r.verdict == "fail" for r in reports) else 0
+
+
 # --- parser ---------------------------------------------------------------------
 
 
@@ -401,6 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("action", choices=["status", "pause", "resume", "abort"])
     ro.add_argument("route", nargs="?")
     ro.set_defaults(func=cmd_rollout)
+    rp = admin_parser("report", "old vs new per route against the migration plan's success criteria (exit 2 when one fails)")
+    rp.add_argument("--prometheus", default=None, help="Prometheus URL (rates over --window); default: the admin API's /metrics since start")
+    rp.add_argument("--window", default=None, help="with --prometheus: a range such as 10m, 1h, 1d (default: since the proxies started)")
+    rp.add_argument("--route", default=None)
+    rp.add_argument("--json", action="store_true")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -1,0 +1,258 @@
+"""Ops pack: compose.yaml checked statically, Prometheus + dashboard + alerts against a live stack, `splitter report`."""
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from backends import start_backend
+from conftest import ROOT, Proc, eventually, free_port, routes_yaml, wait_http
+
+from splitter import cli, config
+from splitter.bucketing import bucket
+
+DEPLOY = ROOT / "deploy"
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def test_compose_parses_and_has_the_whole_stack():
+    services = compose()["services"]
+    assert {"redis", "legacy_backend", "new_backend", "splitter-a", "splitter-b", "prometheus", "grafana"} <= set(services)
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith("./"):
+                assert (ROOT / src).exists(), f"{name} mounts missing {src}"
+        if "build" in svc:
+            assert (ROOT / svc["build"]["dockerfile"]).is_file()
+        for env_file in svc.get("env_file", []):
+            assert (ROOT / env_file).is_file()
+        assert "healthcheck" in svc or name in ("prometheus", "grafana"), name
+
+
+def container_path(svc: dict, path: str) -> Path:
+    for vol in svc["volumes"]:
+        src, dst = vol.split(":")[:2]
+        if path.startswith(dst + "/"):
+            return ROOT / src / path[len(dst) + 1 :]
+    raise AssertionError(f"{path} is not on a mounted volume")
+
+
+def test_compose_commands_ports_and_env_match_the_code():
+    c = compose()
+    services = c["services"]
+    env_keys = {line.split("=", 1)[0] for line in (ROOT / "deploy/splitter.env").read_text().splitlines() if line and not line.startswith("#")}
+    assert env_keys <= {"SPLITTER_ADMIN_TOKEN", "SPLITTER_FORCE_TOKEN", "JWT_SECRET"}
+    backend_ports = {}
+    for name in ("legacy_backend", "new_backend"):
+        cmd = services[name]["command"]
+        assert cmd[:3] == ["python", "-m", name]
+        port = int(cmd[cmd.index("--port") + 1])
+        backend_ports[name] = port
+        assert f":{port}/health" in " ".join(services[name]["healthcheck"]["test"])
+        assert set(services[name]["environment"]) <= {"DATABASE_URL", "UPLOAD_DIR", "FAULT_ERROR_RATE", "FAULT_LATENCY_MS", "UPLOAD_MAX_BYTES"}
+    scrape = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
+    targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    for name in ("splitter-a", "splitter-b"):
+        svc = services[name]
+        cmd = svc["command"]
+        assert cmd[:2] == ["splitter", "serve"]
+        args = cli.build_parser().parse_args(cmd[1:])
+        assert args.admin_host == "0.0.0.0", "Prometheus scrapes the admin listener from another container"
+        published = {p.rsplit(":", 1)[1] for p in svc["ports"]}
+        assert published == {str(args.port), str(args.admin_port)}
+        assert f"{name}:{args.admin_port}" in targets
+        cfg_file = container_path(svc, args.config)
+        cfg = config.load(cfg_file, svc["environment"]["SPLITTER_ENV"])
+        for bname, svc_name in (("legacy", "legacy_backend"), ("new", "new_backend")):
+            assert cfg.backends[bname].url == f"http://{svc_name}:{backend_ports[svc_name]}"
+        assert cfg.redis_url == "redis://redis:6379/0"
+        assert f":{args.admin_port}/readyz" in " ".join(svc["healthcheck"]["test"])
+    # the Dockerfiles' default commands agree with compose's
+    for name in ("legacy_backend", "new_backend"):
+        df = (ROOT / services[name]["build"]["dockerfile"]).read_text()
+        assert json.dumps(services[name]["command"]) in df
+    grafana = services["grafana"]["volumes"]
+    assert any(v.startswith("./deploy/grafana/dashboards:") for v in grafana)
+    ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert ds["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None or shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (make test installs the Debian package)")
+    return path
+
+
+def test_promtool_accepts_config_and_rules(promtool):
+    for args in (["check", "config", str(DEPLOY / "prometheus/prometheus.yml")], ["check", "rules", str(DEPLOY / "prometheus/alerts.yml")]):
+        r = subprocess.run([promtool, *args], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    dash = json.loads((DEPLOY / "grafana/dashboards/splitter.json").read_text())
+    assert dash["templating"]["list"][0]["name"] == "route"
+    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
+
+
+def alert_exprs() -> list[tuple[str, str]]:
+    rules = yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())
+    return [(r["alert"], r["expr"]) for g in rules["groups"] for r in g["rules"]]
+
+
+EXPECTED_LABELS = {
+    "Requests/s by handler (old vs new)": {"handler"},
+    "Error rate by handler": {"handler"},
+    "p95 latency by handler": {"handler"},
+    "p99 latency by handler": {"handler"},
+    "Effective percent to new": {"route"},
+    "Upstream errors by kind": {"handler", "kind"},
+    "Kill switch": set(),
+    "Config reload failures (1h)": set(),
+    "Requests refused by the proxy": {"reason"},
+    "SplitterNewErrorRateHigh": {"route"},
+    "SplitterNewSlowerThanOld": {"route"},
+    "SplitterRedisDown": {"instance", "job"},
+    "SplitterConfigReloadFailing": {"instance", "job", "result"},
+}
+
+
+def test_dashboard_and_alerts_against_a_real_prometheus(procs, tmp_path, splitter, promtool):
+    legacy = start_backend(procs, "legacy", tmp_path)
+    new = start_backend(procs, "new", tmp_path, {"FAULT_ERROR_RATE": "0.3", "FAULT_LATENCY_MS": "40"})
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    s = splitter(routes_yaml(legacy, new, extra=f'redis: {{url: "{dead_redis}"}}\nmax_body_bytes: 100000'), ready=False)
+    wait_http(s.admin + "/healthz")
+    assert httpx.get(s.admin + "/readyz").status_code == 503, "Redis never reached: not ready"
+
+    users = [f"p{i}" for i in range(200)]
+    sent = {"legacy": 0, "new": 0}
+    errors_new = 0
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        for u in users:
+            r = c.get("/api/auth/me", headers={"X-User-ID": u})
+            side = "new" if bucket(u) < 50 else "legacy"
+            sent[side] += 1
+            errors_new += side == "new" and r.status_code == 500
+        c.post("/api/upload", content=b"x" * 200_000)  # refused: too large
+
+    work = tmp_path / "prom"
+    work.mkdir()
+    shutil.copy(DEPLOY / "prometheus/alerts.yml", work / "alerts.yml")
+    (work / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": ["alerts.yml"],
+        "scrape_configs": [{"job_name": "splitter", "static_configs": [{"targets": [f"127.0.0.1:{s.admin_port}"]}]}],
+    }))
+    port = free_port()
+    prom = Proc([shutil.which("prometheus"), f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"], log=work / "prometheus.log")
+    procs.append(prom)
+    base = f"http://127.0.0.1:{port}"
+
+    def query(expr: str) -> list[dict]:
+        resp = httpx.get(base + "/api/v1/query", params={"query": expr}, timeout=10)
+        assert resp.status_code == 200, (expr, resp.text)
+        r = resp.json()
+        return r["data"]["result"]
+
+    eventually(lambda: _ok(base), timeout=20)
+    # keep traffic flowing while Prometheus scrapes, so rates are non-zero
+    t_end = time.monotonic() + 6
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        while time.monotonic() < t_end:
+            for u in users[:20]:
+                r = c.get("/api/auth/me", headers={"X-User-ID": u})
+                side = "new" if bucket(u) < 50 else "legacy"
+                sent[side] += 1
+                errors_new += side == "new" and r.status_code == 500
+            c.post("/api/upload", content=b"x" * 200_000)
+            if time.monotonic() > t_end - 3 and not s.config.read_text().startswith("routes: [broken"):
+                s.config.write_text("routes: [broken")  # a failed reload, while Prometheus watches
+    eventually(lambda: s.metric("splitter_config_reloads_total", result="failure") == 1, timeout=3)
+    time.sleep(2.5)  # the last scrape
+
+    for title, expr in dashboard_exprs() + alert_exprs():
+        concrete = expr.replace("$__rate_interval", "1m").replace('"$route"', '".*"')
+        try:
+            result = eventually(lambda e=concrete: query(e), timeout=10)
+        except AssertionError:
+            raise AssertionError(f"{title}: no data for {concrete}") from None
+        labels = set(result[0]["metric"]) - {"__name__"}
+        assert EXPECTED_LABELS[title] <= labels, (title, labels)
+        if title.startswith("Splitter") and "route" in EXPECTED_LABELS[title]:
+            assert {x["metric"]["route"] for x in result} == {"auth"}, (title, result)
+
+    # splitter report, from Prometheus and from the admin API: the numbers the test sent
+    from test_cli import run
+
+    for source in (["--prometheus", base], ["--admin", s.admin]):
+        r = run("report", *source, "--route", "auth", "--json")
+        assert r.returncode == 2, r.stderr  # new fails the criteria
+        rep = json.loads(r.stdout)[0]
+        assert rep["old"]["requests"] == sent["legacy"] and rep["new"]["requests"] == sent["new"], (source, rep, sent)
+        assert rep["new"]["errors"] == errors_new and rep["old"]["errors"] == 0
+        assert rep["new"]["p95_ms"] >= 40 and rep["verdict"] == "fail"
+        table = run("report", *source)
+        assert table.returncode == 2 and re.search(r"auth\s+\d+\s+\d+", table.stdout) and "FAIL" in table.stdout
+
+
+def _ok(base: str) -> bool:
+    try:
+        return httpx.get(base + "/api/v1/query", params={"query": "up"}).json()["data"]["result"] != [] and bool(
+            httpx.get(base + "/api/v1/query", params={"query": "splitter_requests_total"}).json()["data"]["result"]
+        )
+    except httpx.HTTPError:
+        return False
+
+
+def test_report_counts_a_healthy_migration_exactly(procs, tmp_path, splitter):
+    from test_cli import run
+
+    legacy = start_backend(procs, "legacy", tmp_path)
+    new = start_backend(procs, "new", tmp_path)
+    s = splitter(routes_yaml(legacy, new))
+    with httpx.Client(base_url=s.url) as c:
+        for i in range(100):
+            c.get("/api/auth/me", headers={"X-User-ID": f"h{i}"})
+    r = run("report", "--admin", s.admin, "--route", "auth", "--json")
+    rep = json.loads(r.stdout)[0]
+    n_new = sum(bucket(f"h{i}") < 50 for i in range(100))
+    assert rep["new"]["requests"] == n_new and rep["old"]["requests"] == 100 - n_new
+    assert rep["new"]["errors"] == 0 and rep["new"]["error_rate"] == 0
+    # two healthy backends may still differ in p95 by more than 10 %: the exit code must follow the verdict
+    assert r.returncode == {"pass": 0, "fail": 2}[rep["verdict"]]
+    assert all("p95" in reason for reason in rep["reasons"])
+
+
+def test_report_judge_and_quantile():
+    from splitter import report
+
+    ok = report.judge("auth", report.Side(1000, 0, 100.0), report.Side(1000, 0, 105.0))
+    assert ok.verdict == "pass" and ok.reasons == []
+    slow = report.judge("auth", report.Side(1000, 0, 100.0), report.Side(1000, 0, 111.0))
+    assert slow.verdict == "fail" and "p95" in slow.reasons[0]
+    erring = report.judge("auth", report.Side(1000, 0, 100.0), report.Side(1000, 1, 100.0))
+    assert erring.verdict == "fail" and "error rate" in erring.reasons[0]
+    assert report.judge("auth", report.Side(10, 0, 1.0), report.Side()).verdict == "no_data"
+    # histogram_quantile semantics: linear inside the bucket
+    assert report.quantile(0.5, [(0.1, 50.0), (0.2, 100.0), (float("inf"), 100.0)]) == pytest.approx(0.1)
+    assert report.quantile(0.95, [(0.1, 50.0), (0.2, 100.0), (float("inf"), 100.0)]) == pytest.approx(0.19)
+    assert report.quantile(0.95, []) is None
+
+
+def test_report_operator_errors_are_one_line():
+    from test_cli import one_line_error, run
+
+    one_line_error(run("report", "--prometheus", f"http://127.0.0.1:{free_port()}"), "cannot query Prometheus")
+    one_line_error(run("report", "--admin", f"http://127.0.0.1:{free_port()}"), "cannot reach the admin API")
