@@ -30,8 +30,15 @@ system-deps:
 test: $(VENV)/.installed system-deps lint
 	$(PY) -m pytest -q
 
+# the benchmark: nginx (upstream and split_clients peer), wrk, and asgiproxy (the Python peer)
+bench: $(VENV)/.installed
+	@command -v wrk >/dev/null 2>&1 && { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || { \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk curl >/dev/null; }
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/bench.py
+
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check splitter legacy_backend new_backend tests
+	$(VENV)/bin/ruff check splitter legacy_backend new_backend tests benchmarks
 	$(VENV)/bin/mypy
 
 clean:

@@ -139,6 +139,7 @@ class Runtime:
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
                 raise_for_status=False,
+                read_bufsize=256 * 1024,  # bigger chunks per send when streaming large bodies
             )
             self.sessions[backend] = s
         return s

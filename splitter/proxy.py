@@ -124,6 +124,12 @@ async def _body(receive: Receive, state: _BodyState, limit: int, tee: list[bytes
 
 
 @lru_cache(maxsize=4096)
+def _url(target: str) -> URL:
+    """Parsed once per distinct target; encoded=True keeps the raw path exactly as the client sent it."""
+    return URL(target, encoded=True)
+
+
+@lru_cache(maxsize=4096)
 def _peer_trusted(peer: str, networks: tuple[Any, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(peer)
@@ -212,19 +218,20 @@ class Proxy:
         conn = hd.get(b"connection")
         if conn is not None:
             drop = drop | {t.strip().lower() for t in conn.split(b",")}
-        out = CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"] if n not in drop)
+        # a list, not a dict: repeated headers stay repeated; the names added below were dropped above
+        out = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"] if n not in drop]
         xff = hd.get(b"x-forwarded-for") if trusted else None
-        out["X-Forwarded-For"] = f"{xff.decode('latin-1')}, {peer}" if xff else peer
+        out.append(("X-Forwarded-For", f"{xff.decode('latin-1')}, {peer}" if xff else peer))
         if not trusted or b"x-forwarded-proto" not in hd:
-            out["X-Forwarded-Proto"] = scope.get("scheme", "http")
+            out.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
         if not trusted or b"x-forwarded-host" not in hd:
             host = hd.get(b"host")
             if host is not None:
-                out["X-Forwarded-Host"] = host.decode("latin-1")
+                out.append(("X-Forwarded-Host", host.decode("latin-1")))
         via = hd.get(b"via")
-        out["Via"] = f"{via.decode('latin-1')}, 1.1 splitter" if via else "1.1 splitter"
-        out["X-Request-ID"] = request_id
-        out["X-Splitter-Handler"] = handler
+        out.append(("Via", f"{via.decode('latin-1')}, 1.1 splitter" if via else "1.1 splitter"))
+        out.append(("X-Request-ID", request_id))
+        out.append(("X-Splitter-Handler", handler))
 
         target = backend.url + scope.get("raw_path", path.encode()).decode("latin-1")
         qs = scope.get("query_string")
@@ -241,7 +248,7 @@ class Proxy:
 
         session = rt.session(backend)
         try:
-            resp = await session.request(method, URL(target, encoded=True), headers=out, data=data, allow_redirects=False)
+            resp = await session.request(method, _url(target), headers=out, data=data, allow_redirects=False)
         except Exception as exc:  # noqa: BLE001 - every failure is mapped below
             if body_state.client_gone:
                 rt.metrics.client_aborts.labels(route_name, handler).inc()
@@ -311,7 +318,7 @@ class Proxy:
             req_body = b"".join(req_tee) if req_tee is not None else None
             if req_body is not None and len(req_body) > SHADOW_MAX_BODY:
                 response = None
-            rt.shadow.launch(route, backend_name, method, target[len(backend.url) :], out, req_body, response)
+            rt.shadow.launch(route, backend_name, method, target[len(backend.url) :], CIMultiDict(out), req_body, response)
         if self.access_log:
             self._log(request_id, method, path, route_name, handler, status, start, user_bucket)
 

@@ -105,6 +105,15 @@ class Splitter:
         self.url = f"http://127.0.0.1:{port}"
         self.admin = f"http://127.0.0.1:{admin_port}"
 
+    def logs(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(line) for line in self.proc.output().splitlines() if line.startswith("{")]
+
+    def wait_log(self, match: Callable[[dict[str, Any]], bool], timeout: float = 3.0) -> dict[str, Any]:
+        """The first JSON log entry that matches; logs are written in batches every 0.1 s."""
+        return eventually(lambda: next((e for e in self.logs() if match(e)), None), timeout=timeout)  # type: ignore[no-any-return]
+
     def metrics(self) -> str:
         return httpx.get(self.admin + "/metrics", timeout=5).text
 

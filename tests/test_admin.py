@@ -80,11 +80,8 @@ def test_bucket_lookup(stack):
 
 
 def test_changes_are_logged_with_who_old_and_new(stack):
-    import json
-
     httpx.put(stack.admin + "/admin/routes/auth", json={"percent": 30}, headers={**AUTH, "X-Splitter-Actor": "dana"})
-    entries = [json.loads(line) for line in stack.proc.output().splitlines() if line.startswith("{")]
-    change = next(e for e in entries if e["event"] == "override set")
+    change = stack.wait_log(lambda e: e["event"] == "override set")
     assert change["who"] == "dana@127.0.0.1" and change["route"] == "auth" and change["old"] == 50 and change["new"] == 30
 
 

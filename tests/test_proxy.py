@@ -237,13 +237,12 @@ def test_jwt_sub_and_cookie_sources(stack):
 
 
 def test_one_canonical_log_line_per_request(stack):
-    import json
     import time
 
     httpx.get(stack.url + "/api/auth/x", headers={"X-User-ID": "alice", "X-Request-ID": "log-me-1"})
+    stack.wait_log(lambda e: e.get("request_id") == "log-me-1")
     time.sleep(0.3)
-    lines = [json.loads(line) for line in stack.proc.output().splitlines() if line.startswith("{")]
-    mine = [entry for entry in lines if entry.get("request_id") == "log-me-1"]
+    mine = [entry for entry in stack.logs() if entry.get("request_id") == "log-me-1"]
     assert len(mine) == 1
     entry = mine[0]
     assert entry["event"] == "request" and entry["method"] == "GET" and entry["path"] == "/api/auth/x" and entry["route"] == "auth"

@@ -1,0 +1,293 @@
+"""splitter beside nginx and asgiproxy, measured in one run on this machine.
+
+    make bench            (or: .venv/bin/python benchmarks/bench.py [--duration 10])
+
+Starts a trivial nginx upstream, then drives the same wrk load (1 thread,
+64 connections, a random X-User-ID per request) at: the upstream directly,
+nginx split_clients, asgiproxy, and splitter with its full default feature set
+(metrics, access log, bucketing, header handling). Prints req/s, p50, p99 and
+the ratios; then added latency at a fixed 1,000 req/s, 100 MiB upload and
+download throughput, RSS under 1,000 idle keep-alive connections, and the
+--workers 1 vs 2 figure. Only ratios within one run mean anything: absolute
+numbers drift on a shared machine. Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)  # type: ignore[call-overload]
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen[bytes]) -> None:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            self.stop(p)
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    keepalive_requests 1000000;
+    upstream legacy {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+    upstream new {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+    split_clients "$http_x_user_id" $backend {{ 10% new; * legacy; }}
+    server {{
+        listen 127.0.0.1:{upstream};
+        client_max_body_size 0;
+        location /files/ {{ alias {work}/files/; }}
+        location /upload {{ root {work}/dav; dav_methods PUT; create_full_put_path on; client_body_temp_path {work}/dav-tmp; }}
+        location / {{ return 200 "{{\\"ok\\": true}}\\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{split};
+        location / {{
+            proxy_pass http://$backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def wrk(url: str, duration: int, connections: int = 64) -> dict[str, float]:
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "random_user.lua"), url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert m, out
+        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock_err = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": float(errors.group(1)) if errors else 0.0, "socket_errors": 1.0 if sock_err else 0.0}
+
+
+def rss_mib(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(x) for x in out]
+
+
+async def paced_latency(port: int, rate: int, seconds: float) -> tuple[float, float]:
+    """Open-loop: one request every 1/rate s, whatever the previous ones did; p50, p99 in ms."""
+    import aiohttp
+
+    lat: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as s:
+
+        async def one(i: int) -> None:
+            t0 = time.perf_counter()
+            async with s.get(f"http://127.0.0.1:{port}/api/auth/me", headers={"X-User-ID": f"user-{i}"}) as r:
+                await r.read()
+            lat.append((time.perf_counter() - t0) * 1000)
+
+        tasks = []
+        start = time.perf_counter()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i)))
+        await asyncio.gather(*tasks)
+    lat.sort()
+    warm = lat[len(lat) // 10 :] if len(lat) > 100 else lat
+    return statistics.median(warm), warm[int(len(warm) * 0.99) - 1]
+
+
+def curl_speed(args: list[str], field: str) -> float:
+    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", f"%{{{field}}}", *args], capture_output=True, text=True, check=True).stdout
+    return float(out) / (1024 * 1024)
+
+
+def idle_connections(port: int, n: int) -> list[socket.socket]:
+    socks = []
+    for i in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(f"GET /api/auth/me HTTP/1.1\r\nHost: x\r\nX-User-ID: idle-{i}\r\n\r\n".encode())
+        socks.append(s)
+    for s in socks:
+        s.settimeout(10)
+        s.recv(65536)
+    return socks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per target; the median is reported")
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk", "curl"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk curl (make bench does)")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    work = Path(tempfile.mkdtemp(prefix="splitter-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    work.chmod(0o755)  # nginx workers run as an unprivileged user
+    (work / "files").mkdir()
+    (work / "dav").mkdir(mode=0o777)
+    (work / "dav-tmp").mkdir(mode=0o777)
+    with open(work / "files" / "big.bin", "wb") as f:
+        f.truncate(100 * 1024 * 1024)
+    upstream, split, asgi, proxy, admin = (free_port() for _ in range(5))
+    (work / "nginx.conf").write_text(NGINX_CONF.format(work=work, upstream=upstream, split=split))
+    (work / "routes.yaml").write_text(
+        f"""environment: production
+backends:
+  legacy: {{url: "http://127.0.0.1:{upstream}"}}
+  new: {{url: "http://127.0.0.1:{upstream}"}}
+user_id:
+  - header: X-User-ID
+  - jwt_sub: Authorization
+  - cookie: user_id
+anonymous: cookie
+routes:
+  - name: auth
+    prefix: /api/auth
+    percent: 10
+  - name: upload
+    prefix: /upload
+    percent: 0
+  - name: files
+    prefix: /files
+    percent: 0
+unmatched: legacy
+"""
+    )
+    procs = Procs()
+    results: dict[str, dict[str, float]] = {}
+    try:
+        procs.start([nginx, "-c", str(work / "nginx.conf"), "-g", "daemon off;"])
+        wait_port(upstream)
+        wait_port(split)
+        procs.start([PY, str(HERE / "asgiproxy_app.py"), f"http://127.0.0.1:{upstream}", str(asgi)])
+        wait_port(asgi)
+        log = open(work / "splitter.log", "wb")  # noqa: SIM115 - the access log goes to a file, as in production
+        serve = [PY, "-m", "splitter", "serve", "--config", str(work / "routes.yaml"), "--host", "127.0.0.1", "--port", str(proxy), "--admin-port", str(admin)]
+        sp = subprocess.Popen(serve, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.procs.append(sp)
+        wait_port(proxy)
+
+        print(f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} alternating rounds (median shown), random X-User-ID, GET /api/auth/me")
+        print("splitter: defaults (metrics, JSON access log to a file, bucketing, header handling); asgiproxy: its CLI defaults\n")
+        targets = {"direct (nginx upstream)": upstream, "nginx split_clients": split, "asgiproxy": asgi, "splitter": proxy}
+        for port in targets.values():
+            wrk(f"http://127.0.0.1:{port}/api/auth/me", 2)  # warm-up: pools, caches
+        # Rounds alternate the targets so drift on a shared machine hits all of them; the median round counts.
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        for _ in range(args.rounds):
+            for name, port in targets.items():
+                rounds[name].append(wrk(f"http://127.0.0.1:{port}/api/auth/me", args.duration))
+        for name, rs in rounds.items():
+            results[name] = sorted(rs, key=lambda r: r["rps"])[len(rs) // 2]
+        print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+        for name, r in results.items():
+            print(f"{name:<26} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}" + ("  (non-2xx!)" if r["non2xx"] else ""))
+        sp_r, ap_r, ng_r = results["splitter"], results["asgiproxy"], results["nginx split_clients"]
+        print(f"\nsplitter / asgiproxy req/s: {sp_r['rps'] / ap_r['rps']:.2f}x   (p99 {sp_r['p99']:.2f} ms vs {ap_r['p99']:.2f} ms)")
+        print(f"splitter / nginx split_clients req/s: {sp_r['rps'] / ng_r['rps']:.1%}")
+
+        d50, d99 = asyncio.run(paced_latency(upstream, 1000, 5))
+        s50, s99 = asyncio.run(paced_latency(proxy, 1000, 5))
+        print(f"\nadded latency at 1,000 req/s (open loop, 5 s): p50 +{s50 - d50:.2f} ms, p99 +{s99 - d99:.2f} ms  (direct {d50:.2f}/{d99:.2f}, splitter {s50:.2f}/{s99:.2f})")
+
+        up_direct = curl_speed(["-T", str(work / "files" / "big.bin"), f"http://127.0.0.1:{upstream}/upload"], "speed_upload")
+        up_proxy = curl_speed(["-T", str(work / "files" / "big.bin"), f"http://127.0.0.1:{proxy}/upload"], "speed_upload")
+        down_direct = curl_speed([f"http://127.0.0.1:{upstream}/files/big.bin"], "speed_download")
+        down_proxy = curl_speed([f"http://127.0.0.1:{proxy}/files/big.bin"], "speed_download")
+        print(f"\n100 MiB upload:   direct {up_direct:.0f} MiB/s, splitter {up_proxy:.0f} MiB/s ({up_proxy / up_direct:.0%})")
+        print(f"100 MiB download: direct {down_direct:.0f} MiB/s, splitter {down_proxy:.0f} MiB/s ({down_proxy / down_direct:.0%})")
+
+        before = rss_mib([sp.pid])
+        socks = idle_connections(proxy, 1000)
+        time.sleep(1)
+        during = rss_mib([sp.pid])
+        for s in socks:
+            s.close()
+        print(f"\nRSS with 1,000 idle keep-alive connections: {during:.0f} MiB (idle before: {before:.0f} MiB)")
+        procs.stop(sp)
+
+        print("\n--workers scaling (multiprocess metrics on):")
+        for n in (1, 2):
+            port, aport = free_port(), free_port()
+            w = procs.start([PY, "-m", "splitter", "serve", "--config", str(work / "routes.yaml"), "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(aport), "--workers", str(n)], cwd=ROOT)
+            wait_port(port)
+            time.sleep(1.0)
+            wrk(f"http://127.0.0.1:{port}/api/auth/me", 2)
+            r = wrk(f"http://127.0.0.1:{port}/api/auth/me", args.duration)
+            print(f"  --workers {n}: {r['rps']:.0f} req/s, p99 {r['p99']:.2f} ms")
+            procs.stop(w)
+        log.close()
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
