@@ -47,6 +47,8 @@ class Settings:
     force_token: str | None = None  # SPLITTER_FORCE_TOKEN
     multiprocess_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR, with --workers > 1
     graceful_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    header_timeout: float = 30.0
     access_log: bool = True
     reload_interval: float = 0.5
     redis_resync_interval: float = 1.0

@@ -9,16 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import gc
 import json
 import logging
 import os
 import select
-import shutil
-import signal
-import socket
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -144,57 +139,10 @@ def _settings(args: argparse.Namespace) -> Any:
         admin_token=env.get("SPLITTER_ADMIN_TOKEN") or None,
         force_token=env.get("SPLITTER_FORCE_TOKEN") or None,
         graceful_timeout=args.graceful_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        header_timeout=args.header_timeout,
         access_log=not args.no_access_log,
     )
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _run_worker(settings: Any, sockets: list[socket.socket], log_level: str) -> None:
-    import uvicorn
-
-    from .app import create_app
-
-    setup_logging(log_level)
-    app = create_app(settings)
-    # Start-up objects never become garbage: move them out of the collector's way, and
-    # collect the young generation less often. A proxy allocates a few hundred short-lived
-    # objects per request; the default threshold (700) means a collection every few
-    # requests, which cost ~15% of throughput and most of the p99 in the benchmark.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 10)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            server_header=False,
-            proxy_headers=False,  # trusted_proxies in routes.yaml decides, not uvicorn
-            date_header=False,
-            access_log=False,
-            log_config=None,
-            log_level="warning",
-            timeout_graceful_shutdown=int(settings.graceful_timeout),
-            timeout_keep_alive=75,  # like nginx keepalive_timeout: longer than typical LB idle timeouts
-        )
-    )
-    server.run(sockets=sockets)
-    if not server.started:
-        sys.exit(3)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -210,75 +158,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port) or (settings.port == settings.admin_port and settings.port != 0):
         fail("--port and --admin-port must differ")
-    proxy_sock = _bind(settings.host, settings.port)
-    admin_sock = _bind(settings.admin_host, settings.admin_port)
-    from dataclasses import replace
+    from . import server
 
-    settings = replace(settings, port=proxy_sock.getsockname()[1], admin_port=admin_sock.getsockname()[1])
-    log = structlog.get_logger("splitter")
-    log.info("listening", proxy=f"http://{settings.host}:{settings.port}", admin=f"http://{settings.admin_host}:{settings.admin_port}", workers=settings.workers, environment=settings.environment or cfg.environment)
-    if settings.workers == 1:
-        _run_worker(settings, [proxy_sock, admin_sock], args.log_level)
-        return 0
-    return _supervise(settings, [proxy_sock, admin_sock], args.log_level)
-
-
-def _supervise(settings: Any, sockets: list[socket.socket], log_level: str) -> int:
-    """Fork-free multi-worker mode (spawn, like uvicorn): the workers share both listening sockets."""
-    import multiprocessing
-    import time
-    from dataclasses import replace
-
-    mpdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="splitter-metrics-")
-    own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-    for name in os.listdir(mpdir):
-        if name.endswith(".db"):
-            os.unlink(os.path.join(mpdir, name))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir  # read by prometheus_client at import in each worker
-    settings = replace(settings, multiprocess_dir=mpdir)
-    ctx = multiprocessing.get_context("spawn")
-    log = structlog.get_logger("splitter")
-    stopping = False
-
-    def start() -> Any:
-        p = ctx.Process(target=_run_worker, args=(settings, sockets, log_level), daemon=False)
-        p.start()
-        return p
-
-    workers = [start() for _ in range(settings.workers)]
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for p in workers:
-            if p.is_alive() and p.pid:
-                os.kill(p.pid, signal.SIGTERM)
-
-    def on_hup(signum: int, frame: Any) -> None:
-        for p in workers:
-            if p.is_alive() and p.pid:
-                os.kill(p.pid, signal.SIGHUP)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_hup)
     try:
-        while not stopping:
-            for i, p in enumerate(workers):
-                if not p.is_alive() and not stopping:
-                    if p.exitcode == 3:
-                        log.error("worker failed to start; stopping")
-                        on_signal(signal.SIGTERM, None)
-                        break
-                    log.warning("worker died; restarting", pid=p.pid, exitcode=p.exitcode)
-                    workers[i] = start()
-            time.sleep(0.2)
-        for p in workers:
-            p.join()
-    finally:
-        if own_dir:
-            shutil.rmtree(mpdir, ignore_errors=True)
-    return 0
+        return server.serve(settings, args.log_level, cfg.environment)
+    except server.BindError as exc:
+        fail(str(exc))
 
 
 # --- check / bucket --------------------------------------------------------------
@@ -475,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--redis-url", default=None)
     s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM")
+    s.add_argument("--keepalive-timeout", type=float, default=75.0, help="seconds an idle client connection stays open")
+    s.add_argument("--header-timeout", type=float, default=30.0, help="seconds a client has to send a complete request head")
     s.add_argument("--no-access-log", action="store_true", help="no per-request log line (errors are still logged)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_serve)

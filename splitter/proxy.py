@@ -167,6 +167,8 @@ class Proxy:
         reject = None
         if method == "CONNECT":
             reject = (400, "bad_request", "CONNECT is not supported")
+        elif "extensions" in scope and "splitter.absolute_form" in scope["extensions"]:
+            reject = (400, "bad_request", "absolute-form request targets are not accepted; this is not a forward proxy")
         elif b"transfer-encoding" in hd and b"content-length" in hd:
             reject = (400, "bad_request", "Content-Length together with Transfer-Encoding")
         else:
