@@ -172,17 +172,21 @@ def load(path: str | Path, environment: str | None = None) -> Config:
 
 def parse(text: str, filename: str = "routes.yaml", environment: str | None = None) -> Config:
     doc = _Doc(filename)
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)  # the reader already rejects control characters
         node = loader.get_single_node()
         data = doc.plain(loader, node, "") if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        problem = getattr(exc, "problem", None) or str(exc)
+        line = mark.line + 1 if mark else text[: getattr(exc, "position", 0)].count("\n") + 1
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{filename}:{line}: (yaml): invalid YAML: {problem}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{filename}:1: (yaml): invalid YAML: nested too deeply"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if doc.errors:
         raise ConfigError(doc.errors)
     if not isinstance(data, dict):

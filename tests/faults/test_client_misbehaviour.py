@@ -1,0 +1,79 @@
+"""Clients that go away or dawdle: nothing leaks, idle connections are closed by the server's timeouts."""
+
+import os
+import socket
+import time
+
+import httpx
+from conftest import eventually, routes_yaml
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_disconnects_mid_upload_and_mid_download_leak_nothing(standin, splitter):
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), args=["--no-access-log"])
+    for _ in range(50):  # warm-up: pools and caches reach their steady size
+        httpx.get(s.url + "/api/upload/bytes?n=1000")
+    fd0, rss0 = fds(s.proc.pid), rss_mib(s.proc.pid)
+    for i in range(500):
+        with socket.create_connection(("127.0.0.1", s.port)) as c:
+            c.sendall(b"POST /api/upload/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"u" * 50_000)
+        with socket.create_connection(("127.0.0.1", s.port)) as c:
+            c.sendall(b"GET /api/upload/bytes?n=50000000 HTTP/1.1\r\nHost: a\r\n\r\n")
+            c.recv(65536)
+    eventually(lambda: (s.metric("splitter_client_aborts_total", route="upload", handler="old_upload") or 0) >= 900, timeout=10)
+    time.sleep(1.0)
+    assert fds(s.proc.pid) <= fd0 + 10, "sockets are not leaked (upstream requests of aborted clients are closed)"
+    assert rss_mib(s.proc.pid) - rss0 < 30, "memory stays flat over 1,000 aborted requests"
+    assert httpx.get(s.url + "/api/upload/bytes?n=1000").status_code == 200
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1024) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_slowloris_and_idle_connections_are_timed_out(standin, splitter):
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), args=["--header-timeout", "1", "--keepalive-timeout", "1"])
+    # a connection that never says anything
+    idle = socket.create_connection(("127.0.0.1", s.port))
+    # a request head that trickles in, one byte at a time
+    slow = socket.create_connection(("127.0.0.1", s.port))
+    t0 = time.monotonic()
+    closed = False
+    for b in b"GET /api/x HTTP/1.1\r\nHost: a\r\nX-Long: " + b"z" * 100:
+        try:
+            slow.sendall(bytes([b]))
+        except OSError:
+            closed = True
+            break
+        time.sleep(0.05)
+        if time.monotonic() - t0 > 3:
+            break
+    assert closed or closed_within(slow, 1.5), "a trickling request head is cut after the header timeout"
+    assert time.monotonic() - t0 < 4
+    assert closed_within(idle, 1.0), "a silent connection is closed"
+    # keep-alive: idle after a response
+    ka = socket.create_connection(("127.0.0.1", s.port))
+    ka.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    time.sleep(0.2)
+    assert ka.recv(65536).startswith(b"HTTP/1.1 200")
+    assert closed_within(ka, 3.0), "an idle keep-alive connection is closed after the keep-alive timeout"
+    for sock in (idle, slow, ka):
+        sock.close()
+    assert httpx.get(s.url + "/api/x").status_code == 200
