@@ -25,7 +25,7 @@ def test_disconnects_mid_upload_and_mid_download_leak_nothing(standin, splitter)
     for _ in range(50):  # warm-up: pools and caches reach their steady size
         httpx.get(s.url + "/api/upload/bytes?n=1000")
     fd0, rss0 = fds(s.proc.pid), rss_mib(s.proc.pid)
-    for i in range(500):
+    for _ in range(500):
         with socket.create_connection(("127.0.0.1", s.port)) as c:
             c.sendall(b"POST /api/upload/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n" + b"u" * 50_000)
         with socket.create_connection(("127.0.0.1", s.port)) as c:

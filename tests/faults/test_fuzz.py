@@ -17,7 +17,9 @@ VALID = routes_yaml("http://127.0.0.1:1", "http://127.0.0.1:2")
 SOURCES = (IdSource("header", "x-user-id"), IdSource("jwt_sub", "authorization"), IdSource("cookie", "user_id"))
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-1000, 1000), st.floats(allow_nan=True), st.text(max_size=20))
-documents = st.recursive(scalars, lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.sampled_from(["routes", "backends", "legacy", "new", "url", "name", "prefix", "percent", "user_id", "header", "guard", "shadow", "rollout", "steps", "gates", "x"]) | st.text(max_size=8), children, max_size=5)), max_leaves=20)
+KEYS = ["routes", "backends", "legacy", "new", "url", "name", "prefix", "percent", "user_id", "header", "guard", "shadow", "rollout", "steps", "gates", "x"]
+keys = st.sampled_from(KEYS) | st.text(max_size=8)
+documents = st.recursive(scalars, lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(keys, children, max_size=5)), max_leaves=20)
 
 
 @settings(max_examples=300, deadline=None)
@@ -65,9 +67,6 @@ def test_user_id_extraction_never_raises(uid, cookie, auth, payload):
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """One proxy for the whole fuzz run (hypothesis calls the test many times)."""
-    import sys
-    from pathlib import Path
-
     from conftest import PY, ROOT, Proc, free_port, wait_http
 
     tmp = tmp_path_factory.mktemp("fuzz")
@@ -83,7 +82,6 @@ def live(tmp_path_factory):
     port, admin = free_port(), free_port()
     procs.append(Proc([PY, "-m", "splitter", "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin)], log=tmp / "splitter.log"))
     wait_http(f"http://127.0.0.1:{admin}/readyz", proc=procs[-1].p)
-    assert sys and Path
     yield f"http://127.0.0.1:{port}", procs[-1]
     for p in reversed(procs):
         p.stop()
