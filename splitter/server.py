@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from typing import Any
@@ -43,6 +44,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._head_too_large = False
         self._header_timeout = header_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        self._requests = 0
+        self._draining = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -87,7 +90,24 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
+        self._requests += 1
         super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def shutdown(self) -> None:
+        """Graceful stop. uvicorn closes a connection with no request in progress at once; one
+        accepted a moment ago has its first request on the way, so it gets a short grace instead
+        of a reset (the rolling-restart test catches this)."""
+        if self.cycle is None and self._requests == 0 and not self.transport.is_closing():
+            self._draining = True
+            self.loop.call_later(1.0, self._close_if_idle)
+            return
+        super().shutdown()
+
+    def _close_if_idle(self) -> None:
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
 
     def _count(self, n: int) -> None:
         self._head_bytes += n
@@ -138,7 +158,7 @@ def serve(settings: Any, log_level: str, environment: str) -> int:
     return supervise(settings, [proxy_sock, admin_sock], log_level)
 
 
-def run_worker(settings: Any, sockets: list[socket.socket], log_level: str) -> None:
+def run_worker(settings: Any, sockets: list[socket.socket], log_level: str, ready: Any = None) -> None:
     import functools
 
     import uvicorn
@@ -173,6 +193,15 @@ def run_worker(settings: Any, sockets: list[socket.socket], log_level: str) -> N
             timeout_keep_alive=int(settings.keepalive_timeout),
         )
     )
+    if ready is not None:  # tell the supervisor once this worker accepts connections
+
+        def announce() -> None:
+            deadline = time.monotonic() + 60
+            while not server.started and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ready.set()
+
+        threading.Thread(target=announce, daemon=True).start()
     server.run(sockets=sockets)
     if not server.started:
         sys.exit(3)
@@ -198,9 +227,13 @@ def supervise(settings: Any, sockets: list[socket.socket], log_level: str) -> in
     log = structlog.get_logger("splitter")
     state = {"stopping": False, "restart": False}
 
-    def start() -> Any:
-        p = ctx.Process(target=run_worker, args=(settings, sockets, log_level), daemon=False)
+    def start(wait: bool = False) -> Any:
+        ready = ctx.Event()
+        p = ctx.Process(target=run_worker, args=(settings, sockets, log_level, ready), daemon=False)
+        p.ready = ready  # type: ignore[attr-defined]  # the child unpickles it after start(): keep it alive here
         p.start()
+        if wait:
+            ready.wait(60)
         return p
 
     workers = [start() for _ in range(settings.workers)]
@@ -224,8 +257,7 @@ def supervise(settings: Any, sockets: list[socket.socket], log_level: str) -> in
                 state["restart"] = False
                 log.info("rolling restart of workers")
                 for i, old in enumerate(list(workers)):
-                    workers[i] = start()
-                    time.sleep(1.0)  # the new worker imports and starts listening
+                    workers[i] = start(wait=True)  # accepting before the old one drains
                     if old.pid and old.is_alive():
                         os.kill(old.pid, signal.SIGTERM)
                         old.join()
