@@ -117,8 +117,10 @@ def test_new_killed_and_flapping_under_load_legacy_untouched(procs, tmp_path, sp
     assert legacy_results and all(code == 200 and what == "legacy" for _, code, what in legacy_results)
     failed = [r for r in new_results if r[1] != 200]
     assert failed, "the kills happened under load"
-    assert all(code == 502 and what == "upstream connection failed" for _, code, what in failed), failed[:3]
-    assert s.metric("splitter_errors_total", route="auth", backend="new", handler="new_auth", kind="connect") == len(failed)
+    # refused or reset before a response: connect; killed while a response was on the wire: protocol
+    assert {(code, what) for _, code, what in failed} <= {(502, "upstream connection failed"), (502, "upstream sent a malformed response")}, set(failed)
+    counted = sum(s.metric("splitter_errors_total", route="auth", backend="new", handler="new_auth", kind=k) or 0 for k in ("connect", "protocol"))
+    assert counted == len(failed)
     with httpx.Client(base_url=s.url) as c:
         assert all(c.get("/api/auth/x", headers={"X-User-ID": f"k{i}"}).status_code == 200 for i in range(50)), "recovered"
 
