@@ -229,6 +229,14 @@ def redis_server(redis_server_bin: str, tmp_path: Path) -> Iterator[Redis]:
     r.stop()
 
 
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
     """Poll until check() is truthy; returns its value, fails with the last one."""
     deadline = time.monotonic() + timeout

@@ -4,34 +4,15 @@ import uuid
 
 import httpx
 from backends import start_backend
+from conftest import routes_yaml
 from test_backends_contract import RESUME
 
 from splitter.bucketing import bucket
 
-ROUTES = """  - name: auth
-    prefix: /api/auth
-    percent: 50
-  - name: upload
-    prefix: /api/upload
-    percent: 0
-  - name: resume_review
-    prefix: /api/resume
-    percent: 100"""
-
 
 def routes_for(legacy: str, new: str) -> str:
-    return f"""environment: production
-backends:
-  legacy: {{url: "{legacy}"}}
-  new: {{url: "{new}"}}
-user_id:
-  - header: X-User-ID
-  - jwt_sub: Authorization
-anonymous: legacy
-routes:
-{ROUTES}
-unmatched: legacy
-"""
+    """auth 50 % / upload 0 % / resume_review 100 %: one journey crosses backends."""
+    return routes_yaml(legacy, new).replace("read_timeout: 2", "read_timeout: 30")
 
 
 def journey(c: httpx.Client, handlers: list[str]) -> None:

@@ -5,19 +5,11 @@ import signal
 import time
 
 import httpx
-from conftest import eventually, routes_yaml
+from conftest import eventually, routes_yaml, rss_mib
 
 from splitter.bucketing import bucket
 
 MiB = 1024 * 1024
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_200_mib_upload_and_download_stream_with_flat_memory(standin, splitter):

@@ -5,19 +5,13 @@ import socket
 import time
 
 import httpx
-from conftest import eventually, routes_yaml
+from conftest import eventually, routes_yaml, rss_mib
 
 
 def fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def test_disconnects_mid_upload_and_mid_download_leak_nothing(standin, splitter):
