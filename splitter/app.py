@@ -114,6 +114,8 @@ class Runtime:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
         self.started = True
         cfg = self.snapshot.config
+        if not self.overrides.shared and self.settings.workers > 1 and any(r.rollout or r.guard for r in cfg.routes):
+            log.warning("guard and rollout need Redis with --workers > 1: without it they cannot act (set redis.url)")
         log.info("started", config=cfg.path, environment=cfg.environment, routes=len(cfg.routes), redis=self.redis_url is not None, pid=os.getpid())
 
     async def stop(self) -> None:

@@ -26,6 +26,7 @@ TICK_S = 0.25
 class Guard:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self._stuck: set[str] = set()  # routes whose rollback write failed: logged once, retried every tick
 
     async def run(self) -> None:
         while True:
@@ -60,8 +61,11 @@ class Guard:
             try:
                 await rt.overrides.set_percent(route.name, 0, source="guard")
             except (Unavailable, Conflict) as exc:
-                log.error("guard tripped but could not roll back", route=route.name, reason=reason, error=str(exc))
+                if route.name not in self._stuck:
+                    self._stuck.add(route.name)
+                    log.error("guard tripped but could not roll back; retrying", route=route.name, reason=reason, error=str(exc))
                 continue
+            self._stuck.discard(route.name)
             outcomes.clear()
             rt.metrics.guard_trips.labels(route.name, reason).inc()
             log.warning(

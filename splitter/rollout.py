@@ -49,6 +49,7 @@ class Rollouts:
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.driving: set[str] = set()
         self._waiting_logged: set[tuple[str, int]] = set()
+        self._skipping: set[str] = set()
 
     def routes(self) -> list[Route]:
         return [r for r in self.rt.snapshot.config.routes if r.rollout is not None]
@@ -60,8 +61,11 @@ class Rollouts:
             for route in self.routes():
                 try:
                     await self.tick(route, time.time())
+                    self._skipping.discard(route.name)
                 except (Unavailable, Conflict) as exc:
-                    log.warning("rollout tick skipped", route=route.name, error=str(exc))
+                    if route.name not in self._skipping:  # once per outage, not once per tick
+                        self._skipping.add(route.name)
+                        log.warning("rollout paused: its state cannot be written", route=route.name, error=str(exc))
 
     async def tick(self, route: Route, now: float) -> None:
         rt = self.rt
