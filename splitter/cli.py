@@ -138,6 +138,7 @@ def _settings(args: argparse.Namespace) -> Any:
         redis_url=args.redis_url or env.get("SPLITTER_REDIS_URL") or None,
         admin_token=env.get("SPLITTER_ADMIN_TOKEN") or None,
         force_token=env.get("SPLITTER_FORCE_TOKEN") or None,
+        multiprocess_dir=(env.get("PROMETHEUS_MULTIPROC_DIR") or None) if args.workers > 1 else None,
         graceful_timeout=args.graceful_timeout,
         keepalive_timeout=args.keepalive_timeout,
         header_timeout=args.header_timeout,

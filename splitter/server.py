@@ -216,12 +216,12 @@ def supervise(settings: Any, sockets: list[socket.socket], log_level: str) -> in
     """
     import multiprocessing
 
-    mpdir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="splitter-metrics-")
-    own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    own_dir = not settings.multiprocess_dir
+    mpdir = settings.multiprocess_dir or tempfile.mkdtemp(prefix="splitter-metrics-")
     for name in os.listdir(mpdir):
         if name.endswith(".db"):
             os.unlink(os.path.join(mpdir, name))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir  # read by prometheus_client at import in each worker
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir  # set (not read) for prometheus_client, which reads it at import in each worker
     settings = replace(settings, multiprocess_dir=mpdir)
     ctx = multiprocessing.get_context("spawn")
     log = structlog.get_logger("splitter")
