@@ -71,24 +71,18 @@ def create_admin(rt: Runtime) -> Starlette:
             for r in snap.config.routes
         ]
 
-    async def mutate(request: Request) -> Response:
-        """One wrapper for every write: auth, errors -> status, audit log."""
-        try:
-            who = authorize(request)
-            handler = request.scope["endpoint_impl"]
-            result = await handler(request, who)
-        except _Refused as exc:
-            return JSONResponse({"error": exc.message}, exc.status)
-        except Unavailable as exc:
-            return JSONResponse({"error": str(exc)}, 503)
-        except Conflict as exc:
-            return JSONResponse({"error": str(exc)}, 409)
-        return JSONResponse(result)
-
     def writer(impl: Any) -> Any:
+        """One wrapper for every write: auth, refusals and store errors -> status codes."""
+
         async def endpoint(request: Request) -> Response:
-            request.scope["endpoint_impl"] = impl
-            return await mutate(request)
+            try:
+                return JSONResponse(await impl(request, authorize(request)))
+            except _Refused as exc:
+                return JSONResponse({"error": exc.message}, exc.status)
+            except Unavailable as exc:
+                return JSONResponse({"error": str(exc)}, 503)
+            except Conflict as exc:
+                return JSONResponse({"error": str(exc)}, 409)
 
         return endpoint
 

@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -268,7 +268,3 @@ def create_app(settings: Settings, cfg: Config | None = None) -> App:
     if cfg is None:
         cfg = config_mod.load(settings.config_path, settings.environment)
     return App(Runtime(settings, cfg))
-
-
-def with_ports(settings: Settings, port: int, admin_port: int) -> Settings:
-    return replace(settings, port=port, admin_port=admin_port)

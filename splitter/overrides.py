@@ -27,9 +27,6 @@ import structlog
 
 log = structlog.get_logger("splitter.overrides")
 
-SOURCES = ("override", "guard", "rollout")
-
-
 class Unavailable(Exception):
     """A write cannot reach every replica right now (503)."""
 
@@ -80,25 +77,22 @@ class MemoryOverrides:
     async def stop(self) -> None:
         return None
 
-    async def set_percent(self, route: str, percent: int, source: str = "override") -> None:
+    async def _change(self, make: Callable[[State], State], event: dict[str, Any]) -> None:
+        """Every write: the new state is `make(current)`; the store decides where current lives."""
         self._check_writable()
-        s = self.state
-        self._apply(State({**s.percents, route: percent}, {**s.sources, route: source}, s.kill))
+        self._apply(make(self.state))
+
+    async def set_percent(self, route: str, percent: int, source: str = "override") -> None:
+        await self._change(lambda s: State({**s.percents, route: percent}, {**s.sources, route: source}, s.kill), {"type": "set", "route": route, "percent": percent})
 
     async def set_many(self, percents: Mapping[str, int], source: str = "override") -> None:
-        self._check_writable()
-        s = self.state
-        self._apply(State({**s.percents, **percents}, {**s.sources, **{r: source for r in percents}}, s.kill))
+        await self._change(lambda s: State({**s.percents, **percents}, {**s.sources, **dict.fromkeys(percents, source)}, s.kill), {"type": "set_many"})
 
     async def clear(self, route: str) -> None:
-        self._check_writable()
-        s = self.state
-        self._apply(State({k: v for k, v in s.percents.items() if k != route}, {k: v for k, v in s.sources.items() if k != route}, s.kill))
+        await self._change(lambda s: State({k: v for k, v in s.percents.items() if k != route}, {k: v for k, v in s.sources.items() if k != route}, s.kill), {"type": "clear", "route": route})
 
     async def set_kill(self, on: bool) -> None:
-        self._check_writable()
-        s = self.state
-        self._apply(State(s.percents, s.sources, on))
+        await self._change(lambda s: State(s.percents, s.sources, on), {"type": "kill", "on": on})
 
     # --- rollout controller state: one record per route, and who drives it ---
     async def get_rollout(self, route: str) -> dict[str, Any] | None:
@@ -208,11 +202,7 @@ class RedisOverrides(MemoryOverrides):
                     await self.client.set(self.k_state, "1")
                 self._known = True
                 return
-            state = State(
-                {k: int(v) for k, v in percents.items() if v.lstrip("-").isdigit()},
-                {k: sources.get(k, "override") for k in percents},
-                kill == "1",
-            )
+            state = _parse(percents, sources, kill)
             self._known = True
             if state != self.state:
                 self._apply(state)
@@ -239,22 +229,12 @@ class RedisOverrides(MemoryOverrides):
                 pipe.hgetall(self.k_source)
                 pipe.get(self.k_kill)
                 percents, sources, kill = await pipe.execute()
-                current = State({k: int(v) for k, v in percents.items()}, {k: sources.get(k, "override") for k in percents}, kill == "1")
-                new = make(current)
+                new = make(_parse(percents, sources, kill))
                 await self._write(new, event)
                 self._known = True
         except self._redis_errors as exc:
             raise Unavailable(f"Redis write failed ({exc or type(exc).__name__}); nothing was changed") from None
         self._apply(new)
-
-    async def set_percent(self, route: str, percent: int, source: str = "override") -> None:
-        await self._change(lambda s: State({**s.percents, route: percent}, {**s.sources, route: source}, s.kill), {"type": "set", "route": route, "percent": percent})
-
-    async def set_many(self, percents: Mapping[str, int], source: str = "override") -> None:
-        await self._change(lambda s: State({**s.percents, **percents}, {**s.sources, **{r: source for r in percents}}, s.kill), {"type": "set_many"})
-
-    async def clear(self, route: str) -> None:
-        await self._change(lambda s: State({k: v for k, v in s.percents.items() if k != route}, {k: v for k, v in s.sources.items() if k != route}, s.kill), {"type": "clear", "route": route})
 
     async def get_rollout(self, route: str) -> dict[str, Any] | None:
         try:
@@ -280,8 +260,10 @@ class RedisOverrides(MemoryOverrides):
         except self._redis_errors:
             return False
 
-    async def set_kill(self, on: bool) -> None:
-        await self._change(lambda s: State(s.percents, s.sources, on), {"type": "kill", "on": on})
+
+def _parse(percents: dict[str, str], sources: dict[str, str], kill: str | None) -> State:
+    valid = {k: int(v) for k, v in percents.items() if v.lstrip("-").isdigit()}
+    return State(valid, {k: sources.get(k, "override") for k in valid}, kill == "1")
 
 
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"

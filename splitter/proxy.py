@@ -261,12 +261,7 @@ class Proxy:
                 await _send_error(send, 413, f"request body over the limit of {cfg.max_body_bytes} bytes", handler, request_id)
                 self._log(request_id, method, path, route_name, handler, 413, start, user_bucket)
                 return
-            err = map_upstream_error(exc)
-            rt.metrics.error(route_name, backend_name, handler, err.kind)
-            rt.observe(route_name, backend_name, handler, err.status, time.perf_counter() - start)
-            self._judge(route_name, backend_name, True, time.perf_counter() - start)
-            await _send_error(send, err.status, err.message, handler, request_id)
-            self._log(request_id, method, path, route_name, handler, err.status, start, user_bucket, error=err.kind)
+            await self._upstream_failed(exc, send, start, request_id, method, path, route_name, backend_name, handler, user_bucket)
             return
 
         status = resp.status
@@ -284,11 +279,7 @@ class Proxy:
             try:
                 first = await content.readany() if method != "HEAD" else b""
             except Exception as exc:  # noqa: BLE001 - mapped, the head is not sent yet
-                err = map_upstream_error(exc)
-                rt.metrics.error(route_name, backend_name, handler, err.kind)
-                rt.observe(route_name, backend_name, handler, err.status, time.perf_counter() - start)
-                await _send_error(send, err.status, err.message, handler, request_id)
-                self._log(request_id, method, path, route_name, handler, err.status, start, user_bucket, error=err.kind)
+                await self._upstream_failed(exc, send, start, request_id, method, path, route_name, backend_name, handler, user_bucket)
                 return
             await send({"type": "http.response.start", "status": status, "headers": headers})
             resp_tee: list[bytes] | None = [first] if shadowing else None
@@ -323,6 +314,16 @@ class Proxy:
             rt.shadow.launch(route, backend_name, method, target[len(backend.url) :], CIMultiDict(out), req_body, response)
         if self.access_log:
             self._log(request_id, method, path, route_name, handler, status, start, user_bucket)
+
+    async def _upstream_failed(self, exc: BaseException, send: Send, start: float, request_id: str, method: str, path: str, route_name: str, backend_name: str, handler: str, user_bucket: int | None) -> None:
+        """The upstream failed before the response head went out: a JSON 502/504, counted and judged."""
+        err = map_upstream_error(exc)
+        elapsed = time.perf_counter() - start
+        self.rt.metrics.error(route_name, backend_name, handler, err.kind)
+        self.rt.observe(route_name, backend_name, handler, err.status, elapsed)
+        self._judge(route_name, backend_name, True, elapsed)
+        await _send_error(send, err.status, err.message, handler, request_id)
+        self._log(request_id, method, path, route_name, handler, err.status, start, user_bucket, error=err.kind)
 
     def _judge(self, route_name: str, backend_name: str, error: bool, seconds: float) -> None:
         """Feed the guard and rollout windows, for the routes that have them."""
