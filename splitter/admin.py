@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 import structlog
 from starlette.applications import Starlette
@@ -150,7 +151,7 @@ def create_admin(rt: Runtime) -> Starlette:
         return {"on": False}
 
     async def bucket(request: Request) -> Response:
-        uid = request.query_params.get("user_id")
+        uid = _raw_query_param(request.scope.get("query_string", b""), b"user_id")
         if not uid:
             return JSONResponse({"error": "query parameter user_id is required"}, 400)
         return JSONResponse(bucket_view(rt.snapshot, uid))
@@ -201,11 +202,20 @@ def create_admin(rt: Runtime) -> Starlette:
     )
 
 
-def bucket_view(snap: Any, user_id: str) -> dict[str, Any]:
+def _raw_query_param(query: bytes, name: bytes) -> bytes | None:
+    """The percent-decoded bytes of a query parameter: the id's exact bytes, as the proxy hashes them."""
+    for part in query.split(b"&"):
+        k, _, v = part.partition(b"=")
+        if unquote_to_bytes(k.replace(b"+", b" ")) == name:
+            return unquote_to_bytes(v.replace(b"+", b" "))
+    return None
+
+
+def bucket_view(snap: Any, user_id: bytes) -> dict[str, Any]:
     routes = []
     for r in snap.config.routes:
         b = bucketing.bucket(user_id, r.salt)
         pct = snap.percent[r.name]
-        backend = "legacy" if snap.kill else ("new" if b < pct else "legacy")
+        backend = "legacy" if snap.kill else bucketing.backend_for(b, pct)
         routes.append({"route": r.name, "bucket": b, "percent": pct, "backend": backend})
-    return {"user_id": user_id, "kill": snap.kill, "routes": routes}
+    return {"user_id": user_id.decode("utf-8", "replace"), "kill": snap.kill, "routes": routes}

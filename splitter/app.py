@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import structlog
 
 from . import config as config_mod
@@ -26,6 +25,7 @@ from .metrics import Metrics
 from .overrides import MemoryOverrides, RedisOverrides, State
 from .rollout import Rollouts
 from .shadow import Shadow
+from .upstream import Pool
 from .window import RouteOutcomes
 
 log = structlog.get_logger("splitter")
@@ -50,6 +50,7 @@ class Settings:
     keepalive_timeout: float = 75.0
     header_timeout: float = 30.0
     access_log: bool = True
+    body_timeout: float = 60.0  # seconds between reads of a request body; then 408
     reload_interval: float = 0.5
     redis_resync_interval: float = 1.0
 
@@ -93,7 +94,7 @@ class Runtime:
             self.overrides = MemoryOverrides(settings.workers)
         self.snapshot = make_snapshot(cfg, self.overrides.state)
         self.overrides.subscribe(self._on_overrides)
-        self.sessions: dict[Backend, aiohttp.ClientSession] = {}
+        self.pools: dict[Backend, Pool] = {}
         self.outcomes: dict[str, RouteOutcomes] = _outcomes(cfg, {})
         self.guard = Guard(self)
         self.rollouts = Rollouts(self)
@@ -128,25 +129,16 @@ class Runtime:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.shadow.stop()
         await self.overrides.stop()
-        for session in self.sessions.values():
-            await session.close()
-        self.sessions.clear()
+        for pool in self.pools.values():
+            pool.retire()
+        self.pools.clear()
 
-    def session(self, backend: Backend) -> aiohttp.ClientSession:
-        """One pooled session per backend definition; no cookie jar, bodies passed raw."""
-        s = self.sessions.get(backend)
-        if s is None:
-            s = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=False),
-                timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=backend.connect_timeout, sock_read=backend.read_timeout),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-                raise_for_status=False,
-                read_bufsize=256 * 1024,  # bigger chunks per send when streaming large bodies
-            )
-            self.sessions[backend] = s
-        return s
+    def pool(self, backend: Backend) -> Pool:
+        """One connection pool per backend definition."""
+        p = self.pools.get(backend)
+        if p is None:
+            p = self.pools[backend] = Pool(backend)
+        return p
 
     @property
     def ready(self) -> tuple[bool, str]:
@@ -190,6 +182,8 @@ class Runtime:
             log.warning("config change needs a restart to apply", key="redis")
         self.outcomes = _outcomes(cfg, self.outcomes)
         self.snapshot = make_snapshot(cfg, self.overrides.state)
+        for backend in [b for b in self.pools if b not in cfg.backends.values()]:
+            self.pools.pop(backend).retire()  # idle connections close now, busy ones when their request ends
         for gone in {r.name for r in old.routes} - {r.name for r in cfg.routes}:
             with contextlib.suppress(KeyError):
                 self.metrics.route_percent.remove(gone)

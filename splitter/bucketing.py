@@ -17,68 +17,80 @@ from .config import UID_COOKIE, IdSource
 MAX_ID_LEN = 256  # longer ids are not ids; they are treated as absent
 
 
-def bucket(user_id: str, salt: str | None = None) -> int:
-    key = f"{salt}:{user_id}" if salt else user_id
-    return int(md5(key.encode("utf-8", "surrogatepass")).hexdigest()[:8], 16) % 100
+def bucket(user_id: bytes | str, salt: str | None = None) -> int:
+    """The sticky bucket of a user id, from its exact bytes (a str is taken as UTF-8).
+
+    The proxy hashes the header's bytes as they arrived and /admin/bucket the
+    percent-decoded query bytes, so both agree for any id, UTF-8 or not.
+    """
+    key = user_id.encode("utf-8", "surrogatepass") if isinstance(user_id, str) else user_id
+    if salt:
+        key = salt.encode() + b":" + key
+    return int(md5(key).hexdigest()[:8], 16) % 100
 
 
 def is_new(bucket_: int, percent: int) -> bool:
+    """The one rule: a user is on new when their bucket is below the percent."""
     return bucket_ < percent
 
 
-def cookie_value(cookie_header: str, name: str) -> str | None:
-    for part in cookie_header.split(";"):
-        k, sep, v = part.partition("=")
+def backend_for(bucket_: int, percent: int) -> str:
+    return "new" if is_new(bucket_, percent) else "legacy"
+
+
+def cookie_value(cookie_header: bytes, name: bytes) -> bytes | None:
+    for part in cookie_header.split(b";"):
+        k, sep, v = part.partition(b"=")
         if sep and k.strip() == name:
             v = v.strip()
-            if len(v) >= 2 and v[0] == v[-1] == '"':
+            if len(v) >= 2 and v[:1] == v[-1:] == b'"':
                 v = v[1:-1]
             return v or None
     return None
 
 
-def jwt_sub(authorization: str) -> str | None:
+def jwt_sub(authorization: bytes) -> bytes | None:
     """The `sub` claim of a Bearer JWT, decoded WITHOUT verification: for bucketing only."""
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer":
+    scheme, _, token = authorization.partition(b" ")
+    if scheme.lower() != b"bearer":
         return None
-    parts = token.strip().split(".")
+    parts = token.strip().split(b".")
     if len(parts) != 3 or len(parts[1]) > 8192:
         return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    payload = parts[1] + b"=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         return None
     sub = claims.get("sub") if isinstance(claims, dict) else None
     if isinstance(sub, str | int) and not isinstance(sub, bool):
-        return str(sub) or None
+        return str(sub).encode("utf-8", "surrogatepass") or None
     return None
 
 
-def user_id(sources: tuple[IdSource, ...], headers: dict[str, str], with_uid_cookie: bool) -> str | None:
-    """First non-empty id from the configured sources; `headers` maps lower-case name -> value.
+def user_id(sources: tuple[IdSource, ...], headers: dict[bytes, bytes], with_uid_cookie: bool) -> bytes | None:
+    """First non-empty id from the configured sources; `headers` maps lower-case name -> raw value.
 
     With anonymous: cookie, the proxy's own `splitter_uid` cookie is the last source.
     """
     for src in sources:
-        value: str | None
+        value: bytes | None
         if src.kind == "header":
-            value = headers.get(src.name)
+            value = headers.get(src.name.encode("latin-1"))
         elif src.kind == "cookie":
-            raw = headers.get("cookie")
-            value = cookie_value(raw, src.name) if raw else None
+            raw = headers.get(b"cookie")
+            value = cookie_value(raw, src.name.encode("latin-1")) if raw else None
         else:
-            raw = headers.get(src.name)
+            raw = headers.get(src.name.encode("latin-1"))
             value = jwt_sub(raw) if raw else None
         if value:
             value = value.strip()
             if value and len(value) <= MAX_ID_LEN:
                 return value
     if with_uid_cookie:
-        raw = headers.get("cookie")
+        raw = headers.get(b"cookie")
         if raw:
-            value = cookie_value(raw, UID_COOKIE)
+            value = cookie_value(raw, UID_COOKIE.encode())
             if value and len(value) <= MAX_ID_LEN:
                 return value
     return None

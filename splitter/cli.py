@@ -142,6 +142,7 @@ def _settings(args: argparse.Namespace) -> Any:
         graceful_timeout=args.graceful_timeout,
         keepalive_timeout=args.keepalive_timeout,
         header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         access_log=not args.no_access_log,
     )
 
@@ -199,7 +200,7 @@ def cmd_bucket(args: argparse.Namespace) -> int:
     print(f"{'ROUTE':<20} {'BUCKET':>6} {'PERCENT':>7}  BACKEND")
     for r in cfg.routes:
         b = bucketing.bucket(args.user_id, r.salt)
-        print(f"{r.name:<20} {b:>6} {r.percent:>7}  {'new' if b < r.percent else 'legacy'}")
+        print(f"{r.name:<20} {b:>6} {r.percent:>7}  {bucketing.backend_for(b, r.percent)}")
     return 0
 
 
@@ -363,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM")
     s.add_argument("--keepalive-timeout", type=float, default=75.0, help="seconds an idle client connection stays open")
     s.add_argument("--header-timeout", type=float, default=30.0, help="seconds a client has to send a complete request head")
+    s.add_argument("--body-timeout", type=float, default=60.0, help="seconds between reads of a request body before the proxy answers 408")
     s.add_argument("--no-access-log", action="store_true", help="no per-request log line (errors are still logged)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     s.set_defaults(func=cmd_serve)

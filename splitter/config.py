@@ -38,6 +38,7 @@ class Backend:
     url: str  # origin only: scheme://host[:port]
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
+    max_connections: int = 1024  # open upstream connections; past it, requests wait up to connect_timeout, then 503
 
 
 @dataclass(frozen=True)
@@ -264,12 +265,16 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
             b = _mapping(doc, raw_backends[bname], path)
             if b is None:
                 continue
-            _unknown(doc, b, {"url", "connect_timeout", "read_timeout"}, path)
+            _unknown(doc, b, {"url", "connect_timeout", "read_timeout", "max_connections"}, path)
             origin = _origin(doc, b.get("url"), f"{path}.url")
             ct = _number(doc, b, "connect_timeout", path, 5.0)
             rt = _number(doc, b, "read_timeout", path, 60.0)
+            mc = _number(doc, b, "max_connections", path, 1024, integer=True)
+            if mc == 0:
+                doc.error(f"{path}.max_connections", "must be an integer >= 1, got 0")
+                mc = 1
             if origin:
-                backends[bname] = Backend(bname, origin, float(ct), float(rt))
+                backends[bname] = Backend(bname, origin, float(ct), float(rt), int(mc))
 
     sources = _user_id(doc, data.get("user_id", []))
     anonymous = data.get("anonymous", "cookie")

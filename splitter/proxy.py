@@ -1,14 +1,16 @@
-"""The hot path: pick a backend, build the outbound request, stream both ways.
+"""The hot path: refuse, choose the backend, build the outbound head, forward, stream back.
 
 Modelled on Go's httputil.ReverseProxy: the inbound request is never mutated,
 an outbound header list is built; Connection-named headers are removed first,
 then the fixed hop-by-hop list, then the proxy adds its own headers (so a client
-cannot strip them); one function maps upstream failures to 502/504; once the
-response head is sent, a failure aborts the connection instead of writing a
-second status.
+cannot strip them); one function maps upstream failures (upstream.map_upstream_error);
+once the response head is sent, a failure aborts the connection instead of
+writing a second status. One per-request record (`Call`) carries what the steps
+decide, and the canonical log line is written from it.
 
 Nothing here does I/O but the upstream call: routing state is an immutable
-snapshot replaced whole by reloads and override changes.
+snapshot replaced whole by reloads and override changes. Header bytes are never
+re-encoded: names and values go upstream and back as the bytes that arrived.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import json
 import os
 import random
 import re
@@ -24,18 +25,20 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
-import aiohttp
+import orjson
 import structlog
 from multidict import CIMultiDict
-from yarl import URL
 
 from . import bucketing
-from .config import UID_COOKIE, Shadow
+from .config import UID_COOKIE, Config, Route
+from .config import Shadow as ShadowSpec
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
+from .upstream import Aborted, Exchange, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:
-    from .app import Runtime
+    from .app import Runtime, Snapshot
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -63,70 +66,110 @@ _FORWARDED = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
 _DROP_UPSTREAM = HOP_HEADERS | _REPLACED | _FORWARDED
 _DROP_UPSTREAM_TRUSTED = HOP_HEADERS | _REPLACED
 _DROP_DOWNSTREAM = HOP_HEADERS | frozenset([b"x-splitter-handler", b"x-request-id"])
+_ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 _SANE_REQUEST_ID = re.compile(rb"[!-~]{1,128}").fullmatch
+_ENCODED_SLASH = re.compile("%2[fF]")
+_DOT = frozenset([b".", b"%2e"])
+_DOTDOT = frozenset([b"..", b".%2e", b"%2e.", b"%2e%2e"])
 UID_MAX_AGE = 365 * 24 * 3600
+CLIENT_HOOK = "splitter.client"  # scope extension: the server's connection, to hear of a disconnect at once
 
 
-class UpstreamError(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
+class Refused(Exception):
+    """A request the proxy answers itself."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
+        self.status, self.reason, self.message = status, reason, message
 
 
-def map_upstream_error(exc: BaseException) -> UpstreamError:
-    """The one place that decides 502 vs 504 and the error kind."""
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return UpstreamError(504, "timeout", "upstream timed out")
-    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError) or type(exc).__name__ in ("HttpProcessingError", "BadHttpMessage", "BadStatusLine", "LineTooLong", "InvalidHeader"):
-        return UpstreamError(502, "protocol", "upstream sent a malformed response")
-    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        return UpstreamError(502, "connect", "upstream connection failed")
-    return UpstreamError(502, "protocol", f"upstream failed: {type(exc).__name__}")
+class Call:
+    """One request's record: what each step decided, and what the log line reports."""
+
+    __slots__ = (
+        "backend", "bytes_in", "bytes_out", "client", "error", "handler", "method", "path", "request_id",
+        "route", "route_name", "start", "status", "upstream_ms", "user_bucket",
+    )  # fmt: skip
+
+    def __init__(self, scope: Scope, request_id: str) -> None:
+        self.start = time.perf_counter()
+        self.request_id = request_id
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        client = scope.get("client")
+        self.client: str = client[0] if client else ""
+        self.route: Route | None = None
+        self.route_name = "-"
+        self.backend: str | None = None
+        self.handler: str | None = None
+        self.user_bucket: int | None = None
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.upstream_ms: float | None = None
+        self.error: str | None = None
 
 
-class _BodyState:
-    __slots__ = ("client_gone", "complete", "received", "too_large")
+class _Body:
+    """The request body as it streams upstream, with what happened to it."""
 
-    def __init__(self) -> None:
-        self.client_gone = False
-        self.too_large = False
-        self.complete = False
+    __slots__ = ("complete", "gone", "limit", "receive", "received", "tee", "timed_out", "timeout", "too_large")
+
+    def __init__(self, receive: Receive, limit: int, timeout: float, tee: list[bytes] | None) -> None:
+        self.receive, self.limit, self.timeout, self.tee = receive, limit, timeout, tee
+        self.gone = self.too_large = self.timed_out = self.complete = False
         self.received = 0
 
-
-class _ClientGone(Exception):
-    pass
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _body(receive: Receive, state: _BodyState, limit: int, tee: list[bytes] | None = None) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            state.client_gone = True
-            raise _ClientGone()
-        chunk = message.get("body", b"")
-        if chunk:
-            state.received += len(chunk)
-            if state.received > limit:
-                state.too_large = True
-                raise _TooLarge()
-            if tee is not None:
-                tee.append(chunk)
-            yield chunk
-        if not message.get("more_body", False):
-            state.complete = True
-            return
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    message = await self.receive()
+            except TimeoutError:
+                self.timed_out = True
+                raise Refused(408, "body_timeout", f"no request body bytes for {self.timeout:g} s") from None
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                raise Aborted()
+            chunk = message.get("body", b"")
+            if chunk:
+                self.received += len(chunk)
+                if self.received > self.limit:
+                    self.too_large = True
+                    raise Refused(413, "too_large", f"request body over the limit of {self.limit} bytes")
+                if self.tee is not None:
+                    self.tee.append(chunk)
+                yield chunk
+            if not message.get("more_body", False):
+                self.complete = True
+                return
 
 
-@lru_cache(maxsize=4096)
-def _url(target: str) -> URL:
-    """Parsed once per distinct target; encoded=True keeps the raw path exactly as the client sent it."""
-    return URL(target, encoded=True)
+def normalize_path(raw: bytes) -> tuple[bytes, str] | None:
+    """(path to forward, path to match) with dot segments removed (RFC 3986 5.2.4, %2e forms too);
+    None when the path climbs above "/". %2F stays encoded and is never a separator."""
+    if b"/." in raw or b"%" in raw:
+        segments = raw.split(b"/")[1:]
+        out: list[bytes] = []
+        for i, seg in enumerate(segments):
+            low = seg.lower()
+            if low in _DOT:
+                if i == len(segments) - 1:
+                    out.append(b"")
+            elif low in _DOTDOT:
+                if not out:
+                    return None
+                out.pop()
+                if i == len(segments) - 1:
+                    out.append(b"")
+            else:
+                out.append(seg)
+        raw = b"/" + b"/".join(out)
+    text = raw.decode("latin-1")
+    if "%" in text:
+        text = "%2F".join(unquote(part, errors="replace") for part in _ENCODED_SLASH.split(text))
+    return raw, text
 
 
 @lru_cache(maxsize=4096)
@@ -138,6 +181,23 @@ def _peer_trusted(peer: str, networks: tuple[Any, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
+def _merged_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], int]:
+    """Lower-case name -> value, and the number of Host headers. Repeated Cookie and
+    Connection headers are read as one list (RFC 9110 5.3); for others the last one wins."""
+    hd: dict[bytes, bytes] = {}
+    hosts = 0
+    for n, v in raw:
+        if n == b"host":
+            hosts += 1
+        if n in hd and n == b"cookie":
+            hd[n] += b"; " + v
+        elif n in hd and n == b"connection":
+            hd[n] += b", " + v
+        else:
+            hd[n] = v
+    return hd, hosts
+
+
 class Proxy:
     """Pure ASGI application for user traffic."""
 
@@ -146,262 +206,312 @@ class Proxy:
         s = runtime.settings
         self.force_token = s.force_token.encode() if s.force_token else None
         self.access_log = s.access_log
+        self.body_timeout = s.body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1003})
             return
-        start = time.perf_counter()
-        rt = self.rt
-        snap = rt.snapshot
-        cfg = snap.config
-        hd: dict[bytes, bytes] = dict(scope["headers"])
-        method: str = scope["method"]
-        path: str = scope["path"]
-
+        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        hd = dict(raw_headers)
+        hosts = 1 if b"host" in hd else 0
+        if len(hd) < len(raw_headers):
+            hd, hosts = _merged_headers(raw_headers)
         raw_rid = hd.get(b"x-request-id")
-        request_id = raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else os.urandom(16).hex()
-
-        # --- requests the proxy refuses itself --------------------------------
-        reject = None
-        if method == "CONNECT":
-            reject = (400, "bad_request", "CONNECT is not supported")
-        elif "extensions" in scope and "splitter.absolute_form" in scope["extensions"]:
-            reject = (400, "bad_request", "absolute-form request targets are not accepted; this is not a forward proxy")
-        elif b"transfer-encoding" in hd and b"content-length" in hd:
-            reject = (400, "bad_request", "Content-Length together with Transfer-Encoding")
-        else:
-            cl = hd.get(b"content-length")
-            if cl is not None:
-                if not cl.isdigit():
-                    reject = (400, "bad_request", "invalid Content-Length")
-                elif int(cl) > cfg.max_body_bytes:
-                    reject = (413, "too_large", f"request body over the limit of {cfg.max_body_bytes} bytes")
-        if reject is not None:
-            rt.metrics.rejected.labels(reject[1]).inc()
-            await _send_error(send, reject[0], reject[2], None, request_id)
-            self._log(request_id, method, path, "-", None, reject[0], start, None)
+        call = Call(scope, raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else os.urandom(16).hex())
+        snap = self.rt.snapshot
+        cfg = snap.config
+        try:
+            target = self._refuse(scope, call, hd, hosts, cfg)
+        except Refused as refusal:
+            await self._answer_refusal(call, send, refusal)
             return
+        if target is None:  # OPTIONS *: about the server itself, answered here
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"allow", _ALLOW), (b"content-length", b"0"), (b"x-request-id", call.request_id.encode())]})
+            await send({"type": "http.response.body", "body": b""})
+            call.status = 200
+            self._log(call)
+            return
+        set_cookie = self._choose(scope, call, hd, snap)
+        headers = self._outbound_headers(scope, call, hd, cfg)
+        await self._forward(scope, receive, send, call, hd, headers, target, set_cookie)
 
-        # --- who decides the backend -----------------------------------------
-        route = cfg.match(path)
-        route_name = route.name if route is not None else "unmatched"
-        user_bucket: int | None = None
-        set_cookie: bytes | None = None
+    # --- step 1: what the proxy refuses itself ------------------------------------------
+    def _refuse(self, scope: Scope, call: Call, hd: dict[bytes, bytes], hosts: int, cfg: Config) -> bytes | None:
+        """The upstream target (normalised path + query), None for OPTIONS *, or Refused."""
+        method = call.method
+        raw_path: bytes = scope.get("raw_path") or call.path.encode()
+        if method == "CONNECT":
+            raise Refused(400, "bad_request", "CONNECT is not supported")
+        if "extensions" in scope and "splitter.absolute_form" in scope["extensions"]:
+            raise Refused(400, "bad_request", "absolute-form request targets are not accepted; this is not a forward proxy")
+        if raw_path == b"*" and method == "OPTIONS":
+            return None
+        if not raw_path.startswith(b"/"):
+            raise Refused(400, "bad_request", "the request target must be a path")
+        if hosts > 1:
+            raise Refused(400, "bad_request", "more than one Host header")
+        if hosts == 0 and scope.get("http_version") == "1.1":
+            raise Refused(400, "bad_request", "HTTP/1.1 request without a Host header")
+        if b"transfer-encoding" in hd and b"content-length" in hd:
+            raise Refused(400, "bad_request", "Content-Length together with Transfer-Encoding")
+        cl = hd.get(b"content-length")
+        if cl is not None:
+            if not cl.isdigit():
+                raise Refused(400, "bad_request", "invalid Content-Length")
+            if int(cl) > cfg.max_body_bytes:
+                raise Refused(413, "too_large", f"request body over the limit of {cfg.max_body_bytes} bytes")
+        normal = normalize_path(raw_path)
+        if normal is None:
+            raise Refused(400, "bad_request", "the path climbs above the root")
+        target, call.path = normal
+        qs = scope.get("query_string")
+        return target + b"?" + qs if qs else target
+
+    async def _answer_refusal(self, call: Call, send: Send, refusal: Refused) -> None:
+        self.rt.metrics.rejected.labels(refusal.reason).inc()
+        call.status = refusal.status
+        call.error = refusal.reason
+        await _send_error(send, refusal.status, refusal.message, call.handler, call.request_id)
+        self._log(call)
+
+    # --- step 2: who decides the backend ---------------------------------------------------
+    def _choose(self, scope: Scope, call: Call, hd: dict[bytes, bytes], snap: Snapshot) -> bytes | None:
+        """Sets route, backend, handler and bucket on the call; returns a Set-Cookie to add, if any."""
+        cfg = snap.config
+        route = call.route = cfg.match(call.path)
+        route_name = call.route_name = route.name if route is not None else "unmatched"
+        set_cookie = None
         forced = hd.get(b"x-splitter-backend")
         if forced is not None and forced in (b"legacy", b"new") and self._force_allowed(cfg.environment, hd.get(b"x-splitter-token")):
-            backend_name = forced.decode()
+            backend = forced.decode()
         elif snap.kill:
-            backend_name = "legacy"
+            backend = "legacy"
         else:
-            headers_str = _lookup_headers(hd, snap.id_headers)
-            uid = bucketing.user_id(cfg.user_id, headers_str, cfg.anonymous == "cookie")
+            uid = bucketing.user_id(cfg.user_id, hd, cfg.anonymous == "cookie")
             if uid is None and cfg.anonymous == "cookie":
-                uid = os.urandom(16).hex()
+                uid = os.urandom(16).hex().encode()
                 set_cookie = _uid_cookie(uid, _is_https(scope, hd, cfg.trusted_proxies))
             if route is None:
-                backend_name = cfg.unmatched
+                backend = cfg.unmatched
                 if uid is not None:
-                    user_bucket = bucketing.bucket(uid)
+                    call.user_bucket = bucketing.bucket(uid)
             elif uid is None:
-                backend_name = cfg.anonymous  # legacy | new
+                backend = cfg.anonymous  # legacy | new
             else:
-                user_bucket = bucketing.bucket(uid, route.salt)
-                backend_name = "new" if user_bucket < snap.percent[route_name] else "legacy"
-        handler = ("new_" if backend_name == "new" else "old_") + route_name
-        backend = cfg.backends[backend_name]
+                call.user_bucket = bucketing.bucket(uid, route.salt)
+                backend = bucketing.backend_for(call.user_bucket, snap.percent[route_name])
+        call.backend = backend
+        call.handler = ("new_" if backend == "new" else "old_") + route_name
+        return set_cookie
 
-        # --- the outbound request --------------------------------------------
-        client = scope.get("client")
-        peer = client[0] if client else ""
+    # --- step 3: the outbound head ----------------------------------------------------------
+    def _outbound_headers(self, scope: Scope, call: Call, hd: dict[bytes, bytes], cfg: Config) -> list[tuple[bytes, bytes]]:
+        peer = call.client
         trusted = bool(cfg.trusted_proxies) and _peer_trusted(peer, cfg.trusted_proxies)
         drop = _DROP_UPSTREAM_TRUSTED if trusted else _DROP_UPSTREAM
         conn = hd.get(b"connection")
         if conn is not None:
             drop = drop | {t.strip().lower() for t in conn.split(b",")}
         # a list, not a dict: repeated headers stay repeated; the names added below were dropped above
-        out = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"] if n not in drop]
+        out = [(n, v) for n, v in scope["headers"] if n not in drop]
+        if b"host" not in hd:  # HTTP/1.0 without Host: the upstream speaks HTTP/1.1
+            out.append((b"host", self.rt.pool(cfg.backends[call.backend or "legacy"]).authority))
+        peer_b = peer.encode()
         xff = hd.get(b"x-forwarded-for") if trusted else None
-        out.append(("X-Forwarded-For", f"{xff.decode('latin-1')}, {peer}" if xff else peer))
+        out.append((b"x-forwarded-for", xff + b", " + peer_b if xff else peer_b))
         if not trusted or b"x-forwarded-proto" not in hd:
-            out.append(("X-Forwarded-Proto", scope.get("scheme", "http")))
+            out.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
         if not trusted or b"x-forwarded-host" not in hd:
             host = hd.get(b"host")
             if host is not None:
-                out.append(("X-Forwarded-Host", host.decode("latin-1")))
+                out.append((b"x-forwarded-host", host))
         via = hd.get(b"via")
-        out.append(("Via", f"{via.decode('latin-1')}, 1.1 splitter" if via else "1.1 splitter"))
-        out.append(("X-Request-ID", request_id))
-        out.append(("X-Splitter-Handler", handler))
+        out.append((b"via", via + b", 1.1 splitter" if via else b"1.1 splitter"))
+        out.append((b"x-request-id", call.request_id.encode()))
+        out.append((b"x-splitter-handler", (call.handler or "").encode()))
+        return out
 
-        target = backend.url + scope.get("raw_path", path.encode()).decode("latin-1")
-        qs = scope.get("query_string")
-        if qs:
-            target += "?" + qs.decode("latin-1")
-
-        body_state = _BodyState()
-        has_body = b"transfer-encoding" in hd or hd.get(b"content-length", b"0") != b"0"
-        shadowing = route is not None and route.shadow is not None and forced is None and not snap.kill and _wants_shadow(route.shadow, method, hd)
-        req_tee: list[bytes] | None = [] if shadowing and has_body else None
-        data = _body(receive, body_state, cfg.max_body_bytes, req_tee) if has_body else None
-        if not has_body:
-            body_state.complete = True
-
-        session = rt.session(backend)
+    # --- step 4: forward and stream back ------------------------------------------------------
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, call: Call, hd: dict[bytes, bytes], headers: list[tuple[bytes, bytes]], target: bytes, set_cookie: bytes | None
+    ) -> None:
+        rt = self.rt
+        cfg = rt.snapshot.config
+        route = call.route
+        assert call.backend is not None and call.handler is not None
+        chunked = b"transfer-encoding" in hd
+        has_body = chunked or hd.get(b"content-length", b"0") != b"0"
+        shadowing = route is not None and route.shadow is not None and b"x-splitter-backend" not in hd and not rt.snapshot.kill and _wants_shadow(route.shadow, call.method, hd)
+        body = _Body(receive, cfg.max_body_bytes, self.body_timeout, [] if shadowing and has_body else None) if has_body else None
+        ex = Exchange(call.method)
+        client = scope.get("extensions", {}).get(CLIENT_HOOK)
+        if client is not None and not client.watch(ex.abort):
+            ex.abort()  # already gone
+        pool = rt.pool(cfg.backends[call.backend])
         try:
-            resp = await session.request(method, _url(target), headers=out, data=data, allow_redirects=False)
-        except Exception as exc:  # noqa: BLE001 - every failure is mapped below
-            if body_state.client_gone:
-                rt.metrics.client_aborts.labels(route_name, handler).inc()
-                self._log(request_id, method, path, route_name, handler, 499, start, user_bucket)
-                return
-            if body_state.too_large:
-                rt.metrics.rejected.labels("too_large").inc()
-                await _send_error(send, 413, f"request body over the limit of {cfg.max_body_bytes} bytes", handler, request_id)
-                self._log(request_id, method, path, route_name, handler, 413, start, user_bucket)
-                return
-            await self._upstream_failed(exc, send, start, request_id, method, path, route_name, backend_name, handler, user_bucket)
-            return
-
-        status = resp.status
-        try:
-            upstream_conn = resp.headers.get("Connection")
-            drop_down = _DROP_DOWNSTREAM
-            if upstream_conn:
-                drop_down = drop_down | {t.strip().lower().encode("latin-1") for t in upstream_conn.split(",")}
-            headers = [(n.lower(), v) for n, v in resp.raw_headers if n.lower() not in drop_down]
-            headers.append((b"x-splitter-handler", handler.encode()))
-            headers.append((b"x-request-id", request_id.encode()))
-            if set_cookie is not None:
-                headers.append((b"set-cookie", set_cookie))
-            content = resp.content
             try:
-                first = await content.readany() if method != "HEAD" else b""
-            except Exception as exc:  # noqa: BLE001 - mapped, the head is not sent yet
-                await self._upstream_failed(exc, send, start, request_id, method, path, route_name, backend_name, handler, user_bucket)
+                await pool.exchange(ex, call.method, target, headers, body.chunks() if body is not None else None, chunked)
+            except Aborted:
+                self._client_aborted(call)
                 return
-            await send({"type": "http.response.start", "status": status, "headers": headers})
+            except Refused as refusal:  # the request body broke a limit: not the backend's fault
+                await self._answer_refusal(call, send, refusal)
+                return
+            except UpstreamError as exc:
+                await self._upstream_failed(call, send, exc)
+                return
+            if body is not None:
+                call.bytes_in = body.received
+            call.upstream_ms = round((time.perf_counter() - call.start) * 1000, 3)
+            try:
+                first = await ex.read()
+            except Aborted:
+                self._client_aborted(call)
+                return
+            except UpstreamError as exc:  # mapped: the head is not sent yet
+                await self._upstream_failed(call, send, exc)
+                return
+            status = call.status = ex.status
+            await send({"type": "http.response.start", "status": status, "headers": _downstream_headers(ex, call, set_cookie)})
+            call.bytes_out = len(first)
             resp_tee: list[bytes] | None = [first] if shadowing else None
-            if not first or content.at_eof():
+            if ex.done and not ex.chunks:
                 await send({"type": "http.response.body", "body": first, "more_body": False})
             else:
                 await send({"type": "http.response.body", "body": first, "more_body": True})
-                outcome = await self._stream(resp, receive, send, body_state, resp_tee)
+                outcome = await self._stream(ex, send, call, resp_tee)
                 if outcome is not None:
-                    if outcome == "client_abort":
-                        rt.metrics.client_aborts.labels(route_name, handler).inc()
-                    else:
-                        rt.metrics.error(route_name, backend_name, handler, outcome)
-                        self._judge(route_name, backend_name, True, time.perf_counter() - start)
                     # The head is out: abort the connection rather than pretend the body is whole.
-                    self._log(request_id, method, path, route_name, handler, status, start, user_bucket, error=outcome)
+                    if outcome == "client_abort":
+                        rt.metrics.client_aborts.labels(call.route_name, call.handler).inc()
+                    else:
+                        rt.metrics.error(call.route_name, call.backend, call.handler, outcome)
+                        self._judge(call, True)
+                    call.error = outcome
+                    self._log(call)
                     return
         finally:
-            resp.release()
+            if client is not None:
+                client.watch(None)
+            ex.release()
         if status >= 500:
-            rt.metrics.error(route_name, backend_name, handler, "status_5xx")
-        elapsed = time.perf_counter() - start
-        rt.observe(route_name, backend_name, handler, status, elapsed)
-        self._judge(route_name, backend_name, status >= 500, elapsed)
+            rt.metrics.error(call.route_name, call.backend, call.handler, "status_5xx")
+        elapsed = time.perf_counter() - call.start
+        rt.observe(call.route_name, call.backend, call.handler, status, elapsed)
+        self._judge(call, status >= 500)
         if shadowing:
             assert route is not None
-            complete = resp_tee is not None and len(resp_tee) <= 1024 and sum(map(len, resp_tee)) <= SHADOW_MAX_BODY
-            response = (status, CIMultiDict(resp.headers), b"".join(resp_tee or ())) if complete else None
-            req_body = b"".join(req_tee) if req_tee is not None else None
-            if req_body is not None and len(req_body) > SHADOW_MAX_BODY:
-                response = None
-            rt.shadow.launch(route, backend_name, method, target[len(backend.url) :], CIMultiDict(out), req_body, response)
+            self._shadow(route, call, target, headers, body, ex, resp_tee)
         if self.access_log:
-            self._log(request_id, method, path, route_name, handler, status, start, user_bucket)
+            self._log(call)
 
-    async def _upstream_failed(self, exc: BaseException, send: Send, start: float, request_id: str, method: str, path: str, route_name: str, backend_name: str, handler: str, user_bucket: int | None) -> None:
-        """The upstream failed before the response head went out: a JSON 502/504, counted and judged."""
-        err = map_upstream_error(exc)
-        elapsed = time.perf_counter() - start
-        self.rt.metrics.error(route_name, backend_name, handler, err.kind)
-        self.rt.observe(route_name, backend_name, handler, err.status, elapsed)
-        self._judge(route_name, backend_name, True, elapsed)
-        await _send_error(send, err.status, err.message, handler, request_id)
-        self._log(request_id, method, path, route_name, handler, err.status, start, user_bucket, error=err.kind)
-
-    def _judge(self, route_name: str, backend_name: str, error: bool, seconds: float) -> None:
-        """Feed the guard and rollout windows, for the routes that have them."""
-        outcomes = self.rt.outcomes.get(route_name)
-        if outcomes is not None:
-            outcomes.record(backend_name, time.time(), error, seconds)
-
-    async def _stream(self, resp: aiohttp.ClientResponse, receive: Receive, send: Send, body_state: _BodyState, tee: list[bytes] | None = None) -> str | None:
+    async def _stream(self, ex: Exchange, send: Send, call: Call, tee: list[bytes] | None) -> str | None:
         """Copy the rest of the body; returns None when whole, else why it stopped."""
-        gone = asyncio.Event()
-        watcher = None
-        if body_state.complete:
-            # The request body is consumed, so receive() now only reports a disconnect.
-            async def watch() -> None:
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-                gone.set()
-                resp.close()
-
-            watcher = asyncio.ensure_future(watch())
-        try:
-            readany = resp.content.readany
-            while True:
-                try:
-                    chunk = await readany()
-                except Exception as exc:  # noqa: BLE001
-                    return "client_abort" if gone.is_set() else map_upstream_error(exc).kind
-                if not chunk:
-                    break
-                if gone.is_set():
-                    return "client_abort"
-                if tee is not None and len(tee) <= 1024:  # more chunks than that: too big to compare
-                    tee.append(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if gone.is_set():
+        while True:
+            try:
+                chunk = await ex.read()
+            except Aborted:
                 return "client_abort"
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return None
-        finally:
-            if watcher is not None:
-                watcher.cancel()
+            except Exception as exc:  # noqa: BLE001 - mapped to an error kind
+                return map_upstream_error(exc).kind
+            if not chunk:
+                break
+            if tee is not None and len(tee) <= 1024:  # more chunks than that: too big to compare
+                tee.append(chunk)
+            call.bytes_out += len(chunk)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if ex.aborted:
+            return "client_abort"
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return None
+
+    def _client_aborted(self, call: Call) -> None:
+        """The client went away before the answer: the upstream request was cancelled."""
+        self.rt.metrics.client_aborts.labels(call.route_name, call.handler).inc()
+        call.status = 499
+        call.error = "client_abort"
+        self._log(call)
+
+    async def _upstream_failed(self, call: Call, send: Send, exc: UpstreamError) -> None:
+        """The upstream failed before the response head went out: a JSON 502/503/504, counted and judged."""
+        assert call.backend is not None and call.handler is not None
+        call.status = exc.status
+        call.error = exc.kind
+        self.rt.metrics.error(call.route_name, call.backend, call.handler, exc.kind)
+        self.rt.observe(call.route_name, call.backend, call.handler, exc.status, time.perf_counter() - call.start)
+        if exc.kind != "overflow":  # the proxy's own limit, not the backend's failure
+            self._judge(call, True)
+        await _send_error(send, exc.status, exc.message, call.handler, call.request_id)
+        self._log(call)
+
+    def _judge(self, call: Call, error: bool) -> None:
+        """Feed the guard and rollout windows, for the routes that have them."""
+        outcomes = self.rt.outcomes.get(call.route_name)
+        if outcomes is not None and call.backend is not None:
+            outcomes.record(call.backend, time.time(), error, time.perf_counter() - call.start)
+
+    def _shadow(self, route: Route, call: Call, target: bytes, headers: list[tuple[bytes, bytes]], body: _Body | None, ex: Exchange, resp_tee: list[bytes] | None) -> None:
+        complete = resp_tee is not None and len(resp_tee) <= 1024 and sum(map(len, resp_tee)) <= SHADOW_MAX_BODY
+        response = (ex.status, _multidict(ex.headers), b"".join(resp_tee or ())) if complete else None
+        req_body = b"".join(body.tee) if body is not None and body.tee is not None else None
+        if req_body is not None and len(req_body) > SHADOW_MAX_BODY:
+            response = None
+        assert call.backend is not None
+        self.rt.shadow.launch(route, call.backend, call.method, target.decode("latin-1"), _multidict(headers), req_body, response)
 
     def _force_allowed(self, environment: str, token: bytes | None) -> bool:
         if environment == "development":
             return True
         return self.force_token is not None and token is not None and hmac.compare_digest(token, self.force_token)
 
-    def _log(self, request_id: str, method: str, path: str, route: str, handler: str | None, status: int, start: float, user_bucket: int | None, **extra: Any) -> None:
+    def _log(self, call: Call) -> None:
         log.info(
             "request",
-            request_id=request_id,
-            method=method,
-            path=path,
-            route=route,
-            handler=handler,
-            status=status,
-            duration_ms=round((time.perf_counter() - start) * 1000, 3),
-            user_bucket=user_bucket,
-            **extra,
+            request_id=call.request_id,
+            method=call.method,
+            path=call.path,
+            route=call.route_name,
+            handler=call.handler,
+            status=call.status,
+            duration_ms=round((time.perf_counter() - call.start) * 1000, 3),
+            user_bucket=call.user_bucket,
+            client=call.client,
+            bytes_in=call.bytes_in,
+            bytes_out=call.bytes_out,
+            backend=call.backend,
+            upstream_ms=call.upstream_ms,
+            **({"error": call.error} if call.error else {}),
         )
 
 
-def _wants_shadow(shadow: Shadow, method: str, hd: dict[bytes, bytes]) -> bool:
+def _downstream_headers(ex: Exchange, call: Call, set_cookie: bytes | None) -> list[tuple[bytes, bytes]]:
+    drop = _DROP_DOWNSTREAM
+    for n, v in ex.headers:
+        if n.lower() == b"connection":
+            drop = drop | {t.strip().lower() for t in v.split(b",")}
+    if ex.status == 304 or ex.status == 204:
+        drop = drop | {b"content-length"}  # describes the representation, not this empty body
+    headers = [(n.lower(), v) for n, v in ex.headers if n.lower() not in drop]
+    headers.append((b"x-splitter-handler", (call.handler or "").encode()))
+    headers.append((b"x-request-id", call.request_id.encode()))
+    if set_cookie is not None:
+        headers.append((b"set-cookie", set_cookie))
+    return headers
+
+
+def _multidict(headers: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    return CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)
+
+
+def _wants_shadow(shadow: ShadowSpec, method: str, hd: dict[bytes, bytes]) -> bool:
     if method not in shadow.methods or b"transfer-encoding" in hd:
         return False
     cl = hd.get(b"content-length")
     if cl is not None and (not cl.isdigit() or int(cl) > SHADOW_MAX_BODY):
         return False
     return shadow.percent >= 100 or random.random() * 100 < shadow.percent
-
-
-def _lookup_headers(hd: dict[bytes, bytes], names: tuple[bytes, ...]) -> dict[str, str]:
-    out = {}
-    for n in names:
-        v = hd.get(n)
-        if v is not None:
-            out[n.decode()] = v.decode("latin-1")
-    return out
 
 
 def _is_https(scope: Scope, hd: dict[bytes, bytes], trusted: tuple[Any, ...]) -> bool:
@@ -411,13 +521,13 @@ def _is_https(scope: Scope, hd: dict[bytes, bytes], trusted: tuple[Any, ...]) ->
     return bool(trusted) and client is not None and _peer_trusted(client[0], trusted) and hd.get(b"x-forwarded-proto") == b"https"
 
 
-def _uid_cookie(uid: str, secure: bool) -> bytes:
-    cookie = f"{UID_COOKIE}={uid}; Path=/; Max-Age={UID_MAX_AGE}; HttpOnly; SameSite=Lax"
-    return (cookie + "; Secure" if secure else cookie).encode()
+def _uid_cookie(uid: bytes, secure: bool) -> bytes:
+    cookie = b"%s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax" % (UID_COOKIE.encode(), uid, UID_MAX_AGE)
+    return cookie + b"; Secure" if secure else cookie
 
 
 async def _send_error(send: Send, status: int, message: str, handler: str | None, request_id: str) -> None:
-    body = json.dumps({"error": message, "handler": handler, "request_id": request_id}).encode()
+    body = orjson.dumps({"error": message, "handler": handler, "request_id": request_id})
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

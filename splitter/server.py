@@ -31,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 32 * 1024
 ABSOLUTE_FORM = "splitter.absolute_form"
+CLIENT_HOOK = "splitter.client"
 
 
 class BindError(Exception):
@@ -46,6 +47,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._requests = 0
         self._draining = False
+        self._in_trailers = False
+        self._on_lost: Any = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -54,6 +57,16 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
         super().connection_lost(exc)
+        hook, self._on_lost = self._on_lost, None
+        if hook is not None:
+            hook()  # the proxy cancels the upstream request at once
+
+    def watch(self, hook: Any) -> bool:
+        """Call `hook()` when the client goes away (None: stop watching). False if it already has."""
+        if hook is not None and (self.transport is None or self.transport.is_closing()):
+            return False
+        self._on_lost = hook
+        return True
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None and self._header_timeout > 0:
@@ -76,7 +89,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._head_bytes = 0
+        self._in_trailers = False
         super().on_message_begin()
+        self.scope.setdefault("extensions", {})[CLIENT_HOOK] = self  # type: ignore[assignment]  # ASGI types extensions as dicts
 
     def on_url(self, url: bytes) -> None:
         if not self.url and not url.startswith(b"/") and url != b"*":
@@ -85,11 +100,14 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_trailers:
+            return  # a chunked body's trailer fields: dropped, never merged into the request head (nginx does the same)
         self._count(len(name) + len(value) + 4)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
+        self._in_trailers = True
         self._requests += 1
         super().on_headers_complete()
         if self._draining and self.cycle is not None:

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from multidict import CIMultiDict
-from yarl import URL
 
 from .config import Route
+from .upstream import Exchange, once
 
 if TYPE_CHECKING:
     from .app import Runtime
@@ -98,11 +98,20 @@ class Shadow:
 
     async def _fetch(self, backend_name: str, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes | None) -> tuple[int, CIMultiDict[str], bytes]:
         backend = self.rt.snapshot.config.backends[backend_name]
-        h = CIMultiDict(headers)
-        h["X-Splitter-Shadow"] = "1"
-        async with self.rt.session(backend).request(method, URL(backend.url + path_qs, encoded=True), headers=h, data=body, allow_redirects=False) as resp:
-            data = await resp.content.read(MAX_BODY + 1)
-            return resp.status, CIMultiDict(resp.headers), data[:MAX_BODY]
+        h = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        h.append((b"x-splitter-shadow", b"1"))
+        ex = Exchange(method)
+        try:
+            await self.rt.pool(backend).exchange(ex, method, path_qs.encode("latin-1"), h, once(body) if body else None, chunked=False)
+            data = b""
+            while len(data) <= MAX_BODY:
+                chunk = await ex.read()
+                if not chunk:
+                    break
+                data += chunk
+            return ex.status, CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in ex.headers), data[:MAX_BODY]
+        finally:
+            ex.release()
 
     async def _run(self, route: Route, primary: str, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes | None, response: tuple[int, CIMultiDict[str], bytes]) -> None:
         other = "new" if primary == "legacy" else "legacy"

@@ -43,24 +43,33 @@ def jwt(claims: dict) -> str:
 
 
 def test_jwt_sub_is_read_without_verification():
-    assert bucketing.jwt_sub("Bearer " + jwt({"sub": "u-42"})) == "u-42"
-    assert bucketing.jwt_sub("bearer " + jwt({"sub": 7})) == "7"
+    assert bucketing.jwt_sub(b"Bearer " + jwt({"sub": "u-42"}).encode()) == b"u-42"
+    assert bucketing.jwt_sub(b"bearer " + jwt({"sub": 7}).encode()) == b"7"
+    assert bucketing.jwt_sub(b"Bearer " + jwt({"sub": "José"}).encode()) == "José".encode()
     for bad in ["Basic abc", "Bearer x.y", "Bearer a.!!!.c", "Bearer " + jwt({"no": "sub"}), "Bearer " + jwt({"sub": True}), "Bearer a." + "A" * 9000 + ".c"]:
-        assert bucketing.jwt_sub(bad) is None, bad
+        assert bucketing.jwt_sub(bad.encode()) is None, bad
 
 
 def test_sources_are_tried_in_order_first_non_empty_wins():
     sources = (IdSource("header", "x-user-id"), IdSource("jwt_sub", "authorization"), IdSource("cookie", "user_id"))
-    token = "Bearer " + jwt({"sub": "from-jwt"})
-    assert bucketing.user_id(sources, {"x-user-id": "h", "authorization": token}, False) == "h"
-    assert bucketing.user_id(sources, {"x-user-id": "  ", "authorization": token}, False) == "from-jwt"
-    assert bucketing.user_id(sources, {"cookie": "a=1; user_id=c"}, False) == "c"
-    assert bucketing.user_id(sources, {"cookie": "splitter_uid=minted"}, False) is None
-    assert bucketing.user_id(sources, {"cookie": "splitter_uid=minted"}, True) == "minted"
-    assert bucketing.user_id(sources, {"x-user-id": "x" * 10_000}, False) is None
+    token = b"Bearer " + jwt({"sub": "from-jwt"}).encode()
+    assert bucketing.user_id(sources, {b"x-user-id": b"h", b"authorization": token}, False) == b"h"
+    assert bucketing.user_id(sources, {b"x-user-id": b"  ", b"authorization": token}, False) == b"from-jwt"
+    assert bucketing.user_id(sources, {b"cookie": b"a=1; user_id=c"}, False) == b"c"
+    assert bucketing.user_id(sources, {b"cookie": b"splitter_uid=minted"}, False) is None
+    assert bucketing.user_id(sources, {b"cookie": b"splitter_uid=minted"}, True) == b"minted"
+    assert bucketing.user_id(sources, {b"x-user-id": b"x" * 10_000}, False) is None
 
 
 def test_cookie_parsing_edge_cases():
-    assert bucketing.cookie_value('a=1; user_id="quoted"', "user_id") == "quoted"
-    assert bucketing.cookie_value("user_idx=1; user_id=2", "user_id") == "2"
-    assert bucketing.cookie_value("garbage;;=;", "user_id") is None
+    assert bucketing.cookie_value(b'a=1; user_id="quoted"', b"user_id") == b"quoted"
+    assert bucketing.cookie_value(b"user_idx=1; user_id=2", b"user_id") == b"2"
+    assert bucketing.cookie_value(b"garbage;;=;", b"user_id") is None
+
+
+def test_bucket_is_a_function_of_the_exact_bytes():
+    """A str id is its UTF-8 bytes; non-UTF-8 bytes hash as they are."""
+    assert bucketing.bucket("José") == bucketing.bucket("José".encode()) == reference_bucket("José")
+    raw = b"\xff\xfe-not-utf8"
+    assert bucketing.bucket(raw) == int(hashlib.md5(raw).hexdigest()[:8], 16) % 100
+    assert bucketing.bucket(raw, "s") == int(hashlib.md5(b"s:" + raw).hexdigest()[:8], 16) % 100

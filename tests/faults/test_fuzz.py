@@ -59,7 +59,8 @@ header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=2
 @settings(max_examples=500, deadline=None)
 @given(header_values, header_values, header_values, st.binary(max_size=200))
 def test_user_id_extraction_never_raises(uid, cookie, auth, payload):
-    for headers in ({"x-user-id": uid, "cookie": cookie, "authorization": auth}, {"authorization": jwt_with(payload)}, {"cookie": cookie}):
+    for text in ({"x-user-id": uid, "cookie": cookie, "authorization": auth}, {"authorization": jwt_with(payload)}, {"cookie": cookie}):
+        headers = {k.encode(): v.encode("latin-1") for k, v in text.items()}
         got = bucketing.user_id(SOURCES, headers, True)
         assert got is None or (0 < len(got) <= bucketing.MAX_ID_LEN and 0 <= bucketing.bucket(got) < 100)
 

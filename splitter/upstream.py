@@ -1,0 +1,514 @@
+"""The upstream HTTP/1.1 client: one connection pool per backend, and the one place that maps failures.
+
+Why not a general-purpose client: aiohttp's pool hands out a connection whose read buffer
+already holds bytes the upstream wrote while it was idle (aiohttp issue 13656), so a backend
+with a double-write bug shifts every later user's answer by one. The rule here, Go's and
+nginx's: a connection carries exactly one response per request, and a connection that
+received a byte nobody asked for is closed, never reused —
+  - bytes after a complete response, in the same read: the connection is not returned;
+  - bytes while idle in the pool: `data_received` closes it at once;
+  - bytes the event loop has not delivered yet: a zero-timeout poll just before reuse.
+Header bytes pass byte-exact both ways. A response the server cannot relay faithfully
+(control bytes, a status outside 100..599, a body on 204/HEAD, an unrequested 101) is a
+ProtocolError.
+
+Failures (docstring tree after httpx's _exceptions.py):
+    UpstreamError            .status and .kind, what the client gets and how it is counted
+      ├─ ConnectFailed        502 connect   refused, reset or closed before a response byte
+      ├─ UpstreamTimeout      504 timeout   no connection / no bytes within the backend's timeouts
+      ├─ ProtocolFailed       502 protocol  a malformed or unrelayable answer
+      └─ Overflow             503 overflow  every connection of the backend busy past connect_timeout
+    Aborted                  the client went away; the exchange was cancelled (not an upstream error)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import select
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+from .config import Backend
+
+HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
+# the characters uvicorn refuses to send (it raises, the client gets a reset): refuse them first
+_BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]').search
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+_POLL_DIRTY = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | getattr(select, "POLLRDHUP", 0)
+
+
+class UpstreamError(Exception):
+    status = 502
+    kind = "protocol"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConnectFailed(UpstreamError):
+    kind = "connect"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    kind = "timeout"
+
+
+class ProtocolFailed(UpstreamError):
+    kind = "protocol"
+
+
+class Overflow(UpstreamError):
+    status = 503
+    kind = "overflow"
+
+
+class Aborted(Exception):
+    """The client went away and the exchange was cancelled."""
+
+
+def map_upstream_error(exc: BaseException) -> UpstreamError:
+    """The one place that decides what an upstream failure means for the client."""
+    if isinstance(exc, UpstreamError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout("upstream timed out")
+    if isinstance(exc, httptools.HttpParserError):
+        return ProtocolFailed("upstream sent a malformed response")
+    if isinstance(exc, OSError):
+        return ConnectFailed("upstream connection failed")
+    return ProtocolFailed(f"upstream failed: {type(exc).__name__}")
+
+
+class Exchange:
+    """One request/response on one upstream connection; also the response parser's callbacks."""
+
+    __slots__ = (
+        "aborted", "body_cut", "buffered", "chunks", "conn", "content_length", "done", "error", "head", "head_only",
+        "headers", "interim", "keep_alive", "loop", "parser", "read_timeout", "reusable", "status", "trailers", "until_eof", "waiter",
+    )  # fmt: skip
+
+    def __init__(self, method: str) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.aborted = False
+        self.read_timeout = 60.0
+        self.reset(method)
+
+    def reset(self, method: str) -> None:
+        """A fresh exchange (and parser) for another attempt of the same request."""
+        self.head_only = method == "HEAD"
+        self.head: asyncio.Future[None] = self.loop.create_future()
+        self.parser: Any = httptools.HttpResponseParser(self)
+        self.conn: Connection | None = None
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.interim = False
+        self.trailers = False
+        self.until_eof = False
+        self.keep_alive = False
+        self.reusable = True  # until a reason not to reuse the connection turns up
+        self.body_cut = False
+        self.content_length: int | None = None
+
+    # --- parser callbacks ---------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.done:
+            self.reusable = False  # a second response to one request: stray bytes
+        self.headers = []
+        self.trailers = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.done or self.trailers:
+            return  # trailers are dropped, never merged into the head
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.done:
+            return
+        self.trailers = True
+        status = self.status = self.parser.get_status_code()
+        if not 100 <= status <= 599:
+            raise ProtocolFailed(f"upstream sent status {status}, outside 100..599")
+        if status == 101:
+            raise ProtocolFailed("upstream switched protocols (101) although no upgrade was requested")
+        if status < 200:
+            self.interim = True  # 100/102/103: not relayed; the final response follows
+            return
+        chunked = False
+        for name, value in self.headers:
+            if _BAD_NAME(name) or _BAD_VALUE(value):
+                raise ProtocolFailed("upstream sent a header the proxy cannot relay faithfully")
+            lname = name.lower()
+            if lname == b"content-length":
+                if not value.strip().isdigit():
+                    raise ProtocolFailed("upstream sent an invalid Content-Length")
+                self.content_length = int(value)
+            elif lname == b"transfer-encoding":
+                chunked = True
+        if status == 204 and (chunked or self.content_length):
+            raise ProtocolFailed("upstream sent a body with 204 No Content")
+        if self.head_only:
+            self.done = True  # a HEAD answer ends with its head; a body after it makes the connection unusable
+            self.keep_alive = self.parser.should_keep_alive()
+        self.until_eof = not self.head_only and not chunked and self.content_length is None and status not in (204, 304)
+        if not self.head.done():
+            self.head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        if self.done:
+            self.reusable = False  # a body on a HEAD answer
+            return
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and self.conn is not None:
+            self.conn.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.done:
+            return
+        self.done = True
+        self.keep_alive = self.parser.should_keep_alive()
+        self._wake()
+
+    # --- from the connection --------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        if self.done:
+            self.reusable = False  # bytes after a complete response
+            if self.conn is not None:
+                self.conn.close()
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # 101 was refused in on_headers_complete
+        except httptools.HttpParserError as exc:
+            if self.done:
+                self.reusable = False  # garbage after a complete response
+            else:
+                cause = exc.__context__ if isinstance(exc.__context__, UpstreamError) else exc
+                self.fail(map_upstream_error(cause))
+        if not self.reusable and self.conn is not None:
+            self.conn.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.reusable = False
+        if self.done:
+            return
+        if self.head.done() and self.until_eof and not self.aborted:
+            self.done = True  # a body delimited by the connection's close
+            self._wake()
+            return
+        if self.head.done():
+            self.fail(ProtocolFailed("upstream closed the connection mid-body"))
+        else:
+            self.fail(ConnectFailed("upstream closed the connection before responding"))
+
+    def fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.reusable = False
+        if not self.head.done():
+            self.head.set_exception(exc)
+            self.head.exception()  # retrieved: nobody may be waiting yet
+        self._wake()
+        if self.conn is not None:
+            self.conn.close()
+
+    def abort(self) -> None:
+        """The client went away: cancel the exchange and close the upstream connection."""
+        if self.done and not self.chunks:
+            return
+        self.aborted = True
+        self.fail(Aborted())
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # --- for the proxy ----------------------------------------------------------------
+    async def read(self) -> bytes:
+        """The next body bytes (everything buffered), b"" at the end."""
+        while True:
+            if self.chunks:
+                data = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
+                self.chunks.clear()
+                self.buffered = 0
+                if self.conn is not None:
+                    self.conn.resume_reading()
+                return data
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                return b""
+            self.waiter = self.loop.create_future()
+            timer = self.loop.call_later(self.read_timeout, self._timed_out)
+            try:
+                await self.waiter
+            finally:
+                timer.cancel()
+                self.waiter = None
+
+    def _timed_out(self) -> None:
+        self.fail(UpstreamTimeout("upstream timed out"))
+
+    def release(self) -> None:
+        """Done with it: the connection goes back to the pool only if it is clean."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.exchange = None
+            ok = self.reusable and self.done and self.keep_alive and not self.body_cut and not self.chunks and self.error is None
+            conn.pool.release(conn, ok)
+        self.chunks.clear()  # an aborted download's buffered bytes go now, not at the next GC
+        self.parser = None  # break the parser <-> exchange cycle: freed by refcount, no GC work
+        if self.error is not None:
+            self.error.__traceback__ = None  # its frames hold body chunks: no cycle for the GC to find later
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.poller: Any = None
+        self.closed = False
+        self.idle = False
+        self.reading_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: Any) -> None:  # uvloop's transports do not subclass asyncio's
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.poller = select.poll()
+            self.poller.register(sock.fileno(), _POLL_DIRTY)
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            self.close()  # nobody asked: a stray response on an idle connection
+            return
+        ex.feed(data)
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost finishes an until-EOF body
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._gone()
+        ex = self.exchange
+        if ex is not None:
+            ex.connection_lost(exc)
+        w = self.drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.drain_waiter = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        w, self.drain_waiter = self.drain_waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def clean(self) -> bool:
+        """Nothing arrived that the event loop has not delivered yet (no bytes, no FIN)."""
+        if self.closed:
+            return False
+        return self.poller is None or not self.poller.poll(0)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self._gone()
+
+    def _gone(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+
+
+class Pool:
+    """Connections to one backend: reused LIFO, at most `max_connections` open at once."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        parts = urlsplit(backend.url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.ssl: ssl.SSLContext | None = ssl.create_default_context() if parts.scheme == "https" else None
+        self.port = parts.port or (443 if self.ssl else 80)
+        self.authority = parts.netloc.encode()
+        self.idle: list[Connection] = []
+        self.open = 0
+        self.limit = backend.max_connections
+        self.waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self.retired = False
+
+    async def exchange(
+        self, ex: Exchange, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: AsyncIterator[bytes] | None, chunked: bool
+    ) -> None:
+        """Send the request (streaming its body) and wait for the response head on `ex`."""
+        ex.read_timeout = self.backend.read_timeout
+        head = _head(method, target, headers, body is not None and chunked)
+        for attempt in (0, 1):
+            conn, reused = await self._acquire()
+            if ex.aborted:
+                self.release(conn, True)
+                raise Aborted()
+            ex.conn = conn
+            conn.exchange = ex
+            assert conn.transport is not None
+            conn.transport.write(head)
+            if body is not None:
+                await self._send_body(ex, conn, body, chunked)
+            try:
+                await self._wait_head(ex)
+                return
+            except ConnectFailed:
+                # A reused connection the upstream closed just as it was taken: a request
+                # with no body is safe to send once more on a fresh one (Go does the same).
+                if attempt or not reused or body is not None or ex.aborted:
+                    raise
+                ex.release()
+                ex.reset(method)
+
+    async def _send_body(self, ex: Exchange, conn: Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+        transport = conn.transport
+        assert transport is not None
+        try:
+            async for chunk in body:
+                if ex.head.done() or conn.closed:
+                    ex.body_cut = True  # the upstream answered (or failed) early: stop sending
+                    break
+                transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if conn.drain_waiter is not None:
+                    await conn.drain_waiter
+            else:
+                if chunked and not conn.closed:
+                    transport.write(b"0\r\n\r\n")
+        except BaseException:
+            ex.body_cut = True
+            ex.release()
+            raise
+
+    async def _wait_head(self, ex: Exchange) -> None:
+        if ex.head.done():
+            ex.head.result()
+            return
+        timer = ex.loop.call_later(ex.read_timeout, ex._timed_out)
+        try:
+            await ex.head
+        finally:
+            timer.cancel()
+
+    async def _acquire(self) -> tuple[Connection, bool]:
+        while self.idle:
+            conn = self.idle.pop()
+            conn.idle = False
+            if conn.clean():
+                return conn, True
+            conn.close()
+        if self.open >= self.limit:
+            waiter: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            try:
+                handed = await asyncio.wait_for(waiter, self.backend.connect_timeout)
+            except TimeoutError:
+                raise Overflow(f"all {self.limit} connections to {self.backend.name} are busy") from None
+            finally:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+            if handed is not None:
+                return handed, True
+            if self.open >= self.limit:
+                return await self._acquire()
+        return await self._connect(), False
+
+    async def _connect(self) -> Connection:
+        self.open += 1
+        loop = asyncio.get_running_loop()
+        conn = Connection(self)
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None),
+                self.backend.connect_timeout,
+            )
+        except BaseException as exc:
+            if not conn.closed:
+                conn.closed = True
+                self.forget(conn)
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout("upstream connect timed out") from None
+            if isinstance(exc, OSError):
+                raise ConnectFailed("upstream connection failed") from None
+            raise
+        return conn
+
+    def release(self, conn: Connection, reusable: bool) -> None:
+        if not reusable or self.retired or not conn.clean():
+            conn.close()
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        conn.idle = True
+        self.idle.append(conn)
+
+    def forget(self, conn: Connection) -> None:
+        """A connection closed: free its slot, and let one waiter open a new one."""
+        self.open -= 1
+        if conn.idle:
+            conn.idle = False
+            self.idle.remove(conn)
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def retire(self) -> None:
+        """The backend left the config: close idle connections now, busy ones when they finish."""
+        self.retired = True
+        for conn in list(self.idle):
+            conn.close()
+
+
+async def once(body: bytes) -> AsyncIterator[bytes]:
+    """A body already in memory, as the stream `Pool.exchange` sends."""
+    yield body
+
+
+def _head(method: str, target: bytes, headers: list[tuple[bytes, bytes]], chunked: bool) -> bytes:
+    lines = [method.encode() + b" " + target + b" HTTP/1.1"]
+    lines += [n + b": " + v for n, v in headers]
+    if chunked:
+        lines.append(b"transfer-encoding: chunked")
+    lines.append(b"\r\n")
+    return b"\r\n".join(lines)
