@@ -241,6 +241,8 @@ class Exchange:
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
+        if (self.done or self.error is not None) and self.conn is not None:
+            self.conn.wake_writer()  # a body still being sent stops: the answer is in
 
     # --- for the proxy ----------------------------------------------------------------
     async def read(self) -> bytes:
@@ -290,6 +292,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle = False
         self.reading_paused = False
+        self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: Any) -> None:  # uvloop's transports do not subclass asyncio's
@@ -314,17 +317,25 @@ class Connection(asyncio.Protocol):
         ex = self.exchange
         if ex is not None:
             ex.connection_lost(exc)
-        w = self.drain_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        self.wake_writer()
 
     def pause_writing(self) -> None:
-        self.drain_waiter = asyncio.get_running_loop().create_future()
+        self.write_paused = True
 
     def resume_writing(self) -> None:
+        self.write_paused = False
+        self.wake_writer()
+
+    def wake_writer(self) -> None:
         w, self.drain_waiter = self.drain_waiter, None
         if w is not None and not w.done():
             w.set_result(None)
+
+    async def drain(self, ex: Exchange) -> None:
+        """Wait while the upstream reads slower than the body arrives; stop waiting once it has answered."""
+        while self.write_paused and not self.closed and not ex.done and ex.error is None:
+            self.drain_waiter = asyncio.get_running_loop().create_future()
+            await self.drain_waiter
 
     def pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None and not self.closed:
@@ -402,12 +413,12 @@ class Pool:
         assert transport is not None
         try:
             async for chunk in body:
-                if ex.head.done() or conn.closed:
-                    ex.body_cut = True  # the upstream answered (or failed) early: stop sending
+                if ex.done or ex.error is not None or conn.closed:
+                    ex.body_cut = True  # the upstream answered in full (or failed) before the body was sent: stop
                     break
                 transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-                if conn.drain_waiter is not None:
-                    await conn.drain_waiter
+                if conn.write_paused:
+                    await conn.drain(ex)
             else:
                 if chunked and not conn.closed:
                     transport.write(b"0\r\n\r\n")

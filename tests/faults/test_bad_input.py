@@ -113,3 +113,32 @@ def test_force_header_without_token_has_no_effect_in_production(stack):
 def test_admin_paths_on_the_proxy_port_go_to_the_backend(stack, path):
     r = httpx.put(stack.url + path) if path == "/admin/kill" else httpx.get(stack.url + path)
     assert r.json()["backend"] == "legacy" and r.json()["path"] == path
+
+
+@pytest.mark.parametrize(
+    ("target", "route", "forwarded"),
+    [
+        (b"/api/auth/../upload/x", "upload", "/api/upload/x"),
+        (b"/api/auth/%2e%2E/upload/x", "upload", "/api/upload/x"),
+        (b"/api/auth/./me/.", "auth", "/api/auth/me/"),
+        (b"/api/upload/x/.%2e/../auth/me?q=1", "auth", "/api/auth/me"),
+        (b"/api%2Fauth/me", "unmatched", "/api%2Fauth/me"),  # an encoded slash is not a separator
+        (b"//evil/x", "unmatched", "//evil/x"),
+    ],
+)
+def test_dot_segments_are_removed_before_matching_and_forwarding(stack, target, route, forwarded):
+    """Route matching agrees with what a backend that resolves dot segments would serve (Envoy's normalize_path)."""
+    import json
+
+    out = exchange(stack.port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nX-User-ID: u1\r\n\r\n")
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0], out[:300]
+    handler = next(line.split(b": ")[1].decode() for line in head.split(b"\r\n") if line.lower().startswith(b"x-splitter-handler"))
+    assert handler.split("_", 1)[1] == route
+    assert json.loads(body)["raw_path"] == forwarded
+
+
+@pytest.mark.parametrize("target", [b"/..", b"/api/../..", b"/%2e%2e/etc/passwd", b"/a/./../../b"])
+def test_a_path_that_climbs_above_the_root_is_400(stack, target):
+    out = exchange(stack.port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400") and b"climbs above the root" in out

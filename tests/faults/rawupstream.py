@@ -1,0 +1,164 @@
+"""A raw-socket upstream that misbehaves on purpose, run in a thread of the test process,
+so a test can look at what it received and what it saw of its connections.
+
+Paths (the last segment decides; anything before it is echoed back):
+  .../double-same      the answer and a second, unsolicited response in the same write
+  .../double-later?d=S the answer, then S seconds later an unsolicited response (before reading on)
+  .../ctl-01|ctl-0b|ctl-7f  a header value holding that control byte
+  .../status-600|status-099 a status outside 100..599
+  .../nocontent-cl     204 with Content-Length: 5 and a body
+  .../notmodified-cl   304 with Content-Length: 5 (no body)
+  .../switch           101 Switching Protocols to a request that asked for no upgrade
+  .../head-body        Content-Length: 5 and a body, also to HEAD
+  .../slow?s=S         answers after S seconds, or counts the proxy closing the connection first
+  .../early-413        413 + Connection: close as soon as the head arrives, without reading the body
+  anything else        200, body = the request path (so a user can tell their answer from another's)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+
+STRAY = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nSTRAY"
+
+
+@dataclass
+class Seen:
+    heads: list[bytes] = field(default_factory=list)
+    connections: int = 0
+    open_now: int = 0
+    max_open: int = 0
+    closed_while_waiting: list[float] = field(default_factory=list)
+
+
+def _answer(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: " + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body
+
+
+class RawUpstream:
+    def __init__(self) -> None:
+        self.seen = Seen()
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self.thread.start()
+        started.wait(5)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        started.set()
+        self.loop.run_forever()
+        server.close()
+        for w in self.writers:
+            w.close()
+        tasks = asyncio.all_tasks(self.loop)
+        for t in tasks:
+            t.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, server.wait_closed(), return_exceptions=True))
+        self.loop.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen = self.seen
+        self.writers.add(writer)
+        seen.connections += 1
+        seen.open_now += 1
+        seen.max_open = max(seen.max_open, seen.open_now)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen.heads.append(head)
+                method, target = head.split(b" ", 2)[:2]
+                path, _, query = target.partition(b"?")
+                last = path.rsplit(b"/", 1)[-1]
+                length = 0
+                chunked = False
+                for h in head.split(b"\r\n")[1:]:
+                    name, _, value = h.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                    if name.lower() == b"transfer-encoding":
+                        chunked = True
+                if last == b"early-413":
+                    # refuse before reading the body, then close the way Go's server does (write side
+                    # first, then discard what still arrives) so the kernel does not reset the answer away
+                    writer.write(_answer(b"413 Payload Too Large", b"too big", b"Connection: close\r\n"))
+                    await writer.drain()
+                    writer.write_eof()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(2):
+                            while await reader.read(65536):
+                                pass
+                    break
+                if length:
+                    await reader.readexactly(length)
+                if chunked:
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                        if size == 0:
+                            await _skip_trailers(reader)
+                            break
+                        await reader.readexactly(size + 2)
+                if not await self._respond(method, path, last, query, reader, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            seen.open_now -= 1
+            self.writers.discard(writer)
+            writer.close()
+
+    async def _respond(self, method: bytes, path: bytes, last: bytes, query: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        params = dict(p.split(b"=", 1) for p in query.split(b"&") if b"=" in p)
+        if last == b"double-same":
+            writer.write(_answer(b"200 OK", path) + STRAY)
+        elif last == b"double-later":
+            writer.write(_answer(b"200 OK", path))
+            await writer.drain()
+            await asyncio.sleep(float(params.get(b"d", b"0.2")))
+            writer.write(STRAY)
+        elif last.startswith(b"ctl-"):
+            byte = bytes([int(last[4:], 16)])
+            writer.write(_answer(b"200 OK", b"ok", b"X-Bad: a" + byte + b"b\r\n"))
+        elif last.startswith(b"status-"):
+            writer.write(_answer(last[7:] + b" Odd", b"ok"))
+        elif last == b"nocontent-cl":
+            writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello")
+        elif last == b"notmodified-cl":
+            writer.write(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: \"x\"\r\n\r\n")
+        elif last == b"switch":
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            await writer.drain()
+            return False
+        elif last == b"head-body":
+            writer.write(_answer(b"200 OK", b"hello"))
+        elif last == b"slow":
+            try:
+                data = await asyncio.wait_for(reader.read(1), float(params.get(b"s", b"8")))
+            except TimeoutError:
+                data = None
+            if data == b"":
+                self.seen.closed_while_waiting.append(time.monotonic())
+                return False
+            writer.write(_answer(b"200 OK", path))
+        else:
+            writer.write(_answer(b"200 OK", path))
+        await writer.drain()
+        return True
+
+
+async def _skip_trailers(reader: asyncio.StreamReader) -> None:
+    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+        pass
