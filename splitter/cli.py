@@ -343,7 +343,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps([r.as_dict() for r in reports], indent=2))
     else:
         print(report.table(reports))
-    return 2 if any(r.verdict == "fail" for r in reports) else 0
+    return 3 if any(r.verdict == "fail" for r in reports) else 0
 
 
 # --- parser ---------------------------------------------------------------------
@@ -407,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("action", choices=["status", "pause", "resume", "abort"])
     ro.add_argument("route", nargs="?")
     ro.set_defaults(func=cmd_rollout)
-    rp = admin_parser("report", "old vs new per route against the migration plan's success criteria (exit 2 when one fails)")
+    rp = admin_parser("report", "old vs new per route against the migration plan's success criteria (exit 3 when one fails, 1 on operator errors)")
     rp.add_argument("--prometheus", default=None, help="Prometheus URL (rates over --window); default: the admin API's /metrics since start")
     rp.add_argument("--window", default=None, help="with --prometheus: a range such as 10m, 1h, 1d (default: since the proxies started)")
     rp.add_argument("--route", default=None)

@@ -33,7 +33,7 @@ def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | N
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process {proc.args} exited with {proc.returncode} before {url} answered")
         try:
-            if httpx.get(url, timeout=1).status_code < 500:
+            if httpx.get(url, timeout=1).status_code == 200:  # ready, not just listening
                 return
         except httpx.HTTPError as exc:
             last = exc
@@ -238,12 +238,20 @@ def rss_mib(pid: int) -> float:
 
 
 def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
-    """Poll until check() is truthy; returns its value, fails with the last one."""
+    """Poll until check() is truthy; returns its value, fails with the last one.
+
+    A server that is up but not ready yet (refused connection, a 503 in plain text where JSON is
+    expected) is "not yet", not a failure: the poll goes on until the deadline.
+    """
     deadline = time.monotonic() + timeout
-    value = None
+    value: Any = None
     while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
+        try:
+            value = check()
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            value = exc
+        else:
+            if value:
+                return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")

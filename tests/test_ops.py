@@ -198,20 +198,25 @@ def test_dashboard_and_alerts_against_a_real_prometheus(procs, tmp_path, splitte
 
     for source in (["--prometheus", base], ["--admin", s.admin]):
         r = run("report", *source, "--route", "auth", "--json")
-        assert r.returncode == 2, r.stderr  # new fails the criteria
+        assert r.returncode == 3, r.stderr  # new fails the criteria
         rep = json.loads(r.stdout)[0]
         assert rep["old"]["requests"] == sent["legacy"] and rep["new"]["requests"] == sent["new"], (source, rep, sent)
         assert rep["new"]["errors"] == errors_new and rep["old"]["errors"] == 0
         assert rep["new"]["p95_ms"] >= 40 and rep["verdict"] == "fail"
         table = run("report", *source)
-        assert table.returncode == 2 and re.search(r"auth\s+\d+\s+\d+", table.stdout) and "FAIL" in table.stdout
+        assert table.returncode == 3 and re.search(r"auth\s+\d+\s+\d+", table.stdout) and "FAIL" in table.stdout
 
 
 def _ok(base: str) -> bool:
+    """Prometheus is ready (a fresh one answers 503 in plain text while it loads) and has scraped splitter."""
     try:
-        return httpx.get(base + "/api/v1/query", params={"query": "up"}).json()["data"]["result"] != [] and bool(
-            httpx.get(base + "/api/v1/query", params={"query": "splitter_requests_total"}).json()["data"]["result"]
-        )
+        if httpx.get(base + "/-/ready").status_code != 200:
+            return False
+        for expr in ("up", "splitter_requests_total"):
+            r = httpx.get(base + "/api/v1/query", params={"query": expr})
+            if r.status_code != 200 or not r.json()["data"]["result"]:
+                return False
+        return True
     except httpx.HTTPError:
         return False
 
