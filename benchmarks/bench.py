@@ -183,6 +183,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per target; the median is reported")
+    ap.add_argument("--baseline", default=None, metavar="REV", help="also run splitter at this git revision (a worktree, same venv): before vs after in one run")
+    ap.add_argument("--quick", action="store_true", help="only the req/s table (no latency, throughput, RSS or workers)")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "curl"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -237,6 +239,14 @@ unmatched: legacy
         print(f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} alternating rounds (median shown), random X-User-ID, GET /api/auth/me")
         print("splitter: defaults (metrics, JSON access log to a file, bucketing, header handling); asgiproxy: its CLI defaults\n")
         targets = {"direct (nginx upstream)": upstream, "nginx split_clients": split, "asgiproxy": asgi, "splitter": proxy}
+        if args.baseline:
+            tree = work / "baseline"
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline], check=True, capture_output=True)
+            base_port, base_admin = free_port(), free_port()
+            base = [PY, "-m", "splitter", "serve", "--config", str(work / "routes.yaml"), "--host", "127.0.0.1", "--port", str(base_port), "--admin-port", str(base_admin)]
+            procs.procs.append(subprocess.Popen(base, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=open(work / "baseline.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True))  # noqa: SIM115
+            wait_port(base_port)
+            targets[f"splitter@{args.baseline}"] = base_port
         for port in targets.values():
             wrk(f"http://127.0.0.1:{port}/api/auth/me", 2)  # warm-up: pools, caches
         # Rounds alternate the targets so drift on a shared machine hits all of them; the median round counts.
@@ -252,6 +262,11 @@ unmatched: legacy
         sp_r, ap_r, ng_r = results["splitter"], results["asgiproxy"], results["nginx split_clients"]
         print(f"\nsplitter / asgiproxy req/s: {sp_r['rps'] / ap_r['rps']:.2f}x   (p99 {sp_r['p99']:.2f} ms vs {ap_r['p99']:.2f} ms)")
         print(f"splitter / nginx split_clients req/s: {sp_r['rps'] / ng_r['rps']:.1%}")
+        if args.baseline:
+            b_r = results[f"splitter@{args.baseline}"]
+            print(f"splitter / splitter@{args.baseline} req/s: {sp_r['rps'] / b_r['rps']:.2f}x   (p99 {sp_r['p99']:.2f} ms vs {b_r['p99']:.2f} ms)")
+        if args.quick:
+            return
 
         d50, d99 = asyncio.run(paced_latency(upstream, 1000, 5))
         s50, s99 = asyncio.run(paced_latency(proxy, 1000, 5))
@@ -286,6 +301,8 @@ unmatched: legacy
         log.close()
     finally:
         procs.stop_all()
+        if args.baseline:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "baseline")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

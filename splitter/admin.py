@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -98,7 +99,17 @@ def create_admin(rt: Runtime) -> Starlette:
         return Response(rt.metrics.render(), media_type=CONTENT_TYPE)
 
     async def list_routes(request: Request) -> Response:
-        return JSONResponse(routes_view())
+        """The routes; for those a guard or a rollout judges, the window it judges (fleet or process)."""
+        views = routes_view()
+        now = time.time()
+        for view, r in zip(views, rt.snapshot.config.routes, strict=True):
+            if r.guard is None and r.rollout is None:
+                continue
+            try:
+                view["window"] = await rt.windows.view(r.name, now, *await rt.judged_span(r))
+            except Unavailable as exc:
+                view["window"] = {"scope": rt.windows.scope, "error": str(exc)}
+        return JSONResponse(views)
 
     async def set_route(request: Request, who: str) -> Any:
         name = request.path_params["name"]
@@ -164,7 +175,10 @@ def create_admin(rt: Runtime) -> Starlette:
             return JSONResponse({"error": exc.message}, exc.status)
         if rt.snapshot.config.by_name[name].shadow is None:
             return JSONResponse({"error": f"route {name!r} has no shadow: in routes.yaml"}, 404)
-        return JSONResponse({"route": name, "mismatches": rt.shadow.recent(name)})
+        try:
+            return JSONResponse({"route": name, "mismatches": await rt.shadow.recent(name)})
+        except Unavailable as exc:
+            return JSONResponse({"error": str(exc)}, 503)
 
     async def rollouts(request: Request) -> Response:
         try:

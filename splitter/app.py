@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,14 +20,14 @@ from typing import Any
 import structlog
 
 from . import config as config_mod
-from .config import Backend, Config, ConfigError
+from .config import Backend, Config, ConfigError, Route
 from .guard import Guard
 from .metrics import Metrics
-from .overrides import MemoryOverrides, RedisOverrides, State
+from .overrides import MemoryOverrides, RedisOverrides, State, Unavailable
 from .rollout import Rollouts
 from .shadow import Shadow
 from .upstream import Pool
-from .window import RouteOutcomes
+from .window import Windows
 
 log = structlog.get_logger("splitter")
 
@@ -95,7 +96,7 @@ class Runtime:
         self.snapshot = make_snapshot(cfg, self.overrides.state)
         self.overrides.subscribe(self._on_overrides)
         self.pools: dict[Backend, Pool] = {}
-        self.outcomes: dict[str, RouteOutcomes] = _outcomes(cfg, {})
+        self.windows = self._windows(cfg, None)
         self.guard = Guard(self)
         self.rollouts = Rollouts(self)
         self.shadow = Shadow(self)
@@ -111,12 +112,11 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._watch(), name="splitter-config-watch"))
         self._tasks.append(asyncio.create_task(self.guard.run(), name="splitter-guard"))
         self._tasks.append(asyncio.create_task(self.rollouts.run(), name="splitter-rollouts"))
+        self._tasks.append(asyncio.create_task(self._flush_windows(), name="splitter-windows"))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
         self.started = True
         cfg = self.snapshot.config
-        if not self.overrides.shared and self.settings.workers > 1 and any(r.rollout or r.guard for r in cfg.routes):
-            log.warning("guard and rollout need Redis with --workers > 1: without it they cannot act (set redis.url)")
         log.info("started", config=cfg.path, environment=cfg.environment, routes=len(cfg.routes), redis=self.redis_url is not None, pid=os.getpid())
 
     async def stop(self) -> None:
@@ -140,6 +140,34 @@ class Runtime:
             p = self.pools[backend] = Pool(backend)
         return p
 
+    def _windows(self, cfg: Config, old: Windows | None) -> Windows:
+        """Outcome windows for the routes a guard or a rollout judges; fleet-wide with Redis."""
+        judged = {r.name: _spans(r) for r in cfg.routes if r.guard or r.rollout}
+        store = self.overrides if isinstance(self.overrides, RedisOverrides) else None
+        return Windows(judged, store, cfg.redis_prefix, old)
+
+    async def _flush_windows(self) -> None:
+        """Once a second, off the request path: this process's counts go to the fleet's keys."""
+        failing = False
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.windows.flush(time.time())
+                failing = False
+            except Unavailable as exc:
+                if not failing:
+                    log.warning("outcome counts not shared: Redis unreachable; the guard and rollouts judge without them", error=str(exc))
+                failing = True
+
+    async def judged_span(self, route: Route) -> tuple[float, float | None]:
+        """(seconds, since) of the window that judges a route: the guard's, else the current rollout step's."""
+        if route.guard is not None:
+            return route.guard.window_s, None
+        assert route.rollout is not None
+        state = await self.overrides.get_rollout(route.name)
+        since = float(state["since"]) if state and state.get("since") is not None else None
+        return route.rollout.interval_s + 1, since
+
     @property
     def ready(self) -> tuple[bool, str]:
         if not self.started:
@@ -152,9 +180,10 @@ class Runtime:
     def _on_overrides(self, state: State) -> None:
         old = self.snapshot
         self.snapshot = make_snapshot(old.config, state)
+        now = time.time()
         for name, pct in self.snapshot.percent.items():
-            if old.percent.get(name) != pct and name in self.outcomes:
-                self.outcomes[name].clear()  # a new population: judge it afresh
+            if old.percent.get(name) != pct:
+                self.windows.reset(name, now)  # a new population: judge it afresh
         self._publish_gauges()
 
     def _redis_up(self, up: bool) -> None:
@@ -180,7 +209,7 @@ class Runtime:
             return False
         if (self.settings.redis_url or cfg.redis_url) != self.redis_url or cfg.redis_prefix != old.redis_prefix:
             log.warning("config change needs a restart to apply", key="redis")
-        self.outcomes = _outcomes(cfg, self.outcomes)
+        self.windows = self._windows(cfg, self.windows)
         self.snapshot = make_snapshot(cfg, self.overrides.state)
         for backend in [b for b in self.pools if b not in cfg.backends.values()]:
             self.pools.pop(backend).retire()  # idle connections close now, busy ones when their request ends
@@ -201,15 +230,14 @@ class Runtime:
                 self.reload()
 
 
-def _outcomes(cfg: Config, old: dict[str, RouteOutcomes]) -> dict[str, RouteOutcomes]:
-    """Sliding windows for the routes that a guard or a rollout judges; kept across reloads."""
-    out = {}
-    for r in cfg.routes:
-        spans = [r.guard.window_s if r.guard else 0.0, (r.rollout.interval_s + 1) if r.rollout else 0.0]
-        if max(spans) > 0:
-            keep = old.get(r.name)
-            out[r.name] = keep if keep is not None and keep.new.span == max(1.0, max(spans)) else RouteOutcomes(max(spans))
-    return out
+def _spans(route: Route) -> list[float]:
+    """The windows a route is judged over: the guard's, and a rollout step's interval."""
+    spans = []
+    if route.guard is not None:
+        spans.append(route.guard.window_s)
+    if route.rollout is not None:
+        spans.append(route.rollout.interval_s + 1)
+    return spans
 
 
 def _file_signature(path: str) -> tuple[int, int, int] | None:

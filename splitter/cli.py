@@ -158,6 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
+    judged = [r.name for r in cfg.routes if r.guard or r.rollout]
+    if settings.workers > 1 and judged and not (settings.redis_url or cfg.redis_url):
+        fail(f"--workers {settings.workers} with guard/rollout on {', '.join(judged)} needs Redis (redis.url in routes.yaml or SPLITTER_REDIS_URL): each worker would judge only its own share of traffic")
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port) or (settings.port == settings.admin_port and settings.port != 0):
         fail("--port and --admin-port must differ")
     from . import server
@@ -293,17 +296,40 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for i in items:
+        steps = " ".join(f"[{s}]" if s == i["step"] else str(s) for s in i["steps"])
+        nxt = f", next step in {i['next_step_in_s']:g} s" if i.get("next_step_in_s") is not None else ""
+        lines.append(f"{i['route']}: {i['status']} at {i['percent']}%  steps {steps}{nxt}  ({i.get('scope', 'process')} window)")
+        for g in i.get("gates", []):
+            mark = {True: "✓", False: "✗", None: "…"}[g["ok"]]
+            value = "-" if g["value"] is None else f"{g['value']:g}"
+            lines.append(f"  {mark} {g['gate']:<16} {value:>10}  (threshold {g['threshold']:g})")
+        if i["reason"]:
+            lines.append(f"  reason: {i['reason']}")
+    return lines
+
+
 def cmd_rollout(args: argparse.Namespace) -> int:
     if args.action == "status":
-        items = _admin(args, "GET", "/admin/rollouts")
-        if args.route:
-            items = [i for i in items if i["route"] == args.route]
-            if not items:
-                fail(f"route {args.route!r} has no rollout: in routes.yaml")
-        print(f"{'ROUTE':<20} {'STATUS':<12} {'PERCENT':>7}  STEPS  REASON")
-        for i in items:
-            print(f"{i['route']:<20} {i['status']:<12} {i['percent']:>7}  {'/'.join(map(str, i['steps']))}  {i['reason']}")
-        return 0
+        import time
+
+        while True:
+            items = _admin(args, "GET", "/admin/rollouts")
+            if args.route:
+                items = [i for i in items if i["route"] == args.route]
+                if not items:
+                    fail(f"route {args.route!r} has no rollout: in routes.yaml")
+            if args.json:
+                print(json.dumps(items if not args.route else items[0]), flush=True)
+            else:
+                if args.watch:
+                    print("\x1b[H\x1b[2J", end="")  # redraw in place, like kubectl argo rollouts get --watch
+                print("\n".join(_rollout_lines(items)), flush=True)
+            if not args.watch:
+                return 0
+            time.sleep(1.0)
     if not args.route:
         fail(f"rollout {args.action} needs a ROUTE")
     r = _admin(args, "POST", f"/admin/rollouts/{args.route}/{args.action}", {}, write=True)
@@ -406,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro = admin_parser("rollout", "gated rollouts: status, pause, resume, abort")
     ro.add_argument("action", choices=["status", "pause", "resume", "abort"])
     ro.add_argument("route", nargs="?")
+    ro.add_argument("--watch", action="store_true", help="status: redraw every second (Ctrl-C stops)")
+    ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
     ro.set_defaults(func=cmd_rollout)
     rp = admin_parser("report", "old vs new per route against the migration plan's success criteria (exit 3 when one fails, 1 on operator errors)")
     rp.add_argument("--prometheus", default=None, help="Prometheus URL (rates over --window); default: the admin API's /metrics since start")

@@ -1,7 +1,8 @@
 """Automatic rollback: when new's error rate (or p95 against legacy) breaches, override to 0.
 
-Each replica judges its own sliding window; the action is an override write,
-so with Redis one replica's trip moves the whole fleet. The override stays at
+With Redis the window is the fleet's (every replica and worker adds its counts,
+window.py); without it, this process's. The action is an override write, so
+with Redis one replica's trip moves the whole fleet. The override stays at
 0 (source "guard") until a person changes it; any change of a route's percent
 clears its window, so old errors never trip a fresh attempt.
 """
@@ -14,13 +15,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from .config import Guard as GuardSpec
 from .overrides import Conflict, Unavailable
+from .window import Totals
 
 if TYPE_CHECKING:
     from .app import Runtime
 
 log = structlog.get_logger("splitter.guard")
-TICK_S = 0.25
+TICK_S = 0.5
 
 
 class Guard:
@@ -40,23 +43,19 @@ class Guard:
             return
         for route in snap.config.routes:
             g = route.guard
-            outcomes = rt.outcomes.get(route.name)
-            if g is None or outcomes is None or snap.percent[route.name] == 0:
+            if g is None or rt.windows.get(route.name) is None or snap.percent[route.name] == 0:
                 continue
-            new = outcomes.new.totals(now, span_s=g.window_s)
-            if new.requests < g.min_requests:
-                continue
-            reason = None
-            legacy_p95 = None
-            if new.error_rate > g.max_error_rate:
-                reason = "error_rate"
-            elif g.max_p95_ratio is not None:
-                legacy = outcomes.legacy.totals(now, span_s=g.window_s)
-                legacy_p95 = legacy.p95_ms
-                if legacy.requests >= g.min_requests and new.p95_ms and legacy_p95 and new.p95_ms / legacy_p95 > g.max_p95_ratio:
-                    reason = "p95_ratio"
+            try:
+                new = await rt.windows.totals(route.name, "new", now, g.window_s)
+                if new.requests < g.min_requests:
+                    continue
+                legacy = await rt.windows.totals(route.name, "legacy", now, g.window_s) if g.max_p95_ratio is not None else None
+            except Unavailable:
+                continue  # the fleet's counts cannot be read; nor could a rollback be written
+            reason = trip_reason(g, new, legacy)
             if reason is None:
                 continue
+            legacy_p95 = legacy.p95_ms if legacy is not None else None
             old = snap.percent[route.name]
             try:
                 await rt.overrides.set_percent(route.name, 0, source="guard")
@@ -66,7 +65,7 @@ class Guard:
                     log.error("guard tripped but could not roll back; retrying", route=route.name, reason=reason, error=str(exc))
                 continue
             self._stuck.discard(route.name)
-            outcomes.clear()
+            rt.windows.reset(route.name, now)
             rt.metrics.guard_trips.labels(route.name, reason).inc()
             log.warning(
                 "guard tripped: route rolled back to legacy",
@@ -81,4 +80,15 @@ class Guard:
                 new_p95_ms=new.p95_ms,
                 legacy_p95_ms=legacy_p95,
                 window_s=g.window_s,
+                scope=rt.windows.scope,
             )
+
+
+def trip_reason(g: GuardSpec, new: Totals, legacy: Totals | None) -> str | None:
+    """Why the guard trips on these windows, or None. `new` has at least min_requests."""
+    if new.error_rate > g.max_error_rate:
+        return "error_rate"
+    if g.max_p95_ratio is not None and legacy is not None and legacy.requests >= g.min_requests and new.p95_ms and legacy.p95_ms:
+        if new.p95_ms / legacy.p95_ms > g.max_p95_ratio:
+            return "p95_ratio"
+    return None

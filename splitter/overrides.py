@@ -10,6 +10,11 @@ replaced whole on every change. With Redis the keys are the truth:
                        reconnect means Redis lost its data (restart without
                        persistence), and the last known state is written back
     {prefix}:events    pub/sub channel; any message means "resync from the keys"
+    {prefix}:win:{route}:{backend}:{width}:{slot}
+                       hash n, e, <histogram bucket> -> count: every process adds its
+                       outcomes once a second (window.py); expires after the longest window + 60 s
+    {prefix}:shadow:{route}
+                       list of the last 100 shadow mismatches (JSON), newest first
 
 Every replica resyncs on connect, on every event and once a second, so a lost
 message costs at most a second.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +32,7 @@ from typing import Any
 import structlog
 
 log = structlog.get_logger("splitter.overrides")
+KEEP_MISMATCHES = 100
 
 class Unavailable(Exception):
     """A write cannot reach every replica right now (503)."""
@@ -58,6 +65,7 @@ class MemoryOverrides:
         self.ever_connected = True
         self._listeners: list[Listener] = []
         self._rollouts: dict[str, dict[str, Any]] = {}
+        self._mismatches: dict[str, deque[dict[str, Any]]] = {}
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -104,6 +112,13 @@ class MemoryOverrides:
     async def lease(self, name: str, owner: str, ttl_s: float) -> bool:
         """Whether `owner` may drive `name` now; one process always may."""
         return self.workers == 1
+
+    # --- recent shadow mismatches, newest first ---
+    async def push_mismatch(self, route: str, entry: dict[str, Any]) -> None:
+        self._mismatches.setdefault(route, deque(maxlen=KEEP_MISMATCHES)).appendleft(entry)
+
+    async def mismatches(self, route: str) -> list[dict[str, Any]]:
+        return list(self._mismatches.get(route, ()))
 
 
 class RedisOverrides(MemoryOverrides):
@@ -259,6 +274,46 @@ class RedisOverrides(MemoryOverrides):
             return bool(await self.client.eval(_RENEW, 1, key, owner, ttl_ms))
         except self._redis_errors:
             return False
+
+
+    # --- fleet-wide outcome windows (window.Windows is the reader and writer) ---
+    async def add_outcomes(self, batch: list[tuple[str, dict[str, int], int]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for key, fields, expire_at in batch:
+            for field_, count in fields.items():
+                if count:
+                    pipe.hincrby(key, field_, count)
+            pipe.expireat(key, expire_at)
+        try:
+            await pipe.execute()
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+
+    async def read_outcomes(self, keys: list[str]) -> list[dict[str, str]]:
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        try:
+            return list(await pipe.execute())
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+
+    async def push_mismatch(self, route: str, entry: dict[str, Any]) -> None:
+        key = f"{self.prefix}:shadow:{route}"
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lpush(key, json.dumps(entry))
+        pipe.ltrim(key, 0, KEEP_MISMATCHES - 1)
+        try:
+            await pipe.execute()
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+
+    async def mismatches(self, route: str) -> list[dict[str, Any]]:
+        try:
+            rows = await self.client.lrange(f"{self.prefix}:shadow:{route}", 0, KEEP_MISMATCHES - 1)
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+        return [json.loads(r) for r in rows]
 
 
 def _parse(percents: dict[str, str], sources: dict[str, str], kill: str | None) -> State:

@@ -448,7 +448,7 @@ class Proxy:
 
     def _judge(self, call: Call, error: bool) -> None:
         """Feed the guard and rollout windows, for the routes that have them."""
-        outcomes = self.rt.outcomes.get(call.route_name)
+        outcomes = self.rt.windows.get(call.route_name)
         if outcomes is not None and call.backend is not None:
             outcomes.record(call.backend, time.time(), error, time.perf_counter() - call.start)
 

@@ -4,7 +4,8 @@ State per route (in Redis with a fleet, else in memory):
     {"status": running|paused|aborted|rolled_back|done, "step": index, "since": epoch s, "reason": str}
 With Redis one replica drives a route at a time (a lease renewed every tick;
 when the holder dies another takes over after the lease runs out). The driver
-judges the gates on its own traffic since the current step began.
+judges the gates on the fleet's traffic since the current step began (window.py;
+without Redis, this process's).
 """
 
 from __future__ import annotations
@@ -28,18 +29,30 @@ log = structlog.get_logger("splitter.rollout")
 LEASE_S = 3.0
 
 
+def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:
+    """Each gate's current value against its threshold; `ok` None while there is no value yet."""
+    checks: list[dict[str, Any]] = [{"gate": "min_requests", "value": new.requests, "threshold": g.min_requests, "ok": new.requests >= g.min_requests}]
+    if g.max_error_rate is not None:
+        checks.append({"gate": "max_error_rate", "value": round(new.error_rate, 5), "threshold": g.max_error_rate, "ok": new.error_rate <= g.max_error_rate if new.requests else None})
+    if g.max_p95_ms is not None:
+        checks.append({"gate": "max_p95_ms", "value": new.p95_ms, "threshold": g.max_p95_ms, "ok": new.p95_ms <= g.max_p95_ms if new.p95_ms is not None else None})
+    if g.max_p95_ratio is not None:
+        judged = bool(new.p95_ms and legacy.p95_ms and legacy.requests >= max(1, g.min_requests))
+        ratio = round(new.p95_ms / legacy.p95_ms, 4) if judged and new.p95_ms and legacy.p95_ms else None
+        checks.append({"gate": "max_p95_ratio", "value": ratio, "threshold": g.max_p95_ratio, "ok": ratio <= g.max_p95_ratio if ratio is not None else None})
+    return checks
+
+
+_SAYS = {"max_error_rate": "error rate", "max_p95_ms": "p95 ms", "max_p95_ratio": "p95 ratio"}
+
+
 def gate_failure(g: Gates, new: Totals, legacy: Totals) -> str | None:
     """The first gate that fails, judged only with enough new traffic."""
     if new.requests < max(1, g.min_requests):
         return None
-    if g.max_error_rate is not None and new.error_rate > g.max_error_rate:
-        return f"error rate {new.error_rate:.4f} > {g.max_error_rate}"
-    if g.max_p95_ms is not None and new.p95_ms is not None and new.p95_ms > g.max_p95_ms:
-        return f"p95 {new.p95_ms:g} ms > {g.max_p95_ms:g} ms"
-    if g.max_p95_ratio is not None and new.p95_ms and legacy.p95_ms and legacy.requests >= max(1, g.min_requests):
-        ratio = new.p95_ms / legacy.p95_ms
-        if ratio > g.max_p95_ratio:
-            return f"p95 ratio {ratio:.2f} > {g.max_p95_ratio}"
+    for c in gate_checks(g, new, legacy)[1:]:
+        if c["ok"] is False:
+            return f"{_SAYS[c['gate']]} {c['value']:g} > {c['threshold']:g}"
     return None
 
 
@@ -92,10 +105,9 @@ class Rollouts:
         if step < 0:
             await self._go(route, state, 0, now, "start")
             return
-        outcomes = rt.outcomes[route.name]
         since = float(state["since"])
-        new = outcomes.new.totals(now, since=since, span_s=ro.interval_s + 1)
-        legacy = outcomes.legacy.totals(now, since=since, span_s=ro.interval_s + 1)
+        new = await rt.windows.totals(route.name, "new", now, ro.interval_s + 1, since)
+        legacy = await rt.windows.totals(route.name, "legacy", now, ro.interval_s + 1, since)
         failure = gate_failure(ro.gates, new, legacy)
         gate_values = {"requests": new.requests, "error_rate": round(new.error_rate, 5), "p95_ms": new.p95_ms, "legacy_p95_ms": legacy.p95_ms}
         if failure:
@@ -139,19 +151,27 @@ class Rollouts:
             assert r.rollout is not None
             state = await self.rt.overrides.get_rollout(r.name) or {"status": "pending", "step": -1, "since": None, "reason": ""}
             step = int(state["step"])
-            out.append(
-                {
-                    "route": r.name,
-                    "status": state["status"],
-                    "step": r.rollout.steps[step] if step >= 0 else None,
-                    "percent": self.rt.snapshot.percent[r.name],
-                    "steps": list(r.rollout.steps),
-                    "interval_s": r.rollout.interval_s,
-                    "since": state["since"],
-                    "reason": state["reason"],
-                    "driven_here": r.name in self.driving,
-                }
-            )
+            now = time.time()
+            since = float(state["since"]) if state["since"] is not None else None
+            view: dict[str, Any] = {
+                "route": r.name,
+                "status": state["status"],
+                "step": r.rollout.steps[step] if step >= 0 else None,
+                "percent": self.rt.snapshot.percent[r.name],
+                "steps": list(r.rollout.steps),
+                "interval_s": r.rollout.interval_s,
+                "since": since,
+                "next_step_in_s": round(max(0.0, since + r.rollout.interval_s - now), 1) if since is not None and state["status"] == "running" and step + 1 < len(r.rollout.steps) else None,
+                "reason": state["reason"],
+                "driven_here": r.name in self.driving,
+                "scope": self.rt.windows.scope,
+            }
+            if step >= 0 and since is not None:
+                new = await self.rt.windows.totals(r.name, "new", now, r.rollout.interval_s + 1, since)
+                legacy = await self.rt.windows.totals(r.name, "legacy", now, r.rollout.interval_s + 1, since)
+                view["gates"] = gate_checks(r.rollout.gates, new, legacy)
+                view["new"], view["legacy"] = new.view(), legacy.view()
+            out.append(view)
         return out
 
     async def act(self, name: str, action: str) -> dict[str, Any]:

@@ -14,13 +14,13 @@ import asyncio
 import json
 import re
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from multidict import CIMultiDict
 
 from .config import Route
+from .overrides import Unavailable
 from .upstream import Exchange, once
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("splitter.shadow")
 MAX_INFLIGHT = 32
 MAX_BODY = 256 * 1024
-KEEP_MISMATCHES = 50
 _MISSING = object()
 
 
@@ -81,7 +80,6 @@ class Shadow:
         self.rt = rt
         self.inflight = 0
         self.tasks: set[asyncio.Task[None]] = set()
-        self.mismatches: dict[str, deque[dict[str, Any]]] = {}
 
     def launch(self, route: Route, primary: str, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes | None, response: tuple[int, CIMultiDict[str], bytes] | None) -> None:
         if response is None or self.inflight >= MAX_INFLIGHT:
@@ -133,11 +131,14 @@ class Shadow:
             return
         counter.labels(route.name, "mismatch").inc()
         entry = {"time": round(time.time(), 3), "method": method, "path": path_qs, "primary": primary, "shadow": other, "request_id": headers.get("X-Request-ID"), "diff": diffs[:20]}
-        self.mismatches.setdefault(route.name, deque(maxlen=KEEP_MISMATCHES)).append(entry)
         log.info("shadow mismatch", route=route.name, path=path_qs, fields=[d["path"] for d in diffs[:20]])
+        try:
+            await self.rt.overrides.push_mismatch(route.name, entry)  # with Redis, every replica lists it
+        except Unavailable as exc:
+            log.warning("shadow mismatch not stored", route=route.name, error=str(exc))
 
-    def recent(self, route: str) -> list[dict[str, Any]]:
-        return list(reversed(self.mismatches.get(route, ())))
+    async def recent(self, route: str) -> list[dict[str, Any]]:
+        return await self.rt.overrides.mismatches(route)
 
     async def stop(self) -> None:
         for t in list(self.tasks):

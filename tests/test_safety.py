@@ -95,7 +95,10 @@ def test_guard_never_trips_on_a_healthy_new_over_5000_requests(procs, tmp_path, 
         while len(load.codes) < 5000:
             time.sleep(0.2)
     assert len(load.codes) >= 5000 and set(load.codes) == {401}
-    assert route_state(s) == {"name": "auth", "prefix": "/api/auth", "percent": 50, "file_percent": 50, "source": "file"}
+    state = route_state(s)
+    window = state.pop("window")
+    assert state == {"name": "auth", "prefix": "/api/auth", "percent": 50, "file_percent": 50, "source": "file"}
+    assert window["scope"] == "process" and window["new"]["errors"] == 0 and window["new"]["requests"] + window["legacy"]["requests"] > 0
     assert s.metric("splitter_guard_trips_total", route="auth", reason="error_rate") is None
 
 
