@@ -54,8 +54,8 @@ def quantile_ms(hist: Mapping[int, int], n: int, q: float) -> float | None:
     for index in sorted(hist):
         seen += hist[index]
         if seen >= rank:
-            return round(bucket_ms(index), 4)
-    return round(bucket_ms(max(hist)), 4) if hist else None
+            return round(bucket_ms(index), 6)
+    return round(bucket_ms(max(hist)), 6) if hist else None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ GET/POST anything  -> 200 JSON {backend, method, path, raw_path, query, headers:
 /cookies           -> two Set-Cookie headers
 /gzip              -> a gzip body with Content-Encoding: gzip (never decoded by the proxy)
 /slow?s=N          -> sleeps N seconds first
+/delay?legacy_ms=A&new_ms=B -> sleeps A or B ms, by this stand-in's name
 /bytes?n=N         -> streams N bytes (chunked)
 /status?code=N     -> answers N
 """
@@ -42,6 +43,8 @@ def make_app(name: str) -> Any:
         status = 200
         if path.endswith("/slow"):
             await asyncio.sleep(float(query.get("s", "1")))
+        if path.endswith("/delay"):  # /delay?legacy_ms=99&new_ms=101: each backend its own latency
+            await asyncio.sleep(float(query.get(f"{name}_ms", "0")) / 1000)
         if path.endswith("/redirect"):
             status = 302
             headers.append((b"location", b"/elsewhere"))

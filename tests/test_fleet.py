@@ -1,0 +1,131 @@
+"""Fleet-true judgement with real processes, real Redis and stand-ins with set latency."""
+
+import asyncio
+import subprocess
+import time
+
+import httpx
+from conftest import PY, ROOT, eventually, routes_yaml
+from test_safety import TOKEN, route_state, yaml_for
+
+from splitter.bucketing import bucket
+
+
+def users(n: int, prefix: str = "u") -> list[str]:
+    return [f"{prefix}{i}" for i in range(n)]
+
+
+async def _get_all(base: str, paths_users: list[tuple[str, str]], concurrency: int = 25) -> list[int]:
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+
+        async def one(path: str, uid: str) -> int:
+            async with sem:
+                return (await c.get(path, headers={"X-User-ID": uid})).status_code
+
+        return await asyncio.gather(*(one(p, u) for p, u in paths_users))
+
+
+P95_GUARD = "    guard: {max_error_rate: 0.5, min_requests: 50, window_s: 60, max_p95_ratio: 1.1}"
+
+
+def test_p95_ratio_reads_99_vs_101_ms_as_healthy_and_125_ms_as_a_breach(standin, splitter):
+    s = splitter(yaml_for(standin("legacy"), standin("new"), P95_GUARD))
+    ids = users(200)
+    assert 60 < sum(bucket(u) < 50 for u in ids) < 140
+    codes = asyncio.run(_get_all(s.url, [("/api/auth/delay?legacy_ms=99&new_ms=101", u) for u in ids], concurrency=10))
+    assert codes == [200] * 200
+    time.sleep(1.5)  # several guard ticks
+    state = route_state(s)
+    assert state["source"] == "file" and state["percent"] == 50, state
+    w = state["window"]
+    ratio = w["new"]["p95_ms"] / w["legacy"]["p95_ms"]
+    assert w["new"]["requests"] >= 50 and 0.99 < ratio < 1.08, w  # 2 % slower reads as ~2 %, not 50 %
+    assert s.metric("splitter_guard_trips_total", route="auth", reason="p95_ratio") is None
+
+    asyncio.run(_get_all(s.url, [("/api/auth/delay?legacy_ms=99&new_ms=125", u) for u in users(200, "v")]))
+    eventually(lambda: route_state(s)["source"] == "guard", timeout=3)
+    assert s.metric("splitter_guard_trips_total", route="auth", reason="p95_ratio") == 1
+
+
+FLEET_GUARD = "    guard: {max_error_rate: 0.5, min_requests: 40, window_s: 10}"
+
+
+def test_two_replicas_of_two_workers_trip_on_the_fleet_sum(standin, splitter, redis_server):
+    text = yaml_for(standin("legacy"), standin("new"), FLEET_GUARD, redis_server.url, percent=100)
+    a = splitter(text, env={"SPLITTER_ADMIN_TOKEN": TOKEN}, args=["--workers", "2"])
+    cfg_b = a.config.parent / "b.yaml"
+    cfg_b.write_text(text)
+    b = splitter(text, env={"SPLITTER_ADMIN_TOKEN": TOKEN}, args=["--workers", "2"], config=cfg_b)
+    ids = users(25)
+    # 25 failing new requests through each replica: no process sees 40, the fleet sees 50
+    for s in (a, b):
+        assert asyncio.run(_get_all(s.url, [("/api/auth/status?code=500", u) for u in ids], concurrency=4)) == [500] * 25
+    sent = time.monotonic()
+    eventually(lambda: route_state(a)["source"] == "guard" and route_state(b)["source"] == "guard", timeout=10 + 2)
+    assert time.monotonic() - sent < 12
+    assert route_state(a)["percent"] == 0 and route_state(b)["percent"] == 0
+    trips = sum(s.metric("splitter_guard_trips_total", route="auth", reason="error_rate") or 0 for s in (a, b))
+    assert trips >= 1
+    trip = next(e for e in a.logs() + b.logs() if "guard tripped" in e["event"])
+    assert trip["scope"] == "fleet" and trip["requests"] >= 40
+
+
+SHADOW = '    shadow: {percent: 100, methods: [GET, HEAD], ignore: ["$.generated_at"]}'
+
+
+def test_shadow_mismatches_made_through_one_replica_are_listed_by_another(standin, splitter, redis_server):
+    text = yaml_for(standin("legacy"), standin("new"), SHADOW, redis_server.url, percent=0)
+    a = splitter(text)
+    cfg_b = a.config.parent / "b.yaml"
+    cfg_b.write_text(text)
+    b = splitter(text, config=cfg_b, args=["--workers", "2"])
+    with httpx.Client(base_url=a.url) as c:
+        for i in range(5):
+            assert c.get("/api/auth/json/scored", headers={"X-User-ID": f"u{i}"}).status_code == 200
+    eventually(lambda: a.metric("splitter_shadow_total", route="auth", result="mismatch") == 5)
+    for _ in range(4):  # whichever worker of b answers
+        listed = httpx.get(b.admin + "/admin/shadow/auth").json()["mismatches"]
+        assert len(listed) == 5 and listed[0]["diff"][0] == {"path": "$.score", "primary": 10, "shadow": 11}
+    from test_cli import run
+
+    out = run("shadow", "auth", "--admin", b.admin)
+    assert out.returncode == 0 and out.stdout.count("$.score: 10 != 11") == 5
+
+
+def test_workers_with_a_guard_and_no_redis_is_a_start_up_error(standin, tmp_path):
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(yaml_for("http://127.0.0.1:1", "http://127.0.0.1:2", FLEET_GUARD))
+    r = subprocess.run([PY, "-m", "splitter", "serve", "--config", str(cfg), "--workers", "2", "--port", "0", "--admin-port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.strip().count("\n") == 0 and "needs Redis" in r.stderr and "auth" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+ROLLOUT = "    rollout: {steps: [10, 50, 100], interval_s: 2, gates: {max_error_rate: 0.05, max_p95_ratio: 1.5, min_requests: 5}}"
+
+
+def test_rollout_status_shows_each_gate_against_its_threshold(standin, splitter):
+    from test_cli import run
+
+    s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=f"""  - name: auth
+    prefix: /api/auth
+    percent: 0
+{ROLLOUT}"""), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+    eventually(lambda: httpx.get(s.admin + "/admin/rollouts").json()[0]["step"] == 10, timeout=5)
+    asyncio.run(_get_all(s.url, [("/api/auth/me", u) for u in users(300)]))
+    out = run("rollout", "status", "auth", "--json", "--admin", s.admin)
+    view = __import__("json").loads(out.stdout)
+    gates = {g["gate"]: g for g in view["gates"]}
+    assert gates["max_error_rate"]["threshold"] == 0.05 and gates["min_requests"]["threshold"] == 5
+    assert view["scope"] == "process" and "next_step_in_s" in view
+    table = run("rollout", "status", "--admin", s.admin)
+    assert table.returncode == 0 and "max_error_rate" in table.stdout and ("✓" in table.stdout or "…" in table.stdout)
+    watch = subprocess.Popen([PY, "-m", "splitter", "rollout", "status", "auth", "--watch", "--json", "--admin", s.admin], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [watch.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+    finally:
+        watch.terminate()
+        watch.wait(5)
+        watch.stdout.close()  # type: ignore[union-attr]
+    assert all(line.startswith("{") for line in lines), lines

@@ -1,0 +1,128 @@
+"""The histogram and windows the guard and the rollout gates judge: fast, in-process."""
+
+import asyncio
+import math
+import random
+
+import pytest
+
+from splitter.window import MAX_S, MIN_S, Counts, Outcomes, Windows, bucket_index, quantile_ms, slot_range
+
+
+def exact_p95_ms(samples: list[float]) -> float:
+    s = sorted(samples)
+    return s[math.ceil(0.95 * len(s)) - 1] * 1000
+
+
+DISTRIBUTIONS = {
+    "uniform 1-200 ms": lambda r: r.uniform(0.001, 0.2),
+    "lognormal around 50 ms": lambda r: r.lognormvariate(math.log(0.05), 0.6),
+    "exponential mean 20 ms": lambda r: r.expovariate(50),
+    "bimodal 2 ms / 900 ms": lambda r: r.gauss(0.002, 0.0003) if r.random() < 0.9 else r.gauss(0.9, 0.05),
+    "pareto tail": lambda r: 0.0005 * r.paretovariate(1.5),
+    "sub-millisecond": lambda r: r.uniform(0.0001, 0.0009),
+    "seconds": lambda r: r.uniform(1, 50),
+}
+
+
+@pytest.mark.parametrize("name", DISTRIBUTIONS)
+def test_p95_is_within_2_percent_of_the_exact_one(name):
+    rng = random.Random(name)
+    samples = [min(MAX_S, max(MIN_S, DISTRIBUTIONS[name](rng))) for _ in range(10_000)]
+    c = Counts()
+    for x in samples:
+        i = bucket_index(x)
+        c.h[i] = c.h.get(i, 0) + 1
+        c.n += 1
+    got, want = c.totals().p95_ms, exact_p95_ms(samples)
+    assert got is not None and abs(got - want) / want <= 0.02, (name, got, want)
+
+
+def test_every_value_in_range_reads_back_within_1_percent():
+    x = MIN_S
+    while x < MAX_S:
+        got = quantile_ms({bucket_index(x): 1}, 1, 0.95)
+        assert got is not None and abs(got - x * 1000) / (x * 1000) <= 0.0101, x
+        x *= 1.003
+
+
+def test_99_vs_101_ms_reads_as_a_2_percent_difference_not_50():
+    legacy, new = Counts(), Counts()
+    for c, ms in ((legacy, 99), (new, 101)):
+        for _ in range(100):
+            i = bucket_index(ms / 1000)
+            c.h[i] = c.h.get(i, 0) + 1
+            c.n += 1
+    ratio = new.totals().p95_ms / legacy.totals().p95_ms  # type: ignore[operator]
+    assert 1.0 <= ratio < 1.05
+
+
+def test_counts_survive_the_redis_hash_round_trip():
+    c = Counts()
+    for x in (0.001, 0.002, 0.002, 3.0):
+        i = bucket_index(x)
+        c.h[i] = c.h.get(i, 0) + 1
+        c.n += 1
+    c.e = 1
+    back = Counts.from_fields({k: str(v) for k, v in c.fields().items()})
+    assert (back.n, back.e, back.h) == (c.n, c.e, c.h)
+
+
+def test_slot_ranges_cover_the_window_and_respect_since():
+    assert list(slot_range(100.5, 10, None, 1)) == list(range(91, 101))
+    assert list(slot_range(100.5, 10, 97.2, 1)) == [98, 99, 100]
+    assert list(slot_range(1000, 600, None, 2)) == list(range(201, 501))
+
+
+class FakeStore:
+    """Stands in for Redis' HINCRBY / HGETALL, to test the fleet arithmetic in-process."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, int]] = {}
+        self.reads = 0
+
+    async def add_outcomes(self, batch):
+        for key, fields, _expire in batch:
+            h = self.data.setdefault(key, {})
+            for f, n in fields.items():
+                h[f] = h.get(f, 0) + n
+
+    async def read_outcomes(self, keys):
+        self.reads += len(keys)
+        return [{k: str(v) for k, v in self.data.get(key, {}).items()} for key in keys]
+
+
+def test_the_fleet_window_is_the_sum_of_every_process():
+    store = FakeStore()
+    procs = [Windows({"auth": [10.0]}, store, "p") for _ in range(4)]
+    now = 1000.0
+    for k, w in enumerate(procs):
+        for j in range(12):  # 12 new requests per process, 3 failing: no process alone sees 40
+            w.get("auth").record("new", now - 5 + j * 0.1, j % 4 == 0, 0.01 * (k + 1))  # type: ignore[union-attr]
+    for w in procs:
+        asyncio.run(w.flush(now))
+    total = asyncio.run(procs[0].totals("auth", "new", now, 10.0))
+    assert (total.requests, total.errors) == (48, 12)
+    local = asyncio.run(Windows({"auth": [10.0]}).totals("auth", "new", now, 10.0))
+    assert local.requests == 0
+
+
+def test_final_slots_are_read_from_redis_once():
+    store = FakeStore()
+    w = Windows({"auth": [60.0]}, store, "p")
+    asyncio.run(w.totals("auth", "new", 1000.0, 60.0))
+    first = store.reads
+    asyncio.run(w.totals("auth", "new", 1001.0, 60.0))
+    assert store.reads - first <= 5, "only the slots that may still change (the last 3 s) are read again"
+
+
+def test_a_reset_judges_only_what_comes_after():
+    w = Windows({"auth": [60.0]})
+    o = w.get("auth")
+    assert isinstance(o, Outcomes)
+    for j in range(50):
+        o.record("new", 1000.0 + j * 0.1, True, 0.01)
+    w.reset("auth", 1006.0)
+    o.record("new", 1007.5, False, 0.01)
+    t = asyncio.run(w.totals("auth", "new", 1008.0, 60.0))
+    assert (t.requests, t.errors) == (1, 0)
