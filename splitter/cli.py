@@ -7,21 +7,16 @@ line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import atexit
 import json
-import logging
 import os
-import select
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-import orjson
-import structlog
-
+from . import __version__
 from . import config as config_mod
 from .config import ConfigError
+from .logs import setup_logging
 
 DEFAULT_ADMIN = "http://127.0.0.1:8081"
 
@@ -32,92 +27,6 @@ class OperatorError(Exception):
 
 def fail(message: str) -> NoReturn:
     raise OperatorError(message)
-
-
-class BatchedLogger:
-    """structlog logger that writes whole lines to a file descriptor in batches.
-
-    Like nginx's `access_log ... buffer= flush=`: lines are written at most
-    FLUSH_S after they were logged (or when 64 KiB are pending), each write()
-    holding whole lines and at most PIPE_BUF bytes where possible, so workers
-    sharing stdout never interleave inside a line. One syscall per batch
-    instead of one per request; what is pending is written at exit.
-    """
-
-    FLUSH_S = 0.1
-    MAX_PENDING = 64 * 1024
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._pending: list[str] = []
-        self._size = 0
-        self._scheduled = False
-
-    def msg(self, message: str) -> None:
-        self._pending.append(message)
-        self._size += len(message)
-        if self._size >= self.MAX_PENDING:
-            self.flush()
-        elif not self._scheduled:
-            try:
-                asyncio.get_running_loop().call_later(self.FLUSH_S, self.flush)
-                self._scheduled = True
-            except RuntimeError:  # no event loop (start-up, CLI): write now
-                self.flush()
-
-    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
-
-    def flush(self) -> None:
-        self._scheduled = False
-        lines, self._pending, self._size = self._pending, [], 0
-        chunk: list[bytes] = []
-        size = 0
-        for line in lines:
-            data = line.encode("utf-8", "replace") + b"\n"
-            if chunk and size + len(data) > select.PIPE_BUF:
-                self._write(b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(data)
-            size += len(data)
-        if chunk:
-            self._write(b"".join(chunk))
-
-    def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self._fd, view)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return  # stdout is gone; logging must never take the proxy down
-            view = view[n:]
-
-
-_LOG_SINK = BatchedLogger(1)
-
-
-def _json(obj: Any, **_: Any) -> str:
-    # orjson: ~10x faster than json.dumps for the per-request line
-    return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def setup_logging(level: str = "info") -> None:
-    sys.stdout.flush()
-    lvl = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=max(lvl, logging.WARNING), format="%(message)s", stream=sys.stderr)
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(serializer=_json),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=lambda *args: _LOG_SINK,
-        cache_logger_on_first_use=True,
-    )
-    atexit.register(_LOG_SINK.flush)
 
 
 # --- serve -------------------------------------------------------------------
@@ -195,15 +104,31 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bucket(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
     from . import bucketing
 
-    env = os.environ.get("SPLITTER_ENV") or None
-    cfg = _load_or_fail(args.config, env)
-    print(f"user {args.user_id!r}, environment {cfg.environment} (routes.yaml values; runtime overrides: splitter status)")
+    if args.admin:
+        view = _admin(args, "GET", "/admin/bucket?user_id=" + quote(args.user_id, safe=""))
+        rows = [(r["route"], r["bucket"], r["percent"], r["backend"]) for r in view["routes"]]
+        source = f"live values from {args.admin}" + (" (kill switch ON)" if view["kill"] else "")
+        env = None
+    else:
+        env = os.environ.get("SPLITTER_ENV") or None
+        cfg = _load_or_fail(args.config, env)
+        rows = []
+        for r in cfg.routes:
+            b = bucketing.bucket(args.user_id, r.salt)
+            rows.append((r.name, b, r.percent, bucketing.backend_for(b, r.percent)))
+        env = cfg.environment
+        source = f"routes.yaml values, environment {env}; live values: --admin URL"
+    if args.json:
+        print(json.dumps({"user_id": args.user_id, "source": "admin" if args.admin else "file", "environment": env, "routes": [dict(zip(("route", "bucket", "percent", "backend"), row, strict=True)) for row in rows]}))
+        return 0
+    print(f"user {args.user_id!r} ({source})")
     print(f"{'ROUTE':<20} {'BUCKET':>6} {'PERCENT':>7}  BACKEND")
-    for r in cfg.routes:
-        b = bucketing.bucket(args.user_id, r.salt)
-        print(f"{r.name:<20} {b:>6} {r.percent:>7}  {bucketing.backend_for(b, r.percent)}")
+    for name, b, pct, backend in rows:
+        print(f"{name:<20} {b:>6} {pct:>7}  {backend}")
     return 0
 
 
@@ -244,6 +169,9 @@ def _print_routes(routes: list[dict[str, Any]], kill: bool) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     routes = _admin(args, "GET", "/admin/routes")
     kill = _admin(args, "GET", "/admin/kill")
+    if args.json:
+        print(json.dumps({"routes": routes, "kill": bool(kill.get("on"))}, indent=2))
+        return 0
     _print_routes(routes, bool(kill.get("on")))
     return 0
 
@@ -285,6 +213,9 @@ def cmd_kill(args: argparse.Namespace) -> int:
 
 def cmd_shadow(args: argparse.Namespace) -> int:
     data = _admin(args, "GET", f"/admin/shadow/{args.route}")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
     items = data["mismatches"]
     if not items:
         print(f"{args.route}: no recent shadow mismatches")
@@ -376,72 +307,95 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="splitter", description="Reverse proxy for strangler-fig migrations: sticky percent split between legacy and new.")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(prog="splitter", description="Reverse proxy for strangler-fig migrations: sticky percent split between legacy and new.", formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"splitter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("serve", help="run the proxy")
-    s.add_argument("--config", default="routes.yaml")
-    s.add_argument("--host", default="0.0.0.0")
-    s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--admin-host", default="127.0.0.1")
-    s.add_argument("--admin-port", type=int, default=8081)
-    s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--redis-url", default=None)
+    s = sub.add_parser("serve", help="run the proxy", formatter_class=fmt)
+    s.add_argument("--config", default="routes.yaml", help="routes.yaml to serve (hot-reloaded)")
+    s.add_argument("--host", default="0.0.0.0", help="proxy listener address (user traffic)")
+    s.add_argument("--port", type=int, default=8080, help="proxy listener port")
+    s.add_argument("--admin-host", default="127.0.0.1", help="admin listener address (/metrics, /healthz, /readyz, /admin/*)")
+    s.add_argument("--admin-port", type=int, default=8081, help="admin listener port")
+    s.add_argument("--workers", type=int, default=1, help="worker processes sharing both sockets (> 1 needs Redis for runtime changes)")
+    s.add_argument("--redis-url", default=None, help="Redis for fleet-wide overrides and windows (else $SPLITTER_REDIS_URL, else redis.url in routes.yaml)")
     s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM")
     s.add_argument("--keepalive-timeout", type=float, default=75.0, help="seconds an idle client connection stays open")
     s.add_argument("--header-timeout", type=float, default=30.0, help="seconds a client has to send a complete request head")
     s.add_argument("--body-timeout", type=float, default=60.0, help="seconds between reads of a request body before the proxy answers 408")
     s.add_argument("--no-access-log", action="store_true", help="no per-request log line (errors are still logged)")
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="least severe level logged")
     s.set_defaults(func=cmd_serve)
 
-    c = sub.add_parser("check", help="validate routes.yaml")
-    c.add_argument("file", nargs="?", default="routes.yaml")
-    c.add_argument("--env", default=None, help="check against this environment")
+    c = sub.add_parser("check", help="validate routes.yaml", formatter_class=fmt)
+    c.add_argument("file", nargs="?", default="routes.yaml", help="the file to check")
+    c.add_argument("--env", default=None, help="check against this environment (default: $SPLITTER_ENV, else the file's)")
     c.set_defaults(func=cmd_check)
 
-    b = sub.add_parser("bucket", help="show a user's bucket and backend per route")
-    b.add_argument("user_id")
-    b.add_argument("--config", default="routes.yaml")
+    b = sub.add_parser("bucket", help="a user's bucket and backend per route: routes.yaml values, or live ones with --admin", formatter_class=fmt)
+    b.add_argument("user_id", help="the user ID as the proxy would read it")
+    b.add_argument("--config", default="routes.yaml", help="routes.yaml whose percents to use (ignored with --admin)")
+    b.add_argument("--admin", default=None, help="ask a running proxy instead: live percents, overrides and kill switch")
+    b.add_argument("--json", action="store_true", help="JSON output")
     b.set_defaults(func=cmd_bucket)
 
     def admin_parser(name: str, help_: str) -> argparse.ArgumentParser:
-        a = sub.add_parser(name, help=help_)
+        a = sub.add_parser(name, help=help_, formatter_class=fmt)
         a.add_argument("--admin", default=None, help=f"admin API URL (default $SPLITTER_ADMIN_URL or {DEFAULT_ADMIN})")
         return a
 
     st = admin_parser("status", "routes, percents and the kill switch of a running proxy")
+    st.add_argument("--json", action="store_true", help="JSON output")
     st.set_defaults(func=cmd_status)
     se = admin_parser("set", "override a route's percent at runtime")
-    se.add_argument("route")
-    se.add_argument("percent")
+    se.add_argument("route", help="route name")
+    se.add_argument("percent", help="integer 0..100")
     se.set_defaults(func=cmd_set)
     cl = admin_parser("clear", "remove a route's runtime override (back to routes.yaml)")
-    cl.add_argument("route")
+    cl.add_argument("route", help="route name")
     cl.set_defaults(func=cmd_clear)
     rb = admin_parser("rollback", "send a route (or all) to legacy: override to 0")
-    rb.add_argument("route", nargs="?")
-    rb.add_argument("--all", action="store_true")
+    rb.add_argument("route", nargs="?", help="route name")
+    rb.add_argument("--all", action="store_true", help="every route")
     rb.set_defaults(func=cmd_rollback)
     k = admin_parser("kill", "kill switch: everything to legacy")
-    k.add_argument("state", choices=["on", "off"])
+    k.add_argument("state", choices=["on", "off"], help="on: every request to legacy; off: routing by percent again")
     k.set_defaults(func=cmd_kill)
     sh = admin_parser("shadow", "recent shadow mismatches of a route, with diffs")
-    sh.add_argument("route")
+    sh.add_argument("route", help="route name")
+    sh.add_argument("--json", action="store_true", help="JSON output")
     sh.set_defaults(func=cmd_shadow)
     ro = admin_parser("rollout", "gated rollouts: status, pause, resume, abort")
-    ro.add_argument("action", choices=["status", "pause", "resume", "abort"])
-    ro.add_argument("route", nargs="?")
+    ro.add_argument("action", choices=["status", "pause", "resume", "abort"], help="what to do")
+    ro.add_argument("route", nargs="?", help="route name (status: all routes when omitted)")
     ro.add_argument("--watch", action="store_true", help="status: redraw every second (Ctrl-C stops)")
     ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
     ro.set_defaults(func=cmd_rollout)
     rp = admin_parser("report", "old vs new per route against the migration plan's success criteria (exit 3 when one fails, 1 on operator errors)")
     rp.add_argument("--prometheus", default=None, help="Prometheus URL (rates over --window); default: the admin API's /metrics since start")
     rp.add_argument("--window", default=None, help="with --prometheus: a range such as 10m, 1h, 1d (default: since the proxies started)")
-    rp.add_argument("--route", default=None)
-    rp.add_argument("--json", action="store_true")
+    rp.add_argument("--route", default=None, help="only this route")
+    rp.add_argument("--json", action="store_true", help="JSON output")
     rp.set_defaults(func=cmd_report)
+    sc = sub.add_parser("schema", help="print the JSON Schema of routes.yaml (for editors: # yaml-language-server: $schema=...)", formatter_class=fmt)
+    sc.set_defaults(func=cmd_schema)
+    co = sub.add_parser("completion", help="print a shell completion script: eval \"$(splitter completion bash)\"", formatter_class=fmt)
+    co.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
+    co.set_defaults(func=cmd_completion)
     return p
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(config_mod.json_schema(), indent=2))
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -199,8 +199,61 @@ def parse(text: str, filename: str = "routes.yaml", environment: str | None = No
     return config
 
 
-_TOP_KEYS = {"environment", "backends", "user_id", "anonymous", "routes", "unmatched", "redis", "trusted_proxies", "max_body_bytes"}
-_ROUTE_KEYS = {"name", "prefix", "percent", "salt", "guard", "shadow", "rollout"}
+# The shape of routes.yaml, one table for both the validator (which keys each section allows)
+# and `json_schema()` (what editors check as ops type). A string value names another section.
+_POSITIVE: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0}
+_RATE: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 1}
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+_PERCENT: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 100}
+_STRINGS: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+SECTIONS: dict[str, dict[str, Any]] = {
+    "top": {
+        "environment": {"type": "string"},
+        "backends": "backends",
+        "user_id": {"type": "array", "items": {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False, "properties": {k: {"type": "string", "minLength": 1} for k in ID_KINDS}}},
+        "anonymous": {"enum": list(ANONYMOUS)},
+        "routes": {"type": "array", "items": {"$ref": "#/$defs/route"}},
+        "unmatched": {"enum": list(BACKENDS)},
+        "redis": {"oneOf": [{"type": "null"}, {"$ref": "#/$defs/redis"}]},
+        "trusted_proxies": _STRINGS,
+        "max_body_bytes": {"type": "integer", "minimum": 1},
+    },
+    "backends": {name: "backend" for name in BACKENDS},
+    "backend": {"url": {"type": "string", "pattern": "^https?://"}, "connect_timeout": _POSITIVE, "read_timeout": _POSITIVE, "max_connections": {"type": "integer", "minimum": 1}},
+    "redis": {"url": {"type": "string", "pattern": "^(redis|rediss|unix)://"}, "prefix": {"type": "string"}},
+    "route": {
+        "name": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+        "prefix": {"type": "string", "pattern": "^/"},
+        "percent": {"oneOf": [_PERCENT, {"type": "object", "minProperties": 1, "additionalProperties": _PERCENT}]},
+        "salt": {"type": "string"},
+        "guard": "guard",
+        "shadow": "shadow",
+        "rollout": "rollout",
+    },
+    "guard": {"max_error_rate": _RATE, "min_requests": _COUNT, "window_s": _POSITIVE, "max_p95_ratio": _POSITIVE},
+    "shadow": {"percent": _PERCENT, "methods": _STRINGS, "ignore": _STRINGS, "headers": _STRINGS},
+    "rollout": {"steps": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 1, "maximum": 100}}, "interval_s": _POSITIVE, "gates": "gates"},
+    "gates": {"max_error_rate": _RATE, "max_p95_ms": _POSITIVE, "max_p95_ratio": _POSITIVE, "min_requests": _COUNT},
+}
+_REQUIRED = {"top": ["backends", "routes"], "backends": list(BACKENDS), "backend": ["url"], "route": ["name", "prefix", "percent"], "rollout": ["steps"]}
+_TOP_KEYS = set(SECTIONS["top"])
+_ROUTE_KEYS = set(SECTIONS["route"])
+
+
+def json_schema() -> dict[str, Any]:
+    """routes.yaml as a JSON Schema (draft 2020-12), from the same table the validator uses.
+    The validator checks more (duplicates, percent maps naming the same environments, URLs)."""
+
+    def obj(section: str) -> dict[str, Any]:
+        props = {k: {"$ref": f"#/$defs/{v}"} if isinstance(v, str) else v for k, v in SECTIONS[section].items()}
+        out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
+        if section in _REQUIRED:
+            out["required"] = _REQUIRED[section]
+        return out
+
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "splitter routes.yaml", **obj("top")}
+    schema["$defs"] = {name: obj(name) for name in SECTIONS if name != "top"}
+    return schema
 
 
 def _unknown(doc: _Doc, data: dict[str, Any], allowed: set[str], path: str) -> None:
@@ -265,7 +318,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
             b = _mapping(doc, raw_backends[bname], path)
             if b is None:
                 continue
-            _unknown(doc, b, {"url", "connect_timeout", "read_timeout", "max_connections"}, path)
+            _unknown(doc, b, set(SECTIONS["backend"]), path)
             origin = _origin(doc, b.get("url"), f"{path}.url")
             ct = _number(doc, b, "connect_timeout", path, 5.0)
             rt = _number(doc, b, "read_timeout", path, 60.0)
@@ -292,7 +345,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
     if "redis" in data and data["redis"] is not None:
         r = _mapping(doc, data["redis"], "redis")
         if r is not None:
-            _unknown(doc, r, {"url", "prefix"}, "redis")
+            _unknown(doc, r, set(SECTIONS["redis"]), "redis")
             redis_url = r.get("url")
             if redis_url is not None:
                 parts = urlsplit(str(redis_url))
@@ -452,7 +505,7 @@ def _guard(doc: _Doc, raw: Any, path: str) -> Guard | None:
     g = _mapping(doc, raw, path)
     if g is None:
         return None
-    _unknown(doc, g, {"max_error_rate", "min_requests", "window_s", "max_p95_ratio"}, path)
+    _unknown(doc, g, set(SECTIONS["guard"]), path)
     if "max_error_rate" not in g:
         doc.error(f"{path}.max_error_rate", "required: a number 0..1")
     rate = _number(doc, g, "max_error_rate", path, 0.05, positive=False, upper=1)
@@ -468,7 +521,7 @@ def _shadow(doc: _Doc, raw: Any, path: str) -> Shadow | None:
     s = _mapping(doc, raw, path)
     if s is None:
         return None
-    _unknown(doc, s, {"percent", "methods", "ignore", "headers"}, path)
+    _unknown(doc, s, set(SECTIONS["shadow"]), path)
     pct = _number(doc, s, "percent", path, 100, integer=True, upper=100)
     methods = s.get("methods", ["GET", "HEAD"])
     ignore = s.get("ignore", [])
@@ -487,7 +540,7 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> Rollout | None:
     r = _mapping(doc, raw, path)
     if r is None:
         return None
-    _unknown(doc, r, {"steps", "interval_s", "gates"}, path)
+    _unknown(doc, r, set(SECTIONS["rollout"]), path)
     steps = r.get("steps")
     if not isinstance(steps, list) or not steps or not all(_is_int(s) and 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
         doc.error(f"{path}.steps", f"must be a rising list of integers 1..100, got {_show(steps)}")
@@ -496,7 +549,7 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> Rollout | None:
     gates_raw = r.get("gates", {})
     g = _mapping(doc, gates_raw, f"{path}.gates") or {}
     gp = f"{path}.gates"
-    _unknown(doc, g, {"max_error_rate", "max_p95_ms", "max_p95_ratio", "min_requests"}, gp)
+    _unknown(doc, g, set(SECTIONS["gates"]), gp)
     gates = Gates(
         _number(doc, g, "max_error_rate", gp, None, positive=False, upper=1),
         _number(doc, g, "max_p95_ms", gp, None),

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from . import __version__
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -34,6 +36,11 @@ class Metrics:
         self.guard_trips = Counter("splitter_guard_trips_total", "Automatic rollbacks by the error guard.", ["route", "reason"], registry=reg)
         self.shadow = Counter("splitter_shadow_total", "Shadow comparisons by result.", ["route", "result"], registry=reg)
         self.rollout_step = Gauge("splitter_rollout_step", "Current percent step of a gated rollout.", ["route"], registry=reg, multiprocess_mode="mostrecent")
+        self.in_flight = Gauge("splitter_requests_in_flight", "Requests being answered now (summed over workers).", registry=reg, multiprocess_mode="livesum")
+        self.build_info = Gauge("splitter_build_info", "Always 1; the version label says which splitter runs.", ["version"], registry=reg, multiprocess_mode="mostrecent")
+        self.build_info.labels(__version__).set(1)
+        if not multiprocess_dir:
+            ProcessCollector(registry=self.registry)  # process_* (CPU, memory, fds, start time)
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         for result in ("success", "failure"):
             self.reloads.labels(result)
@@ -54,5 +61,7 @@ class Metrics:
         if self.multiprocess_dir:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self.multiprocess_dir)
+            # prometheus-client cannot aggregate process_* over workers: these are the answering worker's
+            ProcessCollector(registry=registry)
             return generate_latest(registry)
         return generate_latest(self.registry)

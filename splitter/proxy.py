@@ -235,7 +235,12 @@ class Proxy:
             return
         set_cookie = self._choose(scope, call, hd, snap)
         headers = self._outbound_headers(scope, call, hd, cfg)
-        await self._forward(scope, receive, send, call, hd, headers, target, set_cookie)
+        in_flight = self.rt.metrics.in_flight
+        in_flight.inc()
+        try:
+            await self._forward(scope, receive, send, call, hd, headers, target, set_cookie)
+        finally:
+            in_flight.dec()
 
     # --- step 1: what the proxy refuses itself ------------------------------------------
     def _refuse(self, scope: Scope, call: Call, hd: dict[bytes, bytes], hosts: int, cfg: Config) -> bytes | None:
@@ -320,6 +325,8 @@ class Proxy:
             out.append((b"host", self.rt.pool(cfg.backends[call.backend or "legacy"]).authority))
         peer_b = peer.encode()
         xff = hd.get(b"x-forwarded-for") if trusted else None
+        if xff:
+            call.client = _client_from_xff(xff, cfg.trusted_proxies) or peer
         out.append((b"x-forwarded-for", xff + b", " + peer_b if xff else peer_b))
         if not trusted or b"x-forwarded-proto" not in hd:
             out.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
@@ -484,6 +491,16 @@ class Proxy:
             upstream_ms=call.upstream_ms,
             **({"error": call.error} if call.error else {}),
         )
+
+
+def _client_from_xff(xff: bytes, trusted: tuple[Any, ...]) -> str | None:
+    """The address a trusted proxy says the client has: the rightmost X-Forwarded-For entry
+    that is not itself a trusted proxy (entries further left are the client's own claims)."""
+    for part in reversed(xff.decode("latin-1").split(",")):
+        addr = part.strip()
+        if addr and not _peer_trusted(addr, trusted):
+            return addr
+    return None
 
 
 def _downstream_headers(ex: Exchange, call: Call, set_cookie: bytes | None) -> list[tuple[bytes, bytes]]:

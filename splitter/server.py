@@ -182,9 +182,11 @@ def run_worker(settings: Any, sockets: list[socket.socket], log_level: str, read
     import uvicorn
 
     from .app import create_app
-    from .cli import setup_logging
+    from .logs import setup_logging
 
     setup_logging(log_level)
+    if ready is not None:
+        _die_with_parent()
     app = create_app(settings)
     # Start-up objects never become garbage: move them out of the collector's way, and
     # collect the young generation less often. A proxy allocates a few hundred short-lived
@@ -223,6 +225,30 @@ def run_worker(settings: Any, sockets: list[socket.socket], log_level: str, read
     server.run(sockets=sockets)
     if not server.started:
         sys.exit(3)
+
+
+def _die_with_parent() -> None:
+    """A worker must not outlive its supervisor (a SIGKILLed supervisor would leave orphans holding
+    the ports and serving an old config): the kernel sends SIGTERM when the parent dies, which
+    closes the listeners at once and drains. gunicorn polls getppid() for the same reason."""
+    import ctypes
+    import ctypes.util
+
+    pr_set_pdeathsig = 1
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()  # not Linux: poll instead
+    if os.getppid() != parent or parent == 1:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent died before the request was in place
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def supervise(settings: Any, sockets: list[socket.socket], log_level: str) -> int:

@@ -142,3 +142,15 @@ def test_dot_segments_are_removed_before_matching_and_forwarding(stack, target, 
 def test_a_path_that_climbs_above_the_root_is_400(stack, target):
     out = exchange(stack.port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 400") and b"climbs above the root" in out
+
+
+def test_the_access_log_line_says_who_what_and_how_much(standin, splitter):
+    """What nginx and Envoy log: the client (from a trusted X-Forwarded-For), bytes both ways, backend, upstream time."""
+    s = splitter(routes_yaml(standin("legacy"), standin("new"), extra="trusted_proxies: [127.0.0.0/8]"))
+    r = httpx.post(s.url + "/api/upload/x", content=b"u" * 1234, headers={"X-Forwarded-For": "203.0.113.9, 10.1.1.1", "X-User-ID": "log-1"})
+    assert r.status_code == 200
+    line = s.wait_log(lambda e: e.get("event") == "request" and e.get("path") == "/api/upload/x")
+    assert line["client"] == "10.1.1.1" and line["bytes_in"] == 1234 and line["bytes_out"] == len(r.content)
+    assert line["backend"] == "legacy" and line["handler"] == "old_upload" and 0 < line["upstream_ms"] <= line["duration_ms"]
+    assert {"request_id", "method", "route", "status", "user_bucket"} <= set(line)
+    assert all(text.startswith("{") for text in s.proc.output().splitlines() if text.strip()), "every line is JSON"

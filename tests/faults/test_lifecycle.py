@@ -1,7 +1,9 @@
 """Proxy lifecycle: SIGTERM drains in-flight requests, refuses new ones; rolling restart loses nothing."""
 
+import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 
@@ -95,3 +97,28 @@ def test_rolling_restart_with_two_workers_loses_no_request(standin, splitter):
     assert len(codes) > 100 and set(codes) == {200}
     pids = {e["pid"] for e in s.logs() if e["event"] == "started"}
     assert len(pids) == 4, "both workers were replaced"
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(standin, splitter):
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), args=["--workers", "2", "--no-access-log"])
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(s.proc.pid)], capture_output=True, text=True).stdout.split()]
+    workers = [p for p in workers if "splitter" in open(f"/proc/{p}/cmdline").read() or "multiprocessing" in open(f"/proc/{p}/cmdline").read()]
+    assert len(workers) >= 2, workers
+    assert httpx.get(s.url + "/api/auth/x").status_code == 200
+    s.proc.p.kill()  # SIGKILL: no chance to stop its workers itself
+    s.proc.p.wait(5)
+    t0 = time.monotonic()
+
+    def ports_free() -> bool:
+        for port in (s.port, s.admin_port):
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    return False
+        return True
+
+    eventually(ports_free, timeout=2)
+    assert time.monotonic() - t0 < 2
+    eventually(lambda: not any(os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2] for p in workers), timeout=3)
