@@ -18,15 +18,26 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+names=(legacy_backend new_backend splitter)
 "$PY" -m legacy_backend --port 8001 & pids+=($!)
 "$PY" -m new_backend --port 8002 & pids+=($!)
 "$PY" -m splitter serve --config routes.yaml & pids+=($!)
 
-for url in http://127.0.0.1:8001/health http://127.0.0.1:8002/health http://127.0.0.1:8081/readyz; do
+# each service must answer its readiness URL with 200, or the demo says which one did not
+urls=(http://127.0.0.1:8001/health http://127.0.0.1:8002/health http://127.0.0.1:8081/readyz)
+for i in 0 1 2; do
+  ready=""
   for _ in $(seq 1 100); do
-    if "$PY" -c "import sys, httpx; sys.exit(httpx.get('$url', timeout=1).status_code != 200)" 2>/dev/null; then break; fi
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then break; fi
+    if "$PY" -c "import sys, httpx; sys.exit(httpx.get('${urls[$i]}', timeout=1).status_code != 200)" 2>/dev/null; then ready=1; break; fi
     sleep 0.2
   done
+  if [ -z "$ready" ]; then
+    if kill -0 "${pids[$i]}" 2>/dev/null; then why="did not answer ${urls[$i]} within 20 s"; else why="exited (see its output above; is the port already in use?)"; fi
+    echo >&2
+    echo "splitter demo: ${names[$i]} failed to start: $why" >&2
+    exit 1
+  fi
 done
 
 cat <<MSG

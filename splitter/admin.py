@@ -23,7 +23,9 @@ from .metrics import CONTENT_TYPE
 from .overrides import Conflict, Unavailable
 
 if TYPE_CHECKING:
-    from .app import Runtime
+    from .rollout import Rollouts
+    from .runtime import Runtime
+    from .shadow import Shadow
 
 log = structlog.get_logger("splitter.admin")
 
@@ -33,7 +35,7 @@ class _Refused(Exception):
         self.status, self.message = status, message
 
 
-def create_admin(rt: Runtime) -> Starlette:
+def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow) -> Starlette:
     token = rt.settings.admin_token.encode() if rt.settings.admin_token else None
 
     def authorize(request: Request) -> str:
@@ -74,17 +76,10 @@ def create_admin(rt: Runtime) -> Starlette:
         ]
 
     def writer(impl: Any) -> Any:
-        """One wrapper for every write: auth, refusals and store errors -> status codes."""
+        """One wrapper for every write: authorize, then answer JSON (errors: the handlers below)."""
 
         async def endpoint(request: Request) -> Response:
-            try:
-                return JSONResponse(await impl(request, authorize(request)))
-            except _Refused as exc:
-                return JSONResponse({"error": exc.message}, exc.status)
-            except Unavailable as exc:
-                return JSONResponse({"error": str(exc)}, 503)
-            except Conflict as exc:
-                return JSONResponse({"error": str(exc)}, 409)
+            return JSONResponse(await impl(request, authorize(request)))
 
         return endpoint
 
@@ -164,27 +159,18 @@ def create_admin(rt: Runtime) -> Starlette:
     async def bucket(request: Request) -> Response:
         uid = _raw_query_param(request.scope.get("query_string", b""), b"user_id")
         if not uid:
-            return JSONResponse({"error": "query parameter user_id is required"}, 400)
+            raise _Refused(400, "query parameter user_id is required")
         return JSONResponse(bucket_view(rt.snapshot, uid))
 
-    async def shadow(request: Request) -> Response:
+    async def shadow_view(request: Request) -> Response:
         name = request.path_params["name"]
-        try:
-            route_or_404(name)
-        except _Refused as exc:
-            return JSONResponse({"error": exc.message}, exc.status)
+        route_or_404(name)
         if rt.snapshot.config.by_name[name].shadow is None:
-            return JSONResponse({"error": f"route {name!r} has no shadow: in routes.yaml"}, 404)
-        try:
-            return JSONResponse({"route": name, "mismatches": await rt.shadow.recent(name)})
-        except Unavailable as exc:
-            return JSONResponse({"error": str(exc)}, 503)
+            raise _Refused(404, f"route {name!r} has no shadow: in routes.yaml")
+        return JSONResponse({"route": name, "mismatches": await shadow.recent(name)})
 
-    async def rollouts(request: Request) -> Response:
-        try:
-            return JSONResponse(await rt.rollouts.view())
-        except Unavailable as exc:
-            return JSONResponse({"error": str(exc)}, 503)
+    async def rollouts_view(request: Request) -> Response:
+        return JSONResponse(await rollouts.view())
 
     async def rollout_action(request: Request, who: str) -> Any:
         name, action = request.path_params["name"], request.path_params["action"]
@@ -194,7 +180,7 @@ def create_admin(rt: Runtime) -> Starlette:
         if action not in ("pause", "resume", "abort"):
             raise _Refused(404, "action must be pause, resume or abort")
         log.info("rollout action", who=who, route=name, action=action)
-        return await rt.rollouts.act(name, action)
+        return await rollouts.act(name, action)
 
     return Starlette(
         routes=[
@@ -209,11 +195,29 @@ def create_admin(rt: Runtime) -> Starlette:
             Route("/admin/kill", writer(kill_on), methods=["PUT"]),
             Route("/admin/kill", writer(kill_off), methods=["DELETE"]),
             Route("/admin/bucket", bucket),
-            Route("/admin/shadow/{name}", shadow),
-            Route("/admin/rollouts", rollouts),
+            Route("/admin/shadow/{name}", shadow_view),
+            Route("/admin/rollouts", rollouts_view),
             Route("/admin/rollouts/{name}/{action}", writer(rollout_action), methods=["POST"]),
-        ]
+        ],
+        exception_handlers=_ERRORS,
     )
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _Refused)
+    return JSONResponse({"error": exc.message}, exc.status)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": str(exc)}, 503)  # Redis is down: no change only one replica would see
+
+
+async def _conflict(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": str(exc)}, 409)  # several workers, no Redis
+
+
+# The one place admin errors become status codes (Starlette maps them, like its own HTTPException).
+_ERRORS: dict[Any, Any] = {_Refused: _refused, Unavailable: _unavailable, Conflict: _conflict}
 
 
 def _raw_query_param(query: bytes, name: bytes) -> bytes | None:

@@ -17,6 +17,7 @@ from . import __version__
 from . import config as config_mod
 from .config import ConfigError
 from .logs import setup_logging
+from .runtime import Settings
 
 DEFAULT_ADMIN = "http://127.0.0.1:8081"
 
@@ -32,9 +33,7 @@ def fail(message: str) -> NoReturn:
 # --- serve -------------------------------------------------------------------
 
 
-def _settings(args: argparse.Namespace) -> Any:
-    from .app import Settings
-
+def _settings(args: argparse.Namespace) -> Settings:
     env = os.environ
     return Settings(
         config_path=args.config,

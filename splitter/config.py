@@ -48,7 +48,7 @@ class IdSource:
 
 
 @dataclass(frozen=True)
-class Guard:
+class GuardSpec:
     max_error_rate: float
     min_requests: int = 50
     window_s: float = 60.0
@@ -56,7 +56,7 @@ class Guard:
 
 
 @dataclass(frozen=True)
-class Shadow:
+class ShadowSpec:
     percent: int = 100
     methods: tuple[str, ...] = ("GET", "HEAD")
     ignore: tuple[str, ...] = ()
@@ -72,7 +72,7 @@ class Gates:
 
 
 @dataclass(frozen=True)
-class Rollout:
+class RolloutSpec:
     steps: tuple[int, ...]
     interval_s: float
     gates: Gates
@@ -85,9 +85,9 @@ class Route:
     percent: int  # for the environment in force
     percent_by_env: Mapping[str, int] | None = None
     salt: str | None = None
-    guard: Guard | None = None
-    shadow: Shadow | None = None
-    rollout: Rollout | None = None
+    guard: GuardSpec | None = None
+    shadow: ShadowSpec | None = None
+    rollout: RolloutSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -501,7 +501,7 @@ def _percent(doc: _Doc, v: Any, path: str, environment: str, present: bool) -> t
     return None, None
 
 
-def _guard(doc: _Doc, raw: Any, path: str) -> Guard | None:
+def _guard(doc: _Doc, raw: Any, path: str) -> GuardSpec | None:
     g = _mapping(doc, raw, path)
     if g is None:
         return None
@@ -509,7 +509,7 @@ def _guard(doc: _Doc, raw: Any, path: str) -> Guard | None:
     if "max_error_rate" not in g:
         doc.error(f"{path}.max_error_rate", "required: a number 0..1")
     rate = _number(doc, g, "max_error_rate", path, 0.05, positive=False, upper=1)
-    return Guard(
+    return GuardSpec(
         float(rate),
         int(_number(doc, g, "min_requests", path, 50, integer=True)),
         float(_number(doc, g, "window_s", path, 60.0)),
@@ -517,7 +517,7 @@ def _guard(doc: _Doc, raw: Any, path: str) -> Guard | None:
     )
 
 
-def _shadow(doc: _Doc, raw: Any, path: str) -> Shadow | None:
+def _shadow(doc: _Doc, raw: Any, path: str) -> ShadowSpec | None:
     s = _mapping(doc, raw, path)
     if s is None:
         return None
@@ -533,10 +533,10 @@ def _shadow(doc: _Doc, raw: Any, path: str) -> Shadow | None:
     for i, p in enumerate(ignore):
         if not p.startswith("$"):
             doc.error(f"{path}.ignore[{i}]", f"must be a JSON path like $.generated_at, got {p!r}")
-    return Shadow(int(pct), tuple(m.upper() for m in methods), tuple(ignore), tuple(h.lower() for h in headers))
+    return ShadowSpec(int(pct), tuple(m.upper() for m in methods), tuple(ignore), tuple(h.lower() for h in headers))
 
 
-def _rollout(doc: _Doc, raw: Any, path: str) -> Rollout | None:
+def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
     r = _mapping(doc, raw, path)
     if r is None:
         return None
@@ -556,4 +556,4 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> Rollout | None:
         _number(doc, g, "max_p95_ratio", gp, None),
         int(_number(doc, g, "min_requests", gp, 0, integer=True)),
     )
-    return Rollout(tuple(steps), float(interval), gates)
+    return RolloutSpec(tuple(steps), float(interval), gates)

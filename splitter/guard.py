@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from .config import Guard as GuardSpec
+from .config import GuardSpec
 from .overrides import Conflict, Unavailable
 from .window import Totals
 
 if TYPE_CHECKING:
-    from .app import Runtime
+    from .runtime import Runtime
 
 log = structlog.get_logger("splitter.guard")
 TICK_S = 0.5

@@ -32,13 +32,13 @@ import structlog
 from multidict import CIMultiDict
 
 from . import bucketing
-from .config import UID_COOKIE, Config, Route
-from .config import Shadow as ShadowSpec
+from .config import UID_COOKIE, Config, Route, ShadowSpec
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
+from .shadow import Shadow
 from .upstream import Aborted, Exchange, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:
-    from .app import Runtime, Snapshot
+    from .runtime import Runtime, Snapshot
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -201,8 +201,9 @@ def _merged_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes],
 class Proxy:
     """Pure ASGI application for user traffic."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, shadow: Shadow) -> None:
         self.rt = runtime
+        self.shadow = shadow
         s = runtime.settings
         self.force_token = s.force_token.encode() if s.force_token else None
         self.access_log = s.access_log
@@ -466,7 +467,7 @@ class Proxy:
         if req_body is not None and len(req_body) > SHADOW_MAX_BODY:
             response = None
         assert call.backend is not None
-        self.rt.shadow.launch(route, call.backend, call.method, target.decode("latin-1"), _multidict(headers), req_body, response)
+        self.shadow.launch(route, call.backend, call.method, target.decode("latin-1"), _multidict(headers), req_body, response)
 
     def _force_allowed(self, environment: str, token: bytes | None) -> bool:
         if environment == "development":

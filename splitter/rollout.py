@@ -23,7 +23,7 @@ from .overrides import Conflict, Unavailable
 from .window import Totals
 
 if TYPE_CHECKING:
-    from .app import Runtime
+    from .runtime import Runtime
 
 log = structlog.get_logger("splitter.rollout")
 LEASE_S = 3.0

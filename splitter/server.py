@@ -29,6 +29,8 @@ from typing import Any
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .runtime import Settings
+
 MAX_HEAD_BYTES = 32 * 1024
 ABSOLUTE_FORM = "splitter.absolute_form"
 CLIENT_HOOK = "splitter.client"
@@ -164,7 +166,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(settings: Any, log_level: str, environment: str) -> int:
+def serve(settings: Settings, log_level: str, environment: str) -> int:
     proxy_sock = bind(settings.host, settings.port)
     admin_sock = bind(settings.admin_host, settings.admin_port)
     settings = replace(settings, port=proxy_sock.getsockname()[1], admin_port=admin_sock.getsockname()[1])
@@ -176,7 +178,7 @@ def serve(settings: Any, log_level: str, environment: str) -> int:
     return supervise(settings, [proxy_sock, admin_sock], log_level)
 
 
-def run_worker(settings: Any, sockets: list[socket.socket], log_level: str, ready: Any = None) -> None:
+def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str, ready: Any = None) -> None:
     import functools
 
     import uvicorn
@@ -251,7 +253,7 @@ def _watch_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def supervise(settings: Any, sockets: list[socket.socket], log_level: str) -> int:
+def supervise(settings: Settings, sockets: list[socket.socket], log_level: str) -> int:
     """N workers (spawned, like uvicorn's) share both listening sockets.
 
     SIGTERM/SIGINT: drain and stop every worker. SIGHUP: every worker reloads

@@ -24,7 +24,7 @@ from .overrides import Unavailable
 from .upstream import Exchange, once
 
 if TYPE_CHECKING:
-    from .app import Runtime
+    from .runtime import Runtime
 
 log = structlog.get_logger("splitter.shadow")
 MAX_INFLIGHT = 32

@@ -47,3 +47,19 @@ def test_demo_script_starts_three_processes_and_ctrl_c_stops_them(tmp_path):
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
         log.close()
+
+
+def test_demo_says_which_service_failed_to_start(tmp_path):
+    busy = [p for p in (8001, 8002, 8080, 8081) if port_open(p)]
+    assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
+    env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up")}
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 8002))  # new_backend cannot listen
+        squatter.listen(1)
+        r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, start_new_session=True)
+    assert r.returncode == 1
+    assert "new_backend failed to start" in r.stderr and "demo is up" not in r.stdout, r.stderr[-2000:]
+    deadline = time.monotonic() + 10
+    while any(port_open(port) for port in (8001, 8080, 8081)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(port_open(port) for port in (8001, 8080, 8081)), "the others were stopped"

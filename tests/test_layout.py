@@ -1,0 +1,51 @@
+"""The house rules STYLE.md states, checked: no import cycles (type-only imports included),
+the environment read in one place, and server.py below cli.py."""
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PKG = ROOT / "splitter"
+
+
+def imports() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in PKG.glob("*.py"):
+        mod = path.stem
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                if node.module:
+                    deps.add(node.module.split(".")[0])
+                else:
+                    deps.update(a.name for a in node.names if (PKG / f"{a.name}.py").exists())
+        graph[mod] = deps - {"__init__", mod}
+    return graph
+
+
+def test_no_import_cycles_even_type_only():
+    graph = imports()
+    cycles = []
+
+    def visit(mod: str, stack: list[str]) -> None:
+        if mod in stack:
+            cycles.append(stack[stack.index(mod) :] + [mod])
+            return
+        for dep in graph.get(mod, ()):
+            visit(dep, stack + [mod])
+
+    for mod in graph:
+        visit(mod, [])
+    assert cycles == [], cycles[:5]
+
+
+def test_only_cli_reads_the_environment():
+    readers = [p.name for p in PKG.glob("*.py") if "os.environ.get" in p.read_text() or "os.getenv" in p.read_text()]
+    assert readers == ["cli.py"], readers
+
+
+def test_data_flows_down_runtime_is_a_leaf_of_the_layers():
+    graph = imports()
+    assert not graph["runtime"] & {"app", "proxy", "admin", "guard", "rollout", "shadow", "server", "cli"}
+    assert "cli" not in graph["server"]
