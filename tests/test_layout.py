@@ -2,7 +2,6 @@
 the environment read in one place, and server.py below cli.py."""
 
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 
