@@ -89,7 +89,7 @@ class Call:
 
     __slots__ = (
         "backend", "bytes_in", "bytes_out", "client", "error", "handler", "method", "path", "request_id",
-        "route", "route_name", "start", "status", "upstream_ms", "user_bucket",
+        "route", "route_name", "start", "status", "upstream_ms", "user_bucket", "detail",
     )  # fmt: skip
 
     def __init__(self, scope: Scope, request_id: str) -> None:
@@ -109,6 +109,7 @@ class Call:
         self.bytes_out = 0
         self.upstream_ms: float | None = None
         self.error: str | None = None
+        self.detail: str | None = None
 
 
 class _Body:
@@ -447,6 +448,7 @@ class Proxy:
         assert call.backend is not None and call.handler is not None
         call.status = exc.status
         call.error = exc.kind
+        call.detail = exc.detail
         self.rt.metrics.error(call.route_name, call.backend, call.handler, exc.kind)
         self.rt.observe(call.route_name, call.backend, call.handler, exc.status, time.perf_counter() - call.start)
         if exc.kind != "overflow":  # the proxy's own limit, not the backend's failure
@@ -491,6 +493,7 @@ class Proxy:
             backend=call.backend,
             upstream_ms=call.upstream_ms,
             **({"error": call.error} if call.error else {}),
+            **({"detail": call.detail} if call.detail else {}),
         )
 
 

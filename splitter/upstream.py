@@ -44,21 +44,26 @@ _POLL_DIRTY = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP |
 
 
 class UpstreamError(Exception):
+    """`message` is what the client reads (one per kind); `detail` what the log says."""
+
     status = 502
     kind = "protocol"
+    message = "upstream sent a malformed response"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 class ConnectFailed(UpstreamError):
     kind = "connect"
+    message = "upstream connection failed"
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     kind = "timeout"
+    message = "upstream timed out"
 
 
 class ProtocolFailed(UpstreamError):
@@ -68,6 +73,7 @@ class ProtocolFailed(UpstreamError):
 class Overflow(UpstreamError):
     status = 503
     kind = "overflow"
+    message = "all connections to the backend are busy"
 
 
 class Aborted(Exception):
@@ -81,10 +87,10 @@ def map_upstream_error(exc: BaseException) -> UpstreamError:
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout("upstream timed out")
     if isinstance(exc, httptools.HttpParserError):
-        return ProtocolFailed("upstream sent a malformed response")
+        return ProtocolFailed(f"unparseable response: {exc}")
     if isinstance(exc, OSError):
-        return ConnectFailed("upstream connection failed")
-    return ProtocolFailed(f"upstream failed: {type(exc).__name__}")
+        return ConnectFailed(f"{type(exc).__name__}: {exc}")
+    return ProtocolFailed(f"upstream failed: {type(exc).__name__}: {exc}")
 
 
 class Exchange:
