@@ -94,3 +94,38 @@ def test_timeout_via_respx(admin_mock, capsys):
     admin_mock.get("/admin/routes").mock(side_effect=httpx.ConnectTimeout("slow"))
     assert cli.main(["status", "--admin", "http://admin.test"]) == 1
     assert "cannot reach the admin API at http://admin.test" in capsys.readouterr().err
+
+
+def test_version_json_live_bucket_completion_and_help_defaults(standin, splitter):
+    import json
+
+    from splitter import __version__
+    from splitter.bucketing import bucket
+
+    assert run("--version").stdout.strip() == f"splitter {__version__}"
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+    status = json.loads(run("status", "--json", "--admin", s.admin).stdout)
+    assert status["kill"] is False and {r["name"] for r in status["routes"]} == {"auth", "upload", "resume_review"}
+    assert run("set", "auth", "100", "--admin", s.admin).returncode == 0
+    file_view = json.loads(run("bucket", "carol", "--json", "--config", str(s.config)).stdout)
+    live_view = json.loads(run("bucket", "carol", "--json", "--admin", s.admin).stdout)
+    file_auth = next(r for r in file_view["routes"] if r["route"] == "auth")
+    live_auth = next(r for r in live_view["routes"] if r["route"] == "auth")
+    assert file_auth["bucket"] == live_auth["bucket"] == bucket("carol")
+    assert file_auth["percent"] == 50 and live_auth["percent"] == 100 and live_auth["backend"] == "new"
+    assert "routes.yaml values" in run("bucket", "carol", "--config", str(s.config)).stdout
+    completion = run("completion", "bash")
+    assert completion.returncode == 0 and "splitter" in completion.stdout and "rollout" in completion.stdout
+    help_text = run("serve", "--help").stdout
+    assert "(default: 8080)" in help_text and "(default: 60.0)" in help_text and "--body-timeout" in help_text
+    assert json.loads(run("schema").stdout)["title"] == "splitter routes.yaml"
+
+
+def test_metrics_include_build_info_in_flight_and_process(standin, splitter):
+    from splitter import __version__
+
+    s = splitter(routes_yaml(standin("legacy"), standin("new")))
+    assert s.metric("splitter_build_info", version=__version__) == 1
+    assert s.metric("splitter_requests_in_flight") == 0
+    text = s.metrics()
+    assert "process_resident_memory_bytes" in text and "process_open_fds" in text
