@@ -5,7 +5,7 @@
 Starts a trivial nginx upstream, then drives the same wrk load (1 thread,
 64 connections, a random X-User-ID per request) at: the upstream directly,
 nginx split_clients, asgiproxy, and splitter with its full default feature set
-(metrics, access log, bucketing, header handling). Prints req/s, p50, p99 and
+(metrics, access log, bucketing, header handling, a guard's outcome window). Prints req/s, p50, p99 and
 the ratios; then added latency at a fixed 1,000 req/s, 100 MiB upload and
 download throughput, RSS under 1,000 idle keep-alive connections, and the
 --workers 1 vs 2 figure. Only ratios within one run mean anything: absolute
@@ -213,6 +213,7 @@ routes:
   - name: auth
     prefix: /api/auth
     percent: 10
+    guard: {{max_error_rate: 0.5, min_requests: 100000000, window_s: 60}}   # the outcome window is on the hot path
   - name: upload
     prefix: /upload
     percent: 0
@@ -237,7 +238,7 @@ unmatched: legacy
         wait_port(proxy)
 
         print(f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} alternating rounds (median shown), random X-User-ID, GET /api/auth/me")
-        print("splitter: defaults (metrics, JSON access log to a file, bucketing, header handling); asgiproxy: its CLI defaults\n")
+        print("splitter: defaults (metrics, JSON access log to a file, bucketing, header handling, a guard's window); asgiproxy: its CLI defaults\n")
         targets = {"direct (nginx upstream)": upstream, "nginx split_clients": split, "asgiproxy": asgi, "splitter": proxy}
         if args.baseline:
             tree = work / "baseline"

@@ -6,6 +6,7 @@ dict lookup instead of `labels()` each time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics, generate_latest
@@ -53,6 +54,14 @@ class Metrics:
             self._children[key] = pair
         pair[0].inc()
         pair[1].observe(seconds)
+
+    def track_in_flight(self, read: Callable[[], float]) -> Any:
+        """The in-flight gauge: read at scrape time in one process; in multiprocess mode (no
+        callbacks there) the caller must inc()/dec() the gauge returned."""
+        if self.multiprocess_dir:
+            return self.in_flight
+        self.in_flight.set_function(read)
+        return None
 
     def error(self, route: str, backend: str, handler: str, kind: str) -> None:
         self.errors.labels(route, backend, handler, kind).inc()

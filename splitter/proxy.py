@@ -209,6 +209,9 @@ class Proxy:
         self.force_token = s.force_token.encode() if s.force_token else None
         self.access_log = s.access_log
         self.body_timeout = s.body_timeout
+        self.in_flight = 0
+        # one process: the gauge reads the counter at scrape time; several: shared files, summed
+        self.in_flight_gauge = runtime.metrics.track_in_flight(lambda: self.in_flight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -237,12 +240,16 @@ class Proxy:
             return
         set_cookie = self._choose(scope, call, hd, snap)
         headers = self._outbound_headers(scope, call, hd, cfg)
-        in_flight = self.rt.metrics.in_flight
-        in_flight.inc()
+        self.in_flight += 1
+        gauge = self.in_flight_gauge
+        if gauge is not None:
+            gauge.inc()
         try:
             await self._forward(scope, receive, send, call, hd, headers, target, set_cookie)
         finally:
-            in_flight.dec()
+            self.in_flight -= 1
+            if gauge is not None:
+                gauge.dec()
 
     # --- step 1: what the proxy refuses itself ------------------------------------------
     def _refuse(self, scope: Scope, call: Call, hd: dict[bytes, bytes], hosts: int, cfg: Config) -> bytes | None:
