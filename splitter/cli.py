@@ -232,10 +232,20 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
         steps = " ".join(f"[{s}]" if s == i["step"] else str(s) for s in i["steps"])
         nxt = f", next step in {i['next_step_in_s']:g} s" if i.get("next_step_in_s") is not None else ""
         lines.append(f"{i['route']}: {i['status']} at {i['percent']}%  steps {steps}{nxt}  ({i.get('scope', 'process')} window)")
+        if i.get("confidence") is not None:
+            lines.append(f"  judged at confidence {i['confidence']:g}: {i.get('verdict', 'wait')}")
         for g in i.get("gates", []):
+            if "verdict" in g:  # judged: estimate, interval, p-value, verdict
+                mark = {"pass": "✓", "fail": "✗", "wait": "…"}[g["verdict"]]
+                est = "-" if g["estimate"] is None else f"{g['estimate']:.4g}"
+                lo, hi = g["interval"]
+                interval = "" if lo is None else f"  [{lo:.4g} .. {hi:.4g}]"
+                p = "" if g["p_value"] is None else f"  p={g['p_value']:.2g}"
+                lines.append(f"  {mark} {g['gate']:<18} {est:>10}{interval}{p}  (threshold {g['threshold']:g}) {g['verdict']}")
+                continue
             mark = {True: "✓", False: "✗", None: "…"}[g["ok"]]
             value = "-" if g["value"] is None else f"{g['value']:g}"
-            lines.append(f"  {mark} {g['gate']:<16} {value:>10}  (threshold {g['threshold']:g})")
+            lines.append(f"  {mark} {g['gate']:<18} {value:>10}  (threshold {g['threshold']:g})")
         if i["reason"]:
             lines.append(f"  reason: {i['reason']}")
     return lines

@@ -53,6 +53,8 @@ class GuardSpec:
     min_requests: int = 50
     window_s: float = 60.0
     max_p95_ratio: float | None = None
+    max_error_increase: float | None = None  # new minus legacy error rate (judged with confidence)
+    confidence: float | None = None  # judge.py: trip only when the data show the breach at this level
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class Gates:
     max_p95_ms: float | None = None
     max_p95_ratio: float | None = None
     min_requests: int = 0
+    max_error_increase: float | None = None
+    confidence: float | None = None  # judge.py: pass / fail only on evidence at this level, else wait
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,7 @@ _RATE: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 1}
 _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
 _PERCENT: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 100}
 _STRINGS: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+_CONFIDENCE: dict[str, Any] = {"type": "number", "minimum": 0.5, "maximum": 0.999}
 SECTIONS: dict[str, dict[str, Any]] = {
     "top": {
         "environment": {"type": "string"},
@@ -230,10 +235,10 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "shadow": "shadow",
         "rollout": "rollout",
     },
-    "guard": {"max_error_rate": _RATE, "min_requests": _COUNT, "window_s": _POSITIVE, "max_p95_ratio": _POSITIVE},
+    "guard": {"max_error_rate": _RATE, "min_requests": _COUNT, "window_s": _POSITIVE, "max_p95_ratio": _POSITIVE, "max_error_increase": _RATE, "confidence": _CONFIDENCE},
     "shadow": {"percent": _PERCENT, "methods": _STRINGS, "ignore": _STRINGS, "headers": _STRINGS},
     "rollout": {"steps": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 1, "maximum": 100}}, "interval_s": _POSITIVE, "gates": "gates"},
-    "gates": {"max_error_rate": _RATE, "max_p95_ms": _POSITIVE, "max_p95_ratio": _POSITIVE, "min_requests": _COUNT},
+    "gates": {"max_error_rate": _RATE, "max_p95_ms": _POSITIVE, "max_p95_ratio": _POSITIVE, "min_requests": _COUNT, "max_error_increase": _RATE, "confidence": _CONFIDENCE},
 }
 _REQUIRED = {"top": ["backends", "routes"], "backends": list(BACKENDS), "backend": ["url"], "route": ["name", "prefix", "percent"], "rollout": ["steps"]}
 _TOP_KEYS = set(SECTIONS["top"])
@@ -514,7 +519,19 @@ def _guard(doc: _Doc, raw: Any, path: str) -> GuardSpec | None:
         int(_number(doc, g, "min_requests", path, 50, integer=True)),
         float(_number(doc, g, "window_s", path, 60.0)),
         _number(doc, g, "max_p95_ratio", path, None),
+        _number(doc, g, "max_error_increase", path, None, positive=False, upper=1),
+        _confidence(doc, g, path),
     )
+
+
+def _confidence(doc: _Doc, d: dict[str, Any], path: str) -> float | None:
+    v = d.get("confidence")
+    if v is None:
+        return None
+    if not _is_num(v) or not 0.5 <= v <= 0.999:
+        doc.error(f"{path}.confidence", f"must be a number 0.5..0.999 (e.g. 0.99), got {_show(v)}")
+        return None
+    return float(v)
 
 
 def _shadow(doc: _Doc, raw: Any, path: str) -> ShadowSpec | None:
@@ -555,5 +572,7 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
         _number(doc, g, "max_p95_ms", gp, None),
         _number(doc, g, "max_p95_ratio", gp, None),
         int(_number(doc, g, "min_requests", gp, 0, integer=True)),
+        _number(doc, g, "max_error_increase", gp, None, positive=False, upper=1),
+        _confidence(doc, g, gp),
     )
     return RolloutSpec(tuple(steps), float(interval), gates)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from . import judge
 from .config import GuardSpec
 from .overrides import Conflict, Unavailable
 from .window import Totals
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 log = structlog.get_logger("splitter.guard")
+_REASONS = {"max_error_rate": "error_rate", "max_p95_ratio": "p95_ratio", "max_error_increase": "error_increase"}
 TICK_S = 0.5
 
 
@@ -46,16 +48,24 @@ class Guard:
             if g is None or rt.windows.get(route.name) is None or snap.percent[route.name] == 0:
                 continue
             try:
-                new = await rt.windows.totals(route.name, "new", now, g.window_s)
-                if new.requests < g.min_requests:
+                new_counts = await rt.windows.counts(route.name, "new", now, g.window_s)
+                if new_counts.n < g.min_requests:
                     continue
-                legacy = await rt.windows.totals(route.name, "legacy", now, g.window_s) if g.max_p95_ratio is not None else None
+                legacy_counts = await rt.windows.counts(route.name, "legacy", now, g.window_s)
             except Unavailable:
                 continue  # the fleet's counts cannot be read; nor could a rollback be written
-            reason = trip_reason(g, new, legacy)
+            new, legacy = new_counts.totals(), legacy_counts.totals()
+            evidence: dict[str, object] = {}
+            if g.confidence is not None:
+                checks = judge.judge(g, new_counts, legacy_counts, 1 - g.confidence)
+                failed = [c for c in checks if c.verdict == judge.FAIL]
+                reason = _REASONS[failed[0].gate] if failed else None
+                evidence = {"confidence": g.confidence, "checks": [c.view() for c in checks]}
+            else:
+                reason = trip_reason(g, new, legacy)
             if reason is None:
                 continue
-            legacy_p95 = legacy.p95_ms if legacy is not None else None
+            legacy_p95 = legacy.p95_ms
             old = snap.percent[route.name]
             try:
                 await rt.overrides.set_percent(route.name, 0, source="guard")
@@ -81,11 +91,13 @@ class Guard:
                 legacy_p95_ms=legacy_p95,
                 window_s=g.window_s,
                 scope=rt.windows.scope,
+                **evidence,
             )
 
 
 def trip_reason(g: GuardSpec, new: Totals, legacy: Totals | None) -> str | None:
-    """Why the guard trips on these windows, or None. `new` has at least min_requests."""
+    """Why a threshold-only guard trips on these windows, or None. `new` has at least min_requests.
+    (With `confidence`, judge.py decides instead: only a breach the data show at that level trips.)"""
     if new.error_rate > g.max_error_rate:
         return "error_rate"
     if g.max_p95_ratio is not None and legacy is not None and legacy.requests >= g.min_requests and new.p95_ms and legacy.p95_ms:

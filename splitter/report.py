@@ -8,11 +8,14 @@ Reads Prometheus (rates over a window) or one proxy's /metrics (since start).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_ERROR_RATE = 0.001
 MAX_P95_RATIO = 1.10
+
+
+CONFIDENCE = 0.95  # the intervals the report prints: two-sided, 2.5 % in each tail
 
 
 @dataclass
@@ -20,10 +23,57 @@ class Side:
     requests: float = 0.0
     errors: float = 0.0
     p95_ms: float | None = None
+    buckets: list[tuple[float, float]] = field(default_factory=list, repr=False)  # cumulative (le seconds, count)
 
     @property
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
+
+    def error_rate_ci(self) -> tuple[float, float] | None:
+        """Clopper-Pearson interval at CONFIDENCE."""
+        from .judge import proportion_bounds
+
+        n = round(self.requests)
+        if n <= 0:
+            return None
+        return proportion_bounds(min(n, round(self.errors)), n, (1 - CONFIDENCE) / 2)
+
+    def quantile_ms(self, q: float) -> tuple[float | None, float | None, float | None]:
+        """(estimate, low, high) in ms from the histogram buckets; the interval from the ranks that
+        bracket the quantile at CONFIDENCE (binomial order statistics), read like histogram_quantile."""
+        from .judge import binom_ppf
+
+        if not self.buckets:
+            return None, None, None
+        total = max(c for _, c in self.buckets)
+        n = round(total)
+        est = quantile(q, self.buckets)
+        if n <= 0 or est is None:
+            return None, None, None
+        tail = (1 - CONFIDENCE) / 2
+        low_rank, high_rank = binom_ppf(tail, n, q), binom_ppf(1 - tail, n, q) + 1
+        low = quantile(max(low_rank, 0) / n, self.buckets) if low_rank >= 1 else 0.0
+        high = quantile(high_rank / n, self.buckets) if high_rank <= n else math.inf
+        return est * 1000, None if low is None else low * 1000, None if high is None else high * 1000
+
+    def view(self) -> dict[str, Any]:
+        p50, p50_lo, p50_hi = self.quantile_ms(0.5)
+        _, p95_lo, p95_hi = self.quantile_ms(0.95)
+        ci = self.error_rate_ci()
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": self.error_rate,
+            "error_rate_ci": list(ci) if ci else None,
+            "p50_ms": _r(p50),
+            "p50_ci_ms": [_r(p50_lo), _r(p50_hi)],
+            "p95_ms": _r(self.p95_ms),
+            "p95_ci_ms": [_r(p95_lo), _r(p95_hi)],
+        }
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else (round(x, 3) if math.isfinite(x) else x)
 
 
 @dataclass
@@ -35,9 +85,7 @@ class RouteReport:
     reasons: list[str]
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["old"]["error_rate"], d["new"]["error_rate"] = self.old.error_rate, self.new.error_rate
-        return d
+        return {"route": self.route, "old": self.old.view(), "new": self.new.view(), "confidence": CONFIDENCE, "verdict": self.verdict, "reasons": self.reasons}
 
 
 def judge(route: str, old: Side, new: Side, max_error_rate: float = MAX_ERROR_RATE, max_p95_ratio: float = MAX_P95_RATIO) -> RouteReport:
@@ -100,6 +148,7 @@ def from_metrics_text(text: str) -> dict[str, dict[str, Side]]:
             merged[le] = merged.get(le, 0.0) + c
         p = quantile(0.95, list(merged.items()))
         side(route, backend).p95_ms = p * 1000 if p is not None else None
+        side(route, backend).buckets = sorted(merged.items())
     return sides
 
 
@@ -110,11 +159,13 @@ def prometheus_queries(window: str | None) -> dict[str, str]:
             "requests": f"sum by (route, backend) (increase(splitter_requests_total[{window}]))",
             "errors": f"sum by (route, backend) (increase(splitter_errors_total[{window}]))",
             "p95": f"histogram_quantile(0.95, sum by (route, backend, le) (rate(splitter_request_duration_seconds_bucket[{window}])))",
+            "buckets": f"sum by (route, backend, le) (increase(splitter_request_duration_seconds_bucket[{window}]))",
         }
     return {
         "requests": "sum by (route, backend) (splitter_requests_total)",
         "errors": "sum by (route, backend) (splitter_errors_total)",
         "p95": "histogram_quantile(0.95, sum by (route, backend, le) (splitter_request_duration_seconds_bucket))",
+        "buckets": "sum by (route, backend, le) (splitter_request_duration_seconds_bucket)",
     }
 
 
@@ -134,6 +185,8 @@ def from_prometheus(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[
                 s.requests = value
             elif key == "errors":
                 s.errors = value
+            elif key == "buckets":
+                s.buckets = sorted([*s.buckets, (float(labels["le"]), value)])
             else:
                 s.p95_ms = value * 1000
     return sides
@@ -154,7 +207,20 @@ def table(reports: list[RouteReport]) -> str:
     lines = [f"{'ROUTE':<16} {'OLD REQ':>9} {'NEW REQ':>9} {'OLD ERR':>9} {'NEW ERR':>9} {'OLD P95ms':>10} {'NEW P95ms':>10}  VERDICT"]
     for r in reports:
         lines.append(f"{r.route:<16} {r.old.requests:>9.0f} {r.new.requests:>9.0f} {pct(r.old.error_rate):>9} {pct(r.new.error_rate):>9} {ms(r.old.p95_ms):>10} {ms(r.new.p95_ms):>10}  {r.verdict.upper()}")
+        for name, side in (("old", r.old), ("new", r.new)):
+            lines.append(f"{'':<16}   {name}: {_interval_line(side)}")
         for reason in r.reasons:
             lines.append(f"{'':<16} - {reason}")
-    lines.append(f"criteria: new error rate < {MAX_ERROR_RATE:.1%}, new p95 <= {MAX_P95_RATIO:.2f} x old p95")
+    lines.append(f"criteria: new error rate < {MAX_ERROR_RATE:.1%}, new p95 <= {MAX_P95_RATIO:.2f} x old p95; intervals at {CONFIDENCE:.0%}")
     return "\n".join(lines)
+
+
+def _interval_line(side: Side) -> str:
+    v = side.view()
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else ("inf" if math.isinf(x) else f"{x:.1f}")
+
+    ci = v["error_rate_ci"]
+    err = "-" if v["error_rate"] is None else f"{v['error_rate']:.3%} [{ci[0]:.3%} .. {ci[1]:.3%}]"
+    return f"error rate {err}, p50 {ms(v['p50_ms'])} ms [{ms(v['p50_ci_ms'][0])} .. {ms(v['p50_ci_ms'][1])}], p95 {ms(v['p95_ms'])} ms [{ms(v['p95_ci_ms'][0])} .. {ms(v['p95_ci_ms'][1])}]"

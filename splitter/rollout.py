@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from . import judge
 from .config import Gates, Route
 from .overrides import Conflict, Unavailable
-from .window import Totals
+from .window import Counts, Totals
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -61,7 +62,8 @@ class Rollouts:
         self.rt = rt
         self.owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.driving: set[str] = set()
-        self._waiting_logged: set[tuple[str, int]] = set()
+        self._waiting_logged: set[tuple[str, int, str]] = set()
+        self._looks: dict[str, tuple[float, int]] = {}  # route -> (step start, last checkpoint judged)
         self._skipping: set[str] = set()
 
     def routes(self) -> list[Route]:
@@ -106,10 +108,12 @@ class Rollouts:
             await self._go(route, state, 0, now, "start")
             return
         since = float(state["since"])
-        new = await rt.windows.totals(route.name, "new", now, ro.interval_s + 1, since)
-        legacy = await rt.windows.totals(route.name, "legacy", now, ro.interval_s + 1, since)
-        failure = gate_failure(ro.gates, new, legacy)
-        gate_values = {"requests": new.requests, "error_rate": round(new.error_rate, 5), "p95_ms": new.p95_ms, "legacy_p95_ms": legacy.p95_ms}
+        new_c = await rt.windows.counts(route.name, "new", now, ro.interval_s + 1, since)
+        legacy_c = await rt.windows.counts(route.name, "legacy", now, ro.interval_s + 1, since)
+        new, legacy = new_c.totals(), legacy_c.totals()
+        gate_values: dict[str, Any] = {"requests": new.requests, "error_rate": round(new.error_rate, 5), "p95_ms": new.p95_ms, "legacy_p95_ms": legacy.p95_ms}
+        judged = ro.gates.confidence is not None
+        failure = self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values) if judged else gate_failure(ro.gates, new, legacy)
         if failure:
             await rt.overrides.set_percent(route.name, 0, source="rollout")
             state.update(status="rolled_back", reason=f"gate failed at {ro.steps[step]}%: {failure}", since=now)
@@ -120,16 +124,41 @@ class Rollouts:
         if now - since < ro.interval_s:
             return
         if new.requests < ro.gates.min_requests:
-            if (route.name, step) not in self._waiting_logged:
-                self._waiting_logged.add((route.name, step))
-                log.info("rollout waiting for traffic", route=route.name, step=ro.steps[step], have=new.requests, need=ro.gates.min_requests)
+            self._once(route.name, step, "rollout waiting for traffic", have=new.requests, need=ro.gates.min_requests)
             return
+        if judged:
+            assert ro.gates.confidence is not None
+            checks = judge.judge(ro.gates, new_c, legacy_c, 1 - ro.gates.confidence)
+            gate_values["checks"] = [c.view() for c in checks]
+            if judge.verdict(checks) != judge.PASS:
+                # neither shown to hold nor shown to fail: a rollout waits for more evidence
+                self._once(route.name, step, "rollout holding: the gates are not yet shown to hold", checks=gate_values["checks"])
+                return
         if step + 1 >= len(ro.steps):
             state.update(status="done", reason="all steps passed", since=now)
             await rt.overrides.put_rollout(route.name, state)
             log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
             return
         await self._go(route, state, step + 1, now, "advance", **gate_values)
+
+    def _judged_failure(self, name: str, gates: Gates, new: Counts, legacy: Counts, since: float, values: dict[str, Any]) -> str | None:
+        """With `confidence`, a failure is judged at checkpoints (new's requests reaching
+        min_requests x 1, 2, 4, 8 ...), look k spending alpha * 6 / (pi^2 k^2) of the error
+        budget, so judging a whole step keeps the false-rollback rate within 1 - confidence."""
+        assert gates.confidence is not None
+        look = judge.look(new.n, gates.min_requests)
+        if look == 0 or self._looks.get(name, (since, 0)) >= (since, look):
+            return None
+        self._looks[name] = (since, look)
+        checks = judge.judge(gates, new, legacy, judge.spend(1 - gates.confidence, look))
+        values["checks"] = [c.view() for c in checks]
+        values["look"] = look
+        return judge.reason(checks) if judge.verdict(checks) == judge.FAIL else None
+
+    def _once(self, name: str, step: int, event: str, **fields: Any) -> None:
+        if (name, step, event) not in self._waiting_logged:
+            self._waiting_logged.add((name, step, event))
+            log.info(event, route=name, step=step, **fields)
 
     async def _go(self, route: Route, state: dict[str, Any], step: int, now: float, why: str, **gate_values: Any) -> None:
         ro = route.rollout
@@ -167,9 +196,17 @@ class Rollouts:
                 "scope": self.rt.windows.scope,
             }
             if step >= 0 and since is not None:
-                new = await self.rt.windows.totals(r.name, "new", now, r.rollout.interval_s + 1, since)
-                legacy = await self.rt.windows.totals(r.name, "legacy", now, r.rollout.interval_s + 1, since)
-                view["gates"] = gate_checks(r.rollout.gates, new, legacy)
+                new_c = await self.rt.windows.counts(r.name, "new", now, r.rollout.interval_s + 1, since)
+                legacy_c = await self.rt.windows.counts(r.name, "legacy", now, r.rollout.interval_s + 1, since)
+                new, legacy = new_c.totals(), legacy_c.totals()
+                gates = r.rollout.gates
+                if gates.confidence is not None:
+                    checks = judge.judge(gates, new_c, legacy_c, 1 - gates.confidence)
+                    view["gates"] = [{"gate": "min_requests", "value": new.requests, "threshold": gates.min_requests, "ok": new.requests >= gates.min_requests}] + [c.view() for c in checks]
+                    view["verdict"] = judge.verdict(checks) if new.requests >= gates.min_requests else judge.WAIT
+                    view["confidence"] = gates.confidence
+                else:
+                    view["gates"] = gate_checks(gates, new, legacy)
                 view["new"], view["legacy"] = new.view(), legacy.view()
             out.append(view)
         return out

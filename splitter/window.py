@@ -142,13 +142,13 @@ class Window:
                 del self.slots[old]
         target.add(counts)
 
-    def totals(self, slots: range) -> Totals:
+    def counts(self, slots: range) -> Counts:
         total = Counts()
         for s in slots:
             c = self.slots.get(s)
             if c is not None:
                 total.add(c)
-        return total.totals()
+        return total
 
 
 class Outcomes:
@@ -235,6 +235,10 @@ class Windows:
             await self.store.add_outcomes(batch)
 
     async def totals(self, route: str, backend: str, now: float, span_s: float, since: float | None = None) -> Totals:
+        return (await self.counts(route, backend, now, span_s, since)).totals()
+
+    async def counts(self, route: str, backend: str, now: float, span_s: float, since: float | None = None) -> Counts:
+        """Everything one backend of a route did in the window (histogram included), for the judge."""
         o = self.routes[route]
         span = o.window_for(span_s)
         width = width_for(span)
@@ -242,7 +246,7 @@ class Windows:
         slots = slot_range(now, span_s, start or None, width)
         if self.store is None:
             o.drain()  # this process is the whole picture: bring its windows up to this moment
-            return o.windows[(backend, span)].totals(slots)
+            return o.windows[(backend, span)].counts(slots)
         keys = [self._key(route, backend, width, s) for s in slots]
         total = Counts()
         missing = []
@@ -262,7 +266,7 @@ class Windows:
                     self._final[key] = counts
             if len(self._final) > 20_000:
                 self._final.clear()  # bounded: the next reads fetch again
-        return total.totals()
+        return total
 
     async def view(self, route: str, now: float, span_s: float, since: float | None = None) -> dict[str, Any]:
         """What /admin/routes shows: the window the judges read, both sides."""

@@ -129,3 +129,52 @@ def test_rollout_status_shows_each_gate_against_its_threshold(standin, splitter)
         watch.wait(5)
         watch.stdout.close()  # type: ignore[union-attr]
     assert all(line.startswith("{") for line in lines), lines
+
+
+JUDGED = "    rollout: {steps: [10, 50], interval_s: 4, gates: {max_error_rate: 0.05, max_p95_ratio: 2.0, min_requests: 30, confidence: 0.95}}"
+
+
+def _judged_rollout(procs, tmp_path, splitter, new_env):
+    from backends import start_backend
+    from test_safety import Load
+
+    legacy = start_backend(procs, "legacy", tmp_path)
+    new = start_backend(procs, "new", tmp_path, new_env)
+    s = splitter(routes_yaml(legacy, new, routes=f"""  - name: auth
+    prefix: /api/auth
+    percent: 0
+{JUDGED}"""), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+    return s, Load([s.url], threads=6)
+
+
+def rollout_view(s) -> dict:
+    return httpx.get(s.admin + "/admin/rollouts").json()[0]
+
+
+def test_the_judge_advances_a_healthy_new_with_its_evidence(procs, tmp_path, splitter):
+    from test_cli import run
+
+    s, load = _judged_rollout(procs, tmp_path, splitter, {})
+    with load:
+        eventually(lambda: rollout_view(s)["step"] == 50 and rollout_view(s)["new"]["requests"] >= 100, timeout=30)
+        out = run("rollout", "status", "auth", "--admin", s.admin).stdout  # mid-step: the live evidence
+        eventually(lambda: rollout_view(s)["status"] == "done", timeout=30)
+    advanced = [e for e in s.logs() if e["event"] == "rollout step" and e.get("action") == "advance"]
+    assert advanced and all(c["verdict"] == "pass" for c in advanced[0]["checks"]), advanced
+    assert {c["gate"] for c in advanced[0]["checks"]} == {"max_error_rate", "max_p95_ratio"}
+    assert "judged at confidence 0.95" in out and "max_p95_ratio" in out and "p=" in out, out
+
+
+def test_the_judge_rolls_back_a_slower_new_and_says_why(procs, tmp_path, splitter):
+    from test_cli import run
+
+    s, load = _judged_rollout(procs, tmp_path, splitter, {"FAULT_LATENCY_MS": "60"})
+    with load:
+        eventually(lambda: rollout_view(s)["status"] == "rolled_back", timeout=20)
+    view = rollout_view(s)
+    assert view["percent"] == 0 and "max_p95_ratio" in view["reason"] and "interval" in view["reason"], view
+    back = next(e for e in s.logs() if e["event"] == "rollout rolled back")
+    ratio = next(c for c in back["checks"] if c["gate"] == "max_p95_ratio")
+    assert ratio["verdict"] == "fail" and ratio["interval"][0] > 2.0 and ratio["p_value"] < 0.05
+    out = run("rollout", "status", "auth", "--admin", s.admin).stdout
+    assert "rolled_back" in out and "max_p95_ratio" in out, out

@@ -250,6 +250,15 @@ def test_report_counts_a_healthy_migration_exactly(procs, tmp_path, splitter):
     # two healthy backends may still differ in p95 by more than 10 %: the exit code must follow the verdict
     assert r.returncode == {"pass": 0, "fail": 3}[rep["verdict"]]
     assert all("p95" in reason for reason in rep["reasons"])
+    # effect sizes with their uncertainty: exact interval for 0 errors in n, order-statistic intervals for p50/p95
+    lo, hi = rep["new"]["error_rate_ci"]
+    assert lo == 0 and 0 < hi < 0.1 and rep["confidence"] == 0.95
+    for side in ("old", "new"):
+        p50_lo, p50_hi = rep[side]["p50_ci_ms"]
+        assert p50_lo <= rep[side]["p50_ms"] <= p50_hi
+        assert rep[side]["p95_ci_ms"][0] <= rep[side]["p95_ms"]
+    text = run("report", "--admin", s.admin, "--route", "auth").stdout
+    assert re.search(r"new: error rate 0\.000% \[0\.000% \.\. \d", text) and "intervals at 95%" in text, text
 
 
 def test_report_judge_and_quantile():

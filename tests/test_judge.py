@@ -1,0 +1,124 @@
+"""The canary judge, simulated: seeded, in-process, outcomes drawn from known distributions.
+
+Each simulated rollout step feeds batches of requests to both sides and asks, as
+Rollouts does, after every batch: the threshold-only gate (any breach of the raw
+numbers rolls back) and the judge at confidence 0.99 (a breach must be shown at
+checkpoints n = 50, 100, 200 ..., spending the error budget across them).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from splitter import judge
+from splitter.config import Gates
+from splitter.rollout import gate_failure
+from splitter.window import _INV_LOG_GAMMA, MAX_INDEX, MIN_S, Counts, Totals, bucket_ms
+
+GATES = Gates(max_error_rate=0.01, max_error_increase=0.005, max_p95_ratio=1.1, min_requests=50, confidence=0.99)
+BATCH = 100
+MAX_NEW = 6400
+
+
+class Side:
+    """One backend's outcomes as numpy arrays (fast to add to), turned into Counts to judge."""
+
+    def __init__(self) -> None:
+        self.n = self.e = 0
+        self.hist = np.zeros(MAX_INDEX + 1, dtype=np.int64)
+
+    def add(self, rng: np.random.Generator, n: int, error_rate: float, median_ms: float) -> None:
+        self.n += n
+        self.e += int(rng.binomial(n, error_rate))
+        seconds = rng.lognormal(math.log(median_ms / 1000), 0.5, n)
+        idx = np.clip(np.ceil(np.log(np.maximum(seconds, MIN_S) / MIN_S) * _INV_LOG_GAMMA), 0, MAX_INDEX).astype(np.int64)
+        self.hist += np.bincount(idx, minlength=MAX_INDEX + 1)
+
+    def totals(self) -> Totals:
+        rank = math.ceil(0.95 * self.n)
+        index = int(np.searchsorted(np.cumsum(self.hist), rank))
+        return Totals(self.n, self.e, bucket_ms(index) if self.n else None)
+
+    def counts(self) -> Counts:
+        c = Counts()
+        c.n, c.e = self.n, self.e
+        c.h = {int(i): int(self.hist[i]) for i in np.flatnonzero(self.hist)}
+        return c
+
+
+def add(c: Counts, rng: np.random.Generator, n: int, error_rate: float, median_ms: float) -> None:
+    side = Side()
+    side.add(rng, n, error_rate, median_ms)
+    got = side.counts()
+    c.n, c.e = c.n + got.n, c.e + got.e
+    for i, k in got.h.items():
+        c.h[i] = c.h.get(i, 0) + k
+
+
+def simulate(seed: int, new_error: float, new_median: float) -> tuple[int | None, int | None]:
+    """Requests to new after which (threshold-only, judge) roll back; None: never within the step."""
+    rng = np.random.default_rng(seed)
+    new, legacy = Side(), Side()
+    threshold_at = judge_at = None
+    last_look = 0
+    while new.n < MAX_NEW and (threshold_at is None or judge_at is None):
+        new.add(rng, BATCH, new_error, new_median)
+        legacy.add(rng, BATCH * 9, 0.001, 50.0)  # new at 10 %: legacy sees nine times the traffic
+        if threshold_at is None and gate_failure(GATES, new.totals(), legacy.totals()):
+            threshold_at = new.n
+        k = judge.look(new.n, GATES.min_requests)
+        if judge_at is None and k > last_look:
+            last_look = k
+            checks = judge.judge(GATES, new.counts(), legacy.counts(), judge.spend(1 - 0.99, k))
+            if judge.verdict(checks) == judge.FAIL:
+                judge_at = new.n
+    return threshold_at, judge_at
+
+
+def test_healthy_rollouts_are_rarely_rolled_back_by_the_judge_and_often_by_thresholds():
+    runs = [simulate(seed, 0.001, 50.0) for seed in range(1000)]
+    judge_rate = sum(j is not None for _, j in runs) / len(runs)
+    threshold_rate = sum(t is not None for t, _ in runs) / len(runs)
+    small = sum(t is not None and t <= 200 for t, _ in runs) / len(runs)
+    print(f"\nhealthy (new = legacy), 1,000 simulated steps: false rollbacks judge {judge_rate:.1%}, threshold-only {threshold_rate:.1%} ({small:.1%} within the first 200 requests)")
+    assert judge_rate <= 0.01
+    assert threshold_rate >= 0.2 and threshold_rate >= 10 * max(judge_rate, 0.001)
+
+
+@pytest.mark.parametrize(("label", "new_error", "new_median"), [("new 20 % slower at the median", 0.001, 60.0), ("new at 2 % errors vs 0.1 %", 0.02, 50.0)])
+def test_a_real_regression_fails_the_gate(label, new_error, new_median):
+    runs = [simulate(10_000 + seed, new_error, new_median) for seed in range(200)]
+    caught = [j for _, j in runs if j is not None]
+    assert len(caught) >= 0.9 * len(runs), f"{label}: caught in {len(caught)} of {len(runs)} runs"
+    print(f"\n{label}: the judge fails the gate in {len(caught)}/{len(runs)} runs, after a median of {int(np.median(caught))} requests to new")
+
+
+def test_the_judge_explains_itself():
+    rng = np.random.default_rng(1)
+    new, legacy = Counts(), Counts()
+    add(new, rng, 2000, 0.02, 80.0)
+    add(legacy, rng, 2000, 0.001, 50.0)
+    checks = {c.gate: c for c in judge.judge(GATES, new, legacy, 0.01)}
+    err, ratio = checks["max_error_rate"], checks["max_p95_ratio"]
+    assert err.verdict == "fail" and err.low is not None and err.low > 0.01 and err.estimate == new.e / new.n
+    assert ratio.verdict == "fail" and ratio.p_value is not None and ratio.p_value < 1e-6 and ratio.low is not None and ratio.low > 1.1
+    view = ratio.view()
+    assert set(view) == {"gate", "threshold", "estimate", "interval", "p_value", "verdict"}
+    assert "max_p95_ratio" in judge.reason(list(checks.values()))
+
+
+def test_building_blocks_match_their_definitions():
+    low, high = judge.proportion_bounds(0, 50, 0.01)
+    assert low == 0.0 and 0.08 < high < 0.1  # "rule of three"-like bound for 0 of 50 at 99 %
+    assert judge.mann_whitney_slower(Counts(), Counts()) is None
+    same = Counts()
+    same.n, same.h = 100, {500: 100}
+    assert judge.mann_whitney_slower(same, same) == 0.5, "all ties: no evidence either way"
+    assert [judge.look(n, 50) for n in (49, 50, 99, 100, 200, 399, 400)] == [0, 1, 1, 2, 3, 3, 4]
+    assert abs(sum(judge.spend(0.01, k) for k in range(1, 100_000)) - 0.01) < 1e-6
+    from scipy import stats
+
+    for n, p, y in ((50, 0.95, 0.01), (1000, 0.95, 0.005), (7, 0.5, 0.99), (10_000, 0.95, 0.9995)):
+        assert judge.binom_ppf(y, n, p) == int(stats.binom.ppf(y, n, p)), (n, p, y)
+    assert judge.proportion_bounds(3, 100, 0.05) == pytest.approx((stats.beta.ppf(0.05, 3, 98), stats.beta.ppf(0.95, 4, 97)))
