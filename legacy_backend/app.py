@@ -7,9 +7,9 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
-from .api import auth, health, review, upload
+from .api import auth, health, notifications, review, upload
 from .api.common import error_response
 from .faults import FaultInjection
 from .models.database import Database
@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> Any:
             Route("/api/upload/{upload_id}", upload.get, methods=["GET"]),
             Route("/api/resume/review", review.create, methods=["POST"]),
             Route("/api/resume/review/{review_id}", review.get, methods=["GET"]),
+            WebSocketRoute("/api/notifications/ws", notifications.notifications),
         ],
         exception_handlers={ApiError: _api_error},
     )

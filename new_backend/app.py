@@ -13,6 +13,7 @@ from starlette.routing import Route
 from .features.auth import api as auth_api
 from .features.auth.repository import SessionRepository, UserRepository
 from .features.auth.service import AuthService
+from .features.notifications import api as notifications_api
 from .features.resume_review import api as review_api
 from .features.resume_review.repository import ReviewRepository
 from .features.resume_review.rubric import Rubric
@@ -34,7 +35,7 @@ def create_app(settings: Settings) -> Any:
     db = Persistence(settings.database_url)
     requests = AnalysisRequestRepository(db)
     app = Starlette(
-        routes=[Route("/health", health), *auth_api.routes, *upload_api.routes, *review_api.routes],
+        routes=[Route("/health", health), *auth_api.routes, *upload_api.routes, *review_api.routes, *notifications_api.routes],
         exception_handlers={HTTPProblem: problem_handler},
     )
     app.state.auth = AuthService(UserRepository(db), SessionRepository(db), TokenService(settings.jwt_secret))

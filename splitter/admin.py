@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .rollout import Rollouts
     from .runtime import Runtime
     from .shadow import Shadow
+    from .websocket import WebSockets
 
 log = structlog.get_logger("splitter.admin")
 
@@ -35,7 +36,7 @@ class _Refused(Exception):
         self.status, self.message = status, message
 
 
-def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow) -> Starlette:
+def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: WebSockets) -> Starlette:
     token = rt.settings.admin_token.encode() if rt.settings.admin_token else None
 
     def authorize(request: Request) -> str:
@@ -135,10 +136,17 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow) -> Starlette:
             names = [data["route"]]
         else:
             raise _Refused(400, 'body must be {"route": NAME} or {"all": true}')
+        close = data.get("close_websockets", False)
+        if not isinstance(close, bool):
+            raise _Refused(400, "close_websockets must be true or false")
         old = {n: rt.snapshot.percent[n] for n in names}
         if names:
             await rt.overrides.set_many(dict.fromkeys(names, 0))
-        log.warning("rollback", who=who, routes=names, old=old, new=0)
+        closed = 0
+        if close:  # open connections to new reconnect, and land on legacy now
+            for n in names:
+                closed += await websockets.close_route(n, "new", 1012, "rolled back: reconnect")
+        log.warning("rollback", who=who, routes=names, old=old, new=0, websockets_closed=closed)
         return routes_view()
 
     async def get_kill(request: Request) -> Response:

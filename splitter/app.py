@@ -20,6 +20,7 @@ from .proxy import Proxy
 from .rollout import Rollouts
 from .runtime import Runtime, Settings
 from .shadow import Shadow
+from .websocket import WebSockets
 
 
 class App:
@@ -31,7 +32,8 @@ class App:
         self.rollouts = Rollouts(runtime)
         self.shadow = Shadow(runtime)
         self.proxy = Proxy(runtime, self.shadow)
-        self.admin = create_admin(runtime, self.rollouts, self.shadow)
+        self.websockets = self.proxy.websockets = WebSockets(runtime, self.proxy)
+        self.admin = create_admin(runtime, self.rollouts, self.shadow, self.websockets)
         self.admin_port = runtime.settings.admin_port
         self._tasks: list[asyncio.Task[None]] = []
 

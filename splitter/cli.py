@@ -196,7 +196,9 @@ def cmd_clear(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     if args.all == (args.route is not None):
         fail("name one ROUTE or --all")
-    body = {"all": True} if args.all else {"route": args.route}
+    body: dict[str, Any] = {"all": True} if args.all else {"route": args.route}
+    if args.close_websockets:
+        body["close_websockets"] = True
     routes = _admin(args, "POST", "/admin/rollback", body, write=True)
     names = [r["name"] for r in routes if r["percent"] == 0]
     print(f"rolled back to legacy (0%): {', '.join(names) if args.all else args.route}")
@@ -367,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     rb = admin_parser("rollback", "send a route (or all) to legacy: override to 0")
     rb.add_argument("route", nargs="?", help="route name")
     rb.add_argument("--all", action="store_true", help="every route")
+    rb.add_argument("--close-websockets", action="store_true", help="also close the route's open WebSocket connections to new (1012), so clients reconnect to legacy")
     rb.set_defaults(func=cmd_rollback)
     k = admin_parser("kill", "kill switch: everything to legacy")
     k.add_argument("state", choices=["on", "off"], help="on: every request to legacy; off: routing by percent again")

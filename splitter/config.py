@@ -83,6 +83,12 @@ class RolloutSpec:
 
 
 @dataclass(frozen=True)
+class WebSocketSpec:
+    max_message_bytes: int = 1024 * 1024  # a bigger message closes the connection with 1009
+    idle_timeout_s: float = 300.0  # no message either way for this long: closed
+
+
+@dataclass(frozen=True)
 class Route:
     name: str
     prefix: str
@@ -107,6 +113,7 @@ class Config:
     redis_prefix: str = "splitter"
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY
+    websocket: WebSocketSpec = field(default_factory=WebSocketSpec)
     by_name: Mapping[str, Route] = field(default_factory=dict)
     # (prefix, route) longest first, so the first hit is the longest prefix
     _ordered: tuple[tuple[str, Route], ...] = ()
@@ -222,7 +229,9 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "redis": {"oneOf": [{"type": "null"}, {"$ref": "#/$defs/redis"}]},
         "trusted_proxies": _STRINGS,
         "max_body_bytes": {"type": "integer", "minimum": 1},
+        "websocket": "websocket",
     },
+    "websocket": {"max_message_bytes": {"type": "integer", "minimum": 1}, "idle_timeout_s": _POSITIVE},
     "backends": {name: "backend" for name in BACKENDS},
     "backend": {"url": {"type": "string", "pattern": "^https?://"}, "connect_timeout": _POSITIVE, "read_timeout": _POSITIVE, "max_connections": {"type": "integer", "minimum": 1}},
     "redis": {"url": {"type": "string", "pattern": "^(redis|rediss|unix)://"}, "prefix": {"type": "string"}},
@@ -375,6 +384,13 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
     if not _is_int(max_body) or max_body <= 0:
         doc.error("max_body_bytes", f"must be a positive integer, got {_show(max_body)}")
         max_body = DEFAULT_MAX_BODY
+    websocket = WebSocketSpec()
+    if data.get("websocket") is not None:
+        w = _mapping(doc, data["websocket"], "websocket")
+        if w is not None:
+            _unknown(doc, w, set(SECTIONS["websocket"]), "websocket")
+            size = _number(doc, w, "max_message_bytes", "websocket", websocket.max_message_bytes, integer=True)
+            websocket = WebSocketSpec(max(1, int(size)), float(_number(doc, w, "idle_timeout_s", "websocket", websocket.idle_timeout_s)))
 
     if doc.errors:
         return None
@@ -391,6 +407,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
         redis_prefix=redis_prefix,
         trusted_proxies=tuple(trusted),
         max_body_bytes=max_body,
+        websocket=websocket,
         by_name={r.name: r for r in routes},
         _ordered=ordered,
     )

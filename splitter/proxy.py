@@ -32,6 +32,7 @@ import structlog
 from multidict import CIMultiDict
 
 from . import bucketing
+from .call import Call, Refused
 from .config import UID_COOKIE, Config, Route, ShadowSpec
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
 from .shadow import Shadow
@@ -74,42 +75,6 @@ _DOT = frozenset([b".", b"%2e"])
 _DOTDOT = frozenset([b"..", b".%2e", b"%2e.", b"%2e%2e"])
 UID_MAX_AGE = 365 * 24 * 3600
 CLIENT_HOOK = "splitter.client"  # scope extension: the server's connection, to hear of a disconnect at once
-
-
-class Refused(Exception):
-    """A request the proxy answers itself."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
-
-
-class Call:
-    """One request's record: what each step decided, and what the log line reports."""
-
-    __slots__ = (
-        "backend", "bytes_in", "bytes_out", "client", "error", "handler", "method", "path", "request_id",
-        "route", "route_name", "start", "status", "upstream_ms", "user_bucket", "detail",
-    )  # fmt: skip
-
-    def __init__(self, scope: Scope, request_id: str) -> None:
-        self.start = time.perf_counter()
-        self.request_id = request_id
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        client = scope.get("client")
-        self.client: str = client[0] if client else ""
-        self.route: Route | None = None
-        self.route_name = "-"
-        self.backend: str | None = None
-        self.handler: str | None = None
-        self.user_bucket: int | None = None
-        self.status = 0
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.upstream_ms: float | None = None
-        self.error: str | None = None
-        self.detail: str | None = None
 
 
 class _Body:
@@ -205,6 +170,7 @@ class Proxy:
     def __init__(self, runtime: Runtime, shadow: Shadow) -> None:
         self.rt = runtime
         self.shadow = shadow
+        self.websockets: Any = None  # websocket.WebSockets, wired by app.create_app
         s = runtime.settings
         self.force_token = s.force_token.encode() if s.force_token else None
         self.access_log = s.access_log
@@ -216,7 +182,7 @@ class Proxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1003})
+                await self.websockets(scope, receive, send)
             return
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         hd = dict(raw_headers)
@@ -240,6 +206,24 @@ class Proxy:
             return
         set_cookie = self._choose(scope, call, hd, snap)
         headers = self._outbound_headers(scope, call, hd, cfg)
+        await self._counted(scope, receive, send, call, hd, headers, target, set_cookie)
+
+    def prepare(self, scope: Scope) -> tuple[Call, list[tuple[bytes, bytes]], bytes, bytes | None]:
+        """The same decision for an upgrade: (call, outbound headers, target, Set-Cookie); raises Refused."""
+        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+        hd, hosts = _merged_headers(raw_headers)
+        raw_rid = hd.get(b"x-request-id")
+        call = Call(scope, raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else os.urandom(16).hex())
+        snap = self.rt.snapshot
+        target = self._refuse(scope, call, hd, hosts, snap.config)
+        if target is None:
+            raise Refused(400, "bad_request", "the request target must be a path")
+        set_cookie = self._choose(scope, call, hd, snap)
+        return call, self._outbound_headers(scope, call, hd, snap.config), target, set_cookie
+
+    async def _counted(
+        self, scope: Scope, receive: Receive, send: Send, call: Call, hd: dict[bytes, bytes], headers: list[tuple[bytes, bytes]], target: bytes, set_cookie: bytes | None
+    ) -> None:
         self.in_flight += 1
         gauge = self.in_flight_gauge
         if gauge is not None:
@@ -404,7 +388,7 @@ class Proxy:
                         rt.metrics.client_aborts.labels(call.route_name, call.handler).inc()
                     else:
                         rt.metrics.error(call.route_name, call.backend, call.handler, outcome)
-                        self._judge(call, True)
+                        self.record_outcome(call, True)
                     call.error = outcome
                     self._log(call)
                     return
@@ -416,7 +400,7 @@ class Proxy:
             rt.metrics.error(call.route_name, call.backend, call.handler, "status_5xx")
         elapsed = time.perf_counter() - call.start
         rt.observe(call.route_name, call.backend, call.handler, status, elapsed)
-        self._judge(call, status >= 500)
+        self.record_outcome(call, status >= 500)
         if shadowing:
             assert route is not None
             self._shadow(route, call, target, headers, body, ex, resp_tee)
@@ -459,11 +443,11 @@ class Proxy:
         self.rt.metrics.error(call.route_name, call.backend, call.handler, exc.kind)
         self.rt.observe(call.route_name, call.backend, call.handler, exc.status, time.perf_counter() - call.start)
         if exc.kind != "overflow":  # the proxy's own limit, not the backend's failure
-            self._judge(call, True)
+            self.record_outcome(call, True)
         await _send_error(send, exc.status, exc.message, call.handler, call.request_id)
         self._log(call)
 
-    def _judge(self, call: Call, error: bool) -> None:
+    def record_outcome(self, call: Call, error: bool) -> None:
         """Feed the guard and rollout windows, for the routes that have them."""
         outcomes = self.rt.windows.get(call.route_name)
         if outcomes is not None and call.backend is not None:

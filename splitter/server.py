@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .runtime import Settings
 
@@ -146,6 +147,32 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+class ProxyWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, with the shutdown an operator expects: on SIGTERM no new
+    upgrade is taken, and open connections keep running until the grace period ends, then get
+    1001 (going away); uvicorn would close them at once with 1012. Relies on `handshake_complete`,
+    `close_sent`, `conn` and `queue` of uvicorn's sans-I/O protocol (pinned with uvicorn;
+    tests/test_websocket.py's SIGTERM case fails if they change)."""
+
+    def __init__(self, *args: Any, graceful_timeout: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._graceful_timeout = graceful_timeout
+
+    def shutdown(self) -> None:
+        if self.close_sent or not self.handshake_complete:
+            super().shutdown()
+            return
+        self.loop.call_later(max(0.0, self._graceful_timeout - 0.5), self._going_away)
+
+    def _going_away(self) -> None:
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": 1001, "reason": "server shutting down"})
+        self.conn.send_close(1001, "server shutting down")
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.loop.call_later(2.0, self.transport.close)  # the client's close frame, or not
+
+
 def _count_rejected(app: Any, reason: str) -> None:
     runtime = getattr(app, "runtime", None)
     if runtime is not None:
@@ -204,6 +231,8 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
             app,
             loop="uvloop",
             http=functools.partial(ProxyHttpProtocol, header_timeout=settings.header_timeout),  # type: ignore[arg-type]
+            ws=functools.partial(ProxyWebSocketProtocol, graceful_timeout=settings.graceful_timeout),  # type: ignore[arg-type]
+            ws_max_size=app.runtime.snapshot.config.websocket.max_message_bytes,  # a reload does not change it: needs a restart
             lifespan="on",
             server_header=False,
             proxy_headers=False,  # trusted_proxies in routes.yaml decides, not uvicorn

@@ -1,0 +1,258 @@
+"""The WebSocket path: the same decision as HTTP (route, bucket, kill switch, force header,
+overrides), then a relay of messages both ways.
+
+An upgrade is refused (the backend's own refusal relayed, or a JSON 502/504 when it cannot
+be reached) before the client's handshake is accepted; after it, messages are relayed one
+at a time in each direction, so a slow reader slows its writer instead of growing a buffer
+(the upstream client's max_queue and write_limit bound what is in flight). Close codes and
+reasons pass through both ways; a message over `websocket.max_message_bytes` closes with
+1009 (uvicorn's `ws_max_size` on the client side, the upstream client's `max_size` on the
+other); no message either way for `websocket.idle_timeout_s` closes with 1001. Extensions
+(permessage-deflate) are negotiated per hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import orjson
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from .call import Call, Refused
+from .upstream import ProtocolFailed, UpstreamError, map_upstream_error
+
+if TYPE_CHECKING:
+    from .proxy import Proxy, Receive, Scope, Send
+    from .runtime import Runtime
+
+log = structlog.get_logger("splitter.access")
+_NOT_FORWARDED = frozenset([b"host", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol", b"content-length"])
+_NOT_RELAYED = frozenset([b"connection", b"upgrade", b"transfer-encoding", b"keep-alive", b"content-length"])
+_RESERVED = frozenset([1004, 1005, 1006, 1015])  # codes that never travel in a close frame
+DENIAL = "websocket.http.response"
+
+
+def _sendable(code: int | None) -> bool:
+    return code is not None and (1000 <= code <= 1014 or 3000 <= code <= 4999) and code not in _RESERVED
+
+
+class Session:
+    """One relayed connection: the client's ASGI side and the upstream client."""
+
+    def __init__(self, call: Call, upstream: ClientConnection, receive: Receive, send: Send, idle_s: float, rt: Runtime) -> None:
+        self.call, self.upstream, self.receive, self.send, self.idle_s, self.rt = call, upstream, receive, send, idle_s, rt
+        self.last = time.monotonic()
+        self.up = self.down = 0
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.closed_by: str | None = None
+        assert call.backend is not None
+        self._up_counter = rt.metrics.ws_messages.labels(call.route_name, call.backend, "upstream")
+        self._down_counter = rt.metrics.ws_messages.labels(call.route_name, call.backend, "downstream")
+
+    async def run(self) -> None:
+        tasks = [asyncio.ensure_future(self._client_to_upstream()), asyncio.ensure_future(self._upstream_to_client()), asyncio.ensure_future(self._idle())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.upstream.close()
+
+    async def close(self, code: int, reason: str) -> None:
+        """The proxy ends the connection (rollback, idle, shutdown): the client gets `code`."""
+        if self.closed_by is not None:
+            return
+        self.closed_by, self.close_code, self.close_reason = "proxy", code, reason
+        with contextlib.suppress(Exception):
+            await self.send({"type": "websocket.close", "code": code, "reason": reason})
+        with contextlib.suppress(Exception):
+            await self.upstream.close(1001, "proxy closing")
+
+    async def _client_to_upstream(self) -> None:
+        while True:
+            message = await self.receive()
+            kind = message["type"]
+            if kind == "websocket.receive":
+                data = message.get("text")
+                try:
+                    await self.upstream.send(data if data is not None else message.get("bytes") or b"")
+                except ConnectionClosed:
+                    return
+                self.up += 1
+                self._up_counter.inc()
+                self.last = time.monotonic()
+            elif kind == "websocket.disconnect":
+                code, reason = message.get("code", 1005), message.get("reason") or ""
+                if self.closed_by is None:
+                    self.closed_by, self.close_code, self.close_reason = "client", code, reason
+                with contextlib.suppress(Exception):
+                    await self.upstream.close(code if _sendable(code) else 1000, reason)
+                return
+
+    async def _upstream_to_client(self) -> None:
+        code, reason = 1000, ""
+        try:
+            async for data in self.upstream:
+                await self.send({"type": "websocket.send", "text": data} if isinstance(data, str) else {"type": "websocket.send", "bytes": data})
+                self.down += 1
+                self._down_counter.inc()
+                self.last = time.monotonic()
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == 1009:
+                code, reason = 1009, "message too big"  # the upstream sent more than max_message_bytes
+            elif exc.rcvd is not None:
+                code, reason = exc.rcvd.code, exc.rcvd.reason
+            else:
+                code, reason = 1011, "upstream connection lost"
+        else:
+            if self.upstream.close_code is not None:
+                code, reason = self.upstream.close_code, self.upstream.close_reason or ""
+        if self.closed_by is not None:
+            return  # the client or the proxy ended it
+        self.closed_by, self.close_code, self.close_reason = "upstream", code, reason
+        with contextlib.suppress(Exception):
+            await self.send({"type": "websocket.close", "code": code if _sendable(code) else 1011, "reason": reason})
+
+    async def _idle(self) -> None:
+        while True:
+            left = self.last + self.idle_s - time.monotonic()
+            if left <= 0:
+                await self.close(1001, "idle timeout")
+                return
+            await asyncio.sleep(left)
+
+
+class WebSockets:
+    """The upgrade path, and the registry of open connections (for rollback and shutdown)."""
+
+    def __init__(self, rt: Runtime, proxy: Proxy) -> None:
+        self.rt, self.proxy = rt, proxy
+        self.open: dict[str, set[Session]] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            call, headers, target, set_cookie = self.proxy.prepare(scope)
+        except Refused as refusal:
+            self.rt.metrics.rejected.labels(refusal.reason).inc()
+            await _deny(scope, send, refusal.status, [(b"content-type", b"application/json")], orjson.dumps({"error": refusal.message, "handler": None}))
+            return
+        assert call.backend is not None and call.handler is not None
+        snap = self.rt.snapshot
+        backend = snap.config.backends[call.backend]
+        spec = snap.config.websocket
+        metrics = self.rt.metrics
+        uri = ("wss" if backend.url.startswith("https") else "ws") + backend.url[backend.url.index(":") :] + target.decode("latin-1")
+        extra = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in _NOT_FORWARDED]
+        try:
+            upstream = await connect(
+                uri,
+                additional_headers=extra,
+                subprotocols=scope.get("subprotocols") or None,
+                open_timeout=backend.connect_timeout,
+                max_size=spec.max_message_bytes,
+                ping_interval=None,
+                compression=None,  # extensions are per hop; deflate between proxy and backend costs CPU and ~300 KiB a connection
+                close_timeout=5,
+                user_agent_header=None,
+                proxy=None,
+            )
+        except InvalidStatus as exc:
+            await self._refused(scope, send, call, exc)
+            return
+        except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+            err = map_upstream_error(exc) if isinstance(exc, OSError | TimeoutError) else ProtocolFailed(f"handshake: {exc}")
+            await self._failed(scope, send, call, err)
+            return
+        labels = (call.route_name, call.backend, call.handler)
+        accept_headers = [(b"x-splitter-handler", call.handler.encode()), (b"x-request-id", call.request_id.encode())]
+        if set_cookie is not None:
+            accept_headers.append((b"set-cookie", set_cookie))
+        try:
+            await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": accept_headers})
+        except Exception:  # noqa: BLE001 - the client left during the handshake
+            await upstream.close()
+            return
+        metrics.ws_connections.labels(*labels, "accepted").inc()
+        self.rt.observe(call.route_name, call.backend, call.handler, 101, time.perf_counter() - call.start)  # the handshake, as a request
+        self.proxy.record_outcome(call, False)
+        session = Session(call, upstream, receive, send, spec.idle_timeout_s, self.rt)
+        self.open.setdefault(call.route_name, set()).add(session)
+        gauge = metrics.ws_open.labels(*labels)
+        gauge.inc()
+        try:
+            await session.run()
+        finally:
+            gauge.dec()
+            self.open[call.route_name].discard(session)
+            call.status = 101
+            log.info(
+                "websocket",
+                request_id=call.request_id,
+                path=call.path,
+                route=call.route_name,
+                handler=call.handler,
+                backend=call.backend,
+                status=101,
+                user_bucket=call.user_bucket,
+                client=call.client,
+                duration_ms=round((time.perf_counter() - call.start) * 1000, 3),
+                messages_up=session.up,
+                messages_down=session.down,
+                close_code=session.close_code,
+                close_reason=session.close_reason,
+                closed_by=session.closed_by,
+            )
+
+    async def _refused(self, scope: Scope, send: Send, call: Call, exc: InvalidStatus) -> None:
+        """The backend said no: the client gets its answer (status, headers, body)."""
+        assert call.backend is not None and call.handler is not None
+        status = exc.response.status_code
+        kind = "status_5xx" if status >= 500 else "refused"
+        self.rt.metrics.ws_connections.labels(call.route_name, call.backend, call.handler, "refused").inc()
+        self.rt.metrics.error(call.route_name, call.backend, call.handler, kind)
+        self.rt.observe(call.route_name, call.backend, call.handler, status, time.perf_counter() - call.start)
+        self.proxy.record_outcome(call, True)
+        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.response.headers.raw_items() if k.lower().encode("latin-1") not in _NOT_RELAYED]
+        headers.append((b"x-splitter-handler", call.handler.encode()))
+        await _deny(scope, send, status, headers, bytes(exc.response.body or b""))
+        self._log_failed(call, status, kind)
+
+    async def _failed(self, scope: Scope, send: Send, call: Call, err: UpstreamError) -> None:
+        assert call.backend is not None and call.handler is not None
+        self.rt.metrics.ws_connections.labels(call.route_name, call.backend, call.handler, "failed").inc()
+        self.rt.metrics.error(call.route_name, call.backend, call.handler, err.kind)
+        self.rt.observe(call.route_name, call.backend, call.handler, err.status, time.perf_counter() - call.start)
+        self.proxy.record_outcome(call, True)
+        body = orjson.dumps({"error": err.message, "handler": call.handler, "request_id": call.request_id})
+        await _deny(scope, send, err.status, [(b"content-type", b"application/json"), (b"x-splitter-handler", call.handler.encode())], body)
+        call.detail = err.detail
+        self._log_failed(call, err.status, err.kind)
+
+    def _log_failed(self, call: Call, status: int, kind: str) -> None:
+        log.info("websocket", request_id=call.request_id, path=call.path, route=call.route_name, handler=call.handler, backend=call.backend, status=status, error=kind, detail=call.detail, user_bucket=call.user_bucket, client=call.client)
+
+    async def close_route(self, route: str, backend: str, code: int, reason: str) -> int:
+        """Close a route's open connections to one backend (a rollback's `close_websockets`)."""
+        sessions = [s for s in self.open.get(route, ()) if s.call.backend == backend]
+        await asyncio.gather(*(s.close(code, reason) for s in sessions), return_exceptions=True)
+        return len(sessions)
+
+
+async def _deny(scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    """Refuse before accepting: an HTTP answer where the server can send one, else a close (403)."""
+    if DENIAL in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": status, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+

@@ -1,0 +1,284 @@
+"""WebSocket pass-through with real sockets: the reference backends, a stand-in WebSocket
+upstream in a thread, and the `websockets` client library on the test side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+import websockets
+from backends import start_backend
+from conftest import eventually, free_port, routes_yaml, rss_mib
+from test_cli import TOKEN
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from splitter.bucketing import bucket
+
+LIMIT = 1024 * 1024
+
+
+def ws_yaml(legacy: str, new: str, percent: int = 30, extra: str = "") -> str:
+    routes = f"""  - name: notifications
+    prefix: /api/notifications
+    percent: {percent}"""
+    return routes_yaml(legacy, new, routes=routes, extra=f"websocket: {{max_message_bytes: {LIMIT}, idle_timeout_s: 30}}\n{extra}")
+
+
+class WsUpstream:
+    """A WebSocket backend in a thread of the test process: echo, refusals, big messages,
+    and a record of the close codes its clients sent."""
+
+    def __init__(self) -> None:
+        self.closes: list[tuple[int | None, str | None]] = []
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        ready.wait(5)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            pick = lambda conn, offered: "chat.v2" if "chat.v2" in offered else None  # noqa: E731
+            async with serve(self._handle, "127.0.0.1", 0, process_request=self._gate, select_subprotocol=pick, max_size=None) as server:
+                self.port = server.server.sockets[0].getsockname()[1]
+                self.stop = asyncio.Event()
+                ready.set()
+                await self.stop.wait()
+
+        self.loop.run_until_complete(main())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(5)
+        self.loop.close()
+
+    def _gate(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.endswith("/refuse"):
+            return Response(403, "Forbidden", Headers([("Content-Type", "text/plain"), ("X-Why", "members only")]), b"no entry")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        path = ws.request.path if ws.request else ""
+        try:
+            if path.endswith("/big"):
+                await ws.send(b"x" * (2 * LIMIT))
+            async for message in ws:
+                if message == "close:4001":
+                    await ws.close(4001, "bye from backend")
+                    return
+                await ws.send(message)
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.closes.append((ws.close_code, ws.close_reason))
+
+
+@pytest.fixture
+def wsup():
+    up = WsUpstream()
+    yield up
+    up.close()
+
+
+def ws_url(s, path: str = "/api/notifications/ws") -> str:
+    return f"ws://127.0.0.1:{s.port}{path}"
+
+
+def test_users_land_on_the_backend_their_bucket_says_and_stay_there(procs, tmp_path, splitter):
+    s = splitter(ws_yaml(start_backend(procs, "legacy", tmp_path), start_backend(procs, "new", tmp_path)))
+
+    async def hello(uid: str) -> dict:
+        async with websockets.connect(ws_url(s), additional_headers={"X-User-ID": uid}) as ws:
+            first = json.loads(await ws.recv())
+            await ws.send("ping")
+            assert json.loads(await ws.recv()) == {"echo": "ping", "backend": first["backend"]}
+            return first
+
+    async def run() -> None:
+        ids = [f"ws-user-{i}" for i in range(200)]
+        got = await asyncio.gather(*(hello(u) for u in ids))
+        for uid, h in zip(ids, got, strict=True):
+            assert h == {"backend": "new" if bucket(uid) < 30 else "legacy", "user_id": uid}
+        again = await asyncio.gather(*(hello(u) for u in ids[:40]))
+        assert [h["backend"] for h in again] == [h["backend"] for h in got[:40]], "reconnecting lands on the same backend"
+        assert 20 < sum(h["backend"] == "new" for h in got) < 100
+
+    asyncio.run(run())
+    assert s.metric("splitter_websocket_open", route="notifications", backend="new", handler="new_notifications") == 0
+    accepted = sum(s.metric("splitter_websocket_connections_total", route="notifications", backend=b, handler=h, result="accepted") or 0 for b, h in (("new", "new_notifications"), ("legacy", "old_notifications")))
+    assert accepted == 240
+    line = s.wait_log(lambda e: e.get("event") == "websocket")
+    assert line["status"] == 101 and line["messages_up"] == 1 and line["messages_down"] == 2 and line["closed_by"] == "client"
+
+
+def test_echo_subprotocol_and_close_codes_both_ways(wsup, splitter):
+    s = splitter(ws_yaml(wsup.url, wsup.url))
+
+    async def run() -> None:
+        async with websockets.connect(ws_url(s, "/api/notifications/echo"), subprotocols=["chat.v1", "chat.v2"], additional_headers={"X-User-ID": "e1"}) as ws:
+            assert ws.subprotocol == "chat.v2", "the backend's choice reaches the client"
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await ws.send(b"\x00\xffbinary")
+            assert await ws.recv() == b"\x00\xffbinary"
+            await ws.send("close:4001")
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "bye from backend")
+        async with websockets.connect(ws_url(s, "/api/notifications/echo")) as ws:
+            await ws.send("x")
+            await ws.recv()
+            await ws.close(4002, "bye from client")
+        eventually(lambda: (4002, "bye from client") in wsup.closes, timeout=3)
+
+    asyncio.run(run())
+
+
+def test_messages_over_the_limit_close_with_1009_both_ways(wsup, splitter):
+    s = splitter(ws_yaml(wsup.url, wsup.url))
+
+    async def run() -> None:
+        async with websockets.connect(ws_url(s, "/api/notifications/echo"), max_size=None) as ws:
+            await ws.send(b"u" * (5 * 1024 * 1024))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 1009
+        async with websockets.connect(ws_url(s, "/api/notifications/big"), max_size=None) as ws:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 1009, "the backend's 2 MiB message was over the limit"
+
+    asyncio.run(run())
+
+
+def test_refusals_reach_the_client_and_a_dead_backend_is_502(wsup, splitter):
+    dead = f"http://127.0.0.1:{free_port()}"
+    s = splitter(ws_yaml(wsup.url, dead, percent=0))
+
+    async def run() -> None:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(ws_url(s, "/api/notifications/refuse"))
+        r = refused.value.response
+        assert r.status_code == 403 and r.body == b"no entry" and r.headers["X-Why"] == "members only"
+
+    asyncio.run(run())
+    assert s.metric("splitter_errors_total", route="notifications", backend="legacy", handler="old_notifications", kind="refused") == 1
+    assert s.metric("splitter_websocket_connections_total", route="notifications", backend="legacy", handler="old_notifications", result="refused") == 1
+    s.config.write_text(ws_yaml(wsup.url, dead, percent=100))
+    eventually(lambda: s.metric("splitter_route_percent", route="notifications") == 100, timeout=3)
+
+    async def dead_backend() -> None:
+        with pytest.raises(websockets.InvalidStatus) as failed:
+            await websockets.connect(ws_url(s, "/api/notifications/echo"), additional_headers={"X-User-ID": "d1"})
+        r = failed.value.response
+        assert r.status_code == 502 and json.loads(r.body)["handler"] == "new_notifications"
+
+    asyncio.run(dead_backend())
+    assert s.metric("splitter_errors_total", route="notifications", backend="new", handler="new_notifications", kind="connect") == 1
+    assert s.metric("splitter_websocket_connections_total", route="notifications", backend="new", handler="new_notifications", result="failed") == 1
+    # handshakes are requests of their handler too, so the dashboards' error rates and the guard see them
+    assert s.metric("splitter_requests_total", route="notifications", backend="new", handler="new_notifications", code="502") == 1
+    assert s.metric("splitter_requests_total", route="notifications", backend="legacy", handler="old_notifications", code="403") == 1
+
+
+def test_a_thousand_connections_leave_nothing_behind(wsup, splitter):
+    s = splitter(ws_yaml(wsup.url, wsup.url), args=["--no-access-log"])
+
+    async def batch(n: int) -> None:
+        async def one(i: int) -> None:
+            async with websockets.connect(ws_url(s, "/api/notifications/echo"), additional_headers={"X-User-ID": f"k{i}"}) as ws:
+                await ws.send("x")
+                await ws.recv()
+
+        for start in range(0, n, 50):
+            await asyncio.gather(*(one(i) for i in range(start, start + 50)))
+
+    asyncio.run(batch(100))  # warm-up
+    fd0, rss0 = len(os.listdir(f"/proc/{s.proc.pid}/fd")), rss_mib(s.proc.pid)
+    asyncio.run(batch(1000))
+    open_now = lambda: sum(s.metric("splitter_websocket_open", route="notifications", backend=b, handler=h) or 0 for b, h in (("new", "new_notifications"), ("legacy", "old_notifications")))  # noqa: E731
+    eventually(lambda: open_now() == 0, timeout=5)
+    eventually(lambda: len(os.listdir(f"/proc/{s.proc.pid}/fd")) <= fd0 + 5, timeout=5)
+    assert rss_mib(s.proc.pid) - rss0 < 30
+
+
+def test_rollback_with_close_websockets_sends_new_users_back_to_legacy(procs, tmp_path, splitter):
+    from test_cli import run
+
+    s = splitter(ws_yaml(start_backend(procs, "legacy", tmp_path), start_backend(procs, "new", tmp_path), percent=100), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+
+    async def scenario() -> None:
+        conns = [await websockets.connect(ws_url(s), additional_headers={"X-User-ID": f"r{i}"}) for i in range(10)]
+        hellos = [json.loads(await c.recv()) for c in conns]
+        assert {h["backend"] for h in hellos} == {"new"}
+        t0 = time.monotonic()
+        result = await asyncio.to_thread(run, "rollback", "notifications", "--close-websockets", "--admin", s.admin)
+        assert result.returncode == 0, result.stderr
+        for c in conns:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(c.recv(), 1.5)
+            assert closed.value.rcvd.code == 1012
+        assert time.monotonic() - t0 < 1.0 + 1.5  # the CLI start-up, then at once
+        async with websockets.connect(ws_url(s), additional_headers={"X-User-ID": "r0"}) as again:
+            assert json.loads(await again.recv())["backend"] == "legacy"
+
+    asyncio.run(scenario())
+
+
+def test_idle_connections_close_and_sigterm_says_going_away_at_the_end_of_the_grace(wsup, splitter):
+    s = splitter(ws_yaml(wsup.url, wsup.url).replace("idle_timeout_s: 30", "idle_timeout_s: 1"), args=["--graceful-timeout", "3"])
+
+    async def idle() -> None:
+        async with websockets.connect(ws_url(s, "/api/notifications/echo")) as ws:
+            t0 = time.monotonic()
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 1001 and 0.8 < time.monotonic() - t0 < 3
+
+    asyncio.run(idle())
+    s.config.write_text(ws_yaml(wsup.url, wsup.url))  # idle 30 s again
+    eventually(lambda: s.metric("splitter_config_reloads_total", result="success") == 1, timeout=3)
+
+    async def drain() -> None:
+        async with websockets.connect(ws_url(s, "/api/notifications/echo")) as ws:
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+            t0 = time.monotonic()
+            s.proc.signal(signal.SIGTERM)
+            await asyncio.sleep(1.0)
+            await ws.send("during the drain")
+            assert await ws.recv() == "during the drain", "open connections keep working while draining"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd.code == 1001 and 2.0 < time.monotonic() - t0 < 4.0
+
+    asyncio.run(drain())
+    s.proc.p.wait(10)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(s.url + "/api/notifications/x", timeout=1)
+
+
+def test_failed_handshakes_count_against_new_in_the_guard_window(splitter):
+    dead = f"http://127.0.0.1:{free_port()}"
+    text = ws_yaml(dead, dead, percent=100).replace("    percent: 100", "    percent: 100\n    guard: {max_error_rate: 0.5, min_requests: 5, window_s: 10}")
+    s = splitter(text)
+
+    async def knock() -> None:
+        for i in range(5):
+            with pytest.raises(websockets.InvalidStatus):
+                await websockets.connect(ws_url(s), additional_headers={"X-User-ID": f"g{i}"})
+
+    asyncio.run(knock())
+    eventually(lambda: s.metric("splitter_guard_trips_total", route="notifications", reason="error_rate") == 1, timeout=3)
+    assert s.metric("splitter_route_percent", route="notifications") == 0
