@@ -16,8 +16,9 @@ install: $(VENV)/.installed
 run: $(VENV)/.installed
 	PY=$(PY) scripts/demo.sh
 
-# redis-server (runtime-control tests) and prometheus + promtool (ops tests), from the system package manager
-SYSTEM_PACKAGES := redis-server:redis-server prometheus:prometheus promtool:prometheus
+# redis-server (runtime-control tests), prometheus + promtool (ops tests) and chromium (the console, driven by
+# Playwright: no browser download, Debian's), from the system package manager
+SYSTEM_PACKAGES := redis-server:redis-server prometheus:prometheus promtool:prometheus chromium:chromium
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \

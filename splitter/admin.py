@@ -6,6 +6,7 @@ needs `Authorization: Bearer $SPLITTER_ADMIN_TOKEN`.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import time
@@ -18,9 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import bucketing
+from . import __version__, bucketing
+from .console import console_routes
 from .metrics import CONTENT_TYPE
 from .overrides import Conflict, Unavailable
+from .runtime import CONSOLE_SPAN_S
 
 if TYPE_CHECKING:
     from .rollout import Rollouts
@@ -83,6 +86,38 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             return JSONResponse(await impl(request, authorize(request)))
 
         return endpoint
+
+    async def overview(request: Request) -> Response:
+        """Everything the console shows, in one read: routes with their windows and the last five
+        minutes, rollouts, shadow mismatches, kill switch, Redis and reload state."""
+        now = time.time()
+        snap = rt.snapshot
+        views = routes_view()
+        for view, r in zip(views, snap.config.routes, strict=True):
+            try:
+                span, since = await rt.judged_span(r) if (r.guard or r.rollout) else (60.0, None)
+                view["window"] = await rt.windows.view(r.name, now, span, since)
+                view["series"] = {b: await rt.windows.series(r.name, b, now, CONSOLE_SPAN_S, 10) for b in ("new", "legacy")}
+                view["shadow"] = (await shadow.recent(r.name))[:5] if r.shadow is not None else None
+            except Unavailable as exc:
+                view["error"] = str(exc)
+            view["guard"] = dataclasses.asdict(r.guard) if r.guard is not None else None
+        try:
+            rollout_views = await rollouts.view()
+        except Unavailable as exc:
+            rollout_views = [{"error": str(exc)}]
+        return JSONResponse(
+            {
+                "version": __version__,
+                "environment": snap.config.environment,
+                "kill": snap.kill,
+                "redis": {"configured": rt.redis_url is not None, "up": rt.overrides.up, "scope": rt.windows.scope},
+                "reloads": {"failures": rt.reload_failures, "last_error": rt.last_reload_error},
+                "routes": views,
+                "rollouts": rollout_views,
+                "time": now,
+            }
+        )
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -206,6 +241,8 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             Route("/admin/shadow/{name}", shadow_view),
             Route("/admin/rollouts", rollouts_view),
             Route("/admin/rollouts/{name}/{action}", writer(rollout_action), methods=["POST"]),
+            Route("/admin/overview", overview),
+            *console_routes(),
         ],
         exception_handlers=_ERRORS,
     )

@@ -172,7 +172,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps({"routes": routes, "kill": bool(kill.get("on"))}, indent=2))
         return 0
     _print_routes(routes, bool(kill.get("on")))
+    print(f"console: {_admin_base(args)}/ui")
     return 0
+
+
+def _admin_base(args: argparse.Namespace) -> str:
+    return str(args.admin or os.environ.get("SPLITTER_ADMIN_URL") or DEFAULT_ADMIN).rstrip("/")
 
 
 def cmd_set(args: argparse.Namespace) -> int:

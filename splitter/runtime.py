@@ -26,6 +26,7 @@ from .upstream import Pool
 from .window import Windows
 
 log = structlog.get_logger("splitter")
+CONSOLE_SPAN_S = 300.0  # the console's charts: the last five minutes
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class Runtime:
         self._file_sig = _file_signature(settings.config_path)
         self.observe = self.metrics.observe
         self.started = False
+        self.reload_failures = 0  # since start, for the console (the metric has the fleet's)
+        self.last_reload_error: list[str] = []
         self._publish_gauges()
 
     # --- lifecycle ------------------------------------------------------------
@@ -131,8 +134,9 @@ class Runtime:
         return p
 
     def _windows(self, cfg: Config, old: Windows | None) -> Windows:
-        """Outcome windows for the routes a guard or a rollout judges; fleet-wide with Redis."""
-        judged = {r.name: _spans(r) for r in cfg.routes if r.guard or r.rollout}
+        """Outcome windows for every route (the console's last minutes, and what a guard or a
+        rollout judges); fleet-wide with Redis. ~1.4 us a request, off any I/O."""
+        judged = {r.name: [*_spans(r), CONSOLE_SPAN_S] for r in cfg.routes}
         store = self.overrides if isinstance(self.overrides, RedisOverrides) else None
         return Windows(judged, store, cfg.redis_prefix, old)
 
@@ -195,8 +199,11 @@ class Runtime:
             cfg = config_mod.load(path, self.settings.environment)
         except ConfigError as exc:
             self.metrics.reloads.labels("failure").inc()
+            self.reload_failures += 1
+            self.last_reload_error = exc.errors[:5]
             log.error("config reload rejected; keeping the running config", errors=exc.errors)
             return False
+        self.last_reload_error = []
         if (self.settings.redis_url or cfg.redis_url) != self.redis_url or cfg.redis_prefix != old.redis_prefix:
             log.warning("config change needs a restart to apply", key="redis")
         self.windows = self._windows(cfg, self.windows)

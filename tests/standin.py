@@ -10,6 +10,8 @@ GET/POST anything  -> 200 JSON {backend, method, path, raw_path, query, headers:
 /delay?legacy_ms=A&new_ms=B -> sleeps A or B ms, by this stand-in's name
 /bytes?n=N         -> streams N bytes (chunked)
 /status?code=N     -> answers N
+.../flaky          -> on new, 3 requests in 10 answer 500
+.../xss            -> JSON whose "note" holds markup on new (a shadow diff to render as text)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import uvicorn
 
 GZIP_BODY = gzip.compress(b"hello gzip " * 100, mtime=0)
+FLAKY = [0]
 
 
 def make_app(name: str) -> Any:
@@ -66,6 +69,15 @@ def make_app(name: str) -> Any:
             return
         if path.endswith("/status"):
             status = int(query.get("code", "200"))
+        if path.endswith("/flaky") and name == "new":  # three in ten requests to new fail
+            FLAKY[0] += 1
+            status = 500 if FLAKY[0] % 10 < 3 else 200
+        if path.endswith("/xss"):  # a shadow diff that carries markup: the console must show it as text
+            note = "<script>window.__xss = 1</script><img src=x onerror=window.__xss=2>" if name == "new" else "plain"
+            body = json.dumps({"id": 1, "note": note}).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": headers + [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
         if "/json/" in path:
             # deterministic JSON, except: generated_at (ignored by config), nonce (noise), score on new at /scored
             doc = {"id": 7, "items": [{"n": 1}, {"n": 2}], "score": 11 if name == "new" and path.endswith("/scored") else 10, "generated_at": time.time(), "nonce": random.random()}
