@@ -98,7 +98,7 @@ class Exchange:
 
     __slots__ = (
         "aborted", "body_cut", "buffered", "chunks", "conn", "content_length", "done", "error", "head", "head_only",
-        "headers", "interim", "keep_alive", "loop", "parser", "read_timeout", "reusable", "status", "trailers", "until_eof", "waiter",
+        "headers", "interim", "keep_alive", "loop", "parser", "raw_left", "read_timeout", "reusable", "status", "trailers", "until_eof", "waiter",
     )  # fmt: skip
 
     def __init__(self, method: str) -> None:
@@ -127,6 +127,7 @@ class Exchange:
         self.reusable = True  # until a reason not to reuse the connection turns up
         self.body_cut = False
         self.content_length: int | None = None
+        self.raw_left: int | None = None  # body bytes still to come of a Content-Length response
 
     # --- parser callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -169,6 +170,10 @@ class Exchange:
             self.done = True  # a HEAD answer ends with its head; a body after it makes the connection unusable
             self.keep_alive = self.parser.should_keep_alive()
         self.until_eof = not self.head_only and not chunked and self.content_length is None and status not in (204, 304)
+        if self.content_length is not None and not chunked and not self.head_only and status not in (204, 304):
+            # a known length: once this read is parsed, later bytes are counted, not parsed (no copy)
+            self.raw_left = self.content_length
+            self.keep_alive = self.parser.should_keep_alive()
         if not self.head.done():
             self.head.set_result(None)
 
@@ -176,6 +181,8 @@ class Exchange:
         if self.done:
             self.reusable = False  # a body on a HEAD answer
             return
+        if self.raw_left is not None:
+            self.raw_left -= len(body)
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and self.conn is not None:
@@ -199,6 +206,10 @@ class Exchange:
             if self.conn is not None:
                 self.conn.close()
             return
+        left = self.raw_left
+        if left is not None and self.head.done():
+            self._raw(data, left)
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -209,6 +220,23 @@ class Exchange:
             else:
                 cause = exc.__context__ if isinstance(exc.__context__, UpstreamError) else exc
                 self.fail(map_upstream_error(cause))
+        if not self.reusable and self.conn is not None:
+            self.conn.close()
+
+    def _raw(self, data: bytes, left: int) -> None:
+        """Body bytes of a Content-Length response, past the read that held the head."""
+        if len(data) > left:
+            self.reusable = False  # bytes after the declared length: never reuse this connection
+            data = data[:left]
+        if data:
+            self.raw_left = left - len(data)
+            self.chunks.append(data)
+            self.buffered += len(data)
+            if self.buffered > HIGH_WATER and self.conn is not None:
+                self.conn.pause_reading()
+        if self.raw_left == 0:
+            self.done = True
+        self._wake()
         if not self.reusable and self.conn is not None:
             self.conn.close()
 
@@ -255,10 +283,9 @@ class Exchange:
         """The next body bytes (everything buffered), b"" at the end."""
         while True:
             if self.chunks:
-                data = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
-                self.chunks.clear()
-                self.buffered = 0
-                if self.conn is not None:
+                data = self.chunks.popleft()  # one received piece at a time: no copy to join them
+                self.buffered -= len(data)
+                if self.buffered <= HIGH_WATER and self.conn is not None:
                     self.conn.resume_reading()
                 return data
             if self.error is not None:
