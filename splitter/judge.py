@@ -30,11 +30,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scipy import special
-
 from .window import Counts, bucket_ms
 
 PASS, FAIL, WAIT = "pass", "fail", "wait"
+
+
+class _Special:
+    """scipy.special, imported on first use: only routes with `confidence` pay its ~30 MiB."""
+
+    def __getattr__(self, name: str) -> Any:
+        from scipy import special as module
+
+        globals()["special"] = module
+        return getattr(module, name)
+
+
+special: Any = _Special()
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,32 @@ def _json(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+class AccessLog:
+    """The canonical per-request line, written straight to the batched sink: the same JSON
+    object structlog would render (event, fields, level, timestamp), without its processor
+    chain — about 10 % of a small request's CPU in the benchmark's profile."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self._second = -1
+        self._prefix = ""
+
+    def write(self, fields: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        fields["level"] = "info"
+        fields["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        _LOG_SINK.msg(_json(fields))
+
+
+ACCESS = AccessLog()
+
+
 class _JsonHandler(logging.Handler):
     """Standard-library records as the same JSON lines structlog writes."""
 
@@ -115,6 +141,7 @@ def setup_logging(level: str = "info") -> None:
         root.removeHandler(h)
     root.addHandler(_JsonHandler())
     root.setLevel(max(lvl, logging.WARNING))
+    ACCESS.enabled = lvl <= logging.INFO
     logging.captureWarnings(True)
     structlog.configure(
         processors=[

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
-import structlog
 from multidict import CIMultiDict
 
 from . import bucketing
 from .call import Call, Refused
 from .config import UID_COOKIE, Config, Route, ShadowSpec
+from .logs import ACCESS
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
 from .shadow import Shadow
 from .upstream import Aborted, Exchange, UpstreamError, map_upstream_error
@@ -45,7 +45,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-log = structlog.get_logger("splitter.access")
 
 # Hop-by-hop headers (RFC 9110 7.6.1) are meaningful for one connection only.
 HOP_HEADERS = frozenset(
@@ -468,24 +467,27 @@ class Proxy:
         return self.force_token is not None and token is not None and hmac.compare_digest(token, self.force_token)
 
     def _log(self, call: Call) -> None:
-        log.info(
-            "request",
-            request_id=call.request_id,
-            method=call.method,
-            path=call.path,
-            route=call.route_name,
-            handler=call.handler,
-            status=call.status,
-            duration_ms=round((time.perf_counter() - call.start) * 1000, 3),
-            user_bucket=call.user_bucket,
-            client=call.client,
-            bytes_in=call.bytes_in,
-            bytes_out=call.bytes_out,
-            backend=call.backend,
-            upstream_ms=call.upstream_ms,
-            **({"error": call.error} if call.error else {}),
-            **({"detail": call.detail} if call.detail else {}),
-        )
+        fields = {
+            "event": "request",
+            "request_id": call.request_id,
+            "method": call.method,
+            "path": call.path,
+            "route": call.route_name,
+            "handler": call.handler,
+            "status": call.status,
+            "duration_ms": round((time.perf_counter() - call.start) * 1000, 3),
+            "user_bucket": call.user_bucket,
+            "client": call.client,
+            "bytes_in": call.bytes_in,
+            "bytes_out": call.bytes_out,
+            "backend": call.backend,
+            "upstream_ms": call.upstream_ms,
+        }
+        if call.error:
+            fields["error"] = call.error
+        if call.detail:
+            fields["detail"] = call.detail
+        ACCESS.write(fields)
 
 
 def _client_from_xff(xff: bytes, trusted: tuple[Any, ...]) -> str | None:
