@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import __version__, bucketing
+from . import __version__, bucketing, judge
 from .console import console_routes
 from .metrics import CONTENT_TYPE
 from .overrides import Conflict, Unavailable
@@ -137,7 +137,16 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             if r.guard is None and r.rollout is None:
                 continue
             try:
-                view["window"] = await rt.windows.view(r.name, now, *await rt.judged_span(r))
+                span, since = await rt.judged_span(r)
+                view["window"] = await rt.windows.view(r.name, now, span, since)
+                gates = r.guard if r.guard is not None and r.guard.confidence is not None else (r.rollout.gates if r.rollout is not None else None)
+                if gates is not None and gates.confidence is not None:
+                    # the judge's evidence on this window: estimate, interval, p-value, verdict per gate
+                    new = await rt.windows.counts(r.name, "new", now, span, since)
+                    legacy = await rt.windows.counts(r.name, "legacy", now, span, since)
+                    checks = judge.judge(gates, new, legacy, 1 - gates.confidence)
+                    enough = new.n >= gates.min_requests
+                    view["judgement"] = {"confidence": gates.confidence, "verdict": judge.verdict(checks) if enough else judge.WAIT, "checks": [c.view() for c in checks]}
             except Unavailable as exc:
                 view["window"] = {"scope": rt.windows.scope, "error": str(exc)}
         return JSONResponse(views)

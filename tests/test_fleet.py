@@ -176,5 +176,8 @@ def test_the_judge_rolls_back_a_slower_new_and_says_why(procs, tmp_path, splitte
     back = next(e for e in s.logs() if e["event"] == "rollout rolled back")
     ratio = next(c for c in back["checks"] if c["gate"] == "max_p95_ratio")
     assert ratio["verdict"] == "fail" and ratio["interval"][0] > 2.0 and ratio["p_value"] < 0.05
+    judged = next(r for r in httpx.get(s.admin + "/admin/routes").json() if r["name"] == "auth")["judgement"]
+    assert judged["confidence"] == 0.95 and {c["gate"] for c in judged["checks"]} == {"max_error_rate", "max_p95_ratio"}
+    assert all(set(c) == {"gate", "threshold", "estimate", "interval", "p_value", "verdict"} for c in judged["checks"])
     out = run("rollout", "status", "auth", "--admin", s.admin).stdout
     assert "rolled_back" in out and "max_p95_ratio" in out, out
