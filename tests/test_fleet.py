@@ -40,7 +40,7 @@ def test_p95_ratio_reads_99_vs_101_ms_as_healthy_and_125_ms_as_a_breach(standin,
     assert state["source"] == "file" and state["percent"] == 50, state
     w = state["window"]
     ratio = w["new"]["p95_ms"] / w["legacy"]["p95_ms"]
-    assert w["new"]["requests"] >= 50 and 0.99 < ratio < 1.08, w  # 2 % slower reads as ~2 %, not 50 %
+    assert w["new"]["requests"] >= 50 and 0.95 < ratio < 1.1, w  # 2 % slower reads as about 2 %, not as 50 %
     assert s.metric("splitter_guard_trips_total", route="auth", reason="p95_ratio") is None
 
     asyncio.run(_get_all(s.url, [("/api/auth/delay?legacy_ms=99&new_ms=125", u) for u in users(200, "v")]))
