@@ -18,7 +18,7 @@ run: $(VENV)/.installed
 
 # redis-server (runtime-control tests), prometheus + promtool (ops tests) and chromium (the console, driven by
 # Playwright: no browser download, Debian's), from the system package manager
-SYSTEM_PACKAGES := redis-server:redis-server prometheus:prometheus promtool:prometheus chromium:chromium
+SYSTEM_PACKAGES := redis-server:redis-server prometheus:prometheus promtool:prometheus chromium:chromium pg_ctlcluster:postgresql
 system-deps:
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 		command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \

@@ -12,9 +12,20 @@ Projects: an open-source proxy.
 """ + "More words about the work done here. " * 25
 
 
-@pytest.fixture(params=["legacy", "new"])
+@pytest.fixture(scope="session")
+def postgres():
+    from backends import Postgres
+
+    pg = Postgres()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["legacy-sqlite", "new-sqlite", "legacy-postgresql", "new-postgresql"])
 def api(request, procs, tmp_path):
-    url = start_backend(procs, request.param, tmp_path)
+    name, db = request.param.split("-")
+    env = {"DATABASE_URL": request.getfixturevalue("postgres").database()} if db == "postgresql" else {}
+    url = start_backend(procs, name, tmp_path, env)
     with httpx.Client(base_url=url, timeout=10) as c:
         yield c
 
@@ -83,6 +94,17 @@ def test_upload_review_and_errors(api):
 
 def test_both_backends_give_byte_identical_reviews_and_share_sessions(procs, tmp_path):
     with httpx.Client(base_url=start_backend(procs, "legacy", tmp_path)) as legacy, httpx.Client(base_url=start_backend(procs, "new", tmp_path)) as new:
+        check_parity(legacy, new)
+
+
+def test_on_one_postgresql_database_a_user_of_legacy_is_a_user_of_new(procs, tmp_path, postgres):
+    env = {"DATABASE_URL": postgres.database()}
+    with httpx.Client(base_url=start_backend(procs, "legacy", tmp_path, env)) as legacy, httpx.Client(base_url=start_backend(procs, "new", tmp_path, env)) as new:
+        email = f"{uuid.uuid4().hex[:8]}@example.com"
+        assert legacy.post("/api/auth/register", json={"email": email, "password": "correct horse"}).status_code == 201
+        login = new.post("/api/auth/login", json={"email": email, "password": "correct horse"})
+        assert login.status_code == 200, login.text
+        assert new.get("/api/auth/me", headers={"Authorization": "Bearer " + login.json()["access_token"]}).json()["email"] == email
         check_parity(legacy, new)
 
 
