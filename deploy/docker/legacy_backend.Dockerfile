@@ -5,7 +5,8 @@ COPY pyproject.toml README.md ./
 COPY splitter ./splitter
 COPY legacy_backend ./legacy_backend
 COPY new_backend ./new_backend
-RUN pip install --no-cache-dir . && useradd --system --uid 10001 app && mkdir -p /data && chown app /data
+RUN pip install --no-cache-dir . "psycopg[binary]>=3.1" && useradd --system --uid 10001 app && mkdir -p /data && chown app /data
 USER app
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/health')"]
 EXPOSE 8001
 CMD ["python", "-m", "legacy_backend", "--host", "0.0.0.0", "--port", "8001"]
