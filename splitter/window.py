@@ -225,12 +225,15 @@ class Windows:
         batch: list[tuple[str, dict[str, int], int]] = []
         longest = max((s for o in self.routes.values() for s in o.spans), default=0.0)
         for name, o in self.routes.items():
-            for backend, sec, counts in o.drain():
-                for span in o.spans:
-                    width = width_for(span)
+            drained = o.drain()
+            if self.store is None:
+                continue  # drain() merged them into this process's windows: that is all there is
+            widths = {width_for(span) for span in o.spans}  # spans of one width share their keys: add once
+            for backend, sec, counts in drained:
+                fields = counts.fields()
+                for width in widths:
                     slot = sec // width
-                    expire_at = int((slot + 1) * width + longest + 60)
-                    batch.append((self._key(name, backend, width, slot), counts.fields(), expire_at))
+                    batch.append((self._key(name, backend, width, slot), fields, int((slot + 1) * width + longest + 60)))
         if batch and self.store is not None:
             await self.store.add_outcomes(batch)
 

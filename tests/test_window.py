@@ -107,6 +107,16 @@ def test_the_fleet_window_is_the_sum_of_every_process():
     assert local.requests == 0
 
 
+def test_windows_of_the_same_width_count_each_request_once_in_the_fleet():
+    store = FakeStore()
+    w = Windows({"auth": [60.0, 300.0]}, store, "p")  # a guard's 60 s and the console's 300 s: both 1 s slots
+    for j in range(10):
+        w.get("auth").record("new", 1000.0 + j * 0.1, False, 0.01)  # type: ignore[union-attr]
+    asyncio.run(w.flush(1001.5))
+    assert asyncio.run(w.totals("auth", "new", 1001.5, 60.0)).requests == 10
+    assert asyncio.run(w.totals("auth", "new", 1001.5, 300.0)).requests == 10
+
+
 def test_final_slots_are_read_from_redis_once():
     store = FakeStore()
     w = Windows({"auth": [60.0]}, store, "p")
