@@ -146,6 +146,17 @@ def _peer_trusted(peer: str, networks: tuple[Any, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
+def _begin(scope: Scope) -> tuple[Call, dict[bytes, bytes], int]:
+    """The request's record, its headers by name, and how many Host headers it had."""
+    raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
+    hd = dict(raw_headers)
+    hosts = 1 if b"host" in hd else 0
+    if len(hd) < len(raw_headers):  # a repeated header: the slow path reads them as lists
+        hd, hosts = _merged_headers(raw_headers)
+    raw_rid = hd.get(b"x-request-id")
+    return Call(scope, raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else os.urandom(16).hex()), hd, hosts
+
+
 def _merged_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], int]:
     """Lower-case name -> value, and the number of Host headers. Repeated Cookie and
     Connection headers are read as one list (RFC 9110 5.3); for others the last one wins."""
@@ -183,13 +194,7 @@ class Proxy:
             if scope["type"] == "websocket":
                 await self.websockets(scope, receive, send)
             return
-        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
-        hd = dict(raw_headers)
-        hosts = 1 if b"host" in hd else 0
-        if len(hd) < len(raw_headers):
-            hd, hosts = _merged_headers(raw_headers)
-        raw_rid = hd.get(b"x-request-id")
-        call = Call(scope, raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else os.urandom(16).hex())
+        call, hd, hosts = _begin(scope)
         snap = self.rt.snapshot
         cfg = snap.config
         try:
@@ -209,10 +214,7 @@ class Proxy:
 
     def prepare(self, scope: Scope) -> tuple[Call, list[tuple[bytes, bytes]], bytes, bytes | None]:
         """The same decision for an upgrade: (call, outbound headers, target, Set-Cookie); raises Refused."""
-        raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
-        hd, hosts = _merged_headers(raw_headers)
-        raw_rid = hd.get(b"x-request-id")
-        call = Call(scope, raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else os.urandom(16).hex())
+        call, hd, hosts = _begin(scope)
         snap = self.rt.snapshot
         target = self._refuse(scope, call, hd, hosts, snap.config)
         if target is None:
