@@ -23,18 +23,13 @@ def test_demo_script_starts_three_processes_and_ctrl_c_stops_them(tmp_path):
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
     p = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        # ready, not just listening: the script announces the demo once all three answer their readiness URLs
         deadline = time.monotonic() + 20
-        r = None
-        while time.monotonic() < deadline:
-            try:
-                r = httpx.get("http://localhost:8080/api/auth/me", headers={"X-User-ID": "alice"}, timeout=2)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert r is not None, (tmp_path / "demo.log").read_text()
-        assert r.status_code == 401 and r.headers["x-splitter-handler"] in ("old_auth", "new_auth")
-        while "Ctrl-C stops all three" not in (tmp_path / "demo.log").read_text() and time.monotonic() < deadline + 5:
+        while "Ctrl-C stops all three" not in (tmp_path / "demo.log").read_text() and time.monotonic() < deadline:
+            assert p.poll() is None, (tmp_path / "demo.log").read_text()
             time.sleep(0.1)
+        r = httpx.get("http://localhost:8080/api/auth/me", headers={"X-User-ID": "alice"}, timeout=5)
+        assert r.status_code == 401 and r.headers["x-splitter-handler"] in ("old_auth", "new_auth"), (tmp_path / "demo.log").read_text()
         os.killpg(p.pid, signal.SIGINT)
         p.wait(15)
         deadline = time.monotonic() + 10
@@ -46,6 +41,7 @@ def test_demo_script_starts_three_processes_and_ctrl_c_stops_them(tmp_path):
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
         log.close()
 
 
