@@ -89,6 +89,7 @@ def test_rolling_restart_with_two_workers_loses_no_request(standin, splitter):
         s.proc.signal(signal.SIGUSR2)
         eventually(lambda: len([e for e in s.logs() if e["event"] == "started"]) == 4, timeout=15)
         time.sleep(1.5)  # the second old worker finishes draining
+        eventually(lambda: len(codes) > 100, timeout=15)  # enough requests, however slow a loaded machine is
     finally:
         stop.set()
         for t in threads:
