@@ -181,8 +181,8 @@ def idle_connections(port: int, n: int) -> list[socket.socket]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per target; the median is reported")
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--rounds", type=int, default=7, help="rounds over all targets, the order reversed each round; medians are reported")
     ap.add_argument("--baseline", default=None, metavar="REV", help="also run splitter at this git revision (a worktree, same venv): before vs after in one run")
     ap.add_argument("--quick", action="store_true", help="only the req/s table (no latency, throughput, RSS or workers)")
     args = ap.parse_args()
@@ -239,7 +239,7 @@ unmatched: legacy
         procs.procs.append(sp)
         wait_port(proxy)
 
-        print(f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} alternating rounds (median shown), random X-User-ID, GET /api/auth/me")
+        print(f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} rounds (order reversed each round; medians shown), random X-User-ID, GET /api/auth/me")
         print("splitter: defaults (metrics, JSON access log to a file, bucketing, header handling, a guard's window); asgiproxy: its CLI defaults, and without its access log\n")
         targets = {"direct (nginx upstream)": upstream, "nginx split_clients": split, "asgiproxy": asgi, "asgiproxy, no access log": asgi_quiet, "splitter": proxy}
         if args.baseline:
@@ -252,24 +252,34 @@ unmatched: legacy
             targets[f"splitter@{args.baseline}"] = base_port
         for port in targets.values():
             wrk(f"http://127.0.0.1:{port}/api/auth/me", 2)  # warm-up: pools, caches
-        # Rounds alternate the targets so drift on a shared machine hits all of them; the median round counts.
+        # This machine's CPU speed drifts by tens of percent within a minute, so one target's
+        # median against another's is itself noisy. Rounds are short, the order reverses every
+        # round (A B C, C B A, ...) so drift hits both sides of a pair alike, and each ratio is
+        # taken within a round, between neighbours in time; the median of those ratios is shown.
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-        for _ in range(args.rounds):
-            for name, port in targets.items():
-                rounds[name].append(wrk(f"http://127.0.0.1:{port}/api/auth/me", args.duration))
+        order = list(targets)
+        for i in range(args.rounds):
+            for name in order if i % 2 == 0 else reversed(order):
+                rounds[name].append(wrk(f"http://127.0.0.1:{targets[name]}/api/auth/me", args.duration))
         for name, rs in rounds.items():
             results[name] = sorted(rs, key=lambda r: r["rps"])[len(rs) // 2]
-        print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+        print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}   req/s of each round")
         for name, r in results.items():
-            print(f"{name:<26} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}" + ("  (non-2xx!)" if r["non2xx"] else ""))
-        sp_r, ap_r, ng_r = results["splitter"], results["asgiproxy"], results["nginx split_clients"]
-        aq_r = results["asgiproxy, no access log"]
-        print(f"\nsplitter / asgiproxy req/s, both logging: {sp_r['rps'] / ap_r['rps']:.2f}x   (p99 {sp_r['p99']:.2f} ms vs {ap_r['p99']:.2f} ms)")
-        print(f"splitter / asgiproxy at its fastest (no access log) req/s: {sp_r['rps'] / aq_r['rps']:.2f}x   (p99 {sp_r['p99']:.2f} ms vs {aq_r['p99']:.2f} ms)")
-        print(f"splitter / nginx split_clients req/s: {sp_r['rps'] / ng_r['rps']:.1%}")
+            each = " ".join(f"{x['rps']:.0f}" for x in rounds[name])
+            print(f"{name:<26} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}   {each}" + ("  (non-2xx!)" if any(x["non2xx"] for x in rounds[name]) else ""))
+
+        def paired(a: str, b: str, key: str = "rps") -> str:
+            ratios = sorted(x[key] / y[key] for x, y in zip(rounds[a], rounds[b], strict=True))
+            return f"{statistics.median(ratios):.2f}x (rounds: {ratios[0]:.2f}..{ratios[-1]:.2f})"
+
+        sp_r, ap_r, aq_r = results["splitter"], results["asgiproxy"], results["asgiproxy, no access log"]
+        print("\nratios are medians of per-round ratios (the two measured next to each other)")
+        print(f"splitter / asgiproxy req/s, both logging: {paired('splitter', 'asgiproxy')}   p99 {sp_r['p99']:.2f} ms vs {ap_r['p99']:.2f} ms")
+        print(f"splitter / asgiproxy at its fastest (no access log) req/s: {paired('splitter', 'asgiproxy, no access log')}   p99 {sp_r['p99']:.2f} ms vs {aq_r['p99']:.2f} ms")
+        print(f"splitter / nginx split_clients req/s: {paired('splitter', 'nginx split_clients')}")
         if args.baseline:
             b_r = results[f"splitter@{args.baseline}"]
-            print(f"splitter / splitter@{args.baseline} req/s: {sp_r['rps'] / b_r['rps']:.2f}x   (p99 {sp_r['p99']:.2f} ms vs {b_r['p99']:.2f} ms)")
+            print(f"splitter / splitter@{args.baseline} req/s: {paired('splitter', f'splitter@{args.baseline}')}   p99 {sp_r['p99']:.2f} ms vs {b_r['p99']:.2f} ms")
         if args.quick:
             return
 

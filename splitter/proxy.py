@@ -502,14 +502,19 @@ def _client_from_xff(xff: bytes, trusted: tuple[Any, ...]) -> str | None:
     return None
 
 
-def _downstream_headers(ex: Exchange, call: Call, set_cookie: bytes | None) -> list[tuple[bytes, bytes]]:
+@lru_cache(maxsize=256)
+def _dropped_downstream(connection: bytes | None, bodiless: bool) -> frozenset[bytes]:
+    """The response header names not relayed: hop-by-hop ones, those the Connection header
+    names, and a 204/304's Content-Length (it describes the representation, not this empty body)."""
     drop = _DROP_DOWNSTREAM
-    for n, v in ex.headers:
-        if n.lower() == b"connection":
-            drop = drop | {t.strip().lower() for t in v.split(b",")}
-    if ex.status == 304 or ex.status == 204:
-        drop = drop | {b"content-length"}  # describes the representation, not this empty body
-    headers = [(n.lower(), v) for n, v in ex.headers if n.lower() not in drop]
+    if connection is not None:
+        drop = drop | {t.strip().lower() for t in connection.split(b",")}
+    return drop | {b"content-length"} if bodiless else drop
+
+
+def _downstream_headers(ex: Exchange, call: Call, set_cookie: bytes | None) -> list[tuple[bytes, bytes]]:
+    drop = _dropped_downstream(ex.connection, ex.status == 304 or ex.status == 204)
+    headers = [h for h in ex.headers if h[0] not in drop]  # names arrive lower-cased from the exchange
     headers.append((b"x-splitter-handler", (call.handler or "").encode()))
     headers.append((b"x-request-id", call.request_id.encode()))
     if set_cookie is not None:

@@ -54,7 +54,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._on_lost: Any = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_Coalescing(transport, self.loop))  # type: ignore[arg-type]
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -145,6 +145,48 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         body = b'{"error": "request header fields too large", "handler": null, "request_id": null}'
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
         self.transport.close()
+
+
+class _Coalescing:
+    """The client's transport, with the writes of one event-loop step sent together: uvicorn
+    writes a response head and its body separately, so a small answer took two send() calls
+    (two loopback TCP segments); now it takes one. Pending writes go out when the step ends
+    (`call_soon`), before a close, and in order; several are handed to the transport as one
+    `writelines` (no copy). Everything else is the transport's own."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self._flush)
+        else:
+            self._pending.append(data)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or self._transport.is_closing():
+            return
+        if len(pending) == 1:
+            self._transport.write(pending[0])
+        else:
+            self._transport.writelines(pending)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class ProxyWebSocketProtocol(WebSocketsSansIOProtocol):

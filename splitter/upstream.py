@@ -97,7 +97,7 @@ class Exchange:
     """One request/response on one upstream connection; also the response parser's callbacks."""
 
     __slots__ = (
-        "aborted", "body_cut", "buffered", "chunks", "conn", "content_length", "done", "error", "head", "head_only",
+        "aborted", "body_cut", "buffered", "chunks", "conn", "connection", "content_length", "done", "error", "head", "head_only",
         "headers", "interim", "keep_alive", "loop", "parser", "raw_left", "read_timeout", "reusable", "status", "trailers", "until_eof", "waiter",
     )  # fmt: skip
 
@@ -114,7 +114,8 @@ class Exchange:
         self.parser: Any = httptools.HttpResponseParser(self)
         self.conn: Connection | None = None
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[bytes, bytes]] = []  # names lower-cased once the head is complete
+        self.connection: bytes | None = None  # the Connection header(s), for the hop-by-hop names they list
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
         self.waiter: asyncio.Future[None] | None = None
@@ -134,6 +135,7 @@ class Exchange:
         if self.done:
             self.reusable = False  # a second response to one request: stray bytes
         self.headers = []
+        self.connection = None
         self.trailers = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -154,16 +156,21 @@ class Exchange:
             self.interim = True  # 100/102/103: not relayed; the final response follows
             return
         chunked = False
+        lowered = []
         for name, value in self.headers:
             if _BAD_NAME(name) or _BAD_VALUE(value):
                 raise ProtocolFailed("upstream sent a header the proxy cannot relay faithfully")
             lname = name.lower()
-            if lname == b"content-length":
+            lowered.append((lname, value))
+            if lname == b"connection":
+                self.connection = value if self.connection is None else self.connection + b"," + value
+            elif lname == b"content-length":
                 if not value.strip().isdigit():
                     raise ProtocolFailed("upstream sent an invalid Content-Length")
                 self.content_length = int(value)
             elif lname == b"transfer-encoding":
                 chunked = True
+        self.headers = lowered  # names lower-cased once, here (ASGI relays them so anyway)
         if status == 204 and (chunked or self.content_length):
             raise ProtocolFailed("upstream sent a body with 204 No Content")
         if self.head_only:
@@ -514,7 +521,9 @@ class Pool:
         return conn
 
     def release(self, conn: Connection, reusable: bool) -> None:
-        if not reusable or self.retired or not conn.clean():
+        # Checked for unread bytes just before reuse: here when a waiter takes it at once,
+        # else by _acquire when it leaves the idle list (and data_received while idle).
+        if not reusable or self.retired or (self.waiters and not conn.clean()):
             conn.close()
             return
         while self.waiters:

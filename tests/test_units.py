@@ -86,3 +86,69 @@ def test_upstream_errors_map_to_one_status_and_kind():
 def test_path_normalisation(raw, forward, match):
     got = normalize_path(raw)
     assert got == (None if forward is None else (forward, match))
+
+
+def test_client_writes_of_one_loop_step_go_out_together_in_order():
+    """server._Coalescing: a response head and body written in one step reach the socket as
+    one writelines call (one send), in order; close() sends what is pending first; abort drops it."""
+    import asyncio
+
+    from splitter.server import _Coalescing
+
+    class Recording:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, object]] = []
+            self.closing = False
+
+        def write(self, data: bytes) -> None:
+            self.calls.append(("write", data))
+
+        def writelines(self, data: list[bytes]) -> None:
+            self.calls.append(("writelines", list(data)))
+
+        def close(self) -> None:
+            self.calls.append(("close", None))
+            self.closing = True
+
+        def abort(self) -> None:
+            self.calls.append(("abort", None))
+            self.closing = True
+
+        def is_closing(self) -> bool:
+            return self.closing
+
+        def get_extra_info(self, name: str) -> str:
+            return f"info:{name}"
+
+    async def scenario() -> list[list[tuple[str, object]]]:
+        seen = []
+        t = Recording()
+        c = _Coalescing(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+        c.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        c.write(b"body")
+        assert t.calls == [], "nothing is sent before the step ends"
+        await asyncio.sleep(0)
+        c.write(b"next")
+        await asyncio.sleep(0)
+        assert c.get_extra_info("peername") == "info:peername"
+        seen.append(t.calls)
+        t2 = Recording()
+        c2 = _Coalescing(t2, asyncio.get_running_loop())  # type: ignore[arg-type]
+        c2.write(b"last words")
+        c2.close()
+        await asyncio.sleep(0)
+        c2.write(b"after close")
+        await asyncio.sleep(0)
+        seen.append(t2.calls)
+        t3 = Recording()
+        c3 = _Coalescing(t3, asyncio.get_running_loop())  # type: ignore[arg-type]
+        c3.write(b"dropped")
+        c3.abort()
+        await asyncio.sleep(0)
+        seen.append(t3.calls)
+        return seen
+
+    one, closed, aborted = asyncio.run(scenario())
+    assert one == [("writelines", [b"HTTP/1.1 200 OK\r\n\r\n", b"body"]), ("write", b"next")]
+    assert closed == [("write", b"last words"), ("close", None)], "sent before the close, nothing after it"
+    assert aborted == [("abort", None)]
