@@ -35,13 +35,17 @@ class BatchedLogger:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
         self._size = 0
         self._scheduled = False
 
     def msg(self, message: str) -> None:
-        self._pending.append(message)
-        self._size += len(message)
+        self.line(message.encode("utf-8", "replace"))
+
+    def line(self, data: bytes) -> None:
+        """One whole line, already encoded (without its newline)."""
+        self._pending.append(data)
+        self._size += len(data)
         if self._size >= self.MAX_PENDING:
             self.flush()
         elif not self._scheduled:
@@ -59,7 +63,7 @@ class BatchedLogger:
         chunk: list[bytes] = []
         size = 0
         for line in lines:
-            data = line.encode("utf-8", "replace") + b"\n"
+            data = line + b"\n"
             if chunk and size + len(data) > select.PIPE_BUF:
                 self._write(b"".join(chunk))
                 chunk, size = [], 0
@@ -109,7 +113,7 @@ class AccessLog:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         fields["level"] = "info"
         fields["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
-        _LOG_SINK.msg(_json(fields))
+        _LOG_SINK.line(orjson.dumps(fields, default=str))  # bytes straight to the sink: no str round trip
 
 
 ACCESS = AccessLog()

@@ -157,9 +157,10 @@ class Exchange:
             return
         chunked = False
         lowered = []
+        # one search over all names ("-" is a name character) and one over all values (tab is allowed in one)
+        if _BAD_NAME(b"-".join([n for n, _ in self.headers])) or _BAD_VALUE(b"\t".join([v for _, v in self.headers])):
+            raise ProtocolFailed("upstream sent a header the proxy cannot relay faithfully")
         for name, value in self.headers:
-            if _BAD_NAME(name) or _BAD_VALUE(value):
-                raise ProtocolFailed("upstream sent a header the proxy cannot relay faithfully")
             lname = name.lower()
             lowered.append((lname, value))
             if lname == b"connection":

@@ -22,7 +22,7 @@ def test_a_full_non_blocking_stdout_waits_instead_of_spinning():
     def writer() -> None:
         t0 = time.thread_time()
         for i in range(50):
-            log._pending.append(f'{{"event": "request", "n": {i}}}')
+            log._pending.append(f'{{"event": "request", "n": {i}}}'.encode())
         log.flush()
         cpu.append(time.thread_time() - t0)
 
