@@ -268,6 +268,7 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    _keep_freed_buffers()
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -298,6 +299,25 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
     server.run(sockets=sockets)
     if not server.started:
         sys.exit(3)
+
+
+def _keep_freed_buffers() -> None:
+    """Streaming allocates a bytes object per socket read (uvloop reads up to 256 KB at a time).
+    glibc serves allocations that size with a fresh mmap and unmaps them on free, so every read
+    paid page faults and page zeroing: a third of the CPU of a proxied 1 GiB download in perf.
+    Serving them from the heap (freed memory reused, the heap trimmed past 16 MiB free) took a
+    100 MiB download from ~1.1 to ~1.7 GB/s and an upload from ~0.45 to ~0.8 GB/s here. No-op
+    where mallopt does not exist (musl, macOS)."""
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(m_mmap_threshold, 4 * 1024 * 1024)
+        libc.mallopt(m_trim_threshold, 16 * 1024 * 1024)
+    except (OSError, AttributeError):
+        pass
 
 
 def _die_with_parent() -> None:
