@@ -77,38 +77,70 @@ CLIENT_HOOK = "splitter.client"  # scope extension: the server's connection, to 
 
 
 class _Body:
-    """The request body as it streams upstream, with what happened to it."""
+    """The request body as it streams upstream, with what happened to it.
 
-    __slots__ = ("complete", "gone", "limit", "receive", "received", "tee", "timed_out", "timeout", "too_large")
+    The body timeout is one watchdog timer per body, not one per read: each wait for the
+    client's next bytes notes when it began, and the watchdog (re-armed for the time left)
+    cancels the wait once it has lasted `timeout` seconds. Waits for the upstream to take the
+    bytes (back-pressure) are not the client's fault and do not count."""
+
+    __slots__ = ("complete", "gone", "limit", "receive", "received", "tee", "timed_out", "timeout", "too_large", "waiting_since", "watchdog")
 
     def __init__(self, receive: Receive, limit: int, timeout: float, tee: list[bytes] | None) -> None:
         self.receive, self.limit, self.timeout, self.tee = receive, limit, timeout, tee
         self.gone = self.too_large = self.timed_out = self.complete = False
         self.received = 0
+        self.waiting_since: float | None = None
+        self.watchdog: asyncio.TimerHandle | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        while True:
-            try:
-                async with asyncio.timeout(self.timeout):
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.watchdog = loop.call_later(self.timeout, self._watch, loop, task)
+        try:
+            while True:
+                self.waiting_since = loop.time()
+                try:
                     message = await self.receive()
-            except TimeoutError:
-                self.timed_out = True
-                raise Refused(408, "body_timeout", f"no request body bytes for {self.timeout:g} s") from None
-            if message["type"] == "http.disconnect":
-                self.gone = True
-                raise Aborted()
-            chunk = message.get("body", b"")
-            if chunk:
-                self.received += len(chunk)
-                if self.received > self.limit:
-                    self.too_large = True
-                    raise Refused(413, "too_large", f"request body over the limit of {self.limit} bytes")
-                if self.tee is not None:
-                    self.tee.append(chunk)
-                yield chunk
-            if not message.get("more_body", False):
-                self.complete = True
-                return
+                except asyncio.CancelledError:
+                    if self.timed_out and task.uncancel() == 0:
+                        raise Refused(408, "body_timeout", f"no request body bytes for {self.timeout:g} s") from None
+                    raise
+                finally:
+                    self.waiting_since = None
+                if message["type"] == "http.disconnect":
+                    self.gone = True
+                    raise Aborted()
+                chunk = message.get("body", b"")
+                if chunk:
+                    self.received += len(chunk)
+                    if self.received > self.limit:
+                        self.too_large = True
+                        raise Refused(413, "too_large", f"request body over the limit of {self.limit} bytes")
+                    if self.tee is not None:
+                        self.tee.append(chunk)
+                    yield chunk
+                if not message.get("more_body", False):
+                    self.complete = True
+                    return
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
+            self.watchdog = None
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        since = self.waiting_since
+        left = self.timeout if since is None else since + self.timeout - loop.time()
+        if left > 0:
+            self.watchdog = loop.call_later(left, self._watch, loop, task)
+            return
+        self.watchdog = None
+        self.timed_out = True
+        task.cancel()  # the task is waiting in receive(): that wait ends with CancelledError
 
 
 def normalize_path(raw: bytes) -> tuple[bytes, str] | None:
@@ -396,6 +428,8 @@ class Proxy:
         finally:
             if client is not None:
                 client.watch(None)
+            if body is not None:
+                body.stop()  # a body cut short (the upstream answered first) is not finalised at once
             ex.release()
         if status >= 500:
             rt.metrics.error(call.route_name, call.backend, call.handler, "status_5xx")

@@ -254,6 +254,26 @@ def test_a_trickling_upload_is_cut_by_the_body_timeout(raw, splitter):
     assert s.metric("splitter_rejected_total", reason="body_timeout") == 1
 
 
+def test_a_slow_but_steady_upload_is_not_cut_by_the_body_timeout(raw, splitter):
+    """The timeout is per wait for the client's next bytes, not for the whole body: five pieces
+    0.6 s apart (3 s in all) with --body-timeout 1 arrive whole; then a 1.5 s stall is cut."""
+    s = splitter(config(raw.url), args=["--body-timeout", "1"])
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(b"POST /api/auth/steady HTTP/1.1\r\nHost: a\r\nContent-Length: 50\r\n\r\n")
+        for _ in range(5):
+            time.sleep(0.6)
+            c.sendall(b"y" * 10)
+        status, _, body = read_response(c)
+        assert status == 200 and body == b"/api/auth/steady", (status, body)
+        c.sendall(b"POST /api/auth/stalls HTTP/1.1\r\nHost: a\r\nContent-Length: 50\r\n\r\n" + b"y" * 10)
+        time.sleep(0.6)
+        c.sendall(b"y" * 10)
+        started = time.monotonic()
+        status, _, body = read_response(c)
+    assert status == 408 and 0.9 < time.monotonic() - started < 3, status
+    assert s.metric("splitter_rejected_total", reason="body_timeout") == 1
+
+
 def test_the_pool_bound_gives_503s_and_a_metric_not_unbounded_connections(raw, splitter):
     s = splitter(config(raw.url, ", max_connections: 5, connect_timeout: 0.3"))
 
