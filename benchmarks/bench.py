@@ -97,6 +97,7 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{split};
+        client_max_body_size 0;
         location / {{
             proxy_pass http://$backend;
             proxy_http_version 1.1;
@@ -283,16 +284,29 @@ unmatched: legacy
         if args.quick:
             return
 
-        d50, d99 = asyncio.run(paced_latency(upstream, 1000, 5))
-        s50, s99 = asyncio.run(paced_latency(proxy, 1000, 5))
-        print(f"\nadded latency at 1,000 req/s (open loop, 5 s): p50 +{s50 - d50:.2f} ms, p99 +{s99 - d99:.2f} ms  (direct {d50:.2f}/{d99:.2f}, splitter {s50:.2f}/{s99:.2f})")
+        # Paced latency, and 100 MiB each way: direct and through the proxies in turn, several
+        # times; medians, and each ratio taken against the direct run just before it.
+        lat: dict[str, list[tuple[float, float]]] = {"direct": [], "splitter": []}
+        for _ in range(3):
+            lat["direct"].append(asyncio.run(paced_latency(upstream, 1000, 5)))
+            lat["splitter"].append(asyncio.run(paced_latency(proxy, 1000, 5)))
+        d50, d99 = (statistics.median(x[i] for x in lat["direct"]) for i in (0, 1))
+        s50, s99 = (statistics.median(x[i] for x in lat["splitter"]) for i in (0, 1))
+        print(f"\nadded latency at 1,000 req/s (open loop, 5 s, median of 3): p50 +{s50 - d50:.2f} ms, p99 +{s99 - d99:.2f} ms  (direct {d50:.2f}/{d99:.2f}, splitter {s50:.2f}/{s99:.2f})")
 
-        up_direct = curl_speed(["-T", str(work / "files" / "big.bin"), f"http://127.0.0.1:{upstream}/upload"], "speed_upload")
-        up_proxy = curl_speed(["-T", str(work / "files" / "big.bin"), f"http://127.0.0.1:{proxy}/upload"], "speed_upload")
-        down_direct = curl_speed([f"http://127.0.0.1:{upstream}/files/big.bin"], "speed_download")
-        down_proxy = curl_speed([f"http://127.0.0.1:{proxy}/files/big.bin"], "speed_download")
-        print(f"\n100 MiB upload:   direct {up_direct:.0f} MiB/s, splitter {up_proxy:.0f} MiB/s ({up_proxy / up_direct:.0%})")
-        print(f"100 MiB download: direct {down_direct:.0f} MiB/s, splitter {down_proxy:.0f} MiB/s ({down_proxy / down_direct:.0%})")
+        big = str(work / "files" / "big.bin")
+        speeds: dict[str, dict[str, list[float]]] = {way: {"direct": [], "nginx proxy": [], "splitter": []} for way in ("upload", "download")}
+        for _ in range(5):
+            for name, port in (("direct", upstream), ("nginx proxy", split), ("splitter", proxy)):
+                speeds["upload"][name].append(curl_speed(["-T", big, f"http://127.0.0.1:{port}/upload"], "speed_upload"))
+                speeds["download"][name].append(curl_speed([f"http://127.0.0.1:{port}/files/big.bin"], "speed_download"))
+        print("\n100 MiB through each, 5 times in turn (median MiB/s; % of the direct run just before)")
+        for way, by in speeds.items():
+            line = f"{way + ':':<10} direct {statistics.median(by['direct']):.0f}"
+            for name in ("nginx proxy", "splitter"):
+                share = statistics.median(x / d for x, d in zip(by[name], by["direct"], strict=True))
+                line += f", {name} {statistics.median(by[name]):.0f} ({share:.0%})"
+            print(line)
 
         before = rss_mib([sp.pid])
         socks = idle_connections(proxy, 1000)

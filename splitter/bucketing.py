@@ -26,7 +26,7 @@ def bucket(user_id: bytes | str, salt: str | None = None) -> int:
     key = user_id.encode("utf-8", "surrogatepass") if isinstance(user_id, str) else user_id
     if salt:
         key = salt.encode() + b":" + key
-    return int(md5(key).hexdigest()[:8], 16) % 100
+    return int.from_bytes(md5(key).digest()[:4], "big") % 100  # the first eight hex digits, as a number
 
 
 def is_new(bucket_: int, percent: int) -> bool:

@@ -181,6 +181,15 @@ class _Coalescing:
         self._flush()
         self._transport.close()
 
+    def is_closing(self) -> bool:  # asked on every request: a method here, not a __getattr__ miss
+        return self._transport.is_closing()
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
     def abort(self) -> None:
         self._pending = None
         self._transport.abort()
