@@ -1,15 +1,19 @@
 """splitter beside nginx and asgiproxy, measured in one run on this machine.
 
-    make bench            (or: .venv/bin/python benchmarks/bench.py [--duration 10])
+    make bench            (or: .venv/bin/python benchmarks/bench.py [--duration 5] [--rounds 7])
 
 Starts a trivial nginx upstream, then drives the same wrk load (1 thread,
 64 connections, a random X-User-ID per request) at: the upstream directly,
-nginx split_clients, asgiproxy, and splitter with its full default feature set
-(metrics, access log, bucketing, header handling, a guard's outcome window). Prints req/s, p50, p99 and
-the ratios; then added latency at a fixed 1,000 req/s, 100 MiB upload and
-download throughput, RSS under 1,000 idle keep-alive connections, and the
---workers 1 vs 2 figure. Only ratios within one run mean anything: absolute
-numbers drift on a shared machine. Everything listens on 127.0.0.1 only.
+nginx split_clients, asgiproxy (with and without its access log), and splitter
+with its full default feature set (metrics, access log, bucketing, header
+handling, a guard's outcome window). Rounds are short and the order reverses
+every round; ratios are taken within a round, between targets measured next to
+each other, and their median is printed with their range. Then: added latency
+at a paced 1,000 req/s, 100 MiB upload and download (direct, through nginx's
+proxy, through splitter, in turn), RSS under 1,000 idle keep-alive connections,
+and --workers 1 vs 2. Only ratios within one run mean anything: this machine's
+CPU speed drifts by tens of percent within a minute. Everything listens on
+127.0.0.1 only.
 """
 
 from __future__ import annotations
