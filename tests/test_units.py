@@ -121,9 +121,13 @@ def test_client_writes_of_one_loop_step_go_out_together_in_order():
             return f"info:{name}"
 
     async def scenario() -> list[list[tuple[str, object]]]:
-        seen = []
-        t = Recording()
-        c = _Coalescing(t, asyncio.get_running_loop())  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+
+        def wrapped() -> tuple[Recording, _Coalescing]:
+            t = Recording()
+            return t, _Coalescing(t, loop)  # type: ignore[arg-type]
+
+        t, c = wrapped()
         c.write(b"HTTP/1.1 200 OK\r\n\r\n")
         c.write(b"body")
         assert t.calls == [], "nothing is sent before the step ends"
@@ -131,22 +135,17 @@ def test_client_writes_of_one_loop_step_go_out_together_in_order():
         c.write(b"next")
         await asyncio.sleep(0)
         assert c.get_extra_info("peername") == "info:peername"
-        seen.append(t.calls)
-        t2 = Recording()
-        c2 = _Coalescing(t2, asyncio.get_running_loop())  # type: ignore[arg-type]
+        t2, c2 = wrapped()
         c2.write(b"last words")
         c2.close()
         await asyncio.sleep(0)
         c2.write(b"after close")
         await asyncio.sleep(0)
-        seen.append(t2.calls)
-        t3 = Recording()
-        c3 = _Coalescing(t3, asyncio.get_running_loop())  # type: ignore[arg-type]
+        t3, c3 = wrapped()
         c3.write(b"dropped")
         c3.abort()
         await asyncio.sleep(0)
-        seen.append(t3.calls)
-        return seen
+        return [t.calls, t2.calls, t3.calls]
 
     one, closed, aborted = asyncio.run(scenario())
     assert one == [("writelines", [b"HTTP/1.1 200 OK\r\n\r\n", b"body"]), ("write", b"next")]
