@@ -29,21 +29,23 @@ async def _get_all(base: str, paths_users: list[tuple[str, str]], concurrency: i
 P95_GUARD = "    guard: {max_error_rate: 0.5, min_requests: 50, window_s: 60, max_p95_ratio: 1.1}"
 
 
-def test_p95_ratio_reads_99_vs_101_ms_as_healthy_and_125_ms_as_a_breach(standin, splitter):
+def test_p95_ratio_reads_300_vs_306_ms_as_healthy_and_375_ms_as_a_breach(standin, splitter):
+    # Latencies of a few hundred ms: a loaded machine's stalls (tens of ms on a handful of
+    # requests) stay well inside the 10 % margin, so the healthy half cannot trip by chance.
     s = splitter(yaml_for(standin("legacy"), standin("new"), P95_GUARD))
     ids = users(200)
     assert 60 < sum(bucket(u) < 50 for u in ids) < 140
-    codes = asyncio.run(_get_all(s.url, [("/api/auth/delay?legacy_ms=99&new_ms=101", u) for u in ids], concurrency=10))
+    codes = asyncio.run(_get_all(s.url, [("/api/auth/delay?legacy_ms=300&new_ms=306", u) for u in ids], concurrency=20))
     assert codes == [200] * 200
     time.sleep(1.5)  # several guard ticks
     state = route_state(s)
-    assert state["source"] == "file" and state["percent"] == 50, state
     w = state["window"]
+    assert state["source"] == "file" and state["percent"] == 50, (state["source"], state.get("reason"), w)
     ratio = w["new"]["p95_ms"] / w["legacy"]["p95_ms"]
     assert w["new"]["requests"] >= 50 and 0.95 < ratio < 1.1, w  # 2 % slower reads as about 2 %, not as 50 %
     assert s.metric("splitter_guard_trips_total", route="auth", reason="p95_ratio") is None
 
-    asyncio.run(_get_all(s.url, [("/api/auth/delay?legacy_ms=99&new_ms=125", u) for u in users(200, "v")]))
+    asyncio.run(_get_all(s.url, [("/api/auth/delay?legacy_ms=300&new_ms=375", u) for u in users(200, "v")]))
     eventually(lambda: route_state(s)["source"] == "guard", timeout=3)
     assert s.metric("splitter_guard_trips_total", route="auth", reason="p95_ratio") == 1
 
