@@ -5,10 +5,13 @@ front of production needs and uvicorn does not do itself:
   - absolute-form targets (`GET http://host/x`) are flagged so the proxy answers 400;
   - a request head larger than MAX_HEAD_BYTES gets 431 (nginx's 4 x 8k);
   - a client has `header_timeout` seconds to send a whole request head (slowloris).
+The body of a large Content-Length download skips it: the proxy splices it socket to
+socket in the kernel (`splice_target`), then tells uvicorn's length check (`sent_outside`).
 It relies on the parser callbacks (`on_url`, `on_header`, `on_message_begin`,
-`on_headers_complete`) and `send_400_response` of uvicorn's HttpToolsProtocol;
-uvicorn is pinned in pyproject and tests/faults/test_bad_input.py fails loudly
-if they change.
+`on_headers_complete`), `send_400_response` of uvicorn's HttpToolsProtocol and its
+cycle's `chunked_encoding` and `expected_content_length`; uvicorn is pinned in
+pyproject, and tests/faults/test_bad_input.py and test_zero_copy.py fail loudly if
+they change.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._on_lost: Any = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(_Coalescing(transport, self.loop))  # type: ignore[arg-type]
+        self._out = _Coalescing(transport, self.loop)
+        super().connection_made(self._out)  # type: ignore[arg-type]
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -70,6 +74,26 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             return False
         self._on_lost = hook
         return True
+
+    async def splice_target(self, size: int) -> int | None:
+        """The client socket, to take `size` body bytes that bypass uvicorn (Exchange.splice_to),
+        once all written before them has reached the kernel; None when it cannot (a chunked or
+        shorter response, a closing connection, a client not reading fast enough)."""
+        cycle, out = self.cycle, self._out
+        if cycle is None or cycle.chunked_encoding is not False or cycle.expected_content_length < size or out.is_closing():
+            return None
+        out.flush()
+        if out.get_write_buffer_size():
+            await asyncio.sleep(0)  # uvloop sends what it queued at the end of this loop step
+            if out.get_write_buffer_size() or out.is_closing():
+                return None
+        sock = out.get_extra_info("socket")
+        return None if sock is None else int(sock.fileno())
+
+    def sent_outside(self, n: int) -> None:
+        """`n` body bytes went to the client past uvicorn: counted against its Content-Length check."""
+        if self.cycle is not None:
+            self.cycle.expected_content_length -= n
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None and self._header_timeout > 0:
@@ -164,11 +188,11 @@ class _Coalescing:
     def write(self, data: bytes) -> None:
         if self._pending is None:
             self._pending = [data]
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         else:
             self._pending.append(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         pending, self._pending = self._pending, None
         if pending is None or self._transport.is_closing():
             return
@@ -178,7 +202,7 @@ class _Coalescing:
             self._transport.writelines(pending)
 
     def close(self) -> None:
-        self._flush()
+        self.flush()
         self._transport.close()
 
     def is_closing(self) -> bool:  # asked on every request: a method here, not a __getattr__ miss

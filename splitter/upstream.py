@@ -24,6 +24,8 @@ Failures (docstring tree after httpx's _exceptions.py):
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import re
 import select
 import ssl
@@ -37,6 +39,10 @@ import httptools
 from .config import Backend
 
 HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
+SPLICE_MIN = 256 * 1024  # a Content-Length body with this much left moves socket to socket in the kernel
+SPLICE_PIPE = 1024 * 1024  # the pipe between the two sockets (Linux's default pipe-max-size)
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+CAN_SPLICE = hasattr(os, "splice")
 # the characters uvicorn refuses to send (it raises, the client gets a reset): refuse them first
 _BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]').search
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
@@ -307,6 +313,92 @@ class Exchange:
             finally:
                 timer.cancel()
                 self.waiter = None
+
+    def spliceable(self) -> bool:
+        """The rest of the body is plain bytes of a known length, none buffered: it can skip Python."""
+        conn = self.conn
+        left = self.raw_left
+        return (
+            CAN_SPLICE and left is not None and left >= SPLICE_MIN and not self.chunks and not self.done and self.error is None
+            and conn is not None and not conn.closed and conn.pool.ssl is None and self.head.done()
+        )  # fmt: skip
+
+    async def splice_to(self, fd: int) -> None:
+        """Move the rest of a Content-Length body from the upstream socket to socket `fd` inside
+        the kernel (splice(2) through a pipe): no copy into Python, none out of it. `raw_left`
+        counts down as bytes leave for `fd`; the same errors as read() (timeout, closed early,
+        Aborted when the client goes). Out of file descriptors, it returns having moved nothing."""
+        conn = self.conn
+        assert conn is not None and conn.transport is not None and self.raw_left is not None
+        fds: list[int] = []
+        try:
+            # add_reader/add_writer refuse a transport's own fd: wait on duplicates of the two sockets
+            fds += (os.dup(conn.transport.get_extra_info("socket").fileno()), os.dup(fd))
+            fds += os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # out of file descriptors: the body goes the ordinary way
+            for f in fds:
+                os.close(f)
+            return
+        src, dst, pipe_out, pipe_in = fds
+        try:
+            fcntl.fcntl(pipe_in, getattr(fcntl, "F_SETPIPE_SZ", 1031), SPLICE_PIPE)
+        except OSError:
+            pass  # over the user's pipe quota: the default 64 KiB pipe still works
+        conn.pause_reading()  # the event loop must not read the bytes this moves
+        held = 0
+        try:
+            while self.raw_left > 0:
+                if self.error is not None:
+                    raise self.error
+                if not held:
+                    try:
+                        held = os.splice(src, pipe_in, min(self.raw_left, SPLICE_PIPE), flags=_SPLICE_FLAGS)
+                    except BlockingIOError:
+                        await self._wait_fd(src, write=False)
+                        continue
+                    if not held:
+                        raise ProtocolFailed("upstream closed the connection mid-body")
+                try:
+                    n = os.splice(pipe_out, dst, held, flags=_SPLICE_FLAGS)
+                except BlockingIOError:
+                    await self._wait_fd(dst, write=True)
+                    continue
+                except OSError as exc:  # EPIPE, ECONNRESET: the client is gone
+                    raise Aborted() from exc
+                held -= n
+                self.raw_left -= n
+        except (UpstreamError, Aborted) as exc:
+            self.fail(exc)
+            raise
+        except OSError as exc:  # from the upstream socket: a reset mid-body
+            cut = ProtocolFailed(f"upstream closed the connection mid-body ({type(exc).__name__})")
+            self.fail(cut)
+            raise cut from exc
+        finally:
+            for f in fds:
+                os.close(f)
+        self.done = True
+        conn.resume_reading()  # a byte past the declared length now shows, and the connection is not reused
+
+    async def _wait_fd(self, fd: int, write: bool) -> None:
+        """Until `fd` is ready; a failure of the exchange (client gone, upstream closed) ends the wait
+        and is raised. Waits to read are bounded by the backend's read timeout."""
+        fut = self.waiter = self.loop.create_future()
+        ready = fut.set_result
+        if write:
+            self.loop.add_writer(fd, lambda: fut.done() or ready(None))
+        else:
+            self.loop.add_reader(fd, lambda: fut.done() or ready(None))
+        timer = None if write else self.loop.call_later(self.read_timeout, self._timed_out)
+        try:
+            await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.waiter = None
+            (self.loop.remove_writer if write else self.loop.remove_reader)(fd)
+        if self.error is not None:
+            raise self.error
 
     def _timed_out(self) -> None:
         self.fail(UpstreamTimeout("upstream timed out"))

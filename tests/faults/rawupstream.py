@@ -12,6 +12,9 @@ Paths (the last segment decides; anything before it is echoed back):
   .../head-body        Content-Length: 5 and a body, also to HEAD
   .../slow?s=S         answers after S seconds, or counts the proxy closing the connection first
   .../early-413        413 + Connection: close as soon as the head arrives, without reading the body
+  .../big?n=N          200 with Content-Length N, the body big_body(N) in 64 KiB writes; &cut=K: only the
+                       first K bytes, then (after &stall=S seconds) the connection closes; &extra=X: X
+                       sent right after the N bytes, in the same write, unasked
   anything else        200, body = the request path (so a user can tell their answer from another's)
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +37,11 @@ class Seen:
     open_now: int = 0
     max_open: int = 0
     closed_while_waiting: list[float] = field(default_factory=list)
+
+
+def big_body(n: int) -> bytes:
+    """The body of .../big?n=N: N bytes no compression or pattern could fake."""
+    return random.Random(n).randbytes(n)
 
 
 def _answer(status: bytes, body: bytes, extra: bytes = b"") -> bytes:
@@ -142,6 +151,17 @@ class RawUpstream:
             writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
             await writer.drain()
             return False
+        elif last == b"big":
+            n = int(params[b"n"])
+            cut = int(params.get(b"cut", n))
+            sent = big_body(n)[:cut] + (params.get(b"extra", b"") if cut == n else b"")  # the stray in the body's last write
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % n)
+            for i in range(0, len(sent), 65536):
+                writer.write(sent[i : i + 65536])
+                await writer.drain()
+            if cut < n:
+                await asyncio.sleep(float(params.get(b"stall", b"0")))
+                return False
         elif last == b"head-body":
             writer.write(_answer(b"200 OK", b"hello"))
         elif last == b"slow":

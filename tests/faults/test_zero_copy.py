@@ -1,0 +1,151 @@
+"""Large Content-Length downloads move socket to socket inside the kernel (splice): byte-exact,
+keep-alive intact, and every failure of either peer handled as on the ordinary path."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import eventually, routes_yaml
+from rawupstream import RawUpstream, big_body
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def raw():
+    up = RawUpstream()
+    yield up
+    up.stop()
+
+
+def written(pid: int) -> int:
+    """Bytes the process passed to write()-family calls; splice(2) does not count here."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/PID/io")
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def get(c: socket.socket, path: str) -> None:
+    c.sendall(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+
+
+def read_answer(c: socket.socket, pace: float = 0.0) -> tuple[bytes, bytes]:
+    """One Content-Length response off a raw connection: (head, body); fails if it closes first."""
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(65536)
+        assert chunk, f"closed after {bytes(data)!r}"
+        data += chunk
+    head, _, rest = bytes(data).partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    body = bytearray(rest)
+    while len(body) < length:
+        chunk = c.recv(256 * 1024)
+        assert chunk, f"closed after {len(body)} of {length} body bytes"
+        body += chunk
+        if pace:
+            time.sleep(pace)
+    return head, bytes(body)
+
+
+def read_to_close(c: socket.socket) -> bytes:
+    data = bytearray()
+    while chunk := c.recv(256 * 1024):
+        data += chunk
+    return bytes(data)
+
+
+def test_a_large_download_moves_in_the_kernel_byte_exact_and_both_connections_live_on(raw, splitter):
+    s = splitter(routes_yaml(raw.url, raw.url))
+    n = 5 * MiB + 7
+    before = written(s.proc.pid)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        get(c, f"/api/auth/big?n={n}")
+        head, body = read_answer(c)
+        assert head.startswith(b"HTTP/1.1 200") and body == big_body(n)
+        get(c, "/api/auth/next")  # the same client connection: uvicorn's length bookkeeping is right
+        head, body = read_answer(c)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"/api/auth/next"
+    assert written(s.proc.pid) - before < MiB, "the 5 MiB did not pass through the proxy's write() calls"
+    assert raw.seen.connections == 1, "the upstream connection went back to the pool clean and was reused"
+    log = s.wait_log(lambda e: e.get("path") == "/api/auth/big")
+    assert log["status"] == 200 and log["bytes_out"] == n
+
+
+@pytest.mark.parametrize(("query", "kind"), [("cut=2097152", "protocol"), ("cut=1048576&stall=6", "timeout")])
+def test_an_upstream_that_stops_mid_body_cuts_the_client_connection_and_is_counted(raw, splitter, query, kind):
+    s = splitter(routes_yaml(raw.url, raw.url))  # read_timeout: 2
+    n = 5 * MiB
+    cut = int(query.split("&")[0].split("=")[1])
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        get(c, f"/api/auth/big?n={n}&{query}")
+        started = time.monotonic()
+        data = read_to_close(c)
+        took = time.monotonic() - started
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and data.count(b"HTTP/1.1") == 1
+    assert body == big_body(n)[:cut], "every byte the upstream sent arrives, then the connection closes short of Content-Length"
+    if kind == "timeout":
+        assert 1.5 < took < 5, took  # the backend's read_timeout (2 s), not the upstream's 6 s stall
+    eventually(lambda: s.metric("splitter_errors_total", route="auth", backend="legacy", handler="old_auth", kind=kind) == 1)
+    assert httpx.get(s.url + "/api/auth/after").text == "/api/auth/after"
+
+
+def test_clients_that_vanish_mid_download_free_both_connections_and_leak_nothing(raw, splitter):
+    s = splitter(routes_yaml(raw.url, raw.url), args=["--no-access-log"])
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:  # warm-up
+        get(c, f"/api/auth/big?n={MiB}")
+        assert read_answer(c)[1] == big_body(MiB)
+    fd0 = fds(s.proc.pid)
+    for _ in range(30):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+            get(c, f"/api/auth/big?n={20 * MiB}")
+            c.recv(65536)  # the head and a little of the body, then gone
+    eventually(lambda: s.metric("splitter_client_aborts_total", route="auth", handler="old_auth") == 30, timeout=10)
+    eventually(lambda: raw.seen.open_now <= 1, timeout=5)  # the abandoned downloads' upstream connections are closed
+    time.sleep(0.5)
+    assert fds(s.proc.pid) <= fd0 + 4, "no pipe or duplicated socket is left behind"
+    assert httpx.get(s.url + "/api/auth/after").text == "/api/auth/after"
+
+
+def test_bytes_after_a_spliced_body_never_reach_the_next_user(raw, splitter):
+    s = splitter(routes_yaml(raw.url, raw.url))
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        get(c, f"/api/auth/big?n={MiB}&extra=LEAKEDLEAKED")
+        assert read_answer(c)[1] == big_body(MiB)
+        get(c, "/api/auth/next")  # exactly Content-Length bytes went to this client: its next answer starts clean
+        head, body = read_answer(c)
+        assert head.startswith(b"HTTP/1.1 200") and body == b"/api/auth/next"
+    with httpx.Client(base_url=s.url) as c:
+        for i in range(20):
+            assert c.get(f"/api/auth/user-{i}").text == f"/api/auth/user-{i}"
+    assert raw.seen.connections >= 2, "the connection that carried the stray bytes was not reused"
+
+
+def test_a_slow_reader_gets_every_byte_while_the_proxy_holds_none(raw, splitter):
+    s = splitter(routes_yaml(raw.url, raw.url), args=["--no-access-log"])
+    n = 30 * MiB
+    rss0 = rss_mib(s.proc.pid)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        get(c, f"/api/auth/big?n={n}")
+        head, body = read_answer(c, pace=0.005)
+    assert head.startswith(b"HTTP/1.1 200") and body == big_body(n)
+    assert rss_mib(s.proc.pid) - rss0 < 10, "the body waited in the kernel's buffers, not in the proxy"
