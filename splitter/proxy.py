@@ -74,6 +74,10 @@ _DOT = frozenset([b".", b"%2e"])
 _DOTDOT = frozenset([b"..", b".%2e", b"%2e.", b"%2e%2e"])
 UID_MAX_AGE = 365 * 24 * 3600
 CLIENT_HOOK = "splitter.client"  # scope extension: the server's connection, to hear of a disconnect at once
+BODY_BYPASS_MIN = 1024 * 1024  # request body bytes still to come for reading them past uvicorn
+BODY_READ = 256 * 1024  # the most one read of such a body takes
+LINGER_MAX = 30.0  # seconds a body cut short may take to arrive (and be dropped) before its socket closes
+_LINGERING: set[asyncio.Task[None]] = set()
 
 
 class _Body:
@@ -82,12 +86,22 @@ class _Body:
     The body timeout is one watchdog timer per body, not one per read: each wait for the
     client's next bytes notes when it began, and the watchdog (re-armed for the time left)
     cancels the wait once it has lasted `timeout` seconds. Waits for the upstream to take the
-    bytes (back-pressure) are not the client's fault and do not count."""
+    bytes (back-pressure) are not the client's fault and do not count.
 
-    __slots__ = ("complete", "gone", "limit", "receive", "received", "tee", "timed_out", "timeout", "too_large", "waiting_since", "watchdog")
+    A large Content-Length body not kept for a shadow is read past uvicorn once its first
+    piece is in: straight from the client socket into the bytes that go upstream (uvicorn's
+    path copies each byte twice more and wakes three coroutines per read). uvicorn's parser
+    then no longer knows where the next request starts, so the connection closes after this
+    response (`Connection: close`)."""
 
-    def __init__(self, receive: Receive, limit: int, timeout: float, tee: list[bytes] | None) -> None:
+    __slots__ = (
+        "client", "complete", "fd", "gone", "length", "limit", "receive", "received", "tee", "timed_out", "timeout", "too_large", "waiting_since", "watchdog",
+    )  # fmt: skip
+
+    def __init__(self, receive: Receive, limit: int, timeout: float, tee: list[bytes] | None, length: int | None = None, client: Any = None) -> None:
         self.receive, self.limit, self.timeout, self.tee = receive, limit, timeout, tee
+        self.length, self.client = length, client
+        self.fd: int | None = None  # the client socket (a duplicate) while the body is read past uvicorn
         self.gone = self.too_large = self.timed_out = self.complete = False
         self.received = 0
         self.waiting_since: float | None = None
@@ -104,8 +118,7 @@ class _Body:
                 try:
                     message = await self.receive()
                 except asyncio.CancelledError:
-                    if self.timed_out and task.uncancel() == 0:
-                        raise Refused(408, "body_timeout", f"no request body bytes for {self.timeout:g} s") from None
+                    self._timed_out(task)
                     raise
                 finally:
                     self.waiting_since = None
@@ -114,23 +127,80 @@ class _Body:
                     raise Aborted()
                 chunk = message.get("body", b"")
                 if chunk:
-                    self.received += len(chunk)
-                    if self.received > self.limit:
-                        self.too_large = True
-                        raise Refused(413, "too_large", f"request body over the limit of {self.limit} bytes")
-                    if self.tee is not None:
-                        self.tee.append(chunk)
+                    self._count(chunk)
                     yield chunk
                 if not message.get("more_body", False):
                     self.complete = True
                     return
+                left = (self.length or 0) - self.received
+                if left >= BODY_BYPASS_MIN and self.tee is None and self.client is not None:
+                    self.fd = self.client.take_body(self.received)
+                    if self.fd is not None:
+                        async for chunk in self._from_socket(self.fd, loop, task):
+                            yield chunk
+                        self.complete = True
+                        return
         finally:
             self.stop()
+
+    async def _from_socket(self, fd: int, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> AsyncIterator[bytes]:
+        """The rest of the body read from the client socket itself (a duplicate of its fd)."""
+        assert self.length is not None
+        while self.received < self.length:
+            try:
+                chunk = os.read(fd, min(self.length - self.received, BODY_READ))
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_reader(fd, _resolve, ready)
+                self.waiting_since = loop.time()
+                try:
+                    await ready
+                except asyncio.CancelledError:
+                    self._timed_out(task)
+                    raise
+                finally:
+                    self.waiting_since = None
+                    loop.remove_reader(fd)
+                continue
+            except OSError as exc:  # reset by the client
+                self.gone = True
+                raise Aborted() from exc
+            if not chunk:
+                self.gone = True  # the client closed mid-body
+                raise Aborted()
+            self._count(chunk)
+            yield chunk
+
+    def _count(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self.too_large = True
+            raise Refused(413, "too_large", f"request body over the limit of {self.limit} bytes")
+        if self.tee is not None:
+            self.tee.append(chunk)
+
+    def _timed_out(self, task: asyncio.Task[Any]) -> None:
+        """A wait for the client was cancelled: by the watchdog, it is a 408."""
+        if self.timed_out and task.uncancel() == 0:
+            raise Refused(408, "body_timeout", f"no request body bytes for {self.timeout:g} s") from None
 
     def stop(self) -> None:
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        left = (self.length or 0) - self.received
+        if self.complete or self.gone or left <= 0:
+            os.close(fd)
+            self.client.body_taken()  # uvicorn reads the connection again (to hear of a disconnect)
+            return
+        # Cut short (the upstream answered first, a 408): the rest is read and dropped before the
+        # socket closes, or the kernel would reset the connection, answer and all (nginx's lingering close).
+        task = asyncio.get_running_loop().create_task(_linger(fd, left, self.timeout))
+        _LINGERING.add(task)
+        task.add_done_callback(_LINGERING.discard)
 
     def _watch(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
         since = self.waiting_since
@@ -141,6 +211,37 @@ class _Body:
         self.watchdog = None
         self.timed_out = True
         task.cancel()  # the task is waiting in receive(): that wait ends with CancelledError
+
+
+async def _linger(fd: int, left: int, timeout: float) -> None:
+    """Read and drop up to `left` bytes from `fd` (a duplicate of a client socket), waiting at most
+    `timeout` s for each read and LINGER_MAX s in all; then close it."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(LINGER_MAX):
+            while left > 0:
+                try:
+                    dropped = len(os.read(fd, min(left, BODY_READ)))
+                except BlockingIOError:
+                    ready = loop.create_future()
+                    loop.add_reader(fd, _resolve, ready)
+                    try:
+                        await asyncio.wait_for(ready, timeout)
+                    finally:
+                        loop.remove_reader(fd)
+                    continue
+                if not dropped:
+                    return
+                left -= dropped
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        os.close(fd)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def normalize_path(raw: bytes) -> tuple[bytes, str] | None:
@@ -377,9 +478,10 @@ class Proxy:
         chunked = b"transfer-encoding" in hd
         has_body = chunked or hd.get(b"content-length", b"0") != b"0"
         shadowing = route is not None and route.shadow is not None and b"x-splitter-backend" not in hd and not rt.snapshot.kill and _wants_shadow(route.shadow, call.method, hd)
-        body = _Body(receive, cfg.max_body_bytes, self.body_timeout, [] if shadowing and has_body else None) if has_body else None
-        ex = Exchange(call.method)
         client = scope.get("extensions", {}).get(CLIENT_HOOK)
+        length = None if chunked else int(hd.get(b"content-length", b"0"))
+        body = _Body(receive, cfg.max_body_bytes, self.body_timeout, [] if shadowing and has_body else None, length, client) if has_body else None
+        ex = Exchange(call.method)
         if client is not None and not client.watch(ex.abort):
             ex.abort()  # already gone
         pool = rt.pool(cfg.backends[call.backend])

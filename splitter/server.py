@@ -5,12 +5,13 @@ front of production needs and uvicorn does not do itself:
   - absolute-form targets (`GET http://host/x`) are flagged so the proxy answers 400;
   - a request head larger than MAX_HEAD_BYTES gets 431 (nginx's 4 x 8k);
   - a client has `header_timeout` seconds to send a whole request head (slowloris).
-The body of a large Content-Length download skips it: the proxy splices it socket to
-socket in the kernel (`splice_target`), then tells uvicorn's length check (`sent_outside`).
+Large bodies skip it: a download's is spliced socket to socket in the kernel
+(`splice_target`, then uvicorn's length check is told: `sent_outside`); an upload's is
+read from the client socket by the proxy itself (`take_body`, then `Connection: close`).
 It relies on the parser callbacks (`on_url`, `on_header`, `on_message_begin`,
 `on_headers_complete`), `send_400_response` of uvicorn's HttpToolsProtocol and its
-cycle's `chunked_encoding` and `expected_content_length`; uvicorn is pinned in
-pyproject, and tests/faults/test_bad_input.py and test_zero_copy.py fail loudly if
+cycle's `chunked_encoding`, `expected_content_length` and `keep_alive`; uvicorn is pinned in
+pyproject, and tests/faults/test_bad_input.py and test_large_bodies.py fail loudly if
 they change.
 """
 
@@ -55,6 +56,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._draining = False
         self._in_trailers = False
         self._on_lost: Any = None
+        self._body_parsed = 0  # request body bytes uvicorn's parser has handed on
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._out = _Coalescing(transport, self.loop)
@@ -90,6 +92,32 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         sock = out.get_extra_info("socket")
         return None if sock is None else int(sock.fileno())
 
+    def take_body(self, delivered: int) -> int | None:
+        """A duplicate of the client socket's fd, for reading the rest of the request body past
+        uvicorn; only when all it has parsed of the body (`delivered` bytes) reached the app.
+        uvicorn stops reading, and the connection closes after the response: its parser would
+        take the next request's bytes for this body."""
+        cycle, out = self.cycle, self._out
+        sock = out.get_extra_info("socket")
+        if cycle is None or self._body_parsed != delivered or out.is_closing() or sock is None:
+            return None
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError:
+            return None  # out of file descriptors: uvicorn reads it
+        out.pause_reading()
+        cycle.keep_alive = False
+        return fd
+
+    def body_taken(self) -> None:
+        """The proxy is done reading the body itself: uvicorn reads again, to hear of a disconnect."""
+        if not self._out.is_closing():
+            self._out.resume_reading()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_parsed += len(body)
+        super().on_body(body)
+
     def sent_outside(self, n: int) -> None:
         """`n` body bytes went to the client past uvicorn: counted against its Content-Length check."""
         if self.cycle is not None:
@@ -116,6 +144,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._head_bytes = 0
+        self._body_parsed = 0
         self._in_trailers = False
         super().on_message_begin()
         self.scope.setdefault("extensions", {})[CLIENT_HOOK] = self  # type: ignore[assignment]  # ASGI types extensions as dicts

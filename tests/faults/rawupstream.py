@@ -12,6 +12,8 @@ Paths (the last segment decides; anything before it is echoed back):
   .../head-body        Content-Length: 5 and a body, also to HEAD
   .../slow?s=S         answers after S seconds, or counts the proxy closing the connection first
   .../early-413        413 + Connection: close as soon as the head arrives, without reading the body
+  .../early-401        401 (keep-alive) as soon as the head arrives, then reads the body
+  .../digest           200, body = "<length> <sha256 hex>" of the request body it read
   .../big?n=N          200 with Content-Length N, the body big_body(N) in 64 KiB writes; &cut=K: only the
                        first K bytes, then (after &stall=S seconds) the connection closes; &extra=X: X
                        sent right after the N bytes, in the same write, unasked
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import threading
 import time
@@ -111,15 +114,26 @@ class RawUpstream:
                             while await reader.read(65536):
                                 pass
                     break
+                body = b""
+                if last == b"early-401":  # refuse at once, keep the connection: the body is read (and dropped) after
+                    writer.write(_answer(b"401 Unauthorized", b"who are you"))
+                    await writer.drain()
+                    if length:
+                        await reader.readexactly(length)
+                    continue
                 if length:
-                    await reader.readexactly(length)
+                    body = await reader.readexactly(length)
                 if chunked:
                     while True:
                         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
                         if size == 0:
                             await _skip_trailers(reader)
                             break
-                        await reader.readexactly(size + 2)
+                        body += (await reader.readexactly(size + 2))[:-2]
+                if last == b"digest":
+                    writer.write(_answer(b"200 OK", b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())))
+                    await writer.drain()
+                    continue
                 if not await self._respond(method, path, last, query, reader, writer):
                     break
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):

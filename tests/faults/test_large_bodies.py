@@ -1,10 +1,15 @@
-"""Large Content-Length downloads move socket to socket inside the kernel (splice): byte-exact,
-keep-alive intact, and every failure of either peer handled as on the ordinary path."""
+"""Large bodies take the short way, and every failure of either peer is handled as on the
+ordinary path: a download's body moves socket to socket inside the kernel (splice), byte-exact,
+keep-alive intact; an upload's is read from the client socket by the proxy itself, byte-exact,
+bounded by the body timeout, and its connection closes after the answer."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -149,3 +154,94 @@ def test_a_slow_reader_gets_every_byte_while_the_proxy_holds_none(raw, splitter)
         head, body = read_answer(c, pace=0.005)
     assert head.startswith(b"HTTP/1.1 200") and body == big_body(n)
     assert rss_mib(s.proc.pid) - rss0 < 10, "the body waited in the kernel's buffers, not in the proxy"
+
+
+def upload_head(path: str, n: int) -> bytes:
+    return f"PUT {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {n}\r\n\r\n".encode()
+
+
+def test_a_large_upload_arrives_byte_exact_then_its_connection_closes_and_small_ones_keep_theirs(raw, splitter):
+    s = splitter(routes_yaml(raw.url, raw.url))
+    body = random.Random(8).randbytes(8 * MiB + 3)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(upload_head("/api/auth/small/digest", 1000) + body[:1000])  # under the threshold: uvicorn reads it
+        head, answer = read_answer(c)
+        assert answer == b"1000 " + hashlib.sha256(body[:1000]).hexdigest().encode() and b"connection: close" not in head.lower()
+        c.sendall(upload_head("/api/auth/big/digest", len(body)))
+        sender = threading.Thread(target=c.sendall, args=(body,))
+        sender.start()
+        head, answer = read_answer(c)
+        sender.join(10)
+        assert answer == f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode()
+        assert b"connection: close" in head.lower(), "uvicorn's parser lost count of this body: no next request on it"
+        assert c.recv(1) == b""
+    log = s.wait_log(lambda e: e.get("path") == "/api/auth/big/digest")
+    assert log["status"] == 200 and log["bytes_in"] == len(body)
+
+
+@pytest.mark.parametrize("stall", [0.6, 1.6])
+def test_a_large_upload_read_past_uvicorn_keeps_the_body_timeout(raw, splitter, stall):
+    """Pieces 0.6 s apart with --body-timeout 1 arrive whole; a 1.6 s stall is a 408 and the
+    upstream connection that got half a body is closed."""
+    s = splitter(routes_yaml(raw.url, raw.url), args=["--body-timeout", "1"])
+    body = random.Random(5).randbytes(5 * MiB)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(upload_head("/api/auth/x/digest", len(body)) + body[: 2 * MiB])
+        time.sleep(stall)
+        started = time.monotonic()
+        try:
+            c.sendall(body[2 * MiB : 3 * MiB])
+            time.sleep(stall)
+            c.sendall(body[3 * MiB :])
+        except OSError:
+            pass  # the proxy answered 408 and closed while the rest was on its way
+        head, answer = read_answer(c)
+    if stall < 1:
+        assert head.startswith(b"HTTP/1.1 200") and answer == f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode()
+    else:
+        assert head.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 2
+        eventually(lambda: raw.seen.open_now == 0, timeout=2)
+        assert s.metric("splitter_rejected_total", reason="body_timeout") == 1
+
+
+def test_clients_that_vanish_mid_upload_free_both_connections_and_leak_nothing(raw, splitter):
+    s = splitter(routes_yaml(raw.url, raw.url), args=["--no-access-log"])
+    chunk = b"u" * (2 * MiB)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:  # warm-up
+        c.sendall(upload_head("/api/auth/w/digest", len(chunk)) + chunk)
+        read_answer(c)
+    fd0 = fds(s.proc.pid)
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+            c.sendall(upload_head("/api/auth/gone/digest", 10 * MiB) + chunk)
+    eventually(lambda: s.metric("splitter_client_aborts_total", route="auth", handler="old_auth") == 20, timeout=10)
+    eventually(lambda: raw.seen.open_now <= 1, timeout=5)  # the half-sent upstream requests are closed
+    time.sleep(0.5)
+    assert fds(s.proc.pid) <= fd0 + 4, "no duplicated client socket is left behind"
+    assert httpx.get(s.url + "/api/auth/after").text == "/api/auth/after"
+
+
+def test_an_early_answer_to_a_large_upload_reaches_a_client_still_sending(raw, splitter):
+    """The upstream answers 401 at once; the proxy sends it on and reads (and drops) the rest of
+    the body before closing, so the client's sending ends cleanly and the answer is not reset away."""
+    s = splitter(routes_yaml(raw.url, raw.url))
+
+    def send(c: socket.socket, errors: list[OSError]) -> None:
+        try:
+            for _ in range(20):
+                c.sendall(b"u" * MiB)
+                time.sleep(0.01)
+        except OSError as exc:
+            errors.append(exc)
+
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+            c.sendall(upload_head("/api/auth/x/early-401", 20 * MiB))
+            errors: list[OSError] = []
+            sender = threading.Thread(target=send, args=(c, errors))
+            sender.start()
+            head, answer = read_answer(c)
+            sender.join(10)
+            assert head.startswith(b"HTTP/1.1 401") and answer == b"who are you"
+            assert errors == [], "the client could send its whole body"
+            assert c.recv(1) == b"", "then the connection closed cleanly (FIN, not a reset)"
