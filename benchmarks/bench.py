@@ -300,7 +300,7 @@ unmatched: legacy
             lat["splitter"].append(asyncio.run(paced_latency(proxy, 1000, 4)))
         d50, d99 = (statistics.median(x[i] for x in lat["direct"]) for i in (0, 1))
         s50, s99 = (statistics.median(x[i] for x in lat["splitter"]) for i in (0, 1))
-        print(f"\nadded latency at 1,000 req/s (open loop, 4 s, median of 5 turns): p50 +{s50 - d50:.2f} ms, p99 +{s99 - d99:.2f} ms  (direct {d50:.2f}/{d99:.2f}, splitter {s50:.2f}/{s99:.2f})")
+        print(f"\nadded latency at 1,000 req/s (open loop, 4 s, median of 5 turns): p50 {s50 - d50:+.2f} ms, p99 {s99 - d99:+.2f} ms  (direct {d50:.2f}/{d99:.2f}, splitter {s50:.2f}/{s99:.2f})")
 
         big = str(work / "files" / "big.bin")
         speeds: dict[str, dict[str, list[float]]] = {way: {"direct": [], "nginx proxy": [], "splitter": []} for way in ("upload", "download")}
