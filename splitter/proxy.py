@@ -150,17 +150,14 @@ class _Body:
             try:
                 chunk = os.read(fd, min(self.length - self.received, BODY_READ))
             except BlockingIOError:
-                ready = loop.create_future()
-                loop.add_reader(fd, _resolve, ready)
                 self.waiting_since = loop.time()
                 try:
-                    await ready
+                    await _readable(fd)
                 except asyncio.CancelledError:
                     self._timed_out(task)
                     raise
                 finally:
                     self.waiting_since = None
-                    loop.remove_reader(fd)
                 continue
             except OSError as exc:  # reset by the client
                 self.gone = True
@@ -216,19 +213,13 @@ class _Body:
 async def _linger(fd: int, left: int, timeout: float) -> None:
     """Read and drop up to `left` bytes from `fd` (a duplicate of a client socket), waiting at most
     `timeout` s for each read and LINGER_MAX s in all; then close it."""
-    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(LINGER_MAX):
             while left > 0:
                 try:
                     dropped = len(os.read(fd, min(left, BODY_READ)))
                 except BlockingIOError:
-                    ready = loop.create_future()
-                    loop.add_reader(fd, _resolve, ready)
-                    try:
-                        await asyncio.wait_for(ready, timeout)
-                    finally:
-                        loop.remove_reader(fd)
+                    await asyncio.wait_for(_readable(fd), timeout)
                     continue
                 if not dropped:
                     return
@@ -237,6 +228,17 @@ async def _linger(fd: int, left: int, timeout: float) -> None:
         pass
     finally:
         os.close(fd)
+
+
+async def _readable(fd: int) -> None:
+    """Until `fd` (not a transport's own: a duplicate) has bytes or an EOF to read."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, _resolve, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
