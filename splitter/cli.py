@@ -66,8 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
+    settings = _redis_credentials(settings, cfg)
     judged = [r.name for r in cfg.routes if r.guard or r.rollout]
-    if settings.workers > 1 and judged and not (settings.redis_url or cfg.redis_url):
+    if settings.workers > 1 and judged and not (settings.redis_url or cfg.redis_url or cfg.redis_ha.sentinels):
         fail(f"--workers {settings.workers} with guard/rollout on {', '.join(judged)} needs Redis (redis.url in routes.yaml or SPLITTER_REDIS_URL): each worker would judge only its own share of traffic")
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port) or (settings.port == settings.admin_port and settings.port != 0):
         fail("--port and --admin-port must differ")
@@ -77,6 +78,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return server.serve(settings, args.log_level, cfg.environment)
     except server.BindError as exc:
         fail(str(exc))
+
+
+def _redis_credentials(settings: Settings, cfg: config_mod.Config) -> Settings:
+    """Redis username and password from the variables routes.yaml names (redis.username_env, redis.password_env)."""
+    from dataclasses import replace
+
+    def read(name: str | None, what: str) -> str | None:
+        value = os.environ.get(name) if name else None
+        if name and not value:
+            fail(f"redis.{what}_env names {name}, which is not set: export the Redis {what} in {name}")
+        return value
+
+    ha = cfg.redis_ha
+    return replace(settings, redis_username=read(ha.username_env, "username"), redis_password=read(ha.password_env, "password"))
 
 
 # --- check / bucket --------------------------------------------------------------

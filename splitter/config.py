@@ -101,6 +101,18 @@ class Route:
 
 
 @dataclass(frozen=True)
+class RedisHA:
+    """The `redis:` options beyond url and prefix: Sentinel, credentials (env variable names), TLS."""
+
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    db: int = 0
+    password_env: str | None = None
+    username_env: str | None = None
+    tls: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     environment: str
@@ -111,6 +123,7 @@ class Config:
     unmatched: str = "legacy"
     redis_url: str | None = None
     redis_prefix: str = "splitter"
+    redis_ha: RedisHA = field(default_factory=RedisHA)
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY
     websocket: WebSocketSpec = field(default_factory=WebSocketSpec)
@@ -234,7 +247,16 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "websocket": {"max_message_bytes": {"type": "integer", "minimum": 1}, "idle_timeout_s": _POSITIVE},
     "backends": {name: "backend" for name in BACKENDS},
     "backend": {"url": {"type": "string", "pattern": "^https?://"}, "connect_timeout": _POSITIVE, "read_timeout": _POSITIVE, "max_connections": {"type": "integer", "minimum": 1}},
-    "redis": {"url": {"type": "string", "pattern": "^(redis|rediss|unix)://"}, "prefix": {"type": "string"}},
+    "redis": {
+        "url": {"type": "string", "pattern": "^(redis|rediss|unix)://"},
+        "prefix": {"type": "string", "minLength": 1},
+        "sentinels": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^[^:]+:[0-9]+$"}},
+        "service": {"type": "string", "minLength": 1},
+        "db": {"type": "integer", "minimum": 0},
+        "password_env": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "username_env": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "tls": {"type": "boolean"},
+    },
     "route": {
         "name": {"type": "string", "pattern": "^[a-z0-9_]+$"},
         "prefix": {"type": "string", "pattern": "^/"},
@@ -355,19 +377,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
     if "routes" not in data:
         doc.error("routes", "required: a list of routes (may be empty: [])")
 
-    redis_url, redis_prefix = None, "splitter"
-    if "redis" in data and data["redis"] is not None:
-        r = _mapping(doc, data["redis"], "redis")
-        if r is not None:
-            _unknown(doc, r, set(SECTIONS["redis"]), "redis")
-            redis_url = r.get("url")
-            if redis_url is not None:
-                parts = urlsplit(str(redis_url))
-                if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
-                    doc.error("redis.url", f"must be a redis:// URL, got {_show(redis_url)}")
-            redis_prefix = r.get("prefix", "splitter")
-            if not isinstance(redis_prefix, str) or not redis_prefix:
-                doc.error("redis.prefix", f"must be a non-empty string, got {_show(redis_prefix)}")
+    redis_url, redis_prefix, redis_ha = _redis(doc, data.get("redis"))
 
     trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
     raw_trusted = data.get("trusted_proxies", [])
@@ -405,12 +415,64 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
         unmatched=unmatched,
         redis_url=redis_url,
         redis_prefix=redis_prefix,
+        redis_ha=redis_ha,
         trusted_proxies=tuple(trusted),
         max_body_bytes=max_body,
         websocket=websocket,
         by_name={r.name: r for r in routes},
         _ordered=ordered,
     )
+
+
+def _redis(doc: _Doc, value: Any) -> tuple[str | None, str, RedisHA]:
+    """The `redis:` section: a URL or Sentinel (sentinels + service), a prefix, credentials' env names, TLS."""
+    r = _mapping(doc, value, "redis") if value is not None else None
+    if r is None:
+        return None, "splitter", RedisHA()
+    _unknown(doc, r, set(SECTIONS["redis"]), "redis")
+    url = r.get("url")
+    if url is not None:
+        parts = urlsplit(str(url))
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            doc.error("redis.url", f"must be a redis:// URL, got {_show(url)}")
+    prefix = r.get("prefix", "splitter")
+    if not isinstance(prefix, str) or not prefix:
+        doc.error("redis.prefix", f"must be a non-empty string, got {_show(prefix)}")
+    sentinels: list[tuple[str, int]] = []
+    raw = r.get("sentinels")
+    if raw is not None:
+        if not isinstance(raw, list) or not raw:
+            doc.error("redis.sentinels", f'must be a list of "host:port", got {_show(raw)}')
+        else:
+            for i, item in enumerate(raw):
+                host, _, port = str(item).rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    doc.error(f"redis.sentinels[{i}]", f'must be "host:port", got {_show(item)}')
+                else:
+                    sentinels.append((host.strip("[]"), int(port)))
+    service = r.get("service")
+    if service is not None and (not isinstance(service, str) or not service):
+        doc.error("redis.service", f"must be the Sentinel service name (sentinel monitor NAME ...), got {_show(service)}")
+    if raw is not None and url is not None:
+        doc.error("redis", "set either url or sentinels, not both")
+    elif raw is not None and service is None:
+        doc.error("redis.service", "required with sentinels: the name Sentinel monitors (e.g. mymaster)")
+    elif service is not None and raw is None:
+        doc.error("redis.sentinels", 'required with service: a list of "host:port"')
+    db = r.get("db", 0)
+    if not _is_int(db) or db < 0:
+        doc.error("redis.db", f"must be an integer >= 0, got {_show(db)}")
+        db = 0
+    names = {}
+    for key in ("password_env", "username_env"):
+        names[key] = r.get(key)
+        if names[key] is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(names[key])):
+            doc.error(f"redis.{key}", f"must name an environment variable (like REDIS_PASSWORD), got {_show(names[key])}")
+    tls = r.get("tls", False)
+    if not isinstance(tls, bool):
+        doc.error("redis.tls", f"must be true or false, got {_show(tls)}")
+    ha = RedisHA(tuple(sentinels), service, int(db), names["password_env"], names["username_env"], tls is True)
+    return url, prefix, ha
 
 
 def _origin(doc: _Doc, url: Any, path: str) -> str | None:

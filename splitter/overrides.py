@@ -17,7 +17,9 @@ replaced whole on every change. With Redis the keys are the truth:
                        list of the last 100 shadow mismatches (JSON), newest first
 
 Every replica resyncs on connect, on every event and once a second, so a lost
-message costs at most a second.
+message costs at most a second. With Sentinel (`redis.sentinels` + `service`)
+every new connection asks the sentinels for the current master, so after a
+failover the next reconnect (the subscription included) lands on the new one.
 """
 
 from __future__ import annotations
@@ -124,12 +126,12 @@ class MemoryOverrides:
 class RedisOverrides(MemoryOverrides):
     shared = True
 
-    def __init__(self, url: str, prefix: str, on_up: Callable[[bool], None] | None = None, resync_interval: float = 1.0) -> None:
+    def __init__(self, url: str, prefix: str, on_up: Callable[[bool], None] | None = None, resync_interval: float = 1.0, ha: Connect | None = None) -> None:
         super().__init__()
         import redis.asyncio as redis
 
         self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
-        self.client = redis.from_url(url, socket_timeout=2, socket_connect_timeout=2, decode_responses=True)
+        self.client = connect(url, ha or Connect())
         self.url = url
         self.k_percent = f"{prefix}:percent"
         self.k_source = f"{prefix}:source"
@@ -314,6 +316,43 @@ class RedisOverrides(MemoryOverrides):
         except self._redis_errors as exc:
             raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
         return [json.loads(r) for r in rows]
+
+
+@dataclass(frozen=True)
+class Connect:
+    """How to reach Redis beyond the URL: Sentinel, credentials (already read from the environment), TLS."""
+
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str | None = None
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def connect(url: str, how: Connect) -> Any:
+    """A redis.asyncio client: from the URL, or the master Sentinel names for `how.service`."""
+    import redis.asyncio as redis
+
+    common: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2, "decode_responses": True}
+    creds: dict[str, Any] = {k: v for k, v in (("username", how.username), ("password", how.password)) if v}
+    if how.sentinels:
+        from redis.asyncio.sentinel import Sentinel
+
+        tls: dict[str, Any] = {"ssl": True} if how.tls else {}
+        # the credentials are the master's (and its replicas'); the sentinels are asked without them
+        sentinel = Sentinel(list(how.sentinels), sentinel_kwargs={**common, **tls}, **common)
+        return sentinel.master_for(how.service or "", db=how.db, **creds, **tls)
+    if how.tls and url.startswith("redis://"):
+        url = "rediss://" + url[len("redis://"):]
+    return redis.from_url(url, **common, **creds)
+
+
+def describe(url: str | None, how: Connect) -> str | None:
+    """What the logs and /admin/overview call this Redis (never a password)."""
+    if how.sentinels:
+        return "sentinel://" + ",".join(f"{h}:{p}" for h, p in how.sentinels) + f"/{how.service}"
+    return url
 
 
 def _parse(percents: dict[str, str], sources: dict[str, str], kill: str | None) -> State:

@@ -21,7 +21,7 @@ import structlog
 from . import config as config_mod
 from .config import Backend, Config, ConfigError, Route
 from .metrics import Metrics
-from .overrides import MemoryOverrides, RedisOverrides, State, Unavailable
+from .overrides import Connect, MemoryOverrides, RedisOverrides, State, Unavailable, describe
 from .upstream import Pool
 from .window import Windows
 
@@ -51,6 +51,15 @@ class Settings:
     body_timeout: float = 60.0  # seconds between reads of a request body; then 408
     reload_interval: float = 0.5
     redis_resync_interval: float = 1.0
+    redis_username: str | None = None  # from the variable redis.username_env names
+    redis_password: str | None = None  # from the variable redis.password_env names
+
+
+def redis_connect(settings: Settings, cfg: Config) -> Connect:
+    """Sentinel from routes.yaml unless SPLITTER_REDIS_URL names one Redis; credentials as the CLI read them."""
+    ha = cfg.redis_ha
+    sentinels = () if settings.redis_url else ha.sentinels
+    return Connect(sentinels, ha.service, ha.db, settings.redis_username, settings.redis_password, ha.tls)
 
 
 @dataclass(frozen=True)
@@ -83,11 +92,12 @@ class Runtime:
 
     def __init__(self, settings: Settings, cfg: Config) -> None:
         self.settings = settings
-        self.redis_url = settings.redis_url or cfg.redis_url
+        how = redis_connect(settings, cfg)
+        self.redis_url = settings.redis_url or cfg.redis_url or describe(None, how)
         self.metrics = Metrics(settings.multiprocess_dir, with_redis=self.redis_url is not None)
         self.overrides: MemoryOverrides
         if self.redis_url:
-            self.overrides = RedisOverrides(self.redis_url, cfg.redis_prefix, on_up=self._redis_up, resync_interval=settings.redis_resync_interval)
+            self.overrides = RedisOverrides(self.redis_url, cfg.redis_prefix, on_up=self._redis_up, resync_interval=settings.redis_resync_interval, ha=how)
         else:
             self.overrides = MemoryOverrides(settings.workers)
         self.snapshot = make_snapshot(cfg, self.overrides.state)
@@ -204,7 +214,8 @@ class Runtime:
             log.error("config reload rejected; keeping the running config", errors=exc.errors)
             return False
         self.last_reload_error = []
-        if (self.settings.redis_url or cfg.redis_url) != self.redis_url or cfg.redis_prefix != old.redis_prefix:
+        new_redis = self.settings.redis_url or cfg.redis_url or describe(None, redis_connect(self.settings, cfg))
+        if new_redis != self.redis_url or cfg.redis_prefix != old.redis_prefix or cfg.redis_ha != old.redis_ha:
             log.warning("config change needs a restart to apply", key="redis")
         self.windows = self._windows(cfg, self.windows)
         self.snapshot = make_snapshot(cfg, self.overrides.state)
