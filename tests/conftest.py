@@ -187,19 +187,22 @@ def redis_server_bin() -> str:
 
 
 class Redis:
-    def __init__(self, binary: str, port: int, workdir: Path) -> None:
+    def __init__(self, binary: str, port: int, workdir: Path, args: tuple[str, ...] = (), password: str | None = None, conf: Path | None = None) -> None:
         self.binary, self.port, self.workdir = binary, port, workdir
+        self.args, self.password = args, password  # extra redis-server flags (--replicaof, --requirepass, --sentinel)
+        self.conf = conf  # a config file (a sentinel's: it rewrites it), given before the flags
         self.url = f"redis://127.0.0.1:{port}/0"
         self.proc: Proc | None = None
 
     def start(self) -> None:
-        self.proc = Proc([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)], log=self.workdir / f"redis-{self.port}.log")
+        base = [self.binary, *([str(self.conf)] if self.conf else []), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)]
+        self.proc = Proc([*base, *self.args], log=self.workdir / f"redis-{self.port}.log")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
+                    if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (a password may be required)
                         return
             except OSError:
                 time.sleep(0.05)
@@ -214,7 +217,7 @@ class Redis:
     def command(self, *args: str) -> Any:
         import redis
 
-        client = redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+        client = redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, password=self.password)
         try:
             return client.execute_command(*args)
         finally:

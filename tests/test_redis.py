@@ -160,3 +160,109 @@ def test_workers_with_redis_all_apply_a_change_and_gauges_are_single_values(stan
     assert total == 200
     started = [e for e in s.logs() if e["event"] == "started"]
     assert len({e["pid"] for e in started}) == 2, "two workers, each with its own Redis subscription"
+
+
+# --- Sentinel: a master, a replica and three sentinels, all real redis-server processes ---
+PASSWORD = "sentinel-test-password"
+
+
+def _sentinel_conf(path, port: int, master_port: int) -> None:
+    path.write_text(f"""sentinel monitor mymaster 127.0.0.1 {master_port} 2
+sentinel down-after-milliseconds mymaster 1000
+sentinel failover-timeout mymaster 4000
+sentinel auth-pass mymaster {PASSWORD}
+""")
+
+
+@pytest.fixture
+def sentinel_set(redis_server_bin, tmp_path):
+    """Master + replica (both with requirepass) and three sentinels agreeing on them; yields (master, replica, sentinels)."""
+    from conftest import Redis, free_port
+
+    auth = ("--requirepass", PASSWORD, "--masterauth", PASSWORD)
+    master = Redis(redis_server_bin, free_port(), tmp_path, auth, PASSWORD)
+    replica = Redis(redis_server_bin, free_port(), tmp_path, (*auth, "--replicaof", "127.0.0.1", str(master.port)), PASSWORD)
+    sentinels = []
+    for i in range(3):
+        port = free_port()
+        conf = tmp_path / f"sentinel-{i}.conf"
+        _sentinel_conf(conf, port, master.port)
+        sentinels.append(Redis(redis_server_bin, port, tmp_path, ("--sentinel",), conf=conf))
+    try:
+        for r in (master, replica, *sentinels):
+            r.start()
+        eventually(lambda: replica.command("INFO", "replication")["master_link_status"] == "up", timeout=10)
+        for s in sentinels:  # each sentinel knows the replica and the two other sentinels
+            eventually(lambda s=s: len(s.command("SENTINEL", "SENTINELS", "mymaster")) == 2 and s.command("SENTINEL", "REPLICAS", "mymaster"), timeout=20)
+        yield master, replica, sentinels
+    finally:
+        for r in (*sentinels, replica, master):
+            r.stop()
+
+
+def test_sentinel_failover_under_traffic(standin, splitter, sentinel_set):
+    master, replica, sentinels = sentinel_set
+    legacy, new = standin("legacy"), standin("new")
+    where = ", ".join(f'"127.0.0.1:{s.port}"' for s in sentinels)
+    text = routes_yaml(legacy, new, extra=f'redis: {{sentinels: [{where}], service: mymaster, prefix: t, password_env: SPLITTER_TEST_REDIS_PW}}')
+    env = {"SPLITTER_ADMIN_TOKEN": TOKEN, "SPLITTER_TEST_REDIS_PW": PASSWORD}
+    a = splitter(text, env=env)
+    b_cfg = a.config.parent / "routes-b.yaml"
+    b_cfg.write_text(text)
+    b = splitter(text, env=env, config=b_cfg)
+    assert cli("set", "auth", "30", "--admin", a.admin).returncode == 0
+    eventually(lambda: replica.command("HGET", "t:percent", "auth") == "30", timeout=5)
+    eventually(lambda: routing(b, users=USERS[:30]) == expected(30, USERS[:30]), timeout=3)
+
+    failures: list[str] = []
+    sent = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=5) as c:
+            while not stop.is_set():
+                for s in (a, b):
+                    u = USERS[sent[0] % len(USERS)]
+                    try:
+                        r = c.get(s.url + "/api/auth/x", headers={"X-User-ID": u})
+                        if r.status_code != 200 or r.json()["backend"] != expected(30, [u])[0]:
+                            failures.append(f"{r.status_code} {r.text[:80]}")
+                    except httpx.HTTPError as exc:
+                        failures.append(repr(exc))
+                    sent[0] += 1
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        time.sleep(0.5)
+        master.stop()  # SIGKILL
+        t0 = time.monotonic()
+        eventually(lambda: a.metric("splitter_redis_up") == 0, timeout=5)
+
+        def write() -> bool:
+            r = httpx.put(a.admin + "/admin/routes/upload", json={"percent": 40}, headers=AUTH, timeout=5)
+            return r.status_code == 200
+
+        eventually(write, timeout=30, interval=0.2)
+        took = time.monotonic() - t0
+        print(f"admin writes succeed again {took:.1f} s after the master was killed")
+        assert took <= 25, took
+        # the other replica follows: it sees the change made after the failover
+        t1 = time.monotonic()
+        eventually(lambda: routing(b, "/api/upload/x", USERS[:30]) == expected(40, USERS[:30]), timeout=5)
+        print(f"the other replica followed in {time.monotonic() - t1:.2f} s")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        t.join()
+    new_master = replica
+    assert new_master.command("ROLE")[0] == "master"
+    assert new_master.command("HGET", "t:percent", "auth") == "30", "the override set before the failover survived"
+    assert new_master.command("HGET", "t:percent", "upload") == "40"
+    # both subscriptions moved to the new master
+    eventually(lambda: new_master.command("PUBSUB", "NUMSUB", "t:events")[1] == 2, timeout=5)
+    assert a.metric("splitter_redis_up") == 1 and b.metric("splitter_redis_up") == 1
+    print(f"{sent[0]} user requests during the failover, {len(failures)} failed")
+    assert sent[0] > 100
+    assert failures == [], failures[:5]
+    assert "PASSWORD" not in a.proc.output() and PASSWORD not in a.proc.output(), "no password in the logs"
