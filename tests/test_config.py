@@ -168,3 +168,38 @@ def test_bucket_command_prints_bucket_and_backend(tmp_path):
     auth_line = next(line for line in r.stdout.splitlines() if line.startswith("auth "))
     assert auth_line.split()[1] == str(b)
     assert auth_line.split()[3] == ("new" if b < 10 else "legacy")
+
+
+def test_redis_sentinel_section_loads():
+    cfg = config.parse(VALID + 'redis: {sentinels: ["s1:26379", "10.0.0.2:26380"], service: mymaster, db: 2, password_env: REDIS_PW, username_env: REDIS_USER, tls: true}\n')
+    assert cfg.redis_url is None
+    assert cfg.redis_ha == config.RedisHA((("s1", 26379), ("10.0.0.2", 26380)), "mymaster", 2, "REDIS_PW", "REDIS_USER", True)
+
+
+@pytest.mark.parametrize(
+    "redis,message",
+    [
+        ('{sentinels: ["s1:26379"]}', "redis.service: required with sentinels"),
+        ("{service: mymaster}", "redis.sentinels: required with service"),
+        ('{url: "redis://r:6379/0", sentinels: ["s1:26379"], service: m}', "redis: set either url or sentinels, not both"),
+        ('{sentinels: ["s1"], service: m}', 'redis.sentinels[0]: must be "host:port", got \'s1\''),
+        ("{url: redis://r:6379/0, db: -1}", "redis.db: must be an integer >= 0, got -1"),
+        ('{url: redis://r:6379/0, password_env: "not a name"}', "redis.password_env: must name an environment variable"),
+        ("{url: redis://r:6379/0, tls: yes please}", "redis.tls: must be true or false"),
+    ],
+)
+def test_redis_section_mistakes_are_one_line_each(tmp_path, redis, message):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID + f"redis: {redis}\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert any(e.startswith(f"{f}:19: ") and message in e for e in err.value.errors), err.value.errors
+
+
+def test_serve_names_an_unset_redis_password_variable(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID + "redis: {url: redis://127.0.0.1:1/0, password_env: SPLITTER_TEST_UNSET_PW}\n")
+    r = run_cli("serve", "--config", str(f), "--port", "0", "--admin-port", "0")
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
+        "splitter: redis.password_env names SPLITTER_TEST_UNSET_PW, which is not set: export the Redis password in SPLITTER_TEST_UNSET_PW"
+    ), r.stderr

@@ -266,3 +266,28 @@ def test_sentinel_failover_under_traffic(standin, splitter, sentinel_set):
     assert sent[0] > 100
     assert failures == [], failures[:5]
     assert "PASSWORD" not in a.proc.output() and PASSWORD not in a.proc.output(), "no password in the logs"
+
+
+def test_credentials_come_from_the_variables_routes_yaml_names(standin, splitter, redis_server):
+    redis_server.command("ACL", "SETUSER", "fleet", "on", ">fleet-pw", "~*", "&*", "+@all")
+    extra = f'redis: {{url: "{redis_server.url}", prefix: "t", username_env: T_REDIS_USER, password_env: T_REDIS_PW}}'
+    text = routes_yaml(standin("legacy"), standin("new"), extra=extra)
+    s = splitter(text, env={"SPLITTER_ADMIN_TOKEN": TOKEN, "T_REDIS_USER": "fleet", "T_REDIS_PW": "fleet-pw"})
+    eventually(lambda: s.metric("splitter_redis_up") == 1, timeout=5)
+    assert cli("set", "auth", "70", "--admin", s.admin).returncode == 0
+    assert redis_server.command("HGET", "t:percent", "auth") == "70"
+    assert any(c["user"] == "fleet" for c in redis_server.command("CLIENT", "LIST"))
+    assert "fleet-pw" not in s.proc.output()
+
+
+def test_tls_true_and_rediss_urls_make_tls_connections():
+    from redis.asyncio.connection import SSLConnection
+    from redis.asyncio.sentinel import SentinelManagedSSLConnection
+
+    from splitter.overrides import Connect, connect
+
+    assert connect("rediss://r:6380/0", Connect()).connection_pool.connection_class is SSLConnection
+    assert connect("redis://r:6380/0", Connect(tls=True)).connection_pool.connection_class is SSLConnection
+    assert connect("redis://r:6380/0", Connect()).connection_pool.connection_class is not SSLConnection
+    sentinel = connect("", Connect(sentinels=(("s1", 26379),), service="m", tls=True))
+    assert sentinel.connection_pool.connection_class is SentinelManagedSSLConnection
