@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install system-deps lint bench clean
+.PHONY: run test install system-deps lint bench clean images
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -37,6 +37,15 @@ bench: $(VENV)/.installed
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx wrk curl >/dev/null; }
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench.py
+
+# the three images the Kubernetes manifests run (deploy/kubernetes), tagged with the project's version;
+# ENGINE=podman works the same. Then load them into the cluster (kind load docker-image ...) or push them.
+ENGINE ?= docker
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+images:
+	$(ENGINE) build -f deploy/docker/splitter.Dockerfile -t splitter:$(VERSION) .
+	$(ENGINE) build -f deploy/docker/legacy_backend.Dockerfile -t splitter-legacy-backend:$(VERSION) .
+	$(ENGINE) build -f deploy/docker/new_backend.Dockerfile -t splitter-new-backend:$(VERSION) .
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check splitter legacy_backend new_backend tests benchmarks

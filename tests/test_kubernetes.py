@@ -22,21 +22,48 @@ CRDS = {"ServiceMonitor", "PrometheusRule"}
 
 
 def objects(overlay: str) -> list[dict]:
-    """Every object a kustomization applies (resources only: no patches are used here)."""
+    """What `kubectl kustomize` renders from an overlay, for the features these manifests use:
+    resources, labels (metadata only), components whose patches merge into a kind/name, images."""
+    return _build(K8S / overlay)
+
+
+def _build(folder: Path) -> list[dict]:
+    kust = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert set(kust) <= {"apiVersion", "kind", "labels", "resources", "components", "patches", "images"}, "this loader is all the build there is"
     out: list[dict] = []
-
-    def walk(folder: Path) -> None:
-        kust = yaml.safe_load((folder / "kustomization.yaml").read_text())
-        assert set(kust) <= {"apiVersion", "kind", "labels", "resources"}, "only resources: this loader is all the build there is"
-        for res in kust["resources"]:
-            path = (folder / res).resolve()
-            if path.is_dir():
-                walk(path)
-            else:
-                out.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
-
-    walk(K8S / overlay)
+    for res in kust.get("resources", []):
+        path = (folder / res).resolve()
+        out.extend(_build(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d])
+    patches = list(kust.get("patches", []))
+    for comp in kust.get("components", []):
+        inner = yaml.safe_load((folder / comp / "kustomization.yaml").read_text())
+        assert inner["kind"] == "Component" and set(inner) <= {"apiVersion", "kind", "patches"}
+        patches.extend(inner["patches"])
+    for patch in patches:
+        target, body = patch["target"], yaml.safe_load(patch["patch"])
+        hits = [o for o in out if o["kind"] == target["kind"] and o["metadata"]["name"] == target.get("name", o["metadata"]["name"])]
+        assert hits, f"patch target {target} matches nothing"
+        for o in hits:
+            _merge(o, {k: v for k, v in body.items() if k not in ("apiVersion", "kind")})
+    for group in kust.get("labels", []):
+        assert set(group) == {"pairs"}, "labels on metadata only"
+        for o in out:
+            o["metadata"].setdefault("labels", {}).update(group["pairs"])
+    for image in kust.get("images", []):
+        for o in out:
+            for c in o.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                name, _, tag = c["image"].partition(":")
+                if name == image["name"]:
+                    c["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}"
     return out
+
+
+def _merge(into: dict, patch: dict) -> None:
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
 
 
 def by_kind(objs: list[dict], kind: str, name: str | None = None) -> dict:
@@ -167,3 +194,99 @@ def test_a_configmap_swap_changes_routing_within_2s_and_a_broken_one_is_refused(
     _kubelet_write(mount, "routes: [broken", 3)
     eventually(lambda: s.metric("splitter_config_reloads_total", result="failure") == 1, timeout=3)
     assert handler() == "new_auth", "the old routing stays"
+
+
+def _readme_k8s_commands() -> list[list[str]]:
+    """The shell commands of README's "Run on Kubernetes" section, continuation lines joined, comments dropped."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Run on Kubernetes") :]
+    section = section[: section.index("\n## ", 5)]
+    block = section[section.index("```sh\n") + 6 :]
+    block = block[: block.index("```")].replace("\\\n", " ")
+    commands = []
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        if words:
+            commands.append(words)
+    return commands
+
+
+def _images_in(objs: list[dict]) -> set[str]:
+    return {c["image"] for o in objs for c in o.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])}
+
+
+def test_the_readme_steps_create_what_the_demo_reads_and_load_what_it_runs():
+    import shlex
+
+    objs = objects("demo")
+    cmds = _readme_k8s_commands()
+    # the Secrets: every (name, key) a pod reads, and nothing else
+    read = {(ref["name"], ref["key"]) for o in objs for c in o.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+            for e in c.get("env", []) if (ref := e.get("valueFrom", {}).get("secretKeyRef"))}
+    created = set()
+    for words in cmds:
+        if words[:1] == ["kubectl"] and "secret" in words and "create" in words:
+            assert words[1:3] == ["-n", "splitter-demo"] and words[words.index("secret") + 1] == "generic", words
+            name = words[words.index("generic") + 1]
+            created |= {(name, w.split("=", 2)[1]) for w in words if w.startswith("--from-literal=")}
+    assert read == created, (read - created, created - read)
+    assert not [o for o in objs if o["kind"] == "Secret"], "the Secrets come from the commands, not from the repository"
+    # the database URL names the demo's PostgreSQL Service, user and database
+    url = next(w for words in cmds for w in words if w.startswith("--from-literal=database-url="))
+    pg = by_kind(objs, "StatefulSet", "postgres")["spec"]["template"]["spec"]["containers"][0]
+    pg_env = {e["name"]: e.get("value") for e in pg["env"]}
+    assert url.startswith(f"--from-literal=database-url=postgresql://{pg_env['POSTGRES_USER']}:") and url.endswith(f"@postgres:5432/{pg_env['POSTGRES_DB']}")
+    assert by_kind(objs, "Service", "postgres")["spec"]["ports"][0]["port"] == 5432
+    # the images: make images builds exactly the ones the demo runs (besides the pinned third-party ones), kind loads them
+    dry = subprocess.run(["make", "-n", "images"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    built = {}
+    for line in dry.splitlines():
+        words = shlex.split(line)
+        assert words[:2] == ["docker", "build"] and words[-1] == ".", line
+        built[words[words.index("-t") + 1]] = words[words.index("-f") + 1]
+    ours = {i for i in _images_in(objs) if i.startswith("splitter")}
+    assert set(built) == ours == {"splitter:0.1.0", "splitter-legacy-backend:0.1.0", "splitter-new-backend:0.1.0"}
+    assert all(tag.endswith(":" + __import__("splitter").__version__) for tag in built)
+    loaded = next(words for words in cmds if words[:3] == ["kind", "load", "docker-image"])
+    assert set(loaded[3:loaded.index("--name")]) == ours
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    dockerfiles = {s["build"]["dockerfile"] for s in compose.values() if "build" in s}
+    assert set(built.values()) == dockerfiles and all(s["build"]["context"] == "." for s in compose.values() if "build" in s)
+    # monitoring: the Helm release the README installs is the label the objects carry, in the namespace the policy admits
+    helm = next(words for words in cmds if words[:2] == ["helm", "install"])
+    release, namespace = helm[2], helm[helm.index("-n") + 1]
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert by_kind(objs, kind)["metadata"]["labels"]["release"] == release
+    admin_rule = next(r for r in by_kind(objs, "NetworkPolicy", "splitter")["spec"]["ingress"] if "from" in r)
+    assert admin_rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == namespace
+    assert ["kubectl", "-n", "splitter-demo", "apply", "-k", "deploy/kubernetes/demo"] in cmds
+
+
+def test_the_python_render_is_what_kubectl_kustomize_renders():
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed: the Python render stands alone")
+    for overlay in ("base", "demo"):
+        out = subprocess.run([kubectl, "kustomize", str(K8S / overlay)], capture_output=True, text=True, check=True).stdout
+        key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
+        assert sorted(yaml.safe_load_all(out), key=key) == sorted(objects(overlay), key=key), overlay
+
+
+def test_redis_wants_a_password_and_admits_only_splitter_pods():
+    objs = objects("base")
+    redis = by_kind(objs, "StatefulSet", "splitter-redis")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in redis["env"]}
+    args = redis["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDISCLI_AUTH)" and env["REDISCLI_AUTH"] == {"name": "splitter-redis", "key": "password"}
+    splitter = by_kind(objs, "Deployment", "splitter")["spec"]["template"]["spec"]["containers"][0]
+    cfg = config.parse(by_kind(objs, "ConfigMap", "splitter-routes")["data"]["routes.yaml"], "routes.yaml", "production")
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in splitter["env"] if "valueFrom" in e}
+    assert refs[cfg.redis_ha.password_env] == env["REDISCLI_AUTH"], "splitter reads the password Redis requires"
+    policy = by_kind(objs, "NetworkPolicy", "splitter-redis")
+    redis_labels = by_kind(objs, "StatefulSet", "splitter-redis")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= redis_labels.items()
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "splitter"}}}], "ports": [{"port": 6379, "protocol": "TCP"}]}]
+    splitter_labels = by_kind(objs, "Deployment", "splitter")["spec"]["template"]["metadata"]["labels"]
+    assert {"app.kubernetes.io/name": "splitter"}.items() <= splitter_labels.items()
