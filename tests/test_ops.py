@@ -58,11 +58,13 @@ def test_compose_restarts_drains_pins_and_keeps_secrets_where_they_are_used():
         args = cli.build_parser().parse_args(services[name]["command"][1:])
         assert _seconds(services[name]["stop_grace_period"]) >= args.graceful_timeout + 5, "Docker must not kill a replica mid-drain"
     env_of = {name: set(svc.get("env_file", [])) for name, svc in services.items()}
-    assert env_of["splitter-a"] == {"deploy/splitter.env"} and env_of["legacy_backend"] == env_of["new_backend"] == {"deploy/backends.env"}
+    assert env_of["splitter-a"] == {"deploy/splitter.env", "deploy/redis.env"} and env_of["legacy_backend"] == env_of["new_backend"] == {"deploy/backends.env"}
     assert env_of["grafana"] == {"deploy/grafana.env"} and env_of["postgres"] == {"deploy/postgres.env"}
-    assert not env_of["redis"] and not env_of["prometheus"], "no secrets where none are used"
+    assert env_of["redis"] == {"deploy/redis.env"} and not env_of["prometheus"], "no secrets where none are used"
+    assert "REDIS_PASSWORD" in services["redis"]["healthcheck"]["test"][-1], "the health check logs in"
     keys = lambda f: {line.split("=", 1)[0] for line in (ROOT / f).read_text().splitlines() if line and not line.startswith("#")}  # noqa: E731
     assert keys("deploy/splitter.env") == {"SPLITTER_ADMIN_TOKEN", "SPLITTER_FORCE_TOKEN"}
+    assert keys("deploy/redis.env") == {"REDIS_PASSWORD"} and "$$REDIS_PASSWORD" in services["redis"]["command"][-1]
     assert keys("deploy/backends.env") == {"JWT_SECRET", "DATABASE_URL"} and keys("deploy/grafana.env") >= {"GF_SECURITY_ADMIN_PASSWORD"}
     assert "GF_SECURITY_ADMIN_PASSWORD" not in services["grafana"].get("environment", {}), "from the env file, not admin/admin in compose"
     db = next(line.split("=", 1)[1] for line in (ROOT / "deploy/backends.env").read_text().splitlines() if line.startswith("DATABASE_URL="))
@@ -112,7 +114,7 @@ def test_compose_commands_ports_and_env_match_the_code():
         cfg = config.load(cfg_file, svc["environment"]["SPLITTER_ENV"])
         for bname, svc_name in (("legacy", "legacy_backend"), ("new", "new_backend")):
             assert cfg.backends[bname].url == f"http://{svc_name}:{backend_ports[svc_name]}"
-        assert cfg.redis_url == "redis://redis:6379/0"
+        assert cfg.redis_url == "redis://redis:6379/0" and cfg.redis_ha.password_env == "REDIS_PASSWORD"
         assert f":{args.admin_port}/readyz" in " ".join(svc["healthcheck"]["test"])
     # the Dockerfiles' default commands agree with compose's
     for name in ("legacy_backend", "new_backend"):
