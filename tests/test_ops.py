@@ -141,9 +141,36 @@ def test_promtool_accepts_config_and_rules(promtool):
 
 
 def dashboard_exprs() -> list[tuple[str, str]]:
+    """Every panel's and annotation's query, by title (annotations: "annotation: NAME")."""
     dash = json.loads((DEPLOY / "grafana/dashboards/splitter.json").read_text())
-    assert dash["templating"]["list"][0]["name"] == "route"
-    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
+    assert [v["name"] for v in dash["templating"]["list"]] == ["datasource", "route"]
+    panels = [(p["title"], t["expr"]) for p in dash["panels"] for t in p["targets"]]
+    return panels + [(f"annotation: {a['name']}", a["expr"]) for a in dash["annotations"]["list"]]
+
+
+def test_the_dashboard_imports_anywhere_and_names_every_series():
+    dash = json.loads((DEPLOY / "grafana/dashboards/splitter.json").read_text())
+    # import: Grafana asks for DS_PROMETHEUS and writes the answer into the datasource variable;
+    # provisioning (compose) leaves ${DS_PROMETHEUS} unresolved and the variable falls back to the default Prometheus
+    assert dash["__inputs"] == [{"name": "DS_PROMETHEUS", "label": "Prometheus", "description": "the Prometheus that scrapes splitter", "type": "datasource", "pluginId": "prometheus", "pluginName": "Prometheus"}]
+    var = dash["templating"]["list"][0]
+    assert var["type"] == "datasource" and var["query"] == "prometheus" and var["current"]["value"] == "${DS_PROMETHEUS}"
+    provisioned = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    assert [d["type"] for d in provisioned if d.get("isDefault")] == [var["query"]], "the variable's fallback is the provisioned Prometheus"
+    sources = [p["datasource"] for p in dash["panels"]] + [t["datasource"] for p in dash["panels"] for t in p["targets"]]
+    sources += [dash["templating"]["list"][1]["datasource"]] + [a["datasource"] for a in dash["annotations"]["list"]]
+    assert all(ds == {"type": "prometheus", "uid": "${datasource}"} for ds in sources), "no hard-coded datasource uid"
+    for panel in dash["panels"]:
+        for t in panel["targets"]:
+            for group in re.findall(r"\bby \(([^)]*)\)", t["expr"]):
+                for label in (x.strip() for x in group.split(",")):
+                    assert label == "le" or "{{" + label + "}}" in t["legendFormat"], (panel["title"], label, t["legendFormat"])
+        if panel["type"] == "stat":
+            defaults = panel["fieldConfig"]["defaults"]
+            assert defaults["mappings"] and len(defaults["thresholds"]["steps"]) >= 2, panel["title"]
+    mapped = {p["title"]: p["fieldConfig"]["defaults"]["mappings"][0]["options"] for p in dash["panels"] if p["type"] == "stat"}
+    assert mapped["Kill switch"]["1"]["color"] == "red" and mapped["Redis up (per replica)"]["0"]["color"] == "red"
+    assert {a["name"] for a in dash["annotations"]["list"]} >= {"Guard trips", "Rollbacks", "Percent changes"}
 
 
 def alert_exprs() -> list[tuple[str, str]]:
@@ -173,6 +200,12 @@ EXPECTED_LABELS = {
     "Client aborts by handler": None,
     "SplitterGuardTripped": None,
     "SplitterReplicaDown": None,
+    # annotations: changes within the last minute (none in this scenario's last minute but a reload, counted from 1)
+    "annotation: Guard trips": None,
+    "annotation: Rollbacks": None,
+    "annotation: Percent changes": None,
+    "annotation: Kill switch": None,
+    "annotation: Config reloads": None,
 }
 
 
