@@ -83,7 +83,8 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
         """One wrapper for every write: authorize, then answer JSON (errors: the handlers below)."""
 
         async def endpoint(request: Request) -> Response:
-            return JSONResponse(await impl(request, authorize(request)))
+            result = await impl(request, authorize(request))
+            return result if isinstance(result, Response) else JSONResponse(result)
 
         return endpoint
 
@@ -191,7 +192,7 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             for n in names:
                 closed += await websockets.close_route(n, "new", 1012, "rolled back: reconnect")
         log.warning("rollback", who=who, routes=names, old=old, new=0, websockets_closed=closed)
-        return routes_view()
+        return JSONResponse(routes_view(), headers={"X-Splitter-Websockets-Closed": str(closed)} if close else None)
 
     async def get_kill(request: Request) -> Response:
         return JSONResponse({"on": rt.snapshot.kill})
@@ -218,7 +219,7 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
         name = request.path_params["name"]
         route_or_404(name)
         if rt.snapshot.config.by_name[name].shadow is None:
-            raise _Refused(404, f"route {name!r} has no shadow: in routes.yaml")
+            raise _Refused(404, f"route {name!r} has no shadow section in routes.yaml")
         return JSONResponse({"route": name, "mismatches": await shadow.recent(name)})
 
     async def rollouts_view(request: Request) -> Response:
@@ -228,7 +229,7 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
         name, action = request.path_params["name"], request.path_params["action"]
         route_or_404(name)
         if rt.snapshot.config.by_name[name].rollout is None:
-            raise _Refused(404, f"route {name!r} has no rollout: in routes.yaml")
+            raise _Refused(404, f"route {name!r} has no rollout section in routes.yaml")
         if action not in ("pause", "resume", "abort"):
             raise _Refused(404, "action must be pause, resume or abort")
         log.info("rollout action", who=who, route=name, action=action)

@@ -30,6 +30,40 @@ def fail(message: str) -> NoReturn:
     raise OperatorError(message)
 
 
+class UsageError(OperatorError):
+    """A command line that argparse cannot reject by itself; exit 2 like argparse's own usage errors."""
+
+
+def usage(message: str) -> NoReturn:
+    raise UsageError(message)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default once: not when the help text already says it, nor for None and flags."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default is None or isinstance(action.default, bool):
+            return text
+        return super()._get_help_string(action)
+
+
+def admin_url(args: argparse.Namespace) -> str:
+    """--admin, else $SPLITTER_ADMIN_URL, else the default; a URL without http:// is one clear line."""
+    base = str(getattr(args, "admin", None) or os.environ.get("SPLITTER_ADMIN_URL") or DEFAULT_ADMIN).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        source = "--admin" if getattr(args, "admin", None) else "SPLITTER_ADMIN_URL"
+        fail(f"{source} {base!r} needs http:// (for example http://{base.split('://')[-1]})")
+    return base
+
+
+def _config_path(path: str, flag: str) -> str:
+    """The default routes.yaml missing from the current directory says where to look, not file:0."""
+    if path == "routes.yaml" and not os.path.exists(path):
+        fail(f"routes.yaml not found in the current directory ({os.getcwd()}); {flag}")
+    return path
+
+
 # --- serve -------------------------------------------------------------------
 
 
@@ -59,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     settings = _settings(args)
     if settings.workers < 1:
-        fail("--workers must be at least 1")
+        usage("--workers must be at least 1")
     try:
         cfg = config_mod.load(settings.config_path, settings.environment)
     except ConfigError as exc:
@@ -71,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.workers > 1 and judged and not (settings.redis_url or cfg.redis_url or cfg.redis_ha.sentinels):
         fail(f"--workers {settings.workers} with guard/rollout on {', '.join(judged)} needs Redis (redis.url in routes.yaml or SPLITTER_REDIS_URL): each worker would judge only its own share of traffic")
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port) or (settings.port == settings.admin_port and settings.port != 0):
-        fail("--port and --admin-port must differ")
+        usage("--port and --admin-port must differ")
     from . import server
 
     try:
@@ -111,7 +145,7 @@ class _ConfigFailure(Exception):
 
 def cmd_check(args: argparse.Namespace) -> int:
     env = args.env or os.environ.get("SPLITTER_ENV") or None
-    cfg = _load_or_fail(args.file, env)
+    cfg = _load_or_fail(_config_path(args.file, "pass the file: splitter check PATH"), env)
     parts = ", ".join(f"{r.name} {r.prefix} {r.percent}%" for r in cfg.routes)
     print(f"{args.file}: ok, environment {cfg.environment}, {len(cfg.routes)} routes ({parts}), unmatched -> {cfg.unmatched}")
     return 0
@@ -129,7 +163,7 @@ def cmd_bucket(args: argparse.Namespace) -> int:
         env = None
     else:
         env = os.environ.get("SPLITTER_ENV") or None
-        cfg = _load_or_fail(args.config, env)
+        cfg = _load_or_fail(_config_path(args.config, "pass --config PATH, or --admin URL for live values"), env)
         rows = []
         for r in cfg.routes:
             b = bucketing.bucket(args.user_id, r.salt)
@@ -149,10 +183,10 @@ def cmd_bucket(args: argparse.Namespace) -> int:
 # --- admin API clients --------------------------------------------------------------
 
 
-def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None, write: bool = False) -> Any:
+def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None, write: bool = False, answer_headers: dict[str, str] | None = None) -> Any:
     import httpx
 
-    base = (args.admin or os.environ.get("SPLITTER_ADMIN_URL") or DEFAULT_ADMIN).rstrip("/")
+    base = admin_url(args)
     headers = {"X-Splitter-Actor": os.environ.get("USER", "cli")}
     if write:
         token = os.environ.get("SPLITTER_ADMIN_TOKEN")
@@ -170,6 +204,8 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None, w
     if resp.status_code >= 400:
         msg = data.get("error") if isinstance(data, dict) else None
         fail(f"admin API answered {resp.status_code}: {msg or resp.text.strip()[:200]}")
+    if answer_headers is not None:
+        answer_headers.update(resp.headers)
     return data
 
 
@@ -183,25 +219,28 @@ def _print_routes(routes: list[dict[str, Any]], kill: bool) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     routes = _admin(args, "GET", "/admin/routes")
     kill = _admin(args, "GET", "/admin/kill")
+    rejected = _admin(args, "GET", "/admin/overview").get("reloads", {}).get("last_error") or []
     if args.json:
-        print(json.dumps({"routes": routes, "kill": bool(kill.get("on"))}, indent=2))
+        print(json.dumps({"routes": routes, "kill": bool(kill.get("on")), "reload_error": rejected}, indent=2))
         return 0
     _print_routes(routes, bool(kill.get("on")))
+    if rejected:
+        print(f"routes.yaml REJECTED at the last reload; still serving the previous routes: {rejected[0]}")
     print(f"console: {_admin_base(args)}/ui")
     return 0
 
 
 def _admin_base(args: argparse.Namespace) -> str:
-    return str(args.admin or os.environ.get("SPLITTER_ADMIN_URL") or DEFAULT_ADMIN).rstrip("/")
+    return admin_url(args)
 
 
 def cmd_set(args: argparse.Namespace) -> int:
     try:
         pct = int(args.percent)
     except ValueError:
-        fail(f"percent must be an integer 0..100, got {args.percent!r}")
+        usage(f"percent must be an integer 0..100, got {args.percent!r}")
     if not 0 <= pct <= 100:
-        fail(f"percent must be an integer 0..100, got {pct}")
+        usage(f"percent must be an integer 0..100, got {pct}")
     r = _admin(args, "PUT", f"/admin/routes/{args.route}", {"percent": pct}, write=True)
     print(f"{r['name']}: {r['percent']}% to new (file {r['file_percent']}%, source {r['source']})")
     return 0
@@ -215,13 +254,17 @@ def cmd_clear(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     if args.all == (args.route is not None):
-        fail("name one ROUTE or --all")
+        usage("name one ROUTE or --all")
     body: dict[str, Any] = {"all": True} if args.all else {"route": args.route}
     if args.close_websockets:
         body["close_websockets"] = True
-    routes = _admin(args, "POST", "/admin/rollback", body, write=True)
+    answer: dict[str, str] = {}
+    routes = _admin(args, "POST", "/admin/rollback", body, write=True, answer_headers=answer)
     names = [r["name"] for r in routes if r["percent"] == 0]
     print(f"rolled back to legacy (0%): {', '.join(names) if args.all else args.route}")
+    if args.close_websockets:
+        closed = answer.get("x-splitter-websockets-closed", "?")
+        print(f"closed {closed} WebSocket connection{'' if closed == '1' else 's'} to new (1012: clients reconnect to legacy)")
     return 0
 
 
@@ -282,7 +325,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             if args.route:
                 items = [i for i in items if i["route"] == args.route]
                 if not items:
-                    fail(f"route {args.route!r} has no rollout: in routes.yaml")
+                    fail(f"route {args.route!r} has no rollout section in routes.yaml")
             if args.json:
                 print(json.dumps(items if not args.route else items[0]), flush=True)
             else:
@@ -318,7 +361,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             results[key] = body["data"]["result"]
         sides = report.from_prometheus(results)
     else:
-        base = (args.admin or os.environ.get("SPLITTER_ADMIN_URL") or DEFAULT_ADMIN).rstrip("/")
+        base = admin_url(args)
         try:
             text = httpx.get(base + "/metrics", timeout=10).text
         except httpx.HTTPError as exc:
@@ -338,7 +381,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Help
     p = argparse.ArgumentParser(prog="splitter", description="Reverse proxy for strangler-fig migrations: sticky percent split between legacy and new.", formatter_class=fmt)
     p.add_argument("--version", action="version", version=f"splitter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -373,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def admin_parser(name: str, help_: str) -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=help_, formatter_class=fmt)
-        a.add_argument("--admin", default=None, help=f"admin API URL (default $SPLITTER_ADMIN_URL or {DEFAULT_ADMIN})")
+        a.add_argument("--admin", default=None, help=f"admin API URL (default: $SPLITTER_ADMIN_URL, else {DEFAULT_ADMIN})")
         return a
 
     st = admin_parser("status", "routes, percents and the kill switch of a running proxy")
@@ -439,6 +482,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
+    except UsageError as exc:
+        print(f"splitter {args.command}: {exc}", file=sys.stderr)
+        return 2
     except OperatorError as exc:
         print(f"splitter: {exc}", file=sys.stderr)
         return 1

@@ -34,8 +34,8 @@ def test_happy_path_against_a_running_proxy(standin, splitter):
     assert run("kill", "off", "--admin", s.admin).returncode == 0
 
 
-def one_line_error(r: subprocess.CompletedProcess[str], needle: str) -> None:
-    assert r.returncode == 1, r
+def one_line_error(r: subprocess.CompletedProcess[str], needle: str, code: int = 1) -> None:
+    assert r.returncode == code, r
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert "Traceback" not in r.stderr
@@ -52,12 +52,12 @@ def test_missing_token():
 
 
 def test_bad_percent_is_refused_before_any_request():
-    one_line_error(run("set", "auth", "150"), "percent must be an integer 0..100, got 150")
-    one_line_error(run("set", "auth", "ten"), "percent must be an integer 0..100, got 'ten'")
+    one_line_error(run("set", "auth", "150"), "percent must be an integer 0..100, got 150", code=2)
+    one_line_error(run("set", "auth", "ten"), "percent must be an integer 0..100, got 'ten'", code=2)
 
 
 def test_rollback_needs_a_route_or_all():
-    one_line_error(run("rollback"), "name one ROUTE or --all")
+    one_line_error(run("rollback"), "splitter rollback: name one ROUTE or --all", code=2)
 
 
 def test_bad_config_for_serve_is_one_line_per_error(tmp_path):
@@ -129,3 +129,61 @@ def test_metrics_include_build_info_in_flight_and_process(standin, splitter):
     assert s.metric("splitter_requests_in_flight") == 0
     text = s.metrics()
     assert "process_resident_memory_bytes" in text and "process_open_fds" in text
+
+
+def test_usage_errors_exit_2_as_argparse_does():
+    assert run("set", "auth").returncode == 2  # argparse: a missing argument
+    assert run("kill", "maybe").returncode == 2
+    one_line_error(run("serve", "--workers", "0"), "splitter serve: --workers must be at least 1", code=2)
+    one_line_error(run("serve", "--port", "9", "--admin-port", "9"), "--port and --admin-port must differ", code=2)
+
+
+def test_help_shows_each_default_once():
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name, sub in subs.choices.items():
+        text = " ".join(sub.format_help().split())  # wrapped lines joined
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        for action in sub._actions:
+            if action.help:
+                shown = (sub._get_formatter()._get_help_string(action) or "").replace("%(default)s", str(action.default))
+                assert shown.count("default") <= 1, (name, action.dest, shown)
+    admin_help = " ".join(run("status", "--help").stdout.split())
+    assert "admin API URL (default: $SPLITTER_ADMIN_URL, else http://127.0.0.1:8081)" in admin_help
+    assert admin_help.count("default") == 1
+    assert "(default: routes.yaml)" in " ".join(run("bucket", "--help").stdout.split())
+
+
+def test_an_admin_url_without_a_scheme_says_it_needs_http():
+    env = {**os.environ, "SPLITTER_ADMIN_URL": "localhost:8081"}
+    r = subprocess.run([sys.executable, "-m", "splitter", "status"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
+    assert r.returncode == 1 and r.stderr == "splitter: SPLITTER_ADMIN_URL 'localhost:8081' needs http:// (for example http://localhost:8081)\n"
+    one_line_error(run("rollback", "auth", "--admin", "127.0.0.1:8081"), "--admin '127.0.0.1:8081' needs http://")
+
+
+def test_bucket_and_check_outside_the_project_say_where_routes_yaml_is_looked_for(tmp_path):
+    for args, hint in ((["bucket", "alice"], "pass --config PATH"), (["check"], "pass the file: splitter check PATH")):
+        r = subprocess.run([sys.executable, "-m", "splitter", *args], capture_output=True, text=True, cwd=tmp_path, timeout=30)
+        assert r.returncode == 1 and r.stderr.startswith(f"splitter: routes.yaml not found in the current directory ({tmp_path}); {hint}"), r.stderr
+        assert len(r.stderr.splitlines()) == 1
+
+
+def test_status_says_when_routes_yaml_was_rejected(standin, splitter):
+    import json
+
+    from conftest import eventually
+
+    s = splitter(routes_yaml(standin("legacy"), standin("new")))
+    assert "REJECTED" not in run("status", "--admin", s.admin).stdout
+    s.config.write_text("routes: [broken")
+    eventually(lambda: s.metric("splitter_config_reloads_total", result="failure") == 1, timeout=5)
+    out = run("status", "--admin", s.admin).stdout
+    line = next(x for x in out.splitlines() if "REJECTED" in x)
+    assert line.startswith("routes.yaml REJECTED at the last reload; still serving the previous routes: ") and str(s.config) in line, out
+    assert json.loads(run("status", "--json", "--admin", s.admin).stdout)["reload_error"]
+
+
+def test_no_shadow_or_rollout_reads_as_a_missing_section(standin, splitter):
+    s = splitter(routes_yaml(standin("legacy"), standin("new")))
+    one_line_error(run("shadow", "auth", "--admin", s.admin), "admin API answered 404: route 'auth' has no shadow section in routes.yaml")
+    one_line_error(run("rollout", "status", "auth", "--admin", s.admin), "route 'auth' has no rollout section in routes.yaml")
