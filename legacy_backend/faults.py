@@ -1,4 +1,4 @@
-"""Fault injection for demos and tests: FAULT_ERROR_RATE (share answered 500), FAULT_LATENCY_MS."""
+"""Fault injection for demos and tests: FAULT_ERROR_RATE (share answered 500), FAULT_LATENCY_MS (settings.py reads them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The new service's settings; read from the environment here and only here."""
+"""The new service's settings; read from the environment here and only here
+(FAULT_* apply to both backends, NEW_FAULT_* to this one alone and win)."""
 
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ class Settings:
     def from_env(cls) -> Settings:
         env = os.environ
         secret = env.get("JWT_SECRET") or DEV_SECRET
-        if secret == DEV_SECRET:
+        if not env.get("JWT_SECRET"):  # make run sets it (to the development default): no warning then
             print("new_backend: JWT_SECRET not set; using the development default (never in production)", file=sys.stderr)
         return cls(
             database_url=env.get("DATABASE_URL", cls.database_url),
             jwt_secret=secret,
             upload_dir=env.get("UPLOAD_DIR", cls.upload_dir),
             upload_max_bytes=int(env.get("UPLOAD_MAX_BYTES", cls.upload_max_bytes)),
-            fault_error_rate=float(env.get("FAULT_ERROR_RATE", 0) or 0),
-            fault_latency_ms=float(env.get("FAULT_LATENCY_MS", 0) or 0),
+            # NEW_FAULT_* for this backend alone (NEW_FAULT_ERROR_RATE=0.3 make run), else FAULT_* (both)
+            fault_error_rate=float(env.get("NEW_FAULT_ERROR_RATE") or env.get("FAULT_ERROR_RATE") or 0),
+            fault_latency_ms=float(env.get("NEW_FAULT_LATENCY_MS") or env.get("FAULT_LATENCY_MS") or 0),
         )

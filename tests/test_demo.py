@@ -59,3 +59,33 @@ def test_demo_says_which_service_failed_to_start(tmp_path):
     while any(port_open(port) for port in (8001, 8080, 8081)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(port_open(port) for port in (8001, 8080, 8081)), "the others were stopped"
+
+
+def test_make_run_sets_jwt_secret_so_no_backend_warns_and_faults_can_target_one_backend(procs, tmp_path):
+    """demo.sh exports JWT_SECRET (the development default): "not set" would be false. NEW_FAULT_ERROR_RATE fails
+    new alone; FAULT_ERROR_RATE still fails both (SPEC)."""
+    from backends import start_backend
+
+    demo_env = subprocess.run(["bash", "-c", "grep '^export JWT_SECRET=' scripts/demo.sh"], cwd=ROOT, capture_output=True, text=True).stdout
+    dev_default = demo_env.split(":-", 1)[1].rstrip("}\n")
+    legacy = start_backend(procs, "legacy", tmp_path, {"JWT_SECRET": dev_default, "NEW_FAULT_ERROR_RATE": "1"})
+    new = start_backend(procs, "new", tmp_path, {"JWT_SECRET": dev_default, "NEW_FAULT_ERROR_RATE": "1"})
+    assert httpx.get(legacy + "/api/auth/me").status_code == 401 and httpx.get(new + "/api/auth/me").status_code == 500
+    both = tmp_path / "both"
+    both.mkdir()
+    unset = {"JWT_SECRET": "", "FAULT_ERROR_RATE": "1"}
+    legacy2, new2 = start_backend(procs, "legacy", both, unset), start_backend(procs, "new", both, {**unset, "NEW_FAULT_ERROR_RATE": "0"})
+    assert httpx.get(legacy2 + "/api/auth/me").status_code == 500, "FAULT_ERROR_RATE applies to each backend"
+    assert httpx.get(new2 + "/api/auth/me").status_code == 401, "NEW_FAULT_ERROR_RATE=0 wins for new"
+    logs = {p: p.read_text() for p in (tmp_path / "legacy.log", tmp_path / "new.log", both / "legacy.log")}
+    assert "JWT_SECRET not set" not in logs[tmp_path / "legacy.log"] + logs[tmp_path / "new.log"]
+    assert "legacy_backend: JWT_SECRET not set" in logs[both / "legacy.log"], "still warns when it is not set"
+
+
+def test_readme_quotes_urls_with_a_query_string():
+    """zsh expands an unquoted ? (no matches found): every curl URL with a query string is quoted."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    unquoted = [line for line in text.splitlines() if re.search(r"curl [^'\"]*\s[^\s'\"]*\?", line)]
+    assert unquoted == []

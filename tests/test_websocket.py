@@ -225,6 +225,7 @@ def test_rollback_with_close_websockets_sends_new_users_back_to_legacy(procs, tm
         t0 = time.monotonic()
         result = await asyncio.to_thread(run, "rollback", "notifications", "--close-websockets", "--admin", s.admin)
         assert result.returncode == 0, result.stderr
+        assert "closed 10 WebSocket connections to new" in result.stdout, result.stdout
         for c in conns:
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(c.recv(), 1.5)
