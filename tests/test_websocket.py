@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -282,3 +283,80 @@ def test_failed_handshakes_count_against_new_in_the_guard_window(splitter):
     asyncio.run(knock())
     eventually(lambda: s.metric("splitter_guard_trips_total", route="notifications", reason="error_rate") == 1, timeout=3)
     assert s.metric("splitter_route_percent", route="notifications") == 0
+
+
+def raw_upgrade(s, path: str = "/api/notifications/echo", rcvbuf: int = 0) -> socket.socket:
+    """A WebSocket client on a bare socket, past the handshake: it sends what a test builds."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window is agreed then
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", s.port))
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed during the handshake: {head!r}"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def masked_ping(size: int = 0) -> bytes:
+    return bytes([0x89, 0x80 | size]) + os.urandom(4 + size)  # FIN + ping, masked, `size` bytes of (masked) payload
+
+
+def flood(s, seconds: float, payload: int = 32) -> tuple[int, float]:
+    """Pings from a client that never reads, for `seconds`: (pings the kernel took, peak proxy RSS)."""
+    sock = raw_upgrade(s, rcvbuf=4096)  # what it leaves unread fills its buffer at once, then the proxy's
+    batch = masked_ping(payload) * (300_000 // (6 + payload))  # ~300 KB a send; one mask key is as good as any
+    sent, peak, deadline = 0, 0.0, time.monotonic() + seconds
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(batch[sent % len(batch) :])
+        except TimeoutError:
+            pass  # the proxy stopped reading: the flood waits in the kernel's buffers
+        peak = max(peak, rss_mib(s.proc.pid))
+    sock.close()  # unread pongs in our buffer: the kernel resets the connection
+    return sent // (6 + payload), peak
+
+
+def test_a_ping_flood_from_a_client_that_never_reads_stays_in_the_kernel_and_memory_is_given_back(wsup, splitter):
+    s = splitter(ws_yaml(wsup.url, wsup.url), args=["--no-access-log"])
+    open_now = lambda: s.metric("splitter_websocket_open", route="notifications", backend="new", handler="new_notifications") or 0  # noqa: E731
+    rss0 = rss_mib(s.proc.pid)
+    sent, peak = flood(s, 8)
+    eventually(lambda: open_now() == 0, timeout=10)
+    after = rss_mib(s.proc.pid)
+    print(f"pings taken {sent}, rss {rss0:.1f} -> peak {peak:.1f} -> after close {after:.1f} MiB")
+    assert peak - rss0 < 40, f"{sent} pings grew the proxy by {peak - rss0:.1f} MiB"
+    # What the flood's transient objects used is free again, but glibc trims its heap only past
+    # 16 MiB free (M_TRIM_THRESHOLD, server._keep_freed_buffers): up to that much stays in the RSS
+    # for the next connections to reuse. A second flood must find it there and add nothing.
+    assert after - rss0 < 20, f"{after - rss0:.1f} MiB kept after the close"
+    sent2, _ = flood(s, 3)
+    eventually(lambda: open_now() == 0, timeout=10)
+    print(f"again {sent2} pings: rss after close {rss_mib(s.proc.pid):.1f} MiB")
+    assert rss_mib(s.proc.pid) - after < 4, "nothing of a closed flood is kept"
+
+
+def test_pings_and_pongs_of_the_client_keep_an_idle_connection_open(wsup, splitter):
+    s = splitter(ws_yaml(wsup.url, wsup.url).replace("idle_timeout_s: 30", "idle_timeout_s: 2"))
+
+    async def run() -> None:
+        async with websockets.connect(ws_url(s, "/api/notifications/echo"), ping_interval=None) as ws:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < 5:  # pings, then unsolicited pongs (a one-way heartbeat), no message
+                await (ws.ping() if time.monotonic() - t0 < 2.5 else ws.pong())
+                await asyncio.sleep(0.5)
+            await ws.send("still open")
+            assert await ws.recv() == "still open"
+            quiet = time.monotonic()
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            assert closed.value.rcvd.code == 1001 and closed.value.rcvd.reason == "idle timeout"
+            assert time.monotonic() - quiet > 1.5, "the timer still runs once the client is quiet"
+
+    asyncio.run(run())
