@@ -299,15 +299,18 @@ class HostGuard:
         host = next((v for k, v in scope["headers"] if k == b"host"), None)
         if host is not None and not host_allowed(host.decode("latin-1"), self.allowed):
             why = f"Host {host.decode('latin-1')!r} is not allowed on the admin listener (DNS rebinding)"
-            body = json.dumps({"error": f"{why}: use an IP address or localhost, or list the name in --admin-allowed-hosts"}).encode()
+            fix = "use an IP address or localhost, or list the name in --admin-allowed-hosts"
+            body = json.dumps({"error": f"{why}: {fix}"}).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), NOSNIFF]
             await send({"type": "http.response.start", "status": 403, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
 
         async def send_nosniff(message: Message) -> None:
-            if message["type"] == "http.response.start" and not any(k == NOSNIFF[0] for k, _ in message.get("headers", ())):
-                message["headers"] = [*message.get("headers", ()), NOSNIFF]  # the console's pages set it themselves
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(k == NOSNIFF[0] for k, _ in headers):  # the console's pages set it themselves
+                    message["headers"] = [*headers, NOSNIFF]
             await send(message)
 
         await self.app(scope, receive, send_nosniff)

@@ -61,7 +61,8 @@ def _host_names(text: str) -> tuple[str, ...]:
     names = tuple(n.strip().lower().removesuffix(".") for n in text.split(",") if n.strip())
     for n in names:
         if n != "*" and not all(part and part.replace("-", "").replace("_", "").isalnum() for part in n.split(".")):
-            raise argparse.ArgumentTypeError(f"{n!r} is not a host name (a name like splitter-admin or admin.example.com, without port or scheme; * for any)")
+            example = "a name like splitter-admin or admin.example.com, without port or scheme; * for any"
+            raise argparse.ArgumentTypeError(f"{n!r} is not a host name ({example})")
     return names
 
 
@@ -344,7 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8080, help="proxy listener port")
     s.add_argument("--admin-host", default="127.0.0.1", help="admin listener address (/metrics, /healthz, /readyz, /admin/*)")
     s.add_argument("--admin-port", type=int, default=8081, help="admin listener port")
-    s.add_argument("--admin-allowed-hosts", type=_host_names, default=(), metavar="NAMES", help="comma list of Host names the admin listener answers besides IP addresses and localhost (others get 403: DNS rebinding); * allows any")
+    s.add_argument(
+        "--admin-allowed-hosts",
+        type=_host_names,
+        default=(),
+        metavar="NAMES",
+        help="comma list of Host names the admin listener answers besides IP addresses and localhost "
+        "(others get 403: DNS rebinding); * allows any",
+    )
     s.add_argument("--workers", type=int, default=1, help="worker processes sharing both sockets (> 1 needs Redis for runtime changes)")
     s.add_argument("--redis-url", default=None, help="Redis for fleet-wide overrides and windows (else $SPLITTER_REDIS_URL, else redis.url in routes.yaml)")
     s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM")

@@ -46,9 +46,9 @@ def _sendable(code: int | None) -> bool:
 class Session:
     """One relayed connection: the client's ASGI side and the upstream client."""
 
-    def __init__(self, call: Call, upstream: ClientConnection, receive: Receive, send: Send, idle_s: float, rt: Runtime, client: Any = None) -> None:
+    def __init__(self, call: Call, upstream: ClientConnection, receive: Receive, send: Send, idle_s: float, rt: Runtime) -> None:
         self.call, self.upstream, self.receive, self.send, self.idle_s, self.rt = call, upstream, receive, send, idle_s, rt
-        self.client = client  # server.py's protocol: `heard` is the client's last ping or pong
+        self.client: Any = None  # server.py's protocol, when there is one: `heard` is the client's last ping or pong
         self.last = time.monotonic()
         self.up = self.down = 0
         self.close_code: int | None = None
@@ -188,7 +188,8 @@ class WebSockets:
         metrics.ws_connections.labels(*labels, "accepted").inc()
         self.rt.observe(call.route_name, call.backend, call.handler, 101, time.perf_counter() - call.start)  # the handshake, as a request
         self.proxy.record_outcome(call, False)
-        session = Session(call, upstream, receive, send, spec.idle_timeout_s, self.rt, scope.get("extensions", {}).get(CLIENT_HOOK))
+        session = Session(call, upstream, receive, send, spec.idle_timeout_s, self.rt)
+        session.client = scope.get("extensions", {}).get(CLIENT_HOOK)
         self.open.setdefault(call.route_name, set()).add(session)
         gauge = metrics.ws_open.labels(*labels)
         gauge.inc()

@@ -295,7 +295,8 @@ def raw_upgrade(s, path: str = "/api/notifications/echo", rcvbuf: int = 0) -> so
     sock.settimeout(5)
     sock.connect(("127.0.0.1", s.port))
     key = "dGhlIHNhbXBsZSBub25jZQ=="
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    sock.sendall(f"{request}Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(4096)
@@ -332,7 +333,8 @@ def flood(s, seconds: float, unit: bytes, path: str = "/api/notifications/echo")
 
 def test_a_ping_flood_from_a_client_that_never_reads_stays_in_the_kernel_and_memory_is_given_back(wsup, splitter):
     s = splitter(ws_yaml(wsup.url, wsup.url), args=["--no-access-log"])
-    open_now = lambda: s.metric("splitter_websocket_open", route="notifications", backend="new", handler="new_notifications") or 0  # noqa: E731
+    labels = {"route": "notifications", "backend": "new", "handler": "new_notifications"}
+    open_now = lambda: s.metric("splitter_websocket_open", **labels) or 0  # noqa: E731
     rss0 = rss_mib(s.proc.pid)
     sent, peak = flood(s, 8, masked_ping(32))  # 32-byte pongs: the kernel's socket buffers hold fewer of them
     eventually(lambda: open_now() == 0, timeout=10)
