@@ -1,13 +1,18 @@
 """The admin listener: /metrics, /healthz, /readyz and /admin/*.
 
 Reads are open (the listener binds to 127.0.0.1 by default); every mutation
-needs `Authorization: Bearer $SPLITTER_ADMIN_TOKEN`.
+needs `Authorization: Bearer $SPLITTER_ADMIN_TOKEN`. `HostGuard` wraps the whole
+app: a `Host` that is not an IP literal, `localhost` or a name in
+`--admin-allowed-hosts` gets 403, so a page on a rebound DNS name cannot read the
+API from an operator's browser (Django's ALLOWED_HOSTS, Starlette's
+TrustedHostMiddleware); every answer carries `X-Content-Type-Options: nosniff`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
+import ipaddress
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -18,6 +23,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, bucketing, judge
 from .console import console_routes
@@ -39,7 +45,7 @@ class _Refused(Exception):
         self.status, self.message = status, message
 
 
-def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: WebSockets) -> Starlette:
+def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: WebSockets) -> HostGuard:
     token = rt.settings.admin_token.encode() if rt.settings.admin_token else None
 
     def authorize(request: Request) -> str:
@@ -235,7 +241,7 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
         log.info("rollout action", who=who, route=name, action=action)
         return await rollouts.act(name, action)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
@@ -256,6 +262,59 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
         ],
         exception_handlers=_ERRORS,
     )
+    return HostGuard(app, rt.settings.admin_allowed_hosts)
+
+
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+
+
+def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
+    """A `Host` header value (`name`, `name:port`, `1.2.3.4:port`, `[::1]:port`) the admin listener answers."""
+    if "*" in allowed:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")]  # an IPv6 literal
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.removesuffix(".")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name == "localhost" or name in allowed
+    return True  # an IP literal: a browser sends one only to that address, no DNS name to rebind
+
+
+class HostGuard:
+    """Pure ASGI around the admin app: the Host check, and nosniff on every answer (also
+    Starlette's own 404s and 500s). A request without a Host header (HTTP/1.0) is answered:
+    a browser always sends one."""
+
+    def __init__(self, app: ASGIApp, allowed: tuple[str, ...]) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = next((v for k, v in scope["headers"] if k == b"host"), None)
+        if host is not None and not host_allowed(host.decode("latin-1"), self.allowed):
+            why = f"Host {host.decode('latin-1')!r} is not allowed on the admin listener (DNS rebinding)"
+            fix = "use an IP address or localhost, or list the name in --admin-allowed-hosts"
+            body = json.dumps({"error": f"{why}: {fix}"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), NOSNIFF]
+            await send({"type": "http.response.start", "status": 403, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(k == NOSNIFF[0] for k, _ in headers):  # the console's pages set it themselves
+                    message["headers"] = [*headers, NOSNIFF]
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)
 
 
 async def _refused(request: Request, exc: Exception) -> Response:

@@ -79,6 +79,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         environment=env.get("SPLITTER_ENV") or None,
         redis_url=args.redis_url or env.get("SPLITTER_REDIS_URL") or None,
         admin_token=env.get("SPLITTER_ADMIN_TOKEN") or None,
+        admin_allowed_hosts=args.admin_allowed_hosts,
         force_token=env.get("SPLITTER_FORCE_TOKEN") or None,
         multiprocess_dir=(env.get("PROMETHEUS_MULTIPROC_DIR") or None) if args.workers > 1 else None,
         graceful_timeout=args.graceful_timeout,
@@ -87,6 +88,16 @@ def _settings(args: argparse.Namespace) -> Settings:
         body_timeout=args.body_timeout,
         access_log=not args.no_access_log,
     )
+
+
+def _host_names(text: str) -> tuple[str, ...]:
+    """--admin-allowed-hosts: `a,b.example` -> ("a", "b.example"); names only, compared without the port."""
+    names = tuple(n.strip().lower().removesuffix(".") for n in text.split(",") if n.strip())
+    for n in names:
+        if n != "*" and not all(part and part.replace("-", "").replace("_", "").isalnum() for part in n.split(".")):
+            example = "a name like splitter-admin or admin.example.com, without port or scheme; * for any"
+            raise argparse.ArgumentTypeError(f"{n!r} is not a host name ({example})")
+    return names
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -392,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8080, help="proxy listener port")
     s.add_argument("--admin-host", default="127.0.0.1", help="admin listener address (/metrics, /healthz, /readyz, /admin/*)")
     s.add_argument("--admin-port", type=int, default=8081, help="admin listener port")
+    s.add_argument(
+        "--admin-allowed-hosts",
+        type=_host_names,
+        default=(),
+        metavar="NAMES",
+        help="comma list of Host names the admin listener answers besides IP addresses and localhost "
+        "(others get 403: DNS rebinding); * allows any",
+    )
     s.add_argument("--workers", type=int, default=1, help="worker processes sharing both sockets (> 1 needs Redis for runtime changes)")
     s.add_argument("--redis-url", default=None, help="Redis for fleet-wide overrides and windows (else $SPLITTER_REDIS_URL, else redis.url in routes.yaml)")
     s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM")

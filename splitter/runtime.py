@@ -42,6 +42,7 @@ class Settings:
     environment: str | None = None  # SPLITTER_ENV
     redis_url: str | None = None  # SPLITTER_REDIS_URL, wins over routes.yaml
     admin_token: str | None = None  # SPLITTER_ADMIN_TOKEN
+    admin_allowed_hosts: tuple[str, ...] = ()  # --admin-allowed-hosts: names answered besides IPs and localhost
     force_token: str | None = None  # SPLITTER_FORCE_TOKEN
     multiprocess_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR, with --workers > 1
     graceful_timeout: float = 30.0

@@ -7,8 +7,9 @@ at a time in each direction, so a slow reader slows its writer instead of growin
 (the upstream client's max_queue and write_limit bound what is in flight). Close codes and
 reasons pass through both ways; a message over `websocket.max_message_bytes` closes with
 1009 (uvicorn's `ws_max_size` on the client side, the upstream client's `max_size` on the
-other); no message either way for `websocket.idle_timeout_s` closes with 1001. Extensions
-(permessage-deflate) are negotiated per hop.
+other); no message either way and no ping or pong of the client's own (server.py's protocol
+notes them; the client's answers to the server's keepalive pings do not count) for
+`websocket.idle_timeout_s` closes with 1001. Extensions (permessage-deflate) are negotiated per hop.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -24,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .call import Call, Refused
+from .proxy import CLIENT_HOOK
 from .upstream import ProtocolFailed, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:
@@ -46,6 +48,7 @@ class Session:
 
     def __init__(self, call: Call, upstream: ClientConnection, receive: Receive, send: Send, idle_s: float, rt: Runtime) -> None:
         self.call, self.upstream, self.receive, self.send, self.idle_s, self.rt = call, upstream, receive, send, idle_s, rt
+        self.client: Any = None  # server.py's protocol, when there is one: `heard` is the client's last ping or pong
         self.last = time.monotonic()
         self.up = self.down = 0
         self.close_code: int | None = None
@@ -123,7 +126,7 @@ class Session:
 
     async def _idle(self) -> None:
         while True:
-            left = self.last + self.idle_s - time.monotonic()
+            left = max(self.last, getattr(self.client, "heard", 0.0)) + self.idle_s - time.monotonic()
             if left <= 0:
                 await self.close(1001, "idle timeout")
                 return
@@ -186,6 +189,7 @@ class WebSockets:
         self.rt.observe(call.route_name, call.backend, call.handler, 101, time.perf_counter() - call.start)  # the handshake, as a request
         self.proxy.record_outcome(call, False)
         session = Session(call, upstream, receive, send, spec.idle_timeout_s, self.rt)
+        session.client = scope.get("extensions", {}).get(CLIENT_HOOK)
         self.open.setdefault(call.route_name, set()).add(session)
         gauge = metrics.ws_open.labels(*labels)
         gauge.inc()

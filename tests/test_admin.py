@@ -98,3 +98,47 @@ def test_workers_without_redis_refuse_runtime_writes_with_409(standin, splitter)
     r = httpx.put(s.admin + "/admin/routes/auth", json={"percent": 5}, headers=AUTH)
     assert r.status_code == 409 and "Redis" in r.json()["error"]
     assert httpx.put(s.admin + "/admin/kill", headers=AUTH).status_code == 409
+
+
+def test_the_admin_listener_answers_ip_literals_and_localhost_and_refuses_a_rebound_name(stack):
+    port = stack.admin_port
+    with httpx.Client(base_url=stack.admin) as c:
+        refused = ("rebind.attacker.example", f"rebind.attacker.example:{port}", f"splitter-admin:{port}")
+        refused += ("127.0.0.1.nip.io",)  # a name that resolves to an IP is still a name
+        for host in refused:
+            r = c.get("/admin/overview", headers={"Host": host})
+            assert r.status_code == 403, host
+            assert "DNS rebinding" in r.json()["error"] and "--admin-allowed-hosts" in r.json()["error"]
+            assert r.headers["x-content-type-options"] == "nosniff"
+        r = c.put("/admin/kill", headers={**AUTH, "Host": "rebind.attacker.example"})
+        assert r.status_code == 403, "the token does not make a rebound page welcome"
+        assert c.get("/admin/kill").json()["on"] is False
+        answered = (f"localhost:{port}", "LOCALHOST", f"127.0.0.1:{port}", f"[::1]:{port}")
+        answered += ("10.1.2.3:8081", "[fd00::1]")  # pod IPs: the kubelet's probes, Prometheus
+        for host in answered:
+            assert c.get("/admin/overview", headers={"Host": host}).status_code == 200, host
+        # nosniff on every answer: JSON, metrics, health, the console, its errors, unknown paths
+        answers = [c.get(path) for path in ("/admin/routes", "/metrics", "/healthz", "/readyz", "/ui", "/ui/app.js")]
+        answers.append(c.put("/admin/routes/auth", json={"percent": 5}))  # 401
+        answers.append(c.put("/admin/routes/nope", json={"percent": 5}, headers=AUTH))  # 404, the API's own
+        answers.append(c.get("/nope"))
+        assert [r.status_code for r in answers] == [200, 200, 200, 200, 200, 200, 401, 404, 404]
+        for r in answers:
+            assert r.headers.get_list("x-content-type-options") == ["nosniff"], r.url
+
+
+def test_admin_allowed_hosts_lets_a_listed_name_in_and_star_allows_any(standin, splitter):
+    legacy, new = standin("legacy"), standin("new")
+    fqdn = "splitter-admin.ops.svc.cluster.local"
+    named = splitter(routes_yaml(legacy, new), args=["--admin-allowed-hosts", f"splitter-admin, {fqdn}"])
+    hosts = {"splitter-admin:8081": 200, "SPLITTER-ADMIN": 200, f"{fqdn}.:8081": 200, "other.example": 403}
+    for host, status in hosts.items():
+        assert httpx.get(named.admin + "/healthz", headers={"Host": host}).status_code == status, host
+    anyone = splitter(routes_yaml(legacy, new), args=["--admin-allowed-hosts", "*"])
+    assert httpx.get(anyone.admin + "/admin/routes", headers={"Host": "rebind.attacker.example"}).status_code == 200
+    from test_cli import run
+
+    bad = run("serve", "--admin-allowed-hosts", "splitter-admin:8081")
+    assert bad.returncode == 2, bad.stderr
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("splitter serve: error: argument --admin-allowed-hosts: 'splitter-admin:8081' is not a host")
