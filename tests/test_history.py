@@ -233,3 +233,39 @@ def test_two_replicas_share_the_history_and_notify_once_per_change(standin, spli
     actions = sorted(b["action"] for _, b in receiver.got)
     assert actions == ["kill", "reload", "set"], actions
     assert [e["who"] for e in history(a, "upload")] == ["file"]
+
+
+def test_compose_announces_changes_to_its_receiver_and_grafana_draws_them(tmp_path, procs):
+    import shutil
+    import subprocess
+
+    import yaml
+    from conftest import Proc, wait_http
+
+    from splitter import config
+
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    cfg = config.load(ROOT / "deploy/splitter/routes.yaml", "production")
+    (target,) = cfg.notify
+    host, port = target.url.split("//")[1].split("/")[0].split(":")  # type: ignore[union-attr]
+    receiver = services[host]
+    assert receiver["command"][-1] == port and "healthcheck" in receiver
+    # the receiver compose runs: it prints what splitter sends, one JSON line each
+    mine = free_port()
+    log = tmp_path / "receiver.log"
+    procs.append(p := Proc([PY, str(ROOT / "deploy/notify-receiver/receiver.py"), str(mine)], log=log))
+    wait_http(f"http://127.0.0.1:{mine}/health", proc=p.p)
+    event = {"at": 1.0, "who": "alice", "source": "cli", "action": "set", "route": "auth", "old": 10, "new": 25, "reason": "day 2"}
+    assert httpx.post(f"http://127.0.0.1:{mine}/splitter", json=event).status_code == 204
+    assert eventually(lambda: p.output().strip()) == json.dumps({"received": event})
+    # the dashboard's annotations come from splitter_changes_total, in valid PromQL
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/splitter.json").read_text())
+    (ann,) = dash["annotations"]["list"]
+    assert "splitter_changes_total" in ann["expr"] and set(ann["tagKeys"].split(",")) == {"route", "action", "source"}
+    promtool = shutil.which("promtool")
+    if promtool:
+        rules = tmp_path / "rules.yml"
+        expr = ann["expr"].replace("$__interval", "1m").replace("$route", ".*")
+        rules.write_text(yaml.safe_dump({"groups": [{"name": "a", "rules": [{"record": "splitter:changes", "expr": expr}]}]}))
+        r = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
