@@ -54,8 +54,9 @@ class Actor:
     on_behalf: str | None
 
 
-NO_TOKENS = "admin changes are disabled: set SPLITTER_ADMIN_TOKEN or SPLITTER_ADMIN_TOKENS_FILE in the proxy's environment and send a token as 'Authorization: Bearer <token>'"
-WRONG_TOKEN = "wrong or missing admin token (Authorization: Bearer <SPLITTER_ADMIN_TOKEN or a token of SPLITTER_ADMIN_TOKENS_FILE>)"
+HOW = "set SPLITTER_ADMIN_TOKEN or SPLITTER_ADMIN_TOKENS_FILE in the proxy's environment"
+NO_TOKENS = f"admin changes are disabled: {HOW} and send a token as 'Authorization: Bearer <token>'"
+WRONG_TOKEN = "wrong or missing admin token (Authorization: Bearer <SPLITTER_ADMIN_TOKEN or a tokens file token>)"
 CLIENT_SOURCES = ("cli", "console")
 
 
@@ -78,12 +79,13 @@ class _ReadGate:
         self.app, self.rt = app, rt
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/admin/") and scope["method"] in ("GET", "HEAD") and self.rt.snapshot.config.admin_reads == "token":
+        gated = self.rt.snapshot.config.admin_reads == "token" and scope["type"] == "http"
+        if gated and scope["path"].startswith("/admin/") and scope["method"] in ("GET", "HEAD"):
             try:
                 if not self.rt.tokens.configured:
-                    raise _Refused(403, "reads need a token (admin.reads: token in routes.yaml) but none is configured: " + NO_TOKENS.split(": ", 1)[1])
+                    raise _Refused(403, f"reads need a token (admin.reads: token) but none is configured: {HOW}")
                 if identify(self.rt, Headers(scope=scope)) is None:
-                    raise _Refused(401, "reads need a viewer token (admin.reads: token): send 'Authorization: Bearer <token>'")
+                    raise _Refused(401, "reads need a viewer token (admin.reads: token): Authorization: Bearer <token>")
             except _Refused as exc:
                 await JSONResponse({"error": exc.message}, exc.status)(scope, receive, send)
                 return

@@ -256,7 +256,9 @@ def cmd_history(args: argparse.Namespace) -> int:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
         who = e["who"] + (f" ({e['on_behalf']})" if e.get("on_behalf") else "")
         change = f"{_show(e['old'])} -> {_show(e['new'])}"
-        print(f"{at:<19}  {who:<12} {e['source']:<8} {e['action']:<16} {e.get('route') or '-':<14} {change:<14} {e.get('reason') or ''}")
+        route = e.get("route") or "-"
+        reason = e.get("reason") or ""
+        print(f"{at:<19}  {who:<12} {e['source']:<8} {e['action']:<16} {route:<14} {change:<14} {reason}")
     return 0
 
 

@@ -23,7 +23,8 @@ NAME_RE = re.compile(r"[a-z0-9_]+")
 DEFAULT_MAX_BODY = 1 << 30
 UID_COOKIE = "splitter_uid"
 # what a change history event (history.py) can be; `notify[].events` filters on these
-CHANGE_ACTIONS = ("set", "clear", "rollback", "kill", "guard_trip", "rollout_step", "rollout_done", "rollout_rollback", "rollout_pause", "rollout_resume", "rollout_abort", "reload")
+CHANGE_ACTIONS: tuple[str, ...] = ("set", "clear", "rollback", "kill", "guard_trip", "reload")
+CHANGE_ACTIONS += tuple(f"rollout_{a}" for a in ("step", "done", "rollback", "pause", "resume", "abort"))
 NOTIFY_FORMATS = ("json", "slack")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -487,7 +488,7 @@ def _notify(doc: _Doc, raw: Any) -> tuple[NotifyTarget, ...]:
         url, url_env = t.get("url"), t.get("url_env")
         if (url is None) == (url_env is None):
             doc.error(path, "needs one of url or url_env (the name of an environment variable holding the URL)")
-        elif url is not None and (not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname):
+        elif url is not None and (not isinstance(url, str) or not re.match(r"https?://[^/?#]", url)):
             doc.error(f"{path}.url", f"must be an http(s):// URL, got {_show(url)}")
         elif url_env is not None and (not isinstance(url_env, str) or not ENV_NAME_RE.fullmatch(url_env)):
             doc.error(f"{path}.url_env", f"must be an environment variable name, got {_show(url_env)}")
@@ -498,7 +499,8 @@ def _notify(doc: _Doc, raw: Any) -> tuple[NotifyTarget, ...]:
         fmt = t.get("format", "json")
         if fmt not in NOTIFY_FORMATS:
             doc.error(f"{path}.format", f"must be json or slack, got {_show(fmt)}")
-        out.append(NotifyTarget(url if isinstance(url, str) else None, url_env if isinstance(url_env, str) else None, tuple(events), str(fmt)))
+        url, url_env = (url if isinstance(url, str) else None), (url_env if isinstance(url_env, str) else None)
+        out.append(NotifyTarget(url, url_env, tuple(events), str(fmt)))
     return tuple(out)
 
 

@@ -98,9 +98,11 @@ class Guard:
                 scope=rt.windows.scope,
                 **evidence,
             )
-            why = f"{reason.replace('_', ' ')}: new {new.errors}/{new.requests} errors ({new.error_rate:.1%}, max {g.max_error_rate:.1%}) over {g.window_s:g} s"
+            why = f"{reason.replace('_', ' ')}: new {new.errors}/{new.requests} errors ({new.error_rate:.1%}, "
+            why += f"max {g.max_error_rate:.1%}) over {g.window_s:g} s"
             if reason == "p95_ratio":
-                why = f"p95 ratio: new {new.p95_ms} ms vs legacy {legacy_p95} ms (max x{g.max_p95_ratio}) over {g.window_s:g} s"
+                why = f"p95 ratio: new {new.p95_ms} ms vs legacy {legacy_p95} ms (max x{g.max_p95_ratio})"
+                why += f" over {g.window_s:g} s"
             await rt.history.record("guard", "guard", "guard_trip", route.name, old, 0, why)
 
 

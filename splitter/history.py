@@ -34,11 +34,28 @@ class History:
         self.notify = notify
 
     async def record(
-        self, who: str, source: str, action: str, route: str | None, old: Any, new: Any, reason: str = "", on_behalf: str | None = None
+        self,
+        who: str,
+        source: str,
+        action: str,
+        route: str | None,
+        old: Any,
+        new: Any,
+        reason: str = "",
+        on_behalf: str | None = None,
     ) -> dict[str, Any]:
         """Store, count and announce one change that has happened. A store that cannot be
         reached loses the stored copy only: the change stands, the metric and notification go out."""
-        event: dict[str, Any] = {"at": round(time.time(), 3), "who": who, "source": source, "action": action, "route": route, "old": old, "new": new, "reason": reason}
+        event: dict[str, Any] = {
+            "at": round(time.time(), 3),
+            "who": who,
+            "source": source,
+            "action": action,
+            "route": route,
+            "old": old,
+            "new": new,
+            "reason": reason,
+        }
         if on_behalf:
             event["on_behalf"] = on_behalf
         self.metrics.changes.labels(route or "", action, source).inc()

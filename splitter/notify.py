@@ -31,7 +31,13 @@ QUEUE = 1000
 
 
 class Notifier:
-    def __init__(self, metrics: Metrics, targets: Callable[[], Sequence[NotifyTarget]], secrets: Mapping[str, str], environment: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        targets: Callable[[], Sequence[NotifyTarget]],
+        secrets: Mapping[str, str],
+        environment: Callable[[], str],
+    ) -> None:
         self.metrics = metrics
         self.targets = targets
         self.secrets = secrets
@@ -53,7 +59,9 @@ class Notifier:
                 queue.put_nowait(self.body(target.format, event))
             except asyncio.QueueFull:
                 self.metrics.notify_failures.inc()
-                log.error("notification dropped: the receiver is far behind", target=target.label, action=event["action"])
+                log.error(
+                    "notification dropped: the receiver is far behind", target=target.label, action=event["action"]
+                )
 
     def body(self, fmt: str, event: dict[str, Any]) -> bytes:
         import json
@@ -67,7 +75,9 @@ class Notifier:
         queue = self._queues.get(url)
         if queue is None:
             queue = self._queues[url] = asyncio.Queue(QUEUE)
-            self._tasks[url] = asyncio.get_running_loop().create_task(self._deliver(url, label, queue), name="splitter-notify")
+            self._tasks[url] = asyncio.get_running_loop().create_task(
+                self._deliver(url, label, queue), name="splitter-notify"
+            )
         return queue
 
     async def _deliver(self, url: str, label: str, queue: asyncio.Queue[bytes]) -> None:
@@ -103,4 +113,3 @@ class Notifier:
                 await task
         if self._client is not None:
             await self._client.aclose()
-

@@ -341,7 +341,8 @@ class RedisOverrides(MemoryOverrides):
 
     async def push_history(self, event: dict[str, Any]) -> None:
         try:
-            await self.client.xadd(f"{self.prefix}:history", {"e": json.dumps(event)}, maxlen=KEEP_HISTORY, approximate=True)
+            fields: dict[Any, Any] = {"e": json.dumps(event)}
+            await self.client.xadd(f"{self.prefix}:history", fields, maxlen=KEEP_HISTORY, approximate=True)
         except self._redis_errors as exc:
             raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
 

@@ -120,7 +120,8 @@ class Rollouts:
             await rt.overrides.put_rollout(route.name, state)
             self._gauge(route.name)
             log.warning("rollout rolled back", route=route.name, step=ro.steps[step], reason=failure, **gate_values)
-            await rt.history.record("rollout", "rollout", "rollout_rollback", route.name, snap.percent[route.name], 0, state["reason"])
+            old = snap.percent[route.name]
+            await rt.history.record("rollout", "rollout", "rollout_rollback", route.name, old, 0, state["reason"])
             return
         if now - since < ro.interval_s:
             return
@@ -139,7 +140,8 @@ class Rollouts:
             state.update(status="done", reason="all steps passed", since=now)
             await rt.overrides.put_rollout(route.name, state)
             log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
-            await rt.history.record("rollout", "rollout", "rollout_done", route.name, ro.steps[step], ro.steps[step], "all steps passed")
+            at = ro.steps[step]
+            await rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, "all steps passed")
             return
         await self._go(route, state, step + 1, now, "advance", **gate_values)
 

@@ -109,7 +109,8 @@ class Runtime:
         self.last_reload_error: list[str] = []
         self.tokens = Tokens(settings.admin_token, settings.tokens_file)
         self._tokens_sig = _file_signature(settings.tokens_file) if settings.tokens_file else None
-        self.notifier = Notifier(self.metrics, lambda: self.snapshot.config.notify, settings.secrets, lambda: self.snapshot.config.environment)
+        now = lambda: self.snapshot.config  # noqa: E731 - the config in force when an event is sent
+        self.notifier = Notifier(self.metrics, lambda: now().notify, settings.secrets, lambda: now().environment)
         self.history = History(self.overrides, self.metrics, self.notifier.submit)
         self._recording: set[asyncio.Task[Any]] = set()
         self._publish_gauges()
@@ -213,9 +214,9 @@ class Runtime:
         old = self.snapshot.config
         try:
             cfg = config_mod.load(path, self.settings.environment)
-            missing = [f"{path}: notify: url_env {n} was not set when the proxy started; restart with it set" for n in cfg.secret_names() if n not in self.settings.secrets]
-            if missing:
-                raise ConfigError(missing)
+            unset = [n for n in cfg.secret_names() if n not in self.settings.secrets]
+            if unset:
+                raise ConfigError([f"{path}: notify: url_env {n} was not set when the proxy started" for n in unset])
         except ConfigError as exc:
             self.metrics.reloads.labels("failure").inc()
             self.reload_failures += 1
@@ -241,14 +242,17 @@ class Runtime:
     def _record_file_changes(self, old: Config, cfg: Config) -> None:
         """A reload that changes a route's percent is a change by `file`: one history event per
         route, written by the one replica that claims it (every replica reads the same file)."""
-        changed = [(r.name, old.by_name[r.name].percent, r.percent) for r in cfg.routes if r.name in old.by_name and old.by_name[r.name].percent != r.percent]
+        before = {r.name: r.percent for r in old.routes}
+        changed = [(r.name, before[r.name], r.percent) for r in cfg.routes
+                   if before.get(r.name, r.percent) != r.percent]
         if not changed:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        digest = hashlib.sha256(repr((changed, _file_signature_text(self.settings.config_path))).encode()).hexdigest()[:32]
+        text = _file_signature_text(self.settings.config_path)
+        digest = hashlib.sha256(repr((changed, text)).encode()).hexdigest()[:32]
 
         async def record() -> None:
             try:
@@ -256,8 +260,9 @@ class Runtime:
                     return
             except Unavailable:
                 pass  # better a duplicate than a change nobody hears of
-            for name, before, after in changed:
-                await self.history.record("file", "file", "reload", name, before, after, f"{os.path.basename(self.settings.config_path)} changed")
+            why = f"{os.path.basename(self.settings.config_path)} changed"
+            for name, was, now in changed:
+                await self.history.record("file", "file", "reload", name, was, now, why)
 
         task = loop.create_task(record(), name="splitter-history-reload")
         self._recording.add(task)

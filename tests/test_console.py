@@ -138,10 +138,13 @@ def test_the_console_shows_the_migration_and_acts_on_it(standin, splitter, brows
 def test_the_console_shows_whose_token_and_each_routes_timeline(standin, splitter, browser_page, tmp_path):
     from test_history import ALICE, tokens_file
 
-    s = splitter(yaml_text(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKENS_FILE": str(tokens_file(tmp_path))})
+    env = {"SPLITTER_ADMIN_TOKENS_FILE": str(tokens_file(tmp_path))}
+    s = splitter(yaml_text(standin("legacy"), standin("new")), env=env)
     alice = {"Authorization": f"Bearer {ALICE}"}
-    assert httpx.put(s.admin + "/admin/routes/auth", json={"percent": 40, "reason": "canary for 10 % of EU"}, headers=alice).status_code == 200
-    assert httpx.put(s.admin + "/admin/routes/upload", json={"percent": 5}, headers={**alice, "X-Splitter-Actor": "dana"}).status_code == 200
+    canary = {"percent": 40, "reason": "canary for 10 % of EU"}
+    assert httpx.put(s.admin + "/admin/routes/auth", json=canary, headers=alice).status_code == 200
+    dana = {**alice, "X-Splitter-Actor": "dana"}
+    assert httpx.put(s.admin + "/admin/routes/upload", json={"percent": 5}, headers=dana).status_code == 200
     page = browser_page
     page.on("dialog", lambda d: d.accept())
     page.goto(s.admin + "/ui")
@@ -152,9 +155,14 @@ def test_the_console_shows_whose_token_and_each_routes_timeline(standin, splitte
     card(page, "auth").get_by_role("button", name="roll back").click()
     eventually(lambda: card(page, "auth").locator(".timeline .event").count() == 2, timeout=5)
     newest, older = (card(page, "auth").locator(".timeline .event").nth(i) for i in (0, 1))
-    assert newest.locator(".who").inner_text() == "alice console" and newest.locator(".what").inner_text() == "rollback 40 % → 0 %"
-    assert newest.locator(".why").inner_text() == "p95 up" and older.locator(".why").inner_text() == "canary for 10 % of EU"
-    assert older.locator(".who").inner_text() == "alice api" and older.locator(".what").inner_text() == "set 50 % → 40 %"
+    def text(event, field: str) -> str:
+        return str(event.locator(f".{field}").inner_text())
+
+    def row(event) -> tuple[str, str, str]:
+        return text(event, "who"), text(event, "what"), text(event, "why")
+
+    assert row(newest) == ("alice console", "rollback 40 % → 0 %", "p95 up")
+    assert row(older) == ("alice api", "set 50 % → 40 %", "canary for 10 % of EU")
     assert card(page, "upload").locator(".timeline .event .who").inner_text() == "alice for dana api"
     assert card(page, "resume_review").locator(".timeline").inner_text().endswith("no changes recorded")
     assert page.input_value("#reason") == "", "a reason goes with one change"

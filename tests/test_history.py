@@ -20,9 +20,13 @@ from splitter.tokens import digest
 ALICE, VICTOR = "alice-secret-token", "victor-secret-token"
 
 
-def tokens_file(tmp_path: Path, text: str | None = None) -> Path:
+def tokens_yaml(*entries: tuple[str, str, str]) -> str:
+    return "tokens:\n" + "".join(f"  - {{name: {n}, role: {r}, sha256: {digest(t)}}}\n" for n, r, t in entries)
+
+
+def tokens_file(tmp_path: Path) -> Path:
     path = tmp_path / "tokens.yaml"
-    path.write_text(text or f"tokens:\n  - {{name: alice, role: operator, sha256: {digest(ALICE)}}}\n  - {{name: victor, role: viewer, sha256: {digest(VICTOR)}}}\n")
+    path.write_text(tokens_yaml(("alice", "operator", ALICE), ("victor", "viewer", VICTOR)))
     return path
 
 
@@ -31,7 +35,9 @@ def bearer(token: str, **more: str) -> dict[str, str]:
 
 
 def history(s, route: str | None = None, token: str | None = None) -> list[dict]:
-    r = httpx.get(s.admin + "/admin/history", params={"route": route} if route else {}, headers=bearer(token) if token else {})
+    r = httpx.get(
+        s.admin + "/admin/history", params={"route": route} if route else {}, headers=bearer(token) if token else {}
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -75,14 +81,26 @@ def test_the_token_is_the_identity_and_a_viewer_cannot_change(standin, splitter,
     s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKENS_FILE": str(path)})
     r = httpx.put(s.admin + "/admin/routes/auth", json={"percent": 40}, headers=bearer(VICTOR))
     assert r.status_code == 403 and "'victor' has the role viewer" in r.json()["error"]
-    assert httpx.put(s.admin + "/admin/routes/auth", json={"percent": 40}, headers=bearer("nobody's")).status_code == 401
+    assert (
+        httpx.put(s.admin + "/admin/routes/auth", json={"percent": 40}, headers=bearer("nobody's")).status_code == 401
+    )
     assert history(s) == [], "a refused change is no change"
 
-    r = httpx.put(s.admin + "/admin/routes/auth", json={"percent": 40, "reason": "canary"}, headers=bearer(ALICE, **{"X-Splitter-Actor": "mallory"}))
+    r = httpx.put(
+        s.admin + "/admin/routes/auth",
+        json={"percent": 40, "reason": "canary"},
+        headers=bearer(ALICE, **{"X-Splitter-Actor": "mallory"}),
+    )
     assert r.status_code == 200 and r.json()["percent"] == 40
     (event,) = history(s, "auth")
     assert event["who"] == "alice" and event["on_behalf"] == "mallory" and event["source"] == "api"
-    assert (event["action"], event["route"], event["old"], event["new"], event["reason"]) == ("set", "auth", 50, 40, "canary")
+    assert (event["action"], event["route"], event["old"], event["new"], event["reason"]) == (
+        "set",
+        "auth",
+        50,
+        40,
+        "canary",
+    )
 
     done = run("rollback", "auth", "--reason", "p95 up", "--admin", s.admin, token=ALICE)
     assert done.returncode == 0, done.stderr
@@ -105,7 +123,10 @@ def test_the_token_is_the_identity_and_a_viewer_cannot_change(standin, splitter,
 
 def test_reads_can_need_a_token_but_probes_and_metrics_stay_open(standin, splitter, tmp_path):
     path = tokens_file(tmp_path)
-    s = splitter(routes_yaml(standin("legacy"), standin("new"), extra="admin: {reads: token}"), env={"SPLITTER_ADMIN_TOKENS_FILE": str(path)})
+    s = splitter(
+        routes_yaml(standin("legacy"), standin("new"), extra="admin: {reads: token}"),
+        env={"SPLITTER_ADMIN_TOKENS_FILE": str(path)},
+    )
     for read in ("/admin/routes", "/admin/history", "/admin/overview", "/admin/kill"):
         assert httpx.get(s.admin + read).status_code == 401, read
         assert httpx.get(s.admin + read, headers=bearer("wrong")).status_code == 401, read
@@ -121,13 +142,35 @@ def test_a_bad_tokens_file_is_refused_at_start_and_on_reload(standin, splitter, 
     cfg = tmp_path / "routes.yaml"
     cfg.write_text(routes_yaml(legacy, new))
     twice = tmp_path / "twice.yaml"
-    twice.write_text(f"tokens:\n  - {{name: alice, role: operator, sha256: {digest(ALICE)}}}\n  - {{name: alice, role: viewer, sha256: {digest(VICTOR)}}}\n")
+    twice.write_text(tokens_yaml(("alice", "operator", ALICE), ("alice", "viewer", VICTOR)))
     broken = tmp_path / "broken.yaml"
     broken.write_text("tokens: [{name: alice, role: operator\n")
     import subprocess
 
-    for bad, says in ((twice, "'alice' is named twice"), (broken, "invalid YAML"), (tmp_path / "missing.yaml", "cannot read")):
-        p = subprocess.run([PY, "-m", "splitter", "serve", "--config", str(cfg), "--port", str(free_port()), "--admin-port", str(free_port())], env={"PATH": "/usr/bin", "SPLITTER_ADMIN_TOKENS_FILE": str(bad)}, capture_output=True, text=True, cwd=ROOT, timeout=30)
+    for bad, says in (
+        (twice, "'alice' is named twice"),
+        (broken, "invalid YAML"),
+        (tmp_path / "missing.yaml", "cannot read"),
+    ):
+        p = subprocess.run(
+            [
+                PY,
+                "-m",
+                "splitter",
+                "serve",
+                "--config",
+                str(cfg),
+                "--port",
+                str(free_port()),
+                "--admin-port",
+                str(free_port()),
+            ],
+            env={"PATH": "/usr/bin", "SPLITTER_ADMIN_TOKENS_FILE": str(bad)},
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=30,
+        )
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 1 and len(lines) == 1 and str(bad) in lines[0] and says in lines[0], p.stderr
 
@@ -135,11 +178,18 @@ def test_a_bad_tokens_file_is_refused_at_start_and_on_reload(standin, splitter, 
     s = splitter("", env={"SPLITTER_ADMIN_TOKENS_FILE": str(path)}, config=cfg)
     path.write_text(twice.read_text())
     eventually(lambda: s.metric("splitter_config_reloads_total", result="failure") == 1, timeout=5)
-    assert httpx.put(s.admin + "/admin/routes/auth", json={"percent": 5}, headers=bearer(ALICE)).status_code == 200, "the old tokens stay"
+    assert httpx.put(s.admin + "/admin/routes/auth", json={"percent": 5}, headers=bearer(ALICE)).status_code == 200, (
+        "the old tokens stay"
+    )
     assert httpx.put(s.admin + "/admin/routes/auth", json={"percent": 5}, headers=bearer(VICTOR)).status_code == 403
     # a good file: victor is an operator now, alice is gone
-    path.write_text(f"tokens:\n  - {{name: victor, role: operator, sha256: {digest(VICTOR)}}}\n")
-    eventually(lambda: httpx.put(s.admin + "/admin/routes/auth", json={"percent": 6}, headers=bearer(VICTOR)).status_code == 200, timeout=5)
+    path.write_text(tokens_yaml(("victor", "operator", VICTOR)))
+    eventually(
+        lambda: (
+            httpx.put(s.admin + "/admin/routes/auth", json={"percent": 6}, headers=bearer(VICTOR)).status_code == 200
+        ),
+        timeout=5,
+    )
     assert httpx.put(s.admin + "/admin/routes/auth", json={"percent": 7}, headers=bearer(ALICE)).status_code == 401
 
 
@@ -162,8 +212,17 @@ def test_guard_rollout_and_routes_yaml_changes_are_in_the_history(standin, split
                 break
     trip = eventually(lambda: next((e for e in history(s, "auth") if e["action"] == "guard_trip"), None), timeout=5)
     assert trip["who"] == "guard" and trip["source"] == "guard" and trip["old"] == 50 and trip["new"] == 0
-    assert "error rate" in trip["reason"] and t0 <= trip["at"] <= time.time()
-    steps = eventually(lambda: [e for e in history(s, "upload") if e["who"] == "rollout" and e["action"] in ("rollout_step", "rollout_done")] or None)
+    assert "error rate" in trip["reason"] and t0 <= trip["at"] <= t0 + 10 + 1, "within the guard's window"
+    steps = eventually(
+        lambda: (
+            [
+                e
+                for e in history(s, "upload")
+                if e["who"] == "rollout" and e["action"] in ("rollout_step", "rollout_done")
+            ]
+            or None
+        )
+    )
     assert steps[-1]["action"] == "rollout_step" and steps[-1]["old"] == 0 and steps[-1]["new"] == 10
     # a routes.yaml edit that changes a percent is a change by `file`
     s.config.write_text(s.config.read_text().replace("percent: 50", "percent: 30"))
@@ -182,8 +241,14 @@ def test_a_webhook_hears_each_change_within_2s_and_a_dead_one_slows_nothing(stan
   - {{url_env: HOOK_URL, format: slack, events: [kill]}}
   - {{url: "http://127.0.0.1:{dead.getsockname()[1]}/hook"}}
   - {{url: "{refused}"}}"""
-    s = splitter(routes_yaml(standin("legacy"), standin("new"), extra=extra), env={"SPLITTER_ADMIN_TOKENS_FILE": str(tokens_file(tmp_path)), "HOOK_URL": receiver.url})
-    for body, method, path, count in (({"percent": 40}, "PUT", "/admin/routes/auth", 1), (None, "PUT", "/admin/kill", 3)):
+    s = splitter(
+        routes_yaml(standin("legacy"), standin("new"), extra=extra),
+        env={"SPLITTER_ADMIN_TOKENS_FILE": str(tokens_file(tmp_path)), "HOOK_URL": receiver.url},
+    )
+    for body, method, path, count in (
+        ({"percent": 40}, "PUT", "/admin/routes/auth", 1),
+        (None, "PUT", "/admin/kill", 3),
+    ):
         t0 = time.monotonic()
         r = httpx.request(method, s.admin + path, json=body, headers=bearer(ALICE))
         assert r.status_code == 200 and time.monotonic() - t0 < 0.5, "a dead receiver never slows a change"
@@ -197,7 +262,9 @@ def test_a_webhook_hears_each_change_within_2s_and_a_dead_one_slows_nothing(stan
     # the dead and the refused receivers: counted, never retried forever, requests unaffected
     eventually(lambda: (s.metric("splitter_notify_failures_total") or 0) >= 2, timeout=10)
     t0 = time.monotonic()
-    assert httpx.get(s.url + "/api/auth/x", headers={"X-User-ID": "u1"}).status_code == 200 and time.monotonic() - t0 < 0.5
+    assert (
+        httpx.get(s.url + "/api/auth/x", headers={"X-User-ID": "u1"}).status_code == 200 and time.monotonic() - t0 < 0.5
+    )
     assert receiver.url not in s.proc.output(), "a URL from url_env is a secret"
     dead.close()
 
@@ -207,19 +274,44 @@ def test_an_unset_url_env_is_refused_at_start(standin, tmp_path):
 
     cfg = tmp_path / "routes.yaml"
     cfg.write_text(routes_yaml(standin("legacy"), standin("new"), extra="notify:\n  - {url_env: HOOK_URL}"))
-    p = subprocess.run([PY, "-m", "splitter", "serve", "--config", str(cfg), "--port", str(free_port()), "--admin-port", str(free_port())], env={"PATH": "/usr/bin"}, capture_output=True, text=True, cwd=ROOT, timeout=30)
+    p = subprocess.run(
+        [
+            PY,
+            "-m",
+            "splitter",
+            "serve",
+            "--config",
+            str(cfg),
+            "--port",
+            str(free_port()),
+            "--admin-port",
+            str(free_port()),
+        ],
+        env={"PATH": "/usr/bin"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert p.returncode == 1 and p.stderr.strip().count("\n") == 0 and "HOOK_URL" in p.stderr, p.stderr
 
 
 def test_two_replicas_share_the_history_and_notify_once_per_change(standin, splitter, tmp_path, redis_server, receiver):
     legacy, new = standin("legacy"), standin("new")
-    text = routes_yaml(legacy, new, extra=f'redis: {{url: "{redis_server.url}", prefix: "h"}}\nnotify:\n  - {{url: "{receiver.url}"}}')
+    text = routes_yaml(
+        legacy, new, extra=f'redis: {{url: "{redis_server.url}", prefix: "h"}}\nnotify:\n  - {{url: "{receiver.url}"}}'
+    )
     env = {"SPLITTER_ADMIN_TOKENS_FILE": str(tokens_file(tmp_path))}
     a = splitter(text, env=env)
     cfg_b = tmp_path / "b.yaml"
     cfg_b.write_text(text)
     b = splitter(text, env=env, config=cfg_b)
-    assert httpx.put(a.admin + "/admin/routes/auth", json={"percent": 40, "reason": "step 2"}, headers=bearer(ALICE)).status_code == 200
+    assert (
+        httpx.put(
+            a.admin + "/admin/routes/auth", json={"percent": 40, "reason": "step 2"}, headers=bearer(ALICE)
+        ).status_code
+        == 200
+    )
     (event,) = history(b, "auth")
     assert (event["who"], event["old"], event["new"], event["reason"]) == ("alice", 50, 40, "step 2")
     assert httpx.put(b.admin + "/admin/kill", headers=bearer(ALICE)).status_code == 200
@@ -255,7 +347,16 @@ def test_compose_announces_changes_to_its_receiver_and_grafana_draws_them(tmp_pa
     log = tmp_path / "receiver.log"
     procs.append(p := Proc([PY, str(ROOT / "deploy/notify-receiver/receiver.py"), str(mine)], log=log))
     wait_http(f"http://127.0.0.1:{mine}/health", proc=p.p)
-    event = {"at": 1.0, "who": "alice", "source": "cli", "action": "set", "route": "auth", "old": 10, "new": 25, "reason": "day 2"}
+    event = {
+        "at": 1.0,
+        "who": "alice",
+        "source": "cli",
+        "action": "set",
+        "route": "auth",
+        "old": 10,
+        "new": 25,
+        "reason": "day 2",
+    }
     assert httpx.post(f"http://127.0.0.1:{mine}/splitter", json=event).status_code == 204
     assert eventually(lambda: p.output().strip()) == json.dumps({"received": event})
     # the dashboard's annotations come from splitter_changes_total, in valid PromQL
@@ -266,6 +367,8 @@ def test_compose_announces_changes_to_its_receiver_and_grafana_draws_them(tmp_pa
     if promtool:
         rules = tmp_path / "rules.yml"
         expr = ann["expr"].replace("$__interval", "1m").replace("$route", ".*")
-        rules.write_text(yaml.safe_dump({"groups": [{"name": "a", "rules": [{"record": "splitter:changes", "expr": expr}]}]}))
+        rules.write_text(
+            yaml.safe_dump({"groups": [{"name": "a", "rules": [{"record": "splitter:changes", "expr": expr}]}]})
+        )
         r = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr

@@ -60,7 +60,7 @@ async function act(method, path, body, what) {
   try {
     resp = await fetch(path, {
       method,
-      headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json", "X-Splitter-Source": "console" },
+      headers: Object.assign(readHeaders(), { "Content-Type": "application/json", "X-Splitter-Source": "console" }),
       body: body === null ? undefined : JSON.stringify(body),
       credentials: "omit",
     });
