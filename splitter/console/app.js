@@ -218,6 +218,10 @@ function render(o) {
 async function refresh() {
   try {
     const resp = await fetch("/admin/overview", { headers: readHeaders(), credentials: "omit" });
+    if (resp.status === 401 || resp.status === 403) {
+      status("reads need a token here (admin.reads: token): type a viewer or operator token", false);
+      return;
+    }
     last = await resp.json();
     const focused = document.activeElement;
     if (focused && focused.tagName === "INPUT" && focused.id !== "token") return; // do not redraw under the operator's typing
