@@ -251,7 +251,7 @@ class Runtime:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        text = _file_signature_text(self.settings.config_path)
+        text = _file_sha256(self.settings.config_path)
         digest = hashlib.sha256(repr((changed, text)).encode()).hexdigest()[:32]
 
         async def record() -> None:
@@ -310,7 +310,7 @@ def _spans(route: Route) -> list[float]:
     return spans
 
 
-def _file_signature_text(path: str) -> str:
+def _file_sha256(path: str) -> str:
     try:
         with open(path, "rb") as f:
             return hashlib.sha256(f.read()).hexdigest()

@@ -251,8 +251,11 @@ def test_a_webhook_hears_each_change_within_2s_and_a_dead_one_slows_nothing(stan
     ):
         t0 = time.monotonic()
         r = httpx.request(method, s.admin + path, json=body, headers=bearer(ALICE))
-        assert r.status_code == 200 and time.monotonic() - t0 < 0.5, "a dead receiver never slows a change"
-        eventually(lambda count=count: len(receiver.got) == count, timeout=2)  # within 2 s of the change
+        answered = time.monotonic() - t0
+        assert r.status_code == 200 and answered < 0.5, f"a dead receiver never slows a change ({answered:.3f} s)"
+        eventually(lambda count=count: len(receiver.got) == count, timeout=2.5)
+        delays = [at - t0 for at, _ in receiver.got[count - (1 if count == 1 else 2) :]]
+        assert max(delays) <= 2.0, delays  # within 2 s of the change
     by_kind = {("slack" if set(b) == {"text"} else b["action"]): (at, b) for at, b in receiver.got}
     assert set(by_kind) == {"set", "kill", "slack"}
     set_event = by_kind["set"][1]
