@@ -375,3 +375,46 @@ def test_compose_announces_changes_to_its_receiver_and_grafana_draws_them(tmp_pa
         )
         r = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_changing_command_takes_a_reason(standin, splitter, tmp_path):
+    routes = """  - name: auth
+    prefix: /api/auth
+    percent: 50
+  - name: upload
+    prefix: /api/upload
+    percent: 0
+    rollout: {steps: [10, 50], interval_s: 3600}"""
+    s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=routes), env={"SPLITTER_ADMIN_TOKEN": ALICE})
+    eventually(lambda: any(e["action"] == "rollout_step" for e in history(s, "upload")))
+    commands = [
+        ("set", "auth", "30"),
+        ("clear", "auth"),
+        ("rollback", "--all"),
+        ("kill", "on"),
+        ("kill", "off"),
+        ("rollout", "pause", "upload"),
+        ("rollout", "resume", "upload"),
+        ("rollout", "abort", "upload"),
+    ]
+    for i, command in enumerate(commands):
+        r = run(*command, "--reason", f"reason {i}", "--admin", s.admin, token=ALICE)
+        assert r.returncode == 0, (command, r.stderr)
+    mine = [e for e in reversed(history(s)) if e["who"] == "admin"]
+    got = [(e["action"], e["route"], e["reason"]) for e in mine]
+    assert got == [
+        ("set", "auth", "reason 0"),
+        ("clear", "auth", "reason 1"),
+        ("rollback", "auth", "reason 2"),
+        ("rollback", "upload", "reason 2"),
+        ("kill", None, "reason 3"),
+        ("kill", None, "reason 4"),
+        ("rollout_pause", "upload", "reason 5"),
+        ("rollout_resume", "upload", "reason 6"),
+        ("rollout_abort", "upload", "reason 7"),
+    ], got
+    assert all(e["source"] == "cli" for e in mine)
+    abort = mine[-1]
+    assert abort["new"] == 0
+    r = httpx.put(s.admin + "/admin/routes/auth", json={"percent": 5, "reason": 7}, headers=bearer(ALICE))
+    assert r.status_code == 400 and "reason must be a string" in r.json()["error"]
