@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -64,8 +65,6 @@ class Notifier:
                 )
 
     def body(self, fmt: str, event: dict[str, Any]) -> bytes:
-        import json
-
         env = self.environment()
         if fmt == "slack":
             return json.dumps({"text": f"splitter ({env}): {describe(event)}"}).encode()
@@ -74,6 +73,8 @@ class Notifier:
     def _queue(self, url: str, label: str) -> asyncio.Queue[bytes]:
         queue = self._queues.get(url)
         if queue is None:
+            if self._client is None:
+                self._client = httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
             queue = self._queues[url] = asyncio.Queue(QUEUE)
             self._tasks[url] = asyncio.get_running_loop().create_task(
                 self._deliver(url, label, queue), name="splitter-notify"
@@ -81,8 +82,8 @@ class Notifier:
         return queue
 
     async def _deliver(self, url: str, label: str, queue: asyncio.Queue[bytes]) -> None:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False)
+        client = self._client
+        assert client is not None
         while True:
             body = await queue.get()
             error = ""
@@ -90,7 +91,7 @@ class Notifier:
                 if attempt:
                     await asyncio.sleep(BACKOFF_S * 2 ** (attempt - 1))
                 try:
-                    resp = await self._client.post(url, content=body, headers={"Content-Type": "application/json"})
+                    resp = await client.post(url, content=body, headers={"Content-Type": "application/json"})
                     if resp.status_code < 300:
                         break
                     error = f"answered {resp.status_code}"
@@ -99,13 +100,12 @@ class Notifier:
             else:
                 self.metrics.notify_failures.inc()
                 log.warning("notification not delivered", target=label, tries=TRIES, error=error)
+            queue.task_done()
 
     async def stop(self, drain_s: float = 2.0) -> None:
         """Give queued notifications a moment to go out, then stop."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + drain_s
-        while any(not q.empty() for q in self._queues.values()) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues.values())), drain_s)
         for task in self._tasks.values():
             task.cancel()
         for task in self._tasks.values():
