@@ -6,12 +6,16 @@ app: a `Host` that is not an IP literal, `localhost` or a name in
 `--admin-allowed-hosts` gets 403, so a page on a rebound DNS name cannot read the
 API from an operator's browser (Django's ALLOWED_HOSTS, Starlette's
 TrustedHostMiddleware); every answer carries `X-Content-Type-Options: nosniff`.
+Reads are open (the listener binds to 127.0.0.1 by default) unless routes.yaml says
+`admin: {reads: token}` (then /admin/* reads need a viewer token; /metrics, /healthz,
+/readyz and the console's static files stay open). Every mutation needs an operator's
+`Authorization: Bearer <token>` (tokens.py); the token's name is who made the change, and
+each change is one history event (history.py) with the body's optional `reason`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import ipaddress
 import json
 import time
@@ -20,6 +24,7 @@ from urllib.parse import unquote_to_bytes
 
 import structlog
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -30,6 +35,7 @@ from .console import console_routes
 from .metrics import CONTENT_TYPE
 from .overrides import Conflict, Unavailable
 from .runtime import CONSOLE_SPAN_S
+from .tokens import Identity
 
 if TYPE_CHECKING:
     from .rollout import Rollouts
@@ -45,18 +51,77 @@ class _Refused(Exception):
         self.status, self.message = status, message
 
 
-def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: WebSockets) -> HostGuard:
-    token = rt.settings.admin_token.encode() if rt.settings.admin_token else None
+@dataclasses.dataclass(frozen=True)
+class Actor:
+    """Who makes a change: the token's name; how (cli, console, api); why; and whom the
+    client says it acts for (X-Splitter-Actor: kept as on_behalf, never as the identity)."""
 
-    def authorize(request: Request) -> str:
-        if token is None:
-            raise _Refused(403, "admin changes are disabled: set SPLITTER_ADMIN_TOKEN in the proxy's environment and send it as 'Authorization: Bearer <token>'")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
-            raise _Refused(401, "wrong or missing admin token (Authorization: Bearer <SPLITTER_ADMIN_TOKEN>)")
-        actor = request.headers.get("x-splitter-actor", "")[:64]
-        peer = request.client.host if request.client else "?"
-        return f"{actor}@{peer}" if actor else peer
+    name: str
+    source: str
+    reason: str
+    on_behalf: str | None
+
+
+HOW = "set SPLITTER_ADMIN_TOKEN or SPLITTER_ADMIN_TOKENS_FILE in the proxy's environment"
+NO_TOKENS = f"admin changes are disabled: {HOW} and send a token as 'Authorization: Bearer <token>'"
+WRONG_TOKEN = "wrong or missing admin token (Authorization: Bearer <SPLITTER_ADMIN_TOKEN or a tokens file token>)"
+CLIENT_SOURCES = ("cli", "console")
+
+
+def identify(rt: Runtime, headers: Headers) -> Identity | None:
+    """The identity the request's bearer token proves; None without one; 401 for a wrong one."""
+    value = headers.get("authorization", "")
+    if not value:
+        return None
+    scheme, _, given = value.partition(" ")
+    identity = rt.tokens.identify(given.strip()) if scheme.lower() == "bearer" else None
+    if identity is None:
+        raise _Refused(401, WRONG_TOKEN)
+    return identity
+
+
+class _ReadGate:
+    """`admin: {reads: token}`: a read of /admin/* needs a viewer (or operator) token."""
+
+    def __init__(self, app: Any, rt: Runtime) -> None:
+        self.app, self.rt = app, rt
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        gated = self.rt.snapshot.config.admin_reads == "token" and scope["type"] == "http"
+        if gated and scope["path"].startswith("/admin/") and scope["method"] in ("GET", "HEAD"):
+            try:
+                if not self.rt.tokens.configured:
+                    raise _Refused(403, f"reads need a token (admin.reads: token) but none is configured: {HOW}")
+                if identify(self.rt, Headers(scope=scope)) is None:
+                    raise _Refused(401, "reads need a viewer token (admin.reads: token): Authorization: Bearer <token>")
+            except _Refused as exc:
+                await JSONResponse({"error": exc.message}, exc.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: WebSockets) -> HostGuard:
+    async def authorize(request: Request) -> Actor:
+        if not rt.tokens.configured:
+            raise _Refused(403, NO_TOKENS)
+        identity = identify(rt, request.headers)
+        if identity is None:
+            raise _Refused(401, WRONG_TOKEN)
+        if not identity.may_change:
+            raise _Refused(403, f"token {identity.name!r} has the role {identity.role}: changes need an operator token")
+        source = request.headers.get("x-splitter-source", "")
+        try:
+            data = json.loads(await request.body() or b"{}")
+        except ValueError:
+            data = {}  # the endpoint says what is wrong with its body
+        reason = data.get("reason", "") if isinstance(data, dict) else ""
+        if not isinstance(reason, str) or len(reason) > 500:
+            raise _Refused(400, "reason must be a string of at most 500 characters")
+        on_behalf = request.headers.get("x-splitter-actor", "")[:64] or None
+        return Actor(identity.name, source if source in CLIENT_SOURCES else "api", reason, on_behalf)
+
+    async def record(who: Actor, action: str, route: str | None, old: Any, new: Any) -> None:
+        await rt.history.record(who.name, who.source, action, route, old, new, who.reason, who.on_behalf)
 
     async def body(request: Request) -> dict[str, Any]:
         try:
@@ -89,7 +154,7 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
         """One wrapper for every write: authorize, then answer JSON (errors: the handlers below)."""
 
         async def endpoint(request: Request) -> Response:
-            result = await impl(request, authorize(request))
+            result = await impl(request, await authorize(request))
             return result if isinstance(result, Response) else JSONResponse(result)
 
         return endpoint
@@ -122,6 +187,7 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
                 "reloads": {"failures": rt.reload_failures, "last_error": rt.last_reload_error},
                 "routes": views,
                 "rollouts": rollout_views,
+                "history": await _recent_history(rt),
                 "time": now,
             }
         )
@@ -158,7 +224,7 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
                 view["window"] = {"scope": rt.windows.scope, "error": str(exc)}
         return JSONResponse(views)
 
-    async def set_route(request: Request, who: str) -> Any:
+    async def set_route(request: Request, who: Actor) -> Any:
         name = request.path_params["name"]
         route_or_404(name)
         data = await body(request)
@@ -167,18 +233,20 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             raise _Refused(400, f"percent must be an integer 0..100, got {json.dumps(pct)}")
         old = rt.snapshot.percent[name]
         await rt.overrides.set_percent(name, pct)
-        log.info("override set", who=who, route=name, old=old, new=pct)
+        log.info("override set", who=who.name, on_behalf=who.on_behalf, route=name, old=old, new=pct)
+        await record(who, "set", name, old, pct)
         return next(r for r in routes_view() if r["name"] == name)
 
-    async def clear_route(request: Request, who: str) -> Any:
+    async def clear_route(request: Request, who: Actor) -> Any:
         name = request.path_params["name"]
         route_or_404(name)
         old = rt.snapshot.percent[name]
         await rt.overrides.clear(name)
-        log.info("override cleared", who=who, route=name, old=old, new=rt.snapshot.percent[name])
+        log.info("override cleared", who=who.name, route=name, old=old, new=rt.snapshot.percent[name])
+        await record(who, "clear", name, old, rt.snapshot.percent[name])
         return next(r for r in routes_view() if r["name"] == name)
 
-    async def rollback(request: Request, who: str) -> Any:
+    async def rollback(request: Request, who: Actor) -> Any:
         data = await body(request)
         if data.get("all") is True:
             names = [r.name for r in rt.snapshot.config.routes]
@@ -197,22 +265,26 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
         if close:  # open connections to new reconnect, and land on legacy now
             for n in names:
                 closed += await websockets.close_route(n, "new", 1012, "rolled back: reconnect")
-        log.warning("rollback", who=who, routes=names, old=old, new=0, websockets_closed=closed)
+        log.warning("rollback", who=who.name, routes=names, old=old, new=0, websockets_closed=closed)
+        for n in names:
+            await record(who, "rollback", n, old[n], 0)
         return JSONResponse(routes_view(), headers={"X-Splitter-Websockets-Closed": str(closed)} if close else None)
 
     async def get_kill(request: Request) -> Response:
         return JSONResponse({"on": rt.snapshot.kill})
 
-    async def kill_on(request: Request, who: str) -> Any:
+    async def kill_on(request: Request, who: Actor) -> Any:
         old = rt.snapshot.kill
         await rt.overrides.set_kill(True)
-        log.warning("kill switch", who=who, old=old, new=True)
+        log.warning("kill switch", who=who.name, old=old, new=True)
+        await record(who, "kill", None, old, True)
         return {"on": True}
 
-    async def kill_off(request: Request, who: str) -> Any:
+    async def kill_off(request: Request, who: Actor) -> Any:
         old = rt.snapshot.kill
         await rt.overrides.set_kill(False)
-        log.warning("kill switch", who=who, old=old, new=False)
+        log.warning("kill switch", who=who.name, old=old, new=False)
+        await record(who, "kill", None, old, False)
         return {"on": False}
 
     async def bucket(request: Request) -> Response:
@@ -231,17 +303,34 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
     async def rollouts_view(request: Request) -> Response:
         return JSONResponse(await rollouts.view())
 
-    async def rollout_action(request: Request, who: str) -> Any:
+    async def rollout_action(request: Request, who: Actor) -> Any:
         name, action = request.path_params["name"], request.path_params["action"]
         route_or_404(name)
         if rt.snapshot.config.by_name[name].rollout is None:
             raise _Refused(404, f"route {name!r} has no rollout section in routes.yaml")
         if action not in ("pause", "resume", "abort"):
             raise _Refused(404, "action must be pause, resume or abort")
-        log.info("rollout action", who=who, route=name, action=action)
-        return await rollouts.act(name, action)
+        log.info("rollout action", who=who.name, route=name, action=action)
+        old = rt.snapshot.percent[name]
+        view = await rollouts.act(name, action)
+        await record(who, f"rollout_{action}", name, old, rt.snapshot.percent[name])
+        return view
 
-    app = Starlette(
+    async def history(request: Request) -> Response:
+        """Changes, newest first: ?route=NAME (also a route since removed), ?limit=N (1..10000)."""
+        raw = request.query_params.get("limit", "100")
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            raise _Refused(400, f"limit must be an integer 1..10000, got {raw!r}")
+        return JSONResponse(await rt.history.recent(int(raw), request.query_params.get("route") or None))
+
+    async def whoami(request: Request) -> Response:
+        """Whose token this is (the console shows it): 401 for none or a wrong one."""
+        identity = identify(rt, request.headers)
+        if identity is None:
+            raise _Refused(401, "no token: send 'Authorization: Bearer <token>'")
+        return JSONResponse({"name": identity.name, "role": identity.role})
+
+    admin = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
@@ -258,11 +347,14 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             Route("/admin/rollouts", rollouts_view),
             Route("/admin/rollouts/{name}/{action}", writer(rollout_action), methods=["POST"]),
             Route("/admin/overview", overview),
+            Route("/admin/history", history),
+            Route("/admin/whoami", whoami),
             *console_routes(),
         ],
         exception_handlers=_ERRORS,
     )
-    return HostGuard(app, rt.settings.admin_allowed_hosts)
+    admin.add_middleware(_ReadGate, rt=rt)
+    return HostGuard(admin, rt.settings.admin_allowed_hosts)
 
 
 NOSNIFF = (b"x-content-type-options", b"nosniff")
@@ -332,6 +424,13 @@ async def _conflict(request: Request, exc: Exception) -> Response:
 
 # The one place admin errors become status codes (Starlette maps them, like its own HTTPException).
 _ERRORS: dict[Any, Any] = {_Refused: _refused, Unavailable: _unavailable, Conflict: _conflict}
+
+
+async def _recent_history(rt: Runtime) -> list[dict[str, Any]] | dict[str, str]:
+    try:
+        return await rt.history.recent(100)
+    except Unavailable as exc:
+        return {"error": str(exc)}
 
 
 def _raw_query_param(query: bytes, name: bytes) -> bytes | None:

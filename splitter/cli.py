@@ -80,6 +80,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         redis_url=args.redis_url or env.get("SPLITTER_REDIS_URL") or None,
         admin_token=env.get("SPLITTER_ADMIN_TOKEN") or None,
         admin_allowed_hosts=args.admin_allowed_hosts,
+        tokens_file=env.get("SPLITTER_ADMIN_TOKENS_FILE") or None,
         force_token=env.get("SPLITTER_FORCE_TOKEN") or None,
         multiprocess_dir=(env.get("PROMETHEUS_MULTIPROC_DIR") or None) if args.workers > 1 else None,
         graceful_timeout=args.graceful_timeout,
@@ -112,6 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return 1
     settings = _redis_credentials(settings, cfg)
+    settings = _identity_and_secrets(settings, cfg)
     judged = [r.name for r in cfg.routes if r.guard or r.rollout]
     if settings.workers > 1 and judged and not (settings.redis_url or cfg.redis_url or cfg.redis_ha.sentinels):
         fail(f"--workers {settings.workers} with guard/rollout on {', '.join(judged)} needs Redis (redis.url in routes.yaml or SPLITTER_REDIS_URL): each worker would judge only its own share of traffic")
@@ -137,6 +139,20 @@ def _redis_credentials(settings: Settings, cfg: config_mod.Config) -> Settings:
 
     ha = cfg.redis_ha
     return replace(settings, redis_username=read(ha.username_env, "username"), redis_password=read(ha.password_env, "password"))
+def _identity_and_secrets(settings: Settings, cfg: config_mod.Config) -> Settings:
+    """Refuse a bad tokens file or a notify url_env that is not set; hand the secrets on."""
+    from dataclasses import replace
+
+    from .tokens import Tokens, TokensError
+
+    try:
+        Tokens(settings.admin_token, settings.tokens_file)
+    except TokensError as exc:
+        fail(str(exc))
+    missing = [n for n in cfg.secret_names() if not os.environ.get(n)]
+    if missing:
+        fail(f"{cfg.path}: notify: url_env {missing[0]} is not set in the environment")
+    return replace(settings, secrets={n: os.environ[n] for n in cfg.secret_names()})
 
 
 # --- check / bucket --------------------------------------------------------------
@@ -198,12 +214,15 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None, w
     import httpx
 
     base = admin_url(args)
-    headers = {"X-Splitter-Actor": os.environ.get("USER", "cli")}
-    if write:
-        token = os.environ.get("SPLITTER_ADMIN_TOKEN")
-        if not token:
-            fail("SPLITTER_ADMIN_TOKEN is not set: export the admin token the proxy was started with")
+    # who makes a change is the token's name (the proxy decides), never $USER
+    headers = {"X-Splitter-Source": "cli"}
+    token = os.environ.get("SPLITTER_ADMIN_TOKEN")
+    if write and not token:
+        fail("SPLITTER_ADMIN_TOKEN is not set: export your admin token (an operator's, for changes)")
+    if token:
         headers["Authorization"] = f"Bearer {token}"
+    if write and getattr(args, "reason", None):
+        body = {**(body or {}), "reason": args.reason}
     try:
         resp = httpx.request(method, base + path, json=body, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
@@ -284,6 +303,34 @@ def cmd_kill(args: argparse.Namespace) -> int:
     _admin(args, "PUT" if on else "DELETE", "/admin/kill", write=True)
     print("kill switch ON: every request goes to legacy" if on else "kill switch off: routing by percent again")
     return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    query = urlencode({k: v for k, v in (("route", args.route), ("limit", args.limit)) if v})
+    events = _admin(args, "GET", "/admin/history?" + query)
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    if not events:
+        print(f"no changes recorded{' for ' + args.route if args.route else ''}")
+        return 0
+    import time
+
+    print(f"{'AT':<19}  {'WHO':<12} {'SOURCE':<8} {'ACTION':<16} {'ROUTE':<14} {'OLD -> NEW':<14} REASON")
+    for e in events:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
+        who = e["who"] + (f" ({e['on_behalf']})" if e.get("on_behalf") else "")
+        change = f"{_show(e['old'])} -> {_show(e['new'])}"
+        route = e.get("route") or "-"
+        reason = e.get("reason") or ""
+        print(f"{at:<19}  {who:<12} {e['source']:<8} {e['action']:<16} {route:<14} {change:<14} {reason}")
+    return 0
+
+
+def _show(v: Any) -> str:
+    return ("on" if v else "off") if isinstance(v, bool) else "-" if v is None else str(v)
 
 
 def cmd_shadow(args: argparse.Namespace) -> int:
@@ -444,17 +491,21 @@ def build_parser() -> argparse.ArgumentParser:
     se = admin_parser("set", "override a route's percent at runtime")
     se.add_argument("route", help="route name")
     se.add_argument("percent", help="integer 0..100")
+    se.add_argument("--reason", default=None, help="why, for the change history and notifications")
     se.set_defaults(func=cmd_set)
     cl = admin_parser("clear", "remove a route's runtime override (back to routes.yaml)")
     cl.add_argument("route", help="route name")
+    cl.add_argument("--reason", default=None, help="why, for the change history and notifications")
     cl.set_defaults(func=cmd_clear)
     rb = admin_parser("rollback", "send a route (or all) to legacy: override to 0")
     rb.add_argument("route", nargs="?", help="route name")
     rb.add_argument("--all", action="store_true", help="every route")
     rb.add_argument("--close-websockets", action="store_true", help="also close the route's open WebSocket connections to new (1012), so clients reconnect to legacy")
+    rb.add_argument("--reason", default=None, help="why, for the change history and notifications")
     rb.set_defaults(func=cmd_rollback)
     k = admin_parser("kill", "kill switch: everything to legacy")
     k.add_argument("state", choices=["on", "off"], help="on: every request to legacy; off: routing by percent again")
+    k.add_argument("--reason", default=None, help="why, for the change history and notifications")
     k.set_defaults(func=cmd_kill)
     sh = admin_parser("shadow", "recent shadow mismatches of a route, with diffs")
     sh.add_argument("route", help="route name")
@@ -465,7 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("route", nargs="?", help="route name (status: all routes when omitted)")
     ro.add_argument("--watch", action="store_true", help="status: redraw every second (Ctrl-C stops)")
     ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
+    ro.add_argument("--reason", default=None, help="pause/resume/abort: why, for the change history and notifications")
     ro.set_defaults(func=cmd_rollout)
+    hi = admin_parser("history", "who changed what, when and why (people, guard, rollouts, routes.yaml), newest first")
+    hi.add_argument("route", nargs="?", help="only this route")
+    hi.add_argument("--limit", type=int, default=50, help="at most this many events")
+    hi.add_argument("--json", action="store_true", help="JSON output")
+    hi.set_defaults(func=cmd_history)
     rp = admin_parser("report", "old vs new per route against the migration plan's success criteria (exit 3 when one fails, 1 on operator errors)")
     rp.add_argument("--prometheus", default=None, help="Prometheus URL (rates over --window); default: the admin API's /metrics since start")
     rp.add_argument("--window", default=None, help="with --prometheus: a range such as 10m, 1h, 1d (default: since the proxies started)")

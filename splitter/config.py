@@ -22,6 +22,11 @@ ID_KINDS = ("header", "cookie", "jwt_sub")
 NAME_RE = re.compile(r"[a-z0-9_]+")
 DEFAULT_MAX_BODY = 1 << 30
 UID_COOKIE = "splitter_uid"
+# what a change history event (history.py) can be; `notify[].events` filters on these
+CHANGE_ACTIONS: tuple[str, ...] = ("set", "clear", "rollback", "kill", "guard_trip", "reload")
+CHANGE_ACTIONS += tuple(f"rollout_{a}" for a in ("step", "done", "rollback", "pause", "resume", "abort"))
+NOTIFY_FORMATS = ("json", "slack")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ConfigError(Exception):
@@ -89,6 +94,19 @@ class WebSocketSpec:
 
 
 @dataclass(frozen=True)
+class NotifyTarget:
+    url: str | None  # or, a secret, from the environment variable url_env (cli.py reads it)
+    url_env: str | None = None
+    events: tuple[str, ...] = ()  # empty: every change
+    format: str = "json"
+
+    @property
+    def label(self) -> str:
+        """How logs name the target: the variable, or the URL's host (never a secret path)."""
+        return f"${self.url_env}" if self.url_env else urlsplit(self.url or "").netloc
+
+
+@dataclass(frozen=True)
 class Route:
     name: str
     prefix: str
@@ -127,9 +145,15 @@ class Config:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_body_bytes: int = DEFAULT_MAX_BODY
     websocket: WebSocketSpec = field(default_factory=WebSocketSpec)
+    notify: tuple[NotifyTarget, ...] = ()
+    admin_reads: str = "open"  # or "token": reads on /admin/* need a viewer token too
     by_name: Mapping[str, Route] = field(default_factory=dict)
     # (prefix, route) longest first, so the first hit is the longest prefix
     _ordered: tuple[tuple[str, Route], ...] = ()
+
+    def secret_names(self) -> list[str]:
+        """The environment variables notify targets take their URLs from."""
+        return [t.url_env for t in self.notify if t.url_env]
 
     def match(self, path: str) -> Route | None:
         """Longest prefix on a segment boundary: /api/auth matches /api/auth/x, not /api/authx."""
@@ -243,7 +267,16 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "trusted_proxies": _STRINGS,
         "max_body_bytes": {"type": "integer", "minimum": 1},
         "websocket": "websocket",
+        "notify": {"type": "array", "items": {"$ref": "#/$defs/notify"}},
+        "admin": "admin",
     },
+    "notify": {
+        "url": {"type": "string", "pattern": "^https?://"},
+        "url_env": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "events": {"type": "array", "items": {"enum": list(CHANGE_ACTIONS)}},
+        "format": {"enum": list(NOTIFY_FORMATS)},
+    },
+    "admin": {"reads": {"enum": ["open", "token"]}},
     "websocket": {"max_message_bytes": {"type": "integer", "minimum": 1}, "idle_timeout_s": _POSITIVE},
     "backends": {name: "backend" for name in BACKENDS},
     "backend": {"url": {"type": "string", "pattern": "^https?://"}, "connect_timeout": _POSITIVE, "read_timeout": _POSITIVE, "max_connections": {"type": "integer", "minimum": 1}},
@@ -402,6 +435,16 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
             size = _number(doc, w, "max_message_bytes", "websocket", websocket.max_message_bytes, integer=True)
             websocket = WebSocketSpec(max(1, int(size)), float(_number(doc, w, "idle_timeout_s", "websocket", websocket.idle_timeout_s)))
 
+    notify = _notify(doc, data.get("notify") or [])
+    admin_reads = "open"
+    if data.get("admin") is not None:
+        a = _mapping(doc, data["admin"], "admin")
+        if a is not None:
+            _unknown(doc, a, set(SECTIONS["admin"]), "admin")
+            admin_reads = a.get("reads", "open")
+            if admin_reads not in ("open", "token"):
+                doc.error("admin.reads", f"must be open or token, got {_show(admin_reads)}")
+
     if doc.errors:
         return None
     ordered = tuple(sorted(((r.prefix, r) for r in routes), key=lambda pr: len(pr[0]), reverse=True))
@@ -419,6 +462,8 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
         trusted_proxies=tuple(trusted),
         max_body_bytes=max_body,
         websocket=websocket,
+        notify=notify,
+        admin_reads=admin_reads,
         by_name={r.name: r for r in routes},
         _ordered=ordered,
     )
@@ -489,6 +534,36 @@ def _origin(doc: _Doc, url: Any, path: str) -> str | None:
         return None
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+def _notify(doc: _Doc, raw: Any) -> tuple[NotifyTarget, ...]:
+    if not isinstance(raw, list):
+        doc.error("notify", f"must be a list like [{{url: https://..., format: json}}], got {_show(raw)}")
+        return ()
+    out = []
+    for i, item in enumerate(raw):
+        path = f"notify[{i}]"
+        t = _mapping(doc, item, path)
+        if t is None:
+            continue
+        _unknown(doc, t, set(SECTIONS["notify"]), path)
+        url, url_env = t.get("url"), t.get("url_env")
+        if (url is None) == (url_env is None):
+            doc.error(path, "needs one of url or url_env (the name of an environment variable holding the URL)")
+        elif url is not None and (not isinstance(url, str) or not re.match(r"https?://[^/?#]", url)):
+            doc.error(f"{path}.url", f"must be an http(s):// URL, got {_show(url)}")
+        elif url_env is not None and (not isinstance(url_env, str) or not ENV_NAME_RE.fullmatch(url_env)):
+            doc.error(f"{path}.url_env", f"must be an environment variable name, got {_show(url_env)}")
+        events = t.get("events", [])
+        if not isinstance(events, list) or not all(e in CHANGE_ACTIONS for e in events):
+            doc.error(f"{path}.events", f"must be a list of {', '.join(CHANGE_ACTIONS)}, got {_show(events)}")
+            events = []
+        fmt = t.get("format", "json")
+        if fmt not in NOTIFY_FORMATS:
+            doc.error(f"{path}.format", f"must be json or slack, got {_show(fmt)}")
+        url, url_env = (url if isinstance(url, str) else None), (url_env if isinstance(url_env, str) else None)
+        out.append(NotifyTarget(url, url_env, tuple(events), str(fmt)))
+    return tuple(out)
 
 
 def _user_id(doc: _Doc, raw: Any) -> list[IdSource]:

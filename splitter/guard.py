@@ -2,7 +2,8 @@
 
 With Redis the window is the fleet's (every replica and worker adds its counts,
 window.py); without it, this process's. The action is an override write, so
-with Redis one replica's trip moves the whole fleet. The override stays at
+with Redis one replica's trip moves the whole fleet (a short lease makes it one
+replica's, so a trip is one history event, who `guard`). The override stays at
 0 (source "guard") until a person changes it; any change of a route's percent
 clears its window, so old errors never trip a fresh attempt.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import TYPE_CHECKING
 
 import structlog
@@ -31,6 +33,7 @@ TICK_S = 0.5
 class Guard:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.owner = f"guard:{uuid.uuid4().hex[:8]}"
         self._stuck: set[str] = set()  # routes whose rollback write failed: logged once, retried every tick
 
     async def run(self) -> None:
@@ -67,6 +70,8 @@ class Guard:
                 continue
             legacy_p95 = legacy.p95_ms
             old = snap.percent[route.name]
+            if not await rt.overrides.lease(f"guard:{route.name}", self.owner, 2.0):
+                continue  # another replica is tripping this route right now
             try:
                 await rt.overrides.set_percent(route.name, 0, source="guard")
             except (Unavailable, Conflict) as exc:
@@ -93,6 +98,12 @@ class Guard:
                 scope=rt.windows.scope,
                 **evidence,
             )
+            why = f"{reason.replace('_', ' ')}: new {new.errors}/{new.requests} errors ({new.error_rate:.1%}, "
+            why += f"max {g.max_error_rate:.1%}) over {g.window_s:g} s"
+            if reason == "p95_ratio":
+                why = f"p95 ratio: new {new.p95_ms} ms vs legacy {legacy_p95} ms (max x{g.max_p95_ratio})"
+                why += f" over {g.window_s:g} s"
+            await rt.history.record("guard", "guard", "guard_trip", route.name, old, 0, why)
 
 
 def trip_reason(g: GuardSpec, new: Totals, legacy: Totals | None) -> str | None:

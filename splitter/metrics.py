@@ -40,6 +40,10 @@ class Metrics:
         self.ws_open = Gauge("splitter_websocket_open", "WebSocket connections open now (summed over workers).", ["route", "backend", "handler"], registry=reg, multiprocess_mode="livesum")
         self.ws_connections = Counter("splitter_websocket_connections_total", "WebSocket upgrades by result (accepted, refused, failed).", ["route", "backend", "handler", "result"], registry=reg)
         self.ws_messages = Counter("splitter_websocket_messages_total", "WebSocket messages relayed, by direction (upstream, downstream).", ["route", "backend", "direction"], registry=reg)
+        changes = "Changes by people and automation (history events), for Grafana annotations."
+        self.changes = Counter("splitter_changes_total", changes, ["route", "action", "source"], registry=reg)
+        failures = "Change notifications not delivered after every try."
+        self.notify_failures = Counter("splitter_notify_failures_total", failures, registry=reg)
         self.in_flight = Gauge("splitter_requests_in_flight", "Requests being answered now (summed over workers).", registry=reg, multiprocess_mode="livesum")
         self.build_info = Gauge("splitter_build_info", "Always 1; the version label says which splitter runs.", ["version"], registry=reg, multiprocess_mode="mostrecent")
         self.build_info.labels(__version__).set(1)

@@ -15,6 +15,10 @@ replaced whole on every change. With Redis the keys are the truth:
                        outcomes once a second (window.py); expires after the longest window + 60 s
     {prefix}:shadow:{route}
                        list of the last 100 shadow mismatches (JSON), newest first
+    {prefix}:history   stream of change events (field "e": JSON), MAXLEN ~10,000 (history.py)
+    {prefix}:claim:{digest}
+                       SET NX, 5 minutes: the one replica that records a change every
+                       replica sees (a routes.yaml reload)
 
 Every replica resyncs on connect, on every event and once a second, so a lost
 message costs at most a second. With Sentinel (`redis.sentinels` + `service`)
@@ -35,6 +39,8 @@ import structlog
 
 log = structlog.get_logger("splitter.overrides")
 KEEP_MISMATCHES = 100
+KEEP_HISTORY = 10_000
+CLAIM_S = 300
 
 class Unavailable(Exception):
     """A write cannot reach every replica right now (503)."""
@@ -68,6 +74,7 @@ class MemoryOverrides:
         self._listeners: list[Listener] = []
         self._rollouts: dict[str, dict[str, Any]] = {}
         self._mismatches: dict[str, deque[dict[str, Any]]] = {}
+        self._history: deque[dict[str, Any]] = deque(maxlen=KEEP_HISTORY)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -121,6 +128,23 @@ class MemoryOverrides:
 
     async def mismatches(self, route: str) -> list[dict[str, Any]]:
         return list(self._mismatches.get(route, ()))
+
+    # --- change history, newest first ---
+    async def push_history(self, event: dict[str, Any]) -> None:
+        self._history.appendleft(event)
+
+    async def history(self, limit: int, route: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for e in self._history:
+            if route is None or e.get("route") == route:
+                out.append(e)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def claim(self, key: str) -> bool:
+        """Whether this process is the one to act on something every replica sees; alone, it is."""
+        return True
 
 
 class RedisOverrides(MemoryOverrides):
@@ -316,6 +340,39 @@ class RedisOverrides(MemoryOverrides):
         except self._redis_errors as exc:
             raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
         return [json.loads(r) for r in rows]
+
+    async def push_history(self, event: dict[str, Any]) -> None:
+        try:
+            fields: dict[Any, Any] = {"e": json.dumps(event)}
+            await self.client.xadd(f"{self.prefix}:history", fields, maxlen=KEEP_HISTORY, approximate=True)
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+
+    async def history(self, limit: int, route: str | None = None) -> list[dict[str, Any]]:
+        """Newest first; with a route, pages back through the stream until `limit` match."""
+        key, last = f"{self.prefix}:history", "+"
+        out: list[dict[str, Any]] = []
+        try:
+            while len(out) < limit:
+                page: list[Any] = await self.client.xrevrange(key, max=last, min="-", count=500) or []
+                for entry_id, fields in page:
+                    if entry_id == last:
+                        continue
+                    event = json.loads(fields["e"])
+                    if route is None or event.get("route") == route:
+                        out.append({"id": entry_id, **event})
+                if len(page) < 500:
+                    break
+                last = str(page[-1][0])
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+        return out[:limit]
+
+    async def claim(self, key: str) -> bool:
+        try:
+            return bool(await self.client.set(f"{self.prefix}:claim:{key}", "1", nx=True, ex=CLAIM_S))
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
 
 
 @dataclass(frozen=True)

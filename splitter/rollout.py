@@ -120,6 +120,8 @@ class Rollouts:
             await rt.overrides.put_rollout(route.name, state)
             self._gauge(route.name)
             log.warning("rollout rolled back", route=route.name, step=ro.steps[step], reason=failure, **gate_values)
+            old = snap.percent[route.name]
+            await rt.history.record("rollout", "rollout", "rollout_rollback", route.name, old, 0, state["reason"])
             return
         if now - since < ro.interval_s:
             return
@@ -138,6 +140,8 @@ class Rollouts:
             state.update(status="done", reason="all steps passed", since=now)
             await rt.overrides.put_rollout(route.name, state)
             log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
+            at = ro.steps[step]
+            await rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, "all steps passed")
             return
         await self._go(route, state, step + 1, now, "advance", **gate_values)
 
@@ -169,6 +173,8 @@ class Rollouts:
         await self.rt.overrides.put_rollout(route.name, state)
         self._gauge(route.name)
         log.info("rollout step", route=route.name, action=why, old=old, new=ro.steps[step], **gate_values)
+        reason = "start" if why == "start" else f"gates held for {ro.interval_s:g} s at {ro.steps[step - 1]} %"
+        await self.rt.history.record("rollout", "rollout", "rollout_step", route.name, old, ro.steps[step], reason)
 
     def _gauge(self, name: str) -> None:
         self.rt.metrics.rollout_step.labels(name).set(self.rt.snapshot.percent.get(name, 0))

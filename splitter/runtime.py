@@ -10,18 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
 from . import config as config_mod
 from .config import Backend, Config, ConfigError, Route
+from .history import History
 from .metrics import Metrics
+from .notify import Notifier
 from .overrides import Connect, MemoryOverrides, RedisOverrides, State, Unavailable, describe
+from .tokens import Tokens, TokensError
 from .upstream import Pool
 from .window import Windows
 
@@ -43,6 +48,8 @@ class Settings:
     redis_url: str | None = None  # SPLITTER_REDIS_URL, wins over routes.yaml
     admin_token: str | None = None  # SPLITTER_ADMIN_TOKEN
     admin_allowed_hosts: tuple[str, ...] = ()  # --admin-allowed-hosts: names answered besides IPs and localhost
+    tokens_file: str | None = None  # SPLITTER_ADMIN_TOKENS_FILE
+    secrets: Mapping[str, str] = field(default_factory=dict)  # the variables routes.yaml names in url_env
     force_token: str | None = None  # SPLITTER_FORCE_TOKEN
     multiprocess_dir: str | None = None  # PROMETHEUS_MULTIPROC_DIR, with --workers > 1
     graceful_timeout: float = 30.0
@@ -111,6 +118,12 @@ class Runtime:
         self.started = False
         self.reload_failures = 0  # since start, for the console (the metric has the fleet's)
         self.last_reload_error: list[str] = []
+        self.tokens = Tokens(settings.admin_token, settings.tokens_file)
+        self._tokens_sig = _file_signature(settings.tokens_file) if settings.tokens_file else None
+        now = lambda: self.snapshot.config  # noqa: E731 - the config in force when an event is sent
+        self.notifier = Notifier(self.metrics, lambda: now().notify, settings.secrets, lambda: now().environment)
+        self.history = History(self.overrides, self.metrics, self.notifier.submit)
+        self._recording: set[asyncio.Task[Any]] = set()
         self._publish_gauges()
 
     # --- lifecycle ------------------------------------------------------------
@@ -119,7 +132,7 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self._watch(), name="splitter-config-watch"))
         self._tasks.append(asyncio.create_task(self._flush_windows(), name="splitter-windows"))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         self.started = True
         cfg = self.snapshot.config
         log.info("started", config=cfg.path, environment=cfg.environment, routes=len(cfg.routes), redis=self.redis_url is not None, pid=os.getpid())
@@ -132,6 +145,10 @@ class Runtime:
                 await task
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        for task in list(self._recording):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.notifier.stop()
         await self.overrides.stop()
         for pool in self.pools.values():
             pool.retire()
@@ -208,6 +225,9 @@ class Runtime:
         old = self.snapshot.config
         try:
             cfg = config_mod.load(path, self.settings.environment)
+            unset = [n for n in cfg.secret_names() if n not in self.settings.secrets]
+            if unset:
+                raise ConfigError([f"{path}: notify: url_env {n} was not set when the proxy started" for n in unset])
         except ConfigError as exc:
             self.metrics.reloads.labels("failure").inc()
             self.reload_failures += 1
@@ -228,6 +248,57 @@ class Runtime:
         self._publish_gauges()
         self.metrics.reloads.labels("success").inc()
         log.info("config reloaded", config=path, routes=len(cfg.routes), percent=dict(self.snapshot.percent))
+        self._record_file_changes(old, cfg)
+        return True
+
+    def _record_file_changes(self, old: Config, cfg: Config) -> None:
+        """A reload that changes a route's percent is a change by `file`: one history event per
+        route, written by the one replica that claims it (every replica reads the same file)."""
+        before = {r.name: r.percent for r in old.routes}
+        changed = [(r.name, before[r.name], r.percent) for r in cfg.routes
+                   if before.get(r.name, r.percent) != r.percent]
+        if not changed:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        text = _file_sha256(self.settings.config_path)
+        digest = hashlib.sha256(repr((changed, text)).encode()).hexdigest()[:32]
+
+        async def record() -> None:
+            try:
+                if not await self.overrides.claim(f"reload:{digest}"):
+                    return
+            except Unavailable:
+                pass  # better a duplicate than a change nobody hears of
+            why = f"{os.path.basename(self.settings.config_path)} changed"
+            for name, was, now in changed:
+                await self.history.record("file", "file", "reload", name, was, now, why)
+
+        task = loop.create_task(record(), name="splitter-history-reload")
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    def _on_sighup(self) -> None:
+        self.reload()
+        self.reload_tokens()
+
+    def reload_tokens(self) -> bool:
+        """Re-read the tokens file; on any problem keep the tokens in force."""
+        if not self.settings.tokens_file:
+            return True
+        self._tokens_sig = _file_signature(self.settings.tokens_file)
+        try:
+            self.tokens.reload()
+        except TokensError as exc:
+            self.metrics.reloads.labels("failure").inc()
+            self.reload_failures += 1
+            self.last_reload_error = [str(exc)]
+            log.error("tokens reload rejected; keeping the tokens in force", error=str(exc))
+            return False
+        self.metrics.reloads.labels("success").inc()
+        log.info("tokens reloaded", file=self.settings.tokens_file, tokens=len(self.tokens.by_hash))
         return True
 
     async def _watch(self) -> None:
@@ -237,6 +308,8 @@ class Runtime:
             sig = _file_signature(path)
             if sig != self._file_sig:
                 self.reload()
+            if self.settings.tokens_file and _file_signature(self.settings.tokens_file) != self._tokens_sig:
+                self.reload_tokens()
 
 
 def _spans(route: Route) -> list[float]:
@@ -247,6 +320,14 @@ def _spans(route: Route) -> list[float]:
     if route.rollout is not None:
         spans.append(route.rollout.interval_s + 1)
     return spans
+
+
+def _file_sha256(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
 
 
 def _file_signature(path: str) -> tuple[int, int, int] | None:

@@ -79,10 +79,11 @@ def test_bucket_lookup(stack):
     assert httpx.get(stack.admin + "/admin/bucket").status_code == 400
 
 
-def test_changes_are_logged_with_who_old_and_new(stack):
+def test_changes_are_logged_with_the_tokens_name_old_and_new(stack):
     httpx.put(stack.admin + "/admin/routes/auth", json={"percent": 30}, headers={**AUTH, "X-Splitter-Actor": "dana"})
     change = stack.wait_log(lambda e: e["event"] == "override set")
-    assert change["who"] == "dana@127.0.0.1" and change["route"] == "auth" and change["old"] == 50 and change["new"] == 30
+    assert change["who"] == "admin" and change["on_behalf"] == "dana", "the token's name; the header only as on_behalf"
+    assert change["route"] == "auth" and change["old"] == 50 and change["new"] == 30
 
 
 def test_memory_overrides_are_lost_on_restart(standin, splitter, stack):

@@ -203,3 +203,35 @@ def test_serve_names_an_unset_redis_password_variable(tmp_path):
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == (
         "splitter: redis.password_env names SPLITTER_TEST_UNSET_PW, which is not set: export the Redis password in SPLITTER_TEST_UNSET_PW"
     ), r.stderr
+@pytest.mark.parametrize(
+    "extra,needle,message",
+    [
+        ("notify:\n  - {format: json}", "- {format: json}", "notify[0]: needs one of url or url_env"),
+        ('notify:\n  - {url: "ftp://x", format: json}', "- {url:", "notify[0].url: must be an http(s):// URL"),
+        ("notify:\n  - {url_env: 9BAD}", "- {url_env", "notify[0].url_env: must be an environment variable name"),
+        ('notify:\n  - {url: "http://h", events: [deploy]}', "- {url", "notify[0].events: must be a list of set"),
+        ('notify:\n  - {url: "http://h",\n     format: teams}', "format: teams", "notify[0].format: must be json or"),
+        ("admin: {reads: closed}", "admin:", "admin.reads: must be open or token, got 'closed'"),
+    ],
+)
+def test_notify_and_admin_mistakes_name_file_line_and_key_path(tmp_path, extra, needle, message):
+    text = VALID + extra + "\n"
+    f = tmp_path / "routes.yaml"
+    f.write_text(text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    hit = next((e for e in err.value.errors if message in e), None)
+    line = line_of(text, needle)
+    assert hit is not None and hit.split(":")[1] == str(line), (err.value.errors, line)
+
+
+def test_notify_targets_and_admin_reads_load():
+    notify = 'notify:\n  - {url: "https://hooks.example/x", events: [kill, guard_trip]}\n'
+    notify += "  - {url_env: SLACK_URL, format: slack}"
+    cfg = config.parse(VALID + notify + "\nadmin: {reads: token}\n")
+    assert cfg.notify == (
+        config.NotifyTarget("https://hooks.example/x", None, ("kill", "guard_trip"), "json"),
+        config.NotifyTarget(None, "SLACK_URL", (), "slack"),
+    )
+    assert cfg.admin_reads == "token" and cfg.secret_names() == ["SLACK_URL"] and cfg.notify[1].label == "$SLACK_URL"
+    assert config.parse(VALID).admin_reads == "open" and config.parse(VALID).notify == ()

@@ -133,3 +133,38 @@ def test_the_console_shows_the_migration_and_acts_on_it(standin, splitter, brows
 
     assert all(u.startswith(s.admin) for u in seen), [u for u in seen if not u.startswith(s.admin)]
     assert bucket("c1") >= 0  # the traffic used sticky ids
+
+
+def test_the_console_shows_whose_token_and_each_routes_timeline(standin, splitter, browser_page, tmp_path):
+    from test_history import ALICE, tokens_file
+
+    env = {"SPLITTER_ADMIN_TOKENS_FILE": str(tokens_file(tmp_path))}
+    s = splitter(yaml_text(standin("legacy"), standin("new")), env=env)
+    alice = {"Authorization": f"Bearer {ALICE}"}
+    canary = {"percent": 40, "reason": "canary for 10 % of EU"}
+    assert httpx.put(s.admin + "/admin/routes/auth", json=canary, headers=alice).status_code == 200
+    dana = {**alice, "X-Splitter-Actor": "dana"}
+    assert httpx.put(s.admin + "/admin/routes/upload", json={"percent": 5}, headers=dana).status_code == 200
+    page = browser_page
+    page.on("dialog", lambda d: d.accept())
+    page.goto(s.admin + "/ui")
+    page.fill("#token", ALICE)
+    page.dispatch_event("#token", "change")
+    eventually(lambda: page.inner_text("#whoami") == "token: alice (operator)", timeout=5)
+    page.fill("#reason", "p95 up")
+    card(page, "auth").get_by_role("button", name="roll back").click()
+    eventually(lambda: card(page, "auth").locator(".timeline .event").count() == 2, timeout=5)
+    newest, older = (card(page, "auth").locator(".timeline .event").nth(i) for i in (0, 1))
+    def text(event, field: str) -> str:
+        return str(event.locator(f".{field}").inner_text())
+
+    def row(event) -> tuple[str, str, str]:
+        return text(event, "who"), text(event, "what"), text(event, "why")
+
+    assert row(newest) == ("alice console", "rollback 40 % → 0 %", "p95 up")
+    assert row(older) == ("alice api", "set 50 % → 40 %", "canary for 10 % of EU")
+    assert card(page, "upload").locator(".timeline .event .who").inner_text() == "alice for dana api"
+    assert card(page, "resume_review").locator(".timeline").inner_text().endswith("no changes recorded")
+    assert page.input_value("#reason") == "", "a reason goes with one change"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "console-history.png"), full_page=True)

@@ -207,6 +207,7 @@ EXPECTED_LABELS = {
     "annotation: Percent changes": None,
     "annotation: Kill switch": None,
     "annotation: Config reloads": None,
+    "annotation: Changes (who changed what: splitter history)": None,
 }
 
 
@@ -265,7 +266,7 @@ def test_dashboard_and_alerts_against_a_real_prometheus(procs, tmp_path, splitte
     time.sleep(2.5)  # the last scrape
 
     for title, expr in dashboard_exprs() + alert_exprs():
-        concrete = expr.replace("$__rate_interval", "1m").replace('"$route"', '".*"')
+        concrete = expr.replace("$__rate_interval", "1m").replace("$__interval", "1m").replace('"$route"', '".*"')
         if EXPECTED_LABELS[title] is None:
             resp = httpx.get(base + "/api/v1/query", params={"query": concrete}, timeout=10)
             assert resp.status_code == 200 and resp.json()["status"] == "success", (title, resp.text)

@@ -78,6 +78,8 @@ def test_guard_trips_fleet_wide_within_window_plus_1s(procs, tmp_path, splitter,
     assert trips >= 1
     trip = eventually(lambda: next((e for e in a.logs() + b.logs() if "guard tripped" in e["event"]), None))
     assert trip["route"] == "auth" and trip["error_rate"] > 0.05 and trip["requests"] >= 50
+    events = httpx.get(b.admin + "/admin/history", params={"route": "auth"}).json()
+    assert [(e["who"], e["action"], e["new"]) for e in events] == [("guard", "guard_trip", 0)], "one trip, one event"
     # it stays at 0 (no flapping): more traffic, still 0 and all on legacy
     with Load([a.url, b.url], cap=300):
         time.sleep(1.5)

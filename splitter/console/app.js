@@ -1,6 +1,7 @@
 // splitter console: reads /admin/overview every second and renders it; actions go to the
 // admin API with the token the operator typed (sessionStorage only, sent as the Bearer
-// header). Every value from the server is put on the page as text (textContent, SVG
+// header; reads carry it too, for `admin: {reads: token}`). Each route's card ends with its
+// change history (who, when, what, why). Every value from the server is put on the page as text (textContent, SVG
 // attributes), never as HTML: route names and shadow diffs are untrusted.
 "use strict";
 
@@ -28,16 +29,38 @@ function status(text, ok) {
   s.className = ok ? "ok" : "error";
 }
 
+function readHeaders() {
+  const token = document.getElementById("token").value.trim();
+  return token ? { "Authorization": "Bearer " + token } : {};
+}
+
+async function whoami() {
+  const who = document.getElementById("whoami");
+  const token = document.getElementById("token").value.trim();
+  if (!token) { who.textContent = "no token"; who.className = "pill"; return; }
+  try {
+    const resp = await fetch("/admin/whoami", { headers: readHeaders(), credentials: "omit" });
+    const data = await resp.json();
+    who.textContent = resp.ok ? `token: ${data.name} (${data.role})` : "token: not valid";
+    who.className = "pill " + (resp.ok ? "good" : "bad");
+  } catch (e) {
+    who.textContent = "token: not checked";
+    who.className = "pill";
+  }
+}
+
 async function act(method, path, body, what) {
   const token = document.getElementById("token").value.trim();
   if (!token) { status("type the admin token first (SPLITTER_ADMIN_TOKEN)", false); return; }
   sessionStorage.setItem(TOKEN_KEY, token);
   if (!window.confirm(what)) return;
+  const reason = document.getElementById("reason").value.trim();
+  if (reason) body = Object.assign({}, body || {}, { reason });
   let resp;
   try {
     resp = await fetch(path, {
       method,
-      headers: { "Authorization": "Bearer " + token, "Content-Type": "application/json", "X-Splitter-Actor": "console" },
+      headers: Object.assign(readHeaders(), { "Content-Type": "application/json", "X-Splitter-Source": "console" }),
       body: body === null ? undefined : JSON.stringify(body),
       credentials: "omit",
     });
@@ -48,7 +71,10 @@ async function act(method, path, body, what) {
   let data = {};
   try { data = await resp.json(); } catch (e) { data = {}; }
   if (!resp.ok) status(resp.status + ": " + (data.error || resp.statusText), false);
-  else status("done: " + what, true);
+  else {
+    status("done: " + what, true);
+    document.getElementById("reason").value = "";
+  }
   refresh();
 }
 
@@ -120,7 +146,25 @@ function shadowBox(mismatches) {
   return box;
 }
 
-function routeCard(r, rollout) {
+function change(e) {
+  const v = x => (x === true ? "on" : x === false ? "off" : x === null || x === undefined ? "-" : `${x} %`);
+  return e.action === "kill" ? `kill switch ${v(e.new)}` : `${e.action.replace(/_/g, " ")} ${v(e.old)} → ${v(e.new)}`;
+}
+
+function timelineBox(events, title) {
+  const box = el("div", { class: "box timeline" }, el("h3", {}, title));
+  if (!events.length) box.append(el("div", { class: "muted" }, "no changes recorded"));
+  for (const e of events) {
+    box.append(el("div", { class: "event " + e.source, "data-action": e.action },
+      el("span", { class: "when" }, new Date(e.at * 1000).toLocaleTimeString()),
+      el("span", { class: "who" }, e.who + (e.on_behalf ? ` for ${e.on_behalf}` : ""), el("small", {}, ` ${e.source}`)),
+      el("span", { class: "what" }, change(e)),
+      el("span", { class: "why" }, e.reason || "")));
+  }
+  return box;
+}
+
+function routeCard(r, rollout, events) {
   const name = r.name;
   const input = el("input", { type: "number", min: "0", max: "100", value: String(r.percent), "aria-label": `new percent for ${name}` });
   const card = el("section", { class: "route", "data-route": name },
@@ -136,6 +180,7 @@ function routeCard(r, rollout) {
     (r.source === "guard" ? "  —  TRIPPED: the route was rolled back" : "")));
   if (rollout) card.append(rolloutBox(rollout));
   if (r.shadow) card.append(shadowBox(r.shadow));
+  if (events) card.append(timelineBox(events.slice(0, 5), "changes: who, when, what, why"));
   card.append(el("div", { class: "actions" },
     input,
     el("button", { type: "button", onclick: () => {
@@ -161,13 +206,22 @@ function render(o) {
   kill.className = "pill " + (o.kill ? "bad" : "good");
   const rollouts = Object.fromEntries((o.rollouts || []).filter(x => x.route).map(x => [x.route, x]));
   const main = document.getElementById("routes");
-  main.replaceChildren(...o.routes.map(r => routeCard(r, rollouts[r.name])));
+  const history = Array.isArray(o.history) ? o.history : [];
+  const byRoute = {};
+  for (const e of history) (byRoute[e.route] = byRoute[e.route] || []).push(e);
+  main.replaceChildren(...o.routes.map(r => routeCard(r, rollouts[r.name], byRoute[r.name] || [])));
+  const fleet = document.getElementById("fleet-history");
+  fleet.replaceChildren(...(byRoute.null ? [timelineBox(byRoute.null.slice(0, 3), "kill switch changes")] : []));
   document.getElementById("updated").textContent = "updated " + new Date(o.time * 1000).toLocaleTimeString();
 }
 
 async function refresh() {
   try {
-    const resp = await fetch("/admin/overview", { credentials: "omit" });
+    const resp = await fetch("/admin/overview", { headers: readHeaders(), credentials: "omit" });
+    if (resp.status === 401 || resp.status === 403) {
+      status("reads need a token here (admin.reads: token): type a viewer or operator token", false);
+      return;
+    }
     last = await resp.json();
     const focused = document.activeElement;
     if (focused && focused.tagName === "INPUT" && focused.id !== "token") return; // do not redraw under the operator's typing
@@ -180,7 +234,8 @@ async function refresh() {
 document.addEventListener("DOMContentLoaded", () => {
   const token = document.getElementById("token");
   token.value = sessionStorage.getItem(TOKEN_KEY) || "";
-  token.addEventListener("change", () => sessionStorage.setItem(TOKEN_KEY, token.value.trim()));
+  token.addEventListener("change", () => { sessionStorage.setItem(TOKEN_KEY, token.value.trim()); whoami(); });
+  whoami();
   document.getElementById("kill-toggle").addEventListener("click", () => {
     const on = last && last.kill;
     act(on ? "DELETE" : "PUT", "/admin/kill", null, on ? "kill switch OFF: routing by percent again" : "kill switch ON: every request of every route goes to legacy");
