@@ -43,6 +43,8 @@ SPLICE_MIN = 256 * 1024  # a Content-Length body with this much left moves socke
 SPLICE_PIPE = 1024 * 1024  # the pipe between the two sockets (Linux's default pipe-max-size)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 CAN_SPLICE = hasattr(os, "splice")
+_SAFE_METHODS = frozenset(["GET", "HEAD", "OPTIONS", "TRACE"])
+_IDEMPOTENCY_KEYS = frozenset([b"idempotency-key", b"x-idempotency-key"])
 # the characters uvicorn refuses to send (it raises, the client gets a reset): refuse them first
 _BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]').search
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
@@ -534,9 +536,10 @@ class Pool:
                 await self._wait_head(ex)
                 return
             except ConnectFailed:
-                # A reused connection the upstream closed just as it was taken: a request
-                # with no body is safe to send once more on a fresh one (Go does the same).
-                if attempt or not reused or body is not None or ex.aborted:
+                # A reused connection the upstream closed just as it was taken, before any answer
+                # byte: only a replayable request goes once more on a fresh one (Go's isReplayable).
+                # The upstream may have run the first one: a POST/PUT/PATCH/DELETE never runs twice.
+                if attempt or not reused or body is not None or ex.aborted or not _replayable(method, headers):
                     raise
                 ex.release()
                 ex.reset(method)
@@ -649,6 +652,12 @@ class Pool:
 async def once(body: bytes) -> AsyncIterator[bytes]:
     """A body already in memory, as the stream `Pool.exchange` sends."""
     yield body
+
+
+def _replayable(method: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """A bodyless request that is safe to send twice: GET, HEAD, OPTIONS, TRACE, or one carrying
+    an `Idempotency-Key` (RFC draft-ietf-httpapi-idempotency-key-header; Go checks the same)."""
+    return method in _SAFE_METHODS or any(n.lower() in _IDEMPOTENCY_KEYS for n, _ in headers)
 
 
 def _head(method: str, target: bytes, headers: list[tuple[bytes, bytes]], chunked: bool) -> bytes:

@@ -357,3 +357,35 @@ def test_reloads_that_change_a_backend_do_not_leak_connections(raw, splitter):
             assert c.get(f"/api/auth/r{i}").status_code == 200
     time.sleep(0.5)
     assert fds(s.proc.pid) <= fd0 + 5
+
+
+# --- (10) retries: only a replayable request is sent twice ------------------------------------------------
+
+
+def test_a_reused_connection_that_dies_runs_a_non_idempotent_request_once_and_replays_only_a_safe_one(raw, splitter):
+    """The upstream reads each request on a reused connection, then closes it without a byte of answer:
+    it may have run it. POST (Content-Length: 0), POST (no length) and DELETE are not sent again: 502.
+    GET, and a POST carrying Idempotency-Key, go once more on a fresh connection (Go's isReplayable)."""
+    s = splitter(config(raw.url))
+    cases = [
+        (b"POST /api/auth/a/die-reused HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 502),
+        (b"POST /api/auth/b/die-reused HTTP/1.1\r\nHost: a\r\n\r\n", 502),
+        (b"DELETE /api/auth/c/die-reused HTTP/1.1\r\nHost: a\r\n\r\n", 502),
+        (b"GET /api/auth/d/die-reused HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+        (b"POST /api/auth/e/die-reused HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nIdempotency-Key: k1\r\n\r\n", 200),
+    ]
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+        for request, want in cases:
+            c.sendall(b"GET /api/auth/warm HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_response(c)[0] == 200  # its upstream connection now idles in the pool, to be reused
+            c.sendall(request)
+            status, headers, body = read_response(c)
+            path = request.split(b" ")[1]
+            runs = sum(1 for h in raw.seen.heads if h.split(b" ")[1] == path)
+            assert status == want, (request, status, body)
+            if want == 502:
+                assert runs == 1, f"{request.split(b' ')[0]!r} ran {runs} times upstream"
+                assert json.loads(body)["error"] == "upstream connection failed"
+            else:
+                assert runs == 2 and body == path, "replayed once on a fresh connection"
+    assert s.metric("splitter_errors_total", route="auth", backend="legacy", handler="old_auth", kind="connect") == 3
