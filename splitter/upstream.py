@@ -3,11 +3,17 @@
 Why not a general-purpose client: aiohttp's pool hands out a connection whose read buffer
 already holds bytes the upstream wrote while it was idle (aiohttp issue 13656), so a backend
 with a double-write bug shifts every later user's answer by one. The rule here, Go's and
-nginx's: a connection carries exactly one response per request, and a connection that
-received a byte nobody asked for is closed, never reused —
+nginx's: a connection that received a byte nobody asked for is closed, never reused —
   - bytes after a complete response, in the same read: the connection is not returned;
   - bytes while idle in the pool: `data_received` closes it at once;
   - bytes the event loop has not delivered yet: a zero-timeout poll just before reuse.
+What these cannot catch: a stray (a doubled or late answer) that arrives after the next request
+went out on the connection is, to HTTP/1.1, that request's answer; no byte tells them apart.
+`backends.<name>.check_request_id` closes that gap for a backend that echoes X-Request-ID: an
+answer carrying another ID (or none) is a ProtocolFailed and its connection is closed.
+Retries (Go's isReplayable): a request goes once more on a fresh connection only when a reused
+one closed before any answer byte and the request is replayable (GET, HEAD, OPTIONS, TRACE
+without a body, or one carrying Idempotency-Key); a POST/PUT/PATCH/DELETE is never sent twice.
 Header bytes pass byte-exact both ways. A response the server cannot relay faithfully
 (control bytes, a status outside 100..599, a body on 204/HEAD, an unrequested 101) is a
 ProtocolError.
@@ -105,7 +111,7 @@ class Exchange:
     """One request/response on one upstream connection; also the response parser's callbacks."""
 
     __slots__ = (
-        "aborted", "body_cut", "buffered", "chunks", "conn", "connection", "content_length", "done", "error", "head", "head_only",
+        "aborted", "body_cut", "buffered", "chunks", "conn", "connection", "content_length", "done", "error", "expect_id", "head", "head_only",
         "headers", "interim", "keep_alive", "loop", "parser", "raw_left", "read_timeout", "reusable", "status", "trailers", "until_eof", "waiter",
     )  # fmt: skip
 
@@ -113,6 +119,7 @@ class Exchange:
         self.loop = asyncio.get_running_loop()
         self.aborted = False
         self.read_timeout = 60.0
+        self.expect_id: bytes | None = None  # the X-Request-ID the answer must carry (check_request_id)
         self.reset(method)
 
     def reset(self, method: str) -> None:
@@ -164,6 +171,7 @@ class Exchange:
             self.interim = True  # 100/102/103: not relayed; the final response follows
             return
         chunked = False
+        rid: bytes | None = None
         lowered = []
         # one search over all names ("-" is a name character) and one over all values (tab is allowed in one)
         if _BAD_NAME(b"-".join([n for n, _ in self.headers])) or _BAD_VALUE(b"\t".join([v for _, v in self.headers])):
@@ -179,6 +187,11 @@ class Exchange:
                 self.content_length = int(value)
             elif lname == b"transfer-encoding":
                 chunked = True
+            elif lname == b"x-request-id":
+                rid = value if rid is None or rid == value else b"(several)"
+        if self.expect_id is not None and rid != self.expect_id:
+            # a shifted or doubled answer (another request's) or none: never relayed, the connection closes
+            raise ProtocolFailed(f"upstream answered with X-Request-ID {rid!r}, not the request's {self.expect_id!r}")
         self.headers = lowered  # names lower-cased once, here (ASGI relays them so anyway)
         if status == 204 and (chunked or self.content_length):
             raise ProtocolFailed("upstream sent a body with 204 No Content")
@@ -520,6 +533,8 @@ class Pool:
     ) -> None:
         """Send the request (streaming its body) and wait for the response head on `ex`."""
         ex.read_timeout = self.backend.read_timeout
+        if self.backend.check_request_id:
+            ex.expect_id = next((v for n, v in reversed(headers) if n == b"x-request-id"), None)
         head = _head(method, target, headers, body is not None and chunked)
         for attempt in (0, 1):
             conn, reused = await self._acquire()

@@ -389,3 +389,59 @@ def test_a_reused_connection_that_dies_runs_a_non_idempotent_request_once_and_re
             else:
                 assert runs == 2 and body == path, "replayed once on a fresh connection"
     assert s.metric("splitter_errors_total", route="auth", backend="legacy", handler="old_auth", kind="connect") == 3
+
+
+# --- (11) check_request_id: an answer is relayed only to the request it names -------------------------------
+
+
+def test_with_check_request_id_an_answer_naming_another_request_or_none_is_a_502_and_its_connection_closes(raw, splitter):
+    s = splitter(config(raw.url, ", check_request_id: true"))
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+        for last, want in (("id-echo", 200), ("id-other", 502), ("plain", 502), ("id-echo", 200)):
+            c.sendall(f"GET /api/auth/x/{last} HTTP/1.1\r\nHost: a\r\nX-Request-ID: req-{last}\r\n\r\n".encode())
+            status, headers, body = read_response(c)
+            assert status == want, (last, status, body)
+            assert headers[b"x-request-id"] == f"req-{last}".encode(), "the client sees its own request's ID either way"
+            if want == 502:
+                assert json.loads(body)["error"] == "upstream sent a malformed response"
+                eventually(lambda: raw.seen.open_now == 0, timeout=2)  # the connection that carried it is closed
+    assert raw.seen.connections == 3
+    assert s.metric("splitter_errors_total", route="auth", backend="legacy", handler="old_auth", kind="protocol") == 2
+    s.wait_log(lambda e: e.get("status") == 502 and "X-Request-ID b'other'" in e.get("detail", ""))
+
+
+def test_without_check_request_id_the_answer_is_relayed_whatever_id_it_carries(raw, splitter):
+    s = splitter(config(raw.url))
+    assert httpx.get(s.url + "/api/auth/x/id-other").text == "/api/auth/x/id-other"
+    assert httpx.get(s.url + "/api/auth/x/plain").text == "/api/auth/x/plain"
+
+
+def test_a_backend_that_writes_every_answer_twice_never_hands_one_user_another_users_answer(raw, splitter):
+    """Every answer written a second time 2 ms later: with check_request_id the copy that lands on
+    a reused connection is seen as the next request's answer, refused (502, kind="protocol") and
+    its connection closed. 16 users x 40 requests at once: nobody gets another user's answer."""
+    s = splitter(config(raw.url, ", check_request_id: true"), args=["--no-access-log"])
+    wrong: list[tuple[str, str]] = []
+    refused = 0
+
+    async def load() -> None:
+        nonlocal refused
+        async with httpx.AsyncClient(base_url=s.url, limits=httpx.Limits(max_connections=16), timeout=10) as c:
+
+            async def user(uid: str) -> None:
+                nonlocal refused
+                for n in range(40):
+                    path = f"/api/auth/{uid}/{n}/twice"  # the answer's body names the user and the request
+                    r = await c.get(path, headers={"X-User-ID": uid})
+                    if r.status_code == 502:
+                        refused += 1
+                    elif r.text != path:
+                        wrong.append((path, r.text))
+
+            await asyncio.gather(*(user(f"user-{i}") for i in range(16)))
+
+    asyncio.run(load())
+    assert wrong == [], f"{len(wrong)} of 640 answers went to the wrong user, e.g. {wrong[:3]}"
+    protocol = sum(s.metric("splitter_errors_total", route="auth", backend=b, handler=h, kind="protocol") or 0 for b, h in (("legacy", "old_auth"), ("new", "new_auth")))
+    print(f"640 requests: {refused} refused as 502, {protocol:g} counted as kind=protocol, 0 to the wrong user")
+    assert refused == protocol > 0, "the shifted copies were caught and counted"
