@@ -57,6 +57,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._in_trailers = False
         self._on_lost: Any = None
         self._body_parsed = 0  # request body bytes uvicorn's parser has handed on
+        self._splicing: Any = None  # the cycle whose response body is being spliced (sent_outside counts on it)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._out = _Coalescing(transport, self.loop)
@@ -80,9 +81,14 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     async def splice_target(self, size: int) -> int | None:
         """The client socket, to take `size` body bytes that bypass uvicorn (Exchange.splice_to),
         once all written before them has reached the kernel; None when it cannot (a chunked or
-        shorter response, a closing connection, a client not reading fast enough)."""
+        shorter response, a closing connection, a client not reading fast enough). uvicorn's
+        `self.cycle` is the last request parsed: once a pipelined request is parsed it is that one,
+        not the one responding; then this response takes the ordinary path. A request pipelined
+        during the splice does not matter: the responding cycle is kept for `sent_outside`."""
         cycle, out = self.cycle, self._out
-        if cycle is None or cycle.chunked_encoding is not False or cycle.expected_content_length < size or out.is_closing():
+        if cycle is None or not cycle.response_started or cycle.response_complete:
+            return None  # a pipelined request's cycle, not the responding one
+        if cycle.chunked_encoding is not False or cycle.expected_content_length < size or out.is_closing():
             return None
         out.flush()
         if out.get_write_buffer_size():
@@ -90,7 +96,10 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             if out.get_write_buffer_size() or out.is_closing():
                 return None
         sock = out.get_extra_info("socket")
-        return None if sock is None else int(sock.fileno())
+        if sock is None:
+            return None
+        self._splicing = cycle
+        return int(sock.fileno())
 
     def take_body(self, delivered: int) -> int | None:
         """A duplicate of the client socket's fd, for reading the rest of the request body past
@@ -119,9 +128,11 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def sent_outside(self, n: int) -> None:
-        """`n` body bytes went to the client past uvicorn: counted against its Content-Length check."""
-        if self.cycle is not None:
-            self.cycle.expected_content_length -= n
+        """`n` body bytes went to the client past uvicorn: counted against the Content-Length check
+        of the response they belong to (the cycle splice_target handed them out for)."""
+        cycle, self._splicing = self._splicing, None
+        if cycle is not None:
+            cycle.expected_content_length -= n
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None and self._header_timeout > 0:

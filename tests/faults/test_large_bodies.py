@@ -245,3 +245,45 @@ def test_an_early_answer_to_a_large_upload_reaches_a_client_still_sending(raw, s
             assert head.startswith(b"HTTP/1.1 401") and answer == b"who are you"
             assert errors == [], "the client could send its whole body"
             assert c.recv(1) == b"", "then the connection closed cleanly (FIN, not a reset)"
+
+
+def read_head(f) -> tuple[bytes, int]:
+    """A response head off a buffered reader: (head, Content-Length)."""
+    lines = []
+    while (line := f.readline()) not in (b"\r\n", b""):
+        lines.append(line)
+    head = b"".join(lines)
+    assert head, "the connection closed before a response head"
+    return head, next(int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-length:"))
+
+
+@pytest.mark.parametrize("when", ["during", "before"])
+def test_a_request_pipelined_with_a_spliced_download_is_answered_after_it_and_both_are_logged(raw, splitter, when):
+    """`during`: the next GET arrives after 1 MiB of a 20 MiB answer, while the rest moves in the kernel
+    (this client's small receive buffer holds the splice back until it reads); `before`: both GETs come
+    in one write, so uvicorn has parsed the second one before the first answer starts: that answer takes
+    the ordinary path. Either way the second answer follows the whole first one, byte-exact."""
+    s = splitter(routes_yaml(raw.url, raw.url))
+    n = 20 * MiB
+    before = written(s.proc.pid)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c, c.makefile("rb") as f:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        first = f"GET /api/auth/big?n={n} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+        second = b"GET /api/auth/next HTTP/1.1\r\nHost: a\r\n\r\n"
+        c.sendall(first + second if when == "before" else first)
+        head, length = read_head(f)
+        assert head.startswith(b"HTTP/1.1 200") and length == n
+        body = f.read(MiB)
+        if when == "during":
+            c.sendall(second)
+        body += f.read(n - MiB)
+        assert body == big_body(n)
+        head, length = read_head(f)
+        assert head.startswith(b"HTTP/1.1 200") and f.read(length) == b"/api/auth/next"
+    if when == "during":
+        assert written(s.proc.pid) - before < 2 * MiB, "the download was spliced"
+    big = s.wait_log(lambda e: e.get("path") == "/api/auth/big")
+    assert big["status"] == 200 and big["bytes_out"] == n
+    assert s.wait_log(lambda e: e.get("path") == "/api/auth/next")["status"] == 200
+    assert s.metric("splitter_requests_total", route="auth", backend="legacy", handler="old_auth", code="200") == 2
+    assert "Exception in ASGI application" not in s.proc.output()
