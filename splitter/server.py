@@ -1,18 +1,22 @@
 """Listening: sockets, the uvicorn server per worker, the multi-worker supervisor.
 
-The HTTP protocol is uvicorn's httptools protocol with three things a proxy in
+The HTTP protocol is uvicorn's httptools protocol with four things a proxy in
 front of production needs and uvicorn does not do itself:
   - absolute-form targets (`GET http://host/x`) are flagged so the proxy answers 400;
   - a request head larger than MAX_HEAD_BYTES gets 431 (nginx's 4 x 8k);
-  - a client has `header_timeout` seconds to send a whole request head (slowloris).
+  - a client has `header_timeout` seconds to send a whole request head (slowloris);
+  - a client that takes no response bytes for `send_timeout` seconds is cut (nginx's
+    send_timeout): timed while the transport's write buffer is full (`pause_writing`), and
+    by the splice's own wait (`cut_stalled`).
 Large bodies skip it: a download's is spliced socket to socket in the kernel
-(`splice_target`, then uvicorn's length check is told: `sent_outside`); an upload's is
+(`splice_target`, then uvicorn's length check is told: `sent_outside`, on the cycle of the
+response it belongs to: uvicorn's `self.cycle` moves on to a pipelined request); an upload's is
 read from the client socket by the proxy itself (`take_body`, then `Connection: close`).
 It relies on the parser callbacks (`on_url`, `on_header`, `on_message_begin`,
-`on_headers_complete`), `send_400_response` of uvicorn's HttpToolsProtocol and its
-cycle's `chunked_encoding`, `expected_content_length` and `keep_alive`; uvicorn is pinned in
-pyproject, and tests/faults/test_bad_input.py and test_large_bodies.py fail loudly if
-they change.
+`on_headers_complete`), `send_400_response`, `pause_writing` and `resume_writing` of uvicorn's
+HttpToolsProtocol and its cycle's `chunked_encoding`, `expected_content_length`, `keep_alive`,
+`response_started`, `response_complete` and `disconnected`; uvicorn is pinned in pyproject, and
+tests/faults/test_bad_input.py and test_large_bodies.py fail loudly if they change.
 """
 
 from __future__ import annotations
@@ -46,8 +50,11 @@ class BindError(Exception):
 
 
 class ProxyHttpProtocol(HttpToolsProtocol):
-    def __init__(self, *args: Any, header_timeout: float = 30.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float = 30.0, send_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._send_timeout = send_timeout
+        self._send_timer: asyncio.TimerHandle | None = None
+        self.stalled = False  # cut for taking no response bytes for send_timeout seconds
         self._head_bytes = 0
         self._head_too_large = False
         self._header_timeout = header_timeout
@@ -66,6 +73,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         super().connection_lost(exc)
         hook, self._on_lost = self._on_lost, None
         if hook is not None:
@@ -133,6 +143,39 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         cycle, self._splicing = self._splicing, None
         if cycle is not None:
             cycle.expected_content_length -= n
+
+    def pause_writing(self) -> None:
+        """The client is not taking bytes as fast as they come: it has send_timeout seconds to take some."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, self._out.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_stalled(self, size: int) -> None:
+        self._send_timer = None
+        now = self._out.get_write_buffer_size()
+        if now < size:  # it took some bytes since: the clock starts again
+            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, now)
+        elif not self._out.is_closing():
+            self.cut_stalled()
+
+    def cut_stalled(self) -> None:
+        """The client took no response bytes for send_timeout seconds (nginx's send_timeout): abort
+        the connection; the proxy's `watch` hook frees the upstream connection. Counted and logged."""
+        if self.stalled:
+            return
+        self.stalled = True
+        _count_rejected(self.app, "send_timeout")
+        structlog.get_logger("splitter").warning("client took no response bytes: connection cut", client=self.client[0] if self.client else None, send_timeout=self._send_timeout)
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            cycle.disconnected = True  # the app's return is not "an incomplete response" (connection_lost comes later)
+        self._out.abort()
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None and self._header_timeout > 0:
@@ -346,7 +389,7 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
         uvicorn.Config(
             app,
             loop="uvloop",
-            http=functools.partial(ProxyHttpProtocol, header_timeout=settings.header_timeout),  # type: ignore[arg-type]
+            http=functools.partial(ProxyHttpProtocol, header_timeout=settings.header_timeout, send_timeout=settings.send_timeout),  # type: ignore[arg-type]
             ws=functools.partial(ProxyWebSocketProtocol, graceful_timeout=settings.graceful_timeout),  # type: ignore[arg-type]
             ws_max_size=app.runtime.snapshot.config.websocket.max_message_bytes,  # a reload does not change it: needs a restart
             lifespan="on",

@@ -25,6 +25,7 @@ Failures (docstring tree after httpx's _exceptions.py):
       ├─ ProtocolFailed       502 protocol  a malformed or unrelayable answer
       └─ Overflow             503 overflow  every connection of the backend busy past connect_timeout
     Aborted                  the client went away; the exchange was cancelled (not an upstream error)
+      └─ SendTimedOut         the client took no bytes of a spliced body for the send timeout
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ class Overflow(UpstreamError):
 
 class Aborted(Exception):
     """The client went away and the exchange was cancelled."""
+
+
+class SendTimedOut(Aborted):
+    """The client took no response bytes for the send timeout: it is cut, the exchange cancelled."""
 
 
 def map_upstream_error(exc: BaseException) -> UpstreamError:
@@ -338,11 +343,12 @@ class Exchange:
             and conn is not None and not conn.closed and conn.pool.ssl is None and self.head.done()
         )  # fmt: skip
 
-    async def splice_to(self, fd: int) -> None:
+    async def splice_to(self, fd: int, send_timeout: float = 60.0) -> None:
         """Move the rest of a Content-Length body from the upstream socket to socket `fd` inside
         the kernel (splice(2) through a pipe): no copy into Python, none out of it. `raw_left`
         counts down as bytes leave for `fd`; the same errors as read() (timeout, closed early,
-        Aborted when the client goes). Out of file descriptors, it returns having moved nothing."""
+        Aborted when the client goes), and SendTimedOut when `fd` takes no byte for `send_timeout`
+        seconds. Out of file descriptors, it returns having moved nothing."""
         conn = self.conn
         assert conn is not None and conn.transport is not None and self.raw_left is not None
         fds: list[int] = []
@@ -376,7 +382,7 @@ class Exchange:
                 try:
                     n = os.splice(pipe_out, dst, held, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
-                    await self._wait_fd(dst, write=True)
+                    await self._wait_fd(dst, write=True, timeout=send_timeout)
                     continue
                 except OSError as exc:  # EPIPE, ECONNRESET: the client is gone
                     raise Aborted() from exc
@@ -395,21 +401,22 @@ class Exchange:
         self.done = True
         conn.resume_reading()  # a byte past the declared length now shows, and the connection is not reused
 
-    async def _wait_fd(self, fd: int, write: bool) -> None:
+    async def _wait_fd(self, fd: int, write: bool, timeout: float = 60.0) -> None:
         """Until `fd` is ready; a failure of the exchange (client gone, upstream closed) ends the wait
-        and is raised. Waits to read are bounded by the backend's read timeout."""
+        and is raised. Waits to read are bounded by the backend's read timeout, waits to write
+        (for the client to take bytes) by `timeout`."""
         fut = self.waiter = self.loop.create_future()
         ready = fut.set_result
         if write:
             self.loop.add_writer(fd, lambda: fut.done() or ready(None))
+            timer = self.loop.call_later(timeout, self._send_timed_out)
         else:
             self.loop.add_reader(fd, lambda: fut.done() or ready(None))
-        timer = None if write else self.loop.call_later(self.read_timeout, self._timed_out)
+            timer = self.loop.call_later(self.read_timeout, self._timed_out)
         try:
             await fut
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
             self.waiter = None
             (self.loop.remove_writer if write else self.loop.remove_reader)(fd)
         if self.error is not None:
@@ -417,6 +424,9 @@ class Exchange:
 
     def _timed_out(self) -> None:
         self.fail(UpstreamTimeout("upstream timed out"))
+
+    def _send_timed_out(self) -> None:
+        self.fail(SendTimedOut())
 
     def release(self) -> None:
         """Done with it: the connection goes back to the pool only if it is clean."""
