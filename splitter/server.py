@@ -148,7 +148,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         """The client is not taking bytes as fast as they come: it has send_timeout seconds to take some."""
         super().pause_writing()
         if self._send_timer is None:
-            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, self._out.get_write_buffer_size())
+            size = self._out.get_write_buffer_size()
+            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, size)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -171,7 +172,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             return
         self.stalled = True
         _count_rejected(self.app, "send_timeout")
-        structlog.get_logger("splitter").warning("client took no response bytes: connection cut", client=self.client[0] if self.client else None, send_timeout=self._send_timeout)
+        client = self.client[0] if self.client else None
+        log = structlog.get_logger("splitter")
+        log.warning("client took no response bytes: connection cut", client=client, send_timeout=self._send_timeout)
         cycle = self.cycle
         if cycle is not None and cycle.response_started and not cycle.response_complete:
             cycle.disconnected = True  # the app's return is not "an incomplete response" (connection_lost comes later)
@@ -389,7 +392,9 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
         uvicorn.Config(
             app,
             loop="uvloop",
-            http=functools.partial(ProxyHttpProtocol, header_timeout=settings.header_timeout, send_timeout=settings.send_timeout),  # type: ignore[arg-type]
+            http=functools.partial(  # type: ignore[arg-type]
+                ProxyHttpProtocol, header_timeout=settings.header_timeout, send_timeout=settings.send_timeout
+            ),
             ws=functools.partial(ProxyWebSocketProtocol, graceful_timeout=settings.graceful_timeout),  # type: ignore[arg-type]
             ws_max_size=app.runtime.snapshot.config.websocket.max_message_bytes,  # a reload does not change it: needs a restart
             lifespan="on",

@@ -57,7 +57,8 @@ def test_bad_percent_is_refused_before_any_request():
 
 
 def test_a_send_timeout_that_is_not_positive_is_one_line():
-    one_line_error(run("serve", "--send-timeout", "0", "--port", "0", "--admin-port", "0"), "--send-timeout must be more than 0 seconds, got 0")
+    r = run("serve", "--send-timeout", "0", "--port", "0", "--admin-port", "0")
+    one_line_error(r, "--send-timeout must be more than 0 seconds, got 0")
 
 
 def test_rollback_needs_a_route_or_all():

@@ -144,7 +144,8 @@ class RawUpstream:
                     break
                 served += 1
                 if last in (b"twice", b"id-echo", b"id-other"):
-                    answer = _answer(b"200 OK", path, b"X-Request-ID: " + (b"other" if last == b"id-other" else rid) + b"\r\n")
+                    echoed = b"other" if last == b"id-other" else rid
+                    answer = _answer(b"200 OK", path, b"X-Request-ID: " + echoed + b"\r\n")
                     writer.write(answer)
                     if last == b"twice":  # a buggy backend writes it again; the next request is read meanwhile
                         self.loop.call_later(0.002, lambda w=writer, a=answer: w.is_closing() or w.write(a))
@@ -198,7 +199,7 @@ class RawUpstream:
                 return False
         elif last == b"bigchunked":
             body = big_body(int(params[b"n"]))
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
             for i in range(0, len(body), 65536):
                 writer.write(b"%x\r\n%s\r\n" % (len(body[i : i + 65536]), body[i : i + 65536]))
                 await writer.drain()

@@ -394,7 +394,7 @@ def test_a_reused_connection_that_dies_runs_a_non_idempotent_request_once_and_re
 # --- (11) check_request_id: an answer is relayed only to the request it names -------------------------------
 
 
-def test_with_check_request_id_an_answer_naming_another_request_or_none_is_a_502_and_its_connection_closes(raw, splitter):
+def test_with_check_request_id_an_answer_naming_another_request_or_none_is_a_502_that_closes_it(raw, splitter):
     s = splitter(config(raw.url, ", check_request_id: true"))
     with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
         for last, want in (("id-echo", 200), ("id-other", 502), ("plain", 502), ("id-echo", 200)):
@@ -442,6 +442,10 @@ def test_a_backend_that_writes_every_answer_twice_never_hands_one_user_another_u
 
     asyncio.run(load())
     assert wrong == [], f"{len(wrong)} of 640 answers went to the wrong user, e.g. {wrong[:3]}"
-    protocol = sum(s.metric("splitter_errors_total", route="auth", backend=b, handler=h, kind="protocol") or 0 for b, h in (("legacy", "old_auth"), ("new", "new_auth")))
+    handlers = (("legacy", "old_auth"), ("new", "new_auth"))
+    protocol = sum(
+        s.metric("splitter_errors_total", route="auth", backend=b, handler=h, kind="protocol") or 0
+        for b, h in handlers
+    )
     print(f"640 requests: {refused} refused as 502, {protocol:g} counted as kind=protocol, 0 to the wrong user")
     assert refused == protocol > 0, "the shifted copies were caught and counted"
