@@ -25,6 +25,27 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+class EchoRequestId:
+    """Every HTTP answer carries the request's X-Request-ID, so a proxy checking it
+    (splitter's check_request_id) can tell this answer from a stray or shifted one."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        rid = next((v for n, v in scope["headers"] if n == b"x-request-id"), None) if scope["type"] == "http" else None
+        if rid is None:
+            return await self.app(scope, receive, send)
+
+        async def echo(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(n, v) for n, v in message.get("headers", []) if n.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid)]}
+            await send(message)
+
+        return await self.app(scope, receive, echo)
+
+
 def create_app(settings: Settings) -> Any:
     db = Database(settings.database_url)
     app = Starlette(
@@ -47,5 +68,5 @@ def create_app(settings: Settings) -> Any:
     app.state.reviews = ReviewService(db)
     app.state.backend = "legacy"
     if settings.fault_error_rate or settings.fault_latency_ms:
-        return FaultInjection(app, settings.fault_error_rate, settings.fault_latency_ms)
-    return app
+        return EchoRequestId(FaultInjection(app, settings.fault_error_rate, settings.fault_latency_ms))
+    return EchoRequestId(app)

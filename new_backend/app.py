@@ -23,7 +23,7 @@ from .features.upload.repository import AnalysisRequestRepository
 from .features.upload.service import UploadService
 from .infrastructure.persistence import Persistence
 from .infrastructure.security import TokenService
-from .infrastructure.web import Faults, HTTPProblem, problem_handler
+from .infrastructure.web import EchoRequestId, Faults, HTTPProblem, problem_handler
 from .settings import Settings
 
 
@@ -42,5 +42,5 @@ def create_app(settings: Settings) -> Any:
     app.state.uploads = UploadService(requests, Path(settings.upload_dir), settings.upload_max_bytes)
     app.state.reviews = ReviewService(ReviewRepository(db), requests, Rubric.load())
     if settings.fault_error_rate or settings.fault_latency_ms:
-        return Faults(app, settings.fault_error_rate, settings.fault_latency_ms)
-    return app
+        return EchoRequestId(Faults(app, settings.fault_error_rate, settings.fault_latency_ms))
+    return EchoRequestId(app)

@@ -87,6 +87,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         keepalive_timeout=args.keepalive_timeout,
         header_timeout=args.header_timeout,
         body_timeout=args.body_timeout,
+        send_timeout=args.send_timeout,
         access_log=not args.no_access_log,
     )
 
@@ -106,6 +107,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings.workers < 1:
         usage("--workers must be at least 1")
+    if not settings.send_timeout > 0:
+        usage(f"--send-timeout must be more than 0 seconds, got {settings.send_timeout:g}")
     try:
         cfg = config_mod.load(settings.config_path, settings.environment)
     except ConfigError as exc:
@@ -464,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keepalive-timeout", type=float, default=75.0, help="seconds an idle client connection stays open")
     s.add_argument("--header-timeout", type=float, default=30.0, help="seconds a client has to send a complete request head")
     s.add_argument("--body-timeout", type=float, default=60.0, help="seconds between reads of a request body before the proxy answers 408")
+    s.add_argument(
+        "--send-timeout", type=float, default=60.0,
+        help="seconds a client may take no response bytes before its connection is cut (nginx send_timeout)",
+    )  # fmt: skip
     s.add_argument("--no-access-log", action="store_true", help="no per-request log line (errors are still logged)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="least severe level logged")
     s.set_defaults(func=cmd_serve)

@@ -44,6 +44,7 @@ class Backend:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     max_connections: int = 1024  # open upstream connections; past it, requests wait up to connect_timeout, then 503
+    check_request_id: bool = False  # the backend echoes X-Request-ID: an answer carrying another ID is a 502
 
 
 @dataclass(frozen=True)
@@ -279,7 +280,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "admin": {"reads": {"enum": ["open", "token"]}},
     "websocket": {"max_message_bytes": {"type": "integer", "minimum": 1}, "idle_timeout_s": _POSITIVE},
     "backends": {name: "backend" for name in BACKENDS},
-    "backend": {"url": {"type": "string", "pattern": "^https?://"}, "connect_timeout": _POSITIVE, "read_timeout": _POSITIVE, "max_connections": {"type": "integer", "minimum": 1}},
+    "backend": {"url": {"type": "string", "pattern": "^https?://"}, "connect_timeout": _POSITIVE, "read_timeout": _POSITIVE, "max_connections": {"type": "integer", "minimum": 1},
+                "check_request_id": {"type": "boolean"}},
     "redis": {
         "url": {"type": "string", "pattern": "^(redis|rediss|unix)://"},
         "prefix": {"type": "string", "minLength": 1},
@@ -395,8 +397,12 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
             if mc == 0:
                 doc.error(f"{path}.max_connections", "must be an integer >= 1, got 0")
                 mc = 1
+            check = b.get("check_request_id", False)
+            if not isinstance(check, bool):
+                doc.error(f"{path}.check_request_id", f"must be true or false, got {_show(check)}")
+                check = False
             if origin:
-                backends[bname] = Backend(bname, origin, float(ct), float(rt), int(mc))
+                backends[bname] = Backend(bname, origin, float(ct), float(rt), int(mc), check)
 
     sources = _user_id(doc, data.get("user_id", []))
     anonymous = data.get("anonymous", "cookie")

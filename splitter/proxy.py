@@ -36,7 +36,7 @@ from .config import UID_COOKIE, Config, Route, ShadowSpec
 from .logs import ACCESS
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
 from .shadow import Shadow
-from .upstream import Aborted, Exchange, UpstreamError, map_upstream_error
+from .upstream import Aborted, Exchange, SendTimedOut, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:
     from .runtime import Runtime, Snapshot
@@ -320,6 +320,7 @@ class Proxy:
         self.force_token = s.force_token.encode() if s.force_token else None
         self.access_log = s.access_log
         self.body_timeout = s.body_timeout
+        self.send_timeout = s.send_timeout
         self.in_flight = 0
         # one process: the gauge reads the counter at scrape time; several: shared files, summed
         self.in_flight_gauge = runtime.metrics.track_in_flight(lambda: self.in_flight)
@@ -523,7 +524,7 @@ class Proxy:
                     # The head is out: abort the connection rather than pretend the body is whole.
                     if outcome == "client_abort":
                         rt.metrics.client_aborts.labels(call.route_name, call.handler).inc()
-                    else:
+                    elif outcome != "send_timeout":  # the client's stall: counted as rejected by the server
                         rt.metrics.error(call.route_name, call.backend, call.handler, outcome)
                         self.record_outcome(call, True)
                     call.error = outcome
@@ -556,14 +557,17 @@ class Proxy:
                     fd = await client.splice_target(left)
                     if fd is not None:
                         try:
-                            await ex.splice_to(fd)
+                            await ex.splice_to(fd, self.send_timeout)
+                        except SendTimedOut:
+                            client.cut_stalled()
+                            raise
                         finally:
                             moved = left - (ex.raw_left or 0)
                             call.bytes_out += moved
                             client.sent_outside(moved)
                 chunk = await ex.read()
             except Aborted:
-                return "client_abort"
+                return "send_timeout" if client is not None and client.stalled else "client_abort"
             except Exception as exc:  # noqa: BLE001 - mapped to an error kind
                 return map_upstream_error(exc).kind
             if not chunk:

@@ -57,6 +57,7 @@ class Settings:
     header_timeout: float = 30.0
     access_log: bool = True
     body_timeout: float = 60.0  # seconds between reads of a request body; then 408
+    send_timeout: float = 60.0  # seconds a client may take no response bytes; then its connection is cut
     reload_interval: float = 0.5
     redis_resync_interval: float = 1.0
     redis_username: str | None = None  # from the variable redis.username_env names

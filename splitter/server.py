@@ -1,18 +1,22 @@
 """Listening: sockets, the uvicorn server per worker, the multi-worker supervisor.
 
-The HTTP protocol is uvicorn's httptools protocol with three things a proxy in
+The HTTP protocol is uvicorn's httptools protocol with four things a proxy in
 front of production needs and uvicorn does not do itself:
   - absolute-form targets (`GET http://host/x`) are flagged so the proxy answers 400;
   - a request head larger than MAX_HEAD_BYTES gets 431 (nginx's 4 x 8k);
-  - a client has `header_timeout` seconds to send a whole request head (slowloris).
+  - a client has `header_timeout` seconds to send a whole request head (slowloris);
+  - a client that takes no response bytes for `send_timeout` seconds is cut (nginx's
+    send_timeout): timed while the transport's write buffer is full (`pause_writing`), and
+    by the splice's own wait (`cut_stalled`).
 Large bodies skip it: a download's is spliced socket to socket in the kernel
-(`splice_target`, then uvicorn's length check is told: `sent_outside`); an upload's is
+(`splice_target`, then uvicorn's length check is told: `sent_outside`, on the cycle of the
+response it belongs to: uvicorn's `self.cycle` moves on to a pipelined request); an upload's is
 read from the client socket by the proxy itself (`take_body`, then `Connection: close`).
 It relies on the parser callbacks (`on_url`, `on_header`, `on_message_begin`,
-`on_headers_complete`), `send_400_response` of uvicorn's HttpToolsProtocol and its
-cycle's `chunked_encoding`, `expected_content_length` and `keep_alive`; uvicorn is pinned in
-pyproject, and tests/faults/test_bad_input.py and test_large_bodies.py fail loudly if
-they change.
+`on_headers_complete`), `send_400_response`, `pause_writing` and `resume_writing` of uvicorn's
+HttpToolsProtocol and its cycle's `chunked_encoding`, `expected_content_length`, `keep_alive`,
+`response_started`, `response_complete` and `disconnected`; uvicorn is pinned in pyproject, and
+tests/faults/test_bad_input.py and test_large_bodies.py fail loudly if they change.
 """
 
 from __future__ import annotations
@@ -46,8 +50,11 @@ class BindError(Exception):
 
 
 class ProxyHttpProtocol(HttpToolsProtocol):
-    def __init__(self, *args: Any, header_timeout: float = 30.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, header_timeout: float = 30.0, send_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._send_timeout = send_timeout
+        self._send_timer: asyncio.TimerHandle | None = None
+        self.stalled = False  # cut for taking no response bytes for send_timeout seconds
         self._head_bytes = 0
         self._head_too_large = False
         self._header_timeout = header_timeout
@@ -57,6 +64,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._in_trailers = False
         self._on_lost: Any = None
         self._body_parsed = 0  # request body bytes uvicorn's parser has handed on
+        self._splicing: Any = None  # the cycle whose response body is being spliced (sent_outside counts on it)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._out = _Coalescing(transport, self.loop)
@@ -65,6 +73,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         super().connection_lost(exc)
         hook, self._on_lost = self._on_lost, None
         if hook is not None:
@@ -80,9 +91,14 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     async def splice_target(self, size: int) -> int | None:
         """The client socket, to take `size` body bytes that bypass uvicorn (Exchange.splice_to),
         once all written before them has reached the kernel; None when it cannot (a chunked or
-        shorter response, a closing connection, a client not reading fast enough)."""
+        shorter response, a closing connection, a client not reading fast enough). uvicorn's
+        `self.cycle` is the last request parsed: once a pipelined request is parsed it is that one,
+        not the one responding; then this response takes the ordinary path. A request pipelined
+        during the splice does not matter: the responding cycle is kept for `sent_outside`."""
         cycle, out = self.cycle, self._out
-        if cycle is None or cycle.chunked_encoding is not False or cycle.expected_content_length < size or out.is_closing():
+        if cycle is None or not cycle.response_started or cycle.response_complete:
+            return None  # a pipelined request's cycle, not the responding one
+        if cycle.chunked_encoding is not False or cycle.expected_content_length < size or out.is_closing():
             return None
         out.flush()
         if out.get_write_buffer_size():
@@ -90,7 +106,10 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             if out.get_write_buffer_size() or out.is_closing():
                 return None
         sock = out.get_extra_info("socket")
-        return None if sock is None else int(sock.fileno())
+        if sock is None:
+            return None
+        self._splicing = cycle
+        return int(sock.fileno())
 
     def take_body(self, delivered: int) -> int | None:
         """A duplicate of the client socket's fd, for reading the rest of the request body past
@@ -119,9 +138,47 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def sent_outside(self, n: int) -> None:
-        """`n` body bytes went to the client past uvicorn: counted against its Content-Length check."""
-        if self.cycle is not None:
-            self.cycle.expected_content_length -= n
+        """`n` body bytes went to the client past uvicorn: counted against the Content-Length check
+        of the response they belong to (the cycle splice_target handed them out for)."""
+        cycle, self._splicing = self._splicing, None
+        if cycle is not None:
+            cycle.expected_content_length -= n
+
+    def pause_writing(self) -> None:
+        """The client is not taking bytes as fast as they come: it has send_timeout seconds to take some."""
+        super().pause_writing()
+        if self._send_timer is None:
+            size = self._out.get_write_buffer_size()
+            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, size)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_stalled(self, size: int) -> None:
+        self._send_timer = None
+        now = self._out.get_write_buffer_size()
+        if now < size:  # it took some bytes since: the clock starts again
+            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, now)
+        elif not self._out.is_closing():
+            self.cut_stalled()
+
+    def cut_stalled(self) -> None:
+        """The client took no response bytes for send_timeout seconds (nginx's send_timeout): abort
+        the connection; the proxy's `watch` hook frees the upstream connection. Counted and logged."""
+        if self.stalled:
+            return
+        self.stalled = True
+        _count_rejected(self.app, "send_timeout")
+        client = self.client[0] if self.client else None
+        log = structlog.get_logger("splitter")
+        log.warning("client took no response bytes: connection cut", client=client, send_timeout=self._send_timeout)
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            cycle.disconnected = True  # the app's return is not "an incomplete response" (connection_lost comes later)
+        self._out.abort()
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is None and self._header_timeout > 0:
@@ -405,7 +462,9 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
         uvicorn.Config(
             app,
             loop="uvloop",
-            http=functools.partial(ProxyHttpProtocol, header_timeout=settings.header_timeout),  # type: ignore[arg-type]
+            http=functools.partial(  # type: ignore[arg-type]
+                ProxyHttpProtocol, header_timeout=settings.header_timeout, send_timeout=settings.send_timeout
+            ),
             ws=functools.partial(ProxyWebSocketProtocol, graceful_timeout=settings.graceful_timeout),  # type: ignore[arg-type]
             ws_max_size=app.runtime.snapshot.config.websocket.max_message_bytes,  # a reload does not change it: needs a restart
             lifespan="on",

@@ -3,11 +3,17 @@
 Why not a general-purpose client: aiohttp's pool hands out a connection whose read buffer
 already holds bytes the upstream wrote while it was idle (aiohttp issue 13656), so a backend
 with a double-write bug shifts every later user's answer by one. The rule here, Go's and
-nginx's: a connection carries exactly one response per request, and a connection that
-received a byte nobody asked for is closed, never reused —
+nginx's: a connection that received a byte nobody asked for is closed, never reused —
   - bytes after a complete response, in the same read: the connection is not returned;
   - bytes while idle in the pool: `data_received` closes it at once;
   - bytes the event loop has not delivered yet: a zero-timeout poll just before reuse.
+What these cannot catch: a stray (a doubled or late answer) that arrives after the next request
+went out on the connection is, to HTTP/1.1, that request's answer; no byte tells them apart.
+`backends.<name>.check_request_id` closes that gap for a backend that echoes X-Request-ID: an
+answer carrying another ID (or none) is a ProtocolFailed and its connection is closed.
+Retries (Go's isReplayable): a request goes once more on a fresh connection only when a reused
+one closed before any answer byte and the request is replayable (GET, HEAD, OPTIONS, TRACE
+without a body, or one carrying Idempotency-Key); a POST/PUT/PATCH/DELETE is never sent twice.
 Header bytes pass byte-exact both ways. A response the server cannot relay faithfully
 (control bytes, a status outside 100..599, a body on 204/HEAD, an unrequested 101) is a
 ProtocolError.
@@ -19,6 +25,7 @@ Failures (docstring tree after httpx's _exceptions.py):
       ├─ ProtocolFailed       502 protocol  a malformed or unrelayable answer
       └─ Overflow             503 overflow  every connection of the backend busy past connect_timeout
     Aborted                  the client went away; the exchange was cancelled (not an upstream error)
+      └─ SendTimedOut         the client took no bytes of a spliced body for the send timeout
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ SPLICE_MIN = 256 * 1024  # a Content-Length body with this much left moves socke
 SPLICE_PIPE = 1024 * 1024  # the pipe between the two sockets (Linux's default pipe-max-size)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 CAN_SPLICE = hasattr(os, "splice")
+_SAFE_METHODS = frozenset(["GET", "HEAD", "OPTIONS", "TRACE"])
+_IDEMPOTENCY_KEYS = frozenset([b"idempotency-key", b"x-idempotency-key"])
 # the characters uvicorn refuses to send (it raises, the client gets a reset): refuse them first
 _BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]').search
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
@@ -86,6 +95,10 @@ class Aborted(Exception):
     """The client went away and the exchange was cancelled."""
 
 
+class SendTimedOut(Aborted):
+    """The client took no response bytes for the send timeout: it is cut, the exchange cancelled."""
+
+
 def map_upstream_error(exc: BaseException) -> UpstreamError:
     """The one place that decides what an upstream failure means for the client."""
     if isinstance(exc, UpstreamError):
@@ -103,7 +116,7 @@ class Exchange:
     """One request/response on one upstream connection; also the response parser's callbacks."""
 
     __slots__ = (
-        "aborted", "body_cut", "buffered", "chunks", "conn", "connection", "content_length", "done", "error", "head", "head_only",
+        "aborted", "body_cut", "buffered", "chunks", "conn", "connection", "content_length", "done", "error", "expect_id", "head", "head_only",
         "headers", "interim", "keep_alive", "loop", "parser", "raw_left", "read_timeout", "reusable", "status", "trailers", "until_eof", "waiter",
     )  # fmt: skip
 
@@ -111,6 +124,7 @@ class Exchange:
         self.loop = asyncio.get_running_loop()
         self.aborted = False
         self.read_timeout = 60.0
+        self.expect_id: bytes | None = None  # the X-Request-ID the answer must carry (check_request_id)
         self.reset(method)
 
     def reset(self, method: str) -> None:
@@ -162,6 +176,7 @@ class Exchange:
             self.interim = True  # 100/102/103: not relayed; the final response follows
             return
         chunked = False
+        rid: bytes | None = None
         lowered = []
         # one search over all names ("-" is a name character) and one over all values (tab is allowed in one)
         if _BAD_NAME(b"-".join([n for n, _ in self.headers])) or _BAD_VALUE(b"\t".join([v for _, v in self.headers])):
@@ -177,6 +192,11 @@ class Exchange:
                 self.content_length = int(value)
             elif lname == b"transfer-encoding":
                 chunked = True
+            elif lname == b"x-request-id":
+                rid = value if rid is None or rid == value else b"(several)"
+        if self.expect_id is not None and rid != self.expect_id:
+            # a shifted or doubled answer (another request's) or none: never relayed, the connection closes
+            raise ProtocolFailed(f"upstream answered with X-Request-ID {rid!r}, not the request's {self.expect_id!r}")
         self.headers = lowered  # names lower-cased once, here (ASGI relays them so anyway)
         if status == 204 and (chunked or self.content_length):
             raise ProtocolFailed("upstream sent a body with 204 No Content")
@@ -323,11 +343,12 @@ class Exchange:
             and conn is not None and not conn.closed and conn.pool.ssl is None and self.head.done()
         )  # fmt: skip
 
-    async def splice_to(self, fd: int) -> None:
+    async def splice_to(self, fd: int, send_timeout: float = 60.0) -> None:
         """Move the rest of a Content-Length body from the upstream socket to socket `fd` inside
         the kernel (splice(2) through a pipe): no copy into Python, none out of it. `raw_left`
         counts down as bytes leave for `fd`; the same errors as read() (timeout, closed early,
-        Aborted when the client goes). Out of file descriptors, it returns having moved nothing."""
+        Aborted when the client goes), and SendTimedOut when `fd` takes no byte for `send_timeout`
+        seconds. Out of file descriptors, it returns having moved nothing."""
         conn = self.conn
         assert conn is not None and conn.transport is not None and self.raw_left is not None
         fds: list[int] = []
@@ -361,7 +382,7 @@ class Exchange:
                 try:
                     n = os.splice(pipe_out, dst, held, flags=_SPLICE_FLAGS)
                 except BlockingIOError:
-                    await self._wait_fd(dst, write=True)
+                    await self._wait_fd(dst, write=True, timeout=send_timeout)
                     continue
                 except OSError as exc:  # EPIPE, ECONNRESET: the client is gone
                     raise Aborted() from exc
@@ -380,21 +401,22 @@ class Exchange:
         self.done = True
         conn.resume_reading()  # a byte past the declared length now shows, and the connection is not reused
 
-    async def _wait_fd(self, fd: int, write: bool) -> None:
+    async def _wait_fd(self, fd: int, write: bool, timeout: float = 60.0) -> None:
         """Until `fd` is ready; a failure of the exchange (client gone, upstream closed) ends the wait
-        and is raised. Waits to read are bounded by the backend's read timeout."""
+        and is raised. Waits to read are bounded by the backend's read timeout, waits to write
+        (for the client to take bytes) by `timeout`."""
         fut = self.waiter = self.loop.create_future()
         ready = fut.set_result
         if write:
             self.loop.add_writer(fd, lambda: fut.done() or ready(None))
+            timer = self.loop.call_later(timeout, self._send_timed_out)
         else:
             self.loop.add_reader(fd, lambda: fut.done() or ready(None))
-        timer = None if write else self.loop.call_later(self.read_timeout, self._timed_out)
+            timer = self.loop.call_later(self.read_timeout, self._timed_out)
         try:
             await fut
         finally:
-            if timer is not None:
-                timer.cancel()
+            timer.cancel()
             self.waiter = None
             (self.loop.remove_writer if write else self.loop.remove_reader)(fd)
         if self.error is not None:
@@ -402,6 +424,9 @@ class Exchange:
 
     def _timed_out(self) -> None:
         self.fail(UpstreamTimeout("upstream timed out"))
+
+    def _send_timed_out(self) -> None:
+        self.fail(SendTimedOut())
 
     def release(self) -> None:
         """Done with it: the connection goes back to the pool only if it is clean."""
@@ -518,6 +543,8 @@ class Pool:
     ) -> None:
         """Send the request (streaming its body) and wait for the response head on `ex`."""
         ex.read_timeout = self.backend.read_timeout
+        if self.backend.check_request_id:
+            ex.expect_id = next((v for n, v in reversed(headers) if n == b"x-request-id"), None)
         head = _head(method, target, headers, body is not None and chunked)
         for attempt in (0, 1):
             conn, reused = await self._acquire()
@@ -534,9 +561,10 @@ class Pool:
                 await self._wait_head(ex)
                 return
             except ConnectFailed:
-                # A reused connection the upstream closed just as it was taken: a request
-                # with no body is safe to send once more on a fresh one (Go does the same).
-                if attempt or not reused or body is not None or ex.aborted:
+                # A reused connection the upstream closed just as it was taken, before any answer
+                # byte: only a replayable request goes once more on a fresh one (Go's isReplayable).
+                # The upstream may have run the first one: a POST/PUT/PATCH/DELETE never runs twice.
+                if attempt or not reused or body is not None or ex.aborted or not _replayable(method, headers):
                     raise
                 ex.release()
                 ex.reset(method)
@@ -649,6 +677,12 @@ class Pool:
 async def once(body: bytes) -> AsyncIterator[bytes]:
     """A body already in memory, as the stream `Pool.exchange` sends."""
     yield body
+
+
+def _replayable(method: str, headers: list[tuple[bytes, bytes]]) -> bool:
+    """A bodyless request that is safe to send twice: GET, HEAD, OPTIONS, TRACE, or one carrying
+    an `Idempotency-Key` (RFC draft-ietf-httpapi-idempotency-key-header; Go checks the same)."""
+    return method in _SAFE_METHODS or any(n.lower() in _IDEMPOTENCY_KEYS for n, _ in headers)
 
 
 def _head(method: str, target: bytes, headers: list[tuple[bytes, bytes]], chunked: bool) -> bytes:

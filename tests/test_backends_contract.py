@@ -60,6 +60,15 @@ def test_auth_flow_and_errors(api):
     assert api.get("/api/auth/me", headers=auth).json() == {"detail": "session ended"}
 
 
+def test_every_answer_echoes_the_request_id_for_the_proxys_check(api):
+    """splitter's check_request_id refuses an answer that does not carry its request's X-Request-ID."""
+    calls = [("GET", "/health", 200), ("GET", "/api/auth/me", 401), ("POST", "/api/auth/register", 422)]
+    for method, path, status in [*calls, ("GET", "/nowhere", 404), ("DELETE", "/health", 405)]:
+        r = api.request(method, path, headers={"X-Request-ID": f"rid-{status}"}, content=b"{not json")
+        assert r.status_code == status and r.headers.get_list("x-request-id") == [f"rid-{status}"], (method, path)
+    assert "x-request-id" not in api.get("/health").headers, "nothing to echo: none is made up"
+
+
 def test_bad_json_is_422_with_a_message(api):
     r = api.post("/api/auth/register", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json() == {"detail": "request body must be a JSON object"}
@@ -126,7 +135,7 @@ def check_parity(legacy: httpx.Client, new: httpx.Client) -> None:
 
 def test_fault_injection(procs, tmp_path):
     url = start_backend(procs, "new", tmp_path, {"FAULT_ERROR_RATE": "1", "FAULT_LATENCY_MS": "200"})
-    r = httpx.get(url + "/api/auth/me")
-    assert r.status_code == 500 and r.json() == {"detail": "injected fault"}
+    r = httpx.get(url + "/api/auth/me", headers={"X-Request-ID": "r1"})
+    assert r.status_code == 500 and r.json() == {"detail": "injected fault"} and r.headers["x-request-id"] == "r1"
     assert r.elapsed.total_seconds() >= 0.2
     assert httpx.get(url + "/health").status_code == 200

@@ -56,6 +56,11 @@ def test_bad_percent_is_refused_before_any_request():
     one_line_error(run("set", "auth", "ten"), "percent must be an integer 0..100, got 'ten'", code=2)
 
 
+def test_a_send_timeout_that_is_not_positive_is_one_line():
+    r = run("serve", "--send-timeout", "0", "--port", "0", "--admin-port", "0")
+    one_line_error(r, "--send-timeout must be more than 0 seconds, got 0", code=2)
+
+
 def test_rollback_needs_a_route_or_all():
     one_line_error(run("rollback"), "splitter rollback: name one ROUTE or --all", code=2)
 

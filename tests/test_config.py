@@ -40,6 +40,11 @@ def test_valid_file_loads_into_frozen_objects():
         cfg.routes[0].percent = 50  # type: ignore[misc]
 
 
+def test_check_request_id_is_off_unless_a_backend_turns_it_on():
+    cfg = config.parse(VALID.replace("read_timeout: 3}", "read_timeout: 3, check_request_id: true}"))
+    assert cfg.backends["new"].check_request_id is True and cfg.backends["legacy"].check_request_id is False
+
+
 def test_environment_override_picks_the_map_entry():
     assert config.parse(VALID, environment="staging").by_name["auth"].percent == 100
 
@@ -69,6 +74,11 @@ def line_of(text: str, needle: str) -> int:
         (('"http://127.0.0.1:8002"', '"ftp//nowhere"'), "ftp//nowhere", "backends.new.url: must be an origin"),
         (("prefix: /api/upload/", "prefix: /api/auth"), "prefix: /api/auth\n    percent: 0", "routes[1].prefix: duplicate prefix '/api/auth'"),
         (("{development: 0, staging: 0, production: 0}", "{staging: 0, production: 0}"), "staging: 0, production: 0", "routes[2].percent: percent maps must all name the same environments"),
+        (
+            ("read_timeout: 3}", "read_timeout: 3, check_request_id: yes please}"),
+            "check_request_id",
+            "backends.new.check_request_id: must be true or false, got 'yes please'",
+        ),
     ],
 )
 def test_errors_name_file_line_and_key_path(tmp_path, change, needle, message):

@@ -1,4 +1,4 @@
-"""HTTP plumbing for every feature: errors, JSON bodies, fault injection."""
+"""HTTP plumbing for every feature: errors, JSON bodies, fault injection, the echoed X-Request-ID."""
 
 from __future__ import annotations
 
@@ -50,3 +50,24 @@ class Faults:
         if self.error_rate and random.random() < self.error_rate:
             return await JSONResponse({"detail": "injected fault"}, 500)(scope, receive, send)
         return await self.app(scope, receive, send)
+
+
+class EchoRequestId:
+    """Every HTTP answer carries the request's X-Request-ID, so a proxy checking it
+    (splitter's check_request_id) can tell this answer from a stray or shifted one."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        rid = next((v for n, v in scope["headers"] if n == b"x-request-id"), None) if scope["type"] == "http" else None
+        if rid is None:
+            return await self.app(scope, receive, send)
+
+        async def echo(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(n, v) for n, v in message.get("headers", []) if n.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid)]}
+            await send(message)
+
+        return await self.app(scope, receive, echo)

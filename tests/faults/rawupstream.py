@@ -17,6 +17,12 @@ Paths (the last segment decides; anything before it is echoed back):
   .../big?n=N          200 with Content-Length N, the body big_body(N) in 64 KiB writes; &cut=K: only the
                        first K bytes, then (after &stall=S seconds) the connection closes; &extra=X: X
                        sent right after the N bytes, in the same write, unasked
+  .../die-reused       the first request on a connection: 200 (path); any later one on it is read, then
+                       the connection closes without an answer (a keep-alive race lost, or a crash)
+  .../twice            200 (path) echoing X-Request-ID, and the same answer written again 2 ms later
+  .../id-other         200 (path) with an X-Request-ID that is not the request's
+  .../id-echo          200 (path) echoing X-Request-ID
+  .../bigchunked?n=N   200, chunked: big_body(N) in 64 KiB chunks
   anything else        200, body = the request path (so a user can tell their answer from another's)
 """
 
@@ -88,6 +94,7 @@ class RawUpstream:
         seen.connections += 1
         seen.open_now += 1
         seen.max_open = max(seen.max_open, seen.open_now)
+        served = 0  # requests answered on this connection
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -97,12 +104,15 @@ class RawUpstream:
                 last = path.rsplit(b"/", 1)[-1]
                 length = 0
                 chunked = False
+                rid = b""
                 for h in head.split(b"\r\n")[1:]:
                     name, _, value = h.partition(b":")
                     if name.lower() == b"content-length":
                         length = int(value)
                     if name.lower() == b"transfer-encoding":
                         chunked = True
+                    if name.lower() == b"x-request-id":
+                        rid = value.strip()
                 if last == b"early-413":
                     # refuse before reading the body, then close the way Go's server does (write side
                     # first, then discard what still arrives) so the kernel does not reset the answer away
@@ -130,6 +140,17 @@ class RawUpstream:
                             await _skip_trailers(reader)
                             break
                         body += (await reader.readexactly(size + 2))[:-2]
+                if last == b"die-reused" and served:
+                    break
+                served += 1
+                if last in (b"twice", b"id-echo", b"id-other"):
+                    echoed = b"other" if last == b"id-other" else rid
+                    answer = _answer(b"200 OK", path, b"X-Request-ID: " + echoed + b"\r\n")
+                    writer.write(answer)
+                    if last == b"twice":  # a buggy backend writes it again; the next request is read meanwhile
+                        self.loop.call_later(0.002, lambda w=writer, a=answer: w.is_closing() or w.write(a))
+                    await writer.drain()
+                    continue
                 if last == b"digest":
                     writer.write(_answer(b"200 OK", b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())))
                     await writer.drain()
@@ -176,6 +197,13 @@ class RawUpstream:
             if cut < n:
                 await asyncio.sleep(float(params.get(b"stall", b"0")))
                 return False
+        elif last == b"bigchunked":
+            body = big_body(int(params[b"n"]))
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(0, len(body), 65536):
+                writer.write(b"%x\r\n%s\r\n" % (len(body[i : i + 65536]), body[i : i + 65536]))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
         elif last == b"head-body":
             writer.write(_answer(b"200 OK", b"hello"))
         elif last == b"slow":

@@ -245,3 +245,111 @@ def test_an_early_answer_to_a_large_upload_reaches_a_client_still_sending(raw, s
             assert head.startswith(b"HTTP/1.1 401") and answer == b"who are you"
             assert errors == [], "the client could send its whole body"
             assert c.recv(1) == b"", "then the connection closed cleanly (FIN, not a reset)"
+
+
+def read_head(f) -> tuple[bytes, int]:
+    """A response head off a buffered reader: (head, Content-Length)."""
+    lines = []
+    while (line := f.readline()) not in (b"\r\n", b""):
+        lines.append(line)
+    head = b"".join(lines)
+    assert head, "the connection closed before a response head"
+    return head, next(int(x.split(b":")[1]) for x in lines if x.lower().startswith(b"content-length:"))
+
+
+@pytest.mark.parametrize("when", ["during", "before"])
+def test_a_request_pipelined_with_a_spliced_download_is_answered_after_it_and_both_are_logged(raw, splitter, when):
+    """`during`: the next GET arrives after 1 MiB of a 20 MiB answer, while the rest moves in the kernel
+    (this client's small receive buffer holds the splice back until it reads); `before`: both GETs come
+    in one write, so uvicorn has parsed the second one before the first answer starts: that answer takes
+    the ordinary path. Either way the second answer follows the whole first one, byte-exact."""
+    s = splitter(routes_yaml(raw.url, raw.url))
+    n = 20 * MiB
+    before = written(s.proc.pid)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c, c.makefile("rb") as f:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        first = f"GET /api/auth/big?n={n} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+        second = b"GET /api/auth/next HTTP/1.1\r\nHost: a\r\n\r\n"
+        c.sendall(first + second if when == "before" else first)
+        head, length = read_head(f)
+        assert head.startswith(b"HTTP/1.1 200") and length == n
+        body = f.read(MiB)
+        if when == "during":
+            c.sendall(second)
+        body += f.read(n - MiB)
+        assert body == big_body(n)
+        head, length = read_head(f)
+        assert head.startswith(b"HTTP/1.1 200") and f.read(length) == b"/api/auth/next"
+    if when == "during":
+        assert written(s.proc.pid) - before < 2 * MiB, "the download was spliced"
+    big = s.wait_log(lambda e: e.get("path") == "/api/auth/big")
+    assert big["status"] == 200 and big["bytes_out"] == n
+    assert s.wait_log(lambda e: e.get("path") == "/api/auth/next")["status"] == 200
+    assert s.metric("splitter_requests_total", route="auth", backend="legacy", handler="old_auth", code="200") == 2
+    assert "Exception in ASGI application" not in s.proc.output()
+
+
+def test_stalled_readers_are_cut_after_the_send_timeout_and_their_upstream_connections_serve_others(raw, splitter):
+    """max_connections: 3, and three clients that ask for 20 MiB and never read: two spliced Content-Length
+    downloads and one chunked (the ordinary path, where uvicorn's write buffer stays full). With
+    --send-timeout 3 each is cut 3 s after it stops taking bytes, so another user waiting for a
+    connection is served within 9 s instead of getting 503s until the stalled ones leave."""
+    backends = "read_timeout: 2, connect_timeout: 10, max_connections: 3}"
+    s = splitter(routes_yaml(raw.url, raw.url).replace("read_timeout: 2}", backends), args=["--send-timeout", "3"])
+    n = 20 * MiB
+    stalled = []
+    for path in (f"/api/auth/s1/big?n={n}", f"/api/auth/s2/big?n={n}", f"/api/auth/s3/bigchunked?n={n}"):
+        c = socket.socket()
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        c.connect(("127.0.0.1", s.port))
+        get(c, path)
+        stalled.append(c)
+    try:
+        eventually(lambda: raw.seen.open_now == 3, timeout=5)  # every upstream connection is held
+        started = time.monotonic()
+        r = httpx.get(s.url + "/api/auth/other", timeout=15)
+        took = time.monotonic() - started
+        assert r.status_code == 200 and r.text == "/api/auth/other" and took < 9, (r.status_code, took)
+        eventually(lambda: s.metric("splitter_rejected_total", reason="send_timeout") == 3, timeout=9)
+        print(f"another user served after {took:.2f} s; send_timeout cuts: 3")
+        for c in stalled:  # each was cut: its connection ends short of the 20 MiB it asked for
+            c.settimeout(5)
+            got = 0
+            try:
+                while chunk := c.recv(1024 * 1024):
+                    got += len(chunk)
+            except ConnectionResetError:
+                pass
+            assert got < n
+    finally:
+        for c in stalled:
+            c.close()
+    assert s.metric("splitter_client_aborts_total", route="auth", handler="old_auth") is None
+    for path in ("/api/auth/s1/big", "/api/auth/s2/big", "/api/auth/s3/bigchunked"):
+        assert s.wait_log(lambda e, p=path: e.get("path") == p)["error"] == "send_timeout"
+    assert len([e for e in s.logs() if e.get("event") == "client took no response bytes: connection cut"]) == 3
+    assert "Exception in ASGI" not in s.proc.output() and "without completing response" not in s.proc.output()
+
+
+@pytest.mark.parametrize("last", ["big", "bigchunked"])
+def test_a_slow_reader_that_keeps_taking_bytes_is_not_cut_by_the_send_timeout(raw, splitter, last):
+    s = splitter(routes_yaml(raw.url, raw.url), args=["--send-timeout", "1"])
+    n = 6 * MiB
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        get(c, f"/api/auth/{last}?n={n}")
+        data = bytearray()
+
+        def whole() -> bool:
+            end = data.find(b"\r\n\r\n")
+            return end > 0 and (data.endswith(b"\r\n0\r\n\r\n") if last == "bigchunked" else len(data) - end - 4 == n)
+
+        while not whole():  # 1 MiB, then a 0.6 s pause: never a whole second without taking bytes
+            burst = len(data) + MiB
+            while len(data) < burst and not whole():
+                chunk = c.recv(256 * 1024)
+                assert chunk, f"cut after {len(data)} bytes"
+                data += chunk
+            time.sleep(0.6)
+    assert data.startswith(b"HTTP/1.1 200") and s.metric("splitter_rejected_total", reason="send_timeout") is None
+    assert s.wait_log(lambda e: e.get("path") == f"/api/auth/{last}").get("error") is None

@@ -357,3 +357,95 @@ def test_reloads_that_change_a_backend_do_not_leak_connections(raw, splitter):
             assert c.get(f"/api/auth/r{i}").status_code == 200
     time.sleep(0.5)
     assert fds(s.proc.pid) <= fd0 + 5
+
+
+# --- (10) retries: only a replayable request is sent twice ------------------------------------------------
+
+
+def test_a_reused_connection_that_dies_runs_a_non_idempotent_request_once_and_replays_only_a_safe_one(raw, splitter):
+    """The upstream reads each request on a reused connection, then closes it without a byte of answer:
+    it may have run it. POST (Content-Length: 0), POST (no length) and DELETE are not sent again: 502.
+    GET, and a POST carrying Idempotency-Key, go once more on a fresh connection (Go's isReplayable)."""
+    s = splitter(config(raw.url))
+    cases = [
+        (b"POST /api/auth/a/die-reused HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 502),
+        (b"POST /api/auth/b/die-reused HTTP/1.1\r\nHost: a\r\n\r\n", 502),
+        (b"DELETE /api/auth/c/die-reused HTTP/1.1\r\nHost: a\r\n\r\n", 502),
+        (b"GET /api/auth/d/die-reused HTTP/1.1\r\nHost: a\r\n\r\n", 200),
+        (b"POST /api/auth/e/die-reused HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nIdempotency-Key: k1\r\n\r\n", 200),
+    ]
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+        for request, want in cases:
+            c.sendall(b"GET /api/auth/warm HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert read_response(c)[0] == 200  # its upstream connection now idles in the pool, to be reused
+            c.sendall(request)
+            status, headers, body = read_response(c)
+            path = request.split(b" ")[1]
+            runs = sum(1 for h in raw.seen.heads if h.split(b" ")[1] == path)
+            assert status == want, (request, status, body)
+            if want == 502:
+                assert runs == 1, f"{request.split(b' ')[0]!r} ran {runs} times upstream"
+                assert json.loads(body)["error"] == "upstream connection failed"
+            else:
+                assert runs == 2 and body == path, "replayed once on a fresh connection"
+    assert s.metric("splitter_errors_total", route="auth", backend="legacy", handler="old_auth", kind="connect") == 3
+
+
+# --- (11) check_request_id: an answer is relayed only to the request it names -------------------------------
+
+
+def test_with_check_request_id_an_answer_naming_another_request_or_none_is_a_502_that_closes_it(raw, splitter):
+    s = splitter(config(raw.url, ", check_request_id: true"))
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+        for last, want in (("id-echo", 200), ("id-other", 502), ("plain", 502), ("id-echo", 200)):
+            c.sendall(f"GET /api/auth/x/{last} HTTP/1.1\r\nHost: a\r\nX-Request-ID: req-{last}\r\n\r\n".encode())
+            status, headers, body = read_response(c)
+            assert status == want, (last, status, body)
+            assert headers[b"x-request-id"] == f"req-{last}".encode(), "the client sees its own request's ID either way"
+            if want == 502:
+                assert json.loads(body)["error"] == "upstream sent a malformed response"
+                eventually(lambda: raw.seen.open_now == 0, timeout=2)  # the connection that carried it is closed
+    assert raw.seen.connections == 3
+    assert s.metric("splitter_errors_total", route="auth", backend="legacy", handler="old_auth", kind="protocol") == 2
+    s.wait_log(lambda e: e.get("status") == 502 and "X-Request-ID b'other'" in e.get("detail", ""))
+
+
+def test_without_check_request_id_the_answer_is_relayed_whatever_id_it_carries(raw, splitter):
+    s = splitter(config(raw.url))
+    assert httpx.get(s.url + "/api/auth/x/id-other").text == "/api/auth/x/id-other"
+    assert httpx.get(s.url + "/api/auth/x/plain").text == "/api/auth/x/plain"
+
+
+def test_a_backend_that_writes_every_answer_twice_never_hands_one_user_another_users_answer(raw, splitter):
+    """Every answer written a second time 2 ms later: with check_request_id the copy that lands on
+    a reused connection is seen as the next request's answer, refused (502, kind="protocol") and
+    its connection closed. 16 users x 40 requests at once: nobody gets another user's answer."""
+    s = splitter(config(raw.url, ", check_request_id: true"), args=["--no-access-log"])
+    wrong: list[tuple[str, str]] = []
+    refused = 0
+
+    async def load() -> None:
+        nonlocal refused
+        async with httpx.AsyncClient(base_url=s.url, limits=httpx.Limits(max_connections=16), timeout=10) as c:
+
+            async def user(uid: str) -> None:
+                nonlocal refused
+                for n in range(40):
+                    path = f"/api/auth/{uid}/{n}/twice"  # the answer's body names the user and the request
+                    r = await c.get(path, headers={"X-User-ID": uid})
+                    if r.status_code == 502:
+                        refused += 1
+                    elif r.text != path:
+                        wrong.append((path, r.text))
+
+            await asyncio.gather(*(user(f"user-{i}") for i in range(16)))
+
+    asyncio.run(load())
+    assert wrong == [], f"{len(wrong)} of 640 answers went to the wrong user, e.g. {wrong[:3]}"
+    handlers = (("legacy", "old_auth"), ("new", "new_auth"))
+    protocol = sum(
+        s.metric("splitter_errors_total", route="auth", backend=b, handler=h, kind="protocol") or 0
+        for b, h in handlers
+    )
+    print(f"640 requests: {refused} refused as 502, {protocol:g} counted as kind=protocol, 0 to the wrong user")
+    assert refused == protocol > 0, "the shifted copies were caught and counted"
