@@ -8,11 +8,13 @@ front of production needs and uvicorn does not do itself:
 Large bodies skip it: a download's is spliced socket to socket in the kernel
 (`splice_target`, then uvicorn's length check is told: `sent_outside`); an upload's is
 read from the client socket by the proxy itself (`take_body`, then `Connection: close`).
+An answer that goes out before its request body is all in (`cut_body`) closes the connection
+after it, and the proxy reads and drops the rest first (`after_close`: nginx's lingering close).
 It relies on the parser callbacks (`on_url`, `on_header`, `on_message_begin`,
-`on_headers_complete`), `send_400_response` of uvicorn's HttpToolsProtocol and its
-cycle's `chunked_encoding`, `expected_content_length` and `keep_alive`; uvicorn is pinned in
-pyproject, and tests/faults/test_bad_input.py and test_large_bodies.py fail loudly if
-they change.
+`on_headers_complete`, `on_message_complete`), `send_400_response` of uvicorn's HttpToolsProtocol
+and its cycle's `chunked_encoding`, `expected_content_length`, `keep_alive` and `disconnected`;
+uvicorn is pinned in pyproject, and tests/faults/test_bad_input.py, test_large_bodies.py and
+test_early_answers.py fail loudly if they change.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._in_trailers = False
         self._on_lost: Any = None
         self._body_parsed = 0  # request body bytes uvicorn's parser has handed on
+        self._body_done = False  # uvicorn's parser has the whole body of its current request
+        self._after_close: Any = None
+        self._lost = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._out = _Coalescing(transport, self.loop)
@@ -65,10 +70,14 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._lost = True
         super().connection_lost(exc)
         hook, self._on_lost = self._on_lost, None
         if hook is not None:
             hook()  # the proxy cancels the upstream request at once
+        after, self._after_close = self._after_close, None
+        if after is not None:
+            after()
 
     def watch(self, hook: Any) -> bool:
         """Call `hook()` when the client goes away (None: stop watching). False if it already has."""
@@ -109,14 +118,49 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         cycle.keep_alive = False
         return fd
 
-    def body_taken(self) -> None:
-        """The proxy is done reading the body itself: uvicorn reads again, to hear of a disconnect."""
-        if not self._out.is_closing():
-            self._out.resume_reading()
+    def body_taken(self, whole: bool = True) -> None:
+        """The proxy is done reading the body itself: uvicorn reads again, to hear of a disconnect.
+        Not `whole`: the client closed or reset mid-body; no answer goes out (uvicorn's would be a
+        plain-text 500 to a request that never arrived), the connection closes."""
+        if whole:
+            if not self._out.is_closing():
+                self._out.resume_reading()
+            return
+        if self.cycle is not None:
+            self.cycle.disconnected = True
+        self._out.close()
+
+    def cut_body(self, scope: Any) -> tuple[int, int] | None:
+        """The app reads no more of the request body of `scope` (the answer came first): a duplicate of
+        the client socket to read the rest from and drop it, and how many body bytes uvicorn parsed.
+        uvicorn stops reading, and the connection closes after the response. None when its parser has
+        the whole body already (nothing is left to drop: the connection lives on) or it is closing."""
+        cycle, out = self.cycle, self._out
+        sock = out.get_extra_info("socket")
+        if scope is not self.scope or self._body_done or cycle is None or out.is_closing() or sock is None:
+            return None
+        cycle.keep_alive = False
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError:
+            return None  # out of file descriptors: it closes without reading the rest
+        out.pause_reading()
+        return fd, self._body_parsed
+
+    def after_close(self, hook: Any) -> None:
+        """Call `hook()` once the connection is closed (all written before has reached the kernel), at once if it is."""
+        if self._lost:
+            hook()
+        else:
+            self._after_close = hook
 
     def on_body(self, body: bytes) -> None:
         self._body_parsed += len(body)
         super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._body_done = True
+        super().on_message_complete()
 
     def sent_outside(self, n: int) -> None:
         """`n` body bytes went to the client past uvicorn: counted against its Content-Length check."""
@@ -145,6 +189,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._head_bytes = 0
         self._body_parsed = 0
+        self._body_done = False
         self._in_trailers = False
         super().on_message_begin()
         self.scope.setdefault("extensions", {})[CLIENT_HOOK] = self  # type: ignore[assignment]  # ASGI types extensions as dicts

@@ -19,6 +19,11 @@ Failures (docstring tree after httpx's _exceptions.py):
       ├─ ProtocolFailed       502 protocol  a malformed or unrelayable answer
       └─ Overflow             503 overflow  every connection of the backend busy past connect_timeout
     Aborted                  the client went away; the exchange was cancelled (not an upstream error)
+    BodyCut                  raised by a request body stream that stops short because the answer came first
+
+A request body stops going upstream as soon as the response head (or a failure) arrives: the body
+stream is told (the head future's callbacks) and the connection is not reused. After
+`Expect: 100-continue` the body waits for the upstream's 100 Continue, its answer, or CONTINUE_WAIT s.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ SPLICE_MIN = 256 * 1024  # a Content-Length body with this much left moves socke
 SPLICE_PIPE = 1024 * 1024  # the pipe between the two sockets (Linux's default pipe-max-size)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 CAN_SPLICE = hasattr(os, "splice")
+CONTINUE_WAIT = 1.0  # s a body waits for the upstream's 100 Continue (Go's ExpectContinueTimeout, curl's default)
+_EXPECT_LINE = b"\r\nexpect: 100-continue\r\n"  # as the proxy writes it into a request head
 # the characters uvicorn refuses to send (it raises, the client gets a reset): refuse them first
 _BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]').search
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
@@ -84,6 +91,10 @@ class Overflow(UpstreamError):
 
 class Aborted(Exception):
     """The client went away and the exchange was cancelled."""
+
+
+class BodyCut(Exception):
+    """A request body stream stops short on purpose: the upstream answered (or failed) before it was all sent."""
 
 
 def map_upstream_error(exc: BaseException) -> UpstreamError:
@@ -160,6 +171,8 @@ class Exchange:
             raise ProtocolFailed("upstream switched protocols (101) although no upgrade was requested")
         if status < 200:
             self.interim = True  # 100/102/103: not relayed; the final response follows
+            if status == 100:
+                self._wake()  # a body waiting for the go-ahead goes
             return
         chunked = False
         lowered = []
@@ -314,6 +327,17 @@ class Exchange:
                 timer.cancel()
                 self.waiter = None
 
+    async def go_ahead(self, wait: float) -> None:
+        """After `Expect: 100-continue`: until the upstream's 100 Continue, its answer or its failure,
+        at most `wait` s (then the body goes anyway: RFC 9110 10.1.1, an upstream may not know Expect)."""
+        if self.status == 100 or self.head.done():
+            return
+        self.waiter = self.loop.create_future()
+        try:
+            await asyncio.wait((self.waiter, self.head), timeout=wait)
+        finally:
+            self.waiter = None
+
     def spliceable(self) -> bool:
         """The rest of the body is plain bytes of a known length, none buffered: it can skip Python."""
         conn = self.conn
@@ -466,7 +490,7 @@ class Connection(asyncio.Protocol):
 
     async def drain(self, ex: Exchange) -> None:
         """Wait while the upstream reads slower than the body arrives; stop waiting once it has answered."""
-        while self.write_paused and not self.closed and not ex.done and ex.error is None:
+        while self.write_paused and not self.closed and not ex.head.done() and ex.error is None:
             self.drain_waiter = asyncio.get_running_loop().create_future()
             await self.drain_waiter
 
@@ -529,6 +553,8 @@ class Pool:
             assert conn.transport is not None
             conn.transport.write(head)
             if body is not None:
+                if _EXPECT_LINE in head:
+                    await ex.go_ahead(CONTINUE_WAIT)
                 await self._send_body(ex, conn, body, chunked)
             try:
                 await self._wait_head(ex)
@@ -542,12 +568,19 @@ class Pool:
                 ex.reset(method)
 
     async def _send_body(self, ex: Exchange, conn: Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+        """The body, until it ends or the upstream answers (or fails): the rest is not sent, the connection
+        not reused. The body stream is not even started when the answer came first (so a client's
+        `Expect: 100-continue` gets no 100 Continue)."""
         transport = conn.transport
         assert transport is not None
+        if ex.head.done() or ex.error is not None:
+            ex.body_cut = True
+            return
+        ex.head.add_done_callback(lambda _: conn.wake_writer())  # a wait for the upstream to read ends too
         try:
             async for chunk in body:
-                if ex.done or ex.error is not None or conn.closed:
-                    ex.body_cut = True  # the upstream answered in full (or failed) before the body was sent: stop
+                if ex.head.done() or ex.error is not None or conn.closed:
+                    ex.body_cut = True  # the upstream answered (or failed) before the body was sent: stop
                     break
                 transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                 if conn.write_paused:
@@ -555,6 +588,8 @@ class Pool:
             else:
                 if chunked and not conn.closed:
                     transport.write(b"0\r\n\r\n")
+        except BodyCut:
+            ex.body_cut = True
         except BaseException:
             ex.body_cut = True
             ex.release()

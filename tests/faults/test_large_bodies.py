@@ -221,27 +221,4 @@ def test_clients_that_vanish_mid_upload_free_both_connections_and_leak_nothing(r
     assert httpx.get(s.url + "/api/auth/after").text == "/api/auth/after"
 
 
-def test_an_early_answer_to_a_large_upload_reaches_a_client_still_sending(raw, splitter):
-    """The upstream answers 401 at once; the proxy sends it on and reads (and drops) the rest of
-    the body before closing, so the client's sending ends cleanly and the answer is not reset away."""
-    s = splitter(routes_yaml(raw.url, raw.url))
-
-    def send(c: socket.socket, errors: list[OSError]) -> None:
-        try:
-            for _ in range(20):
-                c.sendall(b"u" * MiB)
-                time.sleep(0.01)
-        except OSError as exc:
-            errors.append(exc)
-
-    for _ in range(3):
-        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
-            c.sendall(upload_head("/api/auth/x/early-401", 20 * MiB))
-            errors: list[OSError] = []
-            sender = threading.Thread(target=send, args=(c, errors))
-            sender.start()
-            head, answer = read_answer(c)
-            sender.join(10)
-            assert head.startswith(b"HTTP/1.1 401") and answer == b"who are you"
-            assert errors == [], "the client could send its whole body"
-            assert c.recv(1) == b"", "then the connection closed cleanly (FIN, not a reset)"
+# An early answer to an upload (both orders of the race, all three body paths): test_early_answers.py
