@@ -14,6 +14,7 @@ Paths (the last segment decides; anything before it is echoed back):
   .../early-413        413 + Connection: close as soon as the head arrives, without reading the body
   .../early-401?after=N  401 (keep-alive) once N request body bytes are in (N=0: as soon as the head
                        arrives), then reads and drops whatever comes until the proxy closes the connection
+  .../vanish?after=N   closes the connection without answering once N request body bytes are in
   .../digest           200, body = "<length> <sha256 hex>" of the request body it read (`Seen.body_read`
                        counts its bytes as they arrive); to `Expect: 100-continue`, a 100 Continue first
   .../big?n=N          200 with Content-Length N, the body big_body(N) in 64 KiB writes; &cut=K: only the
@@ -125,6 +126,9 @@ class RawUpstream:
                     await writer.drain()
                     while await reader.read(65536):
                         pass
+                    break
+                if last == b"vanish":
+                    await _read_some(reader, int(_params(query).get(b"after", b"0")), length, chunked)
                     break
                 if last == b"digest":
                     if b"\r\nexpect: 100-continue\r\n" in head.lower():

@@ -109,6 +109,21 @@ def test_an_early_answer_reaches_a_client_still_sending(raw, splitter, name, whe
     assert s.metric("splitter_rejected_total", reason="body_timeout") is None
 
 
+@pytest.mark.parametrize("name", list(BODIES))
+def test_an_upstream_that_closes_mid_body_is_a_502_at_once_not_a_408_later(raw, splitter, name):
+    length, mid = BODIES[name]
+    chunked = length is None
+    s = splitter(routes_yaml(raw.url, raw.url), args=["--body-timeout", "5"])
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+        c.sendall(request_head(f"/api/auth/x/vanish?after={mid}", length) + framed(b"v" * mid, chunked))
+        started = time.monotonic()
+        status, headers, _ = read_response(c)
+        assert status.startswith(b"HTTP/1.1 502") and time.monotonic() - started < 1, status
+        assert headers.get(b"connection") == b"close"
+    log = s.wait_log(lambda e: e.get("path") == "/api/auth/x/vanish")
+    assert log["status"] == 502 and log["error"] == "connect"
+
+
 def test_expect_100_continue_waits_for_the_upstream_and_an_early_refusal_comes_alone(raw, splitter):
     s = splitter(routes_yaml(raw.url, raw.url), args=["--body-timeout", "5"])
     with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
