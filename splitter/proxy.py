@@ -21,6 +21,7 @@ import ipaddress
 import os
 import random
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
@@ -36,7 +37,7 @@ from .config import UID_COOKIE, Config, Route, ShadowSpec
 from .logs import ACCESS
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
 from .shadow import Shadow
-from .upstream import Aborted, Exchange, SendTimedOut, UpstreamError, map_upstream_error
+from .upstream import Aborted, BodyCut, Exchange, SendTimedOut, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:
     from .runtime import Runtime, Snapshot
@@ -76,7 +77,7 @@ UID_MAX_AGE = 365 * 24 * 3600
 CLIENT_HOOK = "splitter.client"  # scope extension: the server's connection, to hear of a disconnect at once
 BODY_BYPASS_MIN = 1024 * 1024  # request body bytes still to come for reading them past uvicorn
 BODY_READ = 256 * 1024  # the most one read of such a body takes
-LINGER_MAX = 30.0  # seconds a body cut short may take to arrive (and be dropped) before its socket closes
+LINGER_MAX = 30.0  # seconds the rest of a body cut short may take to arrive (and be dropped) before its socket closes
 _LINGERING: set[asyncio.Task[None]] = set()
 
 
@@ -92,33 +93,40 @@ class _Body:
     piece is in: straight from the client socket into the bytes that go upstream (uvicorn's
     path copies each byte twice more and wakes three coroutines per read). uvicorn's parser
     then no longer knows where the next request starts, so the connection closes after this
-    response (`Connection: close`)."""
+    response (`Connection: close`).
+
+    The upstream's answer (or failure) ends the body at once, even while it waits for the client
+    (`interrupt`, the same cancel as the watchdog's): the answer goes out, and `end` sees to the rest."""
 
     __slots__ = (
-        "client", "complete", "fd", "gone", "length", "limit", "receive", "received", "tee", "timed_out", "timeout", "too_large", "waiting_since", "watchdog",
+        "answered", "client", "complete", "fd", "gone", "length", "limit", "receive", "received", "task", "tee", "timed_out", "timeout", "too_large",
+        "waiting_since", "watchdog",
     )  # fmt: skip
 
     def __init__(self, receive: Receive, limit: int, timeout: float, tee: list[bytes] | None, length: int | None = None, client: Any = None) -> None:
         self.receive, self.limit, self.timeout, self.tee = receive, limit, timeout, tee
         self.length, self.client = length, client
         self.fd: int | None = None  # the client socket (a duplicate) while the body is read past uvicorn
-        self.gone = self.too_large = self.timed_out = self.complete = False
+        self.gone = self.too_large = self.timed_out = self.complete = self.answered = False
         self.received = 0
         self.waiting_since: float | None = None
         self.watchdog: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[Any] | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
+        task = self.task = asyncio.current_task()
         assert task is not None
         self.watchdog = loop.call_later(self.timeout, self._watch, loop, task)
         try:
             while True:
+                if self.answered:
+                    raise BodyCut()
                 self.waiting_since = loop.time()
                 try:
                     message = await self.receive()
                 except asyncio.CancelledError:
-                    self._timed_out(task)
+                    self._interrupted(task)
                     raise
                 finally:
                     self.waiting_since = None
@@ -147,6 +155,8 @@ class _Body:
         """The rest of the body read from the client socket itself (a duplicate of its fd)."""
         assert self.length is not None
         while self.received < self.length:
+            if self.answered:
+                raise BodyCut()
             try:
                 chunk = os.read(fd, min(self.length - self.received, BODY_READ))
             except BlockingIOError:
@@ -154,7 +164,7 @@ class _Body:
                 try:
                     await _readable(fd)
                 except asyncio.CancelledError:
-                    self._timed_out(task)
+                    self._interrupted(task)
                     raise
                 finally:
                     self.waiting_since = None
@@ -176,30 +186,57 @@ class _Body:
         if self.tee is not None:
             self.tee.append(chunk)
 
-    def _timed_out(self, task: asyncio.Task[Any]) -> None:
-        """A wait for the client was cancelled: by the watchdog, it is a 408."""
-        if self.timed_out and task.uncancel() == 0:
+    def _interrupted(self, task: asyncio.Task[Any]) -> None:
+        """A wait for the client was cancelled: by the upstream's answer, the body stops there (it wins
+        over a watchdog that fired at the same time); by the watchdog, it is a 408."""
+        if (self.answered or self.timed_out) and task.uncancel() == 0:
+            if self.answered:
+                raise BodyCut() from None
             raise Refused(408, "body_timeout", f"no request body bytes for {self.timeout:g} s") from None
+
+    def interrupt(self, _: object = None) -> None:
+        """The upstream answered (or failed): no more of the body goes; a wait for the client ends now."""
+        if self.answered or self.complete:
+            return
+        self.answered = True
+        task = self.task
+        if task is not None and self.waiting_since is not None and not self.timed_out:
+            task.cancel()  # the wait ends with CancelledError, turned into BodyCut by _interrupted
 
     def stop(self) -> None:
         if self.watchdog is not None:
             self.watchdog.cancel()
             self.watchdog = None
-        fd, self.fd = self.fd, None
-        if fd is None:
-            return
-        left = (self.length or 0) - self.received
-        if self.complete or self.gone or left <= 0:
+        fd = self.fd
+        if fd is not None and (self.complete or self.gone):
+            self.fd = None
             os.close(fd)
-            self.client.body_taken()  # uvicorn reads the connection again (to hear of a disconnect)
+            self.client.body_taken(whole=self.complete)  # uvicorn reads again (to hear of a disconnect), or closes
+
+    def end(self, scope: Scope) -> None:
+        """No more of the body goes upstream; called before any answer goes out. If some of it is still
+        to come (the upstream answered or failed first, a 408, a 413), that answer carries
+        `Connection: close`, and once it is out the rest is read and dropped before the socket closes,
+        or the kernel would reset the connection, answer and all (nginx's lingering close)."""
+        self.stop()
+        client, self.client = self.client, None  # once
+        if self.complete or self.gone or client is None:
             return
-        # Cut short (the upstream answered first, a 408): the rest is read and dropped before the
-        # socket closes, or the kernel would reset the connection, answer and all (nginx's lingering close).
-        task = asyncio.get_running_loop().create_task(_linger(fd, left, self.timeout))
-        _LINGERING.add(task)
-        task.add_done_callback(_LINGERING.discard)
+        fd, self.fd = self.fd, None
+        if fd is None:  # uvicorn was reading the body: it stops
+            cut = client.cut_body(scope)
+            if cut is None:
+                return  # its parser has the whole body already (the connection lives on), or it is gone
+            fd, read = cut
+        else:
+            read = self.received
+        left = None if self.length is None else self.length - read
+        client.after_close(lambda: _spawn(_linger(fd, left, self.timeout)))
 
     def _watch(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+        if self.answered:
+            self.watchdog = None
+            return
         since = self.waiting_since
         left = self.timeout if since is None else since + self.timeout - loop.time()
         if left > 0:
@@ -210,20 +247,33 @@ class _Body:
         task.cancel()  # the task is waiting in receive(): that wait ends with CancelledError
 
 
-async def _linger(fd: int, left: int, timeout: float) -> None:
-    """Read and drop up to `left` bytes from `fd` (a duplicate of a client socket), waiting at most
-    `timeout` s for each read and LINGER_MAX s in all; then close it."""
+def _spawn(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _LINGERING.add(task)
+    task.add_done_callback(_LINGERING.discard)
+
+
+async def _linger(fd: int, left: int | None, timeout: float) -> None:
+    """nginx's lingering close on `fd`, a duplicate of a client socket whose answer is out: shut its
+    write side (the client sees the end), then read and drop up to `left` bytes (None: until the
+    client closes), waiting at most `timeout` s for each read and LINGER_MAX s in all; then close it."""
     try:
+        sock = socket.socket(fileno=fd)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        finally:
+            sock.detach()
         async with asyncio.timeout(LINGER_MAX):
-            while left > 0:
+            while left is None or left > 0:
                 try:
-                    dropped = len(os.read(fd, min(left, BODY_READ)))
+                    dropped = len(os.read(fd, BODY_READ if left is None else min(left, BODY_READ)))
                 except BlockingIOError:
                     await asyncio.wait_for(_readable(fd), timeout)
                     continue
                 if not dropped:
                     return
-                left -= dropped
+                if left is not None:
+                    left -= dropped
     except (OSError, TimeoutError):
         pass
     finally:
@@ -488,9 +538,18 @@ class Proxy:
         if client is not None and not client.watch(ex.abort):
             ex.abort()  # already gone
         pool = rt.pool(cfg.backends[call.backend])
+        up_headers = headers
+        if body is not None:
+            ex.head.add_done_callback(body.interrupt)  # the answer (or a failure) ends the body at once
+            if hd.get(b"expect", b"").lower() == b"100-continue":
+                up_headers = [*headers, (b"expect", b"100-continue")]  # the body waits for the upstream's go-ahead
         try:
             try:
-                await pool.exchange(ex, call.method, target, headers, body.chunks() if body is not None else None, chunked)
+                try:
+                    await pool.exchange(ex, call.method, target, up_headers, body.chunks() if body is not None else None, chunked)
+                finally:
+                    if body is not None:
+                        body.end(scope)  # before any answer: one that leaves the body unread closes the connection
             except Aborted:
                 self._client_aborted(call)
                 return
@@ -534,14 +593,14 @@ class Proxy:
             if client is not None:
                 client.watch(None)
             if body is not None:
-                body.stop()  # a body cut short (the upstream answered first) is not finalised at once
+                body.stop()
             ex.release()
         if status >= 500:
             rt.metrics.error(call.route_name, call.backend, call.handler, "status_5xx")
         elapsed = time.perf_counter() - call.start
         rt.observe(call.route_name, call.backend, call.handler, status, elapsed)
         self.record_outcome(call, status >= 500)
-        if shadowing:
+        if shadowing and (body is None or body.complete):  # never a shadow request with half a body
             assert route is not None
             self._shadow(route, call, target, headers, body, ex, resp_tee)
         if self.access_log:

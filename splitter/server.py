@@ -12,11 +12,13 @@ Large bodies skip it: a download's is spliced socket to socket in the kernel
 (`splice_target`, then uvicorn's length check is told: `sent_outside`, on the cycle of the
 response it belongs to: uvicorn's `self.cycle` moves on to a pipelined request); an upload's is
 read from the client socket by the proxy itself (`take_body`, then `Connection: close`).
+An answer that goes out before its request body is all in (`cut_body`) closes the connection
+after it, and the proxy reads and drops the rest first (`after_close`: nginx's lingering close).
 It relies on the parser callbacks (`on_url`, `on_header`, `on_message_begin`,
-`on_headers_complete`), `send_400_response`, `pause_writing` and `resume_writing` of uvicorn's
-HttpToolsProtocol and its cycle's `chunked_encoding`, `expected_content_length`, `keep_alive`,
+`on_headers_complete`, `on_message_complete`), `send_400_response`, `pause_writing` and `resume_writing`
+of uvicorn's HttpToolsProtocol and its cycle's `chunked_encoding`, `expected_content_length`, `keep_alive`,
 `response_started`, `response_complete` and `disconnected`; uvicorn is pinned in pyproject, and
-tests/faults/test_bad_input.py and test_large_bodies.py fail loudly if they change.
+tests/faults/test_bad_input.py, test_large_bodies.py and test_early_answers.py fail loudly if they change.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .runtime import Settings
+from .upstream import unsent
 
 MAX_HEAD_BYTES = 32 * 1024
 ABSOLUTE_FORM = "splitter.absolute_form"
@@ -65,6 +68,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._on_lost: Any = None
         self._body_parsed = 0  # request body bytes uvicorn's parser has handed on
         self._splicing: Any = None  # the cycle whose response body is being spliced (sent_outside counts on it)
+        self._body_done = False  # uvicorn's parser has the whole body of its current request
+        self._after_close: Any = None
+        self._lost = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._out = _Coalescing(transport, self.loop)
@@ -76,10 +82,14 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
+        self._lost = True
         super().connection_lost(exc)
         hook, self._on_lost = self._on_lost, None
         if hook is not None:
             hook()  # the proxy cancels the upstream request at once
+        after, self._after_close = self._after_close, None
+        if after is not None:
+            after()
 
     def watch(self, hook: Any) -> bool:
         """Call `hook()` when the client goes away (None: stop watching). False if it already has."""
@@ -128,14 +138,49 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         cycle.keep_alive = False
         return fd
 
-    def body_taken(self) -> None:
-        """The proxy is done reading the body itself: uvicorn reads again, to hear of a disconnect."""
-        if not self._out.is_closing():
-            self._out.resume_reading()
+    def body_taken(self, whole: bool = True) -> None:
+        """The proxy is done reading the body itself: uvicorn reads again, to hear of a disconnect.
+        Not `whole`: the client closed or reset mid-body; no answer goes out (uvicorn's would be a
+        plain-text 500 to a request that never arrived), the connection closes."""
+        if whole:
+            if not self._out.is_closing():
+                self._out.resume_reading()
+            return
+        if self.cycle is not None:
+            self.cycle.disconnected = True
+        self._out.close()
+
+    def cut_body(self, scope: Any) -> tuple[int, int] | None:
+        """The app reads no more of the request body of `scope` (the answer came first): a duplicate of
+        the client socket to read the rest from and drop it, and how many body bytes uvicorn parsed.
+        uvicorn stops reading, and the connection closes after the response. None when its parser has
+        the whole body already (nothing is left to drop: the connection lives on) or it is closing."""
+        cycle, out = self.cycle, self._out
+        sock = out.get_extra_info("socket")
+        if scope is not self.scope or self._body_done or cycle is None or out.is_closing() or sock is None:
+            return None
+        cycle.keep_alive = False
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError:
+            return None  # out of file descriptors: it closes without reading the rest
+        out.pause_reading()
+        return fd, self._body_parsed
+
+    def after_close(self, hook: Any) -> None:
+        """Call `hook()` once the connection is closed (all written before has reached the kernel), at once if it is."""
+        if self._lost:
+            hook()
+        else:
+            self._after_close = hook
 
     def on_body(self, body: bytes) -> None:
         self._body_parsed += len(body)
         super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._body_done = True
+        super().on_message_complete()
 
     def sent_outside(self, n: int) -> None:
         """`n` body bytes went to the client past uvicorn: counted against the Content-Length check
@@ -148,8 +193,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         """The client is not taking bytes as fast as they come: it has send_timeout seconds to take some."""
         super().pause_writing()
         if self._send_timer is None:
-            size = self._out.get_write_buffer_size()
-            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, size)
+            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, self._out.taken())
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -157,10 +201,10 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             self._send_timer.cancel()
             self._send_timer = None
 
-    def _send_stalled(self, size: int) -> None:
+    def _send_stalled(self, taken: int) -> None:
         self._send_timer = None
-        now = self._out.get_write_buffer_size()
-        if now < size:  # it took some bytes since: the clock starts again
+        now = self._out.taken()
+        if now > taken:  # it took some bytes since: the clock starts again
             self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, now)
         elif not self._out.is_closing():
             self.cut_stalled()
@@ -202,6 +246,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._head_bytes = 0
         self._body_parsed = 0
+        self._body_done = False
         self._in_trailers = False
         super().on_message_begin()
         self.scope.setdefault("extensions", {})[CLIENT_HOOK] = self  # type: ignore[assignment]  # ASGI types extensions as dicts
@@ -264,12 +309,15 @@ class _Coalescing:
     (`call_soon`), before a close, and in order; several are handed to the transport as one
     `writelines` (no copy). Everything else is the transport's own."""
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_fd", "_handed", "_loop", "_pending", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] | None = None
+        self._handed = 0  # bytes given to the transport (the send timeout's measure of progress)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
 
     def write(self, data: bytes) -> None:
         if self._pending is None:
@@ -283,9 +331,16 @@ class _Coalescing:
         if pending is None or self._transport.is_closing():
             return
         if len(pending) == 1:
+            self._handed += len(pending[0])
             self._transport.write(pending[0])
         else:
+            self._handed += sum(map(len, pending))
             self._transport.writelines(pending)
+
+    def taken(self) -> int:
+        """Bytes the client has taken so far: handed over, less what still waits in the transport's buffer
+        and in the kernel's send queue (which the kernel may hold until a third of it is free)."""
+        return self._handed - self._transport.get_write_buffer_size() - (unsent(self._fd) if self._fd >= 0 else 0)
 
     def close(self) -> None:
         self.flush()

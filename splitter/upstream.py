@@ -26,6 +26,11 @@ Failures (docstring tree after httpx's _exceptions.py):
       └─ Overflow             503 overflow  every connection of the backend busy past connect_timeout
     Aborted                  the client went away; the exchange was cancelled (not an upstream error)
       └─ SendTimedOut         the client took no bytes of a spliced body for the send timeout
+    BodyCut                  raised by a request body stream that stops short because the answer came first
+
+A request body stops going upstream as soon as the response head (or a failure) arrives: the body
+stream is told (the head future's callbacks) and the connection is not reused. After
+`Expect: 100-continue` the body waits for the upstream's 100 Continue, its answer, or CONTINUE_WAIT s.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import os
 import re
 import select
 import ssl
+import struct
+import termios
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -52,6 +59,8 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK
 CAN_SPLICE = hasattr(os, "splice")
 _SAFE_METHODS = frozenset(["GET", "HEAD", "OPTIONS", "TRACE"])
 _IDEMPOTENCY_KEYS = frozenset([b"idempotency-key", b"x-idempotency-key"])
+CONTINUE_WAIT = 1.0  # s a body waits for the upstream's 100 Continue (Go's ExpectContinueTimeout, curl's default)
+_EXPECT_LINE = b"\r\nexpect: 100-continue\r\n"  # as the proxy writes it into a request head
 # the characters uvicorn refuses to send (it raises, the client gets a reset): refuse them first
 _BAD_NAME = re.compile(rb'[\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]').search
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
@@ -97,6 +106,8 @@ class Aborted(Exception):
 
 class SendTimedOut(Aborted):
     """The client took no response bytes for the send timeout: it is cut, the exchange cancelled."""
+class BodyCut(Exception):
+    """A request body stream stops short on purpose: the upstream answered (or failed) before it was all sent."""
 
 
 def map_upstream_error(exc: BaseException) -> UpstreamError:
@@ -174,6 +185,8 @@ class Exchange:
             raise ProtocolFailed("upstream switched protocols (101) although no upgrade was requested")
         if status < 200:
             self.interim = True  # 100/102/103: not relayed; the final response follows
+            if status == 100:
+                self._wake()  # a body waiting for the go-ahead goes
             return
         chunked = False
         rid: bytes | None = None
@@ -334,6 +347,17 @@ class Exchange:
                 timer.cancel()
                 self.waiter = None
 
+    async def go_ahead(self, wait: float) -> None:
+        """After `Expect: 100-continue`: until the upstream's 100 Continue, its answer or its failure,
+        at most `wait` s (then the body goes anyway: RFC 9110 10.1.1, an upstream may not know Expect)."""
+        if self.status == 100 or self.head.done():
+            return
+        self.waiter = self.loop.create_future()
+        try:
+            await asyncio.wait((self.waiter, self.head), timeout=wait)
+        finally:
+            self.waiter = None
+
     def spliceable(self) -> bool:
         """The rest of the body is plain bytes of a known length, none buffered: it can skip Python."""
         conn = self.conn
@@ -407,9 +431,10 @@ class Exchange:
         (for the client to take bytes) by `timeout`."""
         fut = self.waiter = self.loop.create_future()
         ready = fut.set_result
+        timer: _Rearming | asyncio.TimerHandle
         if write:
             self.loop.add_writer(fd, lambda: fut.done() or ready(None))
-            timer = self.loop.call_later(timeout, self._send_timed_out)
+            timer = self._stall_timer(fd, timeout, unsent(fd))
         else:
             self.loop.add_reader(fd, lambda: fut.done() or ready(None))
             timer = self.loop.call_later(self.read_timeout, self._timed_out)
@@ -425,8 +450,21 @@ class Exchange:
     def _timed_out(self) -> None:
         self.fail(UpstreamTimeout("upstream timed out"))
 
-    def _send_timed_out(self) -> None:
-        self.fail(SendTimedOut())
+    def _stall_timer(self, fd: int, timeout: float, before: int) -> _Rearming:
+        """Fails the exchange with SendTimedOut unless the client took some of what waits in the
+        kernel's send queue within `timeout` (the kernel may not call a socket writable again until
+        a third of its buffer is free: the queue shrinking is the progress)."""
+        handle = _Rearming()
+
+        def check(before: int) -> None:
+            now = unsent(fd)
+            if now < before:
+                handle.timer = self.loop.call_later(timeout, check, now)
+            else:
+                self.fail(SendTimedOut())
+
+        handle.timer = self.loop.call_later(timeout, check, before)
+        return handle
 
     def release(self) -> None:
         """Done with it: the connection goes back to the pool only if it is clean."""
@@ -491,7 +529,7 @@ class Connection(asyncio.Protocol):
 
     async def drain(self, ex: Exchange) -> None:
         """Wait while the upstream reads slower than the body arrives; stop waiting once it has answered."""
-        while self.write_paused and not self.closed and not ex.done and ex.error is None:
+        while self.write_paused and not self.closed and not ex.head.done() and ex.error is None:
             self.drain_waiter = asyncio.get_running_loop().create_future()
             await self.drain_waiter
 
@@ -556,6 +594,8 @@ class Pool:
             assert conn.transport is not None
             conn.transport.write(head)
             if body is not None:
+                if _EXPECT_LINE in head:
+                    await ex.go_ahead(CONTINUE_WAIT)
                 await self._send_body(ex, conn, body, chunked)
             try:
                 await self._wait_head(ex)
@@ -570,12 +610,19 @@ class Pool:
                 ex.reset(method)
 
     async def _send_body(self, ex: Exchange, conn: Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+        """The body, until it ends or the upstream answers (or fails): the rest is not sent, the connection
+        not reused. The body stream is not even started when the answer came first (so a client's
+        `Expect: 100-continue` gets no 100 Continue)."""
         transport = conn.transport
         assert transport is not None
+        if ex.head.done() or ex.error is not None:
+            ex.body_cut = True
+            return
+        ex.head.add_done_callback(lambda _: conn.wake_writer())  # a wait for the upstream to read ends too
         try:
             async for chunk in body:
-                if ex.done or ex.error is not None or conn.closed:
-                    ex.body_cut = True  # the upstream answered in full (or failed) before the body was sent: stop
+                if ex.head.done() or ex.error is not None or conn.closed:
+                    ex.body_cut = True  # the upstream answered (or failed) before the body was sent: stop
                     break
                 transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
                 if conn.write_paused:
@@ -583,6 +630,8 @@ class Pool:
             else:
                 if chunked and not conn.closed:
                     transport.write(b"0\r\n\r\n")
+        except BodyCut:
+            ex.body_cut = True
         except BaseException:
             ex.body_cut = True
             ex.release()
@@ -672,6 +721,24 @@ class Pool:
         self.retired = True
         for conn in list(self.idle):
             conn.close()
+
+
+class _Rearming:
+    """A timer that may replace itself: cancel() cancels the current one."""
+
+    timer: asyncio.TimerHandle | None = None
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def unsent(fd: int) -> int:
+    """Bytes in a socket's send queue the peer has not yet acknowledged (SIOCOUTQ): 0 when unknown."""
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+    except OSError:
+        return 0
 
 
 async def once(body: bytes) -> AsyncIterator[bytes]:

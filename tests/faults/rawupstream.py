@@ -12,8 +12,11 @@ Paths (the last segment decides; anything before it is echoed back):
   .../head-body        Content-Length: 5 and a body, also to HEAD
   .../slow?s=S         answers after S seconds, or counts the proxy closing the connection first
   .../early-413        413 + Connection: close as soon as the head arrives, without reading the body
-  .../early-401        401 (keep-alive) as soon as the head arrives, then reads the body
-  .../digest           200, body = "<length> <sha256 hex>" of the request body it read
+  .../early-401?after=N  401 (keep-alive) once N request body bytes are in (N=0: as soon as the head
+                       arrives), then reads and drops whatever comes until the proxy closes the connection
+  .../vanish?after=N   closes the connection without answering once N request body bytes are in
+  .../digest           200, body = "<length> <sha256 hex>" of the request body it read (`Seen.body_read`
+                       counts its bytes as they arrive); to `Expect: 100-continue`, a 100 Continue first
   .../big?n=N          200 with Content-Length N, the body big_body(N) in 64 KiB writes; &cut=K: only the
                        first K bytes, then (after &stall=S seconds) the connection closes; &extra=X: X
                        sent right after the N bytes, in the same write, unasked
@@ -34,6 +37,7 @@ import hashlib
 import random
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 STRAY = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nSTRAY"
@@ -46,6 +50,7 @@ class Seen:
     open_now: int = 0
     max_open: int = 0
     closed_while_waiting: list[float] = field(default_factory=list)
+    body_read: int = 0
 
 
 def big_body(n: int) -> bytes:
@@ -125,11 +130,26 @@ class RawUpstream:
                                 pass
                     break
                 body = b""
-                if last == b"early-401":  # refuse at once, keep the connection: the body is read (and dropped) after
+                if last == b"early-401":  # refuse before the body is in; what comes after is read and dropped
+                    await _read_some(reader, int(_params(query).get(b"after", b"0")), length, chunked)
                     writer.write(_answer(b"401 Unauthorized", b"who are you"))
                     await writer.drain()
-                    if length:
-                        await reader.readexactly(length)
+                    while await reader.read(65536):
+                        pass
+                    break
+                if last == b"vanish":
+                    await _read_some(reader, int(_params(query).get(b"after", b"0")), length, chunked)
+                    break
+                if last == b"digest":
+                    if b"\r\nexpect: 100-continue\r\n" in head.lower():
+                        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    digest, n = hashlib.sha256(), 0
+                    async for piece in _pieces(reader, length, chunked):
+                        digest.update(piece)
+                        n += len(piece)
+                        seen.body_read += len(piece)
+                    writer.write(_answer(b"200 OK", b"%d %s" % (n, digest.hexdigest().encode())))
+                    await writer.drain()
                     continue
                 if length:
                     body = await reader.readexactly(length)
@@ -151,10 +171,6 @@ class RawUpstream:
                         self.loop.call_later(0.002, lambda w=writer, a=answer: w.is_closing() or w.write(a))
                     await writer.drain()
                     continue
-                if last == b"digest":
-                    writer.write(_answer(b"200 OK", b"%d %s" % (len(body), hashlib.sha256(body).hexdigest().encode())))
-                    await writer.drain()
-                    continue
                 if not await self._respond(method, path, last, query, reader, writer):
                     break
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
@@ -165,7 +181,7 @@ class RawUpstream:
             writer.close()
 
     async def _respond(self, method: bytes, path: bytes, last: bytes, query: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        params = dict(p.split(b"=", 1) for p in query.split(b"&") if b"=" in p)
+        params = _params(query)
         if last == b"double-same":
             writer.write(_answer(b"200 OK", path) + STRAY)
         elif last == b"double-later":
@@ -219,6 +235,41 @@ class RawUpstream:
             writer.write(_answer(b"200 OK", path))
         await writer.drain()
         return True
+
+
+def _params(query: bytes) -> dict[bytes, bytes]:
+    return dict(p.split(b"=", 1) for p in query.split(b"&") if b"=" in p)
+
+
+async def _pieces(reader: asyncio.StreamReader, length: int, chunked: bool) -> AsyncIterator[bytes]:
+    """The request body as it arrives, piece by piece, its chunked framing (if any) removed."""
+    if not chunked:
+        async for piece in _exactly(reader, length):
+            yield piece
+        return
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        async for piece in _exactly(reader, size):
+            yield piece
+        await reader.readexactly(2)
+    await _skip_trailers(reader)
+
+
+async def _exactly(reader: asyncio.StreamReader, n: int) -> AsyncIterator[bytes]:
+    while n:
+        piece = await reader.read(min(n, 65536))
+        if not piece:
+            raise asyncio.IncompleteReadError(b"", n)
+        n -= len(piece)
+        yield piece
+
+
+async def _read_some(reader: asyncio.StreamReader, n: int, length: int, chunked: bool) -> None:
+    """Until at least `n` body bytes are in (the pieces are dropped)."""
+    if n:
+        async for piece in _pieces(reader, length, chunked):
+            n -= len(piece)
+            if n <= 0:
+                return
 
 
 async def _skip_trailers(reader: asyncio.StreamReader) -> None:
