@@ -16,13 +16,15 @@ from urllib.parse import unquote_to_bytes
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
-from . import __version__, bucketing, judge
+from . import __version__, bucketing, judge, strictjson
 from .console import console_routes
 from .metrics import CONTENT_TYPE
 from .overrides import Conflict, Unavailable
+from .rollout import Refused as RolloutRefused
 from .runtime import CONSOLE_SPAN_S
 
 if TYPE_CHECKING:
@@ -32,6 +34,14 @@ if TYPE_CHECKING:
     from .websocket import WebSockets
 
 log = structlog.get_logger("splitter.admin")
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """Every admin answer is written here: strict JSON (strictjson.dumps: no Infinity or NaN, a
+    non-finite float is null), so no field can make a read fail the way Starlette's encoder does."""
+
+    def render(self, content: Any) -> bytes:
+        return strictjson.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class _Refused(Exception):
@@ -142,8 +152,12 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
                 gates = r.guard if r.guard is not None and r.guard.confidence is not None else (r.rollout.gates if r.rollout is not None else None)
                 if gates is not None and gates.confidence is not None:
                     # the judge's evidence on this window: estimate, interval, p-value, verdict per gate
-                    new = await rt.windows.counts(r.name, "new", now, span, since)
-                    legacy = await rt.windows.counts(r.name, "legacy", now, span, since)
+                    state = await rt.overrides.get_rollout(r.name) if r.rollout is not None and gates is r.rollout.gates else None
+                    if state and int(state["step"]) >= 0:
+                        new, legacy = await rollouts.evidence(r, state, now)  # at 100 %: legacy of the step before
+                    else:
+                        new = await rt.windows.counts(r.name, "new", now, span, since)
+                        legacy = await rt.windows.counts(r.name, "legacy", now, span, since)
                     checks = judge.judge(gates, new, legacy, 1 - gates.confidence)
                     enough = new.n >= gates.min_requests
                     view["judgement"] = {"confidence": gates.confidence, "verdict": judge.verdict(checks) if enough else judge.WAIT, "checks": [c.view() for c in checks]}
@@ -229,10 +243,16 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
         route_or_404(name)
         if rt.snapshot.config.by_name[name].rollout is None:
             raise _Refused(404, f"route {name!r} has no rollout: in routes.yaml")
-        if action not in ("pause", "resume", "abort"):
-            raise _Refused(404, "action must be pause, resume or abort")
-        log.info("rollout action", who=who, route=name, action=action)
-        return await rollouts.act(name, action)
+        if action not in ("pause", "resume", "abort", "promote"):
+            raise _Refused(404, "action must be pause, resume, abort or promote")
+        full = (await body(request)).get("full", False) if action == "promote" else False
+        if not isinstance(full, bool):
+            raise _Refused(400, "full must be true or false")
+        log.info("rollout action", who=who, route=name, action=action, full=full)
+        try:
+            return await rollouts.act(name, action, full)
+        except RolloutRefused as exc:
+            raise _Refused(409, str(exc)) from None
 
     return Starlette(
         routes=[

@@ -64,7 +64,8 @@ class Check:
 
 
 def _round(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else (round(x, 6) if math.isfinite(x) else x)
+    """Six digits; None for no value and for an open interval end (infinity): JSON has no Infinity."""
+    return round(x, 6) if x is not None and math.isfinite(x) else None
 
 
 def spend(alpha: float, look: int) -> float:
