@@ -81,6 +81,11 @@ class Paced:
             t.join()
 
 
+def wait_for(s, *args: str) -> subprocess.CompletedProcess[str]:
+    """`splitter rollout wait auth ...`, given longer than run()'s 30 s to say its verdict."""
+    return subprocess.run([PY, "-m", "splitter", "rollout", "wait", "auth", *args, "--admin", s.admin], capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
 def rollout_view(s) -> dict:
     return strict_loads(httpx.get(s.admin + "/admin/rollouts").text)[0]  # type: ignore[index]
 
@@ -134,7 +139,7 @@ def test_a_healthy_rollout_with_legacy_relative_gates_reaches_done_and_wait_says
     s = splitter(routes_yaml(legacy, new, routes=auth_route(RELATIVE)), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
     t0 = time.monotonic()
     with Paced(s.url, rate=60):
-        r = run("rollout", "wait", "auth", "--timeout", "60", "--admin", s.admin)
+        r = wait_for(s, "--timeout", "60")
     assert r.returncode == 0, (r.stdout, r.stderr, rollout_view(s))
     assert r.stdout.splitlines()[-1] == "auth: rollout done at 100%: all steps passed", r.stdout
     assert "auth: rollout running at 100% (step 2 of 2)" in r.stdout
@@ -152,7 +157,7 @@ def test_a_new_failing_half_its_requests_is_rolled_back_and_wait_exits_3(procs, 
     legacy, new = start_backend(procs, "legacy", tmp_path), start_backend(procs, "new", tmp_path, {"FAULT_ERROR_RATE": "0.5"})
     s = splitter(routes_yaml(legacy, new, routes=auth_route(FAILING)), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
     with Paced(s.url, rate=60):
-        r = run("rollout", "wait", "auth", "--timeout", "60", "--admin", s.admin)
+        r = wait_for(s, "--timeout", "60")
     assert r.returncode == 3, (r.stdout, r.stderr)
     assert "auth: rollout rolled_back at 0%: gate failed at 50%: max_error_rate" in r.stdout.splitlines()[-1], r.stdout
     assert events(s, "rolled_back") == 1 and events(s, "done") == 0
@@ -215,3 +220,38 @@ def test_watch_says_the_proxy_went_away_and_carries_on_when_it_is_back(standin, 
     finally:
         watch.terminate()
         watch.wait(5)
+
+
+def test_the_rolled_back_alert_fires_on_the_first_rollback_of_a_route(tmp_path: Path):
+    """promtool's rule unit test: the series exists at 0 from the start (Rollouts zeroes every
+    event), so increase() sees the first rollback; one alert per route, whatever the replicas."""
+    import shutil
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("prometheus is not installed (make test installs the Debian package)")
+    series = [
+        {"series": 'splitter_rollout_events_total{route="auth",event="rolled_back",instance="a"}', "values": "0 0 0 1 1 1 1 1 1 1"},
+        {"series": 'splitter_rollout_events_total{route="auth",event="rolled_back",instance="b"}', "values": "0x9"},
+        {"series": 'splitter_rollout_events_total{route="auth",event="done",instance="a"}', "values": "0 1 1 1 1 1 1 1 1 1"},
+    ]
+    test = {
+        "rule_files": [str(ROOT / "deploy/prometheus/alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [
+                {"eval_time": "2m", "alertname": "SplitterRolloutRolledBack", "exp_alerts": []},
+                {"eval_time": "5m", "alertname": "SplitterRolloutRolledBack", "exp_alerts": [{"exp_labels": {"severity": "page", "route": "auth"}, "exp_annotations": {
+                    "summary": "rollout of route auth was rolled back to legacy",
+                    "runbook": "splitter rollout status auth  # the reason and the evidence; fix new, then splitter rollout resume auth",
+                }}]},
+            ],
+        }],
+    }
+    import yaml
+
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    r = subprocess.run([promtool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -170,6 +170,8 @@ EXPECTED_LABELS = {
     "Rollout step (percent)": None,
     "Client aborts by handler": None,
     "SplitterGuardTripped": None,
+    "Rollout events (advanced, done, rolled back, ...)": None,
+    "SplitterRolloutRolledBack": None,
     "SplitterReplicaDown": None,
 }
 
