@@ -112,6 +112,13 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             except Unavailable as exc:
                 view["error"] = str(exc)
             view["guard"] = dataclasses.asdict(r.guard) if r.guard is not None else None
+            # for the console: what routes it under the kill switch, this process's last guard trip, and when the
+            # window last restarted (a change of percent), so the evidence before it stays on screen, labelled
+            view["source_under_kill"] = snap.sources[r.name] if snap.kill else None
+            view["guard_trip"] = rt.guard_trips.get(r.name) if snap.sources[r.name] == "guard" else None
+            outcomes = rt.windows.get(r.name)
+            if "window" in view and outcomes is not None:
+                view["window"]["since"] = outcomes.since or None
         try:
             rollout_views = await rollouts.view()
         except Unavailable as exc:

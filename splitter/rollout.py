@@ -266,7 +266,7 @@ class Rollouts:
             "scope": self.rt.windows.scope,
             "previous": state.get("previous"),
         }
-        if step >= 0 and since is not None:
+        if step >= 0 and since is not None and status in (*ACTIVE, "paused"):  # a finished one shows `previous`
             new_c, legacy_c = await self.evidence(r, state, now)
             view["gates"], verdict = _gate_views(ro.gates, new_c, legacy_c)
             if ro.gates.confidence is not None:

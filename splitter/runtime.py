@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -100,6 +101,7 @@ class Runtime:
         self.started = False
         self.reload_failures = 0  # since start, for the console (the metric has the fleet's)
         self.last_reload_error: list[str] = []
+        self.guard_trips: dict[str, dict[str, Any]] = {}  # route -> the last trip this process made, for the console
         self._publish_gauges()
 
     # --- lifecycle ------------------------------------------------------------

@@ -18,9 +18,15 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function pct(x) { return x === null || x === undefined ? "-" : (100 * x).toFixed(2) + " %"; }
-function ms(x) { return x === null || x === undefined ? "-" : x.toFixed(1) + " ms"; }
-function num(x) { return x === null || x === undefined ? "-" : Number(x).toLocaleString("en-US"); }
+function none(x) { return x === null || x === undefined; }
+function pct(x) { return none(x) ? "-" : (100 * x).toFixed(2) + " %"; }
+function ms(x) { return none(x) ? "-" : x.toFixed(x >= 100 ? 0 : x >= 10 ? 1 : 2) + " ms"; }
+function num(x) { return none(x) ? "-" : Number(x).toLocaleString("en-US"); }
+function clock(t) { return none(t) ? "-" : new Date(t * 1000).toLocaleTimeString("en-GB", { hour12: false }); }
+
+// A gate's numbers in the units the window table uses: rates as %, latency in ms, ratios as ×.
+const GATE_UNITS = { max_error_rate: pct, max_error_increase: pct, max_p95_ms: ms, max_p95_ratio: x => (none(x) ? "-" : "×" + x.toFixed(2)), min_requests: num };
+function gateValue(gate, x) { return (GATE_UNITS[gate] || String)(x); }
 
 function status(text, ok) {
   const s = document.getElementById("status");
@@ -56,14 +62,14 @@ function chart(series) {
   const svgNS = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(svgNS, "svg");
   svg.setAttribute("class", "chart");
-  svg.setAttribute("viewBox", "0 0 300 70");
+  svg.setAttribute("viewBox", "0 0 300 50");
   svg.setAttribute("preserveAspectRatio", "none");
   const n = Math.max(series.new.length, 1);
   const max = Math.max(1, ...series.new.map(p => p.rps), ...series.legacy.map(p => p.rps));
   const line = (points, value, scale, cls) => {
     const path = document.createElementNS(svgNS, "polyline");
     path.setAttribute("class", cls);
-    path.setAttribute("points", points.map((p, i) => `${(i * 300) / Math.max(1, n - 1)},${68 - (value(p) / scale) * 64}`).join(" "));
+    path.setAttribute("points", points.map((p, i) => `${(i * 300) / Math.max(1, n - 1)},${49 - (value(p) / scale) * 47}`).join(" "));
     svg.append(path);
   };
   line(series.legacy, p => p.rps, max, "legacy");
@@ -72,14 +78,20 @@ function chart(series) {
   const title = document.createElementNS(svgNS, "title");
   title.textContent = "requests/s over the last 5 minutes: legacy (grey), new (blue); new's error rate (red, 0..100 %)";
   svg.append(title);
-  return svg;
+  const top = max >= 10 ? Math.round(max) : max.toFixed(1);
+  return el("div", { class: "spark" },
+    el("div", { class: "spark-y" }, el("span", {}, `${top} req/s`), el("span", {}, "0")),
+    svg,
+    el("div", { class: "spark-x" }, el("span", {}, "−5 min"),
+      el("span", {}, el("i", { class: "k legacy" }, "legacy"), el("i", { class: "k new" }, "new"), el("i", { class: "k new-err" }, "new errors (0–100 %)")),
+      el("span", {}, "now")));
 }
 
-function windowTable(w) {
+function windowTable(w, label) {
   const row = (name, side) => el("tr", {}, el("td", {}, name), el("td", {}, num(side.requests)),
     el("td", { class: side.errors ? "err" : "" }, num(side.errors)), el("td", { class: side.error_rate > 0.01 ? "err" : "" }, pct(side.error_rate)), el("td", {}, ms(side.p95_ms)));
   return el("table", {},
-    el("tr", {}, el("th", {}, `last ${Math.round(w.span_s)} s (${w.scope})`), el("th", {}, "requests"), el("th", {}, "errors"), el("th", {}, "error rate"), el("th", {}, "p95")),
+    el("tr", {}, el("th", {}, label || `last ${Math.round(w.span_s)} s (${w.scope})`), el("th", {}, "requests"), el("th", {}, "errors"), el("th", {}, "error rate"), el("th", {}, "p95")),
     row("old (legacy)", w.legacy), row("new", w.new));
 }
 
@@ -92,22 +104,62 @@ function usersLine(name, from, to, route) {
     (perMin ? `, about ${perMin.toLocaleString("en-US")} requests/min at the current rate` : "");
 }
 
-function rolloutBox(ro) {
-  const box = el("div", { class: "box" }, el("h3", {}, "rollout"));
-  const steps = ro.steps.map(s => (s === ro.step ? `[${s}]` : String(s))).join(" → ");
-  box.append(el("div", {}, `${ro.status} at ${ro.percent} %  ·  steps ${steps}` + (ro.next_step_in_s !== null && ro.next_step_in_s !== undefined ? `  ·  next step in ${Math.round(ro.next_step_in_s)} s` : "")));
-  for (const g of ro.gates || []) {
-    const verdict = g.verdict || (g.ok === true ? "pass" : g.ok === false ? "fail" : "wait");
-    const value = g.estimate !== undefined ? g.estimate : g.value;
-    const interval = g.interval && g.interval[0] !== null ? ` [${g.interval[0]} .. ${g.interval[1]}]` : "";
-    box.append(el("div", { class: "gate " + verdict }, `${g.gate}: ${value === null ? "-" : value}${interval} (threshold ${g.threshold})`));
+function gateRow(g) {
+  // min_requests not reached yet is waiting for traffic, never a failure
+  const verdict = g.verdict || (g.ok === true ? "pass" : g.ok === false && g.gate !== "min_requests" ? "fail" : "wait");
+  const value = g.estimate !== undefined ? g.estimate : g.value;
+  const iv = g.interval && !none(g.interval[0]) ? `[${gateValue(g.gate, g.interval[0])} .. ${none(g.interval[1]) ? "∞" : gateValue(g.gate, g.interval[1])}]` : "";
+  const p = none(g.p_value) ? "" : `p=${g.p_value.toPrecision(2)}`;
+  const limit = g.gate === "min_requests" ? `≥ ${num(g.threshold)}` : `≤ ${gateValue(g.gate, g.threshold)}`;
+  const word = { pass: "ok", fail: "FAILS", wait: "waiting" }[verdict];
+  return el("tr", { class: "gate " + verdict }, el("td", { class: "mark" }), el("td", {}, g.gate), el("td", {}, gateValue(g.gate, value)),
+    el("td", { class: "iv" }, `${iv} ${p}`.trim()), el("td", {}, limit), el("td", { class: "word" }, word));
+}
+
+function gateTable(gates) { return el("table", { class: "gates" }, ...gates.map(gateRow)); }
+
+function evidenceLine(w) {
+  const n = w.new;
+  return `new ${num(n.requests)} requests, ${pct(n.error_rate)} errors, p95 ${ms(n.p95_ms)}` + (w.legacy && w.legacy.requests ? `  ·  legacy ${num(w.legacy.requests)} requests, p95 ${ms(w.legacy.p95_ms)}` : "");
+}
+
+function rolloutHeadline(ro, kill) {
+  if (kill && ["running", "awaiting_approval", "paused", "pending"].includes(ro.status)) {
+    return [`KILL SWITCH ON: everything goes to legacy; the rollout holds (at ${ro.step === null ? "its start" : ro.step + " %"})`, "bad"];
   }
-  if (ro.reason) box.append(el("div", {}, "reason: " + ro.reason));
+  if (ro.status === "awaiting_approval") return [`AWAITING APPROVAL: at ${ro.percent} %, next ${ro.awaiting} % needs a promote`, "hold"];
+  if (ro.status === "rolled_back") return [`ROLLED BACK at ${clock(ro.since)}: ${ro.reason}`, "bad"];
+  if (ro.status === "aborted") return [`ABORTED at ${clock(ro.since)}`, "bad"];
+  if (ro.status === "paused") return [`PAUSED at ${ro.percent} %: ${ro.reason}`, "hold"];
+  if (ro.status === "done") return [`done at ${ro.percent} % (${clock(ro.since)})`, "good"];
+  const next = none(ro.next_step_in_s) ? "" : `, next step in ${Math.round(ro.next_step_in_s)} s if the gates hold`;
+  return [`${ro.status} at ${ro.percent} %${next}`, ""];
+}
+
+function rolloutBox(ro, kill) {
+  const [headline, tone] = rolloutHeadline(ro, kill);
+  const steps = ro.steps.map(s => (s === ro.step ? `[${s}]` : String(s)) + (ro.approval_steps && ro.approval_steps.includes(s) ? " (approval)" : "")).join(" → ");
+  const box = el("div", { class: "box rollout " + tone }, el("h3", {}, "rollout ", el("span", { class: "steps" }, steps)), el("div", { class: "headline" }, headline));
+  if (ro.gates) {
+    const since = `since ${ro.step} % at ${clock(ro.since)}` + (ro.legacy_from_step_before ? " (legacy: the step before)" : "") + (ro.confidence ? `, judged at ${ro.confidence}` : "");
+    box.append(el("div", { class: "label" }, since + ": " + evidenceLine(ro)), gateTable(ro.gates));
+  }
+  const prev = ro.previous;
+  if (prev) {
+    const what = ro.status === "rolled_back" ? "evidence" : ro.status === "done" ? "last step" : "previous step";
+    box.append(el("div", { class: "label prev" }, `${what}: ${prev.percent} % from ${clock(prev.since)} to ${clock(prev.until)}: ${evidenceLine(prev)}`), gateTable(prev.gates));
+  }
   const name = ro.route;
-  box.append(el("div", { class: "actions" },
-    el("button", { type: "button", onclick: () => act("POST", `/admin/rollouts/${encodeURIComponent(name)}/pause`, {}, `${name}: pause the rollout`) }, "pause"),
-    el("button", { type: "button", onclick: () => act("POST", `/admin/rollouts/${encodeURIComponent(name)}/resume`, {}, `${name}: resume the rollout`) }, "resume"),
-    el("button", { type: "button", class: "danger", onclick: () => act("POST", `/admin/rollouts/${encodeURIComponent(name)}/abort`, {}, `${name}: abort the rollout (percent to 0)`) }, "abort")));
+  const post = (action, body, what) => act("POST", `/admin/rollouts/${encodeURIComponent(name)}/${action}`, body, `${name}: ${what}`);
+  const buttons = [
+    el("button", { type: "button", onclick: () => post("pause", {}, "pause the rollout") }, "pause"),
+    el("button", { type: "button", onclick: () => post("resume", {}, "resume the rollout") }, "resume"),
+    el("button", { type: "button", class: "danger", onclick: () => post("abort", {}, "abort the rollout (percent to 0)") }, "abort")];
+  if (["running", "awaiting_approval", "paused"].includes(ro.status)) {
+    buttons.unshift(el("button", { type: "button", class: ro.status === "awaiting_approval" ? "primary" : "", onclick: () => post("promote", {}, "promote to the next step") }, "promote"),
+      el("button", { type: "button", onclick: () => post("promote", { full: true }, `promote straight to ${ro.steps[ro.steps.length - 1]} % (done)`) }, "promote --full"));
+  }
+  box.append(el("div", { class: "actions" }, ...buttons));
   return box;
 }
 
@@ -120,7 +172,41 @@ function shadowBox(mismatches) {
   return box;
 }
 
-function routeCard(r, rollout) {
+function guardBox(r) {
+  const g = r.guard;
+  const tripped = (r.source_under_kill || r.source) === "guard";
+  const box = el("div", { class: "box" + (tripped ? " bad" : "") }, el("h3", {}, "guard"),
+    `max error rate ${pct(g.max_error_rate)} over ${g.window_s} s, at least ${g.min_requests} requests` +
+    (g.max_p95_ratio ? `, p95 ≤ ×${g.max_p95_ratio} old` : "") + (g.confidence ? `, confidence ${g.confidence}` : ""));
+  if (!tripped) return box;
+  const t = r.guard_trip;
+  box.append(el("div", { class: "headline" }, t ? `TRIPPED at ${clock(t.at)} (${t.reason.replace("_", " ")}): the route was rolled back to legacy` :
+    "TRIPPED: the route was rolled back to legacy (by another replica: its log has the evidence)"));
+  if (t) box.append(el("div", { class: "label prev" }, `evidence over ${t.window_s} s: ${evidenceLine(t)}`));
+  if (t && t.checks) box.append(gateTable(t.checks));
+  return box;
+}
+
+// The window a route's numbers come from restarts when its percent changes; what it showed is
+// kept here (this page only) and labelled, so the evidence does not vanish without a word.
+const before = {};
+
+function windowLabel(r, rollout, now) {
+  const w = r.window;
+  if (rollout && rollout.gates && !none(rollout.since)) return `since ${rollout.step} % at ${clock(rollout.since)}`;
+  if (!none(w.since) && w.since > now - w.span_s) return `since ${clock(w.since)}`;
+  return null;
+}
+
+function previousWindow(r) {
+  const seen = before[r.name];
+  const restarted = seen && seen.since !== r.window.since && seen.window.new.requests + seen.window.legacy.requests > 0;
+  const kept = restarted ? { percent: seen.percent, window: seen.window, until: r.window.since } : seen ? seen.kept : null;
+  before[r.name] = { percent: r.percent, since: r.window.since, window: r.window, kept };
+  return kept ? el("div", { class: "label prev" }, `before: at ${kept.percent} % until ${clock(kept.until)}: ${evidenceLine(kept.window)}`) : null;
+}
+
+function routeCard(r, rollout, now) {
   const name = r.name;
   const input = el("input", { type: "number", min: "0", max: "100", value: String(r.percent), "aria-label": `new percent for ${name}` });
   const card = el("section", { class: "route", "data-route": name },
@@ -128,13 +214,12 @@ function routeCard(r, rollout) {
     el("div", {}, el("span", { class: "percent" }, `${r.percent} %`), " to new  ",
       el("span", { class: "source " + r.source, "data-field": "source" }, r.source), `  (routes.yaml: ${r.file_percent} %)`));
   if (r.error) card.append(el("div", { class: "err" }, r.error));
-  if (r.window) card.append(windowTable(r.window));
+  if (r.window) card.append(windowTable(r.window, windowLabel(r, rollout, now)));
+  const prev = r.window ? previousWindow(r) : null;  // a rollout's box labels its own previous step
+  if (prev && !(rollout && rollout.previous)) card.append(prev);
   if (r.series) card.append(chart(r.series));
-  if (r.guard) card.append(el("div", { class: "box" }, el("h3", {}, "guard"),
-    `max error rate ${pct(r.guard.max_error_rate)} over ${r.guard.window_s} s, at least ${r.guard.min_requests} requests` +
-    (r.guard.max_p95_ratio ? `, p95 ≤ ${r.guard.max_p95_ratio} × old` : "") + (r.guard.confidence ? `, confidence ${r.guard.confidence}` : "") +
-    (r.source === "guard" ? "  —  TRIPPED: the route was rolled back" : "")));
-  if (rollout) card.append(rolloutBox(rollout));
+  if (r.guard) card.append(guardBox(r));
+  if (rollout) card.append(rolloutBox(rollout, r.source === "kill"));
   if (r.shadow) card.append(shadowBox(r.shadow));
   card.append(el("div", { class: "actions" },
     input,
@@ -161,8 +246,32 @@ function render(o) {
   kill.className = "pill " + (o.kill ? "bad" : "good");
   const rollouts = Object.fromEntries((o.rollouts || []).filter(x => x.route).map(x => [x.route, x]));
   const main = document.getElementById("routes");
-  main.replaceChildren(...o.routes.map(r => routeCard(r, rollouts[r.name])));
+  main.replaceChildren(...o.routes.map(r => routeCard(r, rollouts[r.name], o.time)));
+  summary(o, rollouts);
   document.getElementById("updated").textContent = "updated " + new Date(o.time * 1000).toLocaleTimeString();
+}
+
+function plural(n, one, many) { return `${n} ${n === 1 ? one : many}`; }
+
+// One line an on-call engineer reads first: what automation did, what waits for a person.
+function summary(o, rollouts) {
+  const ros = Object.values(rollouts);
+  const count = f => ros.filter(f).length;
+  const guard = o.routes.filter(r => (r.source_under_kill || r.source) === "guard").length;
+  const gates = count(ro => ro.status === "rolled_back" && !ro.reason.startsWith("guard"));
+  const parts = [];
+  if (o.kill) parts.push("KILL SWITCH ON: every route goes to legacy");
+  if (guard) parts.push(plural(guard, "route", "routes") + " rolled back by guard");
+  if (gates) parts.push(gates === 1 ? "1 rollout rolled back by its gates" : `${gates} rollouts rolled back by their gates`);
+  if (count(ro => ro.status === "aborted")) parts.push(plural(count(ro => ro.status === "aborted"), "rollout", "rollouts") + " aborted");
+  if (count(ro => ro.status === "awaiting_approval")) parts.push(plural(count(ro => ro.status === "awaiting_approval"), "rollout", "rollouts") + " awaiting approval");
+  if (count(ro => ro.status === "paused")) parts.push(plural(count(ro => ro.status === "paused"), "rollout", "rollouts") + " paused");
+  const bad = parts.length > 0;
+  if (count(ro => ro.status === "running")) parts.push(plural(count(ro => ro.status === "running"), "rollout", "rollouts") + " running");
+  if (count(ro => ro.status === "done")) parts.push(plural(count(ro => ro.status === "done"), "rollout", "rollouts") + " done");
+  const line = document.getElementById("summary");
+  line.textContent = parts.length ? parts.join("  ·  ") : `${plural(o.routes.length, "route", "routes")}, nothing rolled back, nothing waiting`;
+  line.className = bad ? "bad" : "good";
 }
 
 async function refresh() {
