@@ -248,7 +248,7 @@ function render(o) {
   const main = document.getElementById("routes");
   main.replaceChildren(...o.routes.map(r => routeCard(r, rollouts[r.name], o.time)));
   summary(o, rollouts);
-  document.getElementById("updated").textContent = "updated " + new Date(o.time * 1000).toLocaleTimeString();
+  document.getElementById("updated").textContent = "updated " + clock(o.time);
 }
 
 function plural(n, one, many) { return `${n} ${n === 1 ? one : many}`; }
