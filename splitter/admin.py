@@ -159,7 +159,8 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
                 gates = r.guard if r.guard is not None and r.guard.confidence is not None else (r.rollout.gates if r.rollout is not None else None)
                 if gates is not None and gates.confidence is not None:
                     # the judge's evidence on this window: estimate, interval, p-value, verdict per gate
-                    state = await rt.overrides.get_rollout(r.name) if r.rollout is not None and gates is r.rollout.gates else None
+                    rollout_gates = r.rollout is not None and gates is r.rollout.gates
+                    state = await rt.overrides.get_rollout(r.name) if rollout_gates else None
                     if state and int(state["step"]) >= 0:
                         new, legacy = await rollouts.evidence(r, state, now)  # at 100 %: legacy of the step before
                     else:

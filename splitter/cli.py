@@ -151,7 +151,8 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None, w
     try:
         resp = httpx.request(method, base + path, json=body, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
-        raise Transient(f"cannot reach the admin API at {base} ({type(exc).__name__}); is the proxy running? (--admin URL)") from None
+        why = f"cannot reach the admin API at {base} ({type(exc).__name__}); is the proxy running? (--admin URL)"
+        raise Transient(why) from None
     try:
         data = resp.json()
     except ValueError:
@@ -255,7 +256,8 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
                 p = "" if g["p_value"] is None else f"  p={g['p_value']:.2g}"
                 lines.append(f"  {mark} {g['gate']:<18} {est:>10}{interval}{p}  (threshold {g['threshold']:g}) {g['verdict']}")
                 continue
-            mark = {True: "✓", False: "…" if g["gate"] == "min_requests" else "✗", None: "…"}[g["ok"]]  # too few: waiting
+            too_few = g["gate"] == "min_requests"  # not enough traffic yet: waiting, not failing
+            mark = {True: "✓", False: "…" if too_few else "✗", None: "…"}[g["ok"]]
             value = "-" if g["value"] is None else f"{g['value']:g}"
             lines.append(f"  {mark} {g['gate']:<18} {value:>10}  (threshold {g['threshold']:g})")
         if i.get("legacy_from_step_before"):
@@ -267,7 +269,11 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
         prev = i.get("previous")
         if prev:
             new = prev["new"]
-            lines.append(f"  last window: {prev['percent']}% for {prev['until'] - prev['since']:.0f} s, new {new['requests']} requests, {new['errors']} errors, p95 {new['p95_ms']} ms: {prev['verdict']}")
+            took = prev["until"] - prev["since"]
+            lines.append(
+                f"  last window: {prev['percent']}% for {took:.0f} s, "
+                f"new {new['requests']} requests, {new['errors']} errors, p95 {new['p95_ms']} ms: {prev['verdict']}"
+            )
     return lines
 
 
@@ -290,11 +296,13 @@ def _rollout_said(v: dict[str, Any]) -> str:
     """One line: where a rollout stands and what comes next."""
     route, status, at = v["route"], v["status"], f"{v['percent']}%"
     if status == "awaiting_approval":
-        line = f"{route}: at {at}, awaiting approval to enter {v.get('awaiting')}% (splitter rollout promote {route} [--full])"
+        line = f"{route}: at {at}, awaiting approval to enter {v.get('awaiting')}% "
+        line += f"(splitter rollout promote {route} [--full])"
     elif status == "running" and v.get("step") is not None:
         line = f"{route}: rollout running at {at} (step {v['steps'].index(v['step']) + 1} of {len(v['steps'])})"
     else:
-        line = f"{route}: rollout {status} at {at}" + (f": {v['reason']}" if v.get("reason") and status != "running" else "")
+        why = f": {v['reason']}" if v.get("reason") and status != "running" else ""
+        line = f"{route}: rollout {status} at {at}{why}"
     return line + (" (kill switch ON: everything goes to legacy, the rollout holds)" if v.get("kill") else "")
 
 
@@ -465,14 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("route", help="route name")
     sh.add_argument("--json", action="store_true", help="JSON output")
     sh.set_defaults(func=cmd_shadow)
-    ro = admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, wait (exit 0 done, 3 rolled back or aborted, 4 timeout)")
-    ro.add_argument("action", choices=["status", "pause", "resume", "abort", "promote", "wait"], help="what to do")
-    ro.add_argument("route", nargs="?", help="route name (status: all routes when omitted)")
-    ro.add_argument("--full", action="store_true", help="promote: straight to the last step, and done")
-    ro.add_argument("--timeout", type=float, default=None, help="wait: give up after this many seconds (exit 4); default: wait as long as it takes")
-    ro.add_argument("--watch", action="store_true", help="status: redraw every second, retrying through errors (Ctrl-C stops)")
-    ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
-    ro.set_defaults(func=cmd_rollout)
+    _rollout_parser(admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, wait (exit 0, 3 or 4)"))
     rp = admin_parser("report", "old vs new per route against the migration plan's success criteria (exit 3 when one fails, 1 on operator errors)")
     rp.add_argument("--prometheus", default=None, help="Prometheus URL (rates over --window); default: the admin API's /metrics since start")
     rp.add_argument("--window", default=None, help="with --prometheus: a range such as 10m, 1h, 1d (default: since the proxies started)")
@@ -485,6 +486,16 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
     co.set_defaults(func=cmd_completion)
     return p
+
+
+def _rollout_parser(ro: argparse.ArgumentParser) -> None:
+    ro.add_argument("action", choices=["status", "pause", "resume", "abort", "promote", "wait"], help="what to do")
+    ro.add_argument("route", nargs="?", help="route name (status: all routes when omitted)")
+    ro.add_argument("--full", action="store_true", help="promote: straight to the last step, and done")
+    ro.add_argument("--timeout", type=float, default=None, help="wait: give up after S seconds, exit 4 (None: never)")
+    ro.add_argument("--watch", action="store_true", help="status: redraw every second, retrying through errors")
+    ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
+    ro.set_defaults(func=cmd_rollout)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

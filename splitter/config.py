@@ -248,11 +248,22 @@ SECTIONS: dict[str, dict[str, Any]] = {
     },
     "guard": {"max_error_rate": _RATE, "min_requests": _COUNT, "window_s": _POSITIVE, "max_p95_ratio": _POSITIVE, "max_error_increase": _RATE, "confidence": _CONFIDENCE},
     "shadow": {"percent": _PERCENT, "methods": _STRINGS, "ignore": _STRINGS, "headers": _STRINGS},
-    "rollout": {"steps": {"type": "array", "minItems": 1, "items": {"oneOf": [_STEP, {"$ref": "#/$defs/step"}]}}, "interval_s": _POSITIVE, "gates": "gates"},
+    "rollout": {
+        "steps": {"type": "array", "minItems": 1, "items": {"oneOf": [_STEP, {"$ref": "#/$defs/step"}]}},
+        "interval_s": _POSITIVE,
+        "gates": "gates",
+    },
     "step": {"percent": _STEP, "approval": {"type": "boolean"}},
     "gates": {"max_error_rate": _RATE, "max_p95_ms": _POSITIVE, "max_p95_ratio": _POSITIVE, "min_requests": _COUNT, "max_error_increase": _RATE, "confidence": _CONFIDENCE},
 }
-_REQUIRED = {"top": ["backends", "routes"], "backends": list(BACKENDS), "backend": ["url"], "route": ["name", "prefix", "percent"], "rollout": ["steps"], "step": ["percent"]}
+_REQUIRED = {
+    "top": ["backends", "routes"],
+    "backends": list(BACKENDS),
+    "backend": ["url"],
+    "route": ["name", "prefix", "percent"],
+    "rollout": ["steps"],
+    "step": ["percent"],
+}
 _TOP_KEYS = set(SECTIONS["top"])
 _ROUTE_KEYS = set(SECTIONS["route"])
 
@@ -607,7 +618,9 @@ def _steps(doc: _Doc, raw: Any, path: str) -> tuple[list[int], frozenset[int]]:
                 approval.add(i)
             item = item.get("percent")
         steps.append(item)
-    if not isinstance(raw, list) or not steps or not all(_is_int(s) and 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
-        doc.error(path, f"must be a rising list of percents 1..100 (each an integer or {{percent: N, approval: true}}), got {_show(raw)}")
+    rising = all(_is_int(s) and 0 < s <= 100 for s in steps) and steps == sorted(set(steps))
+    if not isinstance(raw, list) or not steps or not rising:
+        shape = "each an integer or {percent: N, approval: true}"
+        doc.error(path, f"must be a rising list of percents 1..100 ({shape}), got {_show(raw)}")
         return [100], frozenset()
     return steps, frozenset(approval)

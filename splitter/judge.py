@@ -233,8 +233,14 @@ def reason(checks: list[Check]) -> str:
         if c.verdict == FAIL:
             f = _UNITS.get(c.gate, "{:.4g}".format)
             p = f", p={c.p_value:.2g}" if c.p_value is not None else ""
-            parts.append(f"{c.gate} {f(c.estimate)} (interval {f(c.low)} .. {'∞' if c.high is None or math.isinf(c.high) else f(c.high)}{p}) > {f(c.threshold)}")
+            high = "∞" if c.high is None or math.isinf(c.high) else f(c.high)
+            parts.append(f"{c.gate} {f(c.estimate)} (interval {f(c.low)} .. {high}{p}) > {f(c.threshold)}")
     return "; ".join(parts)
 
 
-_UNITS = {"max_error_rate": "{:.2%}".format, "max_error_increase": "{:+.2%}".format, "max_p95_ms": "{:.4g} ms".format, "max_p95_ratio": "x{:.3g}".format}
+_UNITS = {
+    "max_error_rate": "{:.2%}".format,
+    "max_error_increase": "{:+.2%}".format,
+    "max_p95_ms": "{:.4g} ms".format,
+    "max_p95_ratio": "x{:.3g}".format,
+}

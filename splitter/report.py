@@ -223,7 +223,7 @@ def _interval_line(side: Side) -> str:
         return "-" if x is None else f"{x:.1f}"
 
     def interval(estimate: float | None, low: float | None, high: float | None) -> str:
-        return f"[{ms(low)} .. {'∞' if high is None and estimate is not None else ms(high)}]"  # None above a value: open
+        return f"[{ms(low)} .. {'∞' if high is None and estimate is not None else ms(high)}]"  # None above: open
 
     ci = v["error_rate_ci"]
     err = "-" if v["error_rate"] is None else f"{v['error_rate']:.3%} [{ci[0]:.3%} .. {ci[1]:.3%}]"

@@ -145,7 +145,8 @@ class Rollouts:
         if failure:
             await rt.overrides.set_percent(route.name, 0, source="rollout")
             evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
-            state.update(status="rolled_back", reason=f"gate failed at {ro.steps[step]}%: {failure}", since=now, previous=evidence)
+            reason = f"gate failed at {ro.steps[step]}%: {failure}"
+            state.update(status="rolled_back", reason=reason, since=now, previous=evidence)
             await rt.overrides.put_rollout(route.name, state)
             self._gauge(route.name)
             self._event(route.name, "rolled_back")
@@ -165,7 +166,8 @@ class Rollouts:
                 self._once(route.name, step, "rollout holding: the gates are not yet shown to hold", checks=gate_values["checks"])
                 return
         if step + 1 >= len(ro.steps):
-            state.update(status="done", reason="all steps passed", since=now, previous=self._window_record(ro, step, since, now, new_c, legacy_c))
+            evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
+            state.update(status="done", reason="all steps passed", since=now, previous=evidence)
             await rt.overrides.put_rollout(route.name, state)
             self._event(route.name, "done")
             log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
@@ -203,17 +205,22 @@ class Rollouts:
             self._waiting_logged.add((name, step, event))
             log.info(event, route=name, step=step, **fields)
 
-    async def _enter(self, route: Route, state: dict[str, Any], step: int, now: float, why: str, **gate_values: Any) -> None:
+    async def _enter(
+        self, route: Route, state: dict[str, Any], step: int, now: float, why: str, **gate_values: Any
+    ) -> None:
         """Move to `step` (start, advance, promote), or hold before it when it needs approval and
         no one has given it (why != "promote")."""
         ro = route.rollout
         assert ro is not None
         if step in ro.approval and why != "promote":
             if state["status"] != "awaiting_approval":
-                state.update(status="awaiting_approval", reason=f"{ro.steps[step]}% needs approval: splitter rollout promote {route.name}")
+                why_held = f"{ro.steps[step]}% needs approval: splitter rollout promote {route.name}"
+                state.update(status="awaiting_approval", reason=why_held)
                 await self.rt.overrides.put_rollout(route.name, state)
                 self._event(route.name, "awaiting_approval")
-                log.warning("rollout awaiting approval", route=route.name, percent=self.rt.snapshot.percent[route.name], next=ro.steps[step], **gate_values)
+                at = self.rt.snapshot.percent[route.name]
+                nxt = ro.steps[step]
+                log.warning("rollout awaiting approval", route=route.name, percent=at, next=nxt, **gate_values)
             return
         current = int(state["step"])
         if current >= 0:  # the window that ends now: kept (the console labels it), and legacy's side for 100 %
@@ -230,10 +237,13 @@ class Rollouts:
         self._event(route.name, "promoted" if why == "promote" else "advanced")
         log.info("rollout step", route=route.name, action=why, old=old, new=ro.steps[step], **gate_values)
 
-    def _window_record(self, ro: RolloutSpec, step: int, since: float, until: float, new_c: Counts, legacy_c: Counts) -> dict[str, Any]:
+    def _window_record(
+        self, ro: RolloutSpec, step: int, since: float, until: float, new_c: Counts, legacy_c: Counts
+    ) -> dict[str, Any]:
         """One step's window as it ended: what it showed, for the operator who comes later."""
         gates, verdict = _gate_views(ro.gates, new_c, legacy_c)
-        return {"percent": ro.steps[step], "since": since, "until": until, "new": new_c.totals().view(), "legacy": legacy_c.totals().view(), "gates": gates, "verdict": verdict}
+        sides = {"new": new_c.totals().view(), "legacy": legacy_c.totals().view()}
+        return {"percent": ro.steps[step], "since": since, "until": until, **sides, "gates": gates, "verdict": verdict}
 
     def _gauge(self, name: str) -> None:
         self.rt.metrics.rollout_step.labels(name).set(self.rt.snapshot.percent.get(name, 0))
@@ -245,10 +255,12 @@ class Rollouts:
     async def _view_one(self, r: Route, now: float) -> dict[str, Any]:
         ro = r.rollout
         assert ro is not None
-        state = await self.rt.overrides.get_rollout(r.name) or {"status": "pending", "step": -1, "since": None, "reason": ""}
+        pending: dict[str, Any] = {"status": "pending", "step": -1, "since": None, "reason": ""}
+        state = await self.rt.overrides.get_rollout(r.name) or pending
         step = int(state["step"])
         since = float(state["since"]) if state["since"] is not None else None
         status = state["status"]
+        moving = since is not None and status == "running" and step + 1 < len(ro.steps)
         view: dict[str, Any] = {
             "route": r.name,
             "status": status,
@@ -259,7 +271,7 @@ class Rollouts:
             "awaiting": ro.steps[step + 1] if status == "awaiting_approval" and step + 1 < len(ro.steps) else None,
             "interval_s": ro.interval_s,
             "since": since,
-            "next_step_in_s": round(max(0.0, since + ro.interval_s - now), 1) if since is not None and status == "running" and step + 1 < len(ro.steps) else None,
+            "next_step_in_s": round(max(0.0, since + ro.interval_s - now), 1) if moving and since is not None else None,
             "reason": state["reason"],
             "kill": self.rt.snapshot.kill,
             "driven_here": r.name in self.driving,
@@ -306,11 +318,13 @@ class Rollouts:
         ro = route.rollout
         assert ro is not None
         if state["status"] in ("done", "rolled_back", "aborted"):
-            raise Refused(f"rollout of {route.name!r} is {state['status']}: nothing to promote" + ("" if state["status"] == "done" else f" (splitter rollout resume {route.name} starts it over)"))
+            over = "" if state["status"] == "done" else f" (splitter rollout resume {route.name} starts it over)"
+            raise Refused(f"rollout of {route.name!r} is {state['status']}: nothing to promote{over}")
         step = int(state["step"])
         if full or step + 1 >= len(ro.steps):
             await self.rt.overrides.set_percent(route.name, ro.steps[-1], source="rollout")
-            state.update(status="done", step=len(ro.steps) - 1, since=now, reason=f"promoted to {ro.steps[-1]}% by operator", legacy_before=None)
+            why = f"promoted to {ro.steps[-1]}% by operator"
+            state.update(status="done", step=len(ro.steps) - 1, since=now, reason=why, legacy_before=None)
             self._gauge(route.name)
             self._event(route.name, "promoted")
             self._event(route.name, "done")
@@ -333,5 +347,6 @@ def _gate_views(gates: Gates, new_c: Counts, legacy_c: Counts) -> tuple[list[dic
         return checks, judge.FAIL if False in oks else judge.PASS if all(oks) else judge.WAIT
     judged = judge.judge(gates, new_c, legacy_c, 1 - gates.confidence)
     enough = new.requests >= gates.min_requests
-    views = [{"gate": "min_requests", "value": new.requests, "threshold": gates.min_requests, "ok": enough}, *(c.view() for c in judged)]
+    floor = {"gate": "min_requests", "value": new.requests, "threshold": gates.min_requests, "ok": enough}
+    views = [floor, *(c.view() for c in judged)]
     return views, judge.verdict(judged) if enough else judge.WAIT

@@ -94,7 +94,12 @@ def test_bad_percent_reads_exactly_like_the_spec_example(tmp_path):
 
 def test_rollout_steps_may_wait_for_approval(tmp_path):
     f = tmp_path / "routes.yaml"
-    f.write_text(VALID.replace("    salt: s1", "    salt: s1\n    rollout: {steps: [10, {percent: 50, approval: true}, {percent: 75}, 100]}"))
+    f.write_text(
+        VALID.replace(
+            "    salt: s1",
+            "    salt: s1\n    rollout: {steps: [10, {percent: 50, approval: true}, {percent: 75}, 100]}",
+        )
+    )
     ro = config.load(f).by_name["upload"].rollout
     assert ro is not None and ro.steps == (10, 50, 75, 100) and ro.approval == frozenset({1})
 
@@ -102,7 +107,10 @@ def test_rollout_steps_may_wait_for_approval(tmp_path):
 @pytest.mark.parametrize(
     "steps,message",
     [
-        ("[10, {percent: 50, approval: yes please}]", "routes[1].rollout.steps[1].approval: must be true or false, got 'yes please'"),
+        (
+            "[10, {percent: 50, approval: yes please}]",
+            "routes[1].rollout.steps[1].approval: must be true or false, got 'yes please'",
+        ),
         ("[10, {pct: 50}]", "routes[1].rollout.steps[1].pct: unknown key (allowed: approval, percent)"),
         ("[{percent: 50, approval: true}, 20]", "routes[1].rollout.steps: must be a rising list of percents 1..100"),
     ],

@@ -146,15 +146,24 @@ routes:
   - name: checkout
     prefix: /api/checkout
     percent: 0
-    rollout: {{steps: [20, {{percent: 50, approval: true}}, 100], interval_s: 2, gates: {{max_error_rate: 0.5, min_requests: 3}}}}
+    rollout:
+      steps: [20, {{percent: 50, approval: true}}, 100]
+      interval_s: 2
+      gates: {{max_error_rate: 0.5, min_requests: 3}}
   - name: auth
     prefix: /api/auth
     percent: 0
-    rollout: {{steps: [25, 50, 100], interval_s: 2, gates: {{max_error_rate: 0.05, max_p95_ms: 500, min_requests: 20, confidence: 0.95}}}}
+    rollout:
+      steps: [25, 50, 100]
+      interval_s: 2
+      gates: {{max_error_rate: 0.05, max_p95_ms: 500, min_requests: 20, confidence: 0.95}}
   - name: search
     prefix: /api/search
     percent: 0
-    rollout: {{steps: [10, 50, 100], interval_s: 600, gates: {{max_error_rate: 0.05, max_p95_ratio: 1.5, min_requests: 100000}}}}
+    rollout:
+      steps: [10, 50, 100]
+      interval_s: 600
+      gates: {{max_error_rate: 0.05, max_p95_ratio: 1.5, min_requests: 100000}}
   - name: upload
     prefix: /api/upload
     percent: 50
@@ -162,69 +171,111 @@ routes:
 """
 
 
-def test_the_console_tells_an_on_call_engineer_what_rollouts_did_and_what_waits(standin, splitter, browser_page):
-    s = splitter(ROLLOUTS_YAML.format(legacy=standin("legacy"), new=standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
-    page = browser_page
-    page.on("dialog", lambda d: d.accept())
-    page.goto(s.admin + "/ui")
-    stop = threading.Event()
+class RolloutTraffic:
+    """Two threads of GETs to every route of ROLLOUTS_YAML, sticky ids; until the block ends."""
 
-    def traffic() -> None:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(2)]
+
+    def _run(self) -> None:
         i = 0
-        with httpx.Client(base_url=s.url) as client:
-            while not stop.is_set():
+        with httpx.Client(base_url=self.url) as client:
+            while not self.stop.is_set():
                 u = {"X-User-ID": f"oncall{i % 400}"}
                 for path in ("/api/checkout/cart", "/api/auth/flaky", "/api/search/q", "/api/upload/status?code=500"):
                     client.get(path, headers=u)
                 i += 1
-                stop.wait(0.02)
+                self.stop.wait(0.02)
 
-    def rollout(name: str) -> dict:
-        return next(r for r in httpx.get(s.admin + "/admin/rollouts").json() if r["route"] == name)
+    def __enter__(self) -> RolloutTraffic:
+        for t in self.threads:
+            t.start()
+        return self
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    threads = [threading.Thread(target=traffic) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        eventually(lambda: rollout("checkout")["status"] == "awaiting_approval" and rollout("auth")["status"] == "rolled_back", timeout=20)
-        eventually(lambda: next(r for r in httpx.get(s.admin + "/admin/routes").json() if r["name"] == "upload")["source"] == "guard", timeout=10)
-        summary = eventually(lambda: (text := page.inner_text("#summary")) and "guard" in text and "gates" in text and text, timeout=5)
-        assert "1 route rolled back by guard" in summary and "1 rollout rolled back by its gates" in summary and "1 rollout awaiting approval" in summary, summary
-
-        checkout = card(page, "checkout")
-        eventually(lambda: "AWAITING APPROVAL: at 20 %, next 50 % needs a promote" in checkout.inner_text(), timeout=5)
-        checkout.screenshot(path=str(ARTIFACTS / "console-awaiting-approval.png"))
-
-        auth = card(page, "auth")
-        text = eventually(lambda: (x := auth.inner_text()) and "ROLLED BACK at" in x and "evidence: 25 % from" in x and x, timeout=5)
-        assert re.search(r"ROLLED BACK at \d\d:\d\d:\d\d: gate failed at 25%: max_error_rate", text), text
-        failed = auth.locator("tr.gate.fail", has_text="max_error_rate").first.inner_text()
-        assert re.search(r"max_error_rate\s+\d+\.\d\d %\s+\[\d+\.\d\d % \.\. \d+\.\d\d %\]\s+≤ 5\.00 %\s+FAILS", failed), failed
-        assert re.search(r"max_p95_ms\s+\d+\.\d+ ms", auth.inner_text()), "latency in ms, a few digits"
-        auth.screenshot(path=str(ARTIFACTS / "console-rollback-evidence.png"))
-
-        upload = card(page, "upload").inner_text()
-        assert re.search(r"TRIPPED at \d\d:\d\d:\d\d \(error rate\)", upload) and re.search(r"evidence over 30 s: new \d+ requests, 100\.00 % errors", upload), upload
-
-        waiting = card(page, "search").locator("tr.gate", has_text="min_requests")
-        assert "wait" in (waiting.get_attribute("class") or "") and "waiting" in waiting.inner_text(), "too little traffic is waiting, not ✗"
-        assert "req/s" in card(page, "search").locator(".spark").inner_text() and "now" in card(page, "search").locator(".spark").inner_text()
-        page.screenshot(path=str(ARTIFACTS / "console-rollouts.png"), full_page=True)
-
-        # promote from the page: the step's window restarts, its evidence stays on screen, labelled
-        page.fill("#token", TOKEN)
-        checkout.get_by_role("button", name="promote", exact=True).click()
-        eventually(lambda: rollout("checkout")["percent"] == 50, timeout=5)
-        eventually(lambda: re.search(r"previous step: 20 % from \d\d:\d\d:\d\d to \d\d:\d\d:\d\d: new \d+ requests", checkout.inner_text()), timeout=5)
-
-        assert httpx.put(s.admin + "/admin/kill", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
-        eventually(lambda: "KILL SWITCH ON: everything goes to legacy; the rollout holds (at 10 %)" in card(page, "search").inner_text(), timeout=5)
-        assert page.inner_text("#summary").startswith("KILL SWITCH ON")
-        page.screenshot(path=str(ARTIFACTS / "console-kill-switch.png"), full_page=True)
-        held = rollout("search")
-        assert held["kill"] and held["status"] == "running" and held["step"] == 10
-    finally:
-        stop.set()
-        for t in threads:
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
             t.join()
+
+
+def rollout_of(s, name: str) -> dict:
+    return next(r for r in httpx.get(s.admin + "/admin/rollouts").json() if r["route"] == name)
+
+
+def test_the_console_tells_an_on_call_engineer_what_rollouts_did_and_what_waits(standin, splitter, browser_page):
+    s = splitter(
+        ROLLOUTS_YAML.format(legacy=standin("legacy"), new=standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN}
+    )
+    page = browser_page
+    page.on("dialog", lambda d: d.accept())
+    page.goto(s.admin + "/ui")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with RolloutTraffic(s.url):
+        eventually(
+            lambda: rollout_of(s, "checkout")["status"] == "awaiting_approval"
+            and rollout_of(s, "auth")["status"] == "rolled_back",
+            timeout=20,
+        )
+        routes = lambda: {r["name"]: r for r in httpx.get(s.admin + "/admin/routes").json()}  # noqa: E731
+        eventually(lambda: routes()["upload"]["source"] == "guard", timeout=10)
+        summary = eventually(
+            lambda: (text := page.inner_text("#summary")) and "guard" in text and "gates" in text and text, timeout=5
+        )
+        assert (
+            "1 route rolled back by guard" in summary
+            and "1 rollout rolled back by its gates" in summary
+            and "1 rollout awaiting approval" in summary
+        ), summary
+        what_automation_did(page)
+        page.screenshot(path=str(ARTIFACTS / "console-rollouts.png"), full_page=True)
+        promote_then_kill(page, s)
+
+
+def what_automation_did(page) -> None:
+    """Each card of ROLLOUTS_YAML as the on-call engineer reads it: the approval hold, the rollback
+    with its evidence, the guard's trip, a gate waiting for traffic; screenshots of the first two."""
+    checkout = card(page, "checkout")
+    eventually(lambda: "AWAITING APPROVAL: at 20 %, next 50 % needs a promote" in checkout.inner_text(), timeout=5)
+    checkout.screenshot(path=str(ARTIFACTS / "console-awaiting-approval.png"))
+
+    auth = card(page, "auth")
+    text = eventually(
+        lambda: (x := auth.inner_text()) and "ROLLED BACK at" in x and "evidence: 25 % from" in x and x, timeout=5
+    )
+    assert re.search(r"ROLLED BACK at \d\d:\d\d:\d\d: gate failed at 25%: max_error_rate", text), text
+    failed = auth.locator("tr.gate.fail", has_text="max_error_rate").first.inner_text()
+    as_table = r"max_error_rate\s+\d+\.\d\d %\s+\[\d+\.\d\d % \.\. \d+\.\d\d %\]\s+≤ 5\.00 %\s+FAILS"
+    assert re.search(as_table, failed), failed
+    assert re.search(r"max_p95_ms\s+\d+\.\d+ ms", auth.inner_text()), "latency in ms, a few digits"
+    auth.screenshot(path=str(ARTIFACTS / "console-rollback-evidence.png"))
+
+    upload = card(page, "upload").inner_text()
+    assert re.search(r"TRIPPED at \d\d:\d\d:\d\d \(error rate\)", upload), upload
+    assert re.search(r"evidence over 30 s: new \d+ requests, 100\.00 % errors", upload), upload
+
+    search = card(page, "search")
+    waiting = search.locator("tr.gate", has_text="min_requests")
+    assert "wait" in (waiting.get_attribute("class") or "") and "waiting" in waiting.inner_text(), "waiting, not ✗"
+    spark = search.locator(".spark").inner_text()
+    assert "req/s" in spark and "now" in spark and "−5 min" in spark, spark
+
+
+def promote_then_kill(page, s) -> None:
+    """Promote from the page (the step's window restarts, its evidence stays, labelled), then the
+    kill switch during a rollout: the box says the rollout holds, the summary says why."""
+    checkout = card(page, "checkout")
+    page.fill("#token", TOKEN)
+    checkout.get_by_role("button", name="promote", exact=True).click()
+    eventually(lambda: rollout_of(s, "checkout")["percent"] == 50, timeout=5)
+    previous = r"previous step: 20 % from \d\d:\d\d:\d\d to \d\d:\d\d:\d\d: new \d+ requests"
+    eventually(lambda: re.search(previous, checkout.inner_text()), timeout=5)
+
+    assert httpx.put(s.admin + "/admin/kill", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    holds = "KILL SWITCH ON: everything goes to legacy; the rollout holds (at 10 %)"
+    eventually(lambda: holds in card(page, "search").inner_text(), timeout=5)
+    assert page.inner_text("#summary").startswith("KILL SWITCH ON")
+    page.screenshot(path=str(ARTIFACTS / "console-kill-switch.png"), full_page=True)
+    held = rollout_of(s, "search")
+    assert held["kill"] and held["status"] == "running" and held["step"] == 10

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from backends import start_backend
 from conftest import PY, ROOT, Proc, eventually, routes_yaml, wait_http
 from test_cli import one_line_error, run
@@ -36,7 +38,13 @@ def strict_loads(text: str) -> object:
 def test_the_encoder_writes_null_for_infinity_and_nan():
     value = {"interval": [0.5, math.inf], "p": math.nan, "low": -math.inf, "nested": ({"x": [math.inf]},), "n": 3}
     for text in (strictjson.dumps(value), JSONResponse(value).body.decode()):
-        assert strict_loads(text) == {"interval": [0.5, None], "p": None, "low": None, "nested": [{"x": [None]}], "n": 3}
+        assert strict_loads(text) == {
+            "interval": [0.5, None],
+            "p": None,
+            "low": None,
+            "nested": [{"x": [None]}],
+            "n": 3,
+        }
     assert strictjson.dumps({"a": 1.5}) == '{"a": 1.5}'
     with pytest.raises(ValueError):
         strict_loads('{"a": Infinity}')  # the parser the tests below read with
@@ -83,7 +91,13 @@ class Paced:
 
 def wait_for(s, *args: str) -> subprocess.CompletedProcess[str]:
     """`splitter rollout wait auth ...`, given longer than run()'s 30 s to say its verdict."""
-    return subprocess.run([PY, "-m", "splitter", "rollout", "wait", "auth", *args, "--admin", s.admin], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [PY, "-m", "splitter", "rollout", "wait", "auth", *args, "--admin", s.admin],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def rollout_view(s) -> dict:
@@ -94,17 +108,30 @@ def events(s, event: str) -> float | None:
     return s.metric("splitter_rollout_events_total", route="auth", event=event)
 
 
-JUDGED_LOW = "{steps: [50, 100], interval_s: 60, gates: {max_error_rate: 0.05, max_p95_ms: 500, max_p95_ratio: 2, max_error_increase: 0.05, min_requests: 50, confidence: 0.95}}"
+JUDGED_LOW = (
+    "{steps: [50, 100], interval_s: 60, gates: {max_error_rate: 0.05, max_p95_ms: 500, max_p95_ratio: 2, "
+    "max_error_increase: 0.05, min_requests: 50, confidence: 0.95}}"
+)
 
 
 def test_little_evidence_never_breaks_the_admin_api_and_report_is_strict_json(standin, splitter):
     s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(JUDGED_LOW)))
     view = eventually(lambda: (v := rollout_view(s))["step"] == 50 and v, timeout=5)
-    time.sleep(max(0.0, math.ceil(view["since"]) - time.time() + 0.05))  # a step's window counts from its first whole second
-    users = [u for u in (f"few{i}" for i in range(100)) if bucket(u) < 50][:2] + [next(f"old{i}" for i in range(100) if bucket(f"old{i}") >= 50)]
+    time.sleep(
+        max(0.0, math.ceil(view["since"]) - time.time() + 0.05)
+    )  # a step's window counts from its first whole second
+    users = [u for u in (f"few{i}" for i in range(100)) if bucket(u) < 50][:2] + [
+        next(f"old{i}" for i in range(100) if bucket(f"old{i}") >= 50)
+    ]
     for u in users:  # three requests: two to new, one to legacy; every upper bound of a p95 is still open
         assert httpx.get(s.url + "/api/auth/me", headers={"X-User-ID": u}).status_code == 200
-    judged = eventually(lambda: (r := strict_loads(httpx.get(s.admin + "/admin/routes").text)[0]) and r["window"]["new"]["requests"] == 2 and r)  # type: ignore[index]
+    judged = eventually(
+        lambda: (
+            (r := strict_loads(httpx.get(s.admin + "/admin/routes").text)[0])
+            and r["window"]["new"]["requests"] == 2
+            and r
+        )
+    )  # type: ignore[index]
     p95 = next(c for c in judged["judgement"]["checks"] if c["gate"] == "max_p95_ms")
     assert p95["interval"][1] is None and p95["verdict"] == "wait", p95  # an open end is null
     codes = []
@@ -131,7 +158,10 @@ def test_report_window_without_prometheus_is_an_error():
     one_line_error(run("report", "--window", "10m"), "--window 10m needs --prometheus")
 
 
-RELATIVE = "{steps: [50, 100], interval_s: 3, gates: {max_error_increase: 0.05, max_p95_ratio: 3, min_requests: 30, confidence: 0.95}}"
+RELATIVE = (
+    "{steps: [50, 100], interval_s: 3, gates: {max_error_increase: 0.05, max_p95_ratio: 3, min_requests: 30, "
+    "confidence: 0.95}}"
+)
 
 
 def test_a_healthy_rollout_with_legacy_relative_gates_reaches_done_and_wait_says_so(procs, tmp_path, splitter):
@@ -150,11 +180,17 @@ def test_a_healthy_rollout_with_legacy_relative_gates_reaches_done_and_wait_says
     print(f"done after {time.monotonic() - t0:.1f} s; legacy window of the step before: {view['legacy']}")
 
 
-FAILING = "{steps: [50, 100], interval_s: 3, gates: {max_error_rate: 0.05, max_error_increase: 0.05, min_requests: 30, confidence: 0.95}}"
+FAILING = (
+    "{steps: [50, 100], interval_s: 3, gates: {max_error_rate: 0.05, max_error_increase: 0.05, min_requests: 30, "
+    "confidence: 0.95}}"
+)
 
 
 def test_a_new_failing_half_its_requests_is_rolled_back_and_wait_exits_3(procs, tmp_path, splitter):
-    legacy, new = start_backend(procs, "legacy", tmp_path), start_backend(procs, "new", tmp_path, {"FAULT_ERROR_RATE": "0.5"})
+    legacy, new = (
+        start_backend(procs, "legacy", tmp_path),
+        start_backend(procs, "new", tmp_path, {"FAULT_ERROR_RATE": "0.5"}),
+    )
     s = splitter(routes_yaml(legacy, new, routes=auth_route(FAILING)), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
     with Paced(s.url, rate=60):
         r = wait_for(s, "--timeout", "60")
@@ -171,7 +207,9 @@ def test_a_new_failing_half_its_requests_is_rolled_back_and_wait_exits_3(procs, 
     assert events(s, "resumed") == 1
 
 
-APPROVAL = "{steps: [10, {percent: 50, approval: true}, 100], interval_s: 1, gates: {max_error_rate: 0.5, min_requests: 3}}"
+APPROVAL = (
+    "{steps: [10, {percent: 50, approval: true}, 100], interval_s: 1, gates: {max_error_rate: 0.5, min_requests: 3}}"
+)
 
 
 def test_an_approval_step_holds_until_promote_and_promote_full_finishes(procs, tmp_path, splitter):
@@ -184,7 +222,11 @@ def test_an_approval_step_holds_until_promote_and_promote_full_finishes(procs, t
         view = rollout_view(s)
         assert view["status"] == "awaiting_approval" and view["percent"] == 10 and view["new"]["requests"] >= 3, view
         waited = run("rollout", "wait", "auth", "--timeout", "1", "--admin", s.admin)
-        assert waited.returncode == 4 and "awaiting approval to enter 50%" in waited.stdout and "not done within 1 s" in waited.stderr
+        assert (
+            waited.returncode == 4
+            and "awaiting approval to enter 50%" in waited.stdout
+            and "not done within 1 s" in waited.stderr
+        )
         promoted = run("rollout", "promote", "auth", "--admin", s.admin, token=TOKEN)
         assert promoted.stdout.strip() == "auth: rollout running at 50% (step 2 of 3)", promoted
         assert rollout_view(s)["percent"] == 50
@@ -201,7 +243,12 @@ def test_watch_says_the_proxy_went_away_and_carries_on_when_it_is_back(standin, 
     s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(JUDGED_LOW)))
     out, err = tmp_path / "watch.out", tmp_path / "watch.err"
     with open(out, "w") as o, open(err, "w") as e:
-        watch = subprocess.Popen([PY, "-m", "splitter", "rollout", "status", "auth", "--watch", "--json", "--admin", s.admin], cwd=ROOT, stdout=o, stderr=e)
+        watch = subprocess.Popen(
+            [PY, "-m", "splitter", "rollout", "status", "auth", "--watch", "--json", "--admin", s.admin],
+            cwd=ROOT,
+            stdout=o,
+            stderr=e,
+        )
     try:
         eventually(lambda: out.read_text().count("\n") >= 1)
         s.proc.stop()
@@ -209,7 +256,23 @@ def test_watch_says_the_proxy_went_away_and_carries_on_when_it_is_back(standin, 
         lines = out.read_text().count("\n")
         time.sleep(1.5)
         assert watch.poll() is None and err.read_text().count("\n") == 1, err.read_text()  # said once, still watching
-        again = Proc([PY, "-m", "splitter", "serve", "--config", str(s.config), "--host", "127.0.0.1", "--port", str(s.port), "--admin-port", str(s.admin_port)], log=tmp_path / "again.log")
+        again = Proc(
+            [
+                PY,
+                "-m",
+                "splitter",
+                "serve",
+                "--config",
+                str(s.config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(s.port),
+                "--admin-port",
+                str(s.admin_port),
+            ],
+            log=tmp_path / "again.log",
+        )
         try:
             wait_http(s.admin + "/readyz", proc=again.p)
             eventually(lambda: out.read_text().count("\n") > lines + 1, timeout=5)
@@ -225,33 +288,42 @@ def test_watch_says_the_proxy_went_away_and_carries_on_when_it_is_back(standin, 
 def test_the_rolled_back_alert_fires_on_the_first_rollback_of_a_route(tmp_path: Path):
     """promtool's rule unit test: the series exists at 0 from the start (Rollouts zeroes every
     event), so increase() sees the first rollback; one alert per route, whatever the replicas."""
-    import shutil
 
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("prometheus is not installed (make test installs the Debian package)")
     series = [
-        {"series": 'splitter_rollout_events_total{route="auth",event="rolled_back",instance="a"}', "values": "0 0 0 1 1 1 1 1 1 1"},
+        {
+            "series": 'splitter_rollout_events_total{route="auth",event="rolled_back",instance="a"}',
+            "values": "0 0 0 1 1 1 1 1 1 1",
+        },
         {"series": 'splitter_rollout_events_total{route="auth",event="rolled_back",instance="b"}', "values": "0x9"},
-        {"series": 'splitter_rollout_events_total{route="auth",event="done",instance="a"}', "values": "0 1 1 1 1 1 1 1 1 1"},
+        {
+            "series": 'splitter_rollout_events_total{route="auth",event="done",instance="a"}',
+            "values": "0 1 1 1 1 1 1 1 1 1",
+        },
     ]
+    fired = {
+        "exp_labels": {"severity": "page", "route": "auth"},
+        "exp_annotations": {
+            "summary": "rollout of route auth was rolled back to legacy",
+            "runbook": "splitter rollout status auth  # reason and evidence; fix new, then rollout resume",
+        },
+    }
     test = {
         "rule_files": [str(ROOT / "deploy/prometheus/alerts.yml")],
         "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": series,
-            "alert_rule_test": [
-                {"eval_time": "2m", "alertname": "SplitterRolloutRolledBack", "exp_alerts": []},
-                {"eval_time": "5m", "alertname": "SplitterRolloutRolledBack", "exp_alerts": [{"exp_labels": {"severity": "page", "route": "auth"}, "exp_annotations": {
-                    "summary": "rollout of route auth was rolled back to legacy",
-                    "runbook": "splitter rollout status auth  # the reason and the evidence; fix new, then splitter rollout resume auth",
-                }}]},
-            ],
-        }],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {"eval_time": "2m", "alertname": "SplitterRolloutRolledBack", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "SplitterRolloutRolledBack", "exp_alerts": [fired]},
+                ],
+            }
+        ],
     }
-    import yaml
-
     (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
     r = subprocess.run([promtool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -25,7 +25,10 @@ function num(x) { return none(x) ? "-" : Number(x).toLocaleString("en-US"); }
 function clock(t) { return none(t) ? "-" : new Date(t * 1000).toLocaleTimeString("en-GB", { hour12: false }); }
 
 // A gate's numbers in the units the window table uses: rates as %, latency in ms, ratios as ×.
-const GATE_UNITS = { max_error_rate: pct, max_error_increase: pct, max_p95_ms: ms, max_p95_ratio: x => (none(x) ? "-" : "×" + x.toFixed(2)), min_requests: num };
+const GATE_UNITS = {
+  max_error_rate: pct, max_error_increase: pct, max_p95_ms: ms, min_requests: num,
+  max_p95_ratio: x => (none(x) ? "-" : "×" + x.toFixed(2)),
+};
 function gateValue(gate, x) { return (GATE_UNITS[gate] || String)(x); }
 
 function status(text, ok) {
@@ -69,7 +72,8 @@ function chart(series) {
   const line = (points, value, scale, cls) => {
     const path = document.createElementNS(svgNS, "polyline");
     path.setAttribute("class", cls);
-    path.setAttribute("points", points.map((p, i) => `${(i * 300) / Math.max(1, n - 1)},${49 - (value(p) / scale) * 47}`).join(" "));
+    const xy = (p, i) => `${(i * 300) / Math.max(1, n - 1)},${49 - (value(p) / scale) * 47}`;
+    path.setAttribute("points", points.map(xy).join(" "));
     svg.append(path);
   };
   line(series.legacy, p => p.rps, max, "legacy");
@@ -83,7 +87,8 @@ function chart(series) {
     el("div", { class: "spark-y" }, el("span", {}, `${top} req/s`), el("span", {}, "0")),
     svg,
     el("div", { class: "spark-x" }, el("span", {}, "−5 min"),
-      el("span", {}, el("i", { class: "k legacy" }, "legacy"), el("i", { class: "k new" }, "new"), el("i", { class: "k new-err" }, "new errors (0–100 %)")),
+      el("span", {}, el("i", { class: "k legacy" }, "legacy"), el("i", { class: "k new" }, "new"),
+        el("i", { class: "k new-err" }, "new errors (0–100 %)")),
       el("span", {}, "now")));
 }
 
@@ -91,7 +96,8 @@ function windowTable(w, label) {
   const row = (name, side) => el("tr", {}, el("td", {}, name), el("td", {}, num(side.requests)),
     el("td", { class: side.errors ? "err" : "" }, num(side.errors)), el("td", { class: side.error_rate > 0.01 ? "err" : "" }, pct(side.error_rate)), el("td", {}, ms(side.p95_ms)));
   return el("table", {},
-    el("tr", {}, el("th", {}, label || `last ${Math.round(w.span_s)} s (${w.scope})`), el("th", {}, "requests"), el("th", {}, "errors"), el("th", {}, "error rate"), el("th", {}, "p95")),
+    el("tr", {}, el("th", {}, label || `last ${Math.round(w.span_s)} s (${w.scope})`),
+      el("th", {}, "requests"), el("th", {}, "errors"), el("th", {}, "error rate"), el("th", {}, "p95")),
     row("old (legacy)", w.legacy), row("new", w.new));
 }
 
@@ -108,11 +114,13 @@ function gateRow(g) {
   // min_requests not reached yet is waiting for traffic, never a failure
   const verdict = g.verdict || (g.ok === true ? "pass" : g.ok === false && g.gate !== "min_requests" ? "fail" : "wait");
   const value = g.estimate !== undefined ? g.estimate : g.value;
-  const iv = g.interval && !none(g.interval[0]) ? `[${gateValue(g.gate, g.interval[0])} .. ${none(g.interval[1]) ? "∞" : gateValue(g.gate, g.interval[1])}]` : "";
+  const [low, high] = g.interval || [null, null];
+  const iv = none(low) ? "" : `[${gateValue(g.gate, low)} .. ${none(high) ? "∞" : gateValue(g.gate, high)}]`;
   const p = none(g.p_value) ? "" : `p=${g.p_value.toPrecision(2)}`;
   const limit = g.gate === "min_requests" ? `≥ ${num(g.threshold)}` : `≤ ${gateValue(g.gate, g.threshold)}`;
   const word = { pass: "ok", fail: "FAILS", wait: "waiting" }[verdict];
-  return el("tr", { class: "gate " + verdict }, el("td", { class: "mark" }), el("td", {}, g.gate), el("td", {}, gateValue(g.gate, value)),
+  return el("tr", { class: "gate " + verdict },
+    el("td", { class: "mark" }), el("td", {}, g.gate), el("td", {}, gateValue(g.gate, value)),
     el("td", { class: "iv" }, `${iv} ${p}`.trim()), el("td", {}, limit), el("td", { class: "word" }, word));
 }
 
@@ -120,46 +128,66 @@ function gateTable(gates) { return el("table", { class: "gates" }, ...gates.map(
 
 function evidenceLine(w) {
   const n = w.new;
-  return `new ${num(n.requests)} requests, ${pct(n.error_rate)} errors, p95 ${ms(n.p95_ms)}` + (w.legacy && w.legacy.requests ? `  ·  legacy ${num(w.legacy.requests)} requests, p95 ${ms(w.legacy.p95_ms)}` : "");
+  const l = w.legacy;
+  const legacy = l && l.requests ? `  ·  legacy ${num(l.requests)} requests, p95 ${ms(l.p95_ms)}` : "";
+  return `new ${num(n.requests)} requests, ${pct(n.error_rate)} errors, p95 ${ms(n.p95_ms)}` + legacy;
 }
 
 function rolloutHeadline(ro, kill) {
   if (kill && ["running", "awaiting_approval", "paused", "pending"].includes(ro.status)) {
-    return [`KILL SWITCH ON: everything goes to legacy; the rollout holds (at ${ro.step === null ? "its start" : ro.step + " %"})`, "bad"];
+    const at = ro.step === null ? "its start" : ro.step + " %";
+    return [`KILL SWITCH ON: everything goes to legacy; the rollout holds (at ${at})`, "bad"];
   }
-  if (ro.status === "awaiting_approval") return [`AWAITING APPROVAL: at ${ro.percent} %, next ${ro.awaiting} % needs a promote`, "hold"];
-  if (ro.status === "rolled_back") return [`ROLLED BACK at ${clock(ro.since)}: ${ro.reason}`, "bad"];
-  if (ro.status === "aborted") return [`ABORTED at ${clock(ro.since)}`, "bad"];
-  if (ro.status === "paused") return [`PAUSED at ${ro.percent} %: ${ro.reason}`, "hold"];
-  if (ro.status === "done") return [`done at ${ro.percent} % (${clock(ro.since)})`, "good"];
+  switch (ro.status) {
+    case "awaiting_approval":
+      return [`AWAITING APPROVAL: at ${ro.percent} %, next ${ro.awaiting} % needs a promote`, "hold"];
+    case "rolled_back": return [`ROLLED BACK at ${clock(ro.since)}: ${ro.reason}`, "bad"];
+    case "aborted": return [`ABORTED at ${clock(ro.since)}`, "bad"];
+    case "paused": return [`PAUSED at ${ro.percent} %: ${ro.reason}`, "hold"];
+    case "done": return [`done at ${ro.percent} % (${clock(ro.since)})`, "good"];
+  }
   const next = none(ro.next_step_in_s) ? "" : `, next step in ${Math.round(ro.next_step_in_s)} s if the gates hold`;
   return [`${ro.status} at ${ro.percent} %${next}`, ""];
 }
 
+function rolloutButtons(ro) {
+  const name = ro.route;
+  const post = (action, body, what) =>
+    act("POST", `/admin/rollouts/${encodeURIComponent(name)}/${action}`, body, `${name}: ${what}`);
+  const button = (label, cls, action, body, what) =>
+    el("button", { type: "button", class: cls, onclick: () => post(action, body, what) }, label);
+  const buttons = [
+    button("pause", "", "pause", {}, "pause the rollout"),
+    button("resume", "", "resume", {}, "resume the rollout"),
+    button("abort", "danger", "abort", {}, "abort the rollout (percent to 0)")];
+  if (["running", "awaiting_approval", "paused"].includes(ro.status)) {
+    const last = ro.steps[ro.steps.length - 1];
+    buttons.unshift(
+      button("promote", ro.status === "awaiting_approval" ? "primary" : "", "promote", {}, "promote to the next step"),
+      button("promote --full", "", "promote", { full: true }, `promote straight to ${last} % (done)`));
+  }
+  return el("div", { class: "actions" }, ...buttons);
+}
+
 function rolloutBox(ro, kill) {
   const [headline, tone] = rolloutHeadline(ro, kill);
-  const steps = ro.steps.map(s => (s === ro.step ? `[${s}]` : String(s)) + (ro.approval_steps && ro.approval_steps.includes(s) ? " (approval)" : "")).join(" → ");
-  const box = el("div", { class: "box rollout " + tone }, el("h3", {}, "rollout ", el("span", { class: "steps" }, steps)), el("div", { class: "headline" }, headline));
+  const approval = s => (ro.approval_steps && ro.approval_steps.includes(s) ? " (approval)" : "");
+  const steps = ro.steps.map(s => (s === ro.step ? `[${s}]` : String(s)) + approval(s)).join(" → ");
+  const box = el("div", { class: "box rollout " + tone },
+    el("h3", {}, "rollout ", el("span", { class: "steps" }, steps)), el("div", { class: "headline" }, headline));
   if (ro.gates) {
-    const since = `since ${ro.step} % at ${clock(ro.since)}` + (ro.legacy_from_step_before ? " (legacy: the step before)" : "") + (ro.confidence ? `, judged at ${ro.confidence}` : "");
+    const since = `since ${ro.step} % at ${clock(ro.since)}` +
+      (ro.legacy_from_step_before ? " (legacy: the step before)" : "") +
+      (ro.confidence ? `, judged at ${ro.confidence}` : "");
     box.append(el("div", { class: "label" }, since + ": " + evidenceLine(ro)), gateTable(ro.gates));
   }
   const prev = ro.previous;
   if (prev) {
     const what = ro.status === "rolled_back" ? "evidence" : ro.status === "done" ? "last step" : "previous step";
-    box.append(el("div", { class: "label prev" }, `${what}: ${prev.percent} % from ${clock(prev.since)} to ${clock(prev.until)}: ${evidenceLine(prev)}`), gateTable(prev.gates));
+    const when = `${prev.percent} % from ${clock(prev.since)} to ${clock(prev.until)}`;
+    box.append(el("div", { class: "label prev" }, `${what}: ${when}: ${evidenceLine(prev)}`), gateTable(prev.gates));
   }
-  const name = ro.route;
-  const post = (action, body, what) => act("POST", `/admin/rollouts/${encodeURIComponent(name)}/${action}`, body, `${name}: ${what}`);
-  const buttons = [
-    el("button", { type: "button", onclick: () => post("pause", {}, "pause the rollout") }, "pause"),
-    el("button", { type: "button", onclick: () => post("resume", {}, "resume the rollout") }, "resume"),
-    el("button", { type: "button", class: "danger", onclick: () => post("abort", {}, "abort the rollout (percent to 0)") }, "abort")];
-  if (["running", "awaiting_approval", "paused"].includes(ro.status)) {
-    buttons.unshift(el("button", { type: "button", class: ro.status === "awaiting_approval" ? "primary" : "", onclick: () => post("promote", {}, "promote to the next step") }, "promote"),
-      el("button", { type: "button", onclick: () => post("promote", { full: true }, `promote straight to ${ro.steps[ro.steps.length - 1]} % (done)`) }, "promote --full"));
-  }
-  box.append(el("div", { class: "actions" }, ...buttons));
+  box.append(rolloutButtons(ro));
   return box;
 }
 
@@ -177,11 +205,13 @@ function guardBox(r) {
   const tripped = (r.source_under_kill || r.source) === "guard";
   const box = el("div", { class: "box" + (tripped ? " bad" : "") }, el("h3", {}, "guard"),
     `max error rate ${pct(g.max_error_rate)} over ${g.window_s} s, at least ${g.min_requests} requests` +
-    (g.max_p95_ratio ? `, p95 ≤ ×${g.max_p95_ratio} old` : "") + (g.confidence ? `, confidence ${g.confidence}` : ""));
+    (g.max_p95_ratio ? `, p95 ≤ ×${g.max_p95_ratio} old` : "") +
+    (g.confidence ? `, confidence ${g.confidence}` : ""));
   if (!tripped) return box;
   const t = r.guard_trip;
-  box.append(el("div", { class: "headline" }, t ? `TRIPPED at ${clock(t.at)} (${t.reason.replace("_", " ")}): the route was rolled back to legacy` :
-    "TRIPPED: the route was rolled back to legacy (by another replica: its log has the evidence)"));
+  box.append(el("div", { class: "headline" }, t
+    ? `TRIPPED at ${clock(t.at)} (${t.reason.replace("_", " ")}): the route was rolled back to legacy`
+    : "TRIPPED: the route was rolled back to legacy (by another replica: its log has the evidence)"));
   if (t) box.append(el("div", { class: "label prev" }, `evidence over ${t.window_s} s: ${evidenceLine(t)}`));
   if (t && t.checks) box.append(gateTable(t.checks));
   return box;
@@ -201,9 +231,12 @@ function windowLabel(r, rollout, now) {
 function previousWindow(r) {
   const seen = before[r.name];
   const restarted = seen && seen.since !== r.window.since && seen.window.new.requests + seen.window.legacy.requests > 0;
-  const kept = restarted ? { percent: seen.percent, window: seen.window, until: r.window.since } : seen ? seen.kept : null;
+  const kept = restarted ? { percent: seen.percent, window: seen.window, until: r.window.since }
+    : seen ? seen.kept : null;
   before[r.name] = { percent: r.percent, since: r.window.since, window: r.window, kept };
-  return kept ? el("div", { class: "label prev" }, `before: at ${kept.percent} % until ${clock(kept.until)}: ${evidenceLine(kept.window)}`) : null;
+  if (!kept) return null;
+  const when = `at ${kept.percent} % until ${clock(kept.until)}`;
+  return el("div", { class: "label prev" }, `before: ${when}: ${evidenceLine(kept.window)}`);
 }
 
 function routeCard(r, rollout, now) {
@@ -256,22 +289,25 @@ function plural(n, one, many) { return `${n} ${n === 1 ? one : many}`; }
 // One line an on-call engineer reads first: what automation did, what waits for a person.
 function summary(o, rollouts) {
   const ros = Object.values(rollouts);
-  const count = f => ros.filter(f).length;
+  const rollouts_ = (status, what) => {
+    const n = ros.filter(ro => ro.status === status).length;
+    return n ? [`${plural(n, "rollout", "rollouts")} ${what}`] : [];
+  };
   const guard = o.routes.filter(r => (r.source_under_kill || r.source) === "guard").length;
-  const gates = count(ro => ro.status === "rolled_back" && !ro.reason.startsWith("guard"));
-  const parts = [];
-  if (o.kill) parts.push("KILL SWITCH ON: every route goes to legacy");
-  if (guard) parts.push(plural(guard, "route", "routes") + " rolled back by guard");
-  if (gates) parts.push(gates === 1 ? "1 rollout rolled back by its gates" : `${gates} rollouts rolled back by their gates`);
-  if (count(ro => ro.status === "aborted")) parts.push(plural(count(ro => ro.status === "aborted"), "rollout", "rollouts") + " aborted");
-  if (count(ro => ro.status === "awaiting_approval")) parts.push(plural(count(ro => ro.status === "awaiting_approval"), "rollout", "rollouts") + " awaiting approval");
-  if (count(ro => ro.status === "paused")) parts.push(plural(count(ro => ro.status === "paused"), "rollout", "rollouts") + " paused");
-  const bad = parts.length > 0;
-  if (count(ro => ro.status === "running")) parts.push(plural(count(ro => ro.status === "running"), "rollout", "rollouts") + " running");
-  if (count(ro => ro.status === "done")) parts.push(plural(count(ro => ro.status === "done"), "rollout", "rollouts") + " done");
+  const gates = ros.filter(ro => ro.status === "rolled_back" && !ro.reason.startsWith("guard")).length;
+  const bad = [
+    ...(o.kill ? ["KILL SWITCH ON: every route goes to legacy"] : []),
+    ...(guard ? [`${plural(guard, "route", "routes")} rolled back by guard`] : []),
+    ...(gates === 1 ? ["1 rollout rolled back by its gates"] : []),
+    ...(gates > 1 ? [`${gates} rollouts rolled back by their gates`] : []),
+    ...rollouts_("aborted", "aborted"),
+    ...rollouts_("awaiting_approval", "awaiting approval"),
+    ...rollouts_("paused", "paused")];
+  const parts = [...bad, ...rollouts_("running", "running"), ...rollouts_("done", "done")];
   const line = document.getElementById("summary");
-  line.textContent = parts.length ? parts.join("  ·  ") : `${plural(o.routes.length, "route", "routes")}, nothing rolled back, nothing waiting`;
-  line.className = bad ? "bad" : "good";
+  const calm = `${plural(o.routes.length, "route", "routes")}, nothing rolled back, nothing waiting`;
+  line.textContent = parts.length ? parts.join("  ·  ") : calm;
+  line.className = bad.length ? "bad" : "good";
 }
 
 async function refresh() {
