@@ -297,6 +297,8 @@ class Rollouts:
         elif action == "pause":
             state.update(status="paused", reason="paused by operator")
         elif action == "resume":
+            if state["status"] == "awaiting_approval":
+                raise Refused(f"rollout of {name!r} is awaiting approval: splitter rollout promote {name} goes on")
             if state["status"] in ("aborted", "rolled_back"):
                 state.update(status="running", step=-1, since=now, reason="")
                 await self._enter(route, state, 0, now, "start")  # starts over at the first step, now
