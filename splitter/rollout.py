@@ -145,6 +145,8 @@ class Rollouts:
         if failure:
             await rt.overrides.set_percent(route.name, 0, source="rollout")
             evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
+            if "checks" in gate_values:  # as judged: at this look's share of the error budget
+                evidence.update(gates=[evidence["gates"][0], *gate_values["checks"]], verdict=judge.FAIL)
             reason = f"gate failed at {ro.steps[step]}%: {failure}"
             state.update(status="rolled_back", reason=reason, since=now, previous=evidence)
             await rt.overrides.put_rollout(route.name, state)
