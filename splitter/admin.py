@@ -26,14 +26,16 @@ import structlog
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, bucketing, judge
+from . import __version__, bucketing, judge, strictjson
 from .console import console_routes
 from .metrics import CONTENT_TYPE
 from .overrides import Conflict, Unavailable
+from .rollout import Refused as RolloutRefused
 from .runtime import CONSOLE_SPAN_S
 from .tokens import Identity
 
@@ -44,6 +46,14 @@ if TYPE_CHECKING:
     from .websocket import WebSockets
 
 log = structlog.get_logger("splitter.admin")
+
+
+class JSONResponse(_StarletteJSONResponse):
+    """Every admin answer is written here: strict JSON (strictjson.dumps: no Infinity or NaN, a
+    non-finite float is null), so no field can make a read fail the way Starlette's encoder does."""
+
+    def render(self, content: Any) -> bytes:
+        return strictjson.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class _Refused(Exception):
@@ -174,6 +184,13 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             except Unavailable as exc:
                 view["error"] = str(exc)
             view["guard"] = dataclasses.asdict(r.guard) if r.guard is not None else None
+            # for the console: what routes it under the kill switch, this process's last guard trip, and when the
+            # window last restarted (a change of percent), so the evidence before it stays on screen, labelled
+            view["source_under_kill"] = snap.sources[r.name] if snap.kill else None
+            view["guard_trip"] = rt.guard_trips.get(r.name) if snap.sources[r.name] == "guard" else None
+            outcomes = rt.windows.get(r.name)
+            if "window" in view and outcomes is not None:
+                view["window"]["since"] = outcomes.since or None
         try:
             rollout_views = await rollouts.view()
         except Unavailable as exc:
@@ -215,8 +232,13 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
                 gates = r.guard if r.guard is not None and r.guard.confidence is not None else (r.rollout.gates if r.rollout is not None else None)
                 if gates is not None and gates.confidence is not None:
                     # the judge's evidence on this window: estimate, interval, p-value, verdict per gate
-                    new = await rt.windows.counts(r.name, "new", now, span, since)
-                    legacy = await rt.windows.counts(r.name, "legacy", now, span, since)
+                    rollout_gates = r.rollout is not None and gates is r.rollout.gates
+                    state = await rt.overrides.get_rollout(r.name) if rollout_gates else None
+                    if state and int(state["step"]) >= 0:
+                        new, legacy = await rollouts.evidence(r, state, now)  # at 100 %: legacy of the step before
+                    else:
+                        new = await rt.windows.counts(r.name, "new", now, span, since)
+                        legacy = await rt.windows.counts(r.name, "legacy", now, span, since)
                     checks = judge.judge(gates, new, legacy, 1 - gates.confidence)
                     enough = new.n >= gates.min_requests
                     view["judgement"] = {"confidence": gates.confidence, "verdict": judge.verdict(checks) if enough else judge.WAIT, "checks": [c.view() for c in checks]}
@@ -308,11 +330,17 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
         route_or_404(name)
         if rt.snapshot.config.by_name[name].rollout is None:
             raise _Refused(404, f"route {name!r} has no rollout section in routes.yaml")
-        if action not in ("pause", "resume", "abort"):
-            raise _Refused(404, "action must be pause, resume or abort")
-        log.info("rollout action", who=who.name, route=name, action=action)
+        if action not in ("pause", "resume", "abort", "promote"):
+            raise _Refused(404, "action must be pause, resume, abort or promote")
+        full = (await body(request)).get("full", False) if action == "promote" else False
+        if not isinstance(full, bool):
+            raise _Refused(400, "full must be true or false")
+        log.info("rollout action", who=who.name, route=name, action=action, full=full)
         old = rt.snapshot.percent[name]
-        view = await rollouts.act(name, action)
+        try:
+            view = await rollouts.act(name, action, full)
+        except RolloutRefused as exc:
+            raise _Refused(409, str(exc)) from None
         await record(who, f"rollout_{action}", name, old, rt.snapshot.percent[name])
         return view
 

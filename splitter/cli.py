@@ -26,6 +26,10 @@ class OperatorError(Exception):
     """A mistake the operator can fix; printed as one line."""
 
 
+class Transient(OperatorError):
+    """The admin API cannot answer now (unreachable, 5xx): `--watch` and `rollout wait` retry."""
+
+
 def fail(message: str) -> NoReturn:
     raise OperatorError(message)
 
@@ -229,14 +233,16 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None, w
     try:
         resp = httpx.request(method, base + path, json=body, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
-        fail(f"cannot reach the admin API at {base} ({type(exc).__name__}); is the proxy running? (--admin URL)")
+        why = f"cannot reach the admin API at {base} ({type(exc).__name__}); is the proxy running? (--admin URL)"
+        raise Transient(why) from None
     try:
         data = resp.json()
     except ValueError:
         data = None
     if resp.status_code >= 400:
         msg = data.get("error") if isinstance(data, dict) else None
-        fail(f"admin API answered {resp.status_code}: {msg or resp.text.strip()[:200]}")
+        said = f"admin API answered {resp.status_code}: {msg or resp.text.strip()[:200]}"
+        raise Transient(said) if resp.status_code >= 500 else OperatorError(said)
     if answer_headers is not None:
         answer_headers.update(resp.headers)
     return data
@@ -365,49 +371,133 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
                 mark = {"pass": "✓", "fail": "✗", "wait": "…"}[g["verdict"]]
                 est = "-" if g["estimate"] is None else f"{g['estimate']:.4g}"
                 lo, hi = g["interval"]
-                interval = "" if lo is None else f"  [{lo:.4g} .. {hi:.4g}]"
+                interval = "" if lo is None else f"  [{lo:.4g} .. {'∞' if hi is None else f'{hi:.4g}'}]"  # None: open
                 p = "" if g["p_value"] is None else f"  p={g['p_value']:.2g}"
                 lines.append(f"  {mark} {g['gate']:<18} {est:>10}{interval}{p}  (threshold {g['threshold']:g}) {g['verdict']}")
                 continue
-            mark = {True: "✓", False: "✗", None: "…"}[g["ok"]]
+            too_few = g["gate"] == "min_requests"  # not enough traffic yet: waiting, not failing
+            mark = {True: "✓", False: "…" if too_few else "✗", None: "…"}[g["ok"]]
             value = "-" if g["value"] is None else f"{g['value']:g}"
             lines.append(f"  {mark} {g['gate']:<18} {value:>10}  (threshold {g['threshold']:g})")
+        if i.get("legacy_from_step_before"):
+            lines.append("  legacy's side: its window of the step before (no legacy traffic at 100%)")
         if i["reason"]:
             lines.append(f"  reason: {i['reason']}")
+        if i.get("kill"):
+            lines.append("  kill switch ON: everything goes to legacy, the rollout holds")
+        prev = i.get("previous")
+        if prev:
+            new = prev["new"]
+            took = prev["until"] - prev["since"]
+            lines.append(
+                f"  last window: {prev['percent']}% for {took:.0f} s, "
+                f"new {new['requests']} requests, {new['errors']} errors, p95 {new['p95_ms']} ms: {prev['verdict']}"
+            )
     return lines
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     if args.action == "status":
-        import time
-
-        while True:
-            items = _admin(args, "GET", "/admin/rollouts")
-            if args.route:
-                items = [i for i in items if i["route"] == args.route]
-                if not items:
-                    fail(f"route {args.route!r} has no rollout section in routes.yaml")
-            if args.json:
-                print(json.dumps(items if not args.route else items[0]), flush=True)
-            else:
-                if args.watch:
-                    print("\x1b[H\x1b[2J", end="")  # redraw in place, like kubectl argo rollouts get --watch
-                print("\n".join(_rollout_lines(items)), flush=True)
-            if not args.watch:
-                return 0
-            time.sleep(1.0)
+        return _rollout_status(args)
     if not args.route:
-        fail(f"rollout {args.action} needs a ROUTE")
-    r = _admin(args, "POST", f"/admin/rollouts/{args.route}/{args.action}", {}, write=True)
-    print(f"{r['route']}: rollout {r['status']} at {r['percent']}%")
+        usage(f"rollout {args.action} needs a ROUTE")
+    if args.full and args.action != "promote":
+        usage("--full goes with promote: splitter rollout promote ROUTE --full")
+    if args.action == "wait":
+        return _rollout_wait(args)
+    body = {"full": True} if args.full else {}
+    r = _admin(args, "POST", f"/admin/rollouts/{args.route}/{args.action}", body, write=True)
+    print(_rollout_said(r))
     return 0
+
+
+def _rollout_said(v: dict[str, Any]) -> str:
+    """One line: where a rollout stands and what comes next."""
+    route, status, at = v["route"], v["status"], f"{v['percent']}%"
+    if status == "awaiting_approval":
+        line = f"{route}: at {at}, awaiting approval to enter {v.get('awaiting')}% "
+        line += f"(splitter rollout promote {route} [--full])"
+    elif status == "running" and v.get("step") is not None:
+        line = f"{route}: rollout running at {at} (step {v['steps'].index(v['step']) + 1} of {len(v['steps'])})"
+    else:
+        why = f": {v['reason']}" if v.get("reason") and status != "running" else ""
+        line = f"{route}: rollout {status} at {at}{why}"
+    return line + (" (kill switch ON: everything goes to legacy, the rollout holds)" if v.get("kill") else "")
+
+
+def _rollouts(args: argparse.Namespace) -> list[dict[str, Any]]:
+    items = _admin(args, "GET", "/admin/rollouts")
+    if args.route and not any(i["route"] == args.route for i in items):
+        fail(f"route {args.route!r} has no rollout section in routes.yaml")
+    return [i for i in items if not args.route or i["route"] == args.route]
+
+
+def _watching(args: argparse.Namespace, failing: str | None) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """_rollouts() for a loop that must outlive the proxy's restarts and errors: an error is said
+    once on stderr (and its end), then retried. Returns (items or None, the error now)."""
+    try:
+        items = _rollouts(args)
+    except Transient as exc:
+        if failing != str(exc):
+            print(f"splitter: {exc}; retrying every second", file=sys.stderr, flush=True)
+        return None, str(exc)
+    if failing:
+        print("splitter: the admin API answers again", file=sys.stderr, flush=True)
+    return items, None
+
+
+def _rollout_status(args: argparse.Namespace) -> int:
+    import time
+
+    from . import strictjson
+
+    failing = None
+    while True:
+        items, failing = _watching(args, failing) if args.watch else (_rollouts(args), None)
+        if items is not None and args.json:
+            print(strictjson.dumps(items if not args.route else items[0]), flush=True)
+        elif items is not None:
+            if args.watch:
+                print("\x1b[H\x1b[2J", end="")  # redraw in place, like kubectl argo rollouts get --watch
+            print("\n".join(_rollout_lines(items)), flush=True)
+        if not args.watch:
+            return 0
+        time.sleep(1.0)
+
+
+def _rollout_wait(args: argparse.Namespace) -> int:
+    """Like `kubectl rollout status`: a line per change; exit 0 at done, 3 rolled back or aborted, 4 on timeout."""
+    import time
+
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    failing, said = None, None
+    while True:
+        items, failing = _watching(args, failing)
+        if items is not None:
+            view = items[0]
+            line = _rollout_said(view)
+            if line != said:
+                print(line, flush=True)
+                said = line
+            if view["status"] == "done":
+                return 0
+            if view["status"] in ("rolled_back", "aborted"):
+                return 3
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            where = f"last seen: {said}" if said else f"the admin API did not answer: {failing}"
+            print(f"splitter: rollout of {args.route} not done within {args.timeout:g} s ({where})", file=sys.stderr)
+            return 4
+        time.sleep(1.0 if left is None else min(1.0, left))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     import httpx
 
-    from . import report
+    from . import report, strictjson
 
+    if args.window and not args.prometheus:
+        fail(f"--window {args.window} needs --prometheus URL: a proxy's /metrics counts only since it started")
     if args.prometheus:
         base = args.prometheus.rstrip("/")
         results = {}
@@ -432,7 +522,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.route and not reports:
         fail(f"no traffic recorded for route {args.route!r}")
     if args.json:
-        print(json.dumps([r.as_dict() for r in reports], indent=2))
+        print(strictjson.dumps([r.as_dict() for r in reports], indent=2))
     else:
         print(report.table(reports))
     return 3 if any(r.verdict == "fail" for r in reports) else 0
@@ -518,18 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("route", help="route name")
     sh.add_argument("--json", action="store_true", help="JSON output")
     sh.set_defaults(func=cmd_shadow)
-    ro = admin_parser("rollout", "gated rollouts: status, pause, resume, abort")
-    ro.add_argument("action", choices=["status", "pause", "resume", "abort"], help="what to do")
-    ro.add_argument("route", nargs="?", help="route name (status: all routes when omitted)")
-    ro.add_argument("--watch", action="store_true", help="status: redraw every second (Ctrl-C stops)")
-    ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
-    ro.add_argument("--reason", default=None, help="pause/resume/abort: why, for the change history and notifications")
-    ro.set_defaults(func=cmd_rollout)
     hi = admin_parser("history", "who changed what, when and why (people, guard, rollouts, routes.yaml), newest first")
     hi.add_argument("route", nargs="?", help="only this route")
     hi.add_argument("--limit", type=int, default=50, help="at most this many events")
     hi.add_argument("--json", action="store_true", help="JSON output")
     hi.set_defaults(func=cmd_history)
+    _rollout_parser(admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, wait (exit 0, 3 or 4)"))
     rp = admin_parser("report", "old vs new per route against the migration plan's success criteria (exit 3 when one fails, 1 on operator errors)")
     rp.add_argument("--prometheus", default=None, help="Prometheus URL (rates over --window); default: the admin API's /metrics since start")
     rp.add_argument("--window", default=None, help="with --prometheus: a range such as 10m, 1h, 1d (default: since the proxies started)")
@@ -542,6 +626,17 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
     co.set_defaults(func=cmd_completion)
     return p
+
+
+def _rollout_parser(ro: argparse.ArgumentParser) -> None:
+    ro.add_argument("action", choices=["status", "pause", "resume", "abort", "promote", "wait"], help="what to do")
+    ro.add_argument("route", nargs="?", help="route name (status: all routes when omitted)")
+    ro.add_argument("--full", action="store_true", help="promote: straight to the last step, and done")
+    ro.add_argument("--timeout", type=float, default=None, help="wait: give up after S seconds, exit 4 (None: never)")
+    ro.add_argument("--watch", action="store_true", help="status: redraw every second, retrying through errors")
+    ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
+    ro.add_argument("--reason", default=None, help="pause/resume/abort/promote: why, for the history and notifications")
+    ro.set_defaults(func=cmd_rollout)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

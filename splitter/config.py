@@ -86,6 +86,7 @@ class RolloutSpec:
     steps: tuple[int, ...]
     interval_s: float
     gates: Gates
+    approval: frozenset[int] = frozenset()  # indexes of the steps entered only on `splitter rollout promote`
 
 
 @dataclass(frozen=True)
@@ -256,6 +257,7 @@ _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
 _PERCENT: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 100}
 _STRINGS: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
 _CONFIDENCE: dict[str, Any] = {"type": "number", "minimum": 0.5, "maximum": 0.999}
+_STEP: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 100}
 SECTIONS: dict[str, dict[str, Any]] = {
     "top": {
         "environment": {"type": "string"},
@@ -303,10 +305,22 @@ SECTIONS: dict[str, dict[str, Any]] = {
     },
     "guard": {"max_error_rate": _RATE, "min_requests": _COUNT, "window_s": _POSITIVE, "max_p95_ratio": _POSITIVE, "max_error_increase": _RATE, "confidence": _CONFIDENCE},
     "shadow": {"percent": _PERCENT, "methods": _STRINGS, "ignore": _STRINGS, "headers": _STRINGS},
-    "rollout": {"steps": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 1, "maximum": 100}}, "interval_s": _POSITIVE, "gates": "gates"},
+    "rollout": {
+        "steps": {"type": "array", "minItems": 1, "items": {"oneOf": [_STEP, {"$ref": "#/$defs/step"}]}},
+        "interval_s": _POSITIVE,
+        "gates": "gates",
+    },
+    "step": {"percent": _STEP, "approval": {"type": "boolean"}},
     "gates": {"max_error_rate": _RATE, "max_p95_ms": _POSITIVE, "max_p95_ratio": _POSITIVE, "min_requests": _COUNT, "max_error_increase": _RATE, "confidence": _CONFIDENCE},
 }
-_REQUIRED = {"top": ["backends", "routes"], "backends": list(BACKENDS), "backend": ["url"], "route": ["name", "prefix", "percent"], "rollout": ["steps"]}
+_REQUIRED = {
+    "top": ["backends", "routes"],
+    "backends": list(BACKENDS),
+    "backend": ["url"],
+    "route": ["name", "prefix", "percent"],
+    "rollout": ["steps"],
+    "step": ["percent"],
+}
 _TOP_KEYS = set(SECTIONS["top"])
 _ROUTE_KEYS = set(SECTIONS["route"])
 
@@ -718,10 +732,7 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
     if r is None:
         return None
     _unknown(doc, r, set(SECTIONS["rollout"]), path)
-    steps = r.get("steps")
-    if not isinstance(steps, list) or not steps or not all(_is_int(s) and 0 < s <= 100 for s in steps) or steps != sorted(set(steps)):
-        doc.error(f"{path}.steps", f"must be a rising list of integers 1..100, got {_show(steps)}")
-        steps = [100]
+    steps, approval = _steps(doc, r.get("steps"), f"{path}.steps")
     interval = _number(doc, r, "interval_s", path, 86400.0)
     gates_raw = r.get("gates", {})
     g = _mapping(doc, gates_raw, f"{path}.gates") or {}
@@ -735,4 +746,24 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
         _number(doc, g, "max_error_increase", gp, None, positive=False, upper=1),
         _confidence(doc, g, gp),
     )
-    return RolloutSpec(tuple(steps), float(interval), gates)
+    return RolloutSpec(tuple(steps), float(interval), gates, approval)
+
+
+def _steps(doc: _Doc, raw: Any, path: str) -> tuple[list[int], frozenset[int]]:
+    """Rising percents 1..100; a step written {percent: N, approval: true} waits for a promote."""
+    steps, approval = [], set()
+    for i, item in enumerate(raw if isinstance(raw, list) else []):
+        if isinstance(item, dict):
+            _unknown(doc, item, set(SECTIONS["step"]), f"{path}[{i}]")
+            if not isinstance(item.get("approval", False), bool):
+                doc.error(f"{path}[{i}].approval", f"must be true or false, got {_show(item['approval'])}")
+            if item.get("approval") is True:
+                approval.add(i)
+            item = item.get("percent")
+        steps.append(item)
+    rising = all(_is_int(s) and 0 < s <= 100 for s in steps) and steps == sorted(set(steps))
+    if not isinstance(raw, list) or not steps or not rising:
+        shape = "each an integer or {percent: N, approval: true}"
+        doc.error(path, f"must be a rising list of percents 1..100 ({shape}), got {_show(raw)}")
+        return [100], frozenset()
+    return steps, frozenset(approval)

@@ -82,6 +82,8 @@ class Guard:
             self._stuck.discard(route.name)
             rt.windows.reset(route.name, now)
             rt.metrics.guard_trips.labels(route.name, reason).inc()
+            sides = {"new": new.view(), "legacy": legacy.view()}
+            rt.guard_trips[route.name] = {"at": now, "reason": reason, "window_s": g.window_s, **sides, **evidence}
             log.warning(
                 "guard tripped: route rolled back to legacy",
                 route=route.name,

@@ -64,7 +64,8 @@ class Check:
 
 
 def _round(x: float | None) -> float | None:
-    return None if x is None or math.isnan(x) else (round(x, 6) if math.isfinite(x) else x)
+    """Six digits; None for no value and for an open interval end (infinity): JSON has no Infinity."""
+    return round(x, 6) if x is not None and math.isfinite(x) else None
 
 
 def spend(alpha: float, look: int) -> float:
@@ -226,10 +227,20 @@ def verdict(checks: list[Check]) -> str:
 
 
 def reason(checks: list[Check]) -> str:
-    """One line naming the failed gates with their evidence."""
+    """One line naming the failed gates with their evidence, in the gate's unit (%, ms, x)."""
     parts = []
     for c in checks:
         if c.verdict == FAIL:
+            f = _UNITS.get(c.gate, "{:.4g}".format)
             p = f", p={c.p_value:.2g}" if c.p_value is not None else ""
-            parts.append(f"{c.gate} {c.estimate:.4g} (interval {c.low:.4g}..{c.high:.4g}{p}) > {c.threshold:g}")
+            high = "∞" if c.high is None or math.isinf(c.high) else f(c.high)
+            parts.append(f"{c.gate} {f(c.estimate)} (interval {f(c.low)} .. {high}{p}) > {f(c.threshold)}")
     return "; ".join(parts)
+
+
+_UNITS = {
+    "max_error_rate": "{:.2%}".format,
+    "max_error_increase": "{:+.2%}".format,
+    "max_p95_ms": "{:.4g} ms".format,
+    "max_p95_ratio": "x{:.3g}".format,
+}

@@ -36,6 +36,9 @@ class Metrics:
         self.client_aborts = Counter("splitter_client_aborts_total", "Clients that went away mid-request.", ["route", "handler"], registry=reg)
         self.guard_trips = Counter("splitter_guard_trips_total", "Automatic rollbacks by the error guard.", ["route", "reason"], registry=reg)
         self.shadow = Counter("splitter_shadow_total", "Shadow comparisons by result.", ["route", "result"], registry=reg)
+        events = "advanced, done, rolled_back, aborted, paused, resumed, promoted, awaiting_approval"
+        about = f"Rollout transitions by event ({events})."
+        self.rollout_events = Counter("splitter_rollout_events_total", about, ["route", "event"], registry=reg)
         self.rollout_step = Gauge("splitter_rollout_step", "Current percent step of a gated rollout.", ["route"], registry=reg, multiprocess_mode="mostrecent")
         self.ws_open = Gauge("splitter_websocket_open", "WebSocket connections open now (summed over workers).", ["route", "backend", "handler"], registry=reg, multiprocess_mode="livesum")
         self.ws_connections = Counter("splitter_websocket_connections_total", "WebSocket upgrades by result (accepted, refused, failed).", ["route", "backend", "handler", "result"], registry=reg)

@@ -61,8 +61,8 @@ class Side:
         _, p95_lo, p95_hi = self.quantile_ms(0.95)
         ci = self.error_rate_ci()
         return {
-            "requests": self.requests,
-            "errors": self.errors,
+            "requests": round(self.requests),  # counts are integers (Prometheus' increase() extrapolates)
+            "errors": round(self.errors),
             "error_rate": self.error_rate,
             "error_rate_ci": list(ci) if ci else None,
             "p50_ms": _r(p50),
@@ -73,7 +73,8 @@ class Side:
 
 
 def _r(x: float | None) -> float | None:
-    return None if x is None else (round(x, 3) if math.isfinite(x) else x)
+    """Three digits; None for no value and for an open interval end (infinity): JSON has no Infinity."""
+    return round(x, 3) if x is not None and math.isfinite(x) else None
 
 
 @dataclass
@@ -219,8 +220,12 @@ def _interval_line(side: Side) -> str:
     v = side.view()
 
     def ms(x: float | None) -> str:
-        return "-" if x is None else ("inf" if math.isinf(x) else f"{x:.1f}")
+        return "-" if x is None else f"{x:.1f}"
+
+    def interval(estimate: float | None, low: float | None, high: float | None) -> str:
+        return f"[{ms(low)} .. {'∞' if high is None and estimate is not None else ms(high)}]"  # None above: open
 
     ci = v["error_rate_ci"]
     err = "-" if v["error_rate"] is None else f"{v['error_rate']:.3%} [{ci[0]:.3%} .. {ci[1]:.3%}]"
-    return f"error rate {err}, p50 {ms(v['p50_ms'])} ms [{ms(v['p50_ci_ms'][0])} .. {ms(v['p50_ci_ms'][1])}], p95 {ms(v['p95_ms'])} ms [{ms(v['p95_ci_ms'][0])} .. {ms(v['p95_ci_ms'][1])}]"
+    p50, p95 = interval(v["p50_ms"], *v["p50_ci_ms"]), interval(v["p95_ms"], *v["p95_ci_ms"])
+    return f"error rate {err}, p50 {ms(v['p50_ms'])} ms {p50}, p95 {ms(v['p95_ms'])} ms {p95}"

@@ -1,11 +1,19 @@
 """Gated progressive rollout: walk a route's override through its steps while the gates hold.
 
 State per route (in Redis with a fleet, else in memory):
-    {"status": running|paused|aborted|rolled_back|done, "step": index, "since": epoch s, "reason": str}
+    {"status": running|awaiting_approval|paused|aborted|rolled_back|done, "step": index,
+     "since": epoch s, "reason": str, "previous": the evidence of the last window that ended
+     (percent, since, until, new, legacy, gates), "legacy_before": legacy's counts (window.Counts
+     fields) of the step before a 100 % step}
 With Redis one replica drives a route at a time (a lease renewed every tick;
 when the holder dies another takes over after the lease runs out). The driver
 judges the gates on the fleet's traffic since the current step began (window.py;
-without Redis, this process's).
+without Redis, this process's). At 100 % legacy gets no traffic, so the gates that
+compare with legacy (max_p95_ratio, max_error_increase) read legacy's window of the
+step before, remembered when the rollout entered 100 %. A step written
+`{percent: N, approval: true}` is entered only on `promote` (status awaiting_approval
+until then; failing gates still roll back). The kill switch holds every rollout.
+Each transition counts once in splitter_rollout_events_total{route,event}.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from . import judge
-from .config import Gates, Route
+from .config import Gates, RolloutSpec, Route
 from .overrides import Conflict, Unavailable
 from .window import Counts, Totals
 
@@ -28,6 +36,12 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("splitter.rollout")
 LEASE_S = 3.0
+EVENTS = ("advanced", "done", "rolled_back", "aborted", "paused", "resumed", "promoted", "awaiting_approval")
+ACTIVE = ("running", "awaiting_approval")  # the statuses the driver judges
+
+
+class Refused(Exception):
+    """An operator action that does not apply to the rollout's status (409)."""
 
 
 def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:
@@ -65,6 +79,7 @@ class Rollouts:
         self._waiting_logged: set[tuple[str, int, str]] = set()
         self._looks: dict[str, tuple[float, int]] = {}  # route -> (step start, last checkpoint judged)
         self._skipping: set[str] = set()
+        self._counted: set[str] = set()
 
     def routes(self) -> list[Route]:
         return [r for r in self.rt.snapshot.config.routes if r.rollout is not None]
@@ -74,6 +89,7 @@ class Rollouts:
             intervals = [r.rollout.interval_s for r in self.routes() if r.rollout]
             await asyncio.sleep(max(0.1, min([1.0, *(i / 5 for i in intervals)])))
             for route in self.routes():
+                self._zero_events(route.name)
                 try:
                     await self.tick(route, time.time())
                     self._skipping.discard(route.name)
@@ -81,6 +97,16 @@ class Rollouts:
                     if route.name not in self._skipping:  # once per outage, not once per tick
                         self._skipping.add(route.name)
                         log.warning("rollout paused: its state cannot be written", route=route.name, error=str(exc))
+
+    def _zero_events(self, name: str) -> None:
+        """Every event's series exists from the start at 0, so increase() sees the first one (alerts)."""
+        if name not in self._counted:
+            self._counted.add(name)
+            for event in EVENTS:
+                self.rt.metrics.rollout_events.labels(name, event)
+
+    def _event(self, name: str, event: str) -> None:
+        self.rt.metrics.rollout_events.labels(name, event).inc()
 
     async def tick(self, route: Route, now: float) -> None:
         rt = self.rt
@@ -94,36 +120,43 @@ class Rollouts:
             log.info("driving rollout", route=route.name, owner=self.owner)
         state = await rt.overrides.get_rollout(route.name) or {"status": "running", "step": -1, "since": now, "reason": ""}
         snap = rt.snapshot
-        if state["status"] != "running":
+        if state["status"] not in ACTIVE:
             self._gauge(route.name)
             return
         step = int(state["step"])
         if step >= 0 and snap.sources.get(route.name) != "rollout":
             why = "guard tripped" if snap.sources.get(route.name) == "guard" else f"percent changed by hand (source {snap.sources.get(route.name)})"
-            state.update(status="rolled_back" if "guard" in why else "paused", reason=why)
+            state.update(status="rolled_back" if "guard" in why else "paused", reason=why, since=now)
             await rt.overrides.put_rollout(route.name, state)
+            self._event(route.name, state["status"])
             log.warning("rollout stopped", route=route.name, reason=why)
             return
+        if snap.kill:
+            return  # everything goes to legacy: nothing to judge, nothing to advance
         if step < 0:
-            await self._go(route, state, 0, now, "start")
+            await self._enter(route, state, 0, now, "start")
             return
         since = float(state["since"])
-        new_c = await rt.windows.counts(route.name, "new", now, ro.interval_s + 1, since)
-        legacy_c = await rt.windows.counts(route.name, "legacy", now, ro.interval_s + 1, since)
+        new_c, legacy_c = await self.evidence(route, state, now)
         new, legacy = new_c.totals(), legacy_c.totals()
         gate_values: dict[str, Any] = {"requests": new.requests, "error_rate": round(new.error_rate, 5), "p95_ms": new.p95_ms, "legacy_p95_ms": legacy.p95_ms}
         judged = ro.gates.confidence is not None
         failure = self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values) if judged else gate_failure(ro.gates, new, legacy)
         if failure:
             await rt.overrides.set_percent(route.name, 0, source="rollout")
-            state.update(status="rolled_back", reason=f"gate failed at {ro.steps[step]}%: {failure}", since=now)
+            evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
+            if "checks" in gate_values:  # as judged: at this look's share of the error budget
+                evidence.update(gates=[evidence["gates"][0], *gate_values["checks"]], verdict=judge.FAIL)
+            reason = f"gate failed at {ro.steps[step]}%: {failure}"
+            state.update(status="rolled_back", reason=reason, since=now, previous=evidence)
             await rt.overrides.put_rollout(route.name, state)
             self._gauge(route.name)
+            self._event(route.name, "rolled_back")
             log.warning("rollout rolled back", route=route.name, step=ro.steps[step], reason=failure, **gate_values)
             old = snap.percent[route.name]
             await rt.history.record("rollout", "rollout", "rollout_rollback", route.name, old, 0, state["reason"])
             return
-        if now - since < ro.interval_s:
+        if now - since < ro.interval_s or state["status"] == "awaiting_approval":
             return
         if new.requests < ro.gates.min_requests:
             self._once(route.name, step, "rollout waiting for traffic", have=new.requests, need=ro.gates.min_requests)
@@ -137,13 +170,27 @@ class Rollouts:
                 self._once(route.name, step, "rollout holding: the gates are not yet shown to hold", checks=gate_values["checks"])
                 return
         if step + 1 >= len(ro.steps):
-            state.update(status="done", reason="all steps passed", since=now)
+            evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
+            state.update(status="done", reason="all steps passed", since=now, previous=evidence)
             await rt.overrides.put_rollout(route.name, state)
+            self._event(route.name, "done")
             log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
             at = ro.steps[step]
             await rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, "all steps passed")
             return
-        await self._go(route, state, step + 1, now, "advance", **gate_values)
+        await self._enter(route, state, step + 1, now, "advance", **gate_values)
+
+    async def evidence(self, route: Route, state: dict[str, Any], now: float) -> tuple[Counts, Counts]:
+        """New's and legacy's outcomes the current step is judged on. At 100 % legacy's are those of
+        the step before (remembered on entering 100 %): legacy has no traffic of its own then."""
+        ro = route.rollout
+        assert ro is not None
+        since, span = float(state["since"]), ro.interval_s + 1
+        new = await self.rt.windows.counts(route.name, "new", now, span, since)
+        before = state.get("legacy_before")
+        if before is not None and ro.steps[int(state["step"])] == 100:
+            return new, Counts.from_fields({k: str(v) for k, v in before.items()})
+        return new, await self.rt.windows.counts(route.name, "legacy", now, span, since)
 
     def _judged_failure(self, name: str, gates: Gates, new: Counts, legacy: Counts, since: float, values: dict[str, Any]) -> str | None:
         """With `confidence`, a failure is judged at checkpoints (new's requests reaching
@@ -164,79 +211,152 @@ class Rollouts:
             self._waiting_logged.add((name, step, event))
             log.info(event, route=name, step=step, **fields)
 
-    async def _go(self, route: Route, state: dict[str, Any], step: int, now: float, why: str, **gate_values: Any) -> None:
+    async def _enter(
+        self, route: Route, state: dict[str, Any], step: int, now: float, why: str, **gate_values: Any
+    ) -> None:
+        """Move to `step` (start, advance, promote), or hold before it when it needs approval and
+        no one has given it (why != "promote")."""
         ro = route.rollout
         assert ro is not None
+        if step in ro.approval and why != "promote":
+            if state["status"] != "awaiting_approval":
+                why_held = f"{ro.steps[step]}% needs approval: splitter rollout promote {route.name}"
+                state.update(status="awaiting_approval", reason=why_held)
+                await self.rt.overrides.put_rollout(route.name, state)
+                self._event(route.name, "awaiting_approval")
+                at = self.rt.snapshot.percent[route.name]
+                nxt = ro.steps[step]
+                log.warning("rollout awaiting approval", route=route.name, percent=at, next=nxt, **gate_values)
+            return
+        current = int(state["step"])
+        if current >= 0:  # the window that ends now: kept (the console labels it), and legacy's side for 100 %
+            new_c, legacy_c = await self.evidence(route, state, now)
+            state["previous"] = self._window_record(ro, current, float(state["since"]), now, new_c, legacy_c)
+        else:  # before the first step: legacy's latest window
+            legacy_c = await self.rt.windows.counts(route.name, "legacy", now, ro.interval_s + 1)
+        state["legacy_before"] = legacy_c.fields() if ro.steps[step] == 100 else None
         old = self.rt.snapshot.percent[route.name]
         await self.rt.overrides.set_percent(route.name, ro.steps[step], source="rollout")
         state.update(status="running", step=step, since=now, reason="")
         await self.rt.overrides.put_rollout(route.name, state)
         self._gauge(route.name)
+        self._event(route.name, "promoted" if why == "promote" else "advanced")
         log.info("rollout step", route=route.name, action=why, old=old, new=ro.steps[step], **gate_values)
         reason = "start" if why == "start" else f"gates held for {ro.interval_s:g} s at {ro.steps[step - 1]} %"
         await self.rt.history.record("rollout", "rollout", "rollout_step", route.name, old, ro.steps[step], reason)
+
+    def _window_record(
+        self, ro: RolloutSpec, step: int, since: float, until: float, new_c: Counts, legacy_c: Counts
+    ) -> dict[str, Any]:
+        """One step's window as it ended: what it showed, for the operator who comes later."""
+        gates, verdict = _gate_views(ro.gates, new_c, legacy_c)
+        sides = {"new": new_c.totals().view(), "legacy": legacy_c.totals().view()}
+        return {"percent": ro.steps[step], "since": since, "until": until, **sides, "gates": gates, "verdict": verdict}
 
     def _gauge(self, name: str) -> None:
         self.rt.metrics.rollout_step.labels(name).set(self.rt.snapshot.percent.get(name, 0))
 
     # --- operator actions -------------------------------------------------------
     async def view(self) -> list[dict[str, Any]]:
-        out = []
-        for r in self.routes():
-            assert r.rollout is not None
-            state = await self.rt.overrides.get_rollout(r.name) or {"status": "pending", "step": -1, "since": None, "reason": ""}
-            step = int(state["step"])
-            now = time.time()
-            since = float(state["since"]) if state["since"] is not None else None
-            view: dict[str, Any] = {
-                "route": r.name,
-                "status": state["status"],
-                "step": r.rollout.steps[step] if step >= 0 else None,
-                "percent": self.rt.snapshot.percent[r.name],
-                "steps": list(r.rollout.steps),
-                "interval_s": r.rollout.interval_s,
-                "since": since,
-                "next_step_in_s": round(max(0.0, since + r.rollout.interval_s - now), 1) if since is not None and state["status"] == "running" and step + 1 < len(r.rollout.steps) else None,
-                "reason": state["reason"],
-                "driven_here": r.name in self.driving,
-                "scope": self.rt.windows.scope,
-            }
-            if step >= 0 and since is not None:
-                new_c = await self.rt.windows.counts(r.name, "new", now, r.rollout.interval_s + 1, since)
-                legacy_c = await self.rt.windows.counts(r.name, "legacy", now, r.rollout.interval_s + 1, since)
-                new, legacy = new_c.totals(), legacy_c.totals()
-                gates = r.rollout.gates
-                if gates.confidence is not None:
-                    checks = judge.judge(gates, new_c, legacy_c, 1 - gates.confidence)
-                    view["gates"] = [{"gate": "min_requests", "value": new.requests, "threshold": gates.min_requests, "ok": new.requests >= gates.min_requests}] + [c.view() for c in checks]
-                    view["verdict"] = judge.verdict(checks) if new.requests >= gates.min_requests else judge.WAIT
-                    view["confidence"] = gates.confidence
-                else:
-                    view["gates"] = gate_checks(gates, new, legacy)
-                view["new"], view["legacy"] = new.view(), legacy.view()
-            out.append(view)
-        return out
+        return [await self._view_one(r, time.time()) for r in self.routes()]
 
-    async def act(self, name: str, action: str) -> dict[str, Any]:
+    async def _view_one(self, r: Route, now: float) -> dict[str, Any]:
+        ro = r.rollout
+        assert ro is not None
+        pending: dict[str, Any] = {"status": "pending", "step": -1, "since": None, "reason": ""}
+        state = await self.rt.overrides.get_rollout(r.name) or pending
+        step = int(state["step"])
+        since = float(state["since"]) if state["since"] is not None else None
+        status = state["status"]
+        moving = since is not None and status == "running" and step + 1 < len(ro.steps)
+        view: dict[str, Any] = {
+            "route": r.name,
+            "status": status,
+            "step": ro.steps[step] if step >= 0 else None,
+            "percent": self.rt.snapshot.percent[r.name],
+            "steps": list(ro.steps),
+            "approval_steps": [ro.steps[i] for i in sorted(ro.approval)],
+            "awaiting": ro.steps[step + 1] if status == "awaiting_approval" and step + 1 < len(ro.steps) else None,
+            "interval_s": ro.interval_s,
+            "since": since,
+            "next_step_in_s": round(max(0.0, since + ro.interval_s - now), 1) if moving and since is not None else None,
+            "reason": state["reason"],
+            "kill": self.rt.snapshot.kill,
+            "driven_here": r.name in self.driving,
+            "scope": self.rt.windows.scope,
+            "previous": state.get("previous"),
+        }
+        if step >= 0 and since is not None and status in (*ACTIVE, "paused"):  # a finished one shows `previous`
+            new_c, legacy_c = await self.evidence(r, state, now)
+            view["gates"], verdict = _gate_views(ro.gates, new_c, legacy_c)
+            if ro.gates.confidence is not None:
+                view["verdict"], view["confidence"] = verdict, ro.gates.confidence
+            view["new"], view["legacy"] = new_c.totals().view(), legacy_c.totals().view()
+            view["legacy_from_step_before"] = ro.steps[step] == 100 and state.get("legacy_before") is not None
+        return view
+
+    async def act(self, name: str, action: str, full: bool = False) -> dict[str, Any]:
+        route = self.rt.snapshot.config.by_name[name]
+        steps = self._steps(name)
         state = await self.rt.overrides.get_rollout(name) or {"status": "running", "step": -1, "since": time.time(), "reason": ""}
         now = time.time()
-        if action == "pause":
+        if action == "promote":
+            await self._promote(route, state, now, full)
+        elif action == "pause":
             state.update(status="paused", reason="paused by operator")
         elif action == "resume":
+            if state["status"] == "awaiting_approval":
+                raise Refused(f"rollout of {name!r} is awaiting approval: splitter rollout promote {name} goes on")
             if state["status"] in ("aborted", "rolled_back"):
-                state.update(status="running", step=-1, since=now, reason="")  # start over at the first step
+                state.update(status="running", step=-1, since=now, reason="")
+                await self._enter(route, state, 0, now, "start")  # starts over at the first step, now
             else:
                 if state["status"] == "paused" and int(state["step"]) >= 0:
-                    await self.rt.overrides.set_percent(name, self._steps(name)[int(state["step"])], source="rollout")
+                    await self.rt.overrides.set_percent(name, steps[int(state["step"])], source="rollout")
                 state.update(status="running", since=now, reason="")
         elif action == "abort":
             await self.rt.overrides.set_percent(name, 0, source="rollout")
             state.update(status="aborted", reason="aborted by operator", since=now)
         await self.rt.overrides.put_rollout(name, state)
-        log.warning("rollout " + action, route=name, status=state["status"])
-        return next(v for v in await self.view() if v["route"] == name)
+        if action in ("pause", "resume", "abort"):
+            self._event(name, {"pause": "paused", "resume": "resumed", "abort": "aborted"}[action])
+        log.warning("rollout " + action, route=name, status=state["status"], full=full)
+        return await self._view_one(route, time.time())
+
+    async def _promote(self, route: Route, state: dict[str, Any], now: float, full: bool) -> None:
+        """The next step now (a held approval step included), or with `full` the last step and done."""
+        ro = route.rollout
+        assert ro is not None
+        if state["status"] in ("done", "rolled_back", "aborted"):
+            over = "" if state["status"] == "done" else f" (splitter rollout resume {route.name} starts it over)"
+            raise Refused(f"rollout of {route.name!r} is {state['status']}: nothing to promote{over}")
+        step = int(state["step"])
+        if full or step + 1 >= len(ro.steps):
+            await self.rt.overrides.set_percent(route.name, ro.steps[-1], source="rollout")
+            why = f"promoted to {ro.steps[-1]}% by operator"
+            state.update(status="done", step=len(ro.steps) - 1, since=now, reason=why, legacy_before=None)
+            self._gauge(route.name)
+            self._event(route.name, "promoted")
+            self._event(route.name, "done")
+            return
+        await self._enter(route, state, step + 1, now, "promote")
 
     def _steps(self, name: str) -> tuple[int, ...]:
         r = self.rt.snapshot.config.by_name[name]
         assert r.rollout is not None
         return r.rollout.steps
+
+
+def _gate_views(gates: Gates, new_c: Counts, legacy_c: Counts) -> tuple[list[dict[str, Any]], str]:
+    """Each gate as the API shows it, and the verdict (wait below min_requests): judged with
+    `confidence` (estimate, interval, p-value), else the raw value against its threshold."""
+    new = new_c.totals()
+    if gates.confidence is None:
+        checks = gate_checks(gates, new, legacy_c.totals())
+        oks = [c["ok"] for c in checks]
+        return checks, judge.FAIL if False in oks else judge.PASS if all(oks) else judge.WAIT
+    judged = judge.judge(gates, new_c, legacy_c, 1 - gates.confidence)
+    enough = new.requests >= gates.min_requests
+    floor = {"gate": "min_requests", "value": new.requests, "threshold": gates.min_requests, "ok": enough}
+    views = [floor, *(c.view() for c in judged)]
+    return views, judge.verdict(judged) if enough else judge.WAIT

@@ -125,6 +125,7 @@ class Runtime:
         self.notifier = Notifier(self.metrics, lambda: now().notify, settings.secrets, lambda: now().environment)
         self.history = History(self.overrides, self.metrics, self.notifier.submit)
         self._recording: set[asyncio.Task[Any]] = set()
+        self.guard_trips: dict[str, dict[str, Any]] = {}  # route -> the last trip this process made, for the console
         self._publish_gauges()
 
     # --- lifecycle ------------------------------------------------------------

@@ -102,6 +102,39 @@ def test_bad_percent_reads_exactly_like_the_spec_example(tmp_path):
     assert err.value.errors == [f"{f}:13: routes[1].percent: must be an integer 0..100, got 150"]
 
 
+def test_rollout_steps_may_wait_for_approval(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text(
+        VALID.replace(
+            "    salt: s1",
+            "    salt: s1\n    rollout: {steps: [10, {percent: 50, approval: true}, {percent: 75}, 100]}",
+        )
+    )
+    ro = config.load(f).by_name["upload"].rollout
+    assert ro is not None and ro.steps == (10, 50, 75, 100) and ro.approval == frozenset({1})
+
+
+@pytest.mark.parametrize(
+    "steps,message",
+    [
+        (
+            "[10, {percent: 50, approval: yes please}]",
+            "routes[1].rollout.steps[1].approval: must be true or false, got 'yes please'",
+        ),
+        ("[10, {pct: 50}]", "routes[1].rollout.steps[1].pct: unknown key (allowed: approval, percent)"),
+        ("[{percent: 50, approval: true}, 20]", "routes[1].rollout.steps: must be a rising list of percents 1..100"),
+    ],
+)
+def test_bad_rollout_steps_name_the_step(tmp_path, steps, message):
+    f = tmp_path / "routes.yaml"
+    text = VALID.replace("    salt: s1", f"    salt: s1\n    rollout: {{steps: {steps}}}")
+    f.write_text(text)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    hit = next((e for e in err.value.errors if message in e), None)
+    assert hit is not None and hit.split(":")[1] == str(line_of(text, "rollout:")), err.value.errors
+
+
 @pytest.mark.parametrize("text", ["", "   \n", "[1, 2]", "routes: [\n", "backends: {}\nroutes: []"])
 def test_empty_or_broken_files_are_rejected_whole(text):
     with pytest.raises(config.ConfigError) as err:

@@ -168,3 +168,141 @@ def test_the_console_shows_whose_token_and_each_routes_timeline(standin, splitte
     assert page.input_value("#reason") == "", "a reason goes with one change"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-history.png"), full_page=True)
+ROLLOUTS_YAML = """environment: production
+backends:
+  legacy: {{url: "{legacy}", read_timeout: 5}}
+  new: {{url: "{new}", read_timeout: 5}}
+user_id:
+  - header: X-User-ID
+anonymous: legacy
+routes:
+  - name: checkout
+    prefix: /api/checkout
+    percent: 0
+    rollout:
+      steps: [20, {{percent: 50, approval: true}}, 100]
+      interval_s: 2
+      gates: {{max_error_rate: 0.5, min_requests: 3}}
+  - name: auth
+    prefix: /api/auth
+    percent: 0
+    rollout:
+      steps: [25, 50, 100]
+      interval_s: 2
+      gates: {{max_error_rate: 0.05, max_p95_ms: 500, min_requests: 20, confidence: 0.95}}
+  - name: search
+    prefix: /api/search
+    percent: 0
+    rollout:
+      steps: [10, 50, 100]
+      interval_s: 600
+      gates: {{max_error_rate: 0.05, max_p95_ratio: 1.5, min_requests: 100000}}
+  - name: upload
+    prefix: /api/upload
+    percent: 50
+    guard: {{max_error_rate: 0.1, min_requests: 10, window_s: 30}}
+"""
+
+
+class RolloutTraffic:
+    """Two threads of GETs to every route of ROLLOUTS_YAML, sticky ids; until the block ends."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run) for _ in range(2)]
+
+    def _run(self) -> None:
+        i = 0
+        with httpx.Client(base_url=self.url) as client:
+            while not self.stop.is_set():
+                u = {"X-User-ID": f"oncall{i % 400}"}
+                for path in ("/api/checkout/cart", "/api/auth/flaky", "/api/search/q", "/api/upload/status?code=500"):
+                    client.get(path, headers=u)
+                i += 1
+                self.stop.wait(0.02)
+
+    def __enter__(self) -> RolloutTraffic:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def rollout_of(s, name: str) -> dict:
+    return next(r for r in httpx.get(s.admin + "/admin/rollouts").json() if r["route"] == name)
+
+
+def test_the_console_tells_an_on_call_engineer_what_rollouts_did_and_what_waits(standin, splitter, browser_page):
+    s = splitter(
+        ROLLOUTS_YAML.format(legacy=standin("legacy"), new=standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN}
+    )
+    page = browser_page
+    page.on("dialog", lambda d: d.accept())
+    page.goto(s.admin + "/ui")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with RolloutTraffic(s.url):
+        eventually(
+            lambda: rollout_of(s, "checkout")["status"] == "awaiting_approval"
+            and rollout_of(s, "auth")["status"] == "rolled_back",
+            timeout=20,
+        )
+        routes = lambda: {r["name"]: r for r in httpx.get(s.admin + "/admin/routes").json()}  # noqa: E731
+        eventually(lambda: routes()["upload"]["source"] == "guard", timeout=10)
+        said = ("1 route rolled back by guard", "1 rollout rolled back by its gates", "1 rollout awaiting approval")
+        eventually(lambda: all(part in page.inner_text("#summary") for part in said), timeout=5)  # the page's next read
+        what_automation_did(page)
+        page.screenshot(path=str(ARTIFACTS / "console-rollouts.png"), full_page=True)
+        promote_then_kill(page, s)
+
+
+def what_automation_did(page) -> None:
+    """Each card of ROLLOUTS_YAML as the on-call engineer reads it: the approval hold, the rollback
+    with its evidence, the guard's trip, a gate waiting for traffic; screenshots of the first two."""
+    checkout = card(page, "checkout")
+    eventually(lambda: "AWAITING APPROVAL: at 20 %, next 50 % needs a promote" in checkout.inner_text(), timeout=5)
+    checkout.screenshot(path=str(ARTIFACTS / "console-awaiting-approval.png"))
+
+    auth = card(page, "auth")
+    text = eventually(
+        lambda: (x := auth.inner_text()) and "ROLLED BACK at" in x and "evidence: 25 % from" in x and x, timeout=5
+    )
+    assert re.search(r"ROLLED BACK at \d\d:\d\d:\d\d: gate failed at 25%: max_error_rate", text), text
+    failed = auth.locator("tr.gate.fail", has_text="max_error_rate").first.inner_text()
+    as_table = r"max_error_rate\s+\d+\.\d\d %\s+\[\d+\.\d\d % \.\. \d+\.\d\d %\]\s+≤ 5\.00 %\s+FAILS"
+    assert re.search(as_table, failed), failed
+    assert re.search(r"max_p95_ms\s+\d+\.\d+ ms", auth.inner_text()), "latency in ms, a few digits"
+    auth.screenshot(path=str(ARTIFACTS / "console-rollback-evidence.png"))
+
+    upload = card(page, "upload").inner_text()
+    assert re.search(r"TRIPPED at \d\d:\d\d:\d\d \(error rate\)", upload), upload
+    assert re.search(r"evidence over 30 s: new \d+ requests, 100\.00 % errors", upload), upload
+
+    search = card(page, "search")
+    waiting = search.locator("tr.gate", has_text="min_requests")
+    assert "wait" in (waiting.get_attribute("class") or "") and "waiting" in waiting.inner_text(), "waiting, not ✗"
+    spark = search.locator(".spark").inner_text()
+    assert "req/s" in spark and "now" in spark and "−5 min" in spark, spark
+
+
+def promote_then_kill(page, s) -> None:
+    """Promote from the page (the step's window restarts, its evidence stays, labelled), then the
+    kill switch during a rollout: the box says the rollout holds, the summary says why."""
+    checkout = card(page, "checkout")
+    page.fill("#token", TOKEN)
+    checkout.get_by_role("button", name="promote", exact=True).click()
+    eventually(lambda: rollout_of(s, "checkout")["percent"] == 50, timeout=5)
+    previous = r"previous step: 20 % from \d\d:\d\d:\d\d to \d\d:\d\d:\d\d: new \d+ requests"
+    eventually(lambda: re.search(previous, checkout.inner_text()), timeout=5)
+
+    assert httpx.put(s.admin + "/admin/kill", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    holds = "KILL SWITCH ON: everything goes to legacy; the rollout holds (at 10 %)"
+    eventually(lambda: holds in card(page, "search").inner_text(), timeout=5)
+    assert page.inner_text("#summary").startswith("KILL SWITCH ON")
+    page.screenshot(path=str(ARTIFACTS / "console-kill-switch.png"), full_page=True)
+    held = rollout_of(s, "search")
+    assert held["kill"] and held["status"] == "running" and held["step"] == 10

@@ -175,7 +175,7 @@ def test_the_judge_rolls_back_a_slower_new_and_says_why(procs, tmp_path, splitte
         eventually(lambda: rollout_view(s)["status"] == "rolled_back", timeout=20)
     view = rollout_view(s)
     assert view["percent"] == 0 and "max_p95_ratio" in view["reason"] and "interval" in view["reason"], view
-    back = next(e for e in s.logs() if e["event"] == "rollout rolled back")
+    back = s.wait_log(lambda e: e["event"] == "rollout rolled back")
     ratio = next(c for c in back["checks"] if c["gate"] == "max_p95_ratio")
     assert ratio["verdict"] == "fail" and ratio["interval"][0] > 2.0 and ratio["p_value"] < 0.05
     judged = next(r for r in httpx.get(s.admin + "/admin/routes").json() if r["name"] == "auth")["judgement"]

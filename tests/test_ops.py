@@ -200,6 +200,8 @@ EXPECTED_LABELS = {
     "Rollout step (percent)": None,
     "Client aborts by handler": None,
     "SplitterGuardTripped": None,
+    "Rollout events (advanced, done, rolled back, ...)": None,
+    "SplitterRolloutRolledBack": None,
     "SplitterReplicaDown": None,
     # annotations: changes within the last minute (none in this scenario's last minute but a reload, counted from 1)
     "annotation: Guard trips": None,

@@ -19,9 +19,18 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
-function pct(x) { return x === null || x === undefined ? "-" : (100 * x).toFixed(2) + " %"; }
-function ms(x) { return x === null || x === undefined ? "-" : x.toFixed(1) + " ms"; }
-function num(x) { return x === null || x === undefined ? "-" : Number(x).toLocaleString("en-US"); }
+function none(x) { return x === null || x === undefined; }
+function pct(x) { return none(x) ? "-" : (100 * x).toFixed(2) + " %"; }
+function ms(x) { return none(x) ? "-" : x.toFixed(x >= 100 ? 0 : x >= 10 ? 1 : 2) + " ms"; }
+function num(x) { return none(x) ? "-" : Number(x).toLocaleString("en-US"); }
+function clock(t) { return none(t) ? "-" : new Date(t * 1000).toLocaleTimeString("en-GB", { hour12: false }); }
+
+// A gate's numbers in the units the window table uses: rates as %, latency in ms, ratios as ×.
+const GATE_UNITS = {
+  max_error_rate: pct, max_error_increase: pct, max_p95_ms: ms, min_requests: num,
+  max_p95_ratio: x => (none(x) ? "-" : "×" + x.toFixed(2)),
+};
+function gateValue(gate, x) { return (GATE_UNITS[gate] || String)(x); }
 
 function status(text, ok) {
   const s = document.getElementById("status");
@@ -82,14 +91,15 @@ function chart(series) {
   const svgNS = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(svgNS, "svg");
   svg.setAttribute("class", "chart");
-  svg.setAttribute("viewBox", "0 0 300 70");
+  svg.setAttribute("viewBox", "0 0 300 50");
   svg.setAttribute("preserveAspectRatio", "none");
   const n = Math.max(series.new.length, 1);
   const max = Math.max(1, ...series.new.map(p => p.rps), ...series.legacy.map(p => p.rps));
   const line = (points, value, scale, cls) => {
     const path = document.createElementNS(svgNS, "polyline");
     path.setAttribute("class", cls);
-    path.setAttribute("points", points.map((p, i) => `${(i * 300) / Math.max(1, n - 1)},${68 - (value(p) / scale) * 64}`).join(" "));
+    const xy = (p, i) => `${(i * 300) / Math.max(1, n - 1)},${49 - (value(p) / scale) * 47}`;
+    path.setAttribute("points", points.map(xy).join(" "));
     svg.append(path);
   };
   line(series.legacy, p => p.rps, max, "legacy");
@@ -98,14 +108,22 @@ function chart(series) {
   const title = document.createElementNS(svgNS, "title");
   title.textContent = "requests/s over the last 5 minutes: legacy (grey), new (blue); new's error rate (red, 0..100 %)";
   svg.append(title);
-  return svg;
+  const top = max >= 10 ? Math.round(max) : max.toFixed(1);
+  return el("div", { class: "spark" },
+    el("div", { class: "spark-y" }, el("span", {}, `${top} req/s`), el("span", {}, "0")),
+    svg,
+    el("div", { class: "spark-x" }, el("span", {}, "−5 min"),
+      el("span", {}, el("i", { class: "k legacy" }, "legacy"), el("i", { class: "k new" }, "new"),
+        el("i", { class: "k new-err" }, "new errors (0–100 %)")),
+      el("span", {}, "now")));
 }
 
-function windowTable(w) {
+function windowTable(w, label) {
   const row = (name, side) => el("tr", {}, el("td", {}, name), el("td", {}, num(side.requests)),
     el("td", { class: side.errors ? "err" : "" }, num(side.errors)), el("td", { class: side.error_rate > 0.01 ? "err" : "" }, pct(side.error_rate)), el("td", {}, ms(side.p95_ms)));
   return el("table", {},
-    el("tr", {}, el("th", {}, `last ${Math.round(w.span_s)} s (${w.scope})`), el("th", {}, "requests"), el("th", {}, "errors"), el("th", {}, "error rate"), el("th", {}, "p95")),
+    el("tr", {}, el("th", {}, label || `last ${Math.round(w.span_s)} s (${w.scope})`),
+      el("th", {}, "requests"), el("th", {}, "errors"), el("th", {}, "error rate"), el("th", {}, "p95")),
     row("old (legacy)", w.legacy), row("new", w.new));
 }
 
@@ -118,22 +136,84 @@ function usersLine(name, from, to, route) {
     (perMin ? `, about ${perMin.toLocaleString("en-US")} requests/min at the current rate` : "");
 }
 
-function rolloutBox(ro) {
-  const box = el("div", { class: "box" }, el("h3", {}, "rollout"));
-  const steps = ro.steps.map(s => (s === ro.step ? `[${s}]` : String(s))).join(" → ");
-  box.append(el("div", {}, `${ro.status} at ${ro.percent} %  ·  steps ${steps}` + (ro.next_step_in_s !== null && ro.next_step_in_s !== undefined ? `  ·  next step in ${Math.round(ro.next_step_in_s)} s` : "")));
-  for (const g of ro.gates || []) {
-    const verdict = g.verdict || (g.ok === true ? "pass" : g.ok === false ? "fail" : "wait");
-    const value = g.estimate !== undefined ? g.estimate : g.value;
-    const interval = g.interval && g.interval[0] !== null ? ` [${g.interval[0]} .. ${g.interval[1]}]` : "";
-    box.append(el("div", { class: "gate " + verdict }, `${g.gate}: ${value === null ? "-" : value}${interval} (threshold ${g.threshold})`));
+function gateRow(g) {
+  // min_requests not reached yet is waiting for traffic, never a failure
+  const verdict = g.verdict || (g.ok === true ? "pass" : g.ok === false && g.gate !== "min_requests" ? "fail" : "wait");
+  const value = g.estimate !== undefined ? g.estimate : g.value;
+  const [low, high] = g.interval || [null, null];
+  const iv = none(low) ? "" : `[${gateValue(g.gate, low)} .. ${none(high) ? "∞" : gateValue(g.gate, high)}]`;
+  const p = none(g.p_value) ? "" : `p=${g.p_value.toPrecision(2)}`;
+  const limit = g.gate === "min_requests" ? `≥ ${num(g.threshold)}` : `≤ ${gateValue(g.gate, g.threshold)}`;
+  const word = { pass: "ok", fail: "FAILS", wait: "waiting" }[verdict];
+  return el("tr", { class: "gate " + verdict },
+    el("td", { class: "mark" }), el("td", {}, g.gate), el("td", {}, gateValue(g.gate, value)),
+    el("td", { class: "iv" }, `${iv} ${p}`.trim()), el("td", {}, limit), el("td", { class: "word" }, word));
+}
+
+function gateTable(gates) { return el("table", { class: "gates" }, ...gates.map(gateRow)); }
+
+function evidenceLine(w) {
+  const n = w.new;
+  const l = w.legacy;
+  const legacy = l && l.requests ? `  ·  legacy ${num(l.requests)} requests, p95 ${ms(l.p95_ms)}` : "";
+  return `new ${num(n.requests)} requests, ${pct(n.error_rate)} errors, p95 ${ms(n.p95_ms)}` + legacy;
+}
+
+function rolloutHeadline(ro, kill) {
+  if (kill && ["running", "awaiting_approval", "paused", "pending"].includes(ro.status)) {
+    const at = ro.step === null ? "its start" : ro.step + " %";
+    return [`KILL SWITCH ON: everything goes to legacy; the rollout holds (at ${at})`, "bad"];
   }
-  if (ro.reason) box.append(el("div", {}, "reason: " + ro.reason));
+  switch (ro.status) {
+    case "awaiting_approval":
+      return [`AWAITING APPROVAL: at ${ro.percent} %, next ${ro.awaiting} % needs a promote`, "hold"];
+    case "rolled_back": return [`ROLLED BACK at ${clock(ro.since)}: ${ro.reason}`, "bad"];
+    case "aborted": return [`ABORTED at ${clock(ro.since)}`, "bad"];
+    case "paused": return [`PAUSED at ${ro.percent} %: ${ro.reason}`, "hold"];
+    case "done": return [`done at ${ro.percent} % (${clock(ro.since)})`, "good"];
+  }
+  const next = none(ro.next_step_in_s) ? "" : `, next step in ${Math.round(ro.next_step_in_s)} s if the gates hold`;
+  return [`${ro.status} at ${ro.percent} %${next}`, ""];
+}
+
+function rolloutButtons(ro) {
   const name = ro.route;
-  box.append(el("div", { class: "actions" },
-    el("button", { type: "button", onclick: () => act("POST", `/admin/rollouts/${encodeURIComponent(name)}/pause`, {}, `${name}: pause the rollout`) }, "pause"),
-    el("button", { type: "button", onclick: () => act("POST", `/admin/rollouts/${encodeURIComponent(name)}/resume`, {}, `${name}: resume the rollout`) }, "resume"),
-    el("button", { type: "button", class: "danger", onclick: () => act("POST", `/admin/rollouts/${encodeURIComponent(name)}/abort`, {}, `${name}: abort the rollout (percent to 0)`) }, "abort")));
+  const post = (action, body, what) =>
+    act("POST", `/admin/rollouts/${encodeURIComponent(name)}/${action}`, body, `${name}: ${what}`);
+  const button = (label, cls, action, body, what) =>
+    el("button", { type: "button", class: cls, onclick: () => post(action, body, what) }, label);
+  const buttons = [
+    button("pause", "", "pause", {}, "pause the rollout"),
+    button("resume", "", "resume", {}, "resume the rollout"),
+    button("abort", "danger", "abort", {}, "abort the rollout (percent to 0)")];
+  if (["running", "awaiting_approval", "paused"].includes(ro.status)) {
+    const last = ro.steps[ro.steps.length - 1];
+    buttons.unshift(
+      button("promote", ro.status === "awaiting_approval" ? "primary" : "", "promote", {}, "promote to the next step"),
+      button("promote --full", "", "promote", { full: true }, `promote straight to ${last} % (done)`));
+  }
+  return el("div", { class: "actions" }, ...buttons);
+}
+
+function rolloutBox(ro, kill) {
+  const [headline, tone] = rolloutHeadline(ro, kill);
+  const approval = s => (ro.approval_steps && ro.approval_steps.includes(s) ? " (approval)" : "");
+  const steps = ro.steps.map(s => (s === ro.step ? `[${s}]` : String(s)) + approval(s)).join(" → ");
+  const box = el("div", { class: "box rollout " + tone },
+    el("h3", {}, "rollout ", el("span", { class: "steps" }, steps)), el("div", { class: "headline" }, headline));
+  if (ro.gates) {
+    const since = `since ${ro.step} % at ${clock(ro.since)}` +
+      (ro.legacy_from_step_before ? " (legacy: the step before)" : "") +
+      (ro.confidence ? `, judged at ${ro.confidence}` : "");
+    box.append(el("div", { class: "label" }, since + ": " + evidenceLine(ro)), gateTable(ro.gates));
+  }
+  const prev = ro.previous;
+  if (prev) {
+    const what = ro.status === "rolled_back" ? "evidence" : ro.status === "done" ? "last step" : "previous step";
+    const when = `${prev.percent} % from ${clock(prev.since)} to ${clock(prev.until)}`;
+    box.append(el("div", { class: "label prev" }, `${what}: ${when}: ${evidenceLine(prev)}`), gateTable(prev.gates));
+  }
+  box.append(rolloutButtons(ro));
   return box;
 }
 
@@ -164,7 +244,46 @@ function timelineBox(events, title) {
   return box;
 }
 
-function routeCard(r, rollout, events) {
+function guardBox(r) {
+  const g = r.guard;
+  const tripped = (r.source_under_kill || r.source) === "guard";
+  const box = el("div", { class: "box" + (tripped ? " bad" : "") }, el("h3", {}, "guard"),
+    `max error rate ${pct(g.max_error_rate)} over ${g.window_s} s, at least ${g.min_requests} requests` +
+    (g.max_p95_ratio ? `, p95 ≤ ×${g.max_p95_ratio} old` : "") +
+    (g.confidence ? `, confidence ${g.confidence}` : ""));
+  if (!tripped) return box;
+  const t = r.guard_trip;
+  box.append(el("div", { class: "headline" }, t
+    ? `TRIPPED at ${clock(t.at)} (${t.reason.replace("_", " ")}): the route was rolled back to legacy`
+    : "TRIPPED: the route was rolled back to legacy (by another replica: its log has the evidence)"));
+  if (t) box.append(el("div", { class: "label prev" }, `evidence over ${t.window_s} s: ${evidenceLine(t)}`));
+  if (t && t.checks) box.append(gateTable(t.checks));
+  return box;
+}
+
+// The window a route's numbers come from restarts when its percent changes; what it showed is
+// kept here (this page only) and labelled, so the evidence does not vanish without a word.
+const before = {};
+
+function windowLabel(r, rollout, now) {
+  const w = r.window;
+  if (rollout && rollout.gates && !none(rollout.since)) return `since ${rollout.step} % at ${clock(rollout.since)}`;
+  if (!none(w.since) && w.since > now - w.span_s) return `since ${clock(w.since)}`;
+  return null;
+}
+
+function previousWindow(r) {
+  const seen = before[r.name];
+  const restarted = seen && seen.since !== r.window.since && seen.window.new.requests + seen.window.legacy.requests > 0;
+  const kept = restarted ? { percent: seen.percent, window: seen.window, until: r.window.since }
+    : seen ? seen.kept : null;
+  before[r.name] = { percent: r.percent, since: r.window.since, window: r.window, kept };
+  if (!kept) return null;
+  const when = `at ${kept.percent} % until ${clock(kept.until)}`;
+  return el("div", { class: "label prev" }, `before: ${when}: ${evidenceLine(kept.window)}`);
+}
+
+function routeCard(r, rollout, now, events) {
   const name = r.name;
   const input = el("input", { type: "number", min: "0", max: "100", value: String(r.percent), "aria-label": `new percent for ${name}` });
   const card = el("section", { class: "route", "data-route": name },
@@ -172,13 +291,12 @@ function routeCard(r, rollout, events) {
     el("div", {}, el("span", { class: "percent" }, `${r.percent} %`), " to new  ",
       el("span", { class: "source " + r.source, "data-field": "source" }, r.source), `  (routes.yaml: ${r.file_percent} %)`));
   if (r.error) card.append(el("div", { class: "err" }, r.error));
-  if (r.window) card.append(windowTable(r.window));
+  if (r.window) card.append(windowTable(r.window, windowLabel(r, rollout, now)));
+  const prev = r.window ? previousWindow(r) : null;  // a rollout's box labels its own previous step
+  if (prev && !(rollout && rollout.previous)) card.append(prev);
   if (r.series) card.append(chart(r.series));
-  if (r.guard) card.append(el("div", { class: "box" }, el("h3", {}, "guard"),
-    `max error rate ${pct(r.guard.max_error_rate)} over ${r.guard.window_s} s, at least ${r.guard.min_requests} requests` +
-    (r.guard.max_p95_ratio ? `, p95 ≤ ${r.guard.max_p95_ratio} × old` : "") + (r.guard.confidence ? `, confidence ${r.guard.confidence}` : "") +
-    (r.source === "guard" ? "  —  TRIPPED: the route was rolled back" : "")));
-  if (rollout) card.append(rolloutBox(rollout));
+  if (r.guard) card.append(guardBox(r));
+  if (rollout) card.append(rolloutBox(rollout, r.source === "kill"));
   if (r.shadow) card.append(shadowBox(r.shadow));
   if (events) card.append(timelineBox(events.slice(0, 5), "changes: who, when, what, why"));
   card.append(el("div", { class: "actions" },
@@ -209,10 +327,37 @@ function render(o) {
   const history = Array.isArray(o.history) ? o.history : [];
   const byRoute = {};
   for (const e of history) (byRoute[e.route] = byRoute[e.route] || []).push(e);
-  main.replaceChildren(...o.routes.map(r => routeCard(r, rollouts[r.name], byRoute[r.name] || [])));
+  main.replaceChildren(...o.routes.map(r => routeCard(r, rollouts[r.name], o.time, byRoute[r.name] || [])));
   const fleet = document.getElementById("fleet-history");
   fleet.replaceChildren(...(byRoute.null ? [timelineBox(byRoute.null.slice(0, 3), "kill switch changes")] : []));
-  document.getElementById("updated").textContent = "updated " + new Date(o.time * 1000).toLocaleTimeString();
+  summary(o, rollouts);
+  document.getElementById("updated").textContent = "updated " + clock(o.time);
+}
+
+function plural(n, one, many) { return `${n} ${n === 1 ? one : many}`; }
+
+// One line an on-call engineer reads first: what automation did, what waits for a person.
+function summary(o, rollouts) {
+  const ros = Object.values(rollouts);
+  const rollouts_ = (status, what) => {
+    const n = ros.filter(ro => ro.status === status).length;
+    return n ? [`${plural(n, "rollout", "rollouts")} ${what}`] : [];
+  };
+  const guard = o.routes.filter(r => (r.source_under_kill || r.source) === "guard").length;
+  const gates = ros.filter(ro => ro.status === "rolled_back" && !ro.reason.startsWith("guard")).length;
+  const bad = [
+    ...(o.kill ? ["KILL SWITCH ON: every route goes to legacy"] : []),
+    ...(guard ? [`${plural(guard, "route", "routes")} rolled back by guard`] : []),
+    ...(gates === 1 ? ["1 rollout rolled back by its gates"] : []),
+    ...(gates > 1 ? [`${gates} rollouts rolled back by their gates`] : []),
+    ...rollouts_("aborted", "aborted"),
+    ...rollouts_("awaiting_approval", "awaiting approval"),
+    ...rollouts_("paused", "paused")];
+  const parts = [...bad, ...rollouts_("running", "running"), ...rollouts_("done", "done")];
+  const line = document.getElementById("summary");
+  const calm = `${plural(o.routes.length, "route", "routes")}, nothing rolled back, nothing waiting`;
+  line.textContent = parts.length ? parts.join("  ·  ") : calm;
+  line.className = bad.length ? "bad" : "good";
 }
 
 async function refresh() {
