@@ -4,7 +4,7 @@ import threading
 import time
 
 import httpx
-from conftest import routes_yaml
+from conftest import eventually, routes_yaml
 
 from splitter.bucketing import bucket
 
@@ -58,8 +58,14 @@ def test_100_edits_in_10s_with_broken_ones_between(standin, splitter):
             else:
                 s.config.write_text(a if i % 2 else b)
             time.sleep(max(0.0, t0 + (i + 1) * 0.1 - time.monotonic()))
+        # a broken file held until the proxy has rejected it: a 100 ms one may fall between two
+        # looks of the watcher on a loaded machine
+        s.config.write_text("routes: [\n")
+        eventually(lambda: (s.metric("splitter_config_reloads_total", result="failure") or 0) >= 1, timeout=15)
         s.config.write_text(b)
-        time.sleep(1.5)
+        eventually(lambda: httpx.get(s.url + "/api/auth/x", headers={"X-User-ID": "w"}).headers["x-splitter-handler"]
+                   == "new_auth_b", timeout=15)
+        time.sleep(0.5)
     finally:
         stop.set()
         for t in threads:
