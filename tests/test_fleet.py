@@ -135,7 +135,7 @@ def test_rollout_status_shows_each_gate_against_its_threshold(standin, splitter)
 
 
 # 8 s a step: the advance test reads the live evidence mid-way through the last step, before it is done
-JUDGED = "    rollout: {steps: [10, 50], interval_s: 8, gates: {max_error_rate: 0.05, max_p95_ratio: 2.0, min_requests: 30, confidence: 0.95}}"
+JUDGED = "    rollout: {steps: [10, 50], interval_s: 8, gates: {max_error_rate: 0.05, max_p95_ratio: 3.0, min_requests: 30, confidence: 0.95}}"
 
 
 def _judged_rollout(procs, tmp_path, splitter, new_env):
@@ -148,7 +148,7 @@ def _judged_rollout(procs, tmp_path, splitter, new_env):
     prefix: /api/auth
     percent: 0
 {JUDGED}"""), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
-    return s, Load([s.url], threads=6)
+    return s, Load([s.url], threads=6, cap=200_000)  # ~2,000 req/s on an idle machine: 20,000 end within 10 s
 
 
 def rollout_view(s) -> dict:
@@ -160,9 +160,10 @@ def test_the_judge_advances_a_healthy_new_with_its_evidence(procs, tmp_path, spl
 
     s, load = _judged_rollout(procs, tmp_path, splitter, {})
     with load:
-        eventually(lambda: rollout_view(s)["step"] == 50 and rollout_view(s)["new"]["requests"] >= 100, timeout=30)
+        # a loaded machine's latency tails can keep the 95 % interval of the p95 ratio open for a while: wait
+        eventually(lambda: rollout_view(s)["step"] == 50 and rollout_view(s)["new"]["requests"] >= 100, timeout=60)
         out = run("rollout", "status", "auth", "--admin", s.admin).stdout  # mid-step: the live evidence
-        eventually(lambda: rollout_view(s)["status"] == "done", timeout=40)
+        eventually(lambda: rollout_view(s)["status"] == "done", timeout=60)
     advanced = [e for e in s.logs() if e["event"] == "rollout step" and e.get("action") == "advance"]
     assert advanced and all(c["verdict"] == "pass" for c in advanced[0]["checks"]), advanced
     assert {c["gate"] for c in advanced[0]["checks"]} == {"max_error_rate", "max_p95_ratio"}
@@ -174,7 +175,7 @@ def test_the_judge_rolls_back_a_slower_new_and_says_why(procs, tmp_path, splitte
 
     s, load = _judged_rollout(procs, tmp_path, splitter, {"FAULT_LATENCY_MS": "60"})
     with load:
-        eventually(lambda: rollout_view(s)["status"] == "rolled_back", timeout=40)
+        eventually(lambda: rollout_view(s)["status"] == "rolled_back", timeout=60)
     view = rollout_view(s)
     assert view["percent"] == 0 and "max_p95_ratio" in view["reason"] and "interval" in view["reason"], view
     back = s.wait_log(lambda e: e["event"] == "rollout rolled back")
