@@ -207,8 +207,12 @@ class RawUpstream:
             cut = int(params.get(b"cut", n))
             sent = big_body(n)[:cut] + (params.get(b"extra", b"") if cut == n else b"")  # the stray in the body's last write
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % n)
-            for i in range(0, len(sent), 65536):
-                writer.write(sent[i : i + 65536])
+            # the last 4 KiB go in a write of their own, so a stray rides in the same TCP segment as the
+            # body's end (a 64 KiB write can exceed loopback's MSS and the stray would come late: the
+            # case no HTTP/1.1 client can tell from the next answer)
+            tail = max(0, len(sent) - 4096)
+            for i in [*range(0, tail, 65536), tail]:
+                writer.write(sent[i : min(i + 65536, tail)] if i < tail else sent[tail:])
                 await writer.drain()
             if cut < n:
                 await asyncio.sleep(float(params.get(b"stall", b"0")))
