@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .routes import RouteTable
+
 BACKENDS = ("legacy", "new")
 ANONYMOUS = ("cookie", "legacy", "new")
 ID_KINDS = ("header", "cookie", "jwt_sub")
@@ -150,8 +152,8 @@ class Config:
     notify: tuple[NotifyTarget, ...] = ()
     admin_reads: str = "open"  # or "token": reads on /admin/* need a viewer token too
     by_name: Mapping[str, Route] = field(default_factory=dict)
-    # (prefix, route) longest first, so the first hit is the longest prefix
-    _ordered: tuple[tuple[str, Route], ...] = ()
+    # the prefixes by segment (routes.py), built once at load
+    _table: RouteTable[Route] = field(default_factory=lambda: RouteTable(()), compare=False, repr=False)
 
     def secret_names(self) -> list[str]:
         """The environment variables notify targets take their URLs from."""
@@ -159,12 +161,7 @@ class Config:
 
     def match(self, path: str) -> Route | None:
         """Longest prefix on a segment boundary: /api/auth matches /api/auth/x, not /api/authx."""
-        for prefix, route in self._ordered:
-            if path.startswith(prefix):
-                n = len(prefix)
-                if len(path) == n or path[n] == "/" or prefix[-1] == "/":
-                    return route
-        return None
+        return self._table.match(path)
 
 
 # --- loading ---------------------------------------------------------------
@@ -467,7 +464,6 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
 
     if doc.errors:
         return None
-    ordered = tuple(sorted(((r.prefix, r) for r in routes), key=lambda pr: len(pr[0]), reverse=True))
     return Config(
         path=doc.filename,
         environment=environment,
@@ -485,7 +481,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
         notify=notify,
         admin_reads=admin_reads,
         by_name={r.name: r for r in routes},
-        _ordered=ordered,
+        _table=RouteTable([(r.prefix, r) for r in routes]),
     )
 
 

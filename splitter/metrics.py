@@ -1,4 +1,5 @@
-"""The registry and the metric objects. Names and labels are SPEC's; dashboards rely on them.
+"""The registry and the metric objects. Names and labels are a contract: the Grafana dashboard,
+the Prometheus alerts (deploy/) and operators' queries rely on them, so a rename is a breaking change.
 
 One `observe()` per request. Labelled children are cached so the hot path does a
 dict lookup instead of `labels()` each time.
