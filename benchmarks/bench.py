@@ -11,9 +11,10 @@ every round; ratios are taken within a round, between targets measured next to
 each other, and their median is printed with their range. Then: added latency
 at a paced 1,000 req/s, 1 GiB upload and download (direct, through nginx's
 proxy, through splitter, in turn), RSS under 1,000 idle keep-alive connections,
-and --workers 1 vs 2. Only ratios within one run mean anything: this machine's
-CPU speed drifts by tens of percent within a minute. Everything listens on
-127.0.0.1 only.
+and --workers 1 vs 2. splitter with 10,000 routes runs beside splitter with 3 in
+every round (route matching walks path segments: the count must not cost req/s).
+Only ratios within one run mean anything: this machine's CPU speed drifts by tens
+of percent within a minute. Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -128,6 +129,18 @@ def wrk(url: str, duration: int, connections: int = 64) -> dict[str, float]:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock_err = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": float(errors.group(1)) if errors else 0.0, "socket_errors": 1.0 if sock_err else 0.0}
+
+
+MANY = "splitter, 10,000 routes"
+
+
+def many_routes(n: int) -> str:
+    """n more routes for routes.yaml, nested two and three segments deep beside /api/auth."""
+    out = []
+    for i in range(n):
+        prefix = f"/api/svc{i}" if i % 3 else f"/api/svc{i // 3}/v{i % 7}/items"
+        out.append(f"  - name: extra_{i}\n    prefix: {prefix}\n    percent: {i % 101}\n")
+    return "".join(out)
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -251,6 +264,16 @@ unmatched: legacy
         print(f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} rounds (order reversed each round; medians shown), random X-User-ID, GET /api/auth/me")
         print("splitter: defaults (metrics, JSON access log to a file, bucketing, header handling, a guard's window); asgiproxy: its CLI defaults, and without its access log\n")
         targets = {"direct (nginx upstream)": upstream, "nginx split_clients": split, "asgiproxy": asgi, "asgiproxy, no access log": asgi_quiet, "splitter": proxy}
+        # the same routes plus 9,997 more (routes.py matches by segment): 10,000 vs 3 routes in one run
+        many = work / "routes-10000.yaml"
+        many.write_text((work / "routes.yaml").read_text().replace("unmatched: legacy\n", many_routes(9_997) + "unmatched: legacy\n"))
+        many_port, many_admin = free_port(), free_port()
+        many_log = open(work / "splitter-10000.log", "wb")  # noqa: SIM115
+        serve_many = [PY, "-m", "splitter", "serve", "--config", str(many), "--host", "127.0.0.1"]
+        serve_many += ["--port", str(many_port), "--admin-port", str(many_admin)]
+        procs.procs.append(subprocess.Popen(serve_many, cwd=ROOT, stdout=many_log, stderr=subprocess.STDOUT, start_new_session=True))
+        wait_port(many_port, timeout=60)
+        targets[MANY] = many_port
         if args.baseline:
             tree = work / "baseline"
             subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline], check=True, capture_output=True)
@@ -286,6 +309,7 @@ unmatched: legacy
         print(f"splitter / asgiproxy req/s, both logging: {paired('splitter', 'asgiproxy')}   p99 {sp_r['p99']:.2f} ms vs {ap_r['p99']:.2f} ms")
         print(f"splitter / asgiproxy at its fastest (no access log) req/s: {paired('splitter', 'asgiproxy, no access log')}   p99 {sp_r['p99']:.2f} ms vs {aq_r['p99']:.2f} ms")
         print(f"splitter / nginx split_clients req/s: {paired('splitter', 'nginx split_clients')}")
+        print(f"splitter with 10,000 routes / with 3 routes req/s: {paired(MANY, 'splitter')}")
         if args.baseline:
             b_r = results[f"splitter@{args.baseline}"]
             print(f"splitter / splitter@{args.baseline} req/s: {paired('splitter', f'splitter@{args.baseline}')}   p99 {sp_r['p99']:.2f} ms vs {b_r['p99']:.2f} ms")

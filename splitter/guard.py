@@ -51,12 +51,11 @@ class Guard:
             if g is None or rt.windows.get(route.name) is None or snap.percent[route.name] == 0:
                 continue
             try:
-                new_counts = await rt.windows.counts(route.name, "new", now, g.window_s)
-                if new_counts.n < g.min_requests:
-                    continue
-                legacy_counts = await rt.windows.counts(route.name, "legacy", now, g.window_s)
+                new_counts, legacy_counts = await rt.windows.pair(route.name, now, g.window_s)
             except Unavailable:
                 continue  # the fleet's counts cannot be read; nor could a rollback be written
+            if new_counts.n < g.min_requests:
+                continue
             new, legacy = new_counts.totals(), legacy_counts.totals()
             evidence: dict[str, object] = {}
             if g.confidence is not None:

@@ -218,6 +218,13 @@ def judge(gates: Any, new: Counts, legacy: Counts, alpha: float) -> list[Check]:
     return checks
 
 
+def at_confidence(gates: Any, new: Counts, legacy: Counts) -> tuple[list[Check], str]:
+    """A whole window judged at the gates' confidence (one look): the checks, and the verdict,
+    which waits while new has fewer than min_requests. Admin's evidence, a step's record."""
+    checks = judge(gates, new, legacy, 1 - gates.confidence)
+    return checks, verdict(checks) if new.n >= gates.min_requests else WAIT
+
+
 def verdict(checks: list[Check]) -> str:
     if any(c.verdict == FAIL for c in checks):
         return FAIL

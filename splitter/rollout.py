@@ -186,11 +186,11 @@ class Rollouts:
         ro = route.rollout
         assert ro is not None
         since, span = float(state["since"]), ro.interval_s + 1
-        new = await self.rt.windows.counts(route.name, "new", now, span, since)
         before = state.get("legacy_before")
         if before is not None and ro.steps[int(state["step"])] == 100:
+            new = await self.rt.windows.counts(route.name, "new", now, span, since)
             return new, Counts.from_fields({k: str(v) for k, v in before.items()})
-        return new, await self.rt.windows.counts(route.name, "legacy", now, span, since)
+        return await self.rt.windows.pair(route.name, now, span, since)
 
     def _judged_failure(self, name: str, gates: Gates, new: Counts, legacy: Counts, since: float, values: dict[str, Any]) -> str | None:
         """With `confidence`, a failure is judged at checkpoints (new's requests reaching
@@ -355,8 +355,7 @@ def _gate_views(gates: Gates, new_c: Counts, legacy_c: Counts) -> tuple[list[dic
         checks = gate_checks(gates, new, legacy_c.totals())
         oks = [c["ok"] for c in checks]
         return checks, judge.FAIL if False in oks else judge.PASS if all(oks) else judge.WAIT
-    judged = judge.judge(gates, new_c, legacy_c, 1 - gates.confidence)
+    judged, verdict = judge.at_confidence(gates, new_c, legacy_c)
     enough = new.requests >= gates.min_requests
     floor = {"gate": "min_requests", "value": new.requests, "threshold": gates.min_requests, "ok": enough}
-    views = [floor, *(c.view() for c in judged)]
-    return views, judge.verdict(judged) if enough else judge.WAIT
+    return [floor, *(c.view() for c in judged)], verdict

@@ -248,6 +248,12 @@ class Windows:
         start = max(since or 0.0, o.since)
         return await self._sum(route, backend, span, slot_range(now, span_s, start or None, width), now)
 
+    async def pair(self, route: str, now: float, span_s: float, since: float | None = None) -> tuple[Counts, Counts]:
+        """New's and legacy's outcomes over the same window, (new, legacy): what every judgement
+        of a route compares (guard, rollout, /admin/routes)."""
+        new = await self.counts(route, "new", now, span_s, since)
+        return new, await self.counts(route, "legacy", now, span_s, since)
+
     async def _sum(self, route: str, backend: str, span: float, slots: range, now: float) -> Counts:
         o = self.routes[route]
         width = width_for(span)
