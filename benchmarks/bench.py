@@ -101,7 +101,9 @@ http {{
         listen 127.0.0.1:{upstream};
         client_max_body_size 0;
         location /files/ {{ alias {work}/files/; }}
-        location /upload {{ root {work}/dav; dav_methods PUT; create_full_put_path on; client_body_temp_path {work}/dav-tmp; }}
+        location /upload {{
+            root {work}/dav; dav_methods PUT; create_full_put_path on; client_body_temp_path {work}/dav-tmp;
+        }}
         location / {{ return 200 "{{\\"ok\\": true}}\\n"; }}
     }}
     server {{
@@ -118,7 +120,12 @@ http {{
 
 
 def wrk(url: str, duration: int, connections: int = 64) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "random_user.lua"), url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "random_user.lua"), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
     def pct(p: str) -> float:
@@ -128,7 +135,13 @@ def wrk(url: str, duration: int, connections: int = 64) -> dict[str, float]:
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock_err = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": float(errors.group(1)) if errors else 0.0, "socket_errors": 1.0 if sock_err else 0.0}
+    return {
+        "rps": rps,
+        "p50": pct("50"),
+        "p99": pct("99"),
+        "non2xx": float(errors.group(1)) if errors else 0.0,
+        "socket_errors": 1.0 if sock_err else 0.0,
+    }
 
 
 MANY = "splitter, 10,000 routes"
@@ -185,7 +198,9 @@ async def paced_latency(port: int, rate: int, seconds: float) -> tuple[float, fl
 
 
 def curl_speed(args: list[str], field: str) -> float:
-    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", f"%{{{field}}}", *args], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", f"%{{{field}}}", *args], capture_output=True, text=True, check=True
+    ).stdout
     return float(out) / (1024 * 1024)
 
 
@@ -204,9 +219,21 @@ def idle_connections(port: int, n: int) -> list[socket.socket]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=7, help="rounds over all targets, the order reversed each round; medians are reported")
-    ap.add_argument("--baseline", default=None, metavar="REV", help="also run splitter at this git revision (a worktree, same venv): before vs after in one run")
-    ap.add_argument("--quick", action="store_true", help="only the req/s table (no latency, throughput, RSS or workers)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=7,
+        help="rounds over all targets, the order reversed each round; medians are reported",
+    )
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        metavar="REV",
+        help="also run splitter at this git revision (a worktree, same venv): before vs after in one run",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="only the req/s table (no latency, throughput, RSS or workers)"
+    )
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "curl"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -252,34 +279,93 @@ unmatched: legacy
         wait_port(upstream)
         wait_port(split)
         procs.start([PY, str(HERE / "asgiproxy_app.py"), f"http://127.0.0.1:{upstream}", str(asgi)])
-        procs.start([PY, str(HERE / "asgiproxy_app.py"), f"http://127.0.0.1:{upstream}", str(asgi_quiet), "--no-access-log"])
+        procs.start(
+            [PY, str(HERE / "asgiproxy_app.py"), f"http://127.0.0.1:{upstream}", str(asgi_quiet), "--no-access-log"]
+        )
         wait_port(asgi)
         wait_port(asgi_quiet)
         log = open(work / "splitter.log", "wb")  # noqa: SIM115 - the access log goes to a file, as in production
-        serve = [PY, "-m", "splitter", "serve", "--config", str(work / "routes.yaml"), "--host", "127.0.0.1", "--port", str(proxy), "--admin-port", str(admin)]
+        serve = [
+            PY,
+            "-m",
+            "splitter",
+            "serve",
+            "--config",
+            str(work / "routes.yaml"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(proxy),
+            "--admin-port",
+            str(admin),
+        ]
         sp = subprocess.Popen(serve, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         procs.procs.append(sp)
         wait_port(proxy)
 
-        print(f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} rounds (order reversed each round; medians shown), random X-User-ID, GET /api/auth/me")
-        print("splitter: defaults (metrics, JSON access log to a file, bucketing, header handling, a guard's window); asgiproxy: its CLI defaults, and without its access log\n")
-        targets = {"direct (nginx upstream)": upstream, "nginx split_clients": split, "asgiproxy": asgi, "asgiproxy, no access log": asgi_quiet, "splitter": proxy}
+        print(
+            f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} rounds (order reversed each round; medians shown), "
+            "random X-User-ID, GET /api/auth/me"
+        )
+        print(
+            "splitter: defaults (metrics, JSON access log to a file, bucketing, header handling, a guard's window); "
+            "asgiproxy: its CLI defaults, and without its access log\n"
+        )
+        targets = {
+            "direct (nginx upstream)": upstream,
+            "nginx split_clients": split,
+            "asgiproxy": asgi,
+            "asgiproxy, no access log": asgi_quiet,
+            "splitter": proxy,
+        }
         # the same routes plus 9,997 more (routes.py matches by segment): 10,000 vs 3 routes in one run
         many = work / "routes-10000.yaml"
-        many.write_text((work / "routes.yaml").read_text().replace("unmatched: legacy\n", many_routes(9_997) + "unmatched: legacy\n"))
+        many.write_text(
+            (work / "routes.yaml")
+            .read_text()
+            .replace("unmatched: legacy\n", many_routes(9_997) + "unmatched: legacy\n")
+        )
         many_port, many_admin = free_port(), free_port()
         many_log = open(work / "splitter-10000.log", "wb")  # noqa: SIM115
         serve_many = [PY, "-m", "splitter", "serve", "--config", str(many), "--host", "127.0.0.1"]
         serve_many += ["--port", str(many_port), "--admin-port", str(many_admin)]
-        procs.procs.append(subprocess.Popen(serve_many, cwd=ROOT, stdout=many_log, stderr=subprocess.STDOUT, start_new_session=True))
+        procs.procs.append(
+            subprocess.Popen(serve_many, cwd=ROOT, stdout=many_log, stderr=subprocess.STDOUT, start_new_session=True)
+        )
         wait_port(many_port, timeout=60)
         targets[MANY] = many_port
         if args.baseline:
             tree = work / "baseline"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline], check=True, capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline],
+                check=True,
+                capture_output=True,
+            )
             base_port, base_admin = free_port(), free_port()
-            base = [PY, "-m", "splitter", "serve", "--config", str(work / "routes.yaml"), "--host", "127.0.0.1", "--port", str(base_port), "--admin-port", str(base_admin)]
-            procs.procs.append(subprocess.Popen(base, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=open(work / "baseline.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True))  # noqa: SIM115
+            base = [
+                PY,
+                "-m",
+                "splitter",
+                "serve",
+                "--config",
+                str(work / "routes.yaml"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(base_port),
+                "--admin-port",
+                str(base_admin),
+            ]
+            procs.procs.append(
+                subprocess.Popen(
+                    base,
+                    cwd=tree,
+                    env={**os.environ, "PYTHONPATH": str(tree)},
+                    stdout=open(work / "baseline.log", "wb"),
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )  # noqa: SIM115
             wait_port(base_port)
             targets[f"splitter@{args.baseline}"] = base_port
         for port in targets.values():
@@ -298,7 +384,10 @@ unmatched: legacy
         print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}   req/s of each round")
         for name, r in results.items():
             each = " ".join(f"{x['rps']:.0f}" for x in rounds[name])
-            print(f"{name:<26} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}   {each}" + ("  (non-2xx!)" if any(x["non2xx"] for x in rounds[name]) else ""))
+            print(
+                f"{name:<26} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}   {each}"
+                + ("  (non-2xx!)" if any(x["non2xx"] for x in rounds[name]) else "")
+            )
 
         def paired(a: str, b: str, key: str = "rps") -> str:
             ratios = sorted(x[key] / y[key] for x, y in zip(rounds[a], rounds[b], strict=True))
@@ -306,13 +395,22 @@ unmatched: legacy
 
         sp_r, ap_r, aq_r = results["splitter"], results["asgiproxy"], results["asgiproxy, no access log"]
         print("\nratios are medians of per-round ratios (the two measured next to each other)")
-        print(f"splitter / asgiproxy req/s, both logging: {paired('splitter', 'asgiproxy')}   p99 {sp_r['p99']:.2f} ms vs {ap_r['p99']:.2f} ms")
-        print(f"splitter / asgiproxy at its fastest (no access log) req/s: {paired('splitter', 'asgiproxy, no access log')}   p99 {sp_r['p99']:.2f} ms vs {aq_r['p99']:.2f} ms")
+        print(
+            f"splitter / asgiproxy req/s, both logging: {paired('splitter', 'asgiproxy')}   "
+            f"p99 {sp_r['p99']:.2f} ms vs {ap_r['p99']:.2f} ms"
+        )
+        print(
+            "splitter / asgiproxy at its fastest (no access log) req/s: "
+            f"{paired('splitter', 'asgiproxy, no access log')}   p99 {sp_r['p99']:.2f} ms vs {aq_r['p99']:.2f} ms"
+        )
         print(f"splitter / nginx split_clients req/s: {paired('splitter', 'nginx split_clients')}")
         print(f"splitter with 10,000 routes / with 3 routes req/s: {paired(MANY, 'splitter')}")
         if args.baseline:
             b_r = results[f"splitter@{args.baseline}"]
-            print(f"splitter / splitter@{args.baseline} req/s: {paired('splitter', f'splitter@{args.baseline}')}   p99 {sp_r['p99']:.2f} ms vs {b_r['p99']:.2f} ms")
+            print(
+                f"splitter / splitter@{args.baseline} req/s: {paired('splitter', f'splitter@{args.baseline}')}   "
+                f"p99 {sp_r['p99']:.2f} ms vs {b_r['p99']:.2f} ms"
+            )
         if args.quick:
             return
 
@@ -324,15 +422,27 @@ unmatched: legacy
             lat["splitter"].append(asyncio.run(paced_latency(proxy, 1000, 4)))
         d50, d99 = (statistics.median(x[i] for x in lat["direct"]) for i in (0, 1))
         s50, s99 = (statistics.median(x[i] for x in lat["splitter"]) for i in (0, 1))
-        print(f"\nadded latency at 1,000 req/s (open loop, 4 s, median of 5 turns): p50 {s50 - d50:+.2f} ms, p99 {s99 - d99:+.2f} ms  (direct {d50:.2f}/{d99:.2f}, splitter {s50:.2f}/{s99:.2f})")
+        print(
+            f"\nadded latency at 1,000 req/s (open loop, 4 s, median of 5 turns): p50 {s50 - d50:+.2f} ms, "
+            f"p99 {s99 - d99:+.2f} ms  (direct {d50:.2f}/{d99:.2f}, splitter {s50:.2f}/{s99:.2f})"
+        )
 
         big = str(work / "files" / "big.bin")
-        speeds: dict[str, dict[str, list[float]]] = {way: {"direct": [], "nginx proxy": [], "splitter": []} for way in ("upload", "download")}
+        speeds: dict[str, dict[str, list[float]]] = {
+            way: {"direct": [], "nginx proxy": [], "splitter": []} for way in ("upload", "download")
+        }
         for _ in range(STREAM_TURNS):
             for name, port in (("direct", upstream), ("nginx proxy", split), ("splitter", proxy)):
-                speeds["upload"][name].append(curl_speed(["-T", big, f"http://127.0.0.1:{port}/upload"], "speed_upload"))
-                speeds["download"][name].append(curl_speed([f"http://127.0.0.1:{port}/files/big.bin"], "speed_download"))
-        print(f"\n{STREAM_MIB} MiB through each, {STREAM_TURNS} times in turn (median MiB/s; % of the direct run just before; each turn's %)")
+                speeds["upload"][name].append(
+                    curl_speed(["-T", big, f"http://127.0.0.1:{port}/upload"], "speed_upload")
+                )
+                speeds["download"][name].append(
+                    curl_speed([f"http://127.0.0.1:{port}/files/big.bin"], "speed_download")
+                )
+        print(
+            f"\n{STREAM_MIB} MiB through each, {STREAM_TURNS} times in turn "
+            "(median MiB/s; % of the direct run just before; each turn's %)"
+        )
         for way, by in speeds.items():
             line = f"{way + ':':<10} direct {statistics.median(by['direct']):.0f}"
             for name in ("nginx proxy", "splitter"):
@@ -351,11 +461,37 @@ unmatched: legacy
         procs.stop(sp)
 
         # --workers > 1 with a guard needs Redis (each worker would judge only its share): no guard here
-        (work / "routes-workers.yaml").write_text((work / "routes.yaml").read_text().replace("    guard: {max_error_rate: 0.5, min_requests: 100000000, window_s: 60}   # the outcome window is on the hot path\n", ""))
+        (work / "routes-workers.yaml").write_text(
+            (work / "routes.yaml")
+            .read_text()
+            .replace(
+                "    guard: {max_error_rate: 0.5, min_requests: 100000000, window_s: 60}"
+                "   # the outcome window is on the hot path\n",
+                "",
+            )
+        )
         print("\n--workers scaling (multiprocess metrics on, no guard):")
         for n in (1, 2):
             port, aport = free_port(), free_port()
-            w = procs.start([PY, "-m", "splitter", "serve", "--config", str(work / "routes-workers.yaml"), "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(aport), "--workers", str(n)], cwd=ROOT)
+            w = procs.start(
+                [
+                    PY,
+                    "-m",
+                    "splitter",
+                    "serve",
+                    "--config",
+                    str(work / "routes-workers.yaml"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--admin-port",
+                    str(aport),
+                    "--workers",
+                    str(n),
+                ],
+                cwd=ROOT,
+            )
             wait_port(port)
             time.sleep(1.0)
             wrk(f"http://127.0.0.1:{port}/api/auth/me", 2)
@@ -366,7 +502,9 @@ unmatched: legacy
     finally:
         procs.stop_all()
         if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "baseline")], capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "baseline")], capture_output=True
+            )
         shutil.rmtree(work, ignore_errors=True)
 
 

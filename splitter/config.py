@@ -238,7 +238,9 @@ def parse(text: str, filename: str = "routes.yaml", environment: str | None = No
     if doc.errors:
         raise ConfigError(doc.errors)
     if not isinstance(data, dict):
-        raise ConfigError([f"{filename}:1: (top): must be a mapping with backends and routes, got an empty or non-mapping document"])
+        raise ConfigError(
+            [f"{filename}:1: (top): must be a mapping with backends and routes, got an empty or non-mapping document"]
+        )
     config = _build(doc, data, environment)
     if doc.errors:
         raise ConfigError(doc.errors)
@@ -259,7 +261,16 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "top": {
         "environment": {"type": "string"},
         "backends": "backends",
-        "user_id": {"type": "array", "items": {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False, "properties": {k: {"type": "string", "minLength": 1} for k in ID_KINDS}}},
+        "user_id": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "additionalProperties": False,
+                "properties": {k: {"type": "string", "minLength": 1} for k in ID_KINDS},
+            },
+        },
         "anonymous": {"enum": list(ANONYMOUS)},
         "routes": {"type": "array", "items": {"$ref": "#/$defs/route"}},
         "unmatched": {"enum": list(BACKENDS)},
@@ -279,8 +290,13 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "admin": {"reads": {"enum": ["open", "token"]}},
     "websocket": {"max_message_bytes": {"type": "integer", "minimum": 1}, "idle_timeout_s": _POSITIVE},
     "backends": {name: "backend" for name in BACKENDS},
-    "backend": {"url": {"type": "string", "pattern": "^https?://"}, "connect_timeout": _POSITIVE, "read_timeout": _POSITIVE, "max_connections": {"type": "integer", "minimum": 1},
-                "check_request_id": {"type": "boolean"}},
+    "backend": {
+        "url": {"type": "string", "pattern": "^https?://"},
+        "connect_timeout": _POSITIVE,
+        "read_timeout": _POSITIVE,
+        "max_connections": {"type": "integer", "minimum": 1},
+        "check_request_id": {"type": "boolean"},
+    },
     "redis": {
         "url": {"type": "string", "pattern": "^(redis|rediss|unix)://"},
         "prefix": {"type": "string", "minLength": 1},
@@ -300,7 +316,14 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "shadow": "shadow",
         "rollout": "rollout",
     },
-    "guard": {"max_error_rate": _RATE, "min_requests": _COUNT, "window_s": _POSITIVE, "max_p95_ratio": _POSITIVE, "max_error_increase": _RATE, "confidence": _CONFIDENCE},
+    "guard": {
+        "max_error_rate": _RATE,
+        "min_requests": _COUNT,
+        "window_s": _POSITIVE,
+        "max_p95_ratio": _POSITIVE,
+        "max_error_increase": _RATE,
+        "confidence": _CONFIDENCE,
+    },
     "shadow": {"percent": _PERCENT, "methods": _STRINGS, "ignore": _STRINGS, "headers": _STRINGS},
     "rollout": {
         "steps": {"type": "array", "minItems": 1, "items": {"oneOf": [_STEP, {"$ref": "#/$defs/step"}]}},
@@ -308,7 +331,14 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "gates": "gates",
     },
     "step": {"percent": _STEP, "approval": {"type": "boolean"}},
-    "gates": {"max_error_rate": _RATE, "max_p95_ms": _POSITIVE, "max_p95_ratio": _POSITIVE, "min_requests": _COUNT, "max_error_increase": _RATE, "confidence": _CONFIDENCE},
+    "gates": {
+        "max_error_rate": _RATE,
+        "max_p95_ms": _POSITIVE,
+        "max_p95_ratio": _POSITIVE,
+        "min_requests": _COUNT,
+        "max_error_increase": _RATE,
+        "confidence": _CONFIDENCE,
+    },
 }
 _REQUIRED = {
     "top": ["backends", "routes"],
@@ -366,14 +396,28 @@ def _show(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
 
-def _number(doc: _Doc, d: dict[str, Any], key: str, path: str, default: float | None, *, positive: bool = True, integer: bool = False, upper: float | None = None) -> Any:
+def _number(
+    doc: _Doc,
+    d: dict[str, Any],
+    key: str,
+    path: str,
+    default: float | None,
+    *,
+    positive: bool = True,
+    integer: bool = False,
+    upper: float | None = None,
+) -> Any:
     if key not in d:
         return default
     v = d[key]
     ok = _is_int(v) if integer else _is_num(v)
     kind = "an integer" if integer else "a number"
     if not ok or (positive and v <= 0 and not integer) or (integer and v < 0) or (upper is not None and v > upper):
-        rng = f" 0..{upper:g}" if upper is not None else (" > 0" if positive and not integer else " >= 0" if integer else "")
+        rng = (
+            f" 0..{upper:g}"
+            if upper is not None
+            else (" > 0" if positive and not integer else " >= 0" if integer else "")
+        )
         doc.error(f"{path}.{key}", f"must be {kind}{rng}, got {_show(v)}")
         return default
     return v
@@ -450,7 +494,9 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
         if w is not None:
             _unknown(doc, w, set(SECTIONS["websocket"]), "websocket")
             size = _number(doc, w, "max_message_bytes", "websocket", websocket.max_message_bytes, integer=True)
-            websocket = WebSocketSpec(max(1, int(size)), float(_number(doc, w, "idle_timeout_s", "websocket", websocket.idle_timeout_s)))
+            websocket = WebSocketSpec(
+                max(1, int(size)), float(_number(doc, w, "idle_timeout_s", "websocket", websocket.idle_timeout_s))
+            )
 
     notify = _notify(doc, data.get("notify") or [])
     admin_reads = "open"
@@ -513,7 +559,9 @@ def _redis(doc: _Doc, value: Any) -> tuple[str | None, str, RedisHA]:
                     sentinels.append((host.strip("[]"), int(port)))
     service = r.get("service")
     if service is not None and (not isinstance(service, str) or not service):
-        doc.error("redis.service", f"must be the Sentinel service name (sentinel monitor NAME ...), got {_show(service)}")
+        doc.error(
+            "redis.service", f"must be the Sentinel service name (sentinel monitor NAME ...), got {_show(service)}"
+        )
     if raw is not None and url is not None:
         doc.error("redis", "set either url or sentinels, not both")
     elif raw is not None and service is None:
@@ -528,7 +576,9 @@ def _redis(doc: _Doc, value: Any) -> tuple[str | None, str, RedisHA]:
     for key in ("password_env", "username_env"):
         names[key] = r.get(key)
         if names[key] is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(names[key])):
-            doc.error(f"redis.{key}", f"must name an environment variable (like REDIS_PASSWORD), got {_show(names[key])}")
+            doc.error(
+                f"redis.{key}", f"must name an environment variable (like REDIS_PASSWORD), got {_show(names[key])}"
+            )
     tls = r.get("tls", False)
     if not isinstance(tls, bool):
         doc.error("redis.tls", f"must be true or false, got {_show(tls)}")
@@ -545,8 +595,19 @@ def _origin(doc: _Doc, url: Any, path: str) -> str | None:
         port = parts.port
     except ValueError:
         parts, port = None, None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        doc.error(path, f"must be an origin like http://127.0.0.1:8001 (scheme, host, optional port; no path), got {_show(url)}")
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
+        doc.error(
+            path,
+            f"must be an origin like http://127.0.0.1:8001 (scheme, host, optional port; no path), got {_show(url)}",
+        )
         return None
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
@@ -649,7 +710,11 @@ def _routes(doc: _Doc, raw: Any, environment: str) -> list[Route]:
         first_path, first = env_sets[0]
         for p, envs in env_sets[1:]:
             if envs != first:
-                doc.error(p, f"percent maps must all name the same environments: {', '.join(sorted(envs))} here, {', '.join(sorted(first))} at {first_path}")
+                doc.error(
+                    p,
+                    f"percent maps must all name the same environments: {', '.join(sorted(envs))} here, "
+                    f"{', '.join(sorted(first))} at {first_path}",
+                )
     return routes
 
 

@@ -60,7 +60,14 @@ class Check:
 
     def view(self) -> dict[str, Any]:
         r = _round
-        return {"gate": self.gate, "threshold": self.threshold, "estimate": r(self.estimate), "interval": [r(self.low), r(self.high)], "p_value": r(self.p_value), "verdict": self.verdict}
+        return {
+            "gate": self.gate,
+            "threshold": self.threshold,
+            "estimate": r(self.estimate),
+            "interval": [r(self.low), r(self.high)],
+            "p_value": r(self.p_value),
+            "verdict": self.verdict,
+        }
 
 
 def _round(x: float | None) -> float | None:

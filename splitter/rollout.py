@@ -46,15 +46,43 @@ class Refused(Exception):
 
 def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:
     """Each gate's current value against its threshold; `ok` None while there is no value yet."""
-    checks: list[dict[str, Any]] = [{"gate": "min_requests", "value": new.requests, "threshold": g.min_requests, "ok": new.requests >= g.min_requests}]
+    checks: list[dict[str, Any]] = [
+        {
+            "gate": "min_requests",
+            "value": new.requests,
+            "threshold": g.min_requests,
+            "ok": new.requests >= g.min_requests,
+        }
+    ]
     if g.max_error_rate is not None:
-        checks.append({"gate": "max_error_rate", "value": round(new.error_rate, 5), "threshold": g.max_error_rate, "ok": new.error_rate <= g.max_error_rate if new.requests else None})
+        checks.append(
+            {
+                "gate": "max_error_rate",
+                "value": round(new.error_rate, 5),
+                "threshold": g.max_error_rate,
+                "ok": new.error_rate <= g.max_error_rate if new.requests else None,
+            }
+        )
     if g.max_p95_ms is not None:
-        checks.append({"gate": "max_p95_ms", "value": new.p95_ms, "threshold": g.max_p95_ms, "ok": new.p95_ms <= g.max_p95_ms if new.p95_ms is not None else None})
+        checks.append(
+            {
+                "gate": "max_p95_ms",
+                "value": new.p95_ms,
+                "threshold": g.max_p95_ms,
+                "ok": new.p95_ms <= g.max_p95_ms if new.p95_ms is not None else None,
+            }
+        )
     if g.max_p95_ratio is not None:
         judged = bool(new.p95_ms and legacy.p95_ms and legacy.requests >= max(1, g.min_requests))
         ratio = round(new.p95_ms / legacy.p95_ms, 4) if judged and new.p95_ms and legacy.p95_ms else None
-        checks.append({"gate": "max_p95_ratio", "value": ratio, "threshold": g.max_p95_ratio, "ok": ratio <= g.max_p95_ratio if ratio is not None else None})
+        checks.append(
+            {
+                "gate": "max_p95_ratio",
+                "value": ratio,
+                "threshold": g.max_p95_ratio,
+                "ok": ratio <= g.max_p95_ratio if ratio is not None else None,
+            }
+        )
     return checks
 
 
@@ -118,14 +146,23 @@ class Rollouts:
         if route.name not in self.driving:
             self.driving.add(route.name)
             log.info("driving rollout", route=route.name, owner=self.owner)
-        state = await rt.overrides.get_rollout(route.name) or {"status": "running", "step": -1, "since": now, "reason": ""}
+        state = await rt.overrides.get_rollout(route.name) or {
+            "status": "running",
+            "step": -1,
+            "since": now,
+            "reason": "",
+        }
         snap = rt.snapshot
         if state["status"] not in ACTIVE:
             self._gauge(route.name)
             return
         step = int(state["step"])
         if step >= 0 and snap.sources.get(route.name) != "rollout":
-            why = "guard tripped" if snap.sources.get(route.name) == "guard" else f"percent changed by hand (source {snap.sources.get(route.name)})"
+            why = (
+                "guard tripped"
+                if snap.sources.get(route.name) == "guard"
+                else f"percent changed by hand (source {snap.sources.get(route.name)})"
+            )
             state.update(status="rolled_back" if "guard" in why else "paused", reason=why, since=now)
             await rt.overrides.put_rollout(route.name, state)
             self._event(route.name, state["status"])
@@ -139,9 +176,18 @@ class Rollouts:
         since = float(state["since"])
         new_c, legacy_c = await self.evidence(route, state, now)
         new, legacy = new_c.totals(), legacy_c.totals()
-        gate_values: dict[str, Any] = {"requests": new.requests, "error_rate": round(new.error_rate, 5), "p95_ms": new.p95_ms, "legacy_p95_ms": legacy.p95_ms}
+        gate_values: dict[str, Any] = {
+            "requests": new.requests,
+            "error_rate": round(new.error_rate, 5),
+            "p95_ms": new.p95_ms,
+            "legacy_p95_ms": legacy.p95_ms,
+        }
         judged = ro.gates.confidence is not None
-        failure = self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values) if judged else gate_failure(ro.gates, new, legacy)
+        failure = (
+            self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values)
+            if judged
+            else gate_failure(ro.gates, new, legacy)
+        )
         if failure:
             await rt.overrides.set_percent(route.name, 0, source="rollout")
             evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
@@ -167,7 +213,12 @@ class Rollouts:
             gate_values["checks"] = [c.view() for c in checks]
             if judge.verdict(checks) != judge.PASS:
                 # neither shown to hold nor shown to fail: a rollout waits for more evidence
-                self._once(route.name, step, "rollout holding: the gates are not yet shown to hold", checks=gate_values["checks"])
+                self._once(
+                    route.name,
+                    step,
+                    "rollout holding: the gates are not yet shown to hold",
+                    checks=gate_values["checks"],
+                )
                 return
         if step + 1 >= len(ro.steps):
             evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
@@ -192,7 +243,9 @@ class Rollouts:
             return new, Counts.from_fields({k: str(v) for k, v in before.items()})
         return await self.rt.windows.pair(route.name, now, span, since)
 
-    def _judged_failure(self, name: str, gates: Gates, new: Counts, legacy: Counts, since: float, values: dict[str, Any]) -> str | None:
+    def _judged_failure(
+        self, name: str, gates: Gates, new: Counts, legacy: Counts, since: float, values: dict[str, Any]
+    ) -> str | None:
         """With `confidence`, a failure is judged at checkpoints (new's requests reaching
         min_requests x 1, 2, 4, 8 ...), look k spending alpha * 6 / (pi^2 k^2) of the error
         budget, so judging a whole step keeps the false-rollback rate within 1 - confidence."""
@@ -298,7 +351,12 @@ class Rollouts:
     async def act(self, name: str, action: str, full: bool = False) -> dict[str, Any]:
         route = self.rt.snapshot.config.by_name[name]
         steps = self._steps(name)
-        state = await self.rt.overrides.get_rollout(name) or {"status": "running", "step": -1, "since": time.time(), "reason": ""}
+        state = await self.rt.overrides.get_rollout(name) or {
+            "status": "running",
+            "step": -1,
+            "since": time.time(),
+            "reason": "",
+        }
         now = time.time()
         if action == "promote":
             await self._promote(route, state, now, full)
