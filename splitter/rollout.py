@@ -158,15 +158,7 @@ class Rollouts:
             return
         step = int(state["step"])
         if step >= 0 and snap.sources.get(route.name) != "rollout":
-            why = (
-                "guard tripped"
-                if snap.sources.get(route.name) == "guard"
-                else f"percent changed by hand (source {snap.sources.get(route.name)})"
-            )
-            state.update(status="rolled_back" if "guard" in why else "paused", reason=why, since=now)
-            await rt.overrides.put_rollout(route.name, state)
-            self._event(route.name, state["status"])
-            log.warning("rollout stopped", route=route.name, reason=why)
+            await self._stop(route.name, state, snap.sources.get(route.name), now)
             return
         if snap.kill:
             return  # everything goes to legacy: nothing to judge, nothing to advance
@@ -189,18 +181,8 @@ class Rollouts:
             else gate_failure(ro.gates, new, legacy)
         )
         if failure:
-            await rt.overrides.set_percent(route.name, 0, source="rollout")
-            evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
-            if "checks" in gate_values:  # as judged: at this look's share of the error budget
-                evidence.update(gates=[evidence["gates"][0], *gate_values["checks"]], verdict=judge.FAIL)
-            reason = f"gate failed at {ro.steps[step]}%: {failure}"
-            state.update(status="rolled_back", reason=reason, since=now, previous=evidence)
-            await rt.overrides.put_rollout(route.name, state)
-            self._gauge(route.name)
-            self._event(route.name, "rolled_back")
-            log.warning("rollout rolled back", route=route.name, step=ro.steps[step], reason=failure, **gate_values)
             old = snap.percent[route.name]
-            await rt.history.record("rollout", "rollout", "rollout_rollback", route.name, old, 0, state["reason"])
+            await self._roll_back(route, state, old, now, failure, (new_c, legacy_c), gate_values)
             return
         if now - since < ro.interval_s or state["status"] == "awaiting_approval":
             return
@@ -221,15 +203,58 @@ class Rollouts:
                 )
                 return
         if step + 1 >= len(ro.steps):
-            evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
-            state.update(status="done", reason="all steps passed", since=now, previous=evidence)
-            await rt.overrides.put_rollout(route.name, state)
-            self._event(route.name, "done")
-            log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
-            at = ro.steps[step]
-            await rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, "all steps passed")
+            await self._done(route, state, now, (new_c, legacy_c), gate_values)
             return
         await self._enter(route, state, step + 1, now, "advance", **gate_values)
+
+    async def _stop(self, name: str, state: dict[str, Any], source: str | None, now: float) -> None:
+        """Someone else set the percent during a step: a guard trip rolls the rollout back, a hand pauses it."""
+        why = "guard tripped" if source == "guard" else f"percent changed by hand (source {source})"
+        state.update(status="rolled_back" if "guard" in why else "paused", reason=why, since=now)
+        await self.rt.overrides.put_rollout(name, state)
+        self._event(name, state["status"])
+        log.warning("rollout stopped", route=name, reason=why)
+
+    async def _roll_back(
+        self,
+        route: Route,
+        state: dict[str, Any],
+        old: int,
+        now: float,
+        failure: str,
+        sides: tuple[Counts, Counts],
+        gate_values: dict[str, Any],
+    ) -> None:
+        """A gate failed: back to 0 %, and the step's window kept as the evidence."""
+        ro = route.rollout
+        assert ro is not None
+        step, since = int(state["step"]), float(state["since"])
+        await self.rt.overrides.set_percent(route.name, 0, source="rollout")
+        evidence = self._window_record(ro, step, since, now, *sides)
+        if "checks" in gate_values:  # as judged: at this look's share of the error budget
+            evidence.update(gates=[evidence["gates"][0], *gate_values["checks"]], verdict=judge.FAIL)
+        reason = f"gate failed at {ro.steps[step]}%: {failure}"
+        state.update(status="rolled_back", reason=reason, since=now, previous=evidence)
+        await self.rt.overrides.put_rollout(route.name, state)
+        self._gauge(route.name)
+        self._event(route.name, "rolled_back")
+        log.warning("rollout rolled back", route=route.name, step=ro.steps[step], reason=failure, **gate_values)
+        await self.rt.history.record("rollout", "rollout", "rollout_rollback", route.name, old, 0, state["reason"])
+
+    async def _done(
+        self, route: Route, state: dict[str, Any], now: float, sides: tuple[Counts, Counts], gate_values: dict[str, Any]
+    ) -> None:
+        """The last step's gates held: the rollout is done, at its last step."""
+        ro = route.rollout
+        assert ro is not None
+        step, since = int(state["step"]), float(state["since"])
+        evidence = self._window_record(ro, step, since, now, *sides)
+        state.update(status="done", reason="all steps passed", since=now, previous=evidence)
+        await self.rt.overrides.put_rollout(route.name, state)
+        self._event(route.name, "done")
+        log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
+        at = ro.steps[step]
+        await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, "all steps passed")
 
     async def evidence(self, route: Route, state: dict[str, Any], now: float) -> tuple[Counts, Counts]:
         """New's and legacy's outcomes the current step is judged on. At 100 % legacy's are those of
