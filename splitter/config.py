@@ -430,6 +430,58 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
         doc.error("environment", f"must be a string, got {_show(environment)}")
         environment = "development"
 
+    backends = _backends(doc, data)
+
+    sources = _user_id(doc, data.get("user_id", []))
+    anonymous = data.get("anonymous", "cookie")
+    if anonymous not in ANONYMOUS:
+        doc.error("anonymous", f"must be one of {', '.join(ANONYMOUS)}, got {_show(anonymous)}")
+    unmatched = data.get("unmatched", "legacy")
+    if unmatched not in BACKENDS:
+        doc.error("unmatched", f"must be legacy or new, got {_show(unmatched)}")
+
+    routes = _routes(doc, data.get("routes"), environment) if "routes" in data else []
+    if "routes" not in data:
+        doc.error("routes", "required: a list of routes (may be empty: [])")
+
+    redis_url, redis_prefix, redis_ha = _redis(doc, data.get("redis"))
+
+    trusted = _trusted(doc, data.get("trusted_proxies", []))
+
+    max_body = data.get("max_body_bytes", DEFAULT_MAX_BODY)
+    if not _is_int(max_body) or max_body <= 0:
+        doc.error("max_body_bytes", f"must be a positive integer, got {_show(max_body)}")
+        max_body = DEFAULT_MAX_BODY
+    websocket = _websocket(doc, data.get("websocket"))
+
+    notify = _notify(doc, data.get("notify") or [])
+    admin_reads = _admin_reads(doc, data.get("admin"))
+
+    if doc.errors:
+        return None
+    return Config(
+        path=doc.filename,
+        environment=environment,
+        backends=backends,
+        routes=tuple(routes),
+        user_id=tuple(sources),
+        anonymous=anonymous,
+        unmatched=unmatched,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        redis_ha=redis_ha,
+        trusted_proxies=tuple(trusted),
+        max_body_bytes=max_body,
+        websocket=websocket,
+        notify=notify,
+        admin_reads=admin_reads,
+        by_name={r.name: r for r in routes},
+        _table=RouteTable([(r.prefix, r) for r in routes]),
+    )
+
+
+def _backends(doc: _Doc, data: dict[str, Any]) -> dict[str, Backend]:
+    """The `backends:` section: legacy and new, each a url and its timeouts and pool size."""
     backends: dict[str, Backend] = {}
     raw_backends = _mapping(doc, data.get("backends"), "backends") if "backends" in data else None
     if "backends" not in data:
@@ -458,23 +510,12 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
                 check = False
             if origin:
                 backends[bname] = Backend(bname, origin, float(ct), float(rt), int(mc), check)
+    return backends
 
-    sources = _user_id(doc, data.get("user_id", []))
-    anonymous = data.get("anonymous", "cookie")
-    if anonymous not in ANONYMOUS:
-        doc.error("anonymous", f"must be one of {', '.join(ANONYMOUS)}, got {_show(anonymous)}")
-    unmatched = data.get("unmatched", "legacy")
-    if unmatched not in BACKENDS:
-        doc.error("unmatched", f"must be legacy or new, got {_show(unmatched)}")
 
-    routes = _routes(doc, data.get("routes"), environment) if "routes" in data else []
-    if "routes" not in data:
-        doc.error("routes", "required: a list of routes (may be empty: [])")
-
-    redis_url, redis_prefix, redis_ha = _redis(doc, data.get("redis"))
-
+def _trusted(doc: _Doc, raw_trusted: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """`trusted_proxies:` the CIDRs of peers whose X-Forwarded-* headers are kept and appended to."""
     trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    raw_trusted = data.get("trusted_proxies", [])
     if not isinstance(raw_trusted, list):
         doc.error("trusted_proxies", f"must be a list of CIDRs, got {_show(raw_trusted)}")
     else:
@@ -483,52 +524,34 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
                 trusted.append(ipaddress.ip_network(str(cidr), strict=False))
             except ValueError:
                 doc.error(f"trusted_proxies[{i}]", f"must be an IP network like 10.0.0.0/8, got {_show(cidr)}")
+    return trusted
 
-    max_body = data.get("max_body_bytes", DEFAULT_MAX_BODY)
-    if not _is_int(max_body) or max_body <= 0:
-        doc.error("max_body_bytes", f"must be a positive integer, got {_show(max_body)}")
-        max_body = DEFAULT_MAX_BODY
+
+def _websocket(doc: _Doc, value: Any) -> WebSocketSpec:
+    """The `websocket:` section: the largest message and the idle timeout."""
     websocket = WebSocketSpec()
-    if data.get("websocket") is not None:
-        w = _mapping(doc, data["websocket"], "websocket")
+    if value is not None:
+        w = _mapping(doc, value, "websocket")
         if w is not None:
             _unknown(doc, w, set(SECTIONS["websocket"]), "websocket")
             size = _number(doc, w, "max_message_bytes", "websocket", websocket.max_message_bytes, integer=True)
             websocket = WebSocketSpec(
                 max(1, int(size)), float(_number(doc, w, "idle_timeout_s", "websocket", websocket.idle_timeout_s))
             )
+    return websocket
 
-    notify = _notify(doc, data.get("notify") or [])
+
+def _admin_reads(doc: _Doc, value: Any) -> str:
+    """The `admin:` section: whether reads of /admin/* are open or need a viewer token."""
     admin_reads = "open"
-    if data.get("admin") is not None:
-        a = _mapping(doc, data["admin"], "admin")
+    if value is not None:
+        a = _mapping(doc, value, "admin")
         if a is not None:
             _unknown(doc, a, set(SECTIONS["admin"]), "admin")
             admin_reads = a.get("reads", "open")
             if admin_reads not in ("open", "token"):
                 doc.error("admin.reads", f"must be open or token, got {_show(admin_reads)}")
-
-    if doc.errors:
-        return None
-    return Config(
-        path=doc.filename,
-        environment=environment,
-        backends=backends,
-        routes=tuple(routes),
-        user_id=tuple(sources),
-        anonymous=anonymous,
-        unmatched=unmatched,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        redis_ha=redis_ha,
-        trusted_proxies=tuple(trusted),
-        max_body_bytes=max_body,
-        websocket=websocket,
-        notify=notify,
-        admin_reads=admin_reads,
-        by_name={r.name: r for r in routes},
-        _table=RouteTable([(r.prefix, r) for r in routes]),
-    )
+    return admin_reads
 
 
 def _redis(doc: _Doc, value: Any) -> tuple[str | None, str, RedisHA]:
