@@ -576,6 +576,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"splitter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _serve_parser(sub, fmt)
+    _local_parsers(sub, fmt)
+    _admin_parsers(sub, fmt)
+    sc = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of routes.yaml (for editors: # yaml-language-server: $schema=...)",
+        formatter_class=fmt,
+    )
+    sc.set_defaults(func=cmd_schema)
+    co = sub.add_parser(
+        "completion", help='print a shell completion script: eval "$(splitter completion bash)"', formatter_class=fmt
+    )
+    co.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
+    co.set_defaults(func=cmd_completion)
+    return p
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt: type[argparse.HelpFormatter]) -> None:
+    """`serve`: the listeners, workers, Redis, timeouts and logging."""
     s = sub.add_parser("serve", help="run the proxy", formatter_class=fmt)
     s.add_argument("--config", default="routes.yaml", help="routes.yaml to serve (hot-reloaded)")
     s.add_argument("--host", default="0.0.0.0", help="proxy listener address (user traffic)")
@@ -626,6 +645,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
 
+
+def _local_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt: type[argparse.HelpFormatter]) -> None:
+    """The commands that read routes.yaml: check, bucket."""
     c = sub.add_parser("check", help="validate routes.yaml", formatter_class=fmt)
     c.add_argument("file", nargs="?", default="routes.yaml", help="the file to check")
     c.add_argument(
@@ -646,6 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="JSON output")
     b.set_defaults(func=cmd_bucket)
 
+
+def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt: type[argparse.HelpFormatter]) -> None:
+    """The commands that ask a running proxy's admin API."""
     def admin_parser(name: str, help_: str) -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=help_, formatter_class=fmt)
         a.add_argument(
@@ -709,18 +734,6 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--route", default=None, help="only this route")
     rp.add_argument("--json", action="store_true", help="JSON output")
     rp.set_defaults(func=cmd_report)
-    sc = sub.add_parser(
-        "schema",
-        help="print the JSON Schema of routes.yaml (for editors: # yaml-language-server: $schema=...)",
-        formatter_class=fmt,
-    )
-    sc.set_defaults(func=cmd_schema)
-    co = sub.add_parser(
-        "completion", help='print a shell completion script: eval "$(splitter completion bash)"', formatter_class=fmt
-    )
-    co.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
-    co.set_defaults(func=cmd_completion)
-    return p
 
 
 def _rollout_parser(ro: argparse.ArgumentParser) -> None:
