@@ -19,12 +19,13 @@ T = TypeVar("T")
 
 
 class _Node(Generic[T]):
-    __slots__ = ("children", "here", "below")
+    __slots__ = ("below", "children", "deeper", "here")
 
     def __init__(self) -> None:
         self.children: dict[str, _Node[T]] = {}
         self.here: T | None = None  # prefix Q: matches a path ending here or going deeper
         self.below: T | None = None  # prefix Q/: matches only a path going deeper
+        self.deeper: T | None = None  # what a path going deeper matches here: Q/ (the longer), else Q
 
 
 class RouteTable(Generic[T]):
@@ -50,18 +51,16 @@ class RouteTable(Generic[T]):
                     node.below = value
             elif node.here is None:
                 node.here = value
+            node.deeper = node.below if node.below is not None else node.here
 
     def match(self, path: str) -> T | None:
         if not path.startswith("/"):
             return None
         node = self._root
-        best = node.here
+        best = None
         for seg in path[1:].split("/"):
-            # one more segment follows this node: its Q/ prefix (longer than Q) or its Q matches
-            if node.below is not None:
-                best = node.below
-            elif node.here is not None:
-                best = node.here
+            if node.deeper is not None:  # one more segment follows this node
+                best = node.deeper
             child = node.children.get(seg)
             if child is None:
                 return best
