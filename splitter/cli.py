@@ -494,7 +494,7 @@ def _rollout_status(args: argparse.Namespace) -> int:
         elif items is not None:
             if args.watch:
                 print("\x1b[H\x1b[2J", end="")  # redraw in place, like kubectl argo rollouts get --watch
-            print("\n".join(_rollout_lines(items)), flush=True)
+            print("\n".join(_rollout_lines(items)) or "no route has a rollout section in routes.yaml", flush=True)
         if not args.watch:
             return 0
         time.sleep(1.0)

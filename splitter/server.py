@@ -309,15 +309,13 @@ class _Coalescing:
     (`call_soon`), before a close, and in order; several are handed to the transport as one
     `writelines` (no copy). Everything else is the transport's own."""
 
-    __slots__ = ("_fd", "_handed", "_loop", "_pending", "_transport")
+    __slots__ = ("_handed", "_loop", "_pending", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] | None = None
         self._handed = 0  # bytes given to the transport (the send timeout's measure of progress)
-        sock = transport.get_extra_info("socket")
-        self._fd = sock.fileno() if sock is not None else -1
 
     def write(self, data: bytes) -> None:
         if self._pending is None:
@@ -340,7 +338,9 @@ class _Coalescing:
     def taken(self) -> int:
         """Bytes the client has taken so far: handed over, less what still waits in the transport's buffer
         and in the kernel's send queue (which the kernel may hold until a third of it is free)."""
-        return self._handed - self._transport.get_write_buffer_size() - (unsent(self._fd) if self._fd >= 0 else 0)
+        sock = self._transport.get_extra_info("socket")  # asked only when a client stalls
+        queued = unsent(sock.fileno()) if hasattr(sock, "fileno") else 0
+        return self._handed - self._transport.get_write_buffer_size() - queued
 
     def close(self) -> None:
         self.flush()

@@ -236,6 +236,9 @@ def test_an_approval_step_holds_until_promote_and_promote_full_finishes(procs, t
     assert view["status"] == "done" and view["percent"] == 100
     assert run("rollout", "wait", "auth", "--admin", s.admin).returncode == 0
     assert events(s, "awaiting_approval") == 1 and events(s, "promoted") == 2 and events(s, "done") == 1
+    promotions = [(e["who"], e["old"], e["new"]) for e in httpx.get(s.admin + "/admin/history?route=auth").json()
+                  if e["action"] == "rollout_promote"]
+    assert promotions == [("admin", 50, 100), ("admin", 10, 50)], promotions  # newest first, the token's name
     one_line_error(run("rollout", "pause", "auth", "--full", "--admin", s.admin), "--full goes with promote", code=2)
 
 
