@@ -11,9 +11,10 @@ every round; ratios are taken within a round, between targets measured next to
 each other, and their median is printed with their range. Then: added latency
 at a paced 1,000 req/s, 1 GiB upload and download (direct, through nginx's
 proxy, through splitter, in turn), RSS under 1,000 idle keep-alive connections,
-and --workers 1 vs 2. Only ratios within one run mean anything: this machine's
-CPU speed drifts by tens of percent within a minute. Everything listens on
-127.0.0.1 only.
+and --workers 1 vs 2. splitter with 10,000 routes runs beside splitter with 3 in
+every round (route matching walks path segments: the count must not cost req/s).
+Only ratios within one run mean anything: this machine's CPU speed drifts by tens
+of percent within a minute. Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -100,7 +101,9 @@ http {{
         listen 127.0.0.1:{upstream};
         client_max_body_size 0;
         location /files/ {{ alias {work}/files/; }}
-        location /upload {{ root {work}/dav; dav_methods PUT; create_full_put_path on; client_body_temp_path {work}/dav-tmp; }}
+        location /upload {{
+            root {work}/dav; dav_methods PUT; create_full_put_path on; client_body_temp_path {work}/dav-tmp;
+        }}
         location / {{ return 200 "{{\\"ok\\": true}}\\n"; }}
     }}
     server {{
@@ -117,7 +120,12 @@ http {{
 
 
 def wrk(url: str, duration: int, connections: int = 64) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "random_user.lua"), url], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(HERE / "random_user.lua"), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
     def pct(p: str) -> float:
@@ -127,7 +135,25 @@ def wrk(url: str, duration: int, connections: int = 64) -> dict[str, float]:
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock_err = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": float(errors.group(1)) if errors else 0.0, "socket_errors": 1.0 if sock_err else 0.0}
+    return {
+        "rps": rps,
+        "p50": pct("50"),
+        "p99": pct("99"),
+        "non2xx": float(errors.group(1)) if errors else 0.0,
+        "socket_errors": 1.0 if sock_err else 0.0,
+    }
+
+
+MANY = "splitter, 10,000 routes"
+
+
+def many_routes(n: int) -> str:
+    """n more routes for routes.yaml, nested two and three segments deep beside /api/auth."""
+    out = []
+    for i in range(n):
+        prefix = f"/api/svc{i}" if i % 3 else f"/api/svc{i // 3}/v{i % 7}/items"
+        out.append(f"  - name: extra_{i}\n    prefix: {prefix}\n    percent: {i % 101}\n")
+    return "".join(out)
 
 
 def rss_mib(pids: list[int]) -> float:
@@ -172,7 +198,9 @@ async def paced_latency(port: int, rate: int, seconds: float) -> tuple[float, fl
 
 
 def curl_speed(args: list[str], field: str) -> float:
-    out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", f"%{{{field}}}", *args], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", f"%{{{field}}}", *args], capture_output=True, text=True, check=True
+    ).stdout
     return float(out) / (1024 * 1024)
 
 
@@ -188,28 +216,7 @@ def idle_connections(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    ap.add_argument("--rounds", type=int, default=7, help="rounds over all targets, the order reversed each round; medians are reported")
-    ap.add_argument("--baseline", default=None, metavar="REV", help="also run splitter at this git revision (a worktree, same venv): before vs after in one run")
-    ap.add_argument("--quick", action="store_true", help="only the req/s table (no latency, throughput, RSS or workers)")
-    args = ap.parse_args()
-    for tool in ("nginx", "wrk", "curl"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk curl (make bench does)")
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    work = Path(tempfile.mkdtemp(prefix="splitter-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    work.chmod(0o755)  # nginx workers run as an unprivileged user
-    (work / "files").mkdir()
-    (work / "dav").mkdir(mode=0o777)
-    (work / "dav-tmp").mkdir(mode=0o777)
-    with open(work / "files" / "big.bin", "wb") as f:
-        f.truncate(STREAM_MIB * 1024 * 1024)
-    upstream, split, asgi, asgi_quiet, proxy, admin = (free_port() for _ in range(6))
-    (work / "nginx.conf").write_text(NGINX_CONF.format(work=work, upstream=upstream, split=split))
-    (work / "routes.yaml").write_text(
-        f"""environment: production
+ROUTES_YAML = """environment: production
 backends:
   legacy: {{url: "http://127.0.0.1:{upstream}"}}
   new: {{url: "http://127.0.0.1:{upstream}"}}
@@ -222,127 +229,207 @@ routes:
   - name: auth
     prefix: /api/auth
     percent: 10
-    guard: {{max_error_rate: 0.5, min_requests: 100000000, window_s: 60}}   # the outcome window is on the hot path
-  - name: upload
+{guard}  - name: upload
     prefix: /upload
     percent: 0
   - name: files
     prefix: /files
     percent: 0
-unmatched: legacy
+{more}unmatched: legacy
 """
+# the outcome window is on the hot path; --workers > 1 with a guard needs Redis (each worker would judge only
+# its share), so the workers' file has none
+GUARD = "    guard: {max_error_rate: 0.5, min_requests: 100000000, window_s: 60}\n"
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    about = "rounds over all targets, the order reversed each round; medians are reported"
+    ap.add_argument("--rounds", type=int, default=7, help=about)
+    about = "also run splitter at this git revision (a worktree, same venv): before vs after in one run"
+    ap.add_argument("--baseline", default=None, metavar="REV", help=about)
+    about = "only the req/s table (no latency, throughput, RSS or workers)"
+    ap.add_argument("--quick", action="store_true", help=about)
+    return ap.parse_args()
+
+
+def prepare(work: Path, upstream: int, split: int) -> None:
+    """The files: nginx's config and the files it serves, and the three routes.yaml variants."""
+    work.chmod(0o755)  # nginx workers run as an unprivileged user
+    (work / "files").mkdir()
+    (work / "dav").mkdir(mode=0o777)
+    (work / "dav-tmp").mkdir(mode=0o777)
+    with open(work / "files" / "big.bin", "wb") as f:
+        f.truncate(STREAM_MIB * 1024 * 1024)
+    (work / "nginx.conf").write_text(NGINX_CONF.format(work=work, upstream=upstream, split=split))
+    (work / "routes.yaml").write_text(ROUTES_YAML.format(upstream=upstream, guard=GUARD, more=""))
+    # the same routes plus 9,997 more (routes.py matches by segment): 10,000 vs 3 routes in one run
+    many = ROUTES_YAML.format(upstream=upstream, guard=GUARD, more=many_routes(9_997))
+    (work / "routes-10000.yaml").write_text(many)
+    (work / "routes-workers.yaml").write_text(ROUTES_YAML.format(upstream=upstream, guard="", more=""))
+
+
+def serve(procs: Procs, config: Path, port: int, log: Path, *more: str, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+    """`splitter serve` on 127.0.0.1:port, its output (the access log) to a file, as in production."""
+    args = [PY, "-m", "splitter", "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--admin-port", str(free_port()), *more]
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    with open(log, "wb") as out:
+        p = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    procs.procs.append(p)
+    wait_port(port, timeout=60)
+    return p
+
+
+def throughput(targets: dict[str, int], args: argparse.Namespace) -> None:
+    """The req/s table and the ratios between targets measured next to each other."""
+    for port in targets.values():
+        wrk(f"http://127.0.0.1:{port}/api/auth/me", 2)  # warm-up: pools, caches
+    # This machine's CPU speed drifts by tens of percent within a minute, so one target's
+    # median against another's is itself noisy. Rounds are short, the order reverses every
+    # round (A B C, C B A, ...) so drift hits both sides of a pair alike, and each ratio is
+    # taken within a round, between neighbours in time; the median of those ratios is shown.
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+    order = list(targets)
+    for i in range(args.rounds):
+        for name in order if i % 2 == 0 else reversed(order):
+            rounds[name].append(wrk(f"http://127.0.0.1:{targets[name]}/api/auth/me", args.duration))
+    results = {name: sorted(rs, key=lambda r: r["rps"])[len(rs) // 2] for name, rs in rounds.items()}
+    print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}   req/s of each round")
+    for name, r in results.items():
+        each = " ".join(f"{x['rps']:.0f}" for x in rounds[name])
+        bad = "  (non-2xx!)" if any(x["non2xx"] for x in rounds[name]) else ""
+        print(f"{name:<26} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}   {each}{bad}")
+
+    def paired(a: str, b: str, key: str = "rps") -> str:
+        ratios = sorted(x[key] / y[key] for x, y in zip(rounds[a], rounds[b], strict=True))
+        return f"{statistics.median(ratios):.2f}x (rounds: {ratios[0]:.2f}..{ratios[-1]:.2f})"
+
+    def p99(a: str, b: str) -> str:
+        return f"p99 {results[a]['p99']:.2f} ms vs {results[b]['p99']:.2f} ms"
+
+    quiet, sp = "asgiproxy, no access log", "splitter"
+    print("\nratios are medians of per-round ratios (the two measured next to each other)")
+    print(f"splitter / asgiproxy req/s, both logging: {paired(sp, 'asgiproxy')}   {p99(sp, 'asgiproxy')}")
+    print(f"splitter / asgiproxy at its fastest (no access log) req/s: {paired(sp, quiet)}   {p99(sp, quiet)}")
+    print(f"splitter / nginx split_clients req/s: {paired('splitter', 'nginx split_clients')}")
+    print(f"splitter with 10,000 routes / with 3 routes req/s: {paired(MANY, 'splitter')}")
+    if args.baseline:
+        base = f"splitter@{args.baseline}"
+        print(f"splitter / {base} req/s: {paired('splitter', base)}   {p99('splitter', base)}")
+
+
+def latency(upstream: int, proxy: int) -> None:
+    """Paced latency: direct and through splitter in turn, five times; medians."""
+    lat: dict[str, list[tuple[float, float]]] = {"direct": [], "splitter": []}
+    for _ in range(5):
+        lat["direct"].append(asyncio.run(paced_latency(upstream, 1000, 4)))
+        lat["splitter"].append(asyncio.run(paced_latency(proxy, 1000, 4)))
+    d50, d99 = (statistics.median(x[i] for x in lat["direct"]) for i in (0, 1))
+    s50, s99 = (statistics.median(x[i] for x in lat["splitter"]) for i in (0, 1))
+    print(
+        f"\nadded latency at 1,000 req/s (open loop, 4 s, median of 5 turns): p50 {s50 - d50:+.2f} ms, "
+        f"p99 {s99 - d99:+.2f} ms  (direct {d50:.2f}/{d99:.2f}, splitter {s50:.2f}/{s99:.2f})"
     )
+
+
+def streams(work: Path, ports: dict[str, int]) -> None:
+    """1 GiB each way, direct and through the proxies in turn; each ratio against the direct run just before."""
+    big = str(work / "files" / "big.bin")
+    speeds: dict[str, dict[str, list[float]]] = {way: {name: [] for name in ports} for way in ("upload", "download")}
+    for _ in range(STREAM_TURNS):
+        for name, port in ports.items():
+            speeds["upload"][name].append(curl_speed(["-T", big, f"http://127.0.0.1:{port}/upload"], "speed_upload"))
+            down = curl_speed([f"http://127.0.0.1:{port}/files/big.bin"], "speed_download")
+            speeds["download"][name].append(down)
+    print(
+        f"\n{STREAM_MIB} MiB through each, {STREAM_TURNS} times in turn "
+        "(median MiB/s; % of the direct run just before; each turn's %)"
+    )
+    for way, by in speeds.items():
+        line = f"{way + ':':<10} direct {statistics.median(by['direct']):.0f}"
+        for name in ("nginx proxy", "splitter"):
+            share = statistics.median(x / d for x, d in zip(by[name], by["direct"], strict=True))
+            each = " ".join(f"{x / d:.0%}" for x, d in zip(by[name], by["direct"], strict=True))
+            line += f", {name} {statistics.median(by[name]):.0f} ({share:.0%}: {each})"
+        print(line)
+
+
+def idle_rss(sp: subprocess.Popen[bytes], proxy: int) -> None:
+    before = rss_mib([sp.pid])
+    socks = idle_connections(proxy, 1000)
+    time.sleep(1)
+    during = rss_mib([sp.pid])
+    for s in socks:
+        s.close()
+    print(f"\nRSS with 1,000 idle keep-alive connections: {during:.0f} MiB (idle before: {before:.0f} MiB)")
+
+
+def workers(procs: Procs, work: Path, duration: int) -> None:
+    print("\n--workers scaling (multiprocess metrics on, no guard):")
+    for n in (1, 2):
+        port = free_port()
+        w = serve(procs, work / "routes-workers.yaml", port, work / f"workers-{n}.log", "--workers", str(n))
+        time.sleep(1.0)
+        wrk(f"http://127.0.0.1:{port}/api/auth/me", 2)
+        r = wrk(f"http://127.0.0.1:{port}/api/auth/me", duration)
+        print(f"  --workers {n}: {r['rps']:.0f} req/s, p99 {r['p99']:.2f} ms")
+        procs.stop(w)
+
+
+def main() -> None:
+    args = parse_args()
+    for tool in ("nginx", "wrk", "curl"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk curl (make bench does)")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    work = Path(tempfile.mkdtemp(prefix="splitter-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
+    upstream, split, asgi, asgi_quiet, proxy, many = (free_port() for _ in range(6))
+    prepare(work, upstream, split)
     procs = Procs()
-    results: dict[str, dict[str, float]] = {}
     try:
         procs.start([nginx, "-c", str(work / "nginx.conf"), "-g", "daemon off;"])
         wait_port(upstream)
         wait_port(split)
-        procs.start([PY, str(HERE / "asgiproxy_app.py"), f"http://127.0.0.1:{upstream}", str(asgi)])
-        procs.start([PY, str(HERE / "asgiproxy_app.py"), f"http://127.0.0.1:{upstream}", str(asgi_quiet), "--no-access-log"])
+        asgiproxy = [PY, str(HERE / "asgiproxy_app.py"), f"http://127.0.0.1:{upstream}"]
+        procs.start([*asgiproxy, str(asgi)])
+        procs.start([*asgiproxy, str(asgi_quiet), "--no-access-log"])
         wait_port(asgi)
         wait_port(asgi_quiet)
-        log = open(work / "splitter.log", "wb")  # noqa: SIM115 - the access log goes to a file, as in production
-        serve = [PY, "-m", "splitter", "serve", "--config", str(work / "routes.yaml"), "--host", "127.0.0.1", "--port", str(proxy), "--admin-port", str(admin)]
-        sp = subprocess.Popen(serve, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.procs.append(sp)
-        wait_port(proxy)
+        sp = serve(procs, work / "routes.yaml", proxy, work / "splitter.log")
+        serve(procs, work / "routes-10000.yaml", many, work / "splitter-10000.log")
 
-        print(f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} rounds (order reversed each round; medians shown), random X-User-ID, GET /api/auth/me")
-        print("splitter: defaults (metrics, JSON access log to a file, bucketing, header handling, a guard's window); asgiproxy: its CLI defaults, and without its access log\n")
-        targets = {"direct (nginx upstream)": upstream, "nginx split_clients": split, "asgiproxy": asgi, "asgiproxy, no access log": asgi_quiet, "splitter": proxy}
+        print(
+            f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} rounds (order reversed each round; medians shown), "
+            "random X-User-ID, GET /api/auth/me"
+        )
+        print(
+            "splitter: defaults (metrics, JSON access log to a file, bucketing, header handling, a guard's window); "
+            "asgiproxy: its CLI defaults, and without its access log\n"
+        )
+        targets = {"direct (nginx upstream)": upstream, "nginx split_clients": split, "asgiproxy": asgi}
+        targets.update({"asgiproxy, no access log": asgi_quiet, "splitter": proxy, MANY: many})
         if args.baseline:
             tree = work / "baseline"
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline], check=True, capture_output=True)
-            base_port, base_admin = free_port(), free_port()
-            base = [PY, "-m", "splitter", "serve", "--config", str(work / "routes.yaml"), "--host", "127.0.0.1", "--port", str(base_port), "--admin-port", str(base_admin)]
-            procs.procs.append(subprocess.Popen(base, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=open(work / "baseline.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True))  # noqa: SIM115
-            wait_port(base_port)
+            add = ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline]
+            subprocess.run(add, check=True, capture_output=True)
+            base_port = free_port()
+            serve(procs, work / "routes.yaml", base_port, work / "baseline.log", cwd=tree)
             targets[f"splitter@{args.baseline}"] = base_port
-        for port in targets.values():
-            wrk(f"http://127.0.0.1:{port}/api/auth/me", 2)  # warm-up: pools, caches
-        # This machine's CPU speed drifts by tens of percent within a minute, so one target's
-        # median against another's is itself noisy. Rounds are short, the order reverses every
-        # round (A B C, C B A, ...) so drift hits both sides of a pair alike, and each ratio is
-        # taken within a round, between neighbours in time; the median of those ratios is shown.
-        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
-        order = list(targets)
-        for i in range(args.rounds):
-            for name in order if i % 2 == 0 else reversed(order):
-                rounds[name].append(wrk(f"http://127.0.0.1:{targets[name]}/api/auth/me", args.duration))
-        for name, rs in rounds.items():
-            results[name] = sorted(rs, key=lambda r: r["rps"])[len(rs) // 2]
-        print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}   req/s of each round")
-        for name, r in results.items():
-            each = " ".join(f"{x['rps']:.0f}" for x in rounds[name])
-            print(f"{name:<26} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}   {each}" + ("  (non-2xx!)" if any(x["non2xx"] for x in rounds[name]) else ""))
-
-        def paired(a: str, b: str, key: str = "rps") -> str:
-            ratios = sorted(x[key] / y[key] for x, y in zip(rounds[a], rounds[b], strict=True))
-            return f"{statistics.median(ratios):.2f}x (rounds: {ratios[0]:.2f}..{ratios[-1]:.2f})"
-
-        sp_r, ap_r, aq_r = results["splitter"], results["asgiproxy"], results["asgiproxy, no access log"]
-        print("\nratios are medians of per-round ratios (the two measured next to each other)")
-        print(f"splitter / asgiproxy req/s, both logging: {paired('splitter', 'asgiproxy')}   p99 {sp_r['p99']:.2f} ms vs {ap_r['p99']:.2f} ms")
-        print(f"splitter / asgiproxy at its fastest (no access log) req/s: {paired('splitter', 'asgiproxy, no access log')}   p99 {sp_r['p99']:.2f} ms vs {aq_r['p99']:.2f} ms")
-        print(f"splitter / nginx split_clients req/s: {paired('splitter', 'nginx split_clients')}")
-        if args.baseline:
-            b_r = results[f"splitter@{args.baseline}"]
-            print(f"splitter / splitter@{args.baseline} req/s: {paired('splitter', f'splitter@{args.baseline}')}   p99 {sp_r['p99']:.2f} ms vs {b_r['p99']:.2f} ms")
+        throughput(targets, args)
         if args.quick:
             return
-
-        # Paced latency, and 1 GiB each way: direct and through the proxies in turn, several
-        # times; medians, and each ratio taken against the direct run just before it.
-        lat: dict[str, list[tuple[float, float]]] = {"direct": [], "splitter": []}
-        for _ in range(5):
-            lat["direct"].append(asyncio.run(paced_latency(upstream, 1000, 4)))
-            lat["splitter"].append(asyncio.run(paced_latency(proxy, 1000, 4)))
-        d50, d99 = (statistics.median(x[i] for x in lat["direct"]) for i in (0, 1))
-        s50, s99 = (statistics.median(x[i] for x in lat["splitter"]) for i in (0, 1))
-        print(f"\nadded latency at 1,000 req/s (open loop, 4 s, median of 5 turns): p50 {s50 - d50:+.2f} ms, p99 {s99 - d99:+.2f} ms  (direct {d50:.2f}/{d99:.2f}, splitter {s50:.2f}/{s99:.2f})")
-
-        big = str(work / "files" / "big.bin")
-        speeds: dict[str, dict[str, list[float]]] = {way: {"direct": [], "nginx proxy": [], "splitter": []} for way in ("upload", "download")}
-        for _ in range(STREAM_TURNS):
-            for name, port in (("direct", upstream), ("nginx proxy", split), ("splitter", proxy)):
-                speeds["upload"][name].append(curl_speed(["-T", big, f"http://127.0.0.1:{port}/upload"], "speed_upload"))
-                speeds["download"][name].append(curl_speed([f"http://127.0.0.1:{port}/files/big.bin"], "speed_download"))
-        print(f"\n{STREAM_MIB} MiB through each, {STREAM_TURNS} times in turn (median MiB/s; % of the direct run just before; each turn's %)")
-        for way, by in speeds.items():
-            line = f"{way + ':':<10} direct {statistics.median(by['direct']):.0f}"
-            for name in ("nginx proxy", "splitter"):
-                share = statistics.median(x / d for x, d in zip(by[name], by["direct"], strict=True))
-                each = " ".join(f"{x / d:.0%}" for x, d in zip(by[name], by["direct"], strict=True))
-                line += f", {name} {statistics.median(by[name]):.0f} ({share:.0%}: {each})"
-            print(line)
-
-        before = rss_mib([sp.pid])
-        socks = idle_connections(proxy, 1000)
-        time.sleep(1)
-        during = rss_mib([sp.pid])
-        for s in socks:
-            s.close()
-        print(f"\nRSS with 1,000 idle keep-alive connections: {during:.0f} MiB (idle before: {before:.0f} MiB)")
+        latency(upstream, proxy)
+        streams(work, {"direct": upstream, "nginx proxy": split, "splitter": proxy})
+        idle_rss(sp, proxy)
         procs.stop(sp)
-
-        # --workers > 1 with a guard needs Redis (each worker would judge only its share): no guard here
-        (work / "routes-workers.yaml").write_text((work / "routes.yaml").read_text().replace("    guard: {max_error_rate: 0.5, min_requests: 100000000, window_s: 60}   # the outcome window is on the hot path\n", ""))
-        print("\n--workers scaling (multiprocess metrics on, no guard):")
-        for n in (1, 2):
-            port, aport = free_port(), free_port()
-            w = procs.start([PY, "-m", "splitter", "serve", "--config", str(work / "routes-workers.yaml"), "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(aport), "--workers", str(n)], cwd=ROOT)
-            wait_port(port)
-            time.sleep(1.0)
-            wrk(f"http://127.0.0.1:{port}/api/auth/me", 2)
-            r = wrk(f"http://127.0.0.1:{port}/api/auth/me", args.duration)
-            print(f"  --workers {n}: {r['rps']:.0f} req/s, p99 {r['p99']:.2f} ms")
-            procs.stop(w)
-        log.close()
+        workers(procs, work, args.duration)
     finally:
         procs.stop_all()
         if args.baseline:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "baseline")], capture_output=True)
+            remove = ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(work / "baseline")]
+            subprocess.run(remove, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

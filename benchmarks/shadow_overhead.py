@@ -28,7 +28,10 @@ def main() -> None:
         procs.start([shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(work / "nginx.conf"), "-g", "daemon off;"])
         wait_port(upstream)
         results = {}
-        for label, shadow in (("shadow off", ""), ("shadow on (100% of GETs)", "\n    shadow: {percent: 100, methods: [GET]}")):
+        for label, shadow in (
+            ("shadow off", ""),
+            ("shadow on (100% of GETs)", "\n    shadow: {percent: 100, methods: [GET]}"),
+        ):
             cfg = work / f"routes-{len(results)}.yaml"
             cfg.write_text(
                 f"""environment: production
@@ -44,12 +47,30 @@ unmatched: legacy
 """
             )
             port, admin = free_port(), free_port()
-            p = procs.start([PY, "-m", "splitter", "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--admin-port", str(admin)], cwd=ROOT)
+            p = procs.start(
+                [
+                    PY,
+                    "-m",
+                    "splitter",
+                    "serve",
+                    "--config",
+                    str(cfg),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--admin-port",
+                    str(admin),
+                ],
+                cwd=ROOT,
+            )
             wait_port(port)
             asyncio.run(paced_latency(port, 200, 2))  # warm-up
             results[label] = asyncio.run(paced_latency(port, 200, 10))
             if shadow:
-                metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{admin}/metrics"], capture_output=True, text=True).stdout
+                metrics = subprocess.run(
+                    ["curl", "-s", f"http://127.0.0.1:{admin}/metrics"], capture_output=True, text=True
+                ).stdout
                 print("\n".join(line for line in metrics.splitlines() if line.startswith("splitter_shadow_total")))
             procs.stop(p)
         print("\npaced 200 req/s for 10 s, GET /api/auth/me:")

@@ -11,7 +11,15 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
-    uvicorn.run(create_app(Settings.from_env()), host=args.host, port=args.port, loop="uvloop", http="httptools", access_log=False, log_level="warning")
+    uvicorn.run(
+        create_app(Settings.from_env()),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 main()

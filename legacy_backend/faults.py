@@ -1,4 +1,5 @@
-"""Fault injection for demos and tests: FAULT_ERROR_RATE (share answered 500), FAULT_LATENCY_MS (settings.py reads them)."""
+"""Fault injection for demos and tests: FAULT_ERROR_RATE (share answered 500), FAULT_LATENCY_MS
+(settings.py reads them)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ class FaultInjection:
                 await asyncio.sleep(self.latency)
             if self.error_rate and random.random() < self.error_rate:
                 body = b'{"detail":"injected fault"}'
-                await send({"type": "http.response.start", "status": 500, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)

@@ -24,7 +24,10 @@ class Settings:
         env = os.environ
         secret = env.get("JWT_SECRET") or DEV_SECRET
         if not env.get("JWT_SECRET"):  # make run sets it (to the development default): no warning then
-            print("legacy_backend: JWT_SECRET not set; using the development default (never in production)", file=sys.stderr)
+            print(
+                "legacy_backend: JWT_SECRET not set; using the development default (never in production)",
+                file=sys.stderr,
+            )
         return cls(
             database_url=env.get("DATABASE_URL", cls.database_url),
             jwt_secret=secret,

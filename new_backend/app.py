@@ -35,7 +35,13 @@ def create_app(settings: Settings) -> Any:
     db = Persistence(settings.database_url)
     requests = AnalysisRequestRepository(db)
     app = Starlette(
-        routes=[Route("/health", health), *auth_api.routes, *upload_api.routes, *review_api.routes, *notifications_api.routes],
+        routes=[
+            Route("/health", health),
+            *auth_api.routes,
+            *upload_api.routes,
+            *review_api.routes,
+            *notifications_api.routes,
+        ],
         exception_handlers={HTTPProblem: problem_handler},
     )
     app.state.auth = AuthService(UserRepository(db), SessionRepository(db), TokenService(settings.jwt_secret))

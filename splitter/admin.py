@@ -19,6 +19,7 @@ import dataclasses
 import ipaddress
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -40,6 +41,7 @@ from .runtime import CONSOLE_SPAN_S
 from .tokens import Identity
 
 if TYPE_CHECKING:
+    from .config import Route as RouteSpec
     from .rollout import Rollouts
     from .runtime import Runtime
     from .shadow import Shadow
@@ -111,253 +113,8 @@ class _ReadGate:
 
 
 def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: WebSockets) -> HostGuard:
-    async def authorize(request: Request) -> Actor:
-        if not rt.tokens.configured:
-            raise _Refused(403, NO_TOKENS)
-        identity = identify(rt, request.headers)
-        if identity is None:
-            raise _Refused(401, WRONG_TOKEN)
-        if not identity.may_change:
-            raise _Refused(403, f"token {identity.name!r} has the role {identity.role}: changes need an operator token")
-        source = request.headers.get("x-splitter-source", "")
-        try:
-            data = json.loads(await request.body() or b"{}")
-        except ValueError:
-            data = {}  # the endpoint says what is wrong with its body
-        reason = data.get("reason", "") if isinstance(data, dict) else ""
-        if not isinstance(reason, str) or len(reason) > 500:
-            raise _Refused(400, "reason must be a string of at most 500 characters")
-        on_behalf = request.headers.get("x-splitter-actor", "")[:64] or None
-        return Actor(identity.name, source if source in CLIENT_SOURCES else "api", reason, on_behalf)
-
-    async def record(who: Actor, action: str, route: str | None, old: Any, new: Any) -> None:
-        await rt.history.record(who.name, who.source, action, route, old, new, who.reason, who.on_behalf)
-
-    async def body(request: Request) -> dict[str, Any]:
-        try:
-            data = json.loads(await request.body() or b"{}")
-        except ValueError:
-            raise _Refused(400, "body must be JSON") from None
-        if not isinstance(data, dict):
-            raise _Refused(400, "body must be a JSON object")
-        return data
-
-    def route_or_404(name: str) -> None:
-        if name not in rt.snapshot.config.by_name:
-            known = ", ".join(r.name for r in rt.snapshot.config.routes)
-            raise _Refused(404, f"unknown route {name!r} (routes: {known})")
-
-    def routes_view() -> list[dict[str, Any]]:
-        snap = rt.snapshot
-        return [
-            {
-                "name": r.name,
-                "prefix": r.prefix,
-                "percent": 0 if snap.kill else snap.percent[r.name],
-                "file_percent": r.percent,
-                "source": "kill" if snap.kill else snap.sources[r.name],
-            }
-            for r in snap.config.routes
-        ]
-
-    def writer(impl: Any) -> Any:
-        """One wrapper for every write: authorize, then answer JSON (errors: the handlers below)."""
-
-        async def endpoint(request: Request) -> Response:
-            result = await impl(request, await authorize(request))
-            return result if isinstance(result, Response) else JSONResponse(result)
-
-        return endpoint
-
-    async def overview(request: Request) -> Response:
-        """Everything the console shows, in one read: routes with their windows and the last five
-        minutes, rollouts, shadow mismatches, kill switch, Redis and reload state."""
-        now = time.time()
-        snap = rt.snapshot
-        views = routes_view()
-        for view, r in zip(views, snap.config.routes, strict=True):
-            try:
-                span, since = await rt.judged_span(r) if (r.guard or r.rollout) else (60.0, None)
-                view["window"] = await rt.windows.view(r.name, now, span, since)
-                view["series"] = {b: await rt.windows.series(r.name, b, now, CONSOLE_SPAN_S, 10) for b in ("new", "legacy")}
-                view["shadow"] = (await shadow.recent(r.name))[:5] if r.shadow is not None else None
-            except Unavailable as exc:
-                view["error"] = str(exc)
-            view["guard"] = dataclasses.asdict(r.guard) if r.guard is not None else None
-            # for the console: what routes it under the kill switch, this process's last guard trip, and when the
-            # window last restarted (a change of percent), so the evidence before it stays on screen, labelled
-            view["source_under_kill"] = snap.sources[r.name] if snap.kill else None
-            view["guard_trip"] = rt.guard_trips.get(r.name) if snap.sources[r.name] == "guard" else None
-            outcomes = rt.windows.get(r.name)
-            if "window" in view and outcomes is not None:
-                view["window"]["since"] = outcomes.since or None
-        try:
-            rollout_views = await rollouts.view()
-        except Unavailable as exc:
-            rollout_views = [{"error": str(exc)}]
-        return JSONResponse(
-            {
-                "version": __version__,
-                "environment": snap.config.environment,
-                "kill": snap.kill,
-                "redis": {"configured": rt.redis_url is not None, "up": rt.overrides.up, "scope": rt.windows.scope},
-                "reloads": {"failures": rt.reload_failures, "last_error": rt.last_reload_error},
-                "routes": views,
-                "rollouts": rollout_views,
-                "history": await _recent_history(rt),
-                "time": now,
-            }
-        )
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        ok, why = rt.ready
-        return JSONResponse({"ready": ok, "reason": why}, 200 if ok else 503)
-
-    async def metrics(request: Request) -> Response:
-        return Response(rt.metrics.render(), media_type=CONTENT_TYPE)
-
-    async def list_routes(request: Request) -> Response:
-        """The routes; for those a guard or a rollout judges, the window it judges (fleet or process)."""
-        views = routes_view()
-        now = time.time()
-        for view, r in zip(views, rt.snapshot.config.routes, strict=True):
-            if r.guard is None and r.rollout is None:
-                continue
-            try:
-                span, since = await rt.judged_span(r)
-                view["window"] = await rt.windows.view(r.name, now, span, since)
-                gates = r.guard if r.guard is not None and r.guard.confidence is not None else (r.rollout.gates if r.rollout is not None else None)
-                if gates is not None and gates.confidence is not None:
-                    # the judge's evidence on this window: estimate, interval, p-value, verdict per gate
-                    rollout_gates = r.rollout is not None and gates is r.rollout.gates
-                    state = await rt.overrides.get_rollout(r.name) if rollout_gates else None
-                    if state and int(state["step"]) >= 0:
-                        new, legacy = await rollouts.evidence(r, state, now)  # at 100 %: legacy of the step before
-                    else:
-                        new = await rt.windows.counts(r.name, "new", now, span, since)
-                        legacy = await rt.windows.counts(r.name, "legacy", now, span, since)
-                    checks = judge.judge(gates, new, legacy, 1 - gates.confidence)
-                    enough = new.n >= gates.min_requests
-                    view["judgement"] = {"confidence": gates.confidence, "verdict": judge.verdict(checks) if enough else judge.WAIT, "checks": [c.view() for c in checks]}
-            except Unavailable as exc:
-                view["window"] = {"scope": rt.windows.scope, "error": str(exc)}
-        return JSONResponse(views)
-
-    async def set_route(request: Request, who: Actor) -> Any:
-        name = request.path_params["name"]
-        route_or_404(name)
-        data = await body(request)
-        pct = data.get("percent")
-        if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
-            raise _Refused(400, f"percent must be an integer 0..100, got {json.dumps(pct)}")
-        old = rt.snapshot.percent[name]
-        await rt.overrides.set_percent(name, pct)
-        log.info("override set", who=who.name, on_behalf=who.on_behalf, route=name, old=old, new=pct)
-        await record(who, "set", name, old, pct)
-        return next(r for r in routes_view() if r["name"] == name)
-
-    async def clear_route(request: Request, who: Actor) -> Any:
-        name = request.path_params["name"]
-        route_or_404(name)
-        old = rt.snapshot.percent[name]
-        await rt.overrides.clear(name)
-        log.info("override cleared", who=who.name, route=name, old=old, new=rt.snapshot.percent[name])
-        await record(who, "clear", name, old, rt.snapshot.percent[name])
-        return next(r for r in routes_view() if r["name"] == name)
-
-    async def rollback(request: Request, who: Actor) -> Any:
-        data = await body(request)
-        if data.get("all") is True:
-            names = [r.name for r in rt.snapshot.config.routes]
-        elif isinstance(data.get("route"), str):
-            route_or_404(data["route"])
-            names = [data["route"]]
-        else:
-            raise _Refused(400, 'body must be {"route": NAME} or {"all": true}')
-        close = data.get("close_websockets", False)
-        if not isinstance(close, bool):
-            raise _Refused(400, "close_websockets must be true or false")
-        old = {n: rt.snapshot.percent[n] for n in names}
-        if names:
-            await rt.overrides.set_many(dict.fromkeys(names, 0))
-        closed = 0
-        if close:  # open connections to new reconnect, and land on legacy now
-            for n in names:
-                closed += await websockets.close_route(n, "new", 1012, "rolled back: reconnect")
-        log.warning("rollback", who=who.name, routes=names, old=old, new=0, websockets_closed=closed)
-        for n in names:
-            await record(who, "rollback", n, old[n], 0)
-        return JSONResponse(routes_view(), headers={"X-Splitter-Websockets-Closed": str(closed)} if close else None)
-
-    async def get_kill(request: Request) -> Response:
-        return JSONResponse({"on": rt.snapshot.kill})
-
-    async def kill_on(request: Request, who: Actor) -> Any:
-        old = rt.snapshot.kill
-        await rt.overrides.set_kill(True)
-        log.warning("kill switch", who=who.name, old=old, new=True)
-        await record(who, "kill", None, old, True)
-        return {"on": True}
-
-    async def kill_off(request: Request, who: Actor) -> Any:
-        old = rt.snapshot.kill
-        await rt.overrides.set_kill(False)
-        log.warning("kill switch", who=who.name, old=old, new=False)
-        await record(who, "kill", None, old, False)
-        return {"on": False}
-
-    async def bucket(request: Request) -> Response:
-        uid = _raw_query_param(request.scope.get("query_string", b""), b"user_id")
-        if not uid:
-            raise _Refused(400, "query parameter user_id is required")
-        return JSONResponse(bucket_view(rt.snapshot, uid))
-
-    async def shadow_view(request: Request) -> Response:
-        name = request.path_params["name"]
-        route_or_404(name)
-        if rt.snapshot.config.by_name[name].shadow is None:
-            raise _Refused(404, f"route {name!r} has no shadow section in routes.yaml")
-        return JSONResponse({"route": name, "mismatches": await shadow.recent(name)})
-
-    async def rollouts_view(request: Request) -> Response:
-        return JSONResponse(await rollouts.view())
-
-    async def rollout_action(request: Request, who: Actor) -> Any:
-        name, action = request.path_params["name"], request.path_params["action"]
-        route_or_404(name)
-        if rt.snapshot.config.by_name[name].rollout is None:
-            raise _Refused(404, f"route {name!r} has no rollout section in routes.yaml")
-        if action not in ("pause", "resume", "abort", "promote"):
-            raise _Refused(404, "action must be pause, resume, abort or promote")
-        full = (await body(request)).get("full", False) if action == "promote" else False
-        if not isinstance(full, bool):
-            raise _Refused(400, "full must be true or false")
-        log.info("rollout action", who=who.name, route=name, action=action, full=full)
-        old = rt.snapshot.percent[name]
-        try:
-            view = await rollouts.act(name, action, full)
-        except RolloutRefused as exc:
-            raise _Refused(409, str(exc)) from None
-        await record(who, f"rollout_{action}", name, old, rt.snapshot.percent[name])
-        return view
-
-    async def history(request: Request) -> Response:
-        """Changes, newest first: ?route=NAME (also a route since removed), ?limit=N (1..10000)."""
-        raw = request.query_params.get("limit", "100")
-        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-            raise _Refused(400, f"limit must be an integer 1..10000, got {raw!r}")
-        return JSONResponse(await rt.history.recent(int(raw), request.query_params.get("route") or None))
-
-    async def whoami(request: Request) -> Response:
-        """Whose token this is (the console shows it): 401 for none or a wrong one."""
-        identity = identify(rt, request.headers)
-        if identity is None:
-            raise _Refused(401, "no token: send 'Authorization: Bearer <token>'")
-        return JSONResponse({"name": identity.name, "role": identity.role})
-
+    """The admin app: the endpoints below, which read what they act on from `app.state`
+    (rt, rollouts, shadow, websockets), as Starlette's endpoints do."""
     admin = Starlette(
         routes=[
             Route("/healthz", healthz),
@@ -381,8 +138,334 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
         ],
         exception_handlers=_ERRORS,
     )
+    admin.state.rt, admin.state.rollouts = rt, rollouts
+    admin.state.shadow, admin.state.websockets = shadow, websockets
     admin.add_middleware(_ReadGate, rt=rt)
     return HostGuard(admin, rt.settings.admin_allowed_hosts)
+
+
+# --- what the endpoints share ------------------------------------------------------------------
+def _rt(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.rt
+    return rt
+
+
+def _rollouts(request: Request) -> Rollouts:
+    rollouts: Rollouts = request.app.state.rollouts
+    return rollouts
+
+
+def _shadow(request: Request) -> Shadow:
+    shadow: Shadow = request.app.state.shadow
+    return shadow
+
+
+async def authorize(request: Request) -> Actor:
+    """Who makes this change: 403 without tokens configured or for a viewer, 401 for none or a wrong one."""
+    rt = _rt(request)
+    if not rt.tokens.configured:
+        raise _Refused(403, NO_TOKENS)
+    identity = identify(rt, request.headers)
+    if identity is None:
+        raise _Refused(401, WRONG_TOKEN)
+    if not identity.may_change:
+        raise _Refused(403, f"token {identity.name!r} has the role {identity.role}: changes need an operator token")
+    source = request.headers.get("x-splitter-source", "")
+    try:
+        data = json.loads(await request.body() or b"{}")
+    except ValueError:
+        data = {}  # the endpoint says what is wrong with its body
+    reason = data.get("reason", "") if isinstance(data, dict) else ""
+    if not isinstance(reason, str) or len(reason) > 500:
+        raise _Refused(400, "reason must be a string of at most 500 characters")
+    on_behalf = request.headers.get("x-splitter-actor", "")[:64] or None
+    return Actor(identity.name, source if source in CLIENT_SOURCES else "api", reason, on_behalf)
+
+
+async def record(request: Request, who: Actor, action: str, route: str | None, old: Any, new: Any) -> None:
+    await _rt(request).history.record(who.name, who.source, action, route, old, new, who.reason, who.on_behalf)
+
+
+async def body(request: Request) -> dict[str, Any]:
+    try:
+        data = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise _Refused(400, "body must be JSON") from None
+    if not isinstance(data, dict):
+        raise _Refused(400, "body must be a JSON object")
+    return data
+
+
+def route_or_404(rt: Runtime, name: str) -> None:
+    if name not in rt.snapshot.config.by_name:
+        known = ", ".join(r.name for r in rt.snapshot.config.routes)
+        raise _Refused(404, f"unknown route {name!r} (routes: {known})")
+
+
+def routes_view(rt: Runtime) -> list[dict[str, Any]]:
+    snap = rt.snapshot
+    return [
+        {
+            "name": r.name,
+            "prefix": r.prefix,
+            "percent": 0 if snap.kill else snap.percent[r.name],
+            "file_percent": r.percent,
+            "source": "kill" if snap.kill else snap.sources[r.name],
+        }
+        for r in snap.config.routes
+    ]
+
+
+def route_view(rt: Runtime, name: str) -> dict[str, Any]:
+    return next(r for r in routes_view(rt) if r["name"] == name)
+
+
+Write = Callable[[Request, Actor], Awaitable[Any]]
+
+
+def writer(impl: Write) -> Callable[[Request], Awaitable[Response]]:
+    """One wrapper for every write: authorize, then answer JSON (errors: _ERRORS below)."""
+
+    async def endpoint(request: Request) -> Response:
+        result = await impl(request, await authorize(request))
+        return result if isinstance(result, Response) else JSONResponse(result)
+
+    return endpoint
+
+
+# --- reads -------------------------------------------------------------------------------------
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    ok, why = _rt(request).ready
+    return JSONResponse({"ready": ok, "reason": why}, 200 if ok else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(_rt(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def overview(request: Request) -> Response:
+    """Everything the console shows, in one read: routes with their windows and the last five
+    minutes, rollouts, shadow mismatches, kill switch, Redis and reload state."""
+    rt = _rt(request)
+    now = time.time()
+    snap = rt.snapshot
+    views = routes_view(rt)
+    for view, r in zip(views, snap.config.routes, strict=True):
+        await _overview_route(rt, _shadow(request), view, r, now)
+    try:
+        rollout_views = await _rollouts(request).view()
+    except Unavailable as exc:
+        rollout_views = [{"error": str(exc)}]
+    return JSONResponse(
+        {
+            "version": __version__,
+            "environment": snap.config.environment,
+            "kill": snap.kill,
+            "redis": {"configured": rt.redis_url is not None, "up": rt.overrides.up, "scope": rt.windows.scope},
+            "reloads": {"failures": rt.reload_failures, "last_error": rt.last_reload_error},
+            "routes": views,
+            "rollouts": rollout_views,
+            "history": await _recent_history(rt),
+            "time": now,
+        }
+    )
+
+
+async def _overview_route(rt: Runtime, shadow: Shadow, view: dict[str, Any], r: RouteSpec, now: float) -> None:
+    """One route's part of the overview: its window, the last five minutes of each side, shadow."""
+    snap = rt.snapshot
+    try:
+        span, since = await rt.judged_span(r) if (r.guard or r.rollout) else (60.0, None)
+        view["window"] = await rt.windows.view(r.name, now, span, since)
+        series = rt.windows.series
+        view["series"] = {b: await series(r.name, b, now, CONSOLE_SPAN_S, 10) for b in ("new", "legacy")}
+        view["shadow"] = (await shadow.recent(r.name))[:5] if r.shadow is not None else None
+    except Unavailable as exc:
+        view["error"] = str(exc)
+    view["guard"] = dataclasses.asdict(r.guard) if r.guard is not None else None
+    # for the console: what routes it under the kill switch, this process's last guard trip, and when the
+    # window last restarted (a change of percent), so the evidence before it stays on screen, labelled
+    view["source_under_kill"] = snap.sources[r.name] if snap.kill else None
+    view["guard_trip"] = rt.guard_trips.get(r.name) if snap.sources[r.name] == "guard" else None
+    outcomes = rt.windows.get(r.name)
+    if "window" in view and outcomes is not None:
+        view["window"]["since"] = outcomes.since or None
+
+
+async def list_routes(request: Request) -> Response:
+    """The routes; for those a guard or a rollout judges, the window it judges (fleet or process)."""
+    rt = _rt(request)
+    views = routes_view(rt)
+    now = time.time()
+    for view, r in zip(views, rt.snapshot.config.routes, strict=True):
+        if r.guard is None and r.rollout is None:
+            continue
+        try:
+            span, since = await rt.judged_span(r)
+            view["window"] = await rt.windows.view(r.name, now, span, since)
+            judgement = await _judgement(rt, _rollouts(request), r, now, span, since)
+            if judgement is not None:
+                view["judgement"] = judgement
+        except Unavailable as exc:
+            view["window"] = {"scope": rt.windows.scope, "error": str(exc)}
+    return JSONResponse(views)
+
+
+async def _judgement(
+    rt: Runtime, rollouts: Rollouts, r: RouteSpec, now: float, span: float, since: float | None
+) -> dict[str, Any] | None:
+    """The judge's evidence on the window a guard or rollout with `confidence` judges: estimate,
+    interval, p-value, verdict per gate; None for threshold-only gates."""
+    if r.guard is not None and r.guard.confidence is not None:
+        gates: Any = r.guard
+    else:
+        gates = r.rollout.gates if r.rollout is not None else None
+    if gates is None or gates.confidence is None:
+        return None
+    rollout_gates = r.rollout is not None and gates is r.rollout.gates
+    state = await rt.overrides.get_rollout(r.name) if rollout_gates else None
+    if state and int(state["step"]) >= 0:
+        new, legacy = await rollouts.evidence(r, state, now)  # at 100 %: legacy of the step before
+    else:
+        new, legacy = await rt.windows.pair(r.name, now, span, since)
+    checks, verdict = judge.at_confidence(gates, new, legacy)
+    return {"confidence": gates.confidence, "verdict": verdict, "checks": [c.view() for c in checks]}
+
+
+async def get_kill(request: Request) -> Response:
+    return JSONResponse({"on": _rt(request).snapshot.kill})
+
+
+async def bucket(request: Request) -> Response:
+    uid = _raw_query_param(request.scope.get("query_string", b""), b"user_id")
+    if not uid:
+        raise _Refused(400, "query parameter user_id is required")
+    return JSONResponse(bucket_view(_rt(request).snapshot, uid))
+
+
+async def shadow_view(request: Request) -> Response:
+    rt = _rt(request)
+    name = request.path_params["name"]
+    route_or_404(rt, name)
+    if rt.snapshot.config.by_name[name].shadow is None:
+        raise _Refused(404, f"route {name!r} has no shadow section in routes.yaml")
+    return JSONResponse({"route": name, "mismatches": await _shadow(request).recent(name)})
+
+
+async def rollouts_view(request: Request) -> Response:
+    return JSONResponse(await _rollouts(request).view())
+
+
+async def history(request: Request) -> Response:
+    """Changes, newest first: ?route=NAME (also a route since removed), ?limit=N (1..10000)."""
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise _Refused(400, f"limit must be an integer 1..10000, got {raw!r}")
+    return JSONResponse(await _rt(request).history.recent(int(raw), request.query_params.get("route") or None))
+
+
+async def whoami(request: Request) -> Response:
+    """Whose token this is (the console shows it): 401 for none or a wrong one."""
+    identity = identify(_rt(request), request.headers)
+    if identity is None:
+        raise _Refused(401, "no token: send 'Authorization: Bearer <token>'")
+    return JSONResponse({"name": identity.name, "role": identity.role})
+
+
+# --- writes (each behind writer(): an operator's token) ----------------------------------------
+async def set_route(request: Request, who: Actor) -> Any:
+    rt = _rt(request)
+    name = request.path_params["name"]
+    route_or_404(rt, name)
+    data = await body(request)
+    pct = data.get("percent")
+    if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
+        raise _Refused(400, f"percent must be an integer 0..100, got {json.dumps(pct)}")
+    old = rt.snapshot.percent[name]
+    await rt.overrides.set_percent(name, pct)
+    log.info("override set", who=who.name, on_behalf=who.on_behalf, route=name, old=old, new=pct)
+    await record(request, who, "set", name, old, pct)
+    return route_view(rt, name)
+
+
+async def clear_route(request: Request, who: Actor) -> Any:
+    rt = _rt(request)
+    name = request.path_params["name"]
+    route_or_404(rt, name)
+    old = rt.snapshot.percent[name]
+    await rt.overrides.clear(name)
+    log.info("override cleared", who=who.name, route=name, old=old, new=rt.snapshot.percent[name])
+    await record(request, who, "clear", name, old, rt.snapshot.percent[name])
+    return route_view(rt, name)
+
+
+async def rollback(request: Request, who: Actor) -> Any:
+    rt = _rt(request)
+    data = await body(request)
+    if data.get("all") is True:
+        names = [r.name for r in rt.snapshot.config.routes]
+    elif isinstance(data.get("route"), str):
+        route_or_404(rt, data["route"])
+        names = [data["route"]]
+    else:
+        raise _Refused(400, 'body must be {"route": NAME} or {"all": true}')
+    close = data.get("close_websockets", False)
+    if not isinstance(close, bool):
+        raise _Refused(400, "close_websockets must be true or false")
+    old = {n: rt.snapshot.percent[n] for n in names}
+    if names:
+        await rt.overrides.set_many(dict.fromkeys(names, 0))
+    closed = 0
+    if close:  # open connections to new reconnect, and land on legacy now
+        websockets: WebSockets = request.app.state.websockets
+        for n in names:
+            closed += await websockets.close_route(n, "new", 1012, "rolled back: reconnect")
+    log.warning("rollback", who=who.name, routes=names, old=old, new=0, websockets_closed=closed)
+    for n in names:
+        await record(request, who, "rollback", n, old[n], 0)
+    return JSONResponse(routes_view(rt), headers={"X-Splitter-Websockets-Closed": str(closed)} if close else None)
+
+
+async def kill_on(request: Request, who: Actor) -> Any:
+    return await _set_kill(request, who, True)
+
+
+async def kill_off(request: Request, who: Actor) -> Any:
+    return await _set_kill(request, who, False)
+
+
+async def _set_kill(request: Request, who: Actor, on: bool) -> Any:
+    rt = _rt(request)
+    old = rt.snapshot.kill
+    await rt.overrides.set_kill(on)
+    log.warning("kill switch", who=who.name, old=old, new=on)
+    await record(request, who, "kill", None, old, on)
+    return {"on": on}
+
+
+async def rollout_action(request: Request, who: Actor) -> Any:
+    rt = _rt(request)
+    name, action = request.path_params["name"], request.path_params["action"]
+    route_or_404(rt, name)
+    if rt.snapshot.config.by_name[name].rollout is None:
+        raise _Refused(404, f"route {name!r} has no rollout section in routes.yaml")
+    if action not in ("pause", "resume", "abort", "promote"):
+        raise _Refused(404, "action must be pause, resume, abort or promote")
+    full = (await body(request)).get("full", False) if action == "promote" else False
+    if not isinstance(full, bool):
+        raise _Refused(400, "full must be true or false")
+    log.info("rollout action", who=who.name, route=name, action=action, full=full)
+    old = rt.snapshot.percent[name]
+    try:
+        view = await _rollouts(request).act(name, action, full)
+    except RolloutRefused as exc:
+        raise _Refused(409, str(exc)) from None
+    await record(request, who, f"rollout_{action}", name, old, rt.snapshot.percent[name])
+    return view
 
 
 NOSNIFF = (b"x-content-type-options", b"nosniff")

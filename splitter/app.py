@@ -56,7 +56,10 @@ class App:
                 except Exception as exc:  # noqa: BLE001 - reported to the server, which exits
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
-                self._tasks = [asyncio.create_task(self.guard.run(), name="splitter-guard"), asyncio.create_task(self.rollouts.run(), name="splitter-rollouts")]
+                self._tasks = [
+                    asyncio.create_task(self.guard.run(), name="splitter-guard"),
+                    asyncio.create_task(self.rollouts.run(), name="splitter-rollouts"),
+                ]
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 for task in self._tasks:

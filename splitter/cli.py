@@ -123,8 +123,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _identity_and_secrets(settings, cfg)
     judged = [r.name for r in cfg.routes if r.guard or r.rollout]
     if settings.workers > 1 and judged and not (settings.redis_url or cfg.redis_url or cfg.redis_ha.sentinels):
-        fail(f"--workers {settings.workers} with guard/rollout on {', '.join(judged)} needs Redis (redis.url in routes.yaml or SPLITTER_REDIS_URL): each worker would judge only its own share of traffic")
-    if (settings.host, settings.port) == (settings.admin_host, settings.admin_port) or (settings.port == settings.admin_port and settings.port != 0):
+        fail(
+            f"--workers {settings.workers} with guard/rollout on {', '.join(judged)} needs Redis "
+            "(redis.url in routes.yaml or SPLITTER_REDIS_URL): each worker would judge only its own share of traffic"
+        )
+    if (settings.host, settings.port) == (settings.admin_host, settings.admin_port) or (
+        settings.port == settings.admin_port and settings.port != 0
+    ):
         usage("--port and --admin-port must differ")
     from . import server
 
@@ -145,7 +150,11 @@ def _redis_credentials(settings: Settings, cfg: config_mod.Config) -> Settings:
         return value
 
     ha = cfg.redis_ha
-    return replace(settings, redis_username=read(ha.username_env, "username"), redis_password=read(ha.password_env, "password"))
+    return replace(
+        settings, redis_username=read(ha.username_env, "username"), redis_password=read(ha.password_env, "password")
+    )
+
+
 def _identity_and_secrets(settings: Settings, cfg: config_mod.Config) -> Settings:
     """Refuse a bad tokens file or a notify url_env that is not set; hand the secrets on."""
     from dataclasses import replace
@@ -181,7 +190,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     env = args.env or os.environ.get("SPLITTER_ENV") or None
     cfg = _load_or_fail(_config_path(args.file, "pass the file: splitter check PATH"), env)
     parts = ", ".join(f"{r.name} {r.prefix} {r.percent}%" for r in cfg.routes)
-    print(f"{args.file}: ok, environment {cfg.environment}, {len(cfg.routes)} routes ({parts}), unmatched -> {cfg.unmatched}")
+    print(
+        f"{args.file}: ok, environment {cfg.environment}, {len(cfg.routes)} routes ({parts}), "
+        f"unmatched -> {cfg.unmatched}"
+    )
     return 0
 
 
@@ -205,7 +217,16 @@ def cmd_bucket(args: argparse.Namespace) -> int:
         env = cfg.environment
         source = f"routes.yaml values, environment {env}; live values: --admin URL"
     if args.json:
-        print(json.dumps({"user_id": args.user_id, "source": "admin" if args.admin else "file", "environment": env, "routes": [dict(zip(("route", "bucket", "percent", "backend"), row, strict=True)) for row in rows]}))
+        print(
+            json.dumps(
+                {
+                    "user_id": args.user_id,
+                    "source": "admin" if args.admin else "file",
+                    "environment": env,
+                    "routes": [dict(zip(("route", "bucket", "percent", "backend"), row, strict=True)) for row in rows],
+                }
+            )
+        )
         return 0
     print(f"user {args.user_id!r} ({source})")
     print(f"{'ROUTE':<20} {'BUCKET':>6} {'PERCENT':>7}  BACKEND")
@@ -217,7 +238,14 @@ def cmd_bucket(args: argparse.Namespace) -> int:
 # --- admin API clients --------------------------------------------------------------
 
 
-def _admin(args: argparse.Namespace, method: str, path: str, body: Any = None, write: bool = False, answer_headers: dict[str, str] | None = None) -> Any:
+def _admin(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    body: Any = None,
+    write: bool = False,
+    answer_headers: dict[str, str] | None = None,
+) -> Any:
     import httpx
 
     base = admin_url(args)
@@ -303,7 +331,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     print(f"rolled back to legacy (0%): {', '.join(names) if args.all else args.route}")
     if args.close_websockets:
         closed = answer.get("x-splitter-websockets-closed", "?")
-        print(f"closed {closed} WebSocket connection{'' if closed == '1' else 's'} to new (1012: clients reconnect to legacy)")
+        print(
+            f"closed {closed} WebSocket connection{'' if closed == '1' else 's'} to new "
+            "(1012: clients reconnect to legacy)"
+        )
     return 0
 
 
@@ -363,7 +394,9 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
     for i in items:
         steps = " ".join(f"[{s}]" if s == i["step"] else str(s) for s in i["steps"])
         nxt = f", next step in {i['next_step_in_s']:g} s" if i.get("next_step_in_s") is not None else ""
-        lines.append(f"{i['route']}: {i['status']} at {i['percent']}%  steps {steps}{nxt}  ({i.get('scope', 'process')} window)")
+        lines.append(
+            f"{i['route']}: {i['status']} at {i['percent']}%  steps {steps}{nxt}  ({i.get('scope', 'process')} window)"
+        )
         if i.get("confidence") is not None:
             lines.append(f"  judged at confidence {i['confidence']:g}: {i.get('verdict', 'wait')}")
         for g in i.get("gates", []):
@@ -373,7 +406,9 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
                 lo, hi = g["interval"]
                 interval = "" if lo is None else f"  [{lo:.4g} .. {'∞' if hi is None else f'{hi:.4g}'}]"  # None: open
                 p = "" if g["p_value"] is None else f"  p={g['p_value']:.2g}"
-                lines.append(f"  {mark} {g['gate']:<18} {est:>10}{interval}{p}  (threshold {g['threshold']:g}) {g['verdict']}")
+                lines.append(
+                    f"  {mark} {g['gate']:<18} {est:>10}{interval}{p}  (threshold {g['threshold']:g}) {g['verdict']}"
+                )
                 continue
             too_few = g["gate"] == "min_requests"  # not enough traffic yet: waiting, not failing
             mark = {True: "✓", False: "…" if too_few else "✗", None: "…"}[g["ok"]]
@@ -533,15 +568,40 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = _Help
-    p = argparse.ArgumentParser(prog="splitter", description="Reverse proxy for strangler-fig migrations: sticky percent split between legacy and new.", formatter_class=fmt)
+    p = argparse.ArgumentParser(
+        prog="splitter",
+        description="Reverse proxy for strangler-fig migrations: sticky percent split between legacy and new.",
+        formatter_class=fmt,
+    )
     p.add_argument("--version", action="version", version=f"splitter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _serve_parser(sub, fmt)
+    _local_parsers(sub, fmt)
+    _admin_parsers(sub, fmt)
+    sc = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of routes.yaml (for editors: # yaml-language-server: $schema=...)",
+        formatter_class=fmt,
+    )
+    sc.set_defaults(func=cmd_schema)
+    co = sub.add_parser(
+        "completion", help='print a shell completion script: eval "$(splitter completion bash)"', formatter_class=fmt
+    )
+    co.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
+    co.set_defaults(func=cmd_completion)
+    return p
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt: type[argparse.HelpFormatter]) -> None:
+    """`serve`: the listeners, workers, Redis, timeouts and logging."""
     s = sub.add_parser("serve", help="run the proxy", formatter_class=fmt)
     s.add_argument("--config", default="routes.yaml", help="routes.yaml to serve (hot-reloaded)")
     s.add_argument("--host", default="0.0.0.0", help="proxy listener address (user traffic)")
     s.add_argument("--port", type=int, default=8080, help="proxy listener port")
-    s.add_argument("--admin-host", default="127.0.0.1", help="admin listener address (/metrics, /healthz, /readyz, /admin/*)")
+    s.add_argument(
+        "--admin-host", default="127.0.0.1", help="admin listener address (/metrics, /healthz, /readyz, /admin/*)"
+    )
     s.add_argument("--admin-port", type=int, default=8081, help="admin listener port")
     s.add_argument(
         "--admin-allowed-hosts",
@@ -551,35 +611,71 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of Host names the admin listener answers besides IP addresses and localhost "
         "(others get 403: DNS rebinding); * allows any",
     )
-    s.add_argument("--workers", type=int, default=1, help="worker processes sharing both sockets (> 1 needs Redis for runtime changes)")
-    s.add_argument("--redis-url", default=None, help="Redis for fleet-wide overrides and windows (else $SPLITTER_REDIS_URL, else redis.url in routes.yaml)")
-    s.add_argument("--graceful-timeout", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing both sockets (> 1 needs Redis for runtime changes)",
+    )
+    s.add_argument(
+        "--redis-url",
+        default=None,
+        help="Redis for fleet-wide overrides and windows (else $SPLITTER_REDIS_URL, else redis.url in routes.yaml)",
+    )
+    s.add_argument(
+        "--graceful-timeout", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM"
+    )
     s.add_argument("--keepalive-timeout", type=float, default=75.0, help="seconds an idle client connection stays open")
-    s.add_argument("--header-timeout", type=float, default=30.0, help="seconds a client has to send a complete request head")
-    s.add_argument("--body-timeout", type=float, default=60.0, help="seconds between reads of a request body before the proxy answers 408")
+    s.add_argument(
+        "--header-timeout", type=float, default=30.0, help="seconds a client has to send a complete request head"
+    )
+    s.add_argument(
+        "--body-timeout",
+        type=float,
+        default=60.0,
+        help="seconds between reads of a request body before the proxy answers 408",
+    )
     s.add_argument(
         "--send-timeout", type=float, default=60.0,
         help="seconds a client may take no response bytes before its connection is cut (nginx send_timeout)",
     )  # fmt: skip
     s.add_argument("--no-access-log", action="store_true", help="no per-request log line (errors are still logged)")
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="least severe level logged")
+    s.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="least severe level logged"
+    )
     s.set_defaults(func=cmd_serve)
 
+
+def _local_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt: type[argparse.HelpFormatter]) -> None:
+    """The commands that read routes.yaml: check, bucket."""
     c = sub.add_parser("check", help="validate routes.yaml", formatter_class=fmt)
     c.add_argument("file", nargs="?", default="routes.yaml", help="the file to check")
-    c.add_argument("--env", default=None, help="check against this environment (default: $SPLITTER_ENV, else the file's)")
+    c.add_argument(
+        "--env", default=None, help="check against this environment (default: $SPLITTER_ENV, else the file's)"
+    )
     c.set_defaults(func=cmd_check)
 
-    b = sub.add_parser("bucket", help="a user's bucket and backend per route: routes.yaml values, or live ones with --admin", formatter_class=fmt)
+    b = sub.add_parser(
+        "bucket",
+        help="a user's bucket and backend per route: routes.yaml values, or live ones with --admin",
+        formatter_class=fmt,
+    )
     b.add_argument("user_id", help="the user ID as the proxy would read it")
     b.add_argument("--config", default="routes.yaml", help="routes.yaml whose percents to use (ignored with --admin)")
-    b.add_argument("--admin", default=None, help="ask a running proxy instead: live percents, overrides and kill switch")
+    b.add_argument(
+        "--admin", default=None, help="ask a running proxy instead: live percents, overrides and kill switch"
+    )
     b.add_argument("--json", action="store_true", help="JSON output")
     b.set_defaults(func=cmd_bucket)
 
+
+def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt: type[argparse.HelpFormatter]) -> None:
+    """The commands that ask a running proxy's admin API."""
     def admin_parser(name: str, help_: str) -> argparse.ArgumentParser:
         a = sub.add_parser(name, help=help_, formatter_class=fmt)
-        a.add_argument("--admin", default=None, help=f"admin API URL (default: $SPLITTER_ADMIN_URL, else {DEFAULT_ADMIN})")
+        a.add_argument(
+            "--admin", default=None, help=f"admin API URL (default: $SPLITTER_ADMIN_URL, else {DEFAULT_ADMIN})"
+        )
         return a
 
     st = admin_parser("status", "routes, percents and the kill switch of a running proxy")
@@ -597,7 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
     rb = admin_parser("rollback", "send a route (or all) to legacy: override to 0")
     rb.add_argument("route", nargs="?", help="route name")
     rb.add_argument("--all", action="store_true", help="every route")
-    rb.add_argument("--close-websockets", action="store_true", help="also close the route's open WebSocket connections to new (1012), so clients reconnect to legacy")
+    rb.add_argument(
+        "--close-websockets",
+        action="store_true",
+        help="also close the route's open WebSocket connections to new (1012), so clients reconnect to legacy",
+    )
     rb.add_argument("--reason", default=None, help="why, for the change history and notifications")
     rb.set_defaults(func=cmd_rollback)
     k = admin_parser("kill", "kill switch: everything to legacy")
@@ -613,19 +713,27 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("--limit", type=int, default=50, help="at most this many events")
     hi.add_argument("--json", action="store_true", help="JSON output")
     hi.set_defaults(func=cmd_history)
-    _rollout_parser(admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, wait (exit 0, 3 or 4)"))
-    rp = admin_parser("report", "old vs new per route against the migration plan's success criteria (exit 3 when one fails, 1 on operator errors)")
-    rp.add_argument("--prometheus", default=None, help="Prometheus URL (rates over --window); default: the admin API's /metrics since start")
-    rp.add_argument("--window", default=None, help="with --prometheus: a range such as 10m, 1h, 1d (default: since the proxies started)")
+    _rollout_parser(
+        admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, wait (exit 0, 3 or 4)")
+    )
+    rp = admin_parser(
+        "report",
+        "old vs new per route against the migration plan's success criteria "
+        "(exit 3 when one fails, 1 on operator errors)",
+    )
+    rp.add_argument(
+        "--prometheus",
+        default=None,
+        help="Prometheus URL (rates over --window); default: the admin API's /metrics since start",
+    )
+    rp.add_argument(
+        "--window",
+        default=None,
+        help="with --prometheus: a range such as 10m, 1h, 1d (default: since the proxies started)",
+    )
     rp.add_argument("--route", default=None, help="only this route")
     rp.add_argument("--json", action="store_true", help="JSON output")
     rp.set_defaults(func=cmd_report)
-    sc = sub.add_parser("schema", help="print the JSON Schema of routes.yaml (for editors: # yaml-language-server: $schema=...)", formatter_class=fmt)
-    sc.set_defaults(func=cmd_schema)
-    co = sub.add_parser("completion", help="print a shell completion script: eval \"$(splitter completion bash)\"", formatter_class=fmt)
-    co.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell")
-    co.set_defaults(func=cmd_completion)
-    return p
 
 
 def _rollout_parser(ro: argparse.ArgumentParser) -> None:

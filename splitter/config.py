@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .routes import RouteTable
+
 BACKENDS = ("legacy", "new")
 ANONYMOUS = ("cookie", "legacy", "new")
 ID_KINDS = ("header", "cookie", "jwt_sub")
@@ -150,8 +152,8 @@ class Config:
     notify: tuple[NotifyTarget, ...] = ()
     admin_reads: str = "open"  # or "token": reads on /admin/* need a viewer token too
     by_name: Mapping[str, Route] = field(default_factory=dict)
-    # (prefix, route) longest first, so the first hit is the longest prefix
-    _ordered: tuple[tuple[str, Route], ...] = ()
+    # the prefixes by segment (routes.py), built once at load
+    _table: RouteTable[Route] = field(default_factory=lambda: RouteTable(()), compare=False, repr=False)
 
     def secret_names(self) -> list[str]:
         """The environment variables notify targets take their URLs from."""
@@ -159,12 +161,7 @@ class Config:
 
     def match(self, path: str) -> Route | None:
         """Longest prefix on a segment boundary: /api/auth matches /api/auth/x, not /api/authx."""
-        for prefix, route in self._ordered:
-            if path.startswith(prefix):
-                n = len(prefix)
-                if len(path) == n or path[n] == "/" or prefix[-1] == "/":
-                    return route
-        return None
+        return self._table.match(path)
 
 
 # --- loading ---------------------------------------------------------------
@@ -241,7 +238,9 @@ def parse(text: str, filename: str = "routes.yaml", environment: str | None = No
     if doc.errors:
         raise ConfigError(doc.errors)
     if not isinstance(data, dict):
-        raise ConfigError([f"{filename}:1: (top): must be a mapping with backends and routes, got an empty or non-mapping document"])
+        raise ConfigError(
+            [f"{filename}:1: (top): must be a mapping with backends and routes, got an empty or non-mapping document"]
+        )
     config = _build(doc, data, environment)
     if doc.errors:
         raise ConfigError(doc.errors)
@@ -262,7 +261,16 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "top": {
         "environment": {"type": "string"},
         "backends": "backends",
-        "user_id": {"type": "array", "items": {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False, "properties": {k: {"type": "string", "minLength": 1} for k in ID_KINDS}}},
+        "user_id": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "additionalProperties": False,
+                "properties": {k: {"type": "string", "minLength": 1} for k in ID_KINDS},
+            },
+        },
         "anonymous": {"enum": list(ANONYMOUS)},
         "routes": {"type": "array", "items": {"$ref": "#/$defs/route"}},
         "unmatched": {"enum": list(BACKENDS)},
@@ -282,8 +290,13 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "admin": {"reads": {"enum": ["open", "token"]}},
     "websocket": {"max_message_bytes": {"type": "integer", "minimum": 1}, "idle_timeout_s": _POSITIVE},
     "backends": {name: "backend" for name in BACKENDS},
-    "backend": {"url": {"type": "string", "pattern": "^https?://"}, "connect_timeout": _POSITIVE, "read_timeout": _POSITIVE, "max_connections": {"type": "integer", "minimum": 1},
-                "check_request_id": {"type": "boolean"}},
+    "backend": {
+        "url": {"type": "string", "pattern": "^https?://"},
+        "connect_timeout": _POSITIVE,
+        "read_timeout": _POSITIVE,
+        "max_connections": {"type": "integer", "minimum": 1},
+        "check_request_id": {"type": "boolean"},
+    },
     "redis": {
         "url": {"type": "string", "pattern": "^(redis|rediss|unix)://"},
         "prefix": {"type": "string", "minLength": 1},
@@ -303,7 +316,14 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "shadow": "shadow",
         "rollout": "rollout",
     },
-    "guard": {"max_error_rate": _RATE, "min_requests": _COUNT, "window_s": _POSITIVE, "max_p95_ratio": _POSITIVE, "max_error_increase": _RATE, "confidence": _CONFIDENCE},
+    "guard": {
+        "max_error_rate": _RATE,
+        "min_requests": _COUNT,
+        "window_s": _POSITIVE,
+        "max_p95_ratio": _POSITIVE,
+        "max_error_increase": _RATE,
+        "confidence": _CONFIDENCE,
+    },
     "shadow": {"percent": _PERCENT, "methods": _STRINGS, "ignore": _STRINGS, "headers": _STRINGS},
     "rollout": {
         "steps": {"type": "array", "minItems": 1, "items": {"oneOf": [_STEP, {"$ref": "#/$defs/step"}]}},
@@ -311,7 +331,14 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "gates": "gates",
     },
     "step": {"percent": _STEP, "approval": {"type": "boolean"}},
-    "gates": {"max_error_rate": _RATE, "max_p95_ms": _POSITIVE, "max_p95_ratio": _POSITIVE, "min_requests": _COUNT, "max_error_increase": _RATE, "confidence": _CONFIDENCE},
+    "gates": {
+        "max_error_rate": _RATE,
+        "max_p95_ms": _POSITIVE,
+        "max_p95_ratio": _POSITIVE,
+        "min_requests": _COUNT,
+        "max_error_increase": _RATE,
+        "confidence": _CONFIDENCE,
+    },
 }
 _REQUIRED = {
     "top": ["backends", "routes"],
@@ -369,14 +396,28 @@ def _show(v: Any) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
 
-def _number(doc: _Doc, d: dict[str, Any], key: str, path: str, default: float | None, *, positive: bool = True, integer: bool = False, upper: float | None = None) -> Any:
+def _number(
+    doc: _Doc,
+    d: dict[str, Any],
+    key: str,
+    path: str,
+    default: float | None,
+    *,
+    positive: bool = True,
+    integer: bool = False,
+    upper: float | None = None,
+) -> Any:
     if key not in d:
         return default
     v = d[key]
     ok = _is_int(v) if integer else _is_num(v)
     kind = "an integer" if integer else "a number"
     if not ok or (positive and v <= 0 and not integer) or (integer and v < 0) or (upper is not None and v > upper):
-        rng = f" 0..{upper:g}" if upper is not None else (" > 0" if positive and not integer else " >= 0" if integer else "")
+        rng = (
+            f" 0..{upper:g}"
+            if upper is not None
+            else (" > 0" if positive and not integer else " >= 0" if integer else "")
+        )
         doc.error(f"{path}.{key}", f"must be {kind}{rng}, got {_show(v)}")
         return default
     return v
@@ -389,6 +430,58 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
         doc.error("environment", f"must be a string, got {_show(environment)}")
         environment = "development"
 
+    backends = _backends(doc, data)
+
+    sources = _user_id(doc, data.get("user_id", []))
+    anonymous = data.get("anonymous", "cookie")
+    if anonymous not in ANONYMOUS:
+        doc.error("anonymous", f"must be one of {', '.join(ANONYMOUS)}, got {_show(anonymous)}")
+    unmatched = data.get("unmatched", "legacy")
+    if unmatched not in BACKENDS:
+        doc.error("unmatched", f"must be legacy or new, got {_show(unmatched)}")
+
+    routes = _routes(doc, data.get("routes"), environment) if "routes" in data else []
+    if "routes" not in data:
+        doc.error("routes", "required: a list of routes (may be empty: [])")
+
+    redis_url, redis_prefix, redis_ha = _redis(doc, data.get("redis"))
+
+    trusted = _trusted(doc, data.get("trusted_proxies", []))
+
+    max_body = data.get("max_body_bytes", DEFAULT_MAX_BODY)
+    if not _is_int(max_body) or max_body <= 0:
+        doc.error("max_body_bytes", f"must be a positive integer, got {_show(max_body)}")
+        max_body = DEFAULT_MAX_BODY
+    websocket = _websocket(doc, data.get("websocket"))
+
+    notify = _notify(doc, data.get("notify") or [])
+    admin_reads = _admin_reads(doc, data.get("admin"))
+
+    if doc.errors:
+        return None
+    return Config(
+        path=doc.filename,
+        environment=environment,
+        backends=backends,
+        routes=tuple(routes),
+        user_id=tuple(sources),
+        anonymous=anonymous,
+        unmatched=unmatched,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        redis_ha=redis_ha,
+        trusted_proxies=tuple(trusted),
+        max_body_bytes=max_body,
+        websocket=websocket,
+        notify=notify,
+        admin_reads=admin_reads,
+        by_name={r.name: r for r in routes},
+        _table=RouteTable([(r.prefix, r) for r in routes]),
+    )
+
+
+def _backends(doc: _Doc, data: dict[str, Any]) -> dict[str, Backend]:
+    """The `backends:` section: legacy and new, each a url and its timeouts and pool size."""
     backends: dict[str, Backend] = {}
     raw_backends = _mapping(doc, data.get("backends"), "backends") if "backends" in data else None
     if "backends" not in data:
@@ -417,23 +510,12 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
                 check = False
             if origin:
                 backends[bname] = Backend(bname, origin, float(ct), float(rt), int(mc), check)
+    return backends
 
-    sources = _user_id(doc, data.get("user_id", []))
-    anonymous = data.get("anonymous", "cookie")
-    if anonymous not in ANONYMOUS:
-        doc.error("anonymous", f"must be one of {', '.join(ANONYMOUS)}, got {_show(anonymous)}")
-    unmatched = data.get("unmatched", "legacy")
-    if unmatched not in BACKENDS:
-        doc.error("unmatched", f"must be legacy or new, got {_show(unmatched)}")
 
-    routes = _routes(doc, data.get("routes"), environment) if "routes" in data else []
-    if "routes" not in data:
-        doc.error("routes", "required: a list of routes (may be empty: [])")
-
-    redis_url, redis_prefix, redis_ha = _redis(doc, data.get("redis"))
-
+def _trusted(doc: _Doc, raw_trusted: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """`trusted_proxies:` the CIDRs of peers whose X-Forwarded-* headers are kept and appended to."""
     trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    raw_trusted = data.get("trusted_proxies", [])
     if not isinstance(raw_trusted, list):
         doc.error("trusted_proxies", f"must be a list of CIDRs, got {_show(raw_trusted)}")
     else:
@@ -442,51 +524,34 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
                 trusted.append(ipaddress.ip_network(str(cidr), strict=False))
             except ValueError:
                 doc.error(f"trusted_proxies[{i}]", f"must be an IP network like 10.0.0.0/8, got {_show(cidr)}")
+    return trusted
 
-    max_body = data.get("max_body_bytes", DEFAULT_MAX_BODY)
-    if not _is_int(max_body) or max_body <= 0:
-        doc.error("max_body_bytes", f"must be a positive integer, got {_show(max_body)}")
-        max_body = DEFAULT_MAX_BODY
+
+def _websocket(doc: _Doc, value: Any) -> WebSocketSpec:
+    """The `websocket:` section: the largest message and the idle timeout."""
     websocket = WebSocketSpec()
-    if data.get("websocket") is not None:
-        w = _mapping(doc, data["websocket"], "websocket")
+    if value is not None:
+        w = _mapping(doc, value, "websocket")
         if w is not None:
             _unknown(doc, w, set(SECTIONS["websocket"]), "websocket")
             size = _number(doc, w, "max_message_bytes", "websocket", websocket.max_message_bytes, integer=True)
-            websocket = WebSocketSpec(max(1, int(size)), float(_number(doc, w, "idle_timeout_s", "websocket", websocket.idle_timeout_s)))
+            websocket = WebSocketSpec(
+                max(1, int(size)), float(_number(doc, w, "idle_timeout_s", "websocket", websocket.idle_timeout_s))
+            )
+    return websocket
 
-    notify = _notify(doc, data.get("notify") or [])
+
+def _admin_reads(doc: _Doc, value: Any) -> str:
+    """The `admin:` section: whether reads of /admin/* are open or need a viewer token."""
     admin_reads = "open"
-    if data.get("admin") is not None:
-        a = _mapping(doc, data["admin"], "admin")
+    if value is not None:
+        a = _mapping(doc, value, "admin")
         if a is not None:
             _unknown(doc, a, set(SECTIONS["admin"]), "admin")
             admin_reads = a.get("reads", "open")
             if admin_reads not in ("open", "token"):
                 doc.error("admin.reads", f"must be open or token, got {_show(admin_reads)}")
-
-    if doc.errors:
-        return None
-    ordered = tuple(sorted(((r.prefix, r) for r in routes), key=lambda pr: len(pr[0]), reverse=True))
-    return Config(
-        path=doc.filename,
-        environment=environment,
-        backends=backends,
-        routes=tuple(routes),
-        user_id=tuple(sources),
-        anonymous=anonymous,
-        unmatched=unmatched,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        redis_ha=redis_ha,
-        trusted_proxies=tuple(trusted),
-        max_body_bytes=max_body,
-        websocket=websocket,
-        notify=notify,
-        admin_reads=admin_reads,
-        by_name={r.name: r for r in routes},
-        _ordered=ordered,
-    )
+    return admin_reads
 
 
 def _redis(doc: _Doc, value: Any) -> tuple[str | None, str, RedisHA]:
@@ -517,7 +582,9 @@ def _redis(doc: _Doc, value: Any) -> tuple[str | None, str, RedisHA]:
                     sentinels.append((host.strip("[]"), int(port)))
     service = r.get("service")
     if service is not None and (not isinstance(service, str) or not service):
-        doc.error("redis.service", f"must be the Sentinel service name (sentinel monitor NAME ...), got {_show(service)}")
+        doc.error(
+            "redis.service", f"must be the Sentinel service name (sentinel monitor NAME ...), got {_show(service)}"
+        )
     if raw is not None and url is not None:
         doc.error("redis", "set either url or sentinels, not both")
     elif raw is not None and service is None:
@@ -532,7 +599,9 @@ def _redis(doc: _Doc, value: Any) -> tuple[str | None, str, RedisHA]:
     for key in ("password_env", "username_env"):
         names[key] = r.get(key)
         if names[key] is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(names[key])):
-            doc.error(f"redis.{key}", f"must name an environment variable (like REDIS_PASSWORD), got {_show(names[key])}")
+            doc.error(
+                f"redis.{key}", f"must name an environment variable (like REDIS_PASSWORD), got {_show(names[key])}"
+            )
     tls = r.get("tls", False)
     if not isinstance(tls, bool):
         doc.error("redis.tls", f"must be true or false, got {_show(tls)}")
@@ -549,8 +618,19 @@ def _origin(doc: _Doc, url: Any, path: str) -> str | None:
         port = parts.port
     except ValueError:
         parts, port = None, None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        doc.error(path, f"must be an origin like http://127.0.0.1:8001 (scheme, host, optional port; no path), got {_show(url)}")
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username
+    ):
+        doc.error(
+            path,
+            f"must be an origin like http://127.0.0.1:8001 (scheme, host, optional port; no path), got {_show(url)}",
+        )
         return None
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
@@ -653,7 +733,11 @@ def _routes(doc: _Doc, raw: Any, environment: str) -> list[Route]:
         first_path, first = env_sets[0]
         for p, envs in env_sets[1:]:
             if envs != first:
-                doc.error(p, f"percent maps must all name the same environments: {', '.join(sorted(envs))} here, {', '.join(sorted(first))} at {first_path}")
+                doc.error(
+                    p,
+                    f"percent maps must all name the same environments: {', '.join(sorted(envs))} here, "
+                    f"{', '.join(sorted(first))} at {first_path}",
+                )
     return routes
 
 

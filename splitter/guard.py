@@ -51,12 +51,11 @@ class Guard:
             if g is None or rt.windows.get(route.name) is None or snap.percent[route.name] == 0:
                 continue
             try:
-                new_counts = await rt.windows.counts(route.name, "new", now, g.window_s)
-                if new_counts.n < g.min_requests:
-                    continue
-                legacy_counts = await rt.windows.counts(route.name, "legacy", now, g.window_s)
+                new_counts, legacy_counts = await rt.windows.pair(route.name, now, g.window_s)
             except Unavailable:
                 continue  # the fleet's counts cannot be read; nor could a rollback be written
+            if new_counts.n < g.min_requests:
+                continue
             new, legacy = new_counts.totals(), legacy_counts.totals()
             evidence: dict[str, object] = {}
             if g.confidence is not None:
@@ -77,7 +76,12 @@ class Guard:
             except (Unavailable, Conflict) as exc:
                 if route.name not in self._stuck:
                     self._stuck.add(route.name)
-                    log.error("guard tripped but could not roll back; retrying", route=route.name, reason=reason, error=str(exc))
+                    log.error(
+                        "guard tripped but could not roll back; retrying",
+                        route=route.name,
+                        reason=reason,
+                        error=str(exc),
+                    )
                 continue
             self._stuck.discard(route.name)
             rt.windows.reset(route.name, now)
@@ -113,7 +117,13 @@ def trip_reason(g: GuardSpec, new: Totals, legacy: Totals | None) -> str | None:
     (With `confidence`, judge.py decides instead: only a breach the data show at that level trips.)"""
     if new.error_rate > g.max_error_rate:
         return "error_rate"
-    if g.max_p95_ratio is not None and legacy is not None and legacy.requests >= g.min_requests and new.p95_ms and legacy.p95_ms:
+    if (
+        g.max_p95_ratio is not None
+        and legacy is not None
+        and legacy.requests >= g.min_requests
+        and new.p95_ms
+        and legacy.p95_ms
+    ):
         if new.p95_ms / legacy.p95_ms > g.max_p95_ratio:
             return "p95_ratio"
     return None

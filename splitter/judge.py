@@ -60,7 +60,14 @@ class Check:
 
     def view(self) -> dict[str, Any]:
         r = _round
-        return {"gate": self.gate, "threshold": self.threshold, "estimate": r(self.estimate), "interval": [r(self.low), r(self.high)], "p_value": r(self.p_value), "verdict": self.verdict}
+        return {
+            "gate": self.gate,
+            "threshold": self.threshold,
+            "estimate": r(self.estimate),
+            "interval": [r(self.low), r(self.high)],
+            "p_value": r(self.p_value),
+            "verdict": self.verdict,
+        }
 
 
 def _round(x: float | None) -> float | None:
@@ -216,6 +223,13 @@ def judge(gates: Any, new: Counts, legacy: Counts, alpha: float) -> list[Check]:
     if getattr(gates, "max_p95_ratio", None) is not None:
         checks.append(p95_ratio_check(new, legacy, gates.max_p95_ratio, alpha))
     return checks
+
+
+def at_confidence(gates: Any, new: Counts, legacy: Counts) -> tuple[list[Check], str]:
+    """A whole window judged at the gates' confidence (one look): the checks, and the verdict,
+    which waits while new has fewer than min_requests. Admin's evidence, a step's record."""
+    checks = judge(gates, new, legacy, 1 - gates.confidence)
+    return checks, verdict(checks) if new.n >= gates.min_requests else WAIT
 
 
 def verdict(checks: list[Check]) -> str:

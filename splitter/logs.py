@@ -128,7 +128,8 @@ class _JsonHandler(logging.Handler):
                 "event": record.getMessage(),
                 "level": record.levelname.lower(),
                 "logger": record.name,
-                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs * 1000):06d}Z",
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                + f".{int(record.msecs * 1000):06d}Z",
             }
             if record.exc_info:
                 event["exception"] = logging.Formatter().formatException(record.exc_info)

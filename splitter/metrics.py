@@ -1,4 +1,5 @@
-"""The registry and the metric objects. Names and labels are SPEC's; dashboards rely on them.
+"""The registry and the metric objects. Names and labels are a contract: the Grafana dashboard,
+the Prometheus alerts (deploy/) and operators' queries rely on them, so a rename is a breaking change.
 
 One `observe()` per request. Labelled children are cached so the hot path does a
 dict lookup instead of `labels()` each time.
@@ -7,9 +8,17 @@ dict lookup instead of `labels()` each time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from . import __version__
@@ -25,30 +34,8 @@ class Metrics:
         self.registry = CollectorRegistry()
         # In multiprocess mode values live in files; exposition reads them all back.
         reg: Any = None if multiprocess_dir else self.registry
-        self.requests = Counter("splitter_requests_total", "Requests answered, by route, backend, handler and status code.", ["route", "backend", "handler", "code"], registry=reg)
-        self.duration = Histogram("splitter_request_duration_seconds", "Time from request start to the last response byte.", ["route", "backend", "handler"], buckets=DURATION_BUCKETS, registry=reg)
-        self.errors = Counter("splitter_errors_total", "Upstream failures and 5xx answers, by kind (connect, timeout, protocol, status_5xx).", ["route", "backend", "handler", "kind"], registry=reg)
-        self.route_percent = Gauge("splitter_route_percent", "Effective percent of users sent to new.", ["route"], registry=reg, multiprocess_mode="mostrecent")
-        self.kill_switch = Gauge("splitter_kill_switch", "1 when the kill switch sends everything to legacy.", registry=reg, multiprocess_mode="mostrecent")
-        self.reloads = Counter("splitter_config_reloads_total", "routes.yaml reloads by result.", ["result"], registry=reg)
-        self.redis_up = Gauge("splitter_redis_up", "1 when connected to Redis.", registry=reg, multiprocess_mode="mostrecent") if with_redis else None
-        self.rejected = Counter("splitter_rejected_total", "Requests the proxy refused itself, by reason.", ["reason"], registry=reg)
-        self.client_aborts = Counter("splitter_client_aborts_total", "Clients that went away mid-request.", ["route", "handler"], registry=reg)
-        self.guard_trips = Counter("splitter_guard_trips_total", "Automatic rollbacks by the error guard.", ["route", "reason"], registry=reg)
-        self.shadow = Counter("splitter_shadow_total", "Shadow comparisons by result.", ["route", "result"], registry=reg)
-        events = "advanced, done, rolled_back, aborted, paused, resumed, promoted, awaiting_approval"
-        about = f"Rollout transitions by event ({events})."
-        self.rollout_events = Counter("splitter_rollout_events_total", about, ["route", "event"], registry=reg)
-        self.rollout_step = Gauge("splitter_rollout_step", "Current percent step of a gated rollout.", ["route"], registry=reg, multiprocess_mode="mostrecent")
-        self.ws_open = Gauge("splitter_websocket_open", "WebSocket connections open now (summed over workers).", ["route", "backend", "handler"], registry=reg, multiprocess_mode="livesum")
-        self.ws_connections = Counter("splitter_websocket_connections_total", "WebSocket upgrades by result (accepted, refused, failed).", ["route", "backend", "handler", "result"], registry=reg)
-        self.ws_messages = Counter("splitter_websocket_messages_total", "WebSocket messages relayed, by direction (upstream, downstream).", ["route", "backend", "direction"], registry=reg)
-        changes = "Changes by people and automation (history events), for Grafana annotations."
-        self.changes = Counter("splitter_changes_total", changes, ["route", "action", "source"], registry=reg)
-        failures = "Change notifications not delivered after every try."
-        self.notify_failures = Counter("splitter_notify_failures_total", failures, registry=reg)
-        self.in_flight = Gauge("splitter_requests_in_flight", "Requests being answered now (summed over workers).", registry=reg, multiprocess_mode="livesum")
-        self.build_info = Gauge("splitter_build_info", "Always 1; the version label says which splitter runs.", ["version"], registry=reg, multiprocess_mode="mostrecent")
+        self._define_traffic(reg)
+        self._define_control(reg, with_redis)
         self.build_info.labels(__version__).set(1)
         if not multiprocess_dir:
             ProcessCollector(registry=self.registry)  # process_* (CPU, memory, fds, start time)
@@ -56,11 +43,66 @@ class Metrics:
         for result in ("success", "failure"):
             self.reloads.labels(result)
 
+    def _define_traffic(self, reg: Any) -> None:
+        """What requests and WebSockets did: counts, durations, errors, aborts, in flight."""
+        rbh = ["route", "backend", "handler"]
+        live: Final = "livesum"  # a gauge's value over workers: their sum
+        about = "Requests answered, by route, backend, handler and status code."
+        self.requests = Counter("splitter_requests_total", about, [*rbh, "code"], registry=reg)
+        about = "Time from request start to the last response byte."
+        buckets = DURATION_BUCKETS
+        self.duration = Histogram("splitter_request_duration_seconds", about, rbh, buckets=buckets, registry=reg)
+        about = "Upstream failures and 5xx answers, by kind (connect, timeout, protocol, status_5xx)."
+        self.errors = Counter("splitter_errors_total", about, [*rbh, "kind"], registry=reg)
+        about = "Requests the proxy refused itself, by reason."
+        self.rejected = Counter("splitter_rejected_total", about, ["reason"], registry=reg)
+        about = "Clients that went away mid-request."
+        self.client_aborts = Counter("splitter_client_aborts_total", about, ["route", "handler"], registry=reg)
+        about = "Shadow comparisons by result."
+        self.shadow = Counter("splitter_shadow_total", about, ["route", "result"], registry=reg)
+        about = "WebSocket connections open now (summed over workers)."
+        self.ws_open = Gauge("splitter_websocket_open", about, rbh, registry=reg, multiprocess_mode=live)
+        about = "WebSocket upgrades by result (accepted, refused, failed)."
+        self.ws_connections = Counter("splitter_websocket_connections_total", about, [*rbh, "result"], registry=reg)
+        about = "WebSocket messages relayed, by direction (upstream, downstream)."
+        labels = ["route", "backend", "direction"]
+        self.ws_messages = Counter("splitter_websocket_messages_total", about, labels, registry=reg)
+        about = "Requests being answered now (summed over workers)."
+        self.in_flight = Gauge("splitter_requests_in_flight", about, registry=reg, multiprocess_mode=live)
+
+    def _define_control(self, reg: Any, with_redis: bool) -> None:
+        """What steers the split: percent, kill switch, reloads, Redis, guard, rollouts, changes, version."""
+        last: Final = "mostrecent"  # a gauge's value over workers: the latest one
+        about = "Effective percent of users sent to new."
+        self.route_percent = Gauge("splitter_route_percent", about, ["route"], registry=reg, multiprocess_mode=last)
+        about = "1 when the kill switch sends everything to legacy."
+        self.kill_switch = Gauge("splitter_kill_switch", about, registry=reg, multiprocess_mode=last)
+        about = "routes.yaml reloads by result."
+        self.reloads = Counter("splitter_config_reloads_total", about, ["result"], registry=reg)
+        about = "1 when connected to Redis."
+        self.redis_up = Gauge("splitter_redis_up", about, registry=reg, multiprocess_mode=last) if with_redis else None
+        about = "Automatic rollbacks by the error guard."
+        self.guard_trips = Counter("splitter_guard_trips_total", about, ["route", "reason"], registry=reg)
+        events = "advanced, done, rolled_back, aborted, paused, resumed, promoted, awaiting_approval"
+        about = f"Rollout transitions by event ({events})."
+        self.rollout_events = Counter("splitter_rollout_events_total", about, ["route", "event"], registry=reg)
+        about = "Current percent step of a gated rollout."
+        self.rollout_step = Gauge("splitter_rollout_step", about, ["route"], registry=reg, multiprocess_mode=last)
+        about = "Changes by people and automation (history events), for Grafana annotations."
+        self.changes = Counter("splitter_changes_total", about, ["route", "action", "source"], registry=reg)
+        about = "Change notifications not delivered after every try."
+        self.notify_failures = Counter("splitter_notify_failures_total", about, registry=reg)
+        about = "Always 1; the version label says which splitter runs."
+        self.build_info = Gauge("splitter_build_info", about, ["version"], registry=reg, multiprocess_mode=last)
+
     def observe(self, route: str, backend: str, handler: str, code: int, seconds: float) -> None:
         key = (route, backend, handler, code)
         pair = self._children.get(key)
         if pair is None:
-            pair = (self.requests.labels(route, backend, handler, str(code)), self.duration.labels(route, backend, handler))
+            pair = (
+                self.requests.labels(route, backend, handler, str(code)),
+                self.duration.labels(route, backend, handler),
+            )
             self._children[key] = pair
         pair[0].inc()
         pair[1].observe(seconds)

@@ -86,7 +86,10 @@ class MemoryOverrides:
 
     def _check_writable(self) -> None:
         if self.workers > 1:
-            raise Conflict(f"runtime changes need Redis with --workers {self.workers}: each worker keeps its own overrides in memory; set redis.url in routes.yaml or SPLITTER_REDIS_URL (editing routes.yaml works without it)")
+            raise Conflict(
+                f"runtime changes need Redis with --workers {self.workers}: each worker keeps its own overrides "
+                "in memory; set redis.url in routes.yaml or SPLITTER_REDIS_URL (editing routes.yaml works without it)"
+            )
 
     async def start(self) -> None:
         return None
@@ -100,13 +103,26 @@ class MemoryOverrides:
         self._apply(make(self.state))
 
     async def set_percent(self, route: str, percent: int, source: str = "override") -> None:
-        await self._change(lambda s: State({**s.percents, route: percent}, {**s.sources, route: source}, s.kill), {"type": "set", "route": route, "percent": percent})
+        await self._change(
+            lambda s: State({**s.percents, route: percent}, {**s.sources, route: source}, s.kill),
+            {"type": "set", "route": route, "percent": percent},
+        )
 
     async def set_many(self, percents: Mapping[str, int], source: str = "override") -> None:
-        await self._change(lambda s: State({**s.percents, **percents}, {**s.sources, **dict.fromkeys(percents, source)}, s.kill), {"type": "set_many"})
+        await self._change(
+            lambda s: State({**s.percents, **percents}, {**s.sources, **dict.fromkeys(percents, source)}, s.kill),
+            {"type": "set_many"},
+        )
 
     async def clear(self, route: str) -> None:
-        await self._change(lambda s: State({k: v for k, v in s.percents.items() if k != route}, {k: v for k, v in s.sources.items() if k != route}, s.kill), {"type": "clear", "route": route})
+        await self._change(
+            lambda s: State(
+                {k: v for k, v in s.percents.items() if k != route},
+                {k: v for k, v in s.sources.items() if k != route},
+                s.kill,
+            ),
+            {"type": "clear", "route": route},
+        )
 
     async def set_kill(self, on: bool) -> None:
         await self._change(lambda s: State(s.percents, s.sources, on), {"type": "kill", "on": on})
@@ -150,7 +166,14 @@ class MemoryOverrides:
 class RedisOverrides(MemoryOverrides):
     shared = True
 
-    def __init__(self, url: str, prefix: str, on_up: Callable[[bool], None] | None = None, resync_interval: float = 1.0, ha: Connect | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        on_up: Callable[[bool], None] | None = None,
+        resync_interval: float = 1.0,
+        ha: Connect | None = None,
+    ) -> None:
         super().__init__()
         import redis.asyncio as redis
 
@@ -238,7 +261,11 @@ class RedisOverrides(MemoryOverrides):
                 s = self.state
                 if self._known and (s.percents or s.kill):
                     await self._write(s)
-                    log.warning("redis lost its data; wrote back the last known overrides and kill switch", overrides=dict(s.percents), kill=s.kill)
+                    log.warning(
+                        "redis lost its data; wrote back the last known overrides and kill switch",
+                        overrides=dict(s.percents),
+                        kill=s.kill,
+                    )
                 else:
                     await self.client.set(self.k_state, "1")
                 self._known = True
@@ -261,7 +288,10 @@ class RedisOverrides(MemoryOverrides):
 
     async def _change(self, make: Callable[[State], State], event: dict[str, Any]) -> None:
         if not self.up:
-            raise Unavailable("Redis is unreachable: the change would not reach the other replicas; nothing was changed, try again when Redis is back")
+            raise Unavailable(
+                "Redis is unreachable: the change would not reach the other replicas; nothing was changed, "
+                "try again when Redis is back"
+            )
         try:
             async with self._lock:
                 # read-modify-write on the keys, which are the fleet's truth
@@ -417,7 +447,9 @@ def _parse(percents: dict[str, str], sources: dict[str, str], kill: str | None) 
     return State(valid, {k: sources.get(k, "override") for k in valid}, kill == "1")
 
 
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+_RENEW = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+)
 
 
 async def _quietly(aw: Any) -> None:

@@ -86,10 +86,19 @@ class RouteReport:
     reasons: list[str]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"route": self.route, "old": self.old.view(), "new": self.new.view(), "confidence": CONFIDENCE, "verdict": self.verdict, "reasons": self.reasons}
+        return {
+            "route": self.route,
+            "old": self.old.view(),
+            "new": self.new.view(),
+            "confidence": CONFIDENCE,
+            "verdict": self.verdict,
+            "reasons": self.reasons,
+        }
 
 
-def judge(route: str, old: Side, new: Side, max_error_rate: float = MAX_ERROR_RATE, max_p95_ratio: float = MAX_P95_RATIO) -> RouteReport:
+def judge(
+    route: str, old: Side, new: Side, max_error_rate: float = MAX_ERROR_RATE, max_p95_ratio: float = MAX_P95_RATIO
+) -> RouteReport:
     reasons = []
     if not new.requests:
         return RouteReport(route, old, new, "no_data", ["no requests to new"])
@@ -159,7 +168,8 @@ def prometheus_queries(window: str | None) -> dict[str, str]:
         return {
             "requests": f"sum by (route, backend) (increase(splitter_requests_total[{window}]))",
             "errors": f"sum by (route, backend) (increase(splitter_errors_total[{window}]))",
-            "p95": f"histogram_quantile(0.95, sum by (route, backend, le) (rate(splitter_request_duration_seconds_bucket[{window}])))",
+            "p95": "histogram_quantile(0.95, sum by (route, backend, le) "
+            f"(rate(splitter_request_duration_seconds_bucket[{window}])))",
             "buckets": f"sum by (route, backend, le) (increase(splitter_request_duration_seconds_bucket[{window}]))",
         }
     return {
@@ -205,14 +215,24 @@ def table(reports: list[RouteReport]) -> str:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    lines = [f"{'ROUTE':<16} {'OLD REQ':>9} {'NEW REQ':>9} {'OLD ERR':>9} {'NEW ERR':>9} {'OLD P95ms':>10} {'NEW P95ms':>10}  VERDICT"]
+    lines = [
+        f"{'ROUTE':<16} {'OLD REQ':>9} {'NEW REQ':>9} {'OLD ERR':>9} {'NEW ERR':>9} "
+        f"{'OLD P95ms':>10} {'NEW P95ms':>10}  VERDICT"
+    ]
     for r in reports:
-        lines.append(f"{r.route:<16} {r.old.requests:>9.0f} {r.new.requests:>9.0f} {pct(r.old.error_rate):>9} {pct(r.new.error_rate):>9} {ms(r.old.p95_ms):>10} {ms(r.new.p95_ms):>10}  {r.verdict.upper()}")
+        lines.append(
+            f"{r.route:<16} {r.old.requests:>9.0f} {r.new.requests:>9.0f} "
+            f"{pct(r.old.error_rate):>9} {pct(r.new.error_rate):>9} "
+            f"{ms(r.old.p95_ms):>10} {ms(r.new.p95_ms):>10}  {r.verdict.upper()}"
+        )
         for name, side in (("old", r.old), ("new", r.new)):
             lines.append(f"{'':<16}   {name}: {_interval_line(side)}")
         for reason in r.reasons:
             lines.append(f"{'':<16} - {reason}")
-    lines.append(f"criteria: new error rate < {MAX_ERROR_RATE:.1%}, new p95 <= {MAX_P95_RATIO:.2f} x old p95; intervals at {CONFIDENCE:.0%}")
+    lines.append(
+        f"criteria: new error rate < {MAX_ERROR_RATE:.1%}, new p95 <= {MAX_P95_RATIO:.2f} x old p95; "
+        f"intervals at {CONFIDENCE:.0%}"
+    )
     return "\n".join(lines)
 
 

@@ -46,15 +46,43 @@ class Refused(Exception):
 
 def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:
     """Each gate's current value against its threshold; `ok` None while there is no value yet."""
-    checks: list[dict[str, Any]] = [{"gate": "min_requests", "value": new.requests, "threshold": g.min_requests, "ok": new.requests >= g.min_requests}]
+    checks: list[dict[str, Any]] = [
+        {
+            "gate": "min_requests",
+            "value": new.requests,
+            "threshold": g.min_requests,
+            "ok": new.requests >= g.min_requests,
+        }
+    ]
     if g.max_error_rate is not None:
-        checks.append({"gate": "max_error_rate", "value": round(new.error_rate, 5), "threshold": g.max_error_rate, "ok": new.error_rate <= g.max_error_rate if new.requests else None})
+        checks.append(
+            {
+                "gate": "max_error_rate",
+                "value": round(new.error_rate, 5),
+                "threshold": g.max_error_rate,
+                "ok": new.error_rate <= g.max_error_rate if new.requests else None,
+            }
+        )
     if g.max_p95_ms is not None:
-        checks.append({"gate": "max_p95_ms", "value": new.p95_ms, "threshold": g.max_p95_ms, "ok": new.p95_ms <= g.max_p95_ms if new.p95_ms is not None else None})
+        checks.append(
+            {
+                "gate": "max_p95_ms",
+                "value": new.p95_ms,
+                "threshold": g.max_p95_ms,
+                "ok": new.p95_ms <= g.max_p95_ms if new.p95_ms is not None else None,
+            }
+        )
     if g.max_p95_ratio is not None:
         judged = bool(new.p95_ms and legacy.p95_ms and legacy.requests >= max(1, g.min_requests))
         ratio = round(new.p95_ms / legacy.p95_ms, 4) if judged and new.p95_ms and legacy.p95_ms else None
-        checks.append({"gate": "max_p95_ratio", "value": ratio, "threshold": g.max_p95_ratio, "ok": ratio <= g.max_p95_ratio if ratio is not None else None})
+        checks.append(
+            {
+                "gate": "max_p95_ratio",
+                "value": ratio,
+                "threshold": g.max_p95_ratio,
+                "ok": ratio <= g.max_p95_ratio if ratio is not None else None,
+            }
+        )
     return checks
 
 
@@ -118,18 +146,19 @@ class Rollouts:
         if route.name not in self.driving:
             self.driving.add(route.name)
             log.info("driving rollout", route=route.name, owner=self.owner)
-        state = await rt.overrides.get_rollout(route.name) or {"status": "running", "step": -1, "since": now, "reason": ""}
+        state = await rt.overrides.get_rollout(route.name) or {
+            "status": "running",
+            "step": -1,
+            "since": now,
+            "reason": "",
+        }
         snap = rt.snapshot
         if state["status"] not in ACTIVE:
             self._gauge(route.name)
             return
         step = int(state["step"])
         if step >= 0 and snap.sources.get(route.name) != "rollout":
-            why = "guard tripped" if snap.sources.get(route.name) == "guard" else f"percent changed by hand (source {snap.sources.get(route.name)})"
-            state.update(status="rolled_back" if "guard" in why else "paused", reason=why, since=now)
-            await rt.overrides.put_rollout(route.name, state)
-            self._event(route.name, state["status"])
-            log.warning("rollout stopped", route=route.name, reason=why)
+            await self._stop(route.name, state, snap.sources.get(route.name), now)
             return
         if snap.kill:
             return  # everything goes to legacy: nothing to judge, nothing to advance
@@ -139,22 +168,21 @@ class Rollouts:
         since = float(state["since"])
         new_c, legacy_c = await self.evidence(route, state, now)
         new, legacy = new_c.totals(), legacy_c.totals()
-        gate_values: dict[str, Any] = {"requests": new.requests, "error_rate": round(new.error_rate, 5), "p95_ms": new.p95_ms, "legacy_p95_ms": legacy.p95_ms}
+        gate_values: dict[str, Any] = {
+            "requests": new.requests,
+            "error_rate": round(new.error_rate, 5),
+            "p95_ms": new.p95_ms,
+            "legacy_p95_ms": legacy.p95_ms,
+        }
         judged = ro.gates.confidence is not None
-        failure = self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values) if judged else gate_failure(ro.gates, new, legacy)
+        failure = (
+            self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values)
+            if judged
+            else gate_failure(ro.gates, new, legacy)
+        )
         if failure:
-            await rt.overrides.set_percent(route.name, 0, source="rollout")
-            evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
-            if "checks" in gate_values:  # as judged: at this look's share of the error budget
-                evidence.update(gates=[evidence["gates"][0], *gate_values["checks"]], verdict=judge.FAIL)
-            reason = f"gate failed at {ro.steps[step]}%: {failure}"
-            state.update(status="rolled_back", reason=reason, since=now, previous=evidence)
-            await rt.overrides.put_rollout(route.name, state)
-            self._gauge(route.name)
-            self._event(route.name, "rolled_back")
-            log.warning("rollout rolled back", route=route.name, step=ro.steps[step], reason=failure, **gate_values)
             old = snap.percent[route.name]
-            await rt.history.record("rollout", "rollout", "rollout_rollback", route.name, old, 0, state["reason"])
+            await self._roll_back(route, state, old, now, failure, (new_c, legacy_c), gate_values)
             return
         if now - since < ro.interval_s or state["status"] == "awaiting_approval":
             return
@@ -167,18 +195,66 @@ class Rollouts:
             gate_values["checks"] = [c.view() for c in checks]
             if judge.verdict(checks) != judge.PASS:
                 # neither shown to hold nor shown to fail: a rollout waits for more evidence
-                self._once(route.name, step, "rollout holding: the gates are not yet shown to hold", checks=gate_values["checks"])
+                self._once(
+                    route.name,
+                    step,
+                    "rollout holding: the gates are not yet shown to hold",
+                    checks=gate_values["checks"],
+                )
                 return
         if step + 1 >= len(ro.steps):
-            evidence = self._window_record(ro, step, since, now, new_c, legacy_c)
-            state.update(status="done", reason="all steps passed", since=now, previous=evidence)
-            await rt.overrides.put_rollout(route.name, state)
-            self._event(route.name, "done")
-            log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
-            at = ro.steps[step]
-            await rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, "all steps passed")
+            await self._done(route, state, now, (new_c, legacy_c), gate_values)
             return
         await self._enter(route, state, step + 1, now, "advance", **gate_values)
+
+    async def _stop(self, name: str, state: dict[str, Any], source: str | None, now: float) -> None:
+        """Someone else set the percent during a step: a guard trip rolls the rollout back, a hand pauses it."""
+        why = "guard tripped" if source == "guard" else f"percent changed by hand (source {source})"
+        state.update(status="rolled_back" if "guard" in why else "paused", reason=why, since=now)
+        await self.rt.overrides.put_rollout(name, state)
+        self._event(name, state["status"])
+        log.warning("rollout stopped", route=name, reason=why)
+
+    async def _roll_back(
+        self,
+        route: Route,
+        state: dict[str, Any],
+        old: int,
+        now: float,
+        failure: str,
+        sides: tuple[Counts, Counts],
+        gate_values: dict[str, Any],
+    ) -> None:
+        """A gate failed: back to 0 %, and the step's window kept as the evidence."""
+        ro = route.rollout
+        assert ro is not None
+        step, since = int(state["step"]), float(state["since"])
+        await self.rt.overrides.set_percent(route.name, 0, source="rollout")
+        evidence = self._window_record(ro, step, since, now, *sides)
+        if "checks" in gate_values:  # as judged: at this look's share of the error budget
+            evidence.update(gates=[evidence["gates"][0], *gate_values["checks"]], verdict=judge.FAIL)
+        reason = f"gate failed at {ro.steps[step]}%: {failure}"
+        state.update(status="rolled_back", reason=reason, since=now, previous=evidence)
+        await self.rt.overrides.put_rollout(route.name, state)
+        self._gauge(route.name)
+        self._event(route.name, "rolled_back")
+        log.warning("rollout rolled back", route=route.name, step=ro.steps[step], reason=failure, **gate_values)
+        await self.rt.history.record("rollout", "rollout", "rollout_rollback", route.name, old, 0, state["reason"])
+
+    async def _done(
+        self, route: Route, state: dict[str, Any], now: float, sides: tuple[Counts, Counts], gate_values: dict[str, Any]
+    ) -> None:
+        """The last step's gates held: the rollout is done, at its last step."""
+        ro = route.rollout
+        assert ro is not None
+        step, since = int(state["step"]), float(state["since"])
+        evidence = self._window_record(ro, step, since, now, *sides)
+        state.update(status="done", reason="all steps passed", since=now, previous=evidence)
+        await self.rt.overrides.put_rollout(route.name, state)
+        self._event(route.name, "done")
+        log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
+        at = ro.steps[step]
+        await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, "all steps passed")
 
     async def evidence(self, route: Route, state: dict[str, Any], now: float) -> tuple[Counts, Counts]:
         """New's and legacy's outcomes the current step is judged on. At 100 % legacy's are those of
@@ -186,13 +262,15 @@ class Rollouts:
         ro = route.rollout
         assert ro is not None
         since, span = float(state["since"]), ro.interval_s + 1
-        new = await self.rt.windows.counts(route.name, "new", now, span, since)
         before = state.get("legacy_before")
         if before is not None and ro.steps[int(state["step"])] == 100:
+            new = await self.rt.windows.counts(route.name, "new", now, span, since)
             return new, Counts.from_fields({k: str(v) for k, v in before.items()})
-        return new, await self.rt.windows.counts(route.name, "legacy", now, span, since)
+        return await self.rt.windows.pair(route.name, now, span, since)
 
-    def _judged_failure(self, name: str, gates: Gates, new: Counts, legacy: Counts, since: float, values: dict[str, Any]) -> str | None:
+    def _judged_failure(
+        self, name: str, gates: Gates, new: Counts, legacy: Counts, since: float, values: dict[str, Any]
+    ) -> str | None:
         """With `confidence`, a failure is judged at checkpoints (new's requests reaching
         min_requests x 1, 2, 4, 8 ...), look k spending alpha * 6 / (pi^2 k^2) of the error
         budget, so judging a whole step keeps the false-rollback rate within 1 - confidence."""
@@ -298,7 +376,12 @@ class Rollouts:
     async def act(self, name: str, action: str, full: bool = False) -> dict[str, Any]:
         route = self.rt.snapshot.config.by_name[name]
         steps = self._steps(name)
-        state = await self.rt.overrides.get_rollout(name) or {"status": "running", "step": -1, "since": time.time(), "reason": ""}
+        state = await self.rt.overrides.get_rollout(name) or {
+            "status": "running",
+            "step": -1,
+            "since": time.time(),
+            "reason": "",
+        }
         now = time.time()
         if action == "promote":
             await self._promote(route, state, now, full)
@@ -355,8 +438,7 @@ def _gate_views(gates: Gates, new_c: Counts, legacy_c: Counts) -> tuple[list[dic
         checks = gate_checks(gates, new, legacy_c.totals())
         oks = [c["ok"] for c in checks]
         return checks, judge.FAIL if False in oks else judge.PASS if all(oks) else judge.WAIT
-    judged = judge.judge(gates, new_c, legacy_c, 1 - gates.confidence)
+    judged, verdict = judge.at_confidence(gates, new_c, legacy_c)
     enough = new.requests >= gates.min_requests
     floor = {"gate": "min_requests", "value": new.requests, "threshold": gates.min_requests, "ok": enough}
-    views = [floor, *(c.view() for c in judged)]
-    return views, judge.verdict(judged) if enough else judge.WAIT
+    return [floor, *(c.view() for c in judged)], verdict

@@ -106,7 +106,13 @@ class Runtime:
         self.metrics = Metrics(settings.multiprocess_dir, with_redis=self.redis_url is not None)
         self.overrides: MemoryOverrides
         if self.redis_url:
-            self.overrides = RedisOverrides(self.redis_url, cfg.redis_prefix, on_up=self._redis_up, resync_interval=settings.redis_resync_interval, ha=how)
+            self.overrides = RedisOverrides(
+                self.redis_url,
+                cfg.redis_prefix,
+                on_up=self._redis_up,
+                resync_interval=settings.redis_resync_interval,
+                ha=how,
+            )
         else:
             self.overrides = MemoryOverrides(settings.workers)
         self.snapshot = make_snapshot(cfg, self.overrides.state)
@@ -137,7 +143,14 @@ class Runtime:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         self.started = True
         cfg = self.snapshot.config
-        log.info("started", config=cfg.path, environment=cfg.environment, routes=len(cfg.routes), redis=self.redis_url is not None, pid=os.getpid())
+        log.info(
+            "started",
+            config=cfg.path,
+            environment=cfg.environment,
+            routes=len(cfg.routes),
+            redis=self.redis_url is not None,
+            pid=os.getpid(),
+        )
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -180,7 +193,10 @@ class Runtime:
                 failing = False
             except Unavailable as exc:
                 if not failing:
-                    log.warning("outcome counts not shared: Redis unreachable; the guard and rollouts judge without them", error=str(exc))
+                    log.warning(
+                        "outcome counts not shared: Redis unreachable; the guard and rollouts judge without them",
+                        error=str(exc),
+                    )
                 failing = True
 
     async def judged_span(self, route: Route) -> tuple[float, float | None]:

@@ -43,7 +43,9 @@ def ignore_matcher(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(parts))
 
 
-def json_diff(a: Any, b: Any, path: str = "$", ignore: re.Pattern[str] | None = None, out: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def json_diff(
+    a: Any, b: Any, path: str = "$", ignore: re.Pattern[str] | None = None, out: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     out = [] if out is None else out
     if ignore is not None and ignore.fullmatch(path):
         return out
@@ -58,7 +60,9 @@ def json_diff(a: Any, b: Any, path: str = "$", ignore: re.Pattern[str] | None = 
     return out
 
 
-def compare(route: Route, a: tuple[int, CIMultiDict[str], bytes], b: tuple[int, CIMultiDict[str], bytes]) -> list[dict[str, Any]]:
+def compare(
+    route: Route, a: tuple[int, CIMultiDict[str], bytes], b: tuple[int, CIMultiDict[str], bytes]
+) -> list[dict[str, Any]]:
     assert route.shadow is not None
     diffs: list[dict[str, Any]] = []
     if a[0] != b[0]:
@@ -81,7 +85,16 @@ class Shadow:
         self.inflight = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def launch(self, route: Route, primary: str, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes | None, response: tuple[int, CIMultiDict[str], bytes] | None) -> None:
+    def launch(
+        self,
+        route: Route,
+        primary: str,
+        method: str,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        response: tuple[int, CIMultiDict[str], bytes] | None,
+    ) -> None:
         if response is None or self.inflight >= MAX_INFLIGHT:
             self.rt.metrics.shadow.labels(route.name, "dropped").inc()
             return
@@ -94,24 +107,41 @@ class Shadow:
         self.inflight -= 1
         self.tasks.discard(task)
 
-    async def _fetch(self, backend_name: str, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes | None) -> tuple[int, CIMultiDict[str], bytes]:
+    async def _fetch(
+        self, backend_name: str, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes | None
+    ) -> tuple[int, CIMultiDict[str], bytes]:
         backend = self.rt.snapshot.config.backends[backend_name]
         h = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         h.append((b"x-splitter-shadow", b"1"))
         ex = Exchange(method)
         try:
-            await self.rt.pool(backend).exchange(ex, method, path_qs.encode("latin-1"), h, once(body) if body else None, chunked=False)
+            await self.rt.pool(backend).exchange(
+                ex, method, path_qs.encode("latin-1"), h, once(body) if body else None, chunked=False
+            )
             data = b""
             while len(data) <= MAX_BODY:
                 chunk = await ex.read()
                 if not chunk:
                     break
                 data += chunk
-            return ex.status, CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in ex.headers), data[:MAX_BODY]
+            return (
+                ex.status,
+                CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in ex.headers),
+                data[:MAX_BODY],
+            )
         finally:
             ex.release()
 
-    async def _run(self, route: Route, primary: str, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes | None, response: tuple[int, CIMultiDict[str], bytes]) -> None:
+    async def _run(
+        self,
+        route: Route,
+        primary: str,
+        method: str,
+        path_qs: str,
+        headers: CIMultiDict[str],
+        body: bytes | None,
+        response: tuple[int, CIMultiDict[str], bytes],
+    ) -> None:
         other = "new" if primary == "legacy" else "legacy"
         counter = self.rt.metrics.shadow
         try:
@@ -130,7 +160,15 @@ class Shadow:
             counter.labels(route.name, "match").inc()
             return
         counter.labels(route.name, "mismatch").inc()
-        entry = {"time": round(time.time(), 3), "method": method, "path": path_qs, "primary": primary, "shadow": other, "request_id": headers.get("X-Request-ID"), "diff": diffs[:20]}
+        entry = {
+            "time": round(time.time(), 3),
+            "method": method,
+            "path": path_qs,
+            "primary": primary,
+            "shadow": other,
+            "request_id": headers.get("X-Request-ID"),
+            "diff": diffs[:20],
+        }
         log.info("shadow mismatch", route=route.name, path=path_qs, fields=[d["path"] for d in diffs[:20]])
         try:
             await self.rt.overrides.push_mismatch(route.name, entry)  # with Redis, every replica lists it

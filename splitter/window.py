@@ -69,7 +69,12 @@ class Totals:
         return self.errors / self.requests if self.requests else 0.0
 
     def view(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 5), "p95_ms": self.p95_ms}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": round(self.error_rate, 5),
+            "p95_ms": self.p95_ms,
+        }
 
 
 class Counts:
@@ -197,7 +202,13 @@ class FleetStore(Protocol):
 class Windows:
     """Every judged route's outcomes; judged in this process, or over the fleet through a store."""
 
-    def __init__(self, routes: Mapping[str, Iterable[float]], store: FleetStore | None = None, prefix: str = "splitter", old: Windows | None = None) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, Iterable[float]],
+        store: FleetStore | None = None,
+        prefix: str = "splitter",
+        old: Windows | None = None,
+    ) -> None:
         self.store = store
         self.prefix = prefix
         self.scope = "fleet" if store is not None else "process"
@@ -233,7 +244,9 @@ class Windows:
                 fields = counts.fields()
                 for width in widths:
                     slot = sec // width
-                    batch.append((self._key(name, backend, width, slot), fields, int((slot + 1) * width + longest + 60)))
+                    batch.append(
+                        (self._key(name, backend, width, slot), fields, int((slot + 1) * width + longest + 60))
+                    )
         if batch and self.store is not None:
             await self.store.add_outcomes(batch)
 
@@ -247,6 +260,12 @@ class Windows:
         width = width_for(span)
         start = max(since or 0.0, o.since)
         return await self._sum(route, backend, span, slot_range(now, span_s, start or None, width), now)
+
+    async def pair(self, route: str, now: float, span_s: float, since: float | None = None) -> tuple[Counts, Counts]:
+        """New's and legacy's outcomes over the same window, (new, legacy): what every judgement
+        of a route compares (guard, rollout, /admin/routes)."""
+        new = await self.counts(route, "new", now, span_s, since)
+        return new, await self.counts(route, "legacy", now, span_s, since)
 
     async def _sum(self, route: str, backend: str, span: float, slots: range, now: float) -> Counts:
         o = self.routes[route]
@@ -286,7 +305,14 @@ class Windows:
         for start in range(int(end - span_s), int(end), step):
             t = (await self._sum(route, backend, span, range(start // width, (start + step) // width), now)).totals()
             seconds = min(step, max(1.0, now - start))
-            out.append({"t": start, "rps": round(t.requests / seconds, 3), "error_rate": round(t.error_rate, 4), "p95_ms": t.p95_ms})
+            out.append(
+                {
+                    "t": start,
+                    "rps": round(t.requests / seconds, 3),
+                    "error_rate": round(t.error_rate, 4),
+                    "p95_ms": t.p95_ms,
+                }
+            )
         return out
 
     async def view(self, route: str, now: float, span_s: float, since: float | None = None) -> dict[str, Any]:

@@ -143,3 +143,31 @@ def test_admin_allowed_hosts_lets_a_listed_name_in_and_star_allows_any(standin, 
     assert bad.returncode == 2, bad.stderr
     last = bad.stderr.strip().splitlines()[-1]
     assert last.startswith("splitter serve: error: argument --admin-allowed-hosts: 'splitter-admin:8081' is not a host")
+
+
+def test_an_endpoint_runs_alone_on_an_app_with_only_its_state():
+    """Endpoints are module-level and read `request.app.state`: one driven on a bare Starlette app,
+    in process, no listener, changes the runtime it is given and records who did it."""
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from splitter import admin
+    from splitter.config import parse
+    from splitter.runtime import Runtime, Settings
+
+    async def drive() -> tuple[httpx.Response, httpx.Response, Runtime]:
+        rt = Runtime(Settings(admin_token=TOKEN), parse(routes_yaml("http://127.0.0.1:9", "http://127.0.0.1:9")))
+        routes = [Route("/r/{name}", admin.writer(admin.set_route), methods=["PUT"]), Route("/h", admin.history)]
+        app = Starlette(routes=routes, exception_handlers=admin._ERRORS)
+        app.state.rt = rt
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
+            refused = await c.put("/r/nope", json={"percent": 7}, headers=AUTH)
+            await c.put("/r/auth", json={"percent": 7, "reason": "alone"}, headers=AUTH)
+            return refused, await c.get("/h"), rt
+
+    refused, changes, rt = asyncio.run(drive())
+    assert refused.status_code == 404 and "unknown route 'nope'" in refused.json()["error"]
+    assert rt.snapshot.percent["auth"] == 7 and rt.snapshot.sources["auth"] == "override"
+    assert [(e["action"], e["route"], e["new"], e["reason"]) for e in changes.json()] == [("set", "auth", 7, "alone")]

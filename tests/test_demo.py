@@ -63,7 +63,7 @@ def test_demo_says_which_service_failed_to_start(tmp_path):
 
 def test_make_run_sets_jwt_secret_so_no_backend_warns_and_faults_can_target_one_backend(procs, tmp_path):
     """demo.sh exports JWT_SECRET (the development default): "not set" would be false. NEW_FAULT_ERROR_RATE fails
-    new alone; FAULT_ERROR_RATE still fails both (SPEC)."""
+    new alone; FAULT_ERROR_RATE still fails both (every backend reads it, the prefixed ones only theirs)."""
     from backends import start_backend
 
     demo_env = subprocess.run(["bash", "-c", "grep '^export JWT_SECRET=' scripts/demo.sh"], cwd=ROOT, capture_output=True, text=True).stdout

@@ -1,5 +1,7 @@
-"""The house rules STYLE.md states, checked: no import cycles (type-only imports included),
-the environment read in one place, and server.py below cli.py."""
+"""The house rules, checked: no import cycles (type-only imports included, so every module can
+be read bottom-up); the environment is read in one place (cli.py, which turns it into
+Settings); data flows down (runtime.py, the shared state, imports none of the layers that use
+it; server.py does not import cli.py)."""
 
 import ast
 

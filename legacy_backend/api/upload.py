@@ -29,4 +29,6 @@ async def create(request: Request) -> Response:
 
 async def get(request: Request) -> Response:
     user = await run_in_threadpool(request.app.state.auth.authenticate, request.headers.get("authorization"))
-    return JSONResponse(await run_in_threadpool(request.app.state.uploads.get, user["id"], request.path_params["upload_id"]))
+    return JSONResponse(
+        await run_in_threadpool(request.app.state.uploads.get, user["id"], request.path_params["upload_id"])
+    )

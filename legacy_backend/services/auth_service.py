@@ -30,7 +30,10 @@ class AuthService:
                 raise ApiError(409, "email already registered")
             uid = str(uuid.uuid4())
             try:
-                c.execute("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)", (uid, email, security.hash_password(password), time.time()))
+                c.execute(
+                    "INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                    (uid, email, security.hash_password(password), time.time()),
+                )
             except Exception as exc:  # a concurrent register of the same email
                 if "unique" in str(exc).lower():
                     raise ApiError(409, "email already registered") from None

@@ -20,7 +20,18 @@ SECTIONS = {
     "skills": ["skills", "technologies"],
     "projects": ["projects", "portfolio"],
 }
-ACTION_VERBS = ["built", "designed", "developed", "improved", "increased", "launched", "led", "managed", "reduced", "shipped"]
+ACTION_VERBS = [
+    "built",
+    "designed",
+    "developed",
+    "improved",
+    "increased",
+    "launched",
+    "led",
+    "managed",
+    "reduced",
+    "shipped",
+]
 WORD_RE = re.compile(r"[a-z]+")
 NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)?%?")
 
@@ -73,13 +84,23 @@ class ReviewService:
         if not isinstance(analysis_request_id, str) or not analysis_request_id:
             raise ApiError(422, "analysis_request_id is required")
         with self.db.connect() as c:
-            upload = c.one("SELECT * FROM analysis_requests WHERE id = ? AND user_id = ?", (analysis_request_id, user_id))
+            upload = c.one(
+                "SELECT * FROM analysis_requests WHERE id = ? AND user_id = ?", (analysis_request_id, user_id)
+            )
             if upload is None:
                 raise ApiError(404, "analysis request not found")
             score, strengths, weaknesses = score_resume(upload["text"])
-            row = {"id": str(uuid.uuid4()), "analysis_request_id": analysis_request_id, "user_id": user_id, "overall_score": score, "strengths": json.dumps(strengths), "weaknesses": json.dumps(weaknesses)}
+            row = {
+                "id": str(uuid.uuid4()),
+                "analysis_request_id": analysis_request_id,
+                "user_id": user_id,
+                "overall_score": score,
+                "strengths": json.dumps(strengths),
+                "weaknesses": json.dumps(weaknesses),
+            }
             c.execute(
-                "INSERT INTO reviews (id, analysis_request_id, user_id, overall_score, strengths, weaknesses, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO reviews (id, analysis_request_id, user_id, overall_score, strengths, weaknesses, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (row["id"], analysis_request_id, user_id, score, row["strengths"], row["weaknesses"], time.time()),
             )
         return review_out(row)

@@ -41,7 +41,9 @@ def make_token(secret: str, user_id: str, jti: str, now: float | None = None) ->
     now = time.time() if now is None else now
     exp = now + TOKEN_TTL_S
     header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
-    payload = _b64(json.dumps({"sub": user_id, "jti": jti, "iat": int(now), "exp": int(exp)}, separators=(",", ":")).encode())
+    payload = _b64(
+        json.dumps({"sub": user_id, "jti": jti, "iat": int(now), "exp": int(exp)}, separators=(",", ":")).encode()
+    )
     signing = f"{header}.{payload}".encode()
     sig = _b64(hmac.new(secret.encode(), signing, hashlib.sha256).digest())
     return f"{header}.{payload}.{sig}", exp

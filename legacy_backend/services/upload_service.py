@@ -33,10 +33,18 @@ class UploadService:
             raise ApiError(413, f"file larger than {self.max_bytes} bytes")
         with open(path, "rb") as f:
             text = f.read().decode("utf-8", errors="replace")
-        row = {"id": upload_id, "user_id": user_id, "original_filename": filename, "file_path": path, "status": "processed", "text": text}
+        row = {
+            "id": upload_id,
+            "user_id": user_id,
+            "original_filename": filename,
+            "file_path": path,
+            "status": "processed",
+            "text": text,
+        }
         with self.db.connect() as c:
             c.execute(
-                "INSERT INTO analysis_requests (id, user_id, original_filename, file_path, status, text, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO analysis_requests (id, user_id, original_filename, file_path, status, text, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (upload_id, user_id, filename, path, "processed", text, time.time()),
             )
         return upload_out(row, with_length=False)

@@ -9,10 +9,16 @@ from contextlib import contextmanager
 from typing import Any
 
 TABLES = (
-    "CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, email TEXT UNIQUE NOT NULL, password_hash TEXT NOT NULL, created_at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS sessions (jti TEXT PRIMARY KEY, user_id TEXT NOT NULL, expires_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)",
-    "CREATE TABLE IF NOT EXISTS analysis_requests (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, original_filename TEXT NOT NULL, file_path TEXT NOT NULL, status TEXT NOT NULL, text TEXT NOT NULL, created_at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS reviews (id TEXT PRIMARY KEY, analysis_request_id TEXT NOT NULL, user_id TEXT NOT NULL, overall_score INTEGER NOT NULL, strengths TEXT NOT NULL, weaknesses TEXT NOT NULL, created_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, email TEXT UNIQUE NOT NULL, password_hash TEXT NOT NULL, "
+    "created_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS sessions (jti TEXT PRIMARY KEY, user_id TEXT NOT NULL, expires_at REAL NOT NULL, "
+    "revoked INTEGER NOT NULL DEFAULT 0)",
+    "CREATE TABLE IF NOT EXISTS analysis_requests (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
+    "original_filename TEXT NOT NULL, file_path TEXT NOT NULL, status TEXT NOT NULL, text TEXT NOT NULL, "
+    "created_at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS reviews (id TEXT PRIMARY KEY, analysis_request_id TEXT NOT NULL, "
+    "user_id TEXT NOT NULL, overall_score INTEGER NOT NULL, strengths TEXT NOT NULL, weaknesses TEXT NOT NULL, "
+    "created_at REAL NOT NULL)",
 )
 
 

@@ -29,7 +29,13 @@ class UserRepository:
         return User(**row) if row else None
 
     def add(self, user: User) -> None:
-        self.db.run("INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)", user.id, user.email, user.password_hash, time.time())
+        self.db.run(
+            "INSERT INTO users (id, email, password_hash, created_at) VALUES (?, ?, ?, ?)",
+            user.id,
+            user.email,
+            user.password_hash,
+            time.time(),
+        )
 
 
 class SessionRepository:

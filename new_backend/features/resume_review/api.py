@@ -17,7 +17,9 @@ async def create(request: Request) -> Response:
 
 async def fetch(request: Request) -> Response:
     principal = await current_principal(request)
-    return JSONResponse(await run_in_threadpool(request.app.state.reviews.find, principal.user.id, request.path_params["review_id"]))
+    return JSONResponse(
+        await run_in_threadpool(request.app.state.reviews.find, principal.user.id, request.path_params["review_id"])
+    )
 
 
 routes = [

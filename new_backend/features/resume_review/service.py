@@ -21,7 +21,9 @@ class ReviewService:
         if source is None:
             raise HTTPProblem(404, "analysis request not found")
         verdict = self.rubric.assess(source.text)
-        review = Review(str(uuid.uuid4()), request_id, user_id, verdict.overall_score, verdict.strengths, verdict.weaknesses)
+        review = Review(
+            str(uuid.uuid4()), request_id, user_id, verdict.overall_score, verdict.strengths, verdict.weaknesses
+        )
         self.reviews.add(review)
         return review.as_json()
 

@@ -29,7 +29,9 @@ async def upload(request: Request) -> Response:
 
 async def status(request: Request) -> Response:
     principal = await current_principal(request)
-    return JSONResponse(await run_in_threadpool(request.app.state.uploads.find, principal.user.id, request.path_params["request_id"]))
+    return JSONResponse(
+        await run_in_threadpool(request.app.state.uploads.find, principal.user.id, request.path_params["request_id"])
+    )
 
 
 routes = [

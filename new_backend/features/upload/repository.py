@@ -28,10 +28,22 @@ class AnalysisRequestRepository:
 
     def add(self, req: AnalysisRequest) -> None:
         self.db.run(
-            "INSERT INTO analysis_requests (id, user_id, original_filename, file_path, status, text, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            req.id, req.user_id, req.original_filename, req.file_path, req.status, req.text, time.time(),
+            "INSERT INTO analysis_requests (id, user_id, original_filename, file_path, status, text, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            req.id,
+            req.user_id,
+            req.original_filename,
+            req.file_path,
+            req.status,
+            req.text,
+            time.time(),
         )
 
     def owned(self, request_id: str, user_id: str) -> AnalysisRequest | None:
-        row = self.db.fetch("SELECT id, user_id, original_filename, file_path, status, text FROM analysis_requests WHERE id = ? AND user_id = ?", request_id, user_id)
+        row = self.db.fetch(
+            "SELECT id, user_id, original_filename, file_path, status, text FROM analysis_requests "
+            "WHERE id = ? AND user_id = ?",
+            request_id,
+            user_id,
+        )
         return AnalysisRequest(**row) if row else None
