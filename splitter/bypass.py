@@ -215,7 +215,9 @@ def unsent(fd: int) -> int:
 
 
 # --- a request body read past uvicorn, and the rest of one cut short ---------------------------
-async def read_past(body: BodyReading, fd: int, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> AsyncIterator[bytes]:
+async def read_past(
+    body: BodyReading, fd: int, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]
+) -> AsyncIterator[bytes]:
     """The rest of the body read from the client socket itself (`fd`, a duplicate of its fd)."""
     assert body.length is not None
     while body.received < body.length:

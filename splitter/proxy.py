@@ -98,7 +98,10 @@ class _Body:
         "waiting_since", "watchdog",
     )  # fmt: skip
 
-    def __init__(self, receive: Receive, limit: int, timeout: float, tee: list[bytes] | None, length: int | None = None, client: ClientConnection | None = None) -> None:
+    def __init__(
+        self, receive: Receive, limit: int, timeout: float, tee: list[bytes] | None, length: int | None = None,
+        client: ClientConnection | None = None,
+    ) -> None:
         self.receive, self.limit, self.timeout, self.tee = receive, limit, timeout, tee
         self.length, self.client = length, client
         self.fd: int | None = None  # the client socket (a duplicate) while the body is read past uvicorn
@@ -526,7 +529,9 @@ class Proxy:
         if self.access_log:
             self._log(call)
 
-    async def _stream(self, ex: Exchange, send: Send, call: Call, tee: list[bytes] | None, client: ClientConnection | None) -> str | None:
+    async def _stream(
+        self, ex: Exchange, send: Send, call: Call, tee: list[bytes] | None, client: ClientConnection | None
+    ) -> str | None:
         """Copy the rest of the body; returns None when whole, else why it stopped. A large body of
         known length, not kept for a shadow comparison, goes socket to socket in the kernel."""
         while True:

@@ -250,7 +250,8 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._in_trailers = False
         super().on_message_begin()
         client: ClientConnection = self  # what the proxy may call on it, checked by mypy
-        self.scope.setdefault("extensions", {})[CLIENT_HOOK] = client  # type: ignore[assignment]  # ASGI types extensions as dicts
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[CLIENT_HOOK] = client  # type: ignore[assignment]  # ASGI types extensions as dicts
 
     def on_url(self, url: bytes) -> None:
         if not self.url and not url.startswith(b"/") and url != b"*":

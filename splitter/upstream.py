@@ -28,6 +28,10 @@ Failures (docstring tree after httpx's _exceptions.py):
       └─ SendTimedOut         the client took no bytes of a spliced body for the send timeout
     BodyCut                  raised by a request body stream that stops short because the answer came first
 
+An exchange is in one `Phase` (head, body, done, must-close, failed), changed only by `Exchange.move`
+along a fixed table (h11's _state.py); httptools' callbacks live apart in `_ResponseParser`, which checks
+the head and hands the exchange what it parsed. Splicing a body past Python is bypass.py's.
+
 A request body stops going upstream as soon as the response head (or a failure) arrives: the body
 stream is told (the head future's callbacks) and the connection is not reused. After
 `Expect: 100-continue` the body waits for the upstream's 100 Continue, its answer, or CONTINUE_WAIT s.
@@ -99,6 +103,8 @@ class Aborted(Exception):
 
 class SendTimedOut(Aborted):
     """The client took no response bytes for the send timeout: it is cut, the exchange cancelled."""
+
+
 class BodyCut(Exception):
     """A request body stream stops short on purpose: the upstream answered (or failed) before it was all sent."""
 
@@ -217,9 +223,9 @@ class Exchange:
     read by the proxy, released back to the pool. `phase` says where it is; only `move` changes it."""
 
     __slots__ = (
-        "aborted", "body_cut", "buffered", "chunks", "conn", "connection_header", "content_length", "error", "expect_id",
-        "head", "head_only", "headers", "keep_alive", "loop", "parser", "phase", "raw_left", "read_timeout", "status",
-        "until_eof", "waiter",
+        "aborted", "body_cut", "buffered", "chunks", "conn", "connection_header", "content_length", "error",
+        "expect_id", "head", "head_only", "headers", "keep_alive", "loop", "parser", "phase", "raw_left",
+        "read_timeout", "status", "until_eof", "waiter",
     )  # fmt: skip
 
     def __init__(self, method: str) -> None:
@@ -266,7 +272,10 @@ class Exchange:
         return self.head.done() or self.error is not None
 
     # --- from the parser ----------------------------------------------------------------
-    def head_in(self, headers: list[tuple[bytes, bytes]], connection: bytes | None, content_length: int | None, chunked: bool, rid: bytes | None) -> None:
+    def head_in(
+        self, headers: list[tuple[bytes, bytes]], connection: bytes | None, content_length: int | None, chunked: bool,
+        rid: bytes | None,
+    ) -> None:
         """The final response head, checked by the parser; names lower-cased (ASGI relays them so anyway)."""
         if self.expect_id is not None and rid != self.expect_id:
             # a shifted or doubled answer (another request's) or none: never relayed, the connection closes
@@ -547,7 +556,8 @@ class Pool:
         self.retired = False
 
     async def exchange(
-        self, ex: Exchange, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: AsyncIterator[bytes] | None, chunked: bool
+        self, ex: Exchange, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
+        body: AsyncIterator[bytes] | None, chunked: bool,
     ) -> None:
         """Send the request (streaming its body) and wait for the response head on `ex`."""
         ex.read_timeout = self.backend.read_timeout
@@ -646,7 +656,9 @@ class Pool:
         conn = Connection(self)
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None),
+                loop.create_connection(
+                    lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+                ),
                 self.backend.connect_timeout,
             )
         except BaseException as exc:
