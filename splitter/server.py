@@ -300,7 +300,10 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             return
         _count_rejected(self.app, "headers_too_large")
         body = b'{"error": "request header fields too large", "handler": null, "request_id": null}'
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )
         self.transport.close()
 
 
@@ -486,7 +489,11 @@ def serve(settings: Settings, log_level: str, environment: str) -> int:
     admin_sock = bind(settings.admin_host, settings.admin_port)
     settings = replace(settings, port=proxy_sock.getsockname()[1], admin_port=admin_sock.getsockname()[1])
     log = structlog.get_logger("splitter")
-    log.info("listening", proxy=f"http://{settings.host}:{settings.port}", admin=f"http://{settings.admin_host}:{settings.admin_port}", workers=settings.workers, environment=settings.environment or environment)
+    log.info(
+        "listening", proxy=f"http://{settings.host}:{settings.port}",
+        admin=f"http://{settings.admin_host}:{settings.admin_port}", workers=settings.workers,
+        environment=settings.environment or environment,
+    )
     if settings.workers == 1:
         run_worker(settings, [proxy_sock, admin_sock], log_level)
         return 0
@@ -522,8 +529,11 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
             http=functools.partial(  # type: ignore[arg-type]
                 ProxyHttpProtocol, header_timeout=settings.header_timeout, send_timeout=settings.send_timeout
             ),
-            ws=functools.partial(ProxyWebSocketProtocol, graceful_timeout=settings.graceful_timeout),  # type: ignore[arg-type]
-            ws_max_size=app.runtime.snapshot.config.websocket.max_message_bytes,  # a reload does not change it: needs a restart
+            ws=functools.partial(  # type: ignore[arg-type]
+                ProxyWebSocketProtocol, graceful_timeout=settings.graceful_timeout
+            ),
+            # a reload does not change it: needs a restart
+            ws_max_size=app.runtime.snapshot.config.websocket.max_message_bytes,
             lifespan="on",
             server_header=False,
             proxy_headers=False,  # trusted_proxies in routes.yaml decides, not uvicorn
@@ -608,7 +618,8 @@ def supervise(settings: Settings, sockets: list[socket.socket], log_level: str) 
     for name in os.listdir(mpdir):
         if name.endswith(".db"):
             os.unlink(os.path.join(mpdir, name))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir  # set (not read) for prometheus_client, which reads it at import in each worker
+    # set (not read) for prometheus_client, which reads it at import in each worker
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir
     settings = replace(settings, multiprocess_dir=mpdir)
     ctx = multiprocessing.get_context("spawn")
     log = structlog.get_logger("splitter")
