@@ -131,6 +131,8 @@ class Phase(enum.Enum):
     MUST_CLOSE = "must_close"  # the whole response is in, but the connection saw a byte nobody asked for, or closed
     FAILED = "failed"  # `error` ended it (the upstream failed, timed out, or the client went away)
 
+    __hash__ = object.__hash__  # members are singletons: hashed in C, not by Enum's hash(name) (per response)
+
 
 _MOVES = {
     Phase.HEAD: {Phase.BODY, Phase.DONE, Phase.FAILED},
@@ -140,6 +142,7 @@ _MOVES = {
     Phase.FAILED: {Phase.FAILED},
 }
 _COMPLETE = frozenset([Phase.DONE, Phase.MUST_CLOSE])
+_SPOILED = frozenset([Phase.MUST_CLOSE, Phase.FAILED])  # the connection closes
 
 
 class _ResponseParser:
@@ -156,13 +159,14 @@ class _ResponseParser:
         self.trailers = False
 
     def on_message_begin(self) -> None:
-        if self.ex.done:
-            self.ex.stray()  # a second response to one request
         self.headers = []
         self.trailers = False
+        if self.ex.done:
+            self.ex.stray()  # a second response to one request
+            self.trailers = True  # its head is not collected either
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.ex.done or self.trailers:
+        if self.trailers:
             return  # trailers are dropped, never merged into the head
         self.headers.append((name, value))
 
@@ -203,7 +207,7 @@ class _ResponseParser:
             elif lname == b"x-request-id":
                 rid = value if rid is None or rid == value else b"(several)"
         self.headers = []
-        ex.head_in(lowered, connection, content_length, chunked, rid)
+        ex.head_in(lowered, connection, content_length, chunked, rid, self.parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
         self.ex.body_in(body)
@@ -212,10 +216,7 @@ class _ResponseParser:
         if self.interim:
             self.interim = False
             return
-        self.ex.complete()
-
-    def keep_alive(self) -> bool:
-        return bool(self.parser.should_keep_alive())
+        self.ex.complete(self.parser.should_keep_alive())
 
 
 class Exchange:
@@ -223,7 +224,7 @@ class Exchange:
     read by the proxy, released back to the pool. `phase` says where it is; only `move` changes it."""
 
     __slots__ = (
-        "aborted", "body_cut", "buffered", "chunks", "conn", "connection_header", "content_length", "error",
+        "aborted", "body_cut", "buffered", "chunks", "conn", "connection_header", "content_length", "done", "error",
         "expect_id", "head", "head_only", "headers", "keep_alive", "loop", "parser", "phase", "raw_left",
         "read_timeout", "status", "until_eof", "waiter",
     )  # fmt: skip
@@ -238,6 +239,7 @@ class Exchange:
     def reset(self, method: str) -> None:
         """A fresh exchange (and parser) for another attempt of the same request."""
         self.phase = Phase.HEAD
+        self.done = False  # the whole response is in (DONE or MUST_CLOSE): kept by `move`
         self.head_only = method == "HEAD"
         self.head: asyncio.Future[None] = self.loop.create_future()
         self.parser: _ResponseParser | None = _ResponseParser(self)
@@ -260,11 +262,7 @@ class Exchange:
         if to not in _MOVES[self.phase]:
             raise RuntimeError(f"exchange cannot move from {self.phase.name} to {to.name}")
         self.phase = to
-
-    @property
-    def done(self) -> bool:
-        """The whole response is in."""
-        return self.phase in _COMPLETE
+        self.done = to in _COMPLETE
 
     @property
     def answered(self) -> bool:
@@ -274,7 +272,7 @@ class Exchange:
     # --- from the parser ----------------------------------------------------------------
     def head_in(
         self, headers: list[tuple[bytes, bytes]], connection: bytes | None, content_length: int | None, chunked: bool,
-        rid: bytes | None,
+        rid: bytes | None, keep_alive: bool,
     ) -> None:
         """The final response head, checked by the parser; names lower-cased (ASGI relays them so anyway)."""
         if self.expect_id is not None and rid != self.expect_id:
@@ -289,8 +287,7 @@ class Exchange:
         bodiless = self.head_only or status in (204, 304)
         self.until_eof = not bodiless and not chunked and content_length is None
         if self.head_only or (content_length is not None and not chunked and not bodiless):
-            assert self.parser is not None
-            self.keep_alive = self.parser.keep_alive()
+            self.keep_alive = keep_alive
         if content_length is not None and not chunked and not bodiless:
             # a known length: once this read is parsed, later bytes are counted, not parsed (no copy)
             self.raw_left = content_length
@@ -300,32 +297,28 @@ class Exchange:
             self.head.set_result(None)
 
     def body_in(self, body: bytes) -> None:
+        """Body bytes for the proxy; reading from the upstream pauses past HIGH_WATER buffered."""
         if self.done:
             self.stray()  # a body on a HEAD answer
             return
         if self.raw_left is not None:
             self.raw_left -= len(body)
-        self._take(body)
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > HIGH_WATER and self.conn is not None:
+            self.conn.pause_reading()
         self.wake()
 
-    def complete(self) -> None:
+    def complete(self, keep_alive: bool) -> None:
         if self.done:
             return
-        assert self.parser is not None
-        self.keep_alive = self.parser.keep_alive()
+        self.keep_alive = keep_alive
         self.move(Phase.DONE)
         self.wake()
 
     def stray(self) -> None:
         """A byte nobody asked for arrived after the whole response: the connection is never reused."""
         self.move(Phase.MUST_CLOSE)
-
-    def _take(self, data: bytes) -> None:
-        """Body bytes for the proxy; reading from the upstream pauses past HIGH_WATER buffered."""
-        self.chunks.append(data)
-        self.buffered += len(data)
-        if self.buffered > HIGH_WATER and self.conn is not None:
-            self.conn.pause_reading()
 
     # --- from the connection --------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -349,7 +342,8 @@ class Exchange:
             else:
                 cause = exc.__context__ if isinstance(exc.__context__, UpstreamError) else exc
                 self.fail(map_upstream_error(cause))
-        self._close_if_spoiled()
+        if self.phase in _SPOILED and self.conn is not None:
+            self.conn.close()
 
     def _raw(self, data: bytes, left: int) -> None:
         """Body bytes of a Content-Length response, past the read that held the head."""
@@ -357,17 +351,13 @@ class Exchange:
         if spoiled:
             data = data[:left]
         if data:
-            self.raw_left = left - len(data)
-            self._take(data)
+            self.body_in(data)  # counts raw_left down
         if self.raw_left == 0 and self.phase is Phase.BODY:
             self.move(Phase.DONE)
         self.wake()
         if spoiled and self.phase is not Phase.FAILED:
             self.stray()
-        self._close_if_spoiled()
-
-    def _close_if_spoiled(self) -> None:
-        if self.phase in (Phase.MUST_CLOSE, Phase.FAILED) and self.conn is not None:
+        if self.phase in _SPOILED and self.conn is not None:
             self.conn.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -409,7 +399,7 @@ class Exchange:
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
-        if self.phase not in (Phase.HEAD, Phase.BODY) and self.conn is not None:
+        if (self.done or self.error is not None) and self.conn is not None:  # DONE, MUST_CLOSE or FAILED
             self.conn.wake_writer()
 
     # --- for the proxy ----------------------------------------------------------------
