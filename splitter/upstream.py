@@ -443,7 +443,9 @@ class Exchange:
             ok = self.phase is Phase.DONE and self.keep_alive and not self.body_cut and not self.chunks
             conn.pool.release(conn, ok)
         self.chunks.clear()  # an aborted download's buffered bytes go now, not at the next GC
-        self.parser = None  # break the parser <-> exchange cycle: freed by refcount, no GC work
+        parser, self.parser = self.parser, None
+        if parser is not None:
+            parser.parser = None  # break the cycles exchange <-> adapter <-> httptools: freed by refcount, no GC work
         if self.error is not None:
             self.error.__traceback__ = None  # its frames hold body chunks: no cycle for the GC to find later
 
