@@ -21,7 +21,6 @@ import ipaddress
 import os
 import random
 import re
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import lru_cache
@@ -31,7 +30,8 @@ from urllib.parse import unquote
 import orjson
 from multidict import CIMultiDict
 
-from . import bucketing
+from . import bucketing, bypass
+from .bypass import CLIENT_HOOK, ClientConnection
 from .call import Call, Refused
 from .config import UID_COOKIE, Config, Route, ShadowSpec
 from .logs import ACCESS
@@ -74,11 +74,6 @@ _ENCODED_SLASH = re.compile("%2[fF]")
 _DOT = frozenset([b".", b"%2e"])
 _DOTDOT = frozenset([b"..", b".%2e", b"%2e.", b"%2e%2e"])
 UID_MAX_AGE = 365 * 24 * 3600
-CLIENT_HOOK = "splitter.client"  # scope extension: the server's connection, to hear of a disconnect at once
-BODY_BYPASS_MIN = 1024 * 1024  # request body bytes still to come for reading them past uvicorn
-BODY_READ = 256 * 1024  # the most one read of such a body takes
-LINGER_MAX = 30.0  # seconds the rest of a body cut short may take to arrive (and be dropped) before its socket closes
-_LINGERING: set[asyncio.Task[None]] = set()
 
 
 class _Body:
@@ -103,7 +98,10 @@ class _Body:
         "waiting_since", "watchdog",
     )  # fmt: skip
 
-    def __init__(self, receive: Receive, limit: int, timeout: float, tee: list[bytes] | None, length: int | None = None, client: Any = None) -> None:
+    def __init__(
+        self, receive: Receive, limit: int, timeout: float, tee: list[bytes] | None, length: int | None = None,
+        client: ClientConnection | None = None,
+    ) -> None:
         self.receive, self.limit, self.timeout, self.tee = receive, limit, timeout, tee
         self.length, self.client = length, client
         self.fd: int | None = None  # the client socket (a duplicate) while the body is read past uvicorn
@@ -126,7 +124,7 @@ class _Body:
                 try:
                     message = await self.receive()
                 except asyncio.CancelledError:
-                    self._interrupted(task)
+                    self.interrupted(task)
                     raise
                 finally:
                     self.waiting_since = None
@@ -135,50 +133,23 @@ class _Body:
                     raise Aborted()
                 chunk = message.get("body", b"")
                 if chunk:
-                    self._count(chunk)
+                    self.count(chunk)
                     yield chunk
                 if not message.get("more_body", False):
                     self.complete = True
                     return
                 left = (self.length or 0) - self.received
-                if left >= BODY_BYPASS_MIN and self.tee is None and self.client is not None:
+                if left >= bypass.BODY_BYPASS_MIN and self.tee is None and self.client is not None:
                     self.fd = self.client.take_body(self.received)
                     if self.fd is not None:
-                        async for chunk in self._from_socket(self.fd, loop, task):
+                        async for chunk in bypass.read_past(self, self.fd, loop, task):
                             yield chunk
                         self.complete = True
                         return
         finally:
             self.stop()
 
-    async def _from_socket(self, fd: int, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> AsyncIterator[bytes]:
-        """The rest of the body read from the client socket itself (a duplicate of its fd)."""
-        assert self.length is not None
-        while self.received < self.length:
-            if self.answered:
-                raise BodyCut()
-            try:
-                chunk = os.read(fd, min(self.length - self.received, BODY_READ))
-            except BlockingIOError:
-                self.waiting_since = loop.time()
-                try:
-                    await _readable(fd)
-                except asyncio.CancelledError:
-                    self._interrupted(task)
-                    raise
-                finally:
-                    self.waiting_since = None
-                continue
-            except OSError as exc:  # reset by the client
-                self.gone = True
-                raise Aborted() from exc
-            if not chunk:
-                self.gone = True  # the client closed mid-body
-                raise Aborted()
-            self._count(chunk)
-            yield chunk
-
-    def _count(self, chunk: bytes) -> None:
+    def count(self, chunk: bytes) -> None:
         self.received += len(chunk)
         if self.received > self.limit:
             self.too_large = True
@@ -186,7 +157,7 @@ class _Body:
         if self.tee is not None:
             self.tee.append(chunk)
 
-    def _interrupted(self, task: asyncio.Task[Any]) -> None:
+    def interrupted(self, task: asyncio.Task[Any]) -> None:
         """A wait for the client was cancelled: by the upstream's answer, the body stops there (it wins
         over a watchdog that fired at the same time); by the watchdog, it is a 408."""
         if (self.answered or self.timed_out) and task.uncancel() == 0:
@@ -201,7 +172,7 @@ class _Body:
         self.answered = True
         task = self.task
         if task is not None and self.waiting_since is not None and not self.timed_out:
-            task.cancel()  # the wait ends with CancelledError, turned into BodyCut by _interrupted
+            task.cancel()  # the wait ends with CancelledError, turned into BodyCut by interrupted
 
     def stop(self) -> None:
         if self.watchdog is not None:
@@ -209,6 +180,7 @@ class _Body:
             self.watchdog = None
         fd = self.fd
         if fd is not None and (self.complete or self.gone):
+            assert self.client is not None  # it handed out the fd
             self.fd = None
             os.close(fd)
             self.client.body_taken(whole=self.complete)  # uvicorn reads again (to hear of a disconnect), or closes
@@ -231,7 +203,7 @@ class _Body:
         else:
             read = self.received
         left = None if self.length is None else self.length - read
-        client.after_close(lambda: _spawn(_linger(fd, left, self.timeout)))
+        bypass.drop_rest(client, fd, left, self.timeout)
 
     def _watch(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
         if self.answered:
@@ -245,55 +217,6 @@ class _Body:
         self.watchdog = None
         self.timed_out = True
         task.cancel()  # the task is waiting in receive(): that wait ends with CancelledError
-
-
-def _spawn(coro: Any) -> None:
-    task = asyncio.get_running_loop().create_task(coro)
-    _LINGERING.add(task)
-    task.add_done_callback(_LINGERING.discard)
-
-
-async def _linger(fd: int, left: int | None, timeout: float) -> None:
-    """nginx's lingering close on `fd`, a duplicate of a client socket whose answer is out: shut its
-    write side (the client sees the end), then read and drop up to `left` bytes (None: until the
-    client closes), waiting at most `timeout` s for each read and LINGER_MAX s in all; then close it."""
-    try:
-        sock = socket.socket(fileno=fd)
-        try:
-            sock.shutdown(socket.SHUT_WR)
-        finally:
-            sock.detach()
-        async with asyncio.timeout(LINGER_MAX):
-            while left is None or left > 0:
-                try:
-                    dropped = len(os.read(fd, BODY_READ if left is None else min(left, BODY_READ)))
-                except BlockingIOError:
-                    await asyncio.wait_for(_readable(fd), timeout)
-                    continue
-                if not dropped:
-                    return
-                if left is not None:
-                    left -= dropped
-    except (OSError, TimeoutError):
-        pass
-    finally:
-        os.close(fd)
-
-
-async def _readable(fd: int) -> None:
-    """Until `fd` (not a transport's own: a duplicate) has bytes or an EOF to read."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(fd, _resolve, ready)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 def normalize_path(raw: bytes) -> tuple[bytes, str] | None:
@@ -531,7 +454,7 @@ class Proxy:
         chunked = b"transfer-encoding" in hd
         has_body = chunked or hd.get(b"content-length", b"0") != b"0"
         shadowing = route is not None and route.shadow is not None and b"x-splitter-backend" not in hd and not rt.snapshot.kill and _wants_shadow(route.shadow, call.method, hd)
-        client = scope.get("extensions", {}).get(CLIENT_HOOK)
+        client: ClientConnection | None = scope.get("extensions", {}).get(CLIENT_HOOK)
         length = None if chunked else int(hd.get(b"content-length", b"0"))
         body = _Body(receive, cfg.max_body_bytes, self.body_timeout, [] if shadowing and has_body else None, length, client) if has_body else None
         ex = Exchange(call.method)
@@ -606,17 +529,19 @@ class Proxy:
         if self.access_log:
             self._log(call)
 
-    async def _stream(self, ex: Exchange, send: Send, call: Call, tee: list[bytes] | None, client: Any) -> str | None:
+    async def _stream(
+        self, ex: Exchange, send: Send, call: Call, tee: list[bytes] | None, client: ClientConnection | None
+    ) -> str | None:
         """Copy the rest of the body; returns None when whole, else why it stopped. A large body of
         known length, not kept for a shadow comparison, goes socket to socket in the kernel."""
         while True:
             try:
-                if tee is None and client is not None and ex.spliceable():
+                if tee is None and client is not None and bypass.spliceable(ex):
                     left = ex.raw_left or 0
                     fd = await client.splice_target(left)
                     if fd is not None:
                         try:
-                            await ex.splice_to(fd, self.send_timeout)
+                            await bypass.splice(ex, fd, self.send_timeout)
                         except SendTimedOut:
                             client.cut_stalled()
                             raise
@@ -725,7 +650,7 @@ def _dropped_downstream(connection: bytes | None, bodiless: bool) -> frozenset[b
 
 
 def _downstream_headers(ex: Exchange, call: Call, set_cookie: bytes | None) -> list[tuple[bytes, bytes]]:
-    drop = _dropped_downstream(ex.connection, ex.status == 304 or ex.status == 204)
+    drop = _dropped_downstream(ex.connection_header, ex.status == 304 or ex.status == 204)
     headers = [h for h in ex.headers if h[0] not in drop]  # names arrive lower-cased from the exchange
     headers.append((b"x-splitter-handler", (call.handler or "").encode()))
     headers.append((b"x-request-id", call.request_id.encode()))

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -40,12 +41,11 @@ import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from .bypass import CLIENT_HOOK, ClientConnection, unsent
 from .runtime import Settings
-from .upstream import unsent
 
 MAX_HEAD_BYTES = 32 * 1024
 ABSOLUTE_FORM = "splitter.absolute_form"
-CLIENT_HOOK = "splitter.client"
 
 
 class BindError(Exception):
@@ -65,11 +65,11 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._requests = 0
         self._draining = False
         self._in_trailers = False
-        self._on_lost: Any = None
+        self._on_lost: Callable[[], None] | None = None
         self._body_parsed = 0  # request body bytes uvicorn's parser has handed on
         self._splicing: Any = None  # the cycle whose response body is being spliced (sent_outside counts on it)
         self._body_done = False  # uvicorn's parser has the whole body of its current request
-        self._after_close: Any = None
+        self._after_close: Callable[[], None] | None = None
         self._lost = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -91,7 +91,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         if after is not None:
             after()
 
-    def watch(self, hook: Any) -> bool:
+    def watch(self, hook: Callable[[], None] | None) -> bool:
         """Call `hook()` when the client goes away (None: stop watching). False if it already has."""
         if hook is not None and (self.transport is None or self.transport.is_closing()):
             return False
@@ -99,7 +99,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         return True
 
     async def splice_target(self, size: int) -> int | None:
-        """The client socket, to take `size` body bytes that bypass uvicorn (Exchange.splice_to),
+        """The client socket, to take `size` body bytes that bypass uvicorn (bypass.splice),
         once all written before them has reached the kernel; None when it cannot (a chunked or
         shorter response, a closing connection, a client not reading fast enough). uvicorn's
         `self.cycle` is the last request parsed: once a pipelined request is parsed it is that one,
@@ -167,7 +167,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         out.pause_reading()
         return fd, self._body_parsed
 
-    def after_close(self, hook: Any) -> None:
+    def after_close(self, hook: Callable[[], None]) -> None:
         """Call `hook()` once the connection is closed (all written before has reached the kernel), at once if it is."""
         if self._lost:
             hook()
@@ -249,7 +249,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._body_done = False
         self._in_trailers = False
         super().on_message_begin()
-        self.scope.setdefault("extensions", {})[CLIENT_HOOK] = self  # type: ignore[assignment]  # ASGI types extensions as dicts
+        client: ClientConnection = self  # what the proxy may call on it, checked by mypy
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[CLIENT_HOOK] = client  # type: ignore[assignment]  # ASGI types extensions as dicts
 
     def on_url(self, url: bytes) -> None:
         if not self.url and not url.startswith(b"/") and url != b"*":
@@ -298,7 +300,10 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             return
         _count_rejected(self.app, "headers_too_large")
         body = b'{"error": "request header fields too large", "handler": null, "request_id": null}'
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: "
+            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )
         self.transport.close()
 
 
@@ -484,7 +489,11 @@ def serve(settings: Settings, log_level: str, environment: str) -> int:
     admin_sock = bind(settings.admin_host, settings.admin_port)
     settings = replace(settings, port=proxy_sock.getsockname()[1], admin_port=admin_sock.getsockname()[1])
     log = structlog.get_logger("splitter")
-    log.info("listening", proxy=f"http://{settings.host}:{settings.port}", admin=f"http://{settings.admin_host}:{settings.admin_port}", workers=settings.workers, environment=settings.environment or environment)
+    log.info(
+        "listening", proxy=f"http://{settings.host}:{settings.port}",
+        admin=f"http://{settings.admin_host}:{settings.admin_port}", workers=settings.workers,
+        environment=settings.environment or environment,
+    )
     if settings.workers == 1:
         run_worker(settings, [proxy_sock, admin_sock], log_level)
         return 0
@@ -520,8 +529,11 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
             http=functools.partial(  # type: ignore[arg-type]
                 ProxyHttpProtocol, header_timeout=settings.header_timeout, send_timeout=settings.send_timeout
             ),
-            ws=functools.partial(ProxyWebSocketProtocol, graceful_timeout=settings.graceful_timeout),  # type: ignore[arg-type]
-            ws_max_size=app.runtime.snapshot.config.websocket.max_message_bytes,  # a reload does not change it: needs a restart
+            ws=functools.partial(  # type: ignore[arg-type]
+                ProxyWebSocketProtocol, graceful_timeout=settings.graceful_timeout
+            ),
+            # a reload does not change it: needs a restart
+            ws_max_size=app.runtime.snapshot.config.websocket.max_message_bytes,
             lifespan="on",
             server_header=False,
             proxy_headers=False,  # trusted_proxies in routes.yaml decides, not uvicorn
@@ -606,7 +618,8 @@ def supervise(settings: Settings, sockets: list[socket.socket], log_level: str) 
     for name in os.listdir(mpdir):
         if name.endswith(".db"):
             os.unlink(os.path.join(mpdir, name))
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir  # set (not read) for prometheus_client, which reads it at import in each worker
+    # set (not read) for prometheus_client, which reads it at import in each worker
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mpdir
     settings = replace(settings, multiprocess_dir=mpdir)
     ctx = multiprocessing.get_context("spawn")
     log = structlog.get_logger("splitter")

@@ -28,6 +28,10 @@ Failures (docstring tree after httpx's _exceptions.py):
       └─ SendTimedOut         the client took no bytes of a spliced body for the send timeout
     BodyCut                  raised by a request body stream that stops short because the answer came first
 
+An exchange is in one `Phase` (head, body, done, must-close, failed), changed only by `Exchange.move`
+along a fixed table (h11's _state.py); httptools' callbacks live apart in `_ResponseParser`, which checks
+the head and hands the exchange what it parsed. Splicing a body past Python is bypass.py's.
+
 A request body stops going upstream as soon as the response head (or a failure) arrives: the body
 stream is told (the head future's callbacks) and the connection is not reused. After
 `Expect: 100-continue` the body waits for the upstream's 100 Continue, its answer, or CONTINUE_WAIT s.
@@ -36,13 +40,10 @@ stream is told (the head future's callbacks) and the connection is not reused. A
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
+import enum
 import re
 import select
 import ssl
-import struct
-import termios
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -53,10 +54,6 @@ import httptools
 from .config import Backend
 
 HIGH_WATER = 256 * 1024  # response bytes buffered before reading from the upstream pauses
-SPLICE_MIN = 256 * 1024  # a Content-Length body with this much left moves socket to socket in the kernel
-SPLICE_PIPE = 1024 * 1024  # the pipe between the two sockets (Linux's default pipe-max-size)
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
-CAN_SPLICE = hasattr(os, "splice")
 _SAFE_METHODS = frozenset(["GET", "HEAD", "OPTIONS", "TRACE"])
 _IDEMPOTENCY_KEYS = frozenset([b"idempotency-key", b"x-idempotency-key"])
 CONTINUE_WAIT = 1.0  # s a body waits for the upstream's 100 Continue (Go's ExpectContinueTimeout, curl's default)
@@ -106,6 +103,8 @@ class Aborted(Exception):
 
 class SendTimedOut(Aborted):
     """The client took no response bytes for the send timeout: it is cut, the exchange cancelled."""
+
+
 class BodyCut(Exception):
     """A request body stream stops short on purpose: the upstream answered (or failed) before it was all sent."""
 
@@ -123,62 +122,60 @@ def map_upstream_error(exc: BaseException) -> UpstreamError:
     return ProtocolFailed(f"upstream failed: {type(exc).__name__}: {exc}")
 
 
-class Exchange:
-    """One request/response on one upstream connection; also the response parser's callbacks."""
+class Phase(enum.Enum):
+    """Where an exchange is (h11's _state.py: one table of moves, one method that makes them)."""
 
-    __slots__ = (
-        "aborted", "body_cut", "buffered", "chunks", "conn", "connection", "content_length", "done", "error", "expect_id", "head", "head_only",
-        "headers", "interim", "keep_alive", "loop", "parser", "raw_left", "read_timeout", "reusable", "status", "trailers", "until_eof", "waiter",
-    )  # fmt: skip
+    HEAD = "head"  # waiting for the response head (100/102/103 heads pass by)
+    BODY = "body"  # the head is in, body bytes are coming
+    DONE = "done"  # the whole response is in
+    MUST_CLOSE = "must_close"  # the whole response is in, but the connection saw a byte nobody asked for, or closed
+    FAILED = "failed"  # `error` ended it (the upstream failed, timed out, or the client went away)
 
-    def __init__(self, method: str) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.aborted = False
-        self.read_timeout = 60.0
-        self.expect_id: bytes | None = None  # the X-Request-ID the answer must carry (check_request_id)
-        self.reset(method)
+    __hash__ = object.__hash__  # members are singletons: hashed in C, not by Enum's hash(name) (per response)
 
-    def reset(self, method: str) -> None:
-        """A fresh exchange (and parser) for another attempt of the same request."""
-        self.head_only = method == "HEAD"
-        self.head: asyncio.Future[None] = self.loop.create_future()
+
+_MOVES = {
+    Phase.HEAD: {Phase.BODY, Phase.DONE, Phase.FAILED},
+    Phase.BODY: {Phase.DONE, Phase.MUST_CLOSE, Phase.FAILED},
+    Phase.DONE: {Phase.MUST_CLOSE, Phase.FAILED},
+    Phase.MUST_CLOSE: {Phase.MUST_CLOSE, Phase.FAILED},
+    Phase.FAILED: {Phase.FAILED},
+}
+_COMPLETE = frozenset([Phase.DONE, Phase.MUST_CLOSE])
+_SPOILED = frozenset([Phase.MUST_CLOSE, Phase.FAILED])  # the connection closes
+
+
+class _ResponseParser:
+    """httptools' callbacks for one response: the head collected and checked, the body and its end
+    handed to the exchange. Interim heads (1xx) and trailers stop here."""
+
+    __slots__ = ("ex", "headers", "interim", "parser", "trailers")
+
+    def __init__(self, ex: Exchange) -> None:
+        self.ex = ex
         self.parser: Any = httptools.HttpResponseParser(self)
-        self.conn: Connection | None = None
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []  # names lower-cased once the head is complete
-        self.connection: bytes | None = None  # the Connection header(s), for the hop-by-hop names they list
-        self.chunks: deque[bytes] = deque()
-        self.buffered = 0
-        self.waiter: asyncio.Future[None] | None = None
-        self.error: BaseException | None = None
-        self.done = False
+        self.headers: list[tuple[bytes, bytes]] = []
         self.interim = False
         self.trailers = False
-        self.until_eof = False
-        self.keep_alive = False
-        self.reusable = True  # until a reason not to reuse the connection turns up
-        self.body_cut = False
-        self.content_length: int | None = None
-        self.raw_left: int | None = None  # body bytes still to come of a Content-Length response
 
-    # --- parser callbacks ---------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self.done:
-            self.reusable = False  # a second response to one request: stray bytes
         self.headers = []
-        self.connection = None
         self.trailers = False
+        if self.ex.done:
+            self.ex.stray()  # a second response to one request
+            self.trailers = True  # its head is not collected either
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.done or self.trailers:
+        if self.trailers:
             return  # trailers are dropped, never merged into the head
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.done:
+        ex = self.ex
+        if ex.done:
             return
         self.trailers = True
-        status = self.status = self.parser.get_status_code()
+        status = ex.status = self.parser.get_status_code()
         if not 100 <= status <= 599:
             raise ProtocolFailed(f"upstream sent status {status}, outside 100..599")
         if status == 101:
@@ -186,10 +183,12 @@ class Exchange:
         if status < 200:
             self.interim = True  # 100/102/103: not relayed; the final response follows
             if status == 100:
-                self._wake()  # a body waiting for the go-ahead goes
+                ex.wake()  # a body waiting for the go-ahead goes
             return
         chunked = False
         rid: bytes | None = None
+        connection: bytes | None = None
+        content_length: int | None = None
         lowered = []
         # one search over all names ("-" is a name character) and one over all values (tab is allowed in one)
         if _BAD_NAME(b"-".join([n for n, _ in self.headers])) or _BAD_VALUE(b"\t".join([v for _, v in self.headers])):
@@ -198,35 +197,109 @@ class Exchange:
             lname = name.lower()
             lowered.append((lname, value))
             if lname == b"connection":
-                self.connection = value if self.connection is None else self.connection + b"," + value
+                connection = value if connection is None else connection + b"," + value
             elif lname == b"content-length":
                 if not value.strip().isdigit():
                     raise ProtocolFailed("upstream sent an invalid Content-Length")
-                self.content_length = int(value)
+                content_length = int(value)
             elif lname == b"transfer-encoding":
                 chunked = True
             elif lname == b"x-request-id":
                 rid = value if rid is None or rid == value else b"(several)"
+        self.headers = []
+        ex.head_in(lowered, connection, content_length, chunked, rid, self.parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        self.ex.body_in(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        self.ex.complete(self.parser.should_keep_alive())
+
+
+class Exchange:
+    """One request/response on one upstream connection: fed by the connection (through its parser),
+    read by the proxy, released back to the pool. `phase` says where it is; only `move` changes it."""
+
+    __slots__ = (
+        "aborted", "body_cut", "buffered", "chunks", "conn", "connection_header", "content_length", "done", "error",
+        "expect_id", "head", "head_only", "headers", "keep_alive", "loop", "parser", "phase", "raw_left",
+        "read_timeout", "status", "until_eof", "waiter",
+    )  # fmt: skip
+
+    def __init__(self, method: str) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.aborted = False  # the client went away
+        self.read_timeout = 60.0
+        self.expect_id: bytes | None = None  # the X-Request-ID the answer must carry (check_request_id)
+        self.reset(method)
+
+    def reset(self, method: str) -> None:
+        """A fresh exchange (and parser) for another attempt of the same request."""
+        self.phase = Phase.HEAD
+        self.done = False  # the whole response is in (DONE or MUST_CLOSE): kept by `move`
+        self.head_only = method == "HEAD"
+        self.head: asyncio.Future[None] = self.loop.create_future()
+        self.parser: _ResponseParser | None = _ResponseParser(self)
+        self.conn: Connection | None = None  # the upstream connection
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []  # names lower-cased
+        self.connection_header: bytes | None = None  # the Connection header(s), for the hop-by-hop names they list
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.waiter: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+        self.until_eof = False
+        self.keep_alive = False
+        self.body_cut = False  # the request body was not all sent: the connection is not reused
+        self.content_length: int | None = None
+        self.raw_left: int | None = None  # body bytes still to come of a Content-Length response
+
+    def move(self, to: Phase) -> None:
+        """The one place the phase changes."""
+        if to not in _MOVES[self.phase]:
+            raise RuntimeError(f"exchange cannot move from {self.phase.name} to {to.name}")
+        self.phase = to
+        self.done = to in _COMPLETE
+
+    @property
+    def answered(self) -> bool:
+        """The upstream answered (or failed): no more of the request body goes."""
+        return self.head.done() or self.error is not None
+
+    # --- from the parser ----------------------------------------------------------------
+    def head_in(
+        self, headers: list[tuple[bytes, bytes]], connection: bytes | None, content_length: int | None, chunked: bool,
+        rid: bytes | None, keep_alive: bool,
+    ) -> None:
+        """The final response head, checked by the parser; names lower-cased (ASGI relays them so anyway)."""
         if self.expect_id is not None and rid != self.expect_id:
             # a shifted or doubled answer (another request's) or none: never relayed, the connection closes
             raise ProtocolFailed(f"upstream answered with X-Request-ID {rid!r}, not the request's {self.expect_id!r}")
-        self.headers = lowered  # names lower-cased once, here (ASGI relays them so anyway)
-        if status == 204 and (chunked or self.content_length):
+        self.headers = headers
+        self.connection_header = connection
+        self.content_length = content_length
+        status = self.status
+        if status == 204 and (chunked or content_length):
             raise ProtocolFailed("upstream sent a body with 204 No Content")
-        if self.head_only:
-            self.done = True  # a HEAD answer ends with its head; a body after it makes the connection unusable
-            self.keep_alive = self.parser.should_keep_alive()
-        self.until_eof = not self.head_only and not chunked and self.content_length is None and status not in (204, 304)
-        if self.content_length is not None and not chunked and not self.head_only and status not in (204, 304):
+        bodiless = self.head_only or status in (204, 304)
+        self.until_eof = not bodiless and not chunked and content_length is None
+        if self.head_only or (content_length is not None and not chunked and not bodiless):
+            self.keep_alive = keep_alive
+        if content_length is not None and not chunked and not bodiless:
             # a known length: once this read is parsed, later bytes are counted, not parsed (no copy)
-            self.raw_left = self.content_length
-            self.keep_alive = self.parser.should_keep_alive()
+            self.raw_left = content_length
+        # a HEAD answer ends with its head; a body after it makes the connection unusable
+        self.move(Phase.DONE if self.head_only else Phase.BODY)
         if not self.head.done():
             self.head.set_result(None)
 
-    def on_body(self, body: bytes) -> None:
+    def body_in(self, body: bytes) -> None:
+        """Body bytes for the proxy; reading from the upstream pauses past HIGH_WATER buffered."""
         if self.done:
-            self.reusable = False  # a body on a HEAD answer
+            self.stray()  # a body on a HEAD answer
             return
         if self.raw_left is not None:
             self.raw_left -= len(body)
@@ -234,22 +307,23 @@ class Exchange:
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and self.conn is not None:
             self.conn.pause_reading()
-        self._wake()
+        self.wake()
 
-    def on_message_complete(self) -> None:
-        if self.interim:
-            self.interim = False
-            return
+    def complete(self, keep_alive: bool) -> None:
         if self.done:
             return
-        self.done = True
-        self.keep_alive = self.parser.should_keep_alive()
-        self._wake()
+        self.keep_alive = keep_alive
+        self.move(Phase.DONE)
+        self.wake()
+
+    def stray(self) -> None:
+        """A byte nobody asked for arrived after the whole response: the connection is never reused."""
+        self.move(Phase.MUST_CLOSE)
 
     # --- from the connection --------------------------------------------------------
     def feed(self, data: bytes) -> None:
         if self.done:
-            self.reusable = False  # bytes after a complete response
+            self.stray()  # bytes after a complete response
             if self.conn is not None:
                 self.conn.close()
             return
@@ -257,43 +331,42 @@ class Exchange:
         if left is not None and self.head.done():
             self._raw(data, left)
             return
+        assert self.parser is not None
         try:
-            self.parser.feed_data(data)
+            self.parser.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # 101 was refused in on_headers_complete
         except httptools.HttpParserError as exc:
             if self.done:
-                self.reusable = False  # garbage after a complete response
+                self.stray()  # garbage after a complete response
             else:
                 cause = exc.__context__ if isinstance(exc.__context__, UpstreamError) else exc
                 self.fail(map_upstream_error(cause))
-        if not self.reusable and self.conn is not None:
+        if self.phase in _SPOILED and self.conn is not None:
             self.conn.close()
 
     def _raw(self, data: bytes, left: int) -> None:
         """Body bytes of a Content-Length response, past the read that held the head."""
-        if len(data) > left:
-            self.reusable = False  # bytes after the declared length: never reuse this connection
+        spoiled = len(data) > left  # bytes after the declared length: never reuse this connection
+        if spoiled:
             data = data[:left]
         if data:
-            self.raw_left = left - len(data)
-            self.chunks.append(data)
-            self.buffered += len(data)
-            if self.buffered > HIGH_WATER and self.conn is not None:
-                self.conn.pause_reading()
-        if self.raw_left == 0:
-            self.done = True
-        self._wake()
-        if not self.reusable and self.conn is not None:
+            self.body_in(data)  # counts raw_left down
+        if self.raw_left == 0 and self.phase is Phase.BODY:
+            self.move(Phase.DONE)
+        self.wake()
+        if spoiled and self.phase is not Phase.FAILED:
+            self.stray()
+        if self.phase in _SPOILED and self.conn is not None:
             self.conn.close()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.reusable = False
         if self.done:
+            self.stray()
             return
-        if self.head.done() and self.until_eof and not self.aborted:
-            self.done = True  # a body delimited by the connection's close
-            self._wake()
+        if self.head.done() and self.until_eof and not self.aborted and self.phase is Phase.BODY:
+            self.move(Phase.MUST_CLOSE)  # a body delimited by the connection's close
+            self.wake()
             return
         if self.head.done():
             self.fail(ProtocolFailed("upstream closed the connection mid-body"))
@@ -303,13 +376,16 @@ class Exchange:
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
-        self.reusable = False
+        self.move(Phase.FAILED)
         if not self.head.done():
             self.head.set_exception(exc)
             self.head.exception()  # retrieved: nobody may be waiting yet
-        self._wake()
+        self.wake()
         if self.conn is not None:
             self.conn.close()
+
+    def time_out(self) -> None:
+        self.fail(UpstreamTimeout("upstream timed out"))
 
     def abort(self) -> None:
         """The client went away: cancel the exchange and close the upstream connection."""
@@ -318,12 +394,13 @@ class Exchange:
         self.aborted = True
         self.fail(Aborted())
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Whoever waits on the exchange looks again; once it has ended, a body still being sent stops."""
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
-        if (self.done or self.error is not None) and self.conn is not None:
-            self.conn.wake_writer()  # a body still being sent stops: the answer is in
+        if (self.done or self.error is not None) and self.conn is not None:  # DONE, MUST_CLOSE or FAILED
+            self.conn.wake_writer()
 
     # --- for the proxy ----------------------------------------------------------------
     async def read(self) -> bytes:
@@ -340,7 +417,7 @@ class Exchange:
             if self.done:
                 return b""
             self.waiter = self.loop.create_future()
-            timer = self.loop.call_later(self.read_timeout, self._timed_out)
+            timer = self.loop.call_later(self.read_timeout, self.time_out)
             try:
                 await self.waiter
             finally:
@@ -358,123 +435,17 @@ class Exchange:
         finally:
             self.waiter = None
 
-    def spliceable(self) -> bool:
-        """The rest of the body is plain bytes of a known length, none buffered: it can skip Python."""
-        conn = self.conn
-        left = self.raw_left
-        return (
-            CAN_SPLICE and left is not None and left >= SPLICE_MIN and not self.chunks and not self.done and self.error is None
-            and conn is not None and not conn.closed and conn.pool.ssl is None and self.head.done()
-        )  # fmt: skip
-
-    async def splice_to(self, fd: int, send_timeout: float = 60.0) -> None:
-        """Move the rest of a Content-Length body from the upstream socket to socket `fd` inside
-        the kernel (splice(2) through a pipe): no copy into Python, none out of it. `raw_left`
-        counts down as bytes leave for `fd`; the same errors as read() (timeout, closed early,
-        Aborted when the client goes), and SendTimedOut when `fd` takes no byte for `send_timeout`
-        seconds. Out of file descriptors, it returns having moved nothing."""
-        conn = self.conn
-        assert conn is not None and conn.transport is not None and self.raw_left is not None
-        fds: list[int] = []
-        try:
-            # add_reader/add_writer refuse a transport's own fd: wait on duplicates of the two sockets
-            fds += (os.dup(conn.transport.get_extra_info("socket").fileno()), os.dup(fd))
-            fds += os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:  # out of file descriptors: the body goes the ordinary way
-            for f in fds:
-                os.close(f)
-            return
-        src, dst, pipe_out, pipe_in = fds
-        try:
-            fcntl.fcntl(pipe_in, getattr(fcntl, "F_SETPIPE_SZ", 1031), SPLICE_PIPE)
-        except OSError:
-            pass  # over the user's pipe quota: the default 64 KiB pipe still works
-        conn.pause_reading()  # the event loop must not read the bytes this moves
-        held = 0
-        try:
-            while self.raw_left > 0:
-                if self.error is not None:
-                    raise self.error
-                if not held:
-                    try:
-                        held = os.splice(src, pipe_in, min(self.raw_left, SPLICE_PIPE), flags=_SPLICE_FLAGS)
-                    except BlockingIOError:
-                        await self._wait_fd(src, write=False)
-                        continue
-                    if not held:
-                        raise ProtocolFailed("upstream closed the connection mid-body")
-                try:
-                    n = os.splice(pipe_out, dst, held, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    await self._wait_fd(dst, write=True, timeout=send_timeout)
-                    continue
-                except OSError as exc:  # EPIPE, ECONNRESET: the client is gone
-                    raise Aborted() from exc
-                held -= n
-                self.raw_left -= n
-        except (UpstreamError, Aborted) as exc:
-            self.fail(exc)
-            raise
-        except OSError as exc:  # from the upstream socket: a reset mid-body
-            cut = ProtocolFailed(f"upstream closed the connection mid-body ({type(exc).__name__})")
-            self.fail(cut)
-            raise cut from exc
-        finally:
-            for f in fds:
-                os.close(f)
-        self.done = True
-        conn.resume_reading()  # a byte past the declared length now shows, and the connection is not reused
-
-    async def _wait_fd(self, fd: int, write: bool, timeout: float = 60.0) -> None:
-        """Until `fd` is ready; a failure of the exchange (client gone, upstream closed) ends the wait
-        and is raised. Waits to read are bounded by the backend's read timeout, waits to write
-        (for the client to take bytes) by `timeout`."""
-        fut = self.waiter = self.loop.create_future()
-        ready = fut.set_result
-        timer: _Rearming | asyncio.TimerHandle
-        if write:
-            self.loop.add_writer(fd, lambda: fut.done() or ready(None))
-            timer = self._stall_timer(fd, timeout, unsent(fd))
-        else:
-            self.loop.add_reader(fd, lambda: fut.done() or ready(None))
-            timer = self.loop.call_later(self.read_timeout, self._timed_out)
-        try:
-            await fut
-        finally:
-            timer.cancel()
-            self.waiter = None
-            (self.loop.remove_writer if write else self.loop.remove_reader)(fd)
-        if self.error is not None:
-            raise self.error
-
-    def _timed_out(self) -> None:
-        self.fail(UpstreamTimeout("upstream timed out"))
-
-    def _stall_timer(self, fd: int, timeout: float, before: int) -> _Rearming:
-        """Fails the exchange with SendTimedOut unless the client took some of what waits in the
-        kernel's send queue within `timeout` (the kernel may not call a socket writable again until
-        a third of its buffer is free: the queue shrinking is the progress)."""
-        handle = _Rearming()
-
-        def check(before: int) -> None:
-            now = unsent(fd)
-            if now < before:
-                handle.timer = self.loop.call_later(timeout, check, now)
-            else:
-                self.fail(SendTimedOut())
-
-        handle.timer = self.loop.call_later(timeout, check, before)
-        return handle
-
     def release(self) -> None:
         """Done with it: the connection goes back to the pool only if it is clean."""
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.exchange = None
-            ok = self.reusable and self.done and self.keep_alive and not self.body_cut and not self.chunks and self.error is None
+            ok = self.phase is Phase.DONE and self.keep_alive and not self.body_cut and not self.chunks
             conn.pool.release(conn, ok)
         self.chunks.clear()  # an aborted download's buffered bytes go now, not at the next GC
-        self.parser = None  # break the parser <-> exchange cycle: freed by refcount, no GC work
+        parser, self.parser = self.parser, None
+        if parser is not None:
+            parser.parser = None  # break the cycles exchange <-> adapter <-> httptools: freed by refcount, no GC work
         if self.error is not None:
             self.error.__traceback__ = None  # its frames hold body chunks: no cycle for the GC to find later
 
@@ -529,7 +500,7 @@ class Connection(asyncio.Protocol):
 
     async def drain(self, ex: Exchange) -> None:
         """Wait while the upstream reads slower than the body arrives; stop waiting once it has answered."""
-        while self.write_paused and not self.closed and not ex.head.done() and ex.error is None:
+        while self.write_paused and not self.closed and not ex.answered:
             self.drain_waiter = asyncio.get_running_loop().create_future()
             await self.drain_waiter
 
@@ -577,7 +548,8 @@ class Pool:
         self.retired = False
 
     async def exchange(
-        self, ex: Exchange, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: AsyncIterator[bytes] | None, chunked: bool
+        self, ex: Exchange, method: str, target: bytes, headers: list[tuple[bytes, bytes]],
+        body: AsyncIterator[bytes] | None, chunked: bool,
     ) -> None:
         """Send the request (streaming its body) and wait for the response head on `ex`."""
         ex.read_timeout = self.backend.read_timeout
@@ -615,13 +587,13 @@ class Pool:
         `Expect: 100-continue` gets no 100 Continue)."""
         transport = conn.transport
         assert transport is not None
-        if ex.head.done() or ex.error is not None:
+        if ex.answered:
             ex.body_cut = True
             return
         ex.head.add_done_callback(lambda _: conn.wake_writer())  # a wait for the upstream to read ends too
         try:
             async for chunk in body:
-                if ex.head.done() or ex.error is not None or conn.closed:
+                if ex.answered or conn.closed:
                     ex.body_cut = True  # the upstream answered (or failed) before the body was sent: stop
                     break
                 transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
@@ -641,7 +613,7 @@ class Pool:
         if ex.head.done():
             ex.head.result()
             return
-        timer = ex.loop.call_later(ex.read_timeout, ex._timed_out)
+        timer = ex.loop.call_later(ex.read_timeout, ex.time_out)
         try:
             await ex.head
         finally:
@@ -676,7 +648,9 @@ class Pool:
         conn = Connection(self)
         try:
             await asyncio.wait_for(
-                loop.create_connection(lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None),
+                loop.create_connection(
+                    lambda: conn, self.host, self.port, ssl=self.ssl, server_hostname=self.host if self.ssl else None
+                ),
                 self.backend.connect_timeout,
             )
         except BaseException as exc:
@@ -721,24 +695,6 @@ class Pool:
         self.retired = True
         for conn in list(self.idle):
             conn.close()
-
-
-class _Rearming:
-    """A timer that may replace itself: cancel() cancels the current one."""
-
-    timer: asyncio.TimerHandle | None = None
-
-    def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-
-
-def unsent(fd: int) -> int:
-    """Bytes in a socket's send queue the peer has not yet acknowledged (SIOCOUTQ): 0 when unknown."""
-    try:
-        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
-    except OSError:
-        return 0
 
 
 async def once(body: bytes) -> AsyncIterator[bytes]:

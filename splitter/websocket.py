@@ -24,8 +24,8 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from .bypass import CLIENT_HOOK
 from .call import Call, Refused
-from .proxy import CLIENT_HOOK
 from .upstream import ProtocolFailed, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:

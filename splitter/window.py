@@ -27,7 +27,7 @@ MAX_S = 60.0
 MAX_INDEX = math.ceil(math.log(MAX_S / MIN_S) * _INV_LOG_GAMMA)
 MAX_SLOTS = 600  # a window keeps at most this many slots: one second each, coarser for long windows
 FINAL_AFTER_S = 3.0  # a slot this far in the past has been flushed by every process: cache it
-BACKENDS = ("new", "legacy")
+ROLES = ("new", "legacy")  # the two sides a route's windows are kept for, in the order they are drained and shown
 
 
 def bucket_index(seconds: float) -> int:
@@ -162,7 +162,7 @@ class Outcomes:
     def __init__(self, spans: Iterable[float]) -> None:
         self.spans = tuple(sorted({max(1.0, s) for s in spans}))
         self.pending: dict[str, dict[int, Counts]] = {"new": {}, "legacy": {}}
-        self.windows: dict[tuple[str, float], Window] = {(b, s): Window(s) for b in BACKENDS for s in self.spans}
+        self.windows: dict[tuple[str, float], Window] = {(b, s): Window(s) for b in ROLES for s in self.spans}
         self.since = 0.0  # judge only what happened after the last change of percent
 
     def record(self, backend: str, now: float, error: bool, seconds: float) -> None:
@@ -180,7 +180,7 @@ class Outcomes:
     def drain(self) -> list[tuple[str, int, Counts]]:
         """Take what was counted since the last drain; merged into the local windows here."""
         out = []
-        for backend in BACKENDS:
+        for backend in ROLES:
             pending, self.pending[backend] = self.pending[backend], {}
             for sec, counts in pending.items():
                 for span in self.spans:
@@ -318,7 +318,7 @@ class Windows:
     async def view(self, route: str, now: float, span_s: float, since: float | None = None) -> dict[str, Any]:
         """What /admin/routes shows: the window the judges read, both sides."""
         out: dict[str, Any] = {"scope": self.scope, "span_s": span_s}
-        for backend in BACKENDS:
+        for backend in ROLES:
             out[backend] = (await self.totals(route, backend, now, span_s, since)).view()
         return out
 

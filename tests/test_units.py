@@ -1,4 +1,7 @@
-"""Fast in-process tests of the pure pieces: gate decisions, JSON diff, error mapping, path normalisation."""
+"""Fast in-process tests of the pure pieces: gate decisions, JSON diff, error mapping, path normalisation,
+an upstream exchange's phases."""
+
+import asyncio
 
 import httptools
 import pytest
@@ -117,8 +120,8 @@ def test_client_writes_of_one_loop_step_go_out_together_in_order():
         def is_closing(self) -> bool:
             return self.closing
 
-        def get_extra_info(self, name: str) -> str:
-            return f"info:{name}"
+        def get_extra_info(self, name: str) -> str | None:
+            return None if name == "socket" else f"info:{name}"  # no socket: nothing in a kernel send queue
 
     async def scenario() -> list[list[tuple[str, object]]]:
         loop = asyncio.get_running_loop()
@@ -151,3 +154,52 @@ def test_client_writes_of_one_loop_step_go_out_together_in_order():
     assert one == [("writelines", [b"HTTP/1.1 200 OK\r\n\r\n", b"body"]), ("write", b"next")]
     assert closed == [("write", b"last words"), ("close", None)], "sent before the close, nothing after it"
     assert aborted == [("abort", None)]
+
+
+def test_an_exchange_moves_head_body_done_and_a_stray_byte_after_its_length_means_must_close():
+    """The parser adapter drives the exchange with no socket: its phase is named at each step, and
+    a move the table does not allow is a bug that raises rather than a state nobody expected."""
+    from splitter.upstream import Exchange, Phase
+
+    async def scenario() -> list[object]:
+        ex = Exchange("GET")
+        seen: list[object] = [ex.phase]
+        ex.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: x-hop\r\n\r\nhel")
+        seen += [ex.phase, ex.headers, ex.connection_header]
+        ex.feed(b"lo")
+        seen += [ex.phase, await ex.read(), await ex.read(), await ex.read()]
+        ex.feed(b"H")  # a byte nobody asked for
+        seen.append(ex.phase)
+        with pytest.raises(RuntimeError, match="MUST_CLOSE to BODY"):
+            ex.move(Phase.BODY)
+        head = Exchange("HEAD")
+        head.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n")
+        seen += [head.phase, head.keep_alive]
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen == [
+        Phase.HEAD,
+        Phase.BODY, [(b"content-length", b"5"), (b"connection", b"x-hop")], b"x-hop",
+        Phase.DONE, b"hel", b"lo", b"",
+        Phase.MUST_CLOSE,
+        Phase.DONE, True,
+    ]  # fmt: skip
+
+
+def test_an_exchange_that_failed_stays_failed_and_raises_its_first_error():
+    from splitter.upstream import Exchange, Phase
+
+    async def scenario() -> tuple[Phase, BaseException | None, str]:
+        ex = Exchange("GET")
+        ex.feed(b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nabc")
+        ex.connection_lost(None)  # the close that follows keeps the first error
+        try:
+            await ex.read()
+        except ProtocolFailed as exc:
+            return ex.phase, ex.error, exc.detail
+        return ex.phase, ex.error, "no error"
+
+    phase, error, detail = asyncio.run(scenario())
+    assert phase is Phase.FAILED and isinstance(error, ProtocolFailed)
+    assert detail == "upstream sent a body with 204 No Content"
