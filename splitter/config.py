@@ -11,13 +11,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
 
-BACKENDS = ("legacy", "new")
-ANONYMOUS = ("cookie", "legacy", "new")
+ROLES = ("legacy", "new")  # a request's side: what windows, guard, rollout, shadow and metrics compare
+# role -> the backend that serves it, by default: the only place "legacy"/"new" are backend names
+DEFAULT_BACKENDS: Mapping[str, str] = MappingProxyType({"legacy": "legacy", "new": "new"})
+BACKENDS = tuple(DEFAULT_BACKENDS.values())  # the backends routes.yaml defines
+ANONYMOUS = ("cookie", *ROLES)
 ID_KINDS = ("header", "cookie", "jwt_sub")
 NAME_RE = re.compile(r"[a-z0-9_]+")
 DEFAULT_MAX_BODY = 1 << 30
@@ -118,6 +122,7 @@ class Route:
     guard: GuardSpec | None = None
     shadow: ShadowSpec | None = None
     rollout: RolloutSpec | None = None
+    backends: Mapping[str, str] = field(default_factory=lambda: DEFAULT_BACKENDS)  # role -> backend name
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class Config:
     notify: tuple[NotifyTarget, ...] = ()
     admin_reads: str = "open"  # or "token": reads on /admin/* need a viewer token too
     by_name: Mapping[str, Route] = field(default_factory=dict)
+    role_backends: Mapping[str, str] = field(default_factory=lambda: DEFAULT_BACKENDS)  # when no route matches
     # (prefix, route) longest first, so the first hit is the longest prefix
     _ordered: tuple[tuple[str, Route], ...] = ()
 
@@ -423,7 +429,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
     if anonymous not in ANONYMOUS:
         doc.error("anonymous", f"must be one of {', '.join(ANONYMOUS)}, got {_show(anonymous)}")
     unmatched = data.get("unmatched", "legacy")
-    if unmatched not in BACKENDS:
+    if unmatched not in ROLES:
         doc.error("unmatched", f"must be legacy or new, got {_show(unmatched)}")
 
     routes = _routes(doc, data.get("routes"), environment) if "routes" in data else []

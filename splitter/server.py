@@ -40,6 +40,7 @@ import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from .call import error_body
 from .runtime import Settings
 from .upstream import unsent
 
@@ -297,7 +298,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
             return
         _count_rejected(self.app, "headers_too_large")
-        body = b'{"error": "request header fields too large", "handler": null, "request_id": null}'
+        body = error_body("request header fields too large", None, None)
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body)
         self.transport.close()
 
