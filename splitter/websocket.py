@@ -201,24 +201,7 @@ class WebSockets:
             gauge.dec()
             self.open[call.route_name].discard(session)
             call.status = 101
-            log.info(
-                "websocket",
-                request_id=call.request_id,
-                path=call.path,
-                route=call.route_name,
-                handler=call.handler,
-                backend=call.role,
-                reason=call.reason,
-                status=101,
-                user_bucket=call.user_bucket,
-                client=call.client,
-                duration_ms=round((time.perf_counter() - call.start) * 1000, 3),
-                messages_up=session.up,
-                messages_down=session.down,
-                close_code=session.close_code,
-                close_reason=session.close_reason,
-                closed_by=session.closed_by,
-            )
+            _log_session(call, session)
 
     async def _refused(self, scope: Scope, send: Send, call: Call, exc: InvalidStatus) -> None:
         """The backend said no: the client gets its answer (status, headers, body)."""
@@ -257,6 +240,27 @@ class WebSockets:
         sessions = [s for s in self.open.get(route, ()) if s.call.role == role]
         await asyncio.gather(*(s.close(code, reason) for s in sessions), return_exceptions=True)
         return len(sessions)
+
+
+def _log_session(call: Call, session: Session) -> None:
+    log.info(
+        "websocket",
+        request_id=call.request_id,
+        path=call.path,
+        route=call.route_name,
+        handler=call.handler,
+        backend=call.role,
+        reason=call.reason,
+        status=101,
+        user_bucket=call.user_bucket,
+        client=call.client,
+        duration_ms=round((time.perf_counter() - call.start) * 1000, 3),
+        messages_up=session.up,
+        messages_down=session.down,
+        close_code=session.close_code,
+        close_reason=session.close_reason,
+        closed_by=session.closed_by,
+    )
 
 
 async def _deny(scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
