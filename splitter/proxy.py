@@ -5,8 +5,10 @@ an outbound header list is built; Connection-named headers are removed first,
 then the fixed hop-by-hop list, then the proxy adds its own headers (so a client
 cannot strip them); one function maps upstream failures (upstream.map_upstream_error);
 once the response head is sent, a failure aborts the connection instead of
-writing a second status. One per-request record (`Call`) carries what the steps
-decide, and the canonical log line is written from it.
+writing a second status. One per-request record (`Call`, like Go's ProxyRequest:
+the inbound headers and the outbound target and headers) carries what the steps
+decide; decide.py chooses the side. Every exit ends in `_finish`, which records
+the metrics, the guard's and rollout's windows and the canonical log line.
 
 Nothing here does I/O but the upstream call: routing state is an immutable
 snapshot replaced whole by reloads and override changes. Header bytes are never
