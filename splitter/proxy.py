@@ -393,6 +393,7 @@ class Proxy:
             target = self._refuse(scope, call, hd, hosts, cfg)
         except Refused as refusal:
             await self._answer_refusal(call, send, refusal)
+            self._finish(call)
             return
         if target is None:  # OPTIONS *: about the server itself, answered here
             await send({"type": "http.response.start", "status": 200, "headers": [(b"allow", _ALLOW), (b"content-length", b"0"), (b"x-request-id", call.request_id.encode())]})
@@ -463,11 +464,11 @@ class Proxy:
         return target + b"?" + qs if qs else target
 
     async def _answer_refusal(self, call: Call, send: Send, refusal: Refused) -> None:
+        """The proxy's own 400, 408 or 413 (the caller then ends the request in _finish)."""
         call.refused = True
         call.status = refusal.status
         call.error = refusal.reason
         await _send_error(send, refusal.status, refusal.message, call.handler, call.request_id)
-        self._finish(call)
 
     # --- step 2: who decides the backend ---------------------------------------------------
     def _choose(self, scope: Scope, call: Call, snap: Snapshot) -> None:
