@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, bucketing, judge, strictjson
 from .console import console_routes
+from .decide import Facts, decide
 from .metrics import CONTENT_TYPE
 from .overrides import Conflict, Unavailable
 from .rollout import Refused as RolloutRefused
@@ -554,10 +555,13 @@ def _raw_query_param(query: bytes, name: bytes) -> bytes | None:
 
 
 def bucket_view(snap: Any, user_id: bytes) -> dict[str, Any]:
+    """Per route, the user's bucket and the proxy's decision for a request with this id
+    (`backend` is the role; `reason` says what decided)."""
     routes = []
     for r in snap.config.routes:
+        d = decide(snap, r, Facts(None, user_id))
+        assert d is not None  # the user id is known
         b = bucketing.bucket(user_id, r.salt)
         pct = snap.percent[r.name]
-        backend = "legacy" if snap.kill else bucketing.backend_for(b, pct)
-        routes.append({"route": r.name, "bucket": b, "percent": pct, "backend": backend})
+        routes.append({"route": r.name, "bucket": b, "percent": pct, "backend": d.role, "reason": d.reason})
     return {"user_id": user_id.decode("utf-8", "replace"), "kill": snap.kill, "routes": routes}

@@ -1,4 +1,4 @@
-"""User key -> bucket -> backend. Pure functions: no I/O, no globals.
+"""User key -> bucket (decide.py turns it into a role). Pure functions: no I/O, no globals.
 
 The formula is the migration plan's ABTestManager, so the proxy and any
 application-side flag agree on who is "new": md5 of the UTF-8 user id, first
@@ -32,10 +32,6 @@ def bucket(user_id: bytes | str, salt: str | None = None) -> int:
 def is_new(bucket_: int, percent: int) -> bool:
     """The one rule: a user is on new when their bucket is below the percent."""
     return bucket_ < percent
-
-
-def backend_for(bucket_: int, percent: int) -> str:
-    return "new" if is_new(bucket_, percent) else "legacy"
 
 
 def cookie_value(cookie_header: bytes, name: bytes) -> bytes | None:

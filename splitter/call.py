@@ -6,7 +6,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+
 from .config import Route
+
+
+def error_body(message: str, handler: str | None, request_id: str | None) -> bytes:
+    """The JSON body of every answer the proxy writes itself (400, 408, 413, 431, 502, 503, 504)."""
+    return orjson.dumps({"error": message, "handler": handler, "request_id": request_id})
 
 
 class Refused(Exception):
@@ -18,11 +25,13 @@ class Refused(Exception):
 
 
 class Call:
-    """One request's record: what each step decided, and what the log line reports."""
+    """One request's record: what each step decided, the outbound request (Go's ProxyRequest.Out:
+    target, headers), and what the log line reports."""
 
     __slots__ = (
-        "backend", "bytes_in", "bytes_out", "client", "error", "handler", "method", "path", "request_id",
-        "route", "route_name", "start", "status", "upstream_ms", "user_bucket", "detail",
+        "role", "backend", "reason", "bytes_in", "bytes_out", "client", "error", "handler", "method", "path",
+        "request_id", "route", "route_name", "start", "status", "upstream_ms", "user_bucket", "detail",
+        "inbound", "target", "headers", "set_cookie", "refused", "head_sent",
     )  # fmt: skip
 
     def __init__(self, scope: dict[str, Any], request_id: str) -> None:
@@ -34,7 +43,9 @@ class Call:
         self.client: str = client[0] if client else ""
         self.route: Route | None = None
         self.route_name = "-"
-        self.backend: str | None = None
+        self.role: str | None = None  # legacy | new: what metrics and windows compare
+        self.backend: str | None = None  # the configured backend that serves the role
+        self.reason: str | None = None  # what decided (decide.Decision.reason)
         self.handler: str | None = None
         self.user_bucket: int | None = None
         self.status = 0
@@ -43,3 +54,9 @@ class Call:
         self.upstream_ms: float | None = None
         self.error: str | None = None
         self.detail: str | None = None
+        self.inbound: dict[bytes, bytes] = {}  # the request's headers by lower-case name
+        self.target = b""  # the outbound path and query
+        self.headers: list[tuple[bytes, bytes]] = []  # the outbound headers
+        self.set_cookie: bytes | None = None  # the proxy's own Set-Cookie for the answer
+        self.refused = False  # answered by the proxy itself (a 400, 408 or 413)
+        self.head_sent = False  # the response head is out: a failure now aborts the connection

@@ -200,39 +200,44 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_bucket(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
-    from . import bucketing
-
     if args.admin:
         view = _admin(args, "GET", "/admin/bucket?user_id=" + quote(args.user_id, safe=""))
-        rows = [(r["route"], r["bucket"], r["percent"], r["backend"]) for r in view["routes"]]
+        rows = [(r["route"], r["bucket"], r["percent"], r["backend"], r["reason"]) for r in view["routes"]]
         source = f"live values from {args.admin}" + (" (kill switch ON)" if view["kill"] else "")
         env = None
     else:
         env = os.environ.get("SPLITTER_ENV") or None
         cfg = _load_or_fail(_config_path(args.config, "pass --config PATH, or --admin URL for live values"), env)
-        rows = []
-        for r in cfg.routes:
-            b = bucketing.bucket(args.user_id, r.salt)
-            rows.append((r.name, b, r.percent, bucketing.backend_for(b, r.percent)))
+        rows = _bucket_rows(cfg, args.user_id)
         env = cfg.environment
         source = f"routes.yaml values, environment {env}; live values: --admin URL"
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "user_id": args.user_id,
-                    "source": "admin" if args.admin else "file",
-                    "environment": env,
-                    "routes": [dict(zip(("route", "bucket", "percent", "backend"), row, strict=True)) for row in rows],
-                }
-            )
-        )
+        keys = ("route", "bucket", "percent", "backend", "reason")
+        routes = [dict(zip(keys, row, strict=True)) for row in rows]
+        origin = "admin" if args.admin else "file"
+        print(json.dumps({"user_id": args.user_id, "source": origin, "environment": env, "routes": routes}))
         return 0
     print(f"user {args.user_id!r} ({source})")
-    print(f"{'ROUTE':<20} {'BUCKET':>6} {'PERCENT':>7}  BACKEND")
-    for name, b, pct, backend in rows:
-        print(f"{name:<20} {b:>6} {pct:>7}  {backend}")
+    print(f"{'ROUTE':<20} {'BUCKET':>6} {'PERCENT':>7}  {'BACKEND':<8} REASON")
+    for name, b, pct, backend, reason in rows:
+        print(f"{name:<20} {b:>6} {pct:>7}  {backend:<8} {reason}")
     return 0
+
+
+def _bucket_rows(cfg: config_mod.Config, user_id: str) -> list[tuple[str, int, int, str, str]]:
+    """(route, bucket, percent, role, reason) per route, decided on routes.yaml's values alone."""
+    from . import bucketing
+    from .decide import Facts, decide
+    from .runtime import Snapshot
+
+    snap = Snapshot(cfg, {r.name: r.percent for r in cfg.routes}, dict.fromkeys(cfg.by_name, "file"), False)
+    uid = user_id.encode("utf-8", "surrogatepass")
+    rows = []
+    for r in cfg.routes:
+        d = decide(snap, r, Facts(None, uid))
+        assert d is not None  # the user id is known
+        rows.append((r.name, bucketing.bucket(uid, r.salt), r.percent, d.role, d.reason))
+    return rows
 
 
 # --- admin API clients --------------------------------------------------------------

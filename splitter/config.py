@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,8 +19,11 @@ import yaml
 
 from .routes import RouteTable
 
-BACKENDS = ("legacy", "new")
-ANONYMOUS = ("cookie", "legacy", "new")
+ROLES = ("legacy", "new")  # a request's side: what windows, guard, rollout, shadow and metrics compare
+# role -> the backend that serves it, by default: the only place "legacy"/"new" are backend names
+DEFAULT_BACKENDS: Mapping[str, str] = MappingProxyType({"legacy": "legacy", "new": "new"})
+BACKENDS = tuple(DEFAULT_BACKENDS.values())  # the backends routes.yaml defines
+ANONYMOUS = ("cookie", *ROLES)
 ID_KINDS = ("header", "cookie", "jwt_sub")
 NAME_RE = re.compile(r"[a-z0-9_]+")
 DEFAULT_MAX_BODY = 1 << 30
@@ -120,6 +124,7 @@ class Route:
     guard: GuardSpec | None = None
     shadow: ShadowSpec | None = None
     rollout: RolloutSpec | None = None
+    backends: Mapping[str, str] = field(default_factory=lambda: DEFAULT_BACKENDS)  # role -> backend name
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,7 @@ class Config:
     notify: tuple[NotifyTarget, ...] = ()
     admin_reads: str = "open"  # or "token": reads on /admin/* need a viewer token too
     by_name: Mapping[str, Route] = field(default_factory=dict)
+    role_backends: Mapping[str, str] = field(default_factory=lambda: DEFAULT_BACKENDS)  # when no route matches
     # the prefixes by segment (routes.py), built once at load
     _table: RouteTable[Route] = field(default_factory=lambda: RouteTable(()), compare=False, repr=False)
 
@@ -273,7 +279,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         },
         "anonymous": {"enum": list(ANONYMOUS)},
         "routes": {"type": "array", "items": {"$ref": "#/$defs/route"}},
-        "unmatched": {"enum": list(BACKENDS)},
+        "unmatched": {"enum": list(ROLES)},
         "redis": {"oneOf": [{"type": "null"}, {"$ref": "#/$defs/redis"}]},
         "trusted_proxies": _STRINGS,
         "max_body_bytes": {"type": "integer", "minimum": 1},
@@ -437,7 +443,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
     if anonymous not in ANONYMOUS:
         doc.error("anonymous", f"must be one of {', '.join(ANONYMOUS)}, got {_show(anonymous)}")
     unmatched = data.get("unmatched", "legacy")
-    if unmatched not in BACKENDS:
+    if unmatched not in ROLES:
         doc.error("unmatched", f"must be legacy or new, got {_show(unmatched)}")
 
     routes = _routes(doc, data.get("routes"), environment) if "routes" in data else []

@@ -5,8 +5,10 @@ an outbound header list is built; Connection-named headers are removed first,
 then the fixed hop-by-hop list, then the proxy adds its own headers (so a client
 cannot strip them); one function maps upstream failures (upstream.map_upstream_error);
 once the response head is sent, a failure aborts the connection instead of
-writing a second status. One per-request record (`Call`) carries what the steps
-decide, and the canonical log line is written from it.
+writing a second status. One per-request record (`Call`, like Go's ProxyRequest:
+the inbound headers and the outbound target and headers) carries what the steps
+decide; decide.py chooses the side. Every exit ends in `_finish`, which records
+the metrics, the guard's and rollout's windows and the canonical log line.
 
 Nothing here does I/O but the upstream call: routing state is an immutable
 snapshot replaced whole by reloads and override changes. Header bytes are never
@@ -27,13 +29,13 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import orjson
 from multidict import CIMultiDict
 
 from . import bucketing, bypass
 from .bypass import CLIENT_HOOK, ClientConnection
-from .call import Call, Refused
-from .config import UID_COOKIE, Config, Route, ShadowSpec
+from .call import Call, Refused, error_body
+from .config import ROLES, UID_COOKIE, Config, Route, ShadowSpec
+from .decide import Facts, decide
 from .logs import ACCESS
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
 from .shadow import Shadow
@@ -68,6 +70,7 @@ _DROP_UPSTREAM = HOP_HEADERS | _REPLACED | _FORWARDED
 _DROP_UPSTREAM_TRUSTED = HOP_HEADERS | _REPLACED
 _DROP_DOWNSTREAM = HOP_HEADERS | frozenset([b"x-splitter-handler", b"x-request-id"])
 _ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+_FORCEABLE = {role.encode(): role for role in ROLES}  # X-Splitter-Backend values
 
 _SANE_REQUEST_ID = re.compile(rb"[!-~]{1,128}").fullmatch
 _ENCODED_SLASH = re.compile("%2[fF]")
@@ -262,7 +265,10 @@ def _begin(scope: Scope) -> tuple[Call, dict[bytes, bytes], int]:
     if len(hd) < len(raw_headers):  # a repeated header: the slow path reads them as lists
         hd, hosts = _merged_headers(raw_headers)
     raw_rid = hd.get(b"x-request-id")
-    return Call(scope, raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else os.urandom(16).hex()), hd, hosts
+    rid = raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else os.urandom(16).hex()
+    call = Call(scope, rid)
+    call.inbound = hd
+    return call, hd, hosts
 
 
 def _merged_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], int]:
@@ -310,36 +316,39 @@ class Proxy:
             target = self._refuse(scope, call, hd, hosts, cfg)
         except Refused as refusal:
             await self._answer_refusal(call, send, refusal)
+            self._finish(call)
             return
         if target is None:  # OPTIONS *: about the server itself, answered here
             await send({"type": "http.response.start", "status": 200, "headers": [(b"allow", _ALLOW), (b"content-length", b"0"), (b"x-request-id", call.request_id.encode())]})
             await send({"type": "http.response.body", "body": b""})
             call.status = 200
-            self._log(call)
+            self._finish(call)
             return
-        set_cookie = self._choose(scope, call, hd, snap)
-        headers = self._outbound_headers(scope, call, hd, cfg)
-        await self._counted(scope, receive, send, call, hd, headers, target, set_cookie)
+        call.target = target
+        self._choose(scope, call, snap)
+        call.headers = self._outbound_headers(scope, call, hd, cfg)
+        await self._counted(scope, receive, send, call)
 
-    def prepare(self, scope: Scope) -> tuple[Call, list[tuple[bytes, bytes]], bytes, bytes | None]:
-        """The same decision for an upgrade: (call, outbound headers, target, Set-Cookie); raises Refused."""
+    def prepare(self, scope: Scope) -> Call:
+        """The same decision for an upgrade: the call with its outbound request (target, headers,
+        Set-Cookie); raises Refused."""
         call, hd, hosts = _begin(scope)
         snap = self.rt.snapshot
         target = self._refuse(scope, call, hd, hosts, snap.config)
         if target is None:
             raise Refused(400, "bad_request", "the request target must be a path")
-        set_cookie = self._choose(scope, call, hd, snap)
-        return call, self._outbound_headers(scope, call, hd, snap.config), target, set_cookie
+        call.target = target
+        self._choose(scope, call, snap)
+        call.headers = self._outbound_headers(scope, call, hd, snap.config)
+        return call
 
-    async def _counted(
-        self, scope: Scope, receive: Receive, send: Send, call: Call, hd: dict[bytes, bytes], headers: list[tuple[bytes, bytes]], target: bytes, set_cookie: bytes | None
-    ) -> None:
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, call: Call) -> None:
         self.in_flight += 1
         gauge = self.in_flight_gauge
         if gauge is not None:
             gauge.inc()
         try:
-            await self._forward(scope, receive, send, call, hd, headers, target, set_cookie)
+            await self._forward(scope, receive, send, call)
         finally:
             self.in_flight -= 1
             if gauge is not None:
@@ -378,41 +387,36 @@ class Proxy:
         return target + b"?" + qs if qs else target
 
     async def _answer_refusal(self, call: Call, send: Send, refusal: Refused) -> None:
-        self.rt.metrics.rejected.labels(refusal.reason).inc()
+        """The proxy's own 400, 408 or 413 (the caller then ends the request in _finish)."""
+        call.refused = True
         call.status = refusal.status
         call.error = refusal.reason
         await _send_error(send, refusal.status, refusal.message, call.handler, call.request_id)
-        self._log(call)
 
     # --- step 2: who decides the backend ---------------------------------------------------
-    def _choose(self, scope: Scope, call: Call, hd: dict[bytes, bytes], snap: Snapshot) -> bytes | None:
-        """Sets route, backend, handler and bucket on the call; returns a Set-Cookie to add, if any."""
+    def _choose(self, scope: Scope, call: Call, snap: Snapshot) -> None:
+        """decide() for this request: sets route, role, backend, reason, bucket and handler on the
+        call, and the Set-Cookie that remembers a new anonymous id."""
         cfg = snap.config
+        hd = call.inbound
         route = call.route = cfg.match(call.path)
         route_name = call.route_name = route.name if route is not None else "unmatched"
-        set_cookie = None
-        forced = hd.get(b"x-splitter-backend")
-        if forced is not None and forced in (b"legacy", b"new") and self._force_allowed(cfg.environment, hd.get(b"x-splitter-token")):
-            backend = forced.decode()
-        elif snap.kill:
-            backend = "legacy"
-        else:
-            uid = bucketing.user_id(cfg.user_id, hd, cfg.anonymous == "cookie")
-            if uid is None and cfg.anonymous == "cookie":
-                uid = os.urandom(16).hex().encode()
-                set_cookie = _uid_cookie(uid, _is_https(scope, hd, cfg.trusted_proxies))
-            if route is None:
-                backend = cfg.unmatched
-                if uid is not None:
-                    call.user_bucket = bucketing.bucket(uid)
-            elif uid is None:
-                backend = cfg.anonymous  # legacy | new
-            else:
-                call.user_bucket = bucketing.bucket(uid, route.salt)
-                backend = bucketing.backend_for(call.user_bucket, snap.percent[route_name])
-        call.backend = backend
-        call.handler = ("new_" if backend == "new" else "old_") + route_name
-        return set_cookie
+        facts = Facts(self._forced(hd, cfg), bucketing.user_id(cfg.user_id, hd, cfg.anonymous == "cookie"))
+        decision = decide(snap, route, facts)
+        if decision is None:  # anonymous under `anonymous: cookie`: a new id, kept in a cookie
+            uid = os.urandom(16).hex().encode()
+            call.set_cookie = _uid_cookie(uid, _is_https(scope, hd, cfg.trusted_proxies))
+            decision = decide(snap, route, facts._replace(user_id=uid))
+            assert decision is not None
+        call.role, call.backend, call.user_bucket, call.reason = decision
+        call.handler = ("new_" if decision.role == "new" else "old_") + route_name
+
+    def _forced(self, hd: dict[bytes, bytes], cfg: Config) -> str | None:
+        """The role an X-Splitter-Backend header names, when this request may force it."""
+        role = _FORCEABLE.get(hd.get(b"x-splitter-backend", b""))
+        if role is None or not self._force_allowed(cfg.environment, hd.get(b"x-splitter-token")):
+            return None
+        return role
 
     # --- step 3: the outbound head ----------------------------------------------------------
     def _outbound_headers(self, scope: Scope, call: Call, hd: dict[bytes, bytes], cfg: Config) -> list[tuple[bytes, bytes]]:
@@ -425,7 +429,8 @@ class Proxy:
         # a list, not a dict: repeated headers stay repeated; the names added below were dropped above
         out = [(n, v) for n, v in scope["headers"] if n not in drop]
         if b"host" not in hd:  # HTTP/1.0 without Host: the upstream speaks HTTP/1.1
-            out.append((b"host", self.rt.pool(cfg.backends[call.backend or "legacy"]).authority))
+            assert call.backend is not None
+            out.append((b"host", self.rt.pool(cfg.backends[call.backend]).authority))
         peer_b = peer.encode()
         xff = hd.get(b"x-forwarded-for") if trusted else None
         if xff:
@@ -444,90 +449,83 @@ class Proxy:
         return out
 
     # --- step 4: forward and stream back ------------------------------------------------------
-    async def _forward(
-        self, scope: Scope, receive: Receive, send: Send, call: Call, hd: dict[bytes, bytes], headers: list[tuple[bytes, bytes]], target: bytes, set_cookie: bytes | None
-    ) -> None:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, call: Call) -> None:
         rt = self.rt
         cfg = rt.snapshot.config
+        hd = call.inbound
         route = call.route
         assert call.backend is not None and call.handler is not None
         chunked = b"transfer-encoding" in hd
         has_body = chunked or hd.get(b"content-length", b"0") != b"0"
-        shadowing = route is not None and route.shadow is not None and b"x-splitter-backend" not in hd and not rt.snapshot.kill and _wants_shadow(route.shadow, call.method, hd)
+        shadowing = (
+            route is not None and route.shadow is not None and b"x-splitter-backend" not in hd and call.reason != "kill"
+        ) and _wants_shadow(route.shadow, call.method, hd)
         client: ClientConnection | None = scope.get("extensions", {}).get(CLIENT_HOOK)
         length = None if chunked else int(hd.get(b"content-length", b"0"))
         body = _Body(receive, cfg.max_body_bytes, self.body_timeout, [] if shadowing and has_body else None, length, client) if has_body else None
         ex = Exchange(call.method)
         if client is not None and not client.watch(ex.abort):
             ex.abort()  # already gone
-        pool = rt.pool(cfg.backends[call.backend])
-        up_headers = headers
-        if body is not None:
-            ex.head.add_done_callback(body.interrupt)  # the answer (or a failure) ends the body at once
-            if hd.get(b"expect", b"").lower() == b"100-continue":
-                up_headers = [*headers, (b"expect", b"100-continue")]  # the body waits for the upstream's go-ahead
+        resp_tee: list[bytes] | None = [] if shadowing else None
         try:
-            try:
-                try:
-                    await pool.exchange(ex, call.method, target, up_headers, body.chunks() if body is not None else None, chunked)
-                finally:
-                    if body is not None:
-                        body.end(scope)  # before any answer: one that leaves the body unread closes the connection
-            except Aborted:
-                self._client_aborted(call)
-                return
-            except Refused as refusal:  # the request body broke a limit: not the backend's fault
-                await self._answer_refusal(call, send, refusal)
-                return
-            except UpstreamError as exc:
-                await self._upstream_failed(call, send, exc)
-                return
-            if body is not None:
-                call.bytes_in = body.received
-            call.upstream_ms = round((time.perf_counter() - call.start) * 1000, 3)
-            try:
-                first = await ex.read()
-            except Aborted:
-                self._client_aborted(call)
-                return
-            except UpstreamError as exc:  # mapped: the head is not sent yet
-                await self._upstream_failed(call, send, exc)
-                return
-            status = call.status = ex.status
-            await send({"type": "http.response.start", "status": status, "headers": _downstream_headers(ex, call, set_cookie)})
-            call.bytes_out = len(first)
-            resp_tee: list[bytes] | None = [first] if shadowing else None
-            if ex.done and not ex.chunks:
-                await send({"type": "http.response.body", "body": first, "more_body": False})
-            else:
-                await send({"type": "http.response.body", "body": first, "more_body": True})
-                outcome = await self._stream(ex, send, call, resp_tee, client)
-                if outcome is not None:
-                    # The head is out: abort the connection rather than pretend the body is whole.
-                    if outcome == "client_abort":
-                        rt.metrics.client_aborts.labels(call.route_name, call.handler).inc()
-                    elif outcome != "send_timeout":  # the client's stall: counted as rejected by the server
-                        rt.metrics.error(call.route_name, call.backend, call.handler, outcome)
-                        self.record_outcome(call, True)
-                    call.error = outcome
-                    self._log(call)
-                    return
+            await self._relay(scope, send, call, ex, body, client, resp_tee)
         finally:
             if client is not None:
                 client.watch(None)
             if body is not None:
                 body.stop()
             ex.release()
-        if status >= 500:
-            rt.metrics.error(call.route_name, call.backend, call.handler, "status_5xx")
-        elapsed = time.perf_counter() - call.start
-        rt.observe(call.route_name, call.backend, call.handler, status, elapsed)
-        self.record_outcome(call, status >= 500)
-        if shadowing and (body is None or body.complete):  # never a shadow request with half a body
-            assert route is not None
-            self._shadow(route, call, target, headers, body, ex, resp_tee)
-        if self.access_log:
-            self._log(call)
+        if shadowing and call.error is None and not call.refused and (body is None or body.complete):
+            assert route is not None  # never a shadow request with half a body, nor after a failure
+            self._shadow(route, call, body, ex, resp_tee)
+        self._finish(call)
+
+    async def _relay(  # the exchange's parts, made in _forward, which cleans them up
+        self, scope: Scope, send: Send, call: Call, ex: Exchange, body: _Body | None,
+        client: ClientConnection | None, tee: list[bytes] | None,
+    ) -> None:  # fmt: skip
+        """The exchange with the upstream and the answer relayed; every exit leaves its outcome on the call."""
+        assert call.backend is not None
+        pool = self.rt.pool(self.rt.snapshot.config.backends[call.backend])
+        up_headers = call.headers
+        if body is not None:
+            ex.head.add_done_callback(body.interrupt)  # the answer (or a failure) ends the body at once
+            if call.inbound.get(b"expect", b"").lower() == b"100-continue":
+                up_headers = [*up_headers, (b"expect", b"100-continue")]  # the body waits for the upstream's go-ahead
+        try:
+            try:
+                chunks = body.chunks() if body is not None else None
+                chunked = b"transfer-encoding" in call.inbound
+                await pool.exchange(ex, call.method, call.target, up_headers, chunks, chunked)
+            finally:
+                if body is not None:
+                    body.end(scope)  # before any answer: one that leaves the body unread closes the connection
+            if body is not None:
+                call.bytes_in = body.received
+            call.upstream_ms = round((time.perf_counter() - call.start) * 1000, 3)
+            first = await ex.read()
+        except Aborted:  # the client went away before the answer: the upstream request was cancelled
+            call.status, call.error = 499, "client_abort"
+            return
+        except Refused as refusal:  # the request body broke a limit: not the backend's fault
+            await self._answer_refusal(call, send, refusal)
+            return
+        except UpstreamError as exc:  # mapped: the head is not sent yet
+            call.status, call.error, call.detail = exc.status, exc.kind, exc.detail
+            await _send_error(send, exc.status, exc.message, call.handler, call.request_id)
+            return
+        call.status = ex.status
+        await send({"type": "http.response.start", "status": ex.status, "headers": _downstream_headers(ex, call)})
+        call.head_sent = True
+        call.bytes_out = len(first)
+        if tee is not None:
+            tee.append(first)
+        if ex.done and not ex.chunks:
+            await send({"type": "http.response.body", "body": first, "more_body": False})
+        else:
+            await send({"type": "http.response.body", "body": first, "more_body": True})
+            # None when whole; else the head is out: the connection aborts rather than pretend the body is whole
+            call.error = await self._stream(ex, send, call, tee, client)
 
     async def _stream(
         self, ex: Exchange, send: Send, call: Call, tee: list[bytes] | None, client: ClientConnection | None
@@ -565,40 +563,42 @@ class Proxy:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return None
 
-    def _client_aborted(self, call: Call) -> None:
-        """The client went away before the answer: the upstream request was cancelled."""
-        self.rt.metrics.client_aborts.labels(call.route_name, call.handler).inc()
-        call.status = 499
-        call.error = "client_abort"
-        self._log(call)
-
-    async def _upstream_failed(self, call: Call, send: Send, exc: UpstreamError) -> None:
-        """The upstream failed before the response head went out: a JSON 502/503/504, counted and judged."""
-        assert call.backend is not None and call.handler is not None
-        call.status = exc.status
-        call.error = exc.kind
-        call.detail = exc.detail
-        self.rt.metrics.error(call.route_name, call.backend, call.handler, exc.kind)
-        self.rt.observe(call.route_name, call.backend, call.handler, exc.status, time.perf_counter() - call.start)
-        if exc.kind != "overflow":  # the proxy's own limit, not the backend's failure
-            self.record_outcome(call, True)
-        await _send_error(send, exc.status, exc.message, call.handler, call.request_id)
-        self._log(call)
+    def _finish(self, call: Call) -> None:
+        """Every request ends here, whatever its exit: its metrics, the guard's and rollout's windows,
+        and the access-log line. OPTIONS * (no role) only logs; a refusal counts as rejected."""
+        metrics = self.rt.metrics
+        error = call.error
+        if call.refused:
+            metrics.rejected.labels(error).inc()
+        elif error == "client_abort":
+            metrics.client_aborts.labels(call.route_name, call.handler).inc()
+        elif call.role is not None and error != "send_timeout":  # a stalled client: counted as rejected by the server
+            assert call.handler is not None
+            failed = error is not None or call.status >= 500
+            if failed:
+                metrics.error(call.route_name, call.role, call.handler, error or "status_5xx")
+            if error is None or not call.head_sent:  # a body cut short is no latency sample
+                self.rt.observe(call.route_name, call.role, call.handler, call.status, time.perf_counter() - call.start)
+            if error != "overflow":  # the proxy's own limit, not the backend's failure
+                self.record_outcome(call, failed)
+        if self.access_log:
+            self._log(call)
 
     def record_outcome(self, call: Call, error: bool) -> None:
         """Feed the guard and rollout windows, for the routes that have them."""
         outcomes = self.rt.windows.get(call.route_name)
-        if outcomes is not None and call.backend is not None:
-            outcomes.record(call.backend, time.time(), error, time.perf_counter() - call.start)
+        if outcomes is not None and call.role is not None:
+            outcomes.record(call.role, time.time(), error, time.perf_counter() - call.start)
 
-    def _shadow(self, route: Route, call: Call, target: bytes, headers: list[tuple[bytes, bytes]], body: _Body | None, ex: Exchange, resp_tee: list[bytes] | None) -> None:
+    def _shadow(self, route: Route, call: Call, body: _Body | None, ex: Exchange, resp_tee: list[bytes] | None) -> None:
         complete = resp_tee is not None and len(resp_tee) <= 1024 and sum(map(len, resp_tee)) <= SHADOW_MAX_BODY
         response = (ex.status, _multidict(ex.headers), b"".join(resp_tee or ())) if complete else None
         req_body = b"".join(body.tee) if body is not None and body.tee is not None else None
         if req_body is not None and len(req_body) > SHADOW_MAX_BODY:
             response = None
-        assert call.backend is not None
-        self.shadow.launch(route, call.backend, call.method, target.decode("latin-1"), _multidict(headers), req_body, response)
+        assert call.role is not None
+        target = call.target.decode("latin-1")
+        self.shadow.launch(route, call.role, call.method, target, _multidict(call.headers), req_body, response)
 
     def _force_allowed(self, environment: str, token: bytes | None) -> bool:
         if environment == "development":
@@ -619,8 +619,9 @@ class Proxy:
             "client": call.client,
             "bytes_in": call.bytes_in,
             "bytes_out": call.bytes_out,
-            "backend": call.backend,
+            "backend": call.role,
             "upstream_ms": call.upstream_ms,
+            "reason": call.reason,
         }
         if call.error:
             fields["error"] = call.error
@@ -649,13 +650,13 @@ def _dropped_downstream(connection: bytes | None, bodiless: bool) -> frozenset[b
     return drop | {b"content-length"} if bodiless else drop
 
 
-def _downstream_headers(ex: Exchange, call: Call, set_cookie: bytes | None) -> list[tuple[bytes, bytes]]:
+def _downstream_headers(ex: Exchange, call: Call) -> list[tuple[bytes, bytes]]:
     drop = _dropped_downstream(ex.connection_header, ex.status == 304 or ex.status == 204)
     headers = [h for h in ex.headers if h[0] not in drop]  # names arrive lower-cased from the exchange
     headers.append((b"x-splitter-handler", (call.handler or "").encode()))
     headers.append((b"x-request-id", call.request_id.encode()))
-    if set_cookie is not None:
-        headers.append((b"set-cookie", set_cookie))
+    if call.set_cookie is not None:
+        headers.append((b"set-cookie", call.set_cookie))
     return headers
 
 
@@ -685,7 +686,7 @@ def _uid_cookie(uid: bytes, secure: bool) -> bytes:
 
 
 async def _send_error(send: Send, status: int, message: str, handler: str | None, request_id: str) -> None:
-    body = orjson.dumps({"error": message, "handler": handler, "request_id": request_id})
+    body = error_body(message, handler, request_id)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

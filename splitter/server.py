@@ -42,6 +42,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .bypass import CLIENT_HOOK, ClientConnection, unsent
+from .call import error_body
 from .runtime import Settings
 
 MAX_HEAD_BYTES = 32 * 1024
@@ -299,7 +300,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             super().send_400_response(msg)
             return
         _count_rejected(self.app, "headers_too_large")
-        body = b'{"error": "request header fields too large", "handler": null, "request_id": null}'
+        body = error_body("request header fields too large", None, None)
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: "
             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body

@@ -145,11 +145,11 @@ class Shadow:
         other = "new" if primary == "legacy" else "legacy"
         counter = self.rt.metrics.shadow
         try:
-            shadow = await self._fetch(other, method, path_qs, headers, body)
+            shadow = await self._fetch(route.backends[other], method, path_qs, headers, body)
             diffs = compare(route, response, shadow)
             if diffs and method in ("GET", "HEAD", "OPTIONS"):
                 # noise cancellation: what differs between two calls to the primary is not a regression
-                again = await self._fetch(primary, method, path_qs, headers, body)
+                again = await self._fetch(route.backends[primary], method, path_qs, headers, body)
                 noise = {d["path"] for d in compare(route, response, again)}
                 diffs = [d for d in diffs if d["path"] not in noise]
         except Exception as exc:  # noqa: BLE001 - a shadow failure never reaches the user

@@ -19,13 +19,12 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .bypass import CLIENT_HOOK
-from .call import Call, Refused
+from .call import Call, Refused, error_body
 from .upstream import ProtocolFailed, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:
@@ -54,9 +53,9 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self.closed_by: str | None = None
-        assert call.backend is not None
-        self._up_counter = rt.metrics.ws_messages.labels(call.route_name, call.backend, "upstream")
-        self._down_counter = rt.metrics.ws_messages.labels(call.route_name, call.backend, "downstream")
+        assert call.role is not None
+        self._up_counter = rt.metrics.ws_messages.labels(call.route_name, call.role, "upstream")
+        self._down_counter = rt.metrics.ws_messages.labels(call.route_name, call.role, "downstream")
 
     async def run(self) -> None:
         tasks = [asyncio.ensure_future(self._client_to_upstream()), asyncio.ensure_future(self._upstream_to_client()), asyncio.ensure_future(self._idle())]
@@ -144,18 +143,20 @@ class WebSockets:
         if (await receive())["type"] != "websocket.connect":
             return
         try:
-            call, headers, target, set_cookie = self.proxy.prepare(scope)
+            call = self.proxy.prepare(scope)
         except Refused as refusal:
             self.rt.metrics.rejected.labels(refusal.reason).inc()
-            await _deny(scope, send, refusal.status, [(b"content-type", b"application/json")], orjson.dumps({"error": refusal.message, "handler": None}))
+            body = error_body(refusal.message, None, None)
+            await _deny(scope, send, refusal.status, [(b"content-type", b"application/json")], body)
             return
-        assert call.backend is not None and call.handler is not None
+        assert call.role is not None and call.backend is not None and call.handler is not None
         snap = self.rt.snapshot
         backend = snap.config.backends[call.backend]
         spec = snap.config.websocket
         metrics = self.rt.metrics
-        uri = ("wss" if backend.url.startswith("https") else "ws") + backend.url[backend.url.index(":") :] + target.decode("latin-1")
-        extra = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in _NOT_FORWARDED]
+        scheme = "wss" if backend.url.startswith("https") else "ws"
+        uri = scheme + backend.url[backend.url.index(":") :] + call.target.decode("latin-1")
+        extra = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in call.headers if n not in _NOT_FORWARDED]
         try:
             upstream = await connect(
                 uri,
@@ -176,17 +177,18 @@ class WebSockets:
             err = map_upstream_error(exc) if isinstance(exc, OSError | TimeoutError) else ProtocolFailed(f"handshake: {exc}")
             await self._failed(scope, send, call, err)
             return
-        labels = (call.route_name, call.backend, call.handler)
+        labels = (call.route_name, call.role, call.handler)
         accept_headers = [(b"x-splitter-handler", call.handler.encode()), (b"x-request-id", call.request_id.encode())]
-        if set_cookie is not None:
-            accept_headers.append((b"set-cookie", set_cookie))
+        if call.set_cookie is not None:
+            accept_headers.append((b"set-cookie", call.set_cookie))
         try:
             await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol, "headers": accept_headers})
         except Exception:  # noqa: BLE001 - the client left during the handshake
             await upstream.close()
             return
         metrics.ws_connections.labels(*labels, "accepted").inc()
-        self.rt.observe(call.route_name, call.backend, call.handler, 101, time.perf_counter() - call.start)  # the handshake, as a request
+        elapsed = time.perf_counter() - call.start
+        self.rt.observe(call.route_name, call.role, call.handler, 101, elapsed)  # the handshake, as a request
         self.proxy.record_outcome(call, False)
         session = Session(call, upstream, receive, send, spec.idle_timeout_s, self.rt)
         session.client = scope.get("extensions", {}).get(CLIENT_HOOK)
@@ -199,32 +201,16 @@ class WebSockets:
             gauge.dec()
             self.open[call.route_name].discard(session)
             call.status = 101
-            log.info(
-                "websocket",
-                request_id=call.request_id,
-                path=call.path,
-                route=call.route_name,
-                handler=call.handler,
-                backend=call.backend,
-                status=101,
-                user_bucket=call.user_bucket,
-                client=call.client,
-                duration_ms=round((time.perf_counter() - call.start) * 1000, 3),
-                messages_up=session.up,
-                messages_down=session.down,
-                close_code=session.close_code,
-                close_reason=session.close_reason,
-                closed_by=session.closed_by,
-            )
+            _log_session(call, session)
 
     async def _refused(self, scope: Scope, send: Send, call: Call, exc: InvalidStatus) -> None:
         """The backend said no: the client gets its answer (status, headers, body)."""
-        assert call.backend is not None and call.handler is not None
+        assert call.role is not None and call.handler is not None
         status = exc.response.status_code
         kind = "status_5xx" if status >= 500 else "refused"
-        self.rt.metrics.ws_connections.labels(call.route_name, call.backend, call.handler, "refused").inc()
-        self.rt.metrics.error(call.route_name, call.backend, call.handler, kind)
-        self.rt.observe(call.route_name, call.backend, call.handler, status, time.perf_counter() - call.start)
+        self.rt.metrics.ws_connections.labels(call.route_name, call.role, call.handler, "refused").inc()
+        self.rt.metrics.error(call.route_name, call.role, call.handler, kind)
+        self.rt.observe(call.route_name, call.role, call.handler, status, time.perf_counter() - call.start)
         self.proxy.record_outcome(call, True)
         headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.response.headers.raw_items() if k.lower().encode("latin-1") not in _NOT_RELAYED]
         headers.append((b"x-splitter-handler", call.handler.encode()))
@@ -232,24 +218,49 @@ class WebSockets:
         self._log_failed(call, status, kind)
 
     async def _failed(self, scope: Scope, send: Send, call: Call, err: UpstreamError) -> None:
-        assert call.backend is not None and call.handler is not None
-        self.rt.metrics.ws_connections.labels(call.route_name, call.backend, call.handler, "failed").inc()
-        self.rt.metrics.error(call.route_name, call.backend, call.handler, err.kind)
-        self.rt.observe(call.route_name, call.backend, call.handler, err.status, time.perf_counter() - call.start)
+        assert call.role is not None and call.handler is not None
+        self.rt.metrics.ws_connections.labels(call.route_name, call.role, call.handler, "failed").inc()
+        self.rt.metrics.error(call.route_name, call.role, call.handler, err.kind)
+        self.rt.observe(call.route_name, call.role, call.handler, err.status, time.perf_counter() - call.start)
         self.proxy.record_outcome(call, True)
-        body = orjson.dumps({"error": err.message, "handler": call.handler, "request_id": call.request_id})
+        body = error_body(err.message, call.handler, call.request_id)
         await _deny(scope, send, err.status, [(b"content-type", b"application/json"), (b"x-splitter-handler", call.handler.encode())], body)
         call.detail = err.detail
         self._log_failed(call, err.status, err.kind)
 
     def _log_failed(self, call: Call, status: int, kind: str) -> None:
-        log.info("websocket", request_id=call.request_id, path=call.path, route=call.route_name, handler=call.handler, backend=call.backend, status=status, error=kind, detail=call.detail, user_bucket=call.user_bucket, client=call.client)
+        log.info(
+            "websocket", request_id=call.request_id, path=call.path, route=call.route_name, handler=call.handler,
+            backend=call.role, reason=call.reason, status=status, error=kind, detail=call.detail,
+            user_bucket=call.user_bucket, client=call.client,
+        )  # fmt: skip
 
-    async def close_route(self, route: str, backend: str, code: int, reason: str) -> int:
-        """Close a route's open connections to one backend (a rollback's `close_websockets`)."""
-        sessions = [s for s in self.open.get(route, ()) if s.call.backend == backend]
+    async def close_route(self, route: str, role: str, code: int, reason: str) -> int:
+        """Close a route's open connections to one side (a rollback's `close_websockets`)."""
+        sessions = [s for s in self.open.get(route, ()) if s.call.role == role]
         await asyncio.gather(*(s.close(code, reason) for s in sessions), return_exceptions=True)
         return len(sessions)
+
+
+def _log_session(call: Call, session: Session) -> None:
+    log.info(
+        "websocket",
+        request_id=call.request_id,
+        path=call.path,
+        route=call.route_name,
+        handler=call.handler,
+        backend=call.role,
+        reason=call.reason,
+        status=101,
+        user_bucket=call.user_bucket,
+        client=call.client,
+        duration_ms=round((time.perf_counter() - call.start) * 1000, 3),
+        messages_up=session.up,
+        messages_down=session.down,
+        close_code=session.close_code,
+        close_reason=session.close_reason,
+        closed_by=session.closed_by,
+    )
 
 
 async def _deny(scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

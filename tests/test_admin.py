@@ -75,7 +75,8 @@ def test_bucket_lookup(stack):
     r = httpx.get(stack.admin + "/admin/bucket", params={"user_id": "alice"}).json()
     b = bucket("alice")
     auth = next(x for x in r["routes"] if x["route"] == "auth")
-    assert auth == {"route": "auth", "bucket": b, "percent": 50, "backend": "new" if b < 50 else "legacy"}
+    role = "new" if b < 50 else "legacy"
+    assert auth == {"route": "auth", "bucket": b, "percent": 50, "backend": role, "reason": "percent"}
     assert httpx.get(stack.admin + "/admin/bucket").status_code == 400
 
 

@@ -1,0 +1,182 @@
+"""decide() and the proxy's one exit, driven without sockets (as uvicorn's tests drive its
+protocol with a mock transport): the decision from a snapshot, and what `_finish` records for
+each way a request can end."""
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from splitter import proxy as proxy_mod
+from splitter.bucketing import bucket
+from splitter.call import Call
+from splitter.config import parse
+from splitter.decide import Decision, Facts, decide
+from splitter.overrides import State
+from splitter.proxy import Proxy
+from splitter.runtime import Runtime, Settings, make_snapshot
+from splitter.shadow import Shadow
+
+YAML = """
+environment: production
+backends:
+  legacy: {url: "http://127.0.0.1:1"}
+  new: {url: "http://127.0.0.1:2"}
+anonymous: {anonymous}
+unmatched: new
+user_id: [{header: X-User-ID}]
+routes:
+  - {name: auth, prefix: /api/auth, percent: 50, salt: s2, guard: {max_error_rate: 0.5, min_requests: 10}}
+"""
+ALICE, BOB = b"alice", b"bob"
+assert bucket(ALICE, "s2") < 50 <= bucket(BOB, "s2"), "alice is on new and bob on legacy at 50 %"
+
+
+def snapshot(anonymous: str = "legacy", **state: Any):
+    return make_snapshot(parse(YAML.replace("{anonymous}", anonymous)), State(**state))
+
+
+def test_the_rules_apply_in_spec_order_and_name_what_decided():
+    snap = snapshot()
+    auth = snap.config.by_name["auth"]
+    assert decide(snap, auth, Facts(None, ALICE)) == Decision("new", "new", bucket(ALICE, "s2"), "percent")
+    assert decide(snap, auth, Facts(None, BOB)) == Decision("legacy", "legacy", bucket(BOB, "s2"), "percent")
+    assert decide(snap, auth, Facts("legacy", ALICE)) == Decision("legacy", "legacy", None, "force")
+    assert decide(snap, auth, Facts(None, None)) == Decision("legacy", "legacy", None, "anonymous")
+    assert decide(snap, None, Facts(None, ALICE)) == Decision("new", "new", bucket(ALICE), "unmatched")
+    killed = snapshot(kill=True)
+    assert decide(killed, auth, Facts(None, ALICE)) == Decision("legacy", "legacy", None, "kill")
+    forced = decide(killed, auth, Facts("new", ALICE))
+    assert forced is not None and forced.reason == "force", "an authorized force header wins over the kill switch"
+    overridden = snapshot(percents={"auth": 0}, sources={"auth": "guard"})
+    assert decide(overridden, auth, Facts(None, ALICE)) == Decision("legacy", "legacy", bucket(ALICE, "s2"), "override")
+
+
+def test_an_anonymous_request_under_anonymous_cookie_asks_for_an_id_unless_forced_or_killed():
+    snap = snapshot("cookie")
+    auth = snap.config.by_name["auth"]
+    assert decide(snap, auth, Facts(None, None)) is None
+    assert decide(snap, None, Facts(None, None)) is None
+    assert decide(snap, auth, Facts("new", None)).reason == "force"
+    assert decide(snapshot("cookie", kill=True), auth, Facts(None, None)).reason == "kill"
+
+
+def test_a_role_resolves_to_the_backend_the_route_names():
+    snap = snapshot()
+    auth = snap.config.by_name["auth"]
+    assert auth.backends == {"legacy": "legacy", "new": "new"}, "the defaults, resolved at load"
+    moved = replace(auth, backends={"legacy": "legacy", "new": "upload_service"})
+    d = decide(snap, moved, Facts(None, ALICE))
+    assert (d.role, d.backend) == ("new", "upload_service")
+
+
+class Captured:
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def write(self, fields: dict[str, Any]) -> None:
+        self.lines.append(dict(fields))
+
+
+@pytest.fixture
+def proxy(tmp_path, monkeypatch):
+    log = Captured()
+    monkeypatch.setattr(proxy_mod, "ACCESS", log)
+    rt = Runtime(Settings(config_path=str(tmp_path / "routes.yaml")), parse(YAML.replace("{anonymous}", "legacy")))
+    p = Proxy(rt, Shadow(rt))
+    p.log = log
+    return p
+
+
+def sample(p: Proxy, name: str, **labels: str) -> float:
+    return p.rt.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def routed(p: Proxy, user: bytes = ALICE) -> Call:
+    headers = [(b"x-user-id", user)]
+    scope = {"type": "http", "method": "GET", "path": "/api/auth/x", "headers": headers, "client": ("10.0.0.1", 5)}
+    call = Call(scope, "rid")
+    call.inbound = dict(scope["headers"])
+    p._choose(scope, call, p.rt.snapshot)
+    return call
+
+
+def outcomes(p: Proxy, role: str) -> tuple[int, int]:
+    pending = p.rt.windows.get("auth").pending[role].values()
+    return sum(c.n for c in pending), sum(c.e for c in pending)
+
+
+def test_every_exit_records_once_through_finish(proxy):
+    ok = routed(proxy)
+    assert (ok.role, ok.backend, ok.reason, ok.handler) == ("new", "new", "percent", "new_auth")
+    ok.status = 200
+    proxy._finish(ok)
+    assert sample(proxy, "splitter_requests_total", route="auth", backend="new", handler="new_auth", code="200") == 1
+    assert outcomes(proxy, "new") == (1, 0)
+
+    failed = routed(proxy, BOB)
+    failed.status, failed.error = 502, "connect"
+    proxy._finish(failed)
+    assert sample(proxy, "splitter_errors_total", route="auth", backend="legacy", handler="old_auth", kind="connect")
+    assert sample(proxy, "splitter_requests_total", route="auth", backend="legacy", handler="old_auth", code="502") == 1
+    assert outcomes(proxy, "legacy") == (1, 1)
+
+    cut = routed(proxy)  # the head was out when the upstream broke: an error, no latency sample
+    cut.status, cut.error, cut.head_sent = 200, "protocol", True
+    proxy._finish(cut)
+    assert sample(proxy, "splitter_errors_total", route="auth", backend="new", handler="new_auth", kind="protocol") == 1
+    assert sample(proxy, "splitter_requests_total", route="auth", backend="new", handler="new_auth", code="200") == 1
+    assert outcomes(proxy, "new") == (2, 1)
+
+    busy = routed(proxy)  # the proxy's own connection limit is not new's failure
+    busy.status, busy.error = 503, "overflow"
+    proxy._finish(busy)
+    assert outcomes(proxy, "new") == (2, 1)
+
+    gone = routed(proxy)
+    gone.status, gone.error = 499, "client_abort"
+    proxy._finish(gone)
+    stalled = routed(proxy)
+    stalled.status, stalled.error, stalled.head_sent = 200, "send_timeout", True
+    proxy._finish(stalled)
+    assert sample(proxy, "splitter_client_aborts_total", route="auth", handler="new_auth") == 1
+    assert outcomes(proxy, "new") == (2, 1), "a client's abort or stall says nothing about the backend"
+
+    lines = proxy.log.lines
+    assert [(e["status"], e.get("error"), e["backend"], e["reason"]) for e in lines] == [
+        (200, None, "new", "percent"),
+        (502, "connect", "legacy", "percent"),
+        (200, "protocol", "new", "percent"),
+        (503, "overflow", "new", "percent"),
+        (499, "client_abort", "new", "percent"),
+        (200, "send_timeout", "new", "percent"),
+    ]
+
+
+def drive(p: Proxy, scope: dict[str, Any]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(p(scope, receive, send))
+    return sent
+
+
+def test_the_proxys_own_answers_end_in_finish_and_honour_no_access_log(proxy):
+    base = {"type": "http", "http_version": "1.1", "query_string": b"", "client": ("10.0.0.1", 5)}
+    options = {**base, "method": "OPTIONS", "path": "*", "raw_path": b"*", "headers": [(b"host", b"x")]}
+    refused = {**base, "method": "GET", "path": "/a", "raw_path": b"/a", "headers": []}  # HTTP/1.1 without Host
+    assert drive(proxy, options)[0]["status"] == 200
+    assert drive(proxy, refused)[0]["status"] == 400
+    assert sample(proxy, "splitter_rejected_total", reason="bad_request") == 1
+    assert [(e["status"], e["path"]) for e in proxy.log.lines] == [(200, "*"), (400, "/a")]
+    proxy.access_log = False
+    drive(proxy, options)
+    drive(proxy, refused)
+    assert len(proxy.log.lines) == 2, "--no-access-log: no per-request line, OPTIONS * included"
+    assert sample(proxy, "splitter_rejected_total", reason="bad_request") == 2
