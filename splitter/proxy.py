@@ -64,7 +64,9 @@ HOP_HEADERS = frozenset(
     ]
 )
 # Replaced with the proxy's own values, never copied from the client.
-_REPLACED = frozenset([b"x-request-id", b"x-splitter-handler", b"x-splitter-backend", b"x-splitter-token", b"via", b"expect"])
+_REPLACED = frozenset(
+    [b"x-request-id", b"x-splitter-handler", b"x-splitter-backend", b"x-splitter-token", b"via", b"expect"]
+)
 _FORWARDED = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"])
 _DROP_UPSTREAM = HOP_HEADERS | _REPLACED | _FORWARDED
 _DROP_UPSTREAM_TRUSTED = HOP_HEADERS | _REPLACED
@@ -97,12 +99,17 @@ class _Body:
     (`interrupt`, the same cancel as the watchdog's): the answer goes out, and `end` sees to the rest."""
 
     __slots__ = (
-        "answered", "client", "complete", "fd", "gone", "length", "limit", "receive", "received", "task", "tee", "timed_out", "timeout", "too_large",
-        "waiting_since", "watchdog",
+        "answered", "client", "complete", "fd", "gone", "length", "limit", "receive", "received", "task", "tee",
+        "timed_out", "timeout", "too_large", "waiting_since", "watchdog",
     )  # fmt: skip
 
     def __init__(
-        self, receive: Receive, limit: int, timeout: float, tee: list[bytes] | None, length: int | None = None,
+        self,
+        receive: Receive,
+        limit: int,
+        timeout: float,
+        tee: list[bytes] | None,
+        length: int | None = None,
         client: ClientConnection | None = None,
     ) -> None:
         self.receive, self.limit, self.timeout, self.tee = receive, limit, timeout, tee
@@ -319,7 +326,17 @@ class Proxy:
             self._finish(call)
             return
         if target is None:  # OPTIONS *: about the server itself, answered here
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"allow", _ALLOW), (b"content-length", b"0"), (b"x-request-id", call.request_id.encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"allow", _ALLOW),
+                        (b"content-length", b"0"),
+                        (b"x-request-id", call.request_id.encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             call.status = 200
             self._finish(call)
@@ -362,7 +379,9 @@ class Proxy:
         if method == "CONNECT":
             raise Refused(400, "bad_request", "CONNECT is not supported")
         if "extensions" in scope and "splitter.absolute_form" in scope["extensions"]:
-            raise Refused(400, "bad_request", "absolute-form request targets are not accepted; this is not a forward proxy")
+            raise Refused(
+                400, "bad_request", "absolute-form request targets are not accepted; this is not a forward proxy"
+            )
         if raw_path == b"*" and method == "OPTIONS":
             return None
         if not raw_path.startswith(b"/"):
@@ -419,7 +438,9 @@ class Proxy:
         return role
 
     # --- step 3: the outbound head ----------------------------------------------------------
-    def _outbound_headers(self, scope: Scope, call: Call, hd: dict[bytes, bytes], cfg: Config) -> list[tuple[bytes, bytes]]:
+    def _outbound_headers(
+        self, scope: Scope, call: Call, hd: dict[bytes, bytes], cfg: Config
+    ) -> list[tuple[bytes, bytes]]:
         peer = call.client
         trusted = bool(cfg.trusted_proxies) and _peer_trusted(peer, cfg.trusted_proxies)
         drop = _DROP_UPSTREAM_TRUSTED if trusted else _DROP_UPSTREAM
@@ -462,7 +483,13 @@ class Proxy:
         ) and _wants_shadow(route.shadow, call.method, hd)
         client: ClientConnection | None = scope.get("extensions", {}).get(CLIENT_HOOK)
         length = None if chunked else int(hd.get(b"content-length", b"0"))
-        body = _Body(receive, cfg.max_body_bytes, self.body_timeout, [] if shadowing and has_body else None, length, client) if has_body else None
+        body = (
+            _Body(
+                receive, cfg.max_body_bytes, self.body_timeout, [] if shadowing and has_body else None, length, client
+            )
+            if has_body
+            else None
+        )
         ex = Exchange(call.method)
         if client is not None and not client.watch(ex.abort):
             ex.abort()  # already gone
@@ -677,7 +704,12 @@ def _is_https(scope: Scope, hd: dict[bytes, bytes], trusted: tuple[Any, ...]) ->
     if scope.get("scheme") == "https":
         return True
     client = scope.get("client")
-    return bool(trusted) and client is not None and _peer_trusted(client[0], trusted) and hd.get(b"x-forwarded-proto") == b"https"
+    return (
+        bool(trusted)
+        and client is not None
+        and _peer_trusted(client[0], trusted)
+        and hd.get(b"x-forwarded-proto") == b"https"
+    )
 
 
 def _uid_cookie(uid: bytes, secure: bool) -> bytes:

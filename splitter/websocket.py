@@ -32,7 +32,16 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 log = structlog.get_logger("splitter.access")
-_NOT_FORWARDED = frozenset([b"host", b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions", b"sec-websocket-protocol", b"content-length"])
+_NOT_FORWARDED = frozenset(
+    [
+        b"host",
+        b"sec-websocket-key",
+        b"sec-websocket-version",
+        b"sec-websocket-extensions",
+        b"sec-websocket-protocol",
+        b"content-length",
+    ]
+)
 _NOT_RELAYED = frozenset([b"connection", b"upgrade", b"transfer-encoding", b"keep-alive", b"content-length"])
 _RESERVED = frozenset([1004, 1005, 1006, 1015])  # codes that never travel in a close frame
 DENIAL = "websocket.http.response"
@@ -45,8 +54,11 @@ def _sendable(code: int | None) -> bool:
 class Session:
     """One relayed connection: the client's ASGI side and the upstream client."""
 
-    def __init__(self, call: Call, upstream: ClientConnection, receive: Receive, send: Send, idle_s: float, rt: Runtime) -> None:
-        self.call, self.upstream, self.receive, self.send, self.idle_s, self.rt = call, upstream, receive, send, idle_s, rt
+    def __init__(
+        self, call: Call, upstream: ClientConnection, receive: Receive, send: Send, idle_s: float, rt: Runtime
+    ) -> None:
+        self.call, self.upstream, self.receive, self.send = call, upstream, receive, send
+        self.idle_s, self.rt = idle_s, rt
         self.client: Any = None  # server.py's protocol, when there is one: `heard` is the client's last ping or pong
         self.last = time.monotonic()
         self.up = self.down = 0
@@ -58,7 +70,11 @@ class Session:
         self._down_counter = rt.metrics.ws_messages.labels(call.route_name, call.role, "downstream")
 
     async def run(self) -> None:
-        tasks = [asyncio.ensure_future(self._client_to_upstream()), asyncio.ensure_future(self._upstream_to_client()), asyncio.ensure_future(self._idle())]
+        tasks = [
+            asyncio.ensure_future(self._client_to_upstream()),
+            asyncio.ensure_future(self._upstream_to_client()),
+            asyncio.ensure_future(self._idle()),
+        ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -103,7 +119,11 @@ class Session:
         code, reason = 1000, ""
         try:
             async for data in self.upstream:
-                await self.send({"type": "websocket.send", "text": data} if isinstance(data, str) else {"type": "websocket.send", "bytes": data})
+                await self.send(
+                    {"type": "websocket.send", "text": data}
+                    if isinstance(data, str)
+                    else {"type": "websocket.send", "bytes": data}
+                )
                 self.down += 1
                 self._down_counter.inc()
                 self.last = time.monotonic()
@@ -165,7 +185,8 @@ class WebSockets:
                 open_timeout=backend.connect_timeout,
                 max_size=spec.max_message_bytes,
                 ping_interval=None,
-                compression=None,  # extensions are per hop; deflate between proxy and backend costs CPU and ~300 KiB a connection
+                # extensions are per hop; deflate between proxy and backend costs CPU and ~300 KiB a connection
+                compression=None,
                 close_timeout=5,
                 user_agent_header=None,
                 proxy=None,
@@ -174,7 +195,11 @@ class WebSockets:
             await self._refused(scope, send, call, exc)
             return
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-            err = map_upstream_error(exc) if isinstance(exc, OSError | TimeoutError) else ProtocolFailed(f"handshake: {exc}")
+            err = (
+                map_upstream_error(exc)
+                if isinstance(exc, OSError | TimeoutError)
+                else ProtocolFailed(f"handshake: {exc}")
+            )
             await self._failed(scope, send, call, err)
             return
         labels = (call.route_name, call.role, call.handler)
@@ -212,7 +237,11 @@ class WebSockets:
         self.rt.metrics.error(call.route_name, call.role, call.handler, kind)
         self.rt.observe(call.route_name, call.role, call.handler, status, time.perf_counter() - call.start)
         self.proxy.record_outcome(call, True)
-        headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.response.headers.raw_items() if k.lower().encode("latin-1") not in _NOT_RELAYED]
+        headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in exc.response.headers.raw_items()
+            if k.lower().encode("latin-1") not in _NOT_RELAYED
+        ]
         headers.append((b"x-splitter-handler", call.handler.encode()))
         await _deny(scope, send, status, headers, bytes(exc.response.body or b""))
         self._log_failed(call, status, kind)
@@ -224,7 +253,13 @@ class WebSockets:
         self.rt.observe(call.route_name, call.role, call.handler, err.status, time.perf_counter() - call.start)
         self.proxy.record_outcome(call, True)
         body = error_body(err.message, call.handler, call.request_id)
-        await _deny(scope, send, err.status, [(b"content-type", b"application/json"), (b"x-splitter-handler", call.handler.encode())], body)
+        await _deny(
+            scope,
+            send,
+            err.status,
+            [(b"content-type", b"application/json"), (b"x-splitter-handler", call.handler.encode())],
+            body,
+        )
         call.detail = err.detail
         self._log_failed(call, err.status, err.kind)
 
@@ -266,8 +301,13 @@ def _log_session(call: Call, session: Session) -> None:
 async def _deny(scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
     """Refuse before accepting: an HTTP answer where the server can send one, else a close (403)."""
     if DENIAL in scope.get("extensions", {}):
-        await send({"type": "websocket.http.response.start", "status": status, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "websocket.http.response.body", "body": body})
     else:
         await send({"type": "websocket.close", "code": 1008})
-

@@ -50,3 +50,15 @@ def test_data_flows_down_runtime_is_a_leaf_of_the_layers():
     graph = imports()
     assert not graph["runtime"] & {"app", "proxy", "admin", "guard", "rollout", "shadow", "server", "cli"}
     assert "cli" not in graph["server"]
+
+
+def test_no_function_in_the_package_is_longer_than_80_lines():
+    """A function that does not fit on a screen does more than one thing; split it into named steps."""
+    long = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if lines > 80:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
