@@ -114,6 +114,27 @@ class NotifyTarget:
         return f"${self.url_env}" if self.url_env else urlsplit(self.url or "").netloc
 
 
+COHORT_MATCHERS = ("header", "cookie", "jwt_claim", "users")  # what a cohort looks at
+COHORT_OPS = ("equals", "in", "prefix", "suffix")  # how header/cookie/jwt_claim values are compared
+MAX_COHORT_MEMBERS = 100_000  # runtime members of one `users` cohort (routes.yaml's own count too)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """`routes[].cohorts[]`: users sent to the route's `to` side before the percent is looked at.
+    `header`/`cookie`/`jwt_claim` compare `key`'s value by `op` with `values` (`equals`/`prefix`/
+    `suffix`: one value; `in`: several); `users` matches the user id against `users` (routes.yaml's
+    own) and the members added at runtime (Snapshot.members)."""
+
+    name: str
+    to: str  # a role: legacy | new
+    matcher: str  # one of COHORT_MATCHERS
+    key: str = ""  # the header, cookie or claim name ("" for users)
+    op: str = ""  # one of COHORT_OPS ("" for users)
+    values: tuple[str, ...] = ()
+    users: frozenset[bytes] = frozenset()
+
+
 @dataclass(frozen=True)
 class Route:
     name: str
@@ -125,6 +146,7 @@ class Route:
     shadow: ShadowSpec | None = None
     rollout: RolloutSpec | None = None
     backends: Mapping[str, str] = field(default_factory=lambda: DEFAULT_BACKENDS)  # role -> backend name
+    cohorts: tuple[Cohort, ...] = ()  # tried in order before the percent
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,8 @@ class Snapshot:
     sources: Mapping[str, str]
     kill: bool
     id_headers: tuple[bytes, ...] = field(default=())
+    # runtime members of `users` cohorts: (route, cohort) -> user ids (routes.yaml's own are on the Cohort)
+    members: Mapping[tuple[str, str], frozenset[bytes]] = field(default_factory=dict)
 
 
 def make_snapshot(cfg: Config, state: State) -> Snapshot:
