@@ -133,10 +133,12 @@ def wrk(url: str, duration: int, connections: int = 64) -> dict[str, float]:
         assert m, out
         return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
 
+    done = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock_err = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": rps,
+        "requests": float(done.group(1)) if done else 0.0,
         "p50": pct("50"),
         "p99": pct("99"),
         "non2xx": float(errors.group(1)) if errors else 0.0,
@@ -162,6 +164,18 @@ def rss_mib(pids: list[int]) -> float:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) / 1024
+    return total
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children (workers), from /proc."""
+    total = 0.0
+    for p in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
     return total
 
 
@@ -282,8 +296,10 @@ def serve(procs: Procs, config: Path, port: int, log: Path, *more: str, cwd: Pat
     return p
 
 
-def throughput(targets: dict[str, int], args: argparse.Namespace) -> None:
-    """The req/s table and the ratios between targets measured next to each other."""
+def throughput(targets: dict[str, int], args: argparse.Namespace, pids: dict[str, int]) -> None:
+    """The req/s table and the ratios between targets measured next to each other. For the processes
+    in `pids`, also the CPU time each request cost: unlike req/s it barely moves when something else
+    on the machine takes a core, so it is the number to compare on a busy machine."""
     for port in targets.values():
         wrk(f"http://127.0.0.1:{port}/api/auth/me", 2)  # warm-up: pools, caches
     # This machine's CPU speed drifts by tens of percent within a minute, so one target's
@@ -294,13 +310,19 @@ def throughput(targets: dict[str, int], args: argparse.Namespace) -> None:
     order = list(targets)
     for i in range(args.rounds):
         for name in order if i % 2 == 0 else reversed(order):
-            rounds[name].append(wrk(f"http://127.0.0.1:{targets[name]}/api/auth/me", args.duration))
+            before = cpu_seconds(pids[name]) if name in pids else 0.0
+            r = wrk(f"http://127.0.0.1:{targets[name]}/api/auth/me", args.duration)
+            if name in pids and r["requests"]:
+                r["cpu_us"] = (cpu_seconds(pids[name]) - before) / r["requests"] * 1e6
+            rounds[name].append(r)
     results = {name: sorted(rs, key=lambda r: r["rps"])[len(rs) // 2] for name, rs in rounds.items()}
-    print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}   req/s of each round")
+    print(f"{'target':<26} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10}   req/s of each round")
     for name, r in results.items():
         each = " ".join(f"{x['rps']:.0f}" for x in rounds[name])
         bad = "  (non-2xx!)" if any(x["non2xx"] for x in rounds[name]) else ""
-        print(f"{name:<26} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f}   {each}{bad}")
+        cpu = statistics.median(x["cpu_us"] for x in rounds[name]) if "cpu_us" in r else None
+        cost = f"{cpu:>10.1f}" if cpu is not None else f"{'':>10}"
+        print(f"{name:<26} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {cost}   {each}{bad}")
 
     def paired(a: str, b: str, key: str = "rps") -> str:
         ratios = sorted(x[key] / y[key] for x, y in zip(rounds[a], rounds[b], strict=True))
@@ -315,9 +337,11 @@ def throughput(targets: dict[str, int], args: argparse.Namespace) -> None:
     print(f"splitter / asgiproxy at its fastest (no access log) req/s: {paired(sp, quiet)}   {p99(sp, quiet)}")
     print(f"splitter / nginx split_clients req/s: {paired('splitter', 'nginx split_clients')}")
     print(f"splitter with 10,000 routes / with 3 routes req/s: {paired(MANY, 'splitter')}")
+    print(f"splitter with 10,000 routes / with 3 routes CPU per request: {paired(MANY, 'splitter', 'cpu_us')}")
     if args.baseline:
         base = f"splitter@{args.baseline}"
         print(f"splitter / {base} req/s: {paired('splitter', base)}   {p99('splitter', base)}")
+        print(f"splitter / {base} CPU per request: {paired('splitter', base, 'cpu_us')} (below 1: cheaper)")
 
 
 def latency(upstream: int, proxy: int) -> None:
@@ -398,7 +422,8 @@ def main() -> None:
         wait_port(asgi)
         wait_port(asgi_quiet)
         sp = serve(procs, work / "routes.yaml", proxy, work / "splitter.log")
-        serve(procs, work / "routes-10000.yaml", many, work / "splitter-10000.log")
+        sp_many = serve(procs, work / "routes-10000.yaml", many, work / "splitter-10000.log")
+        pids = {"splitter": sp.pid, MANY: sp_many.pid}
 
         print(
             f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} rounds (order reversed each round; medians shown), "
@@ -415,9 +440,10 @@ def main() -> None:
             add = ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline]
             subprocess.run(add, check=True, capture_output=True)
             base_port = free_port()
-            serve(procs, work / "routes.yaml", base_port, work / "baseline.log", cwd=tree)
+            sp_base = serve(procs, work / "routes.yaml", base_port, work / "baseline.log", cwd=tree)
+            pids[f"splitter@{args.baseline}"] = sp_base.pid
             targets[f"splitter@{args.baseline}"] = base_port
-        throughput(targets, args)
+        throughput(targets, args, pids)
         if args.quick:
             return
         latency(upstream, proxy)
