@@ -33,15 +33,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, bucketing, judge, strictjson
+from .config import MAX_COHORT_MEMBERS
 from .console import console_routes
 from .decide import Facts, decide
 from .metrics import CONTENT_TYPE
-from .overrides import Conflict, Unavailable
+from .overrides import Conflict, TooMany, Unavailable
 from .rollout import Refused as RolloutRefused
 from .runtime import CONSOLE_SPAN_S
 from .tokens import Identity
 
 if TYPE_CHECKING:
+    from .config import Cohort
     from .config import Route as RouteSpec
     from .rollout import Rollouts
     from .runtime import Runtime
@@ -135,6 +137,9 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             Route("/admin/overview", overview),
             Route("/admin/history", history),
             Route("/admin/whoami", whoami),
+            Route("/admin/routes/{name}/cohorts", cohorts_view),
+            Route("/admin/routes/{name}/cohorts/{cohort}", cohort_members, methods=["GET"]),
+            Route("/admin/routes/{name}/cohorts/{cohort}", writer(change_cohort), methods=["PUT"]),
             *console_routes(),
         ],
         exception_handlers=_ERRORS,
@@ -467,6 +472,119 @@ async def rollout_action(request: Request, who: Actor) -> Any:
         raise _Refused(409, str(exc)) from None
     await record(request, who, f"rollout_{action}", name, old, rt.snapshot.percent[name])
     return view
+
+
+# --- cohorts: runtime members of `users` cohorts --------------------------------------------------
+MAX_MEMBER_ID = 256  # characters of one user id added at runtime
+
+
+def cohort_or_404(rt: Runtime, route: str, name: str) -> Cohort:
+    route_or_404(rt, route)
+    cohorts = rt.snapshot.config.by_name[route].cohorts
+    cohort = next((c for c in cohorts if c.name == name), None)
+    if cohort is None:
+        known = ", ".join(c.name for c in cohorts) or "none"
+        raise _Refused(404, f"route {route!r} has no cohort {name!r} (cohorts: {known})")
+    return cohort
+
+
+def users_cohort(rt: Runtime, route: str, name: str) -> Cohort:
+    """The cohort, if it is a `users` cohort: 404 unknown, 400 another matcher (it has no members)."""
+    cohort = cohort_or_404(rt, route, name)
+    if cohort.matcher != "users":
+        raise _Refused(400, f"cohort {name!r} of route {route!r} matches {cohort.matcher} {cohort.key}, not users: "
+                            "it has no members to change or list")
+    return cohort
+
+
+def cohort_view(rt: Runtime, route: str, cohort: Cohort) -> dict[str, Any]:
+    """A cohort; for a `users` cohort its members, routes.yaml's and those added at runtime apart."""
+    view: dict[str, Any] = {"name": cohort.name, "matcher": cohort.matcher, "to": cohort.to}
+    if cohort.matcher != "users":
+        return {**view, "key": cohort.key, "op": cohort.op, "values": list(cohort.values)}
+    runtime = rt.snapshot.members.get((route, cohort.name), frozenset())
+    return {
+        **view,
+        "count": len(cohort.users | runtime),
+        "file_members": sorted(u.decode("utf-8", "replace") for u in cohort.users),
+        "runtime_members": sorted(u.decode("utf-8", "replace") for u in runtime),
+    }
+
+
+async def cohorts_view(request: Request) -> Response:
+    rt = _rt(request)
+    name = request.path_params["name"]
+    route_or_404(rt, name)
+    cohorts = rt.snapshot.config.by_name[name].cohorts
+    return JSONResponse({"route": name, "cohorts": [cohort_view(rt, name, c) for c in cohorts]})
+
+
+async def cohort_members(request: Request) -> Response:
+    rt = _rt(request)
+    route, name = request.path_params["name"], request.path_params["cohort"]
+    return JSONResponse({"route": route, **cohort_view(rt, route, users_cohort(rt, route, name))})
+
+
+def _member_ids(data: dict[str, Any], key: str) -> list[str]:
+    """`add` or `remove`: a list of user ids, each a non-empty printable string; duplicates dropped."""
+    raw = data.get(key, [])
+    if not isinstance(raw, list):
+        raise _Refused(400, f"{key} must be a list of user ids, got {json.dumps(raw)[:80]}")
+    for u in raw:
+        if not isinstance(u, str) or not 0 < len(u) <= MAX_MEMBER_ID or not u.isprintable() or not _utf8(u):
+            raise _Refused(
+                400, f"{key}: a user id must be a non-empty printable string of at most {MAX_MEMBER_ID} characters, "
+                f"got {json.dumps(u)[:80]}"
+            )
+    return list(dict.fromkeys(raw))
+
+
+async def change_cohort(request: Request, who: Actor) -> Any:
+    """`{"add": [...], "remove": [...]}`: all or nothing. routes.yaml's own members cannot be
+    removed at runtime (400); adding one is a no-op (it is a member already)."""
+    rt = _rt(request)
+    route, name = request.path_params["name"], request.path_params["cohort"]
+    cohort = users_cohort(rt, route, name)
+    data = await body(request)
+    extra = sorted(set(data) - {"add", "remove", "reason"})
+    if extra:
+        raise _Refused(400, f'unknown key {extra[0]!r}: the body is {{"add": [ids], "remove": [ids], "reason": text}}')
+    add, remove = _member_ids(data, "add"), _member_ids(data, "remove")
+    if not add and not remove:
+        raise _Refused(400, 'nothing to change: give "add" and/or "remove", lists of user ids')
+    both = set(add) & set(remove)
+    if both:
+        raise _Refused(400, f"user id {min(both)!r} is both in add and in remove")
+    in_file = [u for u in remove if u.encode() in cohort.users]
+    if in_file:
+        raise _Refused(400, f"{in_file[0]!r} is one of routes.yaml's members of cohort {name!r}: remove it from "
+                            "routes.yaml (runtime changes add and remove only runtime members); nothing was changed")
+    add = [u for u in add if u.encode() not in cohort.users]
+    limit = MAX_COHORT_MEMBERS - len(cohort.users)
+    try:
+        change = await rt.overrides.change_members((route, name), add, remove, limit)
+    except TooMany as exc:
+        raise _Refused(400, f"cohort {name!r} of route {route!r} would have {len(cohort.users) + exc.after} members "
+                            f"({len(cohort.users)} in routes.yaml, {exc.after} at runtime), more than "
+                            f"{MAX_COHORT_MEMBERS}; nothing was changed") from None
+    log.info("cohort members changed", who=who.name, route=route, cohort=name, added=change.added,
+             removed=change.removed, runtime_members=change.after)
+    old = {"cohort": name, "runtime_members": change.before}
+    new = {"cohort": name, "runtime_members": change.after, "added": list(change.added_ids),
+           "added_count": change.added, "removed": list(change.removed_ids), "removed_count": change.removed}
+    await record(request, who, "cohort", route, old, new)
+    count = len(cohort.users | rt.snapshot.members.get((route, name), frozenset()))
+    return {"route": route, "cohort": name, "added": change.added, "removed": change.removed, "count": count,
+            "file_members": len(cohort.users), "runtime_members": change.after}
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` has a UTF-8 form (JSON can carry a lone surrogate, a header cannot)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 NOSNIFF = (b"x-content-type-options", b"nosniff")

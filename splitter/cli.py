@@ -375,6 +375,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def _show(v: Any) -> str:
+    if isinstance(v, dict) and "runtime_members" in v:  # a cohort's members (action cohort)
+        return f"{v['cohort']}:{v['runtime_members']}"
     return ("on" if v else "off") if isinstance(v, bool) else "-" if v is None else str(v)
 
 
@@ -718,6 +720,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     hi.add_argument("--limit", type=int, default=50, help="at most this many events")
     hi.add_argument("--json", action="store_true", help="JSON output")
     hi.set_defaults(func=cmd_history)
+    _cohort_parser(admin_parser("cohort", "members of a route's users cohorts at runtime: add, remove, list"))
     _rollout_parser(
         admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, wait (exit 0, 3 or 4)")
     )
@@ -739,6 +742,61 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     rp.add_argument("--route", default=None, help="only this route")
     rp.add_argument("--json", action="store_true", help="JSON output")
     rp.set_defaults(func=cmd_report)
+
+
+def _cohort_parser(co: argparse.ArgumentParser) -> None:
+    co.add_argument("action", choices=["add", "remove", "list"], help="what to do")
+    co.add_argument("route", help="route name")
+    co.add_argument("cohort", nargs="?", help="cohort name (list: all the route's cohorts when omitted)")
+    co.add_argument("users", nargs="*", metavar="USER", help="add/remove: user ids")
+    co.add_argument("--json", action="store_true", help="list: JSON output")
+    co.add_argument("--reason", default=None, help="add/remove: why, for the history and notifications")
+    co.set_defaults(func=cmd_cohort)
+
+
+def cmd_cohort(args: argparse.Namespace) -> int:
+    """`cohort add|remove ROUTE COHORT USER...` (one change, all or nothing), `cohort list ROUTE [COHORT]`."""
+    from urllib.parse import quote
+
+    path = f"/admin/routes/{quote(args.route, safe='')}/cohorts"
+    if args.action == "list":
+        if args.users:
+            usage("list takes ROUTE [COHORT], no user ids")
+        return _cohort_list(args, _admin(args, "GET", path)["cohorts"])
+    if not args.cohort or not args.users:
+        usage(f"{args.action} needs ROUTE COHORT USER...")
+    body = {args.action: args.users}
+    r = _admin(args, "PUT", f"{path}/{quote(args.cohort, safe='')}", body, write=True)
+    did = f"added {r['added']}" if args.action == "add" else f"removed {r['removed']}"
+    print(
+        f"{args.route}/{args.cohort}: {did}; {r['count']} members "
+        f"({r['file_members']} in routes.yaml, {r['runtime_members']} added at runtime)"
+    )
+    return 0
+
+
+def _cohort_list(args: argparse.Namespace, cohorts: list[dict[str, Any]]) -> int:
+    if args.cohort:
+        cohorts = [c for c in cohorts if c["name"] == args.cohort]
+        if not cohorts:
+            fail(f"route {args.route!r} has no cohort {args.cohort!r}")
+    if args.json:
+        print(json.dumps({"route": args.route, "cohorts": cohorts}, indent=2))
+        return 0
+    if not cohorts:
+        print(f"{args.route}: no cohorts")
+        return 0
+    print(f"{'COHORT':<16} {'TO':<7} {'MEMBERS':>7}  MATCHER")
+    for c in cohorts:
+        if c["matcher"] != "users":
+            values = ", ".join(c["values"])
+            print(f"{c['name']:<16} {c['to']:<7} {'-':>7}  {c['matcher']} {c['key']} {c['op']} {values}")
+            continue
+        print(f"{c['name']:<16} {c['to']:<7} {c['count']:>7}  users")
+        for where, ids in (("routes.yaml", c["file_members"]), ("runtime", c["runtime_members"])):
+            more = f" ... and {len(ids) - 20} more (--json lists all)" if len(ids) > 20 else ""
+            print(f"    {where}: {', '.join(ids[:20]) or '-'}{more}")
+    return 0
 
 
 def _rollout_parser(ro: argparse.ArgumentParser) -> None:

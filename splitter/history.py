@@ -76,8 +76,21 @@ def describe(e: dict[str, Any]) -> str:
     action, route = e["action"], e.get("route")
     if action == "kill":
         what = "turned the kill switch " + ("ON: every request goes to legacy" if e["new"] else "off")
+    elif action == "cohort":
+        what = _cohort_change(route, e["old"], e["new"])
     elif action == "reload":
         what = f"routes.yaml changed {route}: {e['old']} % → {e['new']} %"
     else:
         what = f"{action.replace('_', ' ')} {route}: {e['old']} % → {e['new']} %"
     return f"{who} {what}" + (f" — {e['reason']}" if e.get("reason") else "")
+
+
+def _cohort_change(route: str | None, old: dict[str, Any], new: dict[str, Any]) -> str:
+    """`changed cohort beta of auth: +carol, -dave (1 → 1 runtime members)`; at most the sample by name."""
+    parts = []
+    for sign, ids, count in (("+", new["added"], new["added_count"]), ("-", new["removed"], new["removed_count"])):
+        parts += [sign + u for u in ids]
+        if count > len(ids):
+            parts.append(f"{sign}{count - len(ids)} more")
+    counts = f"{old['runtime_members']} → {new['runtime_members']} runtime members"
+    return f"changed cohort {new['cohort']} of {route}: {', '.join(parts) or 'no change'} ({counts})"

@@ -19,6 +19,12 @@ replaced whole on every change. With Redis the keys are the truth:
     {prefix}:claim:{digest}
                        SET NX, 5 minutes: the one replica that records a change every
                        replica sees (a routes.yaml reload)
+    {prefix}:cohort:{route}:{cohort}
+                       set of the user ids added at runtime to a `users` cohort
+    {prefix}:cohorts   hash "{route}:{cohort}" -> version, raised with every change of that set
+                       (in the same script, with the event): a resync re-reads only the sets
+                       whose version moved, so a 100,000-member set is not read every second
+                       (a set edited by hand is read once its version field changes)
 
 Every replica resyncs on connect, on every event and once a second, so a lost
 message costs at most a second. With Sentinel (`redis.sentinels` + `service`)
@@ -29,11 +35,12 @@ failover the next reconnect (the subscription included) lands on the new one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -48,6 +55,31 @@ class Unavailable(Exception):
 
 class Conflict(Exception):
     """A write that would only reach one worker (409)."""
+
+
+class TooMany(Exception):
+    """A change of a cohort's runtime members that would leave more than the limit (400); nothing changed."""
+
+    def __init__(self, before: int, after: int, limit: int) -> None:
+        super().__init__(f"{after} runtime members, more than {limit}")
+        self.before, self.after, self.limit = before, after, limit
+
+
+CohortKey = tuple[str, str]  # (route, cohort)
+Members = Mapping[CohortKey, frozenset[bytes]]
+MEMBER_SAMPLE = 20  # ids a change reports by name (history, notifications); the rest are counted
+
+
+class MemberChange(NamedTuple):
+    """What a change of runtime members did: counts before and after, how many ids were added and
+    removed, and the first MEMBER_SAMPLE of each by name."""
+
+    before: int
+    after: int
+    added: int
+    removed: int
+    added_ids: tuple[str, ...]
+    removed_ids: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -75,6 +107,8 @@ class MemoryOverrides:
         self._rollouts: dict[str, dict[str, Any]] = {}
         self._mismatches: dict[str, deque[dict[str, Any]]] = {}
         self._history: deque[dict[str, Any]] = deque(maxlen=KEEP_HISTORY)
+        self.members: Members = {}  # runtime members of `users` cohorts; unchanged sets are reused
+        self._member_listeners: list[Callable[[Members], None]] = []
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -126,6 +160,31 @@ class MemoryOverrides:
 
     async def set_kill(self, on: bool) -> None:
         await self._change(lambda s: State(s.percents, s.sources, on), {"type": "kill", "on": on})
+
+    # --- runtime members of `users` cohorts ---
+    def subscribe_members(self, listener: Callable[[Members], None]) -> None:
+        self._member_listeners.append(listener)
+
+    def _apply_members(self, members: Members) -> None:
+        self.members = members
+        for listener in self._member_listeners:
+            listener(members)
+
+    async def change_members(
+        self, key: CohortKey, add: list[str], remove: list[str], limit: int
+    ) -> MemberChange:
+        """Add and remove runtime members of one cohort, all or nothing: TooMany when more than
+        `limit` would remain. `add` and `remove` hold distinct ids, none in both."""
+        self._check_writable()
+        old = self.members.get(key, frozenset())
+        added = [u for u in add if u.encode() not in old]
+        removed = [u for u in remove if u.encode() in old]
+        after = len(old) + len(added) - len(removed)
+        if after > limit:
+            raise TooMany(len(old), after, limit)
+        new = (old - {u.encode() for u in removed}) | {u.encode() for u in added}
+        self._apply_members({**self.members, key: new})
+        return _member_change(len(old), after, added, removed)
 
     # --- rollout controller state: one record per route, and who drives it ---
     async def get_rollout(self, route: str) -> dict[str, Any] | None:
@@ -186,6 +245,8 @@ class RedisOverrides(MemoryOverrides):
         self.k_state = f"{prefix}:state"
         self.channel = f"{prefix}:events"
         self.prefix = prefix
+        self.k_cohorts = f"{prefix}:cohorts"
+        self._versions: dict[str, str] = {}  # "{route}:{cohort}" -> the version self.members holds
         self.up = False
         self.ever_connected = False
         self._known = False  # True once we have a state from Redis or from a write
@@ -258,6 +319,7 @@ class RedisOverrides(MemoryOverrides):
             pipe.get(self.k_kill)
             exists, percents, sources, kill = await pipe.execute()
             if not exists:
+                await self._restore_members()
                 s = self.state
                 if self._known and (s.percents or s.kill):
                     await self._write(s)
@@ -270,6 +332,7 @@ class RedisOverrides(MemoryOverrides):
                     await self.client.set(self.k_state, "1")
                 self._known = True
                 return
+            await self._sync_members()
             state = _parse(percents, sources, kill)
             self._known = True
             if state != self.state:
@@ -306,6 +369,76 @@ class RedisOverrides(MemoryOverrides):
         except self._redis_errors as exc:
             raise Unavailable(f"Redis write failed ({exc or type(exc).__name__}); nothing was changed") from None
         self._apply(new)
+
+    # --- runtime members of `users` cohorts ---
+    def _k_cohort(self, field_: str) -> str:
+        return f"{self.prefix}:cohort:{field_}"
+
+    async def _sync_members(self) -> None:
+        """Re-read the sets whose version moved (all of them at start and after a reconnect to a
+        Redis this process has not seen); every other cohort keeps its frozenset."""
+        versions: dict[str, str] = await self.client.hgetall(self.k_cohorts)
+        changed = [f for f, v in versions.items() if self._versions.get(f) != v]
+        gone = [f for f in self._versions if f not in versions]
+        if not changed and not gone:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for f in changed:
+            pipe.smembers(self._k_cohort(f))
+        sets = await pipe.execute()
+        members = dict(self.members)
+        for f, ids in zip(changed, sets, strict=True):
+            route, _, cohort = f.partition(":")
+            members[(route, cohort)] = frozenset(u.encode() for u in ids)
+        for f in gone:
+            route, _, cohort = f.partition(":")
+            members.pop((route, cohort), None)
+        self._versions = versions
+        self._apply_members(members)
+
+    async def _restore_members(self) -> None:
+        """Redis lost its data: write back the members this process last saw, with their versions."""
+        if not (self._known and self._versions):
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for (route, cohort), ids in self.members.items():
+            values = [u.decode() for u in ids]
+            for i in range(0, len(values), 10_000):
+                pipe.sadd(self._k_cohort(f"{route}:{cohort}"), *values[i : i + 10_000])
+        pipe.hset(self.k_cohorts, mapping=self._versions)
+        await pipe.execute()
+        log.warning(
+            "redis lost its data; wrote back the last known cohort members",
+            cohorts={f"{r}:{c}": len(ids) for (r, c), ids in self.members.items()},
+        )
+
+    async def change_members(
+        self, key: CohortKey, add: list[str], remove: list[str], limit: int
+    ) -> MemberChange:
+        """One script: the size check, the change, the version and the event, so replicas racing
+        to add cannot pass the limit together, and a refused change leaves the set as it was."""
+        if not self.up:
+            raise Unavailable(
+                "Redis is unreachable: the change would not reach the other replicas; nothing was changed, "
+                "try again when Redis is back"
+            )
+        field_ = f"{key[0]}:{key[1]}"
+        event = json.dumps({"type": "cohort", "route": key[0], "cohort": key[1]})
+        keys = [self._k_cohort(field_), self.k_cohorts, self.k_state]
+        args = [field_, limit, self.channel, event, len(add), MEMBER_SAMPLE, *add, *remove]
+        async with self._lock:
+            try:
+                out = await self.client.eval(_CHANGE_MEMBERS, len(keys), *keys, *args)
+            except self._redis_errors as exc:
+                raise Unavailable(f"Redis write failed ({exc or type(exc).__name__}); nothing was changed") from None
+            status, before, after = int(out[0]), int(out[1]), int(out[2])
+            if status == -2:
+                raise Unavailable("Redis has just lost its data and is being restored; nothing was changed, try again")
+            if status == -1:
+                raise TooMany(before, after, limit)
+            with contextlib.suppress(*self._redis_errors):  # else the next resync reads it
+                await self._sync_members()  # this process sees its own change before it answers
+        return MemberChange(before, after, int(out[3]), int(out[4]), tuple(out[5]), tuple(out[6]))
 
     async def get_rollout(self, route: str) -> dict[str, Any] | None:
         try:
@@ -442,10 +575,45 @@ def describe(url: str | None, how: Connect) -> str | None:
     return url
 
 
+def _member_change(before: int, after: int, added: list[str], removed: list[str]) -> MemberChange:
+    sample = MEMBER_SAMPLE
+    return MemberChange(before, after, len(added), len(removed), tuple(added[:sample]), tuple(removed[:sample]))
+
+
 def _parse(percents: dict[str, str], sources: dict[str, str], kill: str | None) -> State:
     valid = {k: int(v) for k, v in percents.items() if v.lstrip("-").isdigit()}
     return State(valid, {k: sources.get(k, "override") for k in valid}, kill == "1")
 
+
+# KEYS: the set, the versions hash, the state sentinel. ARGV: field, limit, channel, event, number of
+# ids to add, sample size, the ids to add, the ids to remove (distinct, none in both).
+# Returns {status (1 done, -1 over the limit, -2 Redis lost its data), before, after, added, removed,
+# the first `sample` added, the first `sample` removed}.
+_CHANGE_MEMBERS = """
+if redis.call('exists', KEYS[3]) == 0 then return {-2, 0, 0, 0, 0, {}, {}} end
+local n, sample, first = tonumber(ARGV[5]), tonumber(ARGV[6]), 7
+local before = redis.call('scard', KEYS[1])
+local added, removed, added_ids, removed_ids = {}, {}, {}, {}
+for i = first, first + n - 1 do
+  if redis.call('sismember', KEYS[1], ARGV[i]) == 0 then
+    added[#added + 1] = ARGV[i]
+    if #added_ids < sample then added_ids[#added_ids + 1] = ARGV[i] end
+  end
+end
+for i = first + n, #ARGV do
+  if redis.call('sismember', KEYS[1], ARGV[i]) == 1 then
+    removed[#removed + 1] = ARGV[i]
+    if #removed_ids < sample then removed_ids[#removed_ids + 1] = ARGV[i] end
+  end
+end
+local after = before + #added - #removed
+if after > tonumber(ARGV[2]) then return {-1, before, after, 0, 0, {}, {}} end
+for i = 1, #removed, 1000 do redis.call('srem', KEYS[1], unpack(removed, i, math.min(i + 999, #removed))) end
+for i = 1, #added, 1000 do redis.call('sadd', KEYS[1], unpack(added, i, math.min(i + 999, #added))) end
+redis.call('hincrby', KEYS[2], ARGV[1], 1)
+redis.call('publish', ARGV[3], ARGV[4])
+return {1, before, after, #added, #removed, added_ids, removed_ids}
+"""
 
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import signal
@@ -117,8 +118,9 @@ class Runtime:
             )
         else:
             self.overrides = MemoryOverrides(settings.workers)
-        self.snapshot = make_snapshot(cfg, self.overrides.state)
+        self.snapshot = self._with_members(make_snapshot(cfg, self.overrides.state))
         self.overrides.subscribe(self._on_overrides)
+        self.overrides.subscribe_members(self._on_members)
         self.pools: dict[Backend, Pool] = {}
         self.windows = self._windows(cfg, None)
         self._tasks: list[asyncio.Task[None]] = []
@@ -221,12 +223,20 @@ class Runtime:
     # --- changes --------------------------------------------------------------
     def _on_overrides(self, state: State) -> None:
         old = self.snapshot
-        self.snapshot = make_snapshot(old.config, state)
+        self.snapshot = self._with_members(make_snapshot(old.config, state))
         now = time.time()
         for name, pct in self.snapshot.percent.items():
             if old.percent.get(name) != pct:
                 self.windows.reset(name, now)  # a new population: judge it afresh
         self._publish_gauges()
+
+    def _on_members(self, members: Mapping[tuple[str, str], frozenset[bytes]]) -> None:
+        """Runtime members of `users` cohorts changed: the same snapshot with the store's mapping
+        (its unchanged frozensets are the same objects, never rebuilt)."""
+        self.snapshot = dataclasses.replace(self.snapshot, members=members)
+
+    def _with_members(self, snap: Snapshot) -> Snapshot:
+        return dataclasses.replace(snap, members=self.overrides.members)
 
     def _redis_up(self, up: bool) -> None:
         if self.metrics.redis_up is not None:
@@ -259,7 +269,7 @@ class Runtime:
         if new_redis != self.redis_url or cfg.redis_prefix != old.redis_prefix or cfg.redis_ha != old.redis_ha:
             log.warning("config change needs a restart to apply", key="redis")
         self.windows = self._windows(cfg, self.windows)
-        self.snapshot = make_snapshot(cfg, self.overrides.state)
+        self.snapshot = self._with_members(make_snapshot(cfg, self.overrides.state))
         for backend in [b for b in self.pools if b not in cfg.backends.values()]:
             self.pools.pop(backend).retire()  # idle connections close now, busy ones when their request ends
         for gone in {r.name for r in old.routes} - {r.name for r in cfg.routes}:

@@ -228,6 +228,7 @@ function shadowBox(mismatches) {
 
 function change(e) {
   const v = x => (x === true ? "on" : x === false ? "off" : x === null || x === undefined ? "-" : `${x} %`);
+  if (e.action === "cohort") return `cohort ${e.new.cohort}: ${e.old.runtime_members} → ${e.new.runtime_members} runtime members`;
   return e.action === "kill" ? `kill switch ${v(e.new)}` : `${e.action.replace(/_/g, " ")} ${v(e.old)} → ${v(e.new)}`;
 }
 
