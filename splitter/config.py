@@ -825,8 +825,8 @@ def _sides(doc: _Doc, r: dict[str, Any], path: str, known: frozenset[str]) -> Ma
     if "new" not in r and "legacy" not in r:
         return DEFAULT_BACKENDS
     sides = dict(DEFAULT_BACKENDS)
-    for role in ROLES:
-        name = r.get(role, role)
+    for role in (role for role in ROLES if role in r):
+        name = r[role]
         if not isinstance(name, str) or name not in known:
             defined = ", ".join(sorted(known))
             doc.error(f"{path}.{role}", f"must name a backend defined under backends: ({defined}), got {_show(name)}")
