@@ -1,12 +1,16 @@
 """Targeting before the percent (SPEC "Targeting"): a route's own backends and its cohorts, from
 routes.yaml through decide() to what a real proxy forwards, counts and logs."""
 
+import asyncio
+import json
 import subprocess
 import sys
 import time
 
 import httpx
 import pytest
+import websockets
+from backends import start_backend
 from conftest import eventually, free_port, routes_yaml
 
 from splitter import config
@@ -254,3 +258,24 @@ def test_failing_staff_requests_stay_out_of_the_guards_window(standin, splitter)
     eventually(lambda: state()["source"] == "guard", timeout=10)
     trip = s.wait_log(lambda e: "guard tripped" in e.get("event", ""))
     assert (trip["requests"], trip["errors"]) == (40, 40), "only the random users were judged"
+
+
+def test_a_websocket_upgrade_is_targeted_like_any_request(procs, tmp_path, splitter):
+    legacy, new = start_backend(procs, "legacy", tmp_path), start_backend(procs, "new", tmp_path)
+    routes = """  - name: notifications
+    prefix: /api/notifications
+    percent: 0
+    cohorts: [{name: staff, header: X-Staff, equals: "1", to: new}, {name: beta, users: [alice], to: new}]"""
+    s = splitter(routes_yaml(legacy, new, routes=routes))
+
+    async def hello(headers: dict[str, str]) -> str:
+        async with websockets.connect(f"ws://127.0.0.1:{s.port}/api/notifications/ws", additional_headers=headers) as ws:
+            return str(json.loads(await ws.recv())["backend"])
+
+    assert asyncio.run(hello({**STAFF, "X-User-ID": "zed"})) == "new"
+    assert asyncio.run(hello({"X-User-ID": "alice"})) == "new"
+    assert asyncio.run(hello({"X-User-ID": "zed"})) == "legacy"
+    line = s.wait_log(lambda e: e.get("event") == "websocket" and e.get("reason") == "cohort:staff")
+    assert (line["backend"], line["upstream"], line["status"]) == ("new", "new", 101)
+    assert s.metric("splitter_cohort_requests_total", route="notifications", cohort="staff", backend="new") == 1
+    assert s.metric("splitter_cohort_requests_total", route="notifications", cohort="beta", backend="new") == 1
