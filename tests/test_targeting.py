@@ -139,6 +139,18 @@ def test_check_rejects_a_route_naming_an_unknown_backend_with_exit_1(tmp_path, c
     assert run_check(f).returncode == 0
 
 
+def test_splitter_bucket_names_the_users_cohort_that_decides(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text(BASE)
+    r = subprocess.run(
+        [sys.executable, "-m", "splitter", "bucket", "alice", "--config", str(f), "--json"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = {x["route"]: (x["backend"], x["reason"]) for x in json.loads(r.stdout)["routes"]}
+    assert rows == {"auth": ("legacy", "percent"), "upload": ("new", "cohort:beta")}
+
+
 # --- real proxies ------------------------------------------------------------------------------
 
 
