@@ -8,8 +8,10 @@ import sys
 import time
 
 import httpx
+import jsonschema
 import pytest
 import websockets
+import yaml
 from backends import start_backend
 from conftest import eventually, free_port, routes_yaml
 
@@ -65,6 +67,22 @@ def test_backends_are_an_open_map_and_cohorts_load_in_order():
     assert staff.raw_key == b"x-staff" and staff.reason == "cohort:staff", "precomputed at load"
     assert corp.raw_token_header == b"x-token", "a jwt_claim reads the token user_id's jwt_sub names"
     assert auth.cohorts == ()
+
+
+def test_the_schema_takes_any_backend_name_and_the_cohort_keys():
+    schema = jsonschema.Draft202012Validator(config.json_schema())
+    doc = yaml.safe_load(BASE)
+    schema.validate(doc)
+    for mistake in (
+        lambda d: d["backends"].update({"Up-Load": {"url": "http://127.0.0.1:1"}}),
+        lambda d: d["backends"].pop("new"),
+        lambda d: d["routes"][1]["cohorts"].append({"name": "x", "users": ["a"]}),  # no `to`
+        lambda d: d["routes"][1]["cohorts"][0].update(colour="red"),
+    ):
+        bad = yaml.safe_load(BASE)
+        mistake(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            schema.validate(bad)
 
 
 ROUTE = "    new: upload_service\n    cohorts:\n"
