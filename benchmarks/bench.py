@@ -12,7 +12,9 @@ each other, and their median is printed with their range. Then: added latency
 at a paced 1,000 req/s, 1 GiB upload and download (direct, through nginx's
 proxy, through splitter, in turn), RSS under 1,000 idle keep-alive connections,
 and --workers 1 vs 2. splitter with 10,000 routes runs beside splitter with 3 in
-every round (route matching walks path segments: the count must not cost req/s).
+every round (route matching walks path segments: the count must not cost req/s),
+and so does splitter whose /api/auth carries 20 cohorts that never match (19 header
+cohorts and a 10,000-member users list, all checked on every request).
 Only ratios within one run mean anything: this machine's CPU speed drifts by tens
 of percent within a minute. Everything listens on 127.0.0.1 only.
 """
@@ -147,6 +149,20 @@ def wrk(url: str, duration: int, connections: int = 64) -> dict[str, float]:
 
 
 MANY = "splitter, 10,000 routes"
+COHORTS = "splitter, 20 cohorts"
+
+
+def many_cohorts() -> str:
+    """20 cohorts for /api/auth that wrk's requests never match, so each request checks them all:
+    19 on headers (the X-User-ID it sends, and headers it does not send) and 10,000 users last."""
+    ops = ("equals: nobody", "in: [a, b, c]", "prefix: admin-", "suffix: -staff")
+    out = ["    cohorts:\n"]
+    for i in range(19):
+        header = "X-User-ID" if i % 2 else f"X-Cohort-{i}"
+        out.append(f"      - {{name: c{i}, header: {header}, {ops[i % 4]}, to: new}}\n")
+    members = ", ".join(f"member-{i}" for i in range(10_000))
+    out.append(f"      - {{name: beta, users: [{members}], to: new}}\n")
+    return "".join(out)
 
 
 def many_routes(n: int) -> str:
@@ -269,7 +285,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def prepare(work: Path, upstream: int, split: int) -> None:
-    """The files: nginx's config and the files it serves, and the three routes.yaml variants."""
+    """The files: nginx's config and the files it serves, and the four routes.yaml variants."""
     work.chmod(0o755)  # nginx workers run as an unprivileged user
     (work / "files").mkdir()
     (work / "dav").mkdir(mode=0o777)
@@ -281,6 +297,8 @@ def prepare(work: Path, upstream: int, split: int) -> None:
     # the same routes plus 9,997 more (routes.py matches by segment): 10,000 vs 3 routes in one run
     many = ROUTES_YAML.format(upstream=upstream, guard=GUARD, more=many_routes(9_997))
     (work / "routes-10000.yaml").write_text(many)
+    cohorts = ROUTES_YAML.format(upstream=upstream, guard=GUARD + many_cohorts(), more="")
+    (work / "routes-cohorts.yaml").write_text(cohorts)
     (work / "routes-workers.yaml").write_text(ROUTES_YAML.format(upstream=upstream, guard="", more=""))
 
 
@@ -338,6 +356,8 @@ def throughput(targets: dict[str, int], args: argparse.Namespace, pids: dict[str
     print(f"splitter / nginx split_clients req/s: {paired('splitter', 'nginx split_clients')}")
     print(f"splitter with 10,000 routes / with 3 routes req/s: {paired(MANY, 'splitter')}")
     print(f"splitter with 10,000 routes / with 3 routes CPU per request: {paired(MANY, 'splitter', 'cpu_us')}")
+    print(f"splitter with 20 cohorts on the route / with none req/s: {paired(COHORTS, 'splitter')}")
+    print(f"splitter with 20 cohorts on the route / with none CPU per request: {paired(COHORTS, 'splitter', 'cpu_us')}")
     if args.baseline:
         base = f"splitter@{args.baseline}"
         print(f"splitter / {base} req/s: {paired('splitter', base)}   {p99('splitter', base)}")
@@ -409,7 +429,7 @@ def main() -> None:
             raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk curl (make bench does)")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     work = Path(tempfile.mkdtemp(prefix="splitter-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    upstream, split, asgi, asgi_quiet, proxy, many = (free_port() for _ in range(6))
+    upstream, split, asgi, asgi_quiet, proxy, many, cohorts = (free_port() for _ in range(7))
     prepare(work, upstream, split)
     procs = Procs()
     try:
@@ -423,7 +443,8 @@ def main() -> None:
         wait_port(asgi_quiet)
         sp = serve(procs, work / "routes.yaml", proxy, work / "splitter.log")
         sp_many = serve(procs, work / "routes-10000.yaml", many, work / "splitter-10000.log")
-        pids = {"splitter": sp.pid, MANY: sp_many.pid}
+        sp_cohorts = serve(procs, work / "routes-cohorts.yaml", cohorts, work / "splitter-cohorts.log")
+        pids = {"splitter": sp.pid, MANY: sp_many.pid, COHORTS: sp_cohorts.pid}
 
         print(
             f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} rounds (order reversed each round; medians shown), "
@@ -434,7 +455,7 @@ def main() -> None:
             "asgiproxy: its CLI defaults, and without its access log\n"
         )
         targets = {"direct (nginx upstream)": upstream, "nginx split_clients": split, "asgiproxy": asgi}
-        targets.update({"asgiproxy, no access log": asgi_quiet, "splitter": proxy, MANY: many})
+        targets.update({"asgiproxy, no access log": asgi_quiet, "splitter": proxy, MANY: many, COHORTS: cohorts})
         if args.baseline:
             tree = work / "baseline"
             add = ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline]

@@ -674,12 +674,15 @@ def _raw_query_param(query: bytes, name: bytes) -> bytes | None:
 
 def bucket_view(snap: Any, user_id: bytes) -> dict[str, Any]:
     """Per route, the user's bucket and the proxy's decision for a request with this id
-    (`backend` is the role; `reason` says what decided)."""
+    (`backend` is the role, `upstream` the backend that serves it; `reason` says what decided).
+    Only the id is known here: `users` cohorts (routes.yaml's and runtime members) show, header,
+    cookie and jwt_claim cohorts cannot match."""
     routes = []
     for r in snap.config.routes:
         d = decide(snap, r, Facts(None, user_id))
         assert d is not None  # the user id is known
         b = bucketing.bucket(user_id, r.salt)
         pct = snap.percent[r.name]
-        routes.append({"route": r.name, "bucket": b, "percent": pct, "backend": d.role, "reason": d.reason})
+        row = {"route": r.name, "bucket": b, "percent": pct, "backend": d.role, "reason": d.reason}
+        routes.append(row | {"upstream": d.backend})
     return {"user_id": user_id.decode("utf-8", "replace"), "kill": snap.kill, "routes": routes}

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 from hashlib import md5
+from typing import Any
 
 from .config import UID_COOKIE, IdSource
 
@@ -45,8 +46,8 @@ def cookie_value(cookie_header: bytes, name: bytes) -> bytes | None:
     return None
 
 
-def jwt_sub(authorization: bytes) -> bytes | None:
-    """The `sub` claim of a Bearer JWT, decoded WITHOUT verification: for bucketing only."""
+def jwt_claims(authorization: bytes) -> dict[str, Any] | None:
+    """The claims of a Bearer JWT, decoded WITHOUT verification: for bucketing and cohorts only."""
     scheme, _, token = authorization.partition(b" ")
     if scheme.lower() != b"bearer":
         return None
@@ -58,7 +59,13 @@ def jwt_sub(authorization: bytes) -> bytes | None:
         claims = json.loads(base64.urlsafe_b64decode(payload))
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         return None
-    sub = claims.get("sub") if isinstance(claims, dict) else None
+    return claims if isinstance(claims, dict) else None
+
+
+def jwt_sub(authorization: bytes) -> bytes | None:
+    """The `sub` claim of a Bearer JWT, decoded WITHOUT verification: for bucketing only."""
+    claims = jwt_claims(authorization)
+    sub = claims.get("sub") if claims is not None else None
     if isinstance(sub, str | int) and not isinstance(sub, bool):
         return str(sub).encode("utf-8", "surrogatepass") or None
     return None

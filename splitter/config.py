@@ -134,6 +134,25 @@ class Cohort:
     op: str = ""  # one of COHORT_OPS ("" for users)
     values: tuple[str, ...] = ()
     users: frozenset[bytes] = frozenset()
+    token_header: str = "authorization"  # jwt_claim: the header with the Bearer token (user_id's jwt_sub, if any)
+    # precomputed for decide(), so a request pays a dict lookup and one comparison per cohort
+    reason: str = field(init=False, repr=False, compare=False)  # "cohort:NAME"
+    raw_key: bytes = field(init=False, repr=False, compare=False)  # the header (lower-case) or cookie name
+    raw_token_header: bytes = field(init=False, repr=False, compare=False)
+    raw_values: tuple[bytes, ...] = field(init=False, repr=False, compare=False)  # for prefix / suffix
+    value_set: frozenset[bytes] = field(init=False, repr=False, compare=False)  # for equals / in
+
+    def __post_init__(self) -> None:
+        key = self.key.lower() if self.matcher == "header" else self.key
+        raw = tuple(v.encode("utf-8", "surrogatepass") for v in self.values)
+        for name, value in (
+            ("reason", f"cohort:{self.name}"),
+            ("raw_key", key.encode("latin-1", "replace")),
+            ("raw_token_header", self.token_header.lower().encode("latin-1", "replace")),
+            ("raw_values", raw),
+            ("value_set", frozenset(raw)),
+        ):
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -344,6 +363,21 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "guard": "guard",
         "shadow": "shadow",
         "rollout": "rollout",
+        "new": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+        "legacy": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+        "cohorts": {"type": "array", "items": {"$ref": "#/$defs/cohort"}},
+    },
+    "cohort": {
+        "name": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+        "to": {"enum": list(ROLES)},
+        "header": {"type": "string", "minLength": 1},
+        "cookie": {"type": "string", "minLength": 1},
+        "jwt_claim": {"type": "string", "minLength": 1},
+        "users": {"type": "array", "maxItems": MAX_COHORT_MEMBERS, "items": {"type": ["string", "integer"]}},
+        "equals": {"type": ["string", "integer"]},
+        "in": {"type": "array", "minItems": 1, "items": {"type": ["string", "integer"]}},
+        "prefix": {"type": "string", "minLength": 1},
+        "suffix": {"type": "string", "minLength": 1},
     },
     "guard": {
         "max_error_rate": _RATE,
@@ -374,6 +408,7 @@ _REQUIRED = {
     "backends": list(BACKENDS),
     "backend": ["url"],
     "route": ["name", "prefix", "percent"],
+    "cohort": ["name", "to"],
     "rollout": ["steps"],
     "step": ["percent"],
 }
@@ -390,6 +425,9 @@ def json_schema() -> dict[str, Any]:
         out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
         if section in _REQUIRED:
             out["required"] = _REQUIRED[section]
+        if section == "backends":  # an open map of names; legacy and new are the defaults, so required
+            out["additionalProperties"] = {"$ref": "#/$defs/backend"}
+            out["propertyNames"] = {"pattern": "^[a-z0-9_]+$"}
         return out
 
     schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "splitter routes.yaml", **obj("top")}
@@ -469,7 +507,9 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
     if unmatched not in ROLES:
         doc.error("unmatched", f"must be legacy or new, got {_show(unmatched)}")
 
-    routes = _routes(doc, data.get("routes"), environment) if "routes" in data else []
+    known = frozenset(data["backends"]) if isinstance(data.get("backends"), dict) else frozenset(BACKENDS)
+    token_header = next((s.name for s in sources if s.kind == "jwt_sub"), "authorization")
+    routes = _routes(doc, data.get("routes"), environment, known, token_header) if "routes" in data else []
     if "routes" not in data:
         doc.error("routes", "required: a list of routes (may be empty: [])")
 
@@ -510,17 +550,20 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
 
 
 def _backends(doc: _Doc, data: dict[str, Any]) -> dict[str, Backend]:
-    """The `backends:` section: legacy and new, each a url and its timeouts and pool size."""
+    """The `backends:` section: any names (legacy and new required: the defaults of every route),
+    each a url and its timeouts and pool size."""
     backends: dict[str, Backend] = {}
     raw_backends = _mapping(doc, data.get("backends"), "backends") if "backends" in data else None
     if "backends" not in data:
         doc.error("backends", "required: legacy and new, each with a url")
     if raw_backends is not None:
-        _unknown(doc, raw_backends, set(BACKENDS), "backends")
         for bname in BACKENDS:
-            path = f"backends.{bname}"
             if bname not in raw_backends:
-                doc.error(path, "required, with a url")
+                doc.error(f"backends.{bname}", "required, with a url")
+        for bname in raw_backends:
+            path = f"backends.{bname}"
+            if not NAME_RE.fullmatch(bname):
+                doc.error(path, f"a backend name must match [a-z0-9_]+, got {bname!r}")
                 continue
             b = _mapping(doc, raw_backends[bname], path)
             if b is None:
@@ -715,7 +758,13 @@ def _user_id(doc: _Doc, raw: Any) -> list[IdSource]:
     return out
 
 
-def _routes(doc: _Doc, raw: Any, environment: str) -> list[Route]:
+def _routes(
+    doc: _Doc,
+    raw: Any,
+    environment: str,
+    known: frozenset[str] = frozenset(BACKENDS),
+    token_header: str = "authorization",
+) -> list[Route]:
     if not isinstance(raw, list):
         doc.error("routes", f"must be a list, got {_show(raw)}")
         return []
@@ -756,8 +805,10 @@ def _routes(doc: _Doc, raw: Any, environment: str) -> list[Route]:
         guard = _guard(doc, r["guard"], f"{path}.guard") if "guard" in r else None
         shadow = _shadow(doc, r["shadow"], f"{path}.shadow") if "shadow" in r else None
         rollout = _rollout(doc, r["rollout"], f"{path}.rollout") if "rollout" in r else None
+        sides = _sides(doc, r, path, known)
+        cohorts = _cohorts(doc, r["cohorts"], f"{path}.cohorts", token_header) if "cohorts" in r else ()
         if name and prefix and percent is not None:
-            routes.append(Route(name, prefix, percent, by_env, salt, guard, shadow, rollout))
+            routes.append(Route(name, prefix, percent, by_env, salt, guard, shadow, rollout, sides, cohorts))
     if env_sets:
         first_path, first = env_sets[0]
         for p, envs in env_sets[1:]:
@@ -768,6 +819,111 @@ def _routes(doc: _Doc, raw: Any, environment: str) -> list[Route]:
                     f"{', '.join(sorted(first))} at {first_path}",
                 )
     return routes
+
+
+def _sides(doc: _Doc, r: dict[str, Any], path: str, known: frozenset[str]) -> Mapping[str, str]:
+    """`routes[].new` / `routes[].legacy`: the backends that serve this route's roles (default: new, legacy)."""
+    if "new" not in r and "legacy" not in r:
+        return DEFAULT_BACKENDS
+    sides = dict(DEFAULT_BACKENDS)
+    for role in (role for role in ROLES if role in r):
+        name = r[role]
+        if not isinstance(name, str) or name not in known:
+            defined = ", ".join(sorted(known))
+            doc.error(f"{path}.{role}", f"must name a backend defined under backends: ({defined}), got {_show(name)}")
+        else:
+            sides[role] = name
+    return MappingProxyType(sides)
+
+
+def _cohorts(doc: _Doc, raw: Any, path: str, token_header: str) -> tuple[Cohort, ...]:
+    """`routes[].cohorts`: who goes to which side before the percent, tried in order."""
+    if not isinstance(raw, list):
+        doc.error(
+            path, f"must be a list like [{{name: staff, header: X-Staff, equals: '1', to: new}}], got {_show(raw)}"
+        )
+        return ()
+    out: list[Cohort] = []
+    seen: dict[str, str] = {}
+    for j, item in enumerate(raw):
+        cpath = f"{path}[{j}]"
+        c = _mapping(doc, item, cpath)
+        if c is None:
+            continue
+        _unknown(doc, c, set(SECTIONS["cohort"]), cpath)
+        name = c.get("name")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            doc.error(f"{cpath}.name", f"must match [a-z0-9_]+, got {_show(name)}")
+            name = None
+        elif name in seen:
+            doc.error(f"{cpath}.name", f"duplicate cohort name {name!r} in this route (also {seen[name]})")
+        else:
+            seen[name] = cpath
+        to = c.get("to")
+        if to not in ROLES:
+            what = "required" if "to" not in c else f"got {_show(to)}"
+            doc.error(f"{cpath}.to", f"must be new or legacy (the route's side this cohort goes to), {what}")
+        cohort = _cohort_match(doc, c, cpath)
+        if name and to in ROLES and cohort is not None:
+            matcher, key, op, values, users = cohort
+            out.append(Cohort(name, to, matcher, key, op, values, users, token_header))
+    return tuple(out)
+
+
+def _cohort_match(
+    doc: _Doc, c: dict[str, Any], path: str
+) -> tuple[str, str, str, tuple[str, ...], frozenset[bytes]] | None:
+    """(matcher, key, op, values, users) of one cohort: exactly one matcher; header/cookie/jwt_claim
+    with exactly one of equals, in, prefix, suffix; users with a list of ids."""
+    matchers = [m for m in COHORT_MATCHERS if m in c]
+    ops = [o for o in COHORT_OPS if o in c]
+    if not matchers:
+        doc.error(path, f"needs a matcher: one of {', '.join(COHORT_MATCHERS)}")
+        return None
+    if len(matchers) > 1:
+        doc.error(f"{path}.{matchers[1]}", f"one matcher per cohort, got {' and '.join(matchers)}")
+        return None
+    matcher = matchers[0]
+    if matcher == "users":
+        if ops:
+            doc.error(
+                f"{path}.{ops[0]}",
+                "a users cohort matches the user id; equals/in/prefix/suffix are for header, cookie and jwt_claim",
+            )
+            return None
+        users = _cohort_users(doc, c["users"], f"{path}.users")
+        return None if users is None else ("users", "", "", (), users)
+    key = c[matcher]
+    if not isinstance(key, str) or not key:
+        doc.error(f"{path}.{matcher}", f"must be a {matcher.replace('jwt_', '')} name, got {_show(key)}")
+        return None
+    if len(ops) != 1:
+        doc.error(
+            f"{path}.{ops[1]}" if ops else path,
+            f"{matcher} needs exactly one of {', '.join(COHORT_OPS)}" + (f", got {' and '.join(ops)}" if ops else ""),
+        )
+        return None
+    op = ops[0]
+    v = c[op]
+    ok = (lambda x: isinstance(x, str) and x) if op != "equals" else (lambda x: isinstance(x, str) or _is_int(x))
+    if op == "in" and (not isinstance(v, list) or not v or not all(isinstance(x, str) or _is_int(x) for x in v)):
+        doc.error(f"{path}.in", f"must be a non-empty list of strings, got {_show(v)}")
+        return None
+    if op != "in" and not ok(v):
+        doc.error(f"{path}.{op}", f"must be a{' non-empty' if op != 'equals' else ''} string, got {_show(v)}")
+        return None
+    values = tuple(str(x) for x in v) if op == "in" else (str(v),)
+    return matcher, key, op, values, frozenset()
+
+
+def _cohort_users(doc: _Doc, v: Any, path: str) -> frozenset[bytes] | None:
+    if not isinstance(v, list) or not all((isinstance(x, str) and x) or _is_int(x) for x in v):
+        doc.error(path, f"must be a list of user ids, got {_show(v)}")
+        return None
+    if len(v) > MAX_COHORT_MEMBERS:
+        doc.error(path, f"at most {MAX_COHORT_MEMBERS} users per cohort, got {len(v)}")
+        return None
+    return frozenset(str(x).encode("utf-8", "surrogatepass") for x in v)
 
 
 def _percent(doc: _Doc, v: Any, path: str, environment: str, present: bool) -> tuple[int | None, dict[str, int] | None]:

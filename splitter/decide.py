@@ -4,11 +4,19 @@
 The rules, in order (the first that applies decides; `reason` names it):
   force       an authorized X-Splitter-Backend header names the role (the caller checks the token)
   kill        the kill switch is on: legacy
-  (cohorts    will go here, before the percent)
+  cohort:NAME the route's first cohort (in routes.yaml's order) that matches sends the request to its `to`
   unmatched   no route matches: `unmatched:` from routes.yaml (the bucket is still reported)
   anonymous   no user id and `anonymous: legacy|new`
   override    the route's percent is an override (admin, guard, rollout): new when bucket < percent
   percent     the route's percent is routes.yaml's: new when bucket < percent
+
+Cohorts come before the anonymous rule: a header, cookie or jwt_claim cohort matches a request
+whether or not it carries a user id (`X-Staff: 1` is staff, signed in or not; under `anonymous:
+cookie` no id is minted for it), while a `users` cohort needs the id. A request that matches no
+cohort goes on to the rules below it as if there were none. Each cohort costs one cheap check (a
+dict lookup and a set or prefix test, names and values precomputed at load as bytes); cookies are
+parsed only for a cookie cohort, and a JWT is decoded (unverified, like jwt_sub) once, only when a
+jwt_claim cohort is reached. A cohort's decision has no bucket: none was needed.
 
 The decision is a role (`legacy`/`new`: what windows, guard, rollout, shadow and metrics compare)
 and the backend that role names on this route, resolved once at config load (Route.backends).
@@ -17,27 +25,34 @@ Like starlette's `Route.matches() -> Match`: no I/O, so a test drives it without
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import bucketing
 
 if TYPE_CHECKING:
-    from .config import Route
+    from .config import Cohort, Route
     from .runtime import Snapshot
+
+_NO_HEADERS: Mapping[bytes, bytes] = MappingProxyType({})
+_NOBODY: frozenset[bytes] = frozenset()
 
 
 class Facts(NamedTuple):
-    """What the request says: the role an authorized force header names, and the user id (None: anonymous)."""
+    """What the request says: the role an authorized force header names, the user id (None:
+    anonymous), and its headers by lower-case name (what header, cookie and jwt_claim cohorts read)."""
 
     forced: str | None
     user_id: bytes | None
+    headers: Mapping[bytes, bytes] = _NO_HEADERS
 
 
 class Decision(NamedTuple):
     role: str  # legacy | new
     backend: str  # the configured backend that serves the role here
     bucket: int | None  # the user's bucket, when it was computed
-    reason: str  # force | kill | unmatched | anonymous | override | percent
+    reason: str  # force | kill | cohort:NAME | unmatched | anonymous | override | percent
 
 
 def decide(snap: Snapshot, route: Route | None, facts: Facts) -> Decision | None:
@@ -50,6 +65,10 @@ def decide(snap: Snapshot, route: Route | None, facts: Facts) -> Decision | None
     if snap.kill:
         return Decision("legacy", backends["legacy"], None, "kill")
     uid = facts.user_id
+    if route is not None and route.cohorts:
+        cohort = matching_cohort(snap, route, uid, facts.headers)
+        if cohort is not None:
+            return Decision(cohort.to, backends[cohort.to], None, cohort.reason)
     if uid is None and cfg.anonymous == "cookie":
         return None
     if route is None:
@@ -60,3 +79,54 @@ def decide(snap: Snapshot, route: Route | None, facts: Facts) -> Decision | None
     bucket = bucketing.bucket(uid, route.salt)
     role = "new" if bucketing.is_new(bucket, snap.percent[route.name]) else "legacy"
     return Decision(role, backends[role], bucket, "percent" if snap.sources[route.name] == "file" else "override")
+
+
+def matching_cohort(snap: Snapshot, route: Route, uid: bytes | None, headers: Mapping[bytes, bytes]) -> Cohort | None:
+    """The route's first cohort that matches the request, or None."""
+    claims: Any = False  # not decoded yet
+    for c in route.cohorts:
+        matcher = c.matcher
+        if matcher == "header":
+            value = headers.get(c.raw_key)
+        elif matcher == "users":
+            if uid is not None and (uid in c.users or uid in snap.members.get((route.name, c.name), _NOBODY)):
+                return c
+            continue
+        elif matcher == "cookie":
+            raw = headers.get(b"cookie")
+            value = bucketing.cookie_value(raw, c.raw_key) if raw else None
+        else:  # jwt_claim
+            if claims is False:
+                token = headers.get(c.raw_token_header)
+                claims = bucketing.jwt_claims(token) if token else None
+            if claims is not None and _claim_matches(c, claims.get(c.key)):
+                return c
+            continue
+        if value is not None and _value_matches(c, value):
+            return c
+    return None
+
+
+def _value_matches(c: Cohort, value: bytes) -> bool:
+    op = c.op
+    if op == "prefix":
+        return value.startswith(c.raw_values)
+    if op == "suffix":
+        return value.endswith(c.raw_values)
+    return value in c.value_set  # equals, in
+
+
+def _claim_matches(c: Cohort, claim: Any) -> bool:
+    """A string or number claim compares like a header value; a list claim (groups, roles) matches
+    when one of its items does."""
+    items = claim if isinstance(claim, list) else (claim,)
+    for item in items:
+        if isinstance(item, bool):
+            text = "true" if item else "false"
+        elif isinstance(item, str | int | float):
+            text = str(item)
+        else:
+            continue
+        if _value_matches(c, text.encode("utf-8", "surrogatepass")):
+            return True
+    return False

@@ -40,6 +40,7 @@ class Metrics:
         if not multiprocess_dir:
             ProcessCollector(registry=self.registry)  # process_* (CPU, memory, fds, start time)
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
+        self._cohort_children: dict[tuple[str, str, str], Any] = {}
         for result in ("success", "failure"):
             self.reloads.labels(result)
 
@@ -67,6 +68,9 @@ class Metrics:
         about = "WebSocket messages relayed, by direction (upstream, downstream)."
         labels = ["route", "backend", "direction"]
         self.ws_messages = Counter("splitter_websocket_messages_total", about, labels, registry=reg)
+        about = "Requests a route's cohort decided (kept out of the guard, rollout and console windows)."
+        labels = ["route", "cohort", "backend"]
+        self.cohort_requests = Counter("splitter_cohort_requests_total", about, labels, registry=reg)
         about = "Requests being answered now (summed over workers)."
         self.in_flight = Gauge("splitter_requests_in_flight", about, registry=reg, multiprocess_mode=live)
 
@@ -106,6 +110,13 @@ class Metrics:
             self._children[key] = pair
         pair[0].inc()
         pair[1].observe(seconds)
+
+    def cohort_request(self, route: str, cohort: str, backend: str) -> None:
+        key = (route, cohort, backend)
+        child = self._cohort_children.get(key)
+        if child is None:
+            child = self._cohort_children[key] = self.cohort_requests.labels(route, cohort, backend)
+        child.inc()
 
     def track_in_flight(self, read: Callable[[], float]) -> Any:
         """The in-flight gauge: read at scrape time in one process; in multiprocess mode (no

@@ -420,7 +420,7 @@ class Proxy:
         hd = call.inbound
         route = call.route = cfg.match(call.path)
         route_name = call.route_name = route.name if route is not None else "unmatched"
-        facts = Facts(self._forced(hd, cfg), bucketing.user_id(cfg.user_id, hd, cfg.anonymous == "cookie"))
+        facts = Facts(self._forced(hd, cfg), bucketing.user_id(cfg.user_id, hd, cfg.anonymous == "cookie"), hd)
         decision = decide(snap, route, facts)
         if decision is None:  # anonymous under `anonymous: cookie`: a new id, kept in a cookie
             uid = os.urandom(16).hex().encode()
@@ -606,13 +606,20 @@ class Proxy:
                 metrics.error(call.route_name, call.role, call.handler, error or "status_5xx")
             if error is None or not call.head_sent:  # a body cut short is no latency sample
                 self.rt.observe(call.route_name, call.role, call.handler, call.status, time.perf_counter() - call.start)
-            if error != "overflow":  # the proxy's own limit, not the backend's failure
-                self.record_outcome(call, failed)
+            # the proxy's own limit is not the backend's failure: no window sample (a cohort's still counts)
+            self.record_outcome(call, failed, judged=error != "overflow")
         if self.access_log:
             self._log(call)
 
-    def record_outcome(self, call: Call, error: bool) -> None:
-        """Feed the guard and rollout windows, for the routes that have them."""
+    def record_outcome(self, call: Call, error: bool, judged: bool = True) -> None:
+        """Feed the guard, rollout and console windows, for the routes that have them. A cohort's
+        requests are not a random sample of either side: they are counted apart, never judged."""
+        reason = call.reason
+        if reason is not None and reason.startswith("cohort:") and call.role is not None:
+            self.rt.metrics.cohort_request(call.route_name, reason[7:], call.role)
+            return
+        if not judged:
+            return
         outcomes = self.rt.windows.get(call.route_name)
         if outcomes is not None and call.role is not None:
             outcomes.record(call.role, time.time(), error, time.perf_counter() - call.start)
@@ -647,6 +654,7 @@ class Proxy:
             "bytes_in": call.bytes_in,
             "bytes_out": call.bytes_out,
             "backend": call.role,
+            "upstream": call.backend,  # the configured backend that served the role
             "upstream_ms": call.upstream_ms,
             "reason": call.reason,
         }

@@ -266,8 +266,8 @@ class WebSockets:
     def _log_failed(self, call: Call, status: int, kind: str) -> None:
         log.info(
             "websocket", request_id=call.request_id, path=call.path, route=call.route_name, handler=call.handler,
-            backend=call.role, reason=call.reason, status=status, error=kind, detail=call.detail,
-            user_bucket=call.user_bucket, client=call.client,
+            backend=call.role, upstream=call.backend, reason=call.reason, status=status, error=kind,
+            detail=call.detail, user_bucket=call.user_bucket, client=call.client,
         )  # fmt: skip
 
     async def close_route(self, route: str, role: str, code: int, reason: str) -> int:
@@ -285,6 +285,7 @@ def _log_session(call: Call, session: Session) -> None:
         route=call.route_name,
         handler=call.handler,
         backend=call.role,
+        upstream=call.backend,
         reason=call.reason,
         status=101,
         user_bucket=call.user_bucket,

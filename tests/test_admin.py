@@ -76,7 +76,7 @@ def test_bucket_lookup(stack):
     b = bucket("alice")
     auth = next(x for x in r["routes"] if x["route"] == "auth")
     role = "new" if b < 50 else "legacy"
-    assert auth == {"route": "auth", "bucket": b, "percent": 50, "backend": role, "reason": "percent"}
+    assert auth == {"route": "auth", "bucket": b, "percent": 50, "backend": role, "reason": "percent", "upstream": role}
     assert httpx.get(stack.admin + "/admin/bucket").status_code == 400
 
 

@@ -180,3 +180,102 @@ def test_the_proxys_own_answers_end_in_finish_and_honour_no_access_log(proxy):
     drive(proxy, refused)
     assert len(proxy.log.lines) == 2, "--no-access-log: no per-request line, OPTIONS * included"
     assert sample(proxy, "splitter_rejected_total", reason="bad_request") == 2
+
+
+COHORTS = """
+backends:
+  legacy: {url: "http://127.0.0.1:1"}
+  new: {url: "http://127.0.0.1:2"}
+  upload_service: {url: "http://127.0.0.1:3"}
+anonymous: cookie
+user_id: [{header: X-User-ID}, {jwt_sub: Authorization}]
+routes:
+  - name: upload
+    prefix: /api/upload
+    percent: 100
+    new: upload_service
+    cohorts:
+      - {name: staff, header: X-Staff, equals: "1", to: new}
+      - {name: tenants, header: X-Tenant, in: [acme, initech], to: new}
+      - {name: canary_ua, header: User-Agent, prefix: "canary/", to: new}
+      - {name: pinned, users: [carol], to: legacy}
+      - {name: corp, jwt_claim: email, suffix: "@example.com", to: legacy}
+      - {name: admins, jwt_claim: groups, in: [admin], to: legacy}
+      - {name: enterprise, cookie: plan, in: [enterprise], to: legacy}
+      - {name: beta, users: [], to: new}
+"""
+
+
+def jwt(**claims: Any) -> bytes:
+    import base64
+    import json
+
+    body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=")
+    return b"Bearer e30." + body + b".sig"
+
+
+def cohort_of(snap: Any, uid: bytes | None, **headers: bytes) -> str | None:
+    route = snap.config.by_name["upload"]
+    hd = {k.replace("_", "-").lower().encode(): v for k, v in headers.items()}
+    d = decide(snap, route, Facts(None, uid, hd))
+    return None if d is None else f"{d.reason} {d.role} {d.backend}"
+
+
+def test_cohorts_decide_before_the_percent_in_order_and_name_themselves():
+    snap = make_snapshot(parse(COHORTS), State())
+    assert cohort_of(snap, b"zed") == "percent new upload_service"
+    assert cohort_of(snap, b"carol") == "cohort:pinned legacy legacy", "pinned to legacy at 100 %"
+    assert cohort_of(snap, b"carol", x_staff=b"1") == "cohort:staff new upload_service", "the first match decides"
+    assert cohort_of(snap, b"zed", x_staff=b"0") == "percent new upload_service"
+    assert cohort_of(snap, b"zed", x_tenant=b"initech") == "cohort:tenants new upload_service"
+    assert cohort_of(snap, b"zed", x_tenant=b"initech2") == "percent new upload_service"
+    assert cohort_of(snap, b"zed", user_agent=b"canary/1.0") == "cohort:canary_ua new upload_service"
+    assert cohort_of(snap, b"zed", user_agent=b"curl/8 canary/") == "percent new upload_service"
+    assert cohort_of(snap, b"zed", authorization=jwt(sub="zed", email="z@example.com")) == "cohort:corp legacy legacy"
+    assert cohort_of(snap, b"zed", authorization=jwt(email="z@example.com.evil")) == "percent new upload_service"
+    assert cohort_of(snap, b"zed", authorization=jwt(groups=["dev", "admin"])) == "cohort:admins legacy legacy"
+    assert cohort_of(snap, b"zed", authorization=b"Bearer not-a-jwt") == "percent new upload_service"
+    assert cohort_of(snap, b"zed", cookie=b"a=1; plan=enterprise") == "cohort:enterprise legacy legacy"
+    assert cohort_of(snap, b"zed", cookie=b"plan=free") == "percent new upload_service"
+
+
+def test_runtime_members_join_a_users_cohort_and_force_and_kill_come_first():
+    snap = make_snapshot(parse(COHORTS), State())
+    assert cohort_of(snap, b"dave") == "percent new upload_service"
+    joined = replace(snap, members={("upload", "beta"): frozenset({b"dave"}), ("other", "pinned"): frozenset({b"zed"})})
+    assert cohort_of(joined, b"dave") == "cohort:beta new upload_service"
+    assert cohort_of(joined, b"zed") == "percent new upload_service", "members are per route and cohort"
+    route = snap.config.by_name["upload"]
+    assert decide(snap, route, Facts("new", b"carol")) == Decision("new", "upload_service", None, "force")
+    killed = make_snapshot(parse(COHORTS), State(kill=True))
+    assert decide(killed, route, Facts(None, b"zed", {b"x-staff": b"1"})) == Decision("legacy", "legacy", None, "kill")
+
+
+def test_an_anonymous_request_matches_header_cohorts_but_never_users_cohorts():
+    snap = make_snapshot(parse(COHORTS), State())
+    assert cohort_of(snap, None, x_staff=b"1") == "cohort:staff new upload_service", "no id is minted for it"
+    assert cohort_of(snap, None) is None, "anonymous: cookie: the caller mints an id and decides again"
+    route = snap.config.by_name["upload"]
+    assert decide(snap, route, Facts(None, None)) is None
+
+
+def test_a_cohort_request_is_counted_apart_and_never_enters_the_window(tmp_path, monkeypatch):
+    log = Captured()
+    monkeypatch.setattr(proxy_mod, "ACCESS", log)
+    staff = "min_requests: 10}, cohorts: [{name: staff, header: X-Staff, equals: '1', to: new}]}"
+    text = YAML.replace("{anonymous}", "legacy").replace("min_requests: 10}}", staff)
+    rt = Runtime(Settings(config_path=str(tmp_path / "routes.yaml")), parse(text))
+    p = Proxy(rt, Shadow(rt))
+    headers = [(b"x-user-id", BOB), (b"x-staff", b"1")]  # bob is on legacy by his bucket
+    scope = {"type": "http", "method": "GET", "path": "/api/auth/x", "headers": headers, "client": ("10.0.0.1", 5)}
+    call = Call(scope, "rid")
+    call.inbound = dict(headers)
+    p._choose(scope, call, rt.snapshot)
+    assert (call.role, call.reason, call.handler, call.user_bucket) == ("new", "cohort:staff", "new_auth", None)
+    call.status, call.error = 502, "connect"
+    p._finish(call)
+    assert sample(p, "splitter_cohort_requests_total", route="auth", cohort="staff", backend="new") == 1
+    assert sample(p, "splitter_errors_total", route="auth", backend="new", handler="new_auth", kind="connect") == 1
+    assert sample(p, "splitter_requests_total", route="auth", backend="new", handler="new_auth", code="502") == 1
+    assert outcomes(p, "new") == (0, 0) and outcomes(p, "legacy") == (0, 0), "not a random sample: not judged"
+    assert (log.lines[-1]["reason"], log.lines[-1]["backend"], log.lines[-1]["upstream"]) == ("cohort:staff", "new", "new")
