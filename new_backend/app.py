@@ -31,7 +31,7 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(settings: Settings) -> Any:
+def create_app(settings: Settings, name: str = "new_backend") -> Any:
     db = Persistence(settings.database_url)
     requests = AnalysisRequestRepository(db)
     app = Starlette(
@@ -48,5 +48,5 @@ def create_app(settings: Settings) -> Any:
     app.state.uploads = UploadService(requests, Path(settings.upload_dir), settings.upload_max_bytes)
     app.state.reviews = ReviewService(ReviewRepository(db), requests, Rubric.load())
     if settings.fault_error_rate or settings.fault_latency_ms:
-        return EchoRequestId(Faults(app, settings.fault_error_rate, settings.fault_latency_ms))
-    return EchoRequestId(app)
+        return EchoRequestId(Faults(app, settings.fault_error_rate, settings.fault_latency_ms), name)
+    return EchoRequestId(app, name)

@@ -69,6 +69,20 @@ def test_every_answer_echoes_the_request_id_for_the_proxys_check(api):
     assert "x-request-id" not in api.get("/health").headers, "nothing to echo: none is made up"
 
 
+def test_every_answer_names_the_service_that_made_it(api):
+    """X-Served-By: a person (or a test) sees which service answered through the proxy."""
+    served = [api.get(path).headers.get_list("x-served-by") for path in ("/health", "/api/auth/me", "/nowhere")]
+    assert served[0] in (["legacy_backend"], ["new_backend"]) and served == [served[0]] * 3, served
+
+
+def test_the_new_backend_runs_as_another_service_under_its_own_name(procs, tmp_path):
+    """The reference stack runs new_backend a second time as `upload_service` (routes.yaml's upload route)."""
+    url = start_backend(procs, "new", tmp_path, None, "--name", "upload_service")
+    r = httpx.get(url + "/api/auth/me", headers={"X-Request-ID": "r9"})
+    assert r.status_code == 401 and r.headers.get_list("x-served-by") == ["upload_service"]
+    assert r.headers["x-request-id"] == "r9"
+
+
 def test_bad_json_is_422_with_a_message(api):
     r = api.post("/api/auth/register", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json() == {"detail": "request body must be a JSON object"}

@@ -16,8 +16,8 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_demo_script_starts_three_processes_and_ctrl_c_stops_them(tmp_path):
-    busy = [p for p in (8001, 8002, 8080, 8081) if port_open(p)]
+def test_demo_script_starts_four_processes_and_ctrl_c_stops_them(tmp_path):
+    busy = [p for p in (8001, 8002, 8003, 8080, 8081) if port_open(p)]
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
     env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up")}
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
@@ -25,17 +25,25 @@ def test_demo_script_starts_three_processes_and_ctrl_c_stops_them(tmp_path):
     try:
         # ready, not just listening: the script announces the demo once all three answer their readiness URLs
         deadline = time.monotonic() + 20
-        while "Ctrl-C stops all three" not in (tmp_path / "demo.log").read_text() and time.monotonic() < deadline:
+        while "Ctrl-C stops all four" not in (tmp_path / "demo.log").read_text() and time.monotonic() < deadline:
             assert p.poll() is None, (tmp_path / "demo.log").read_text()
             time.sleep(0.1)
         r = httpx.get("http://localhost:8080/api/auth/me", headers={"X-User-ID": "alice"}, timeout=5)
         assert r.status_code == 401 and r.headers["x-splitter-handler"] in ("old_auth", "new_auth"), (tmp_path / "demo.log").read_text()
+        # routes.yaml's cohorts and the upload route's own service: staff reach the new side at 0 %
+        staff = {"X-User-ID": "alice", "X-Staff": "1"}
+        r = httpx.get("http://localhost:8080/api/upload/1", headers=staff, timeout=5)
+        assert r.headers["x-served-by"] == "upload_service" and r.headers["x-splitter-handler"] == "new_upload"
+        r = httpx.get("http://localhost:8080/api/upload/1", headers={"X-User-ID": "alice"}, timeout=5)
+        assert r.headers["x-served-by"] == "legacy_backend" and r.headers["x-splitter-handler"] == "old_upload"
+        r = httpx.get("http://localhost:8080/api/auth/me", headers=staff, timeout=5)
+        assert r.headers["x-served-by"] == "new_backend" and r.headers["x-splitter-handler"] == "new_auth"
         os.killpg(p.pid, signal.SIGINT)
         p.wait(15)
         deadline = time.monotonic() + 10
-        while any(port_open(port) for port in (8001, 8002, 8080)) and time.monotonic() < deadline:
+        while any(port_open(port) for port in (8001, 8002, 8003, 8080)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not any(port_open(port) for port in (8001, 8002, 8080, 8081))
+        assert not any(port_open(port) for port in (8001, 8002, 8003, 8080, 8081))
         out = (tmp_path / "demo.log").read_text()
         assert "curl -si localhost:8080/api/auth/me -H 'X-User-ID: alice'" in out
     finally:
@@ -46,19 +54,20 @@ def test_demo_script_starts_three_processes_and_ctrl_c_stops_them(tmp_path):
 
 
 def test_demo_says_which_service_failed_to_start(tmp_path):
-    busy = [p for p in (8001, 8002, 8080, 8081) if port_open(p)]
+    busy = [p for p in (8001, 8002, 8003, 8080, 8081) if port_open(p)]
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
     env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up")}
     with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a test before may leave TIME_WAITs on 8002
         squatter.bind(("127.0.0.1", 8002))  # new_backend cannot listen
         squatter.listen(1)
         r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, start_new_session=True)
     assert r.returncode == 1
     assert "new_backend failed to start" in r.stderr and "demo is up" not in r.stdout, r.stderr[-2000:]
     deadline = time.monotonic() + 10
-    while any(port_open(port) for port in (8001, 8080, 8081)) and time.monotonic() < deadline:
+    while any(port_open(port) for port in (8001, 8003, 8080, 8081)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(port_open(port) for port in (8001, 8080, 8081)), "the others were stopped"
+    assert not any(port_open(port) for port in (8001, 8003, 8080, 8081)), "the others were stopped"
 
 
 def test_make_run_sets_jwt_secret_so_no_backend_warns_and_faults_can_target_one_backend(procs, tmp_path):

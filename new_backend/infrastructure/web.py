@@ -52,22 +52,28 @@ class Faults:
         return await self.app(scope, receive, send)
 
 
+_OURS = (b"x-request-id", b"x-served-by")  # set by EchoRequestId, never the app's own
+
+
 class EchoRequestId:
     """Every HTTP answer carries the request's X-Request-ID, so a proxy checking it
-    (splitter's check_request_id) can tell this answer from a stray or shifted one."""
+    (splitter's check_request_id) can tell this answer from a stray or shifted one, and
+    X-Served-By: the service's name, so a person can see which service answered."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, name: str = "new_backend") -> None:
         self.app = app
+        self.served_by = (b"x-served-by", name.encode())
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        rid = next((v for n, v in scope["headers"] if n == b"x-request-id"), None) if scope["type"] == "http" else None
-        if rid is None:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        rid = next((v for n, v in scope["headers"] if n == b"x-request-id"), None)
+        mine = [self.served_by] if rid is None else [self.served_by, (b"x-request-id", rid)]
 
         async def echo(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
-                headers = [(n, v) for n, v in message.get("headers", []) if n.lower() != b"x-request-id"]
-                message = {**message, "headers": [*headers, (b"x-request-id", rid)]}
+                headers = [(n, v) for n, v in message.get("headers", []) if n.lower() not in _OURS]
+                message = {**message, "headers": [*headers, *mine]}
             await send(message)
 
         return await self.app(scope, receive, echo)
