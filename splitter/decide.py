@@ -9,6 +9,7 @@ The rules, in order (the first that applies decides; `reason` names it):
   anonymous   no user id and `anonymous: legacy|new`
   override    the route's percent is an override (admin, guard, rollout): new when bucket < percent
   percent     the route's percent is routes.yaml's: new when bucket < percent
+              (a fractional percent a.f: or bucket == a and sub-bucket < f; bucketing.is_new)
 
 The decision is a role (`legacy`/`new`: what windows, guard, rollout, shadow and metrics compare)
 and the backend that role names on this route, resolved once at config load (Route.backends).
@@ -57,6 +58,7 @@ def decide(snap: Snapshot, route: Route | None, facts: Facts) -> Decision | None
         return Decision(cfg.unmatched, backends[cfg.unmatched], bucket, "unmatched")
     if uid is None:
         return Decision(cfg.anonymous, backends[cfg.anonymous], None, "anonymous")
-    bucket = bucketing.bucket(uid, route.salt)
-    role = "new" if bucketing.is_new(bucket, snap.percent[route.name]) else "legacy"
+    digest = bucketing.digest(uid, route.salt)  # one md5: the bucket, and the sub-bucket of a fractional percent
+    bucket = bucketing.bucket_of(digest)
+    role = "new" if bucketing.is_new(bucket, digest, snap.cuts[route.name]) else "legacy"
     return Decision(role, backends[role], bucket, "percent" if snap.sources[route.name] == "file" else "override")
