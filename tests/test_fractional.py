@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
@@ -51,7 +52,7 @@ def seed_new(uid: str, percent: int) -> bool:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {"SPLITTER_ADMIN_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SPLITTER_")}, "SPLITTER_ADMIN_TOKEN": TOKEN}
     return subprocess.run([sys.executable, "-m", "splitter", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
 
 
@@ -282,7 +283,7 @@ def test_splitter_set_0_5_on_one_replica_reaches_the_other_and_survives_redis_lo
     assert via_proxy(b) == want and via_proxy(a) == want
     assert b.metric("splitter_route_percent", route="auth") == 0.5
     redis_server.command("FLUSHALL")  # Redis lost its data: the replicas write back what they knew
-    eventually(lambda: redis_server.command("HGET", "t:percent", "auth") == "0.5", timeout=5)
+    eventually(lambda: redis_server.command("HGET", "t:percent", "auth") == "0.5", timeout=10)
     assert route(a)["percent"] == route(b)["percent"] == 0.5
     assert cli("set", "auth", "10", "--admin", b.admin).returncode == 0
     assert redis_server.command("HGET", "t:percent", "auth") == "10", "a whole percent is stored as an integer"
@@ -318,7 +319,7 @@ def test_a_rollout_walks_fractional_steps_and_the_guard_rolls_back_from_1_5(stan
             c.get("/api/auth/flaky", headers={"X-User-ID": on_new[i % len(on_new)]})
             if i % 20 == 19 and route(s)["source"] == "guard":
                 break
-    eventually(lambda: route(s)["source"] == "guard" and route(s)["percent"] == 0, timeout=5)
+    eventually(lambda: route(s)["source"] == "guard" and route(s)["percent"] == 0, timeout=15)
     trip = next(e for e in history("auth") if e["action"] == "guard_trip")
     assert (trip["old"], trip["new"]) == (1.5, 0)
 
