@@ -33,7 +33,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__, bucketing, judge, strictjson
-from .config import MAX_COHORT_MEMBERS
+from .config import MAX_COHORT_MEMBERS, PERCENT_RULE, as_percent
 from .console import console_routes
 from .decide import Facts, decide
 from .metrics import CONTENT_TYPE
@@ -388,9 +388,9 @@ async def set_route(request: Request, who: Actor) -> Any:
     name = request.path_params["name"]
     route_or_404(rt, name)
     data = await body(request)
-    pct = data.get("percent")
-    if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
-        raise _Refused(400, f"percent must be an integer 0..100, got {json.dumps(pct)}")
+    pct = as_percent(data.get("percent"))
+    if pct is None:
+        raise _Refused(400, f"percent must be {PERCENT_RULE}, got {json.dumps(data.get('percent'))}")
     old = rt.snapshot.percent[name]
     await rt.overrides.set_percent(name, pct)
     log.info("override set", who=who.name, on_behalf=who.on_behalf, route=name, old=old, new=pct)
@@ -673,16 +673,17 @@ def _raw_query_param(query: bytes, name: bytes) -> bytes | None:
 
 
 def bucket_view(snap: Any, user_id: bytes) -> dict[str, Any]:
-    """Per route, the user's bucket and the proxy's decision for a request with this id
-    (`backend` is the role, `upstream` the backend that serves it; `reason` says what decided).
-    Only the id is known here: `users` cohorts (routes.yaml's and runtime members) show, header,
-    cookie and jwt_claim cohorts cannot match."""
+    """Per route, the user's bucket and sub-bucket (which splits a bucket for a fractional percent)
+    and the proxy's decision for a request with this id (`backend` is the role, `upstream` the backend
+    that serves it; `reason` says what decided). Only the id is known here: `users` cohorts (routes.yaml's
+    and runtime members) show, header, cookie and jwt_claim cohorts cannot match."""
     routes = []
     for r in snap.config.routes:
         d = decide(snap, r, Facts(None, user_id))
         assert d is not None  # the user id is known
-        b = bucketing.bucket(user_id, r.salt)
+        digest = bucketing.digest(user_id, r.salt)
+        b, sub = bucketing.bucket_of(digest), bucketing.sub_bucket(digest)
         pct = snap.percent[r.name]
-        row = {"route": r.name, "bucket": b, "percent": pct, "backend": d.role, "reason": d.reason}
+        row = {"route": r.name, "bucket": b, "sub_bucket": sub, "percent": pct, "backend": d.role, "reason": d.reason}
         routes.append(row | {"upstream": d.backend})
     return {"user_id": user_id.decode("utf-8", "replace"), "kill": snap.kill, "routes": routes}

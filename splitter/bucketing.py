@@ -2,7 +2,10 @@
 
 The formula is the migration plan's ABTestManager, so the proxy and any
 application-side flag agree on who is "new": md5 of the UTF-8 user id, first
-eight hex digits, modulo 100. A user is on new when bucket < percent.
+eight hex digits, modulo 100. A user is on new when bucket < percent. A fractional
+percent a.f (0.01 steps) splits bucket a by a sub-bucket, the next eight hex digits
+of the same md5 modulo 100: new when bucket < a, or bucket == a and sub-bucket < f.
+So whole percents pick exactly the seed's users, and raising a percent only adds users.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from .config import UID_COOKIE, IdSource
 MAX_ID_LEN = 256  # longer ids are not ids; they are treated as absent
 
 
-def bucket(user_id: bytes | str, salt: str | None = None) -> int:
-    """The sticky bucket of a user id, from its exact bytes (a str is taken as UTF-8).
+def digest(user_id: bytes | str, salt: str | None = None) -> bytes:
+    """The md5 a user's bucket and sub-bucket come from, of the id's exact bytes (a str is taken as UTF-8).
 
     The proxy hashes the header's bytes as they arrived and /admin/bucket the
     percent-decoded query bytes, so both agree for any id, UTF-8 or not.
@@ -27,12 +30,32 @@ def bucket(user_id: bytes | str, salt: str | None = None) -> int:
     key = user_id.encode("utf-8", "surrogatepass") if isinstance(user_id, str) else user_id
     if salt:
         key = salt.encode() + b":" + key
-    return int.from_bytes(md5(key).digest()[:4], "big") % 100  # the first eight hex digits, as a number
+    return md5(key).digest()
 
 
-def is_new(bucket_: int, percent: int) -> bool:
-    """The one rule: a user is on new when their bucket is below the percent."""
-    return bucket_ < percent
+def bucket_of(digest_: bytes) -> int:
+    return int.from_bytes(digest_[:4], "big") % 100  # the first eight hex digits, as a number
+
+
+def sub_bucket(digest_: bytes) -> int:
+    return int.from_bytes(digest_[4:8], "big") % 100  # the next eight hex digits
+
+
+def bucket(user_id: bytes | str, salt: str | None = None) -> int:
+    """The sticky bucket of a user id."""
+    return bucket_of(digest(user_id, salt))
+
+
+def cut(percent: float) -> tuple[int, int]:
+    """A percent as (whole, hundredths): 1.5 -> (1, 50). Done once per snapshot, not per request."""
+    return divmod(round(percent * 100), 100)
+
+
+def is_new(bucket_: int, digest_: bytes, cut_: tuple[int, int]) -> bool:
+    """The one rule, for a percent a.f cut to (a, f): new when bucket < a, or bucket == a and
+    sub-bucket < f (the sub-bucket is read only then)."""
+    whole, hundredths = cut_
+    return bucket_ < whole or (bucket_ == whole and hundredths > 0 and sub_bucket(digest_) < hundredths)
 
 
 def cookie_value(cookie_header: bytes, name: bytes) -> bytes | None:

@@ -200,9 +200,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_bucket(args: argparse.Namespace) -> int:
     from urllib.parse import quote
 
+    keys = ("route", "bucket", "sub_bucket", "percent", "backend", "reason")
     if args.admin:
         view = _admin(args, "GET", "/admin/bucket?user_id=" + quote(args.user_id, safe=""))
-        rows = [(r["route"], r["bucket"], r["percent"], r["backend"], r["reason"]) for r in view["routes"]]
+        rows = [tuple(r[k] for k in keys) for r in view["routes"]]
         source = f"live values from {args.admin}" + (" (kill switch ON)" if view["kill"] else "")
         env = None
     else:
@@ -212,20 +213,19 @@ def cmd_bucket(args: argparse.Namespace) -> int:
         env = cfg.environment
         source = f"routes.yaml values, environment {env}; live values: --admin URL"
     if args.json:
-        keys = ("route", "bucket", "percent", "backend", "reason")
         routes = [dict(zip(keys, row, strict=True)) for row in rows]
         origin = "admin" if args.admin else "file"
         print(json.dumps({"user_id": args.user_id, "source": origin, "environment": env, "routes": routes}))
         return 0
     print(f"user {args.user_id!r} ({source})")
-    print(f"{'ROUTE':<20} {'BUCKET':>6} {'PERCENT':>7}  {'BACKEND':<8} REASON")
-    for name, b, pct, backend, reason in rows:
-        print(f"{name:<20} {b:>6} {pct:>7}  {backend:<8} {reason}")
+    print(f"{'ROUTE':<20} {'BUCKET':>6} {'PERCENT':>7}  {'BACKEND':<8} {'REASON':<12} SUB-BUCKET")
+    for name, b, sub, pct, backend, reason in rows:
+        print(f"{name:<20} {b:>6} {pct:>7}  {backend:<8} {reason:<12} {sub}")
     return 0
 
 
-def _bucket_rows(cfg: config_mod.Config, user_id: str) -> list[tuple[str, int, int, str, str]]:
-    """(route, bucket, percent, role, reason) per route, decided on routes.yaml's values alone."""
+def _bucket_rows(cfg: config_mod.Config, user_id: str) -> list[tuple[str, int, int, config_mod.Percent, str, str]]:
+    """(route, bucket, sub-bucket, percent, role, reason) per route, decided on routes.yaml's values alone."""
     from . import bucketing
     from .decide import Facts, decide
     from .runtime import Snapshot
@@ -236,7 +236,8 @@ def _bucket_rows(cfg: config_mod.Config, user_id: str) -> list[tuple[str, int, i
     for r in cfg.routes:
         d = decide(snap, r, Facts(None, uid))
         assert d is not None  # the user id is known
-        rows.append((r.name, bucketing.bucket(uid, r.salt), r.percent, d.role, d.reason))
+        digest = bucketing.digest(uid, r.salt)
+        rows.append((r.name, bucketing.bucket_of(digest), bucketing.sub_bucket(digest), r.percent, d.role, d.reason))
     return rows
 
 
@@ -307,12 +308,9 @@ def _admin_base(args: argparse.Namespace) -> str:
 
 
 def cmd_set(args: argparse.Namespace) -> int:
-    try:
-        pct = int(args.percent)
-    except ValueError:
-        usage(f"percent must be an integer 0..100, got {args.percent!r}")
-    if not 0 <= pct <= 100:
-        usage(f"percent must be an integer 0..100, got {pct}")
+    pct = config_mod.parse_percent(args.percent)
+    if pct is None:
+        usage(f"percent must be {config_mod.PERCENT_RULE}, got {args.percent!r}")
     r = _admin(args, "PUT", f"/admin/routes/{args.route}", {"percent": pct}, write=True)
     print(f"{r['name']}: {r['percent']}% to new (file {r['file_percent']}%, source {r['source']})")
     return 0
@@ -690,7 +688,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     st.set_defaults(func=cmd_status)
     se = admin_parser("set", "override a route's percent at runtime")
     se.add_argument("route", help="route name")
-    se.add_argument("percent", help="integer 0..100")
+    se.add_argument("percent", help="0..100 in steps of 0.01, e.g. 10 or 1.5")
     se.add_argument("--reason", default=None, help="why, for the change history and notifications")
     se.set_defaults(func=cmd_set)
     cl = admin_parser("clear", "remove a route's runtime override (back to routes.yaml)")

@@ -7,6 +7,7 @@ jump straight to it; all problems of a file are collected, not just the first.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,33 @@ class ConfigError(Exception):
         self.errors = errors
 
 
+Percent = int | float  # 0..100 in 0.01 steps, as nginx split_clients; a whole percent is an int (10, not 10.0)
+PERCENT_RULE = "a number 0..100 with at most two decimals"
+
+
+def as_percent(v: object) -> Percent | None:
+    """`v` as a percent (0..100, at most two decimals), a whole one as an int so it prints and
+    serializes as 10, never 10.0; None for anything else (0.001, -1, 101, NaN, "abc", true)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    if isinstance(v, int):
+        return v if 0 <= v <= 100 else None
+    if not (math.isfinite(v) and 0 <= v <= 100):
+        return None
+    hundredths = round(v * 100)
+    if abs(v * 100 - hundredths) > 1e-9:  # 0.29 * 100 is 28.999999999999996: a float's error, not a third decimal
+        return None
+    return hundredths // 100 if hundredths % 100 == 0 else hundredths / 100
+
+
+def parse_percent(text: str) -> Percent | None:
+    """A percent typed by a person (`splitter set auth 1.5`) or stored as text (Redis); None if it is not one."""
+    try:
+        return as_percent(float(text))
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -72,7 +100,7 @@ class GuardSpec:
 
 @dataclass(frozen=True)
 class ShadowSpec:
-    percent: int = 100
+    percent: Percent = 100
     methods: tuple[str, ...] = ("GET", "HEAD")
     ignore: tuple[str, ...] = ()
     headers: tuple[str, ...] = ("content-type",)
@@ -90,7 +118,7 @@ class Gates:
 
 @dataclass(frozen=True)
 class RolloutSpec:
-    steps: tuple[int, ...]
+    steps: tuple[Percent, ...]
     interval_s: float
     gates: Gates
     approval: frozenset[int] = frozenset()  # indexes of the steps entered only on `splitter rollout promote`
@@ -159,8 +187,8 @@ class Cohort:
 class Route:
     name: str
     prefix: str
-    percent: int  # for the environment in force
-    percent_by_env: Mapping[str, int] | None = None
+    percent: Percent  # for the environment in force
+    percent_by_env: Mapping[str, Percent] | None = None
     salt: str | None = None
     guard: GuardSpec | None = None
     shadow: ShadowSpec | None = None
@@ -301,10 +329,10 @@ def parse(text: str, filename: str = "routes.yaml", environment: str | None = No
 _POSITIVE: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0}
 _RATE: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 1}
 _COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
-_PERCENT: dict[str, Any] = {"type": "integer", "minimum": 0, "maximum": 100}
+_PERCENT: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.01}
 _STRINGS: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
 _CONFIDENCE: dict[str, Any] = {"type": "number", "minimum": 0.5, "maximum": 0.999}
-_STEP: dict[str, Any] = {"type": "integer", "minimum": 1, "maximum": 100}
+_STEP: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0, "maximum": 100, "multipleOf": 0.01}
 SECTIONS: dict[str, dict[str, Any]] = {
     "top": {
         "environment": {"type": "string"},
@@ -926,27 +954,29 @@ def _cohort_users(doc: _Doc, v: Any, path: str) -> frozenset[bytes] | None:
     return frozenset(str(x).encode("utf-8", "surrogatepass") for x in v)
 
 
-def _percent(doc: _Doc, v: Any, path: str, environment: str, present: bool) -> tuple[int | None, dict[str, int] | None]:
+def _percent(
+    doc: _Doc, v: Any, path: str, environment: str, present: bool
+) -> tuple[Percent | None, dict[str, Percent] | None]:
+    """A number 0..100 with at most two decimals, or a map of environment to one."""
     if not present:
-        doc.error(path, "required: an integer 0..100 or a map of environment to integer")
+        doc.error(path, f"required: {PERCENT_RULE}, or a map of environment to one")
         return None, None
-    if _is_int(v):
-        if 0 <= v <= 100:
-            return v, None
-        doc.error(path, f"must be an integer 0..100, got {_show(v)}")
-        return None, None
-    if isinstance(v, dict):
-        ok = True
-        for env, pct in v.items():
-            if not _is_int(pct) or not 0 <= pct <= 100:
-                doc.error(f"{path}.{env}", f"must be an integer 0..100, got {_show(pct)}")
-                ok = False
-        if environment not in v:
-            doc.error(path, f"no value for environment {environment!r} (has: {', '.join(map(str, v)) or 'none'})")
+    if not isinstance(v, dict):
+        pct = as_percent(v)
+        if pct is None:
+            doc.error(path, f"must be {PERCENT_RULE}, got {_show(v)}")
+        return pct, None
+    ok, by_env = True, {}
+    for env, raw in v.items():
+        pct = as_percent(raw)
+        if pct is None:
+            doc.error(f"{path}.{env}", f"must be {PERCENT_RULE}, got {_show(raw)}")
             ok = False
-        return (v[environment], dict(v)) if ok else (None, dict(v))
-    doc.error(path, f"must be an integer 0..100, got {_show(v)}")
-    return None, None
+        by_env[env] = pct if pct is not None else raw
+    if environment not in v:
+        doc.error(path, f"no value for environment {environment!r} (has: {', '.join(map(str, v)) or 'none'})")
+        ok = False
+    return (by_env[environment], by_env) if ok else (None, by_env)
 
 
 def _guard(doc: _Doc, raw: Any, path: str) -> GuardSpec | None:
@@ -982,7 +1012,10 @@ def _shadow(doc: _Doc, raw: Any, path: str) -> ShadowSpec | None:
     if s is None:
         return None
     _unknown(doc, s, set(SECTIONS["shadow"]), path)
-    pct = _number(doc, s, "percent", path, 100, integer=True, upper=100)
+    pct = as_percent(s.get("percent", 100))
+    if pct is None:
+        doc.error(f"{path}.percent", f"must be {PERCENT_RULE}, got {_show(s['percent'])}")
+        pct = 100
     methods = s.get("methods", ["GET", "HEAD"])
     ignore = s.get("ignore", [])
     headers = s.get("headers", ["content-type"])
@@ -993,7 +1026,7 @@ def _shadow(doc: _Doc, raw: Any, path: str) -> ShadowSpec | None:
     for i, p in enumerate(ignore):
         if not p.startswith("$"):
             doc.error(f"{path}.ignore[{i}]", f"must be a JSON path like $.generated_at, got {p!r}")
-    return ShadowSpec(int(pct), tuple(m.upper() for m in methods), tuple(ignore), tuple(h.lower() for h in headers))
+    return ShadowSpec(pct, tuple(m.upper() for m in methods), tuple(ignore), tuple(h.lower() for h in headers))
 
 
 def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
@@ -1018,8 +1051,9 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
     return RolloutSpec(tuple(steps), float(interval), gates, approval)
 
 
-def _steps(doc: _Doc, raw: Any, path: str) -> tuple[list[int], frozenset[int]]:
-    """Rising percents 1..100; a step written {percent: N, approval: true} waits for a promote."""
+def _steps(doc: _Doc, raw: Any, path: str) -> tuple[list[Percent], frozenset[int]]:
+    """Rising percents above 0 up to 100 (0.5, 1, 5, ...: 0.01 steps); a step written
+    {percent: N, approval: true} waits for a promote."""
     steps, approval = [], set()
     for i, item in enumerate(raw if isinstance(raw, list) else []):
         if isinstance(item, dict):
@@ -1030,9 +1064,10 @@ def _steps(doc: _Doc, raw: Any, path: str) -> tuple[list[int], frozenset[int]]:
                 approval.add(i)
             item = item.get("percent")
         steps.append(item)
-    rising = all(_is_int(s) and 0 < s <= 100 for s in steps) and steps == sorted(set(steps))
+    pcts = [p for p in map(as_percent, steps) if p is not None and p > 0]
+    rising = len(pcts) == len(steps) and pcts == sorted(set(pcts))
     if not isinstance(raw, list) or not steps or not rising:
-        shape = "each an integer or {percent: N, approval: true}"
-        doc.error(path, f"must be a rising list of percents 1..100 ({shape}), got {_show(raw)}")
+        shape = "each above 0 with at most two decimals, or {percent: N, approval: true}"
+        doc.error(path, f"must be a rising list of percents up to 100 ({shape}), got {_show(raw)}")
         return [100], frozenset()
-    return steps, frozenset(approval)
+    return pcts, frozenset(approval)

@@ -9,6 +9,7 @@ The rules, in order (the first that applies decides; `reason` names it):
   anonymous   no user id and `anonymous: legacy|new`
   override    the route's percent is an override (admin, guard, rollout): new when bucket < percent
   percent     the route's percent is routes.yaml's: new when bucket < percent
+              (a fractional percent a.f: or bucket == a and sub-bucket < f; bucketing.is_new)
 
 Cohorts come before the anonymous rule: a header, cookie or jwt_claim cohort matches a request
 whether or not it carries a user id (`X-Staff: 1` is staff, signed in or not; under `anonymous:
@@ -76,8 +77,9 @@ def decide(snap: Snapshot, route: Route | None, facts: Facts) -> Decision | None
         return Decision(cfg.unmatched, backends[cfg.unmatched], bucket, "unmatched")
     if uid is None:
         return Decision(cfg.anonymous, backends[cfg.anonymous], None, "anonymous")
-    bucket = bucketing.bucket(uid, route.salt)
-    role = "new" if bucketing.is_new(bucket, snap.percent[route.name]) else "legacy"
+    digest = bucketing.digest(uid, route.salt)  # one md5: the bucket, and the sub-bucket of a fractional percent
+    bucket = bucketing.bucket_of(digest)
+    role = "new" if bucketing.is_new(bucket, digest, snap.cuts[route.name]) else "legacy"
     return Decision(role, backends[role], bucket, "percent" if snap.sources[route.name] == "file" else "override")
 
 

@@ -3,7 +3,7 @@
 The hot path never talks to Redis: it reads `store.state`, an immutable snapshot
 replaced whole on every change. With Redis the keys are the truth:
 
-    {prefix}:percent   hash  route -> integer percent
+    {prefix}:percent   hash  route -> percent: "10", or "1.5" (0.01 steps; whole ones are written as integers)
     {prefix}:source    hash  route -> override | guard | rollout
     {prefix}:kill      "1" on, "0" off
     {prefix}:state     sentinel written with every change; its absence after a
@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import structlog
+
+from .config import Percent, parse_percent
 
 log = structlog.get_logger("splitter.overrides")
 KEEP_MISMATCHES = 100
@@ -84,7 +86,7 @@ class MemberChange(NamedTuple):
 
 @dataclass(frozen=True)
 class State:
-    percents: Mapping[str, int] = field(default_factory=dict)
+    percents: Mapping[str, Percent] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
     kill: bool = False
 
@@ -136,13 +138,13 @@ class MemoryOverrides:
         self._check_writable()
         self._apply(make(self.state))
 
-    async def set_percent(self, route: str, percent: int, source: str = "override") -> None:
+    async def set_percent(self, route: str, percent: Percent, source: str = "override") -> None:
         await self._change(
             lambda s: State({**s.percents, route: percent}, {**s.sources, route: source}, s.kill),
             {"type": "set", "route": route, "percent": percent},
         )
 
-    async def set_many(self, percents: Mapping[str, int], source: str = "override") -> None:
+    async def set_many(self, percents: Mapping[str, Percent], source: str = "override") -> None:
         await self._change(
             lambda s: State({**s.percents, **percents}, {**s.sources, **dict.fromkeys(percents, source)}, s.kill),
             {"type": "set_many"},
@@ -581,7 +583,8 @@ def _member_change(before: int, after: int, added: list[str], removed: list[str]
 
 
 def _parse(percents: dict[str, str], sources: dict[str, str], kill: str | None) -> State:
-    valid = {k: int(v) for k, v in percents.items() if v.lstrip("-").isdigit()}
+    parsed = {k: parse_percent(v) for k, v in percents.items()}
+    valid = {k: v for k, v in parsed.items() if v is not None}
     return State(valid, {k: sources.get(k, "override") for k in valid}, kill == "1")
 
 

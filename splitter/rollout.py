@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from . import judge
-from .config import Gates, RolloutSpec, Route
+from .config import Gates, Percent, RolloutSpec, Route
 from .overrides import Conflict, Unavailable
 from .window import Counts, Totals
 
@@ -219,7 +219,7 @@ class Rollouts:
         self,
         route: Route,
         state: dict[str, Any],
-        old: int,
+        old: Percent,
         now: float,
         failure: str,
         sides: tuple[Counts, Counts],
@@ -424,7 +424,7 @@ class Rollouts:
             return
         await self._enter(route, state, step + 1, now, "promote")
 
-    def _steps(self, name: str) -> tuple[int, ...]:
+    def _steps(self, name: str) -> tuple[Percent, ...]:
         r = self.rt.snapshot.config.by_name[name]
         assert r.rollout is not None
         return r.rollout.steps

@@ -21,8 +21,9 @@ from typing import Any
 
 import structlog
 
+from . import bucketing
 from . import config as config_mod
-from .config import Backend, Config, ConfigError, Route
+from .config import Backend, Config, ConfigError, Percent, Route
 from .history import History
 from .metrics import Metrics
 from .notify import Notifier
@@ -77,12 +78,17 @@ class Snapshot:
     """Everything a request needs to be routed, swapped whole on every change."""
 
     config: Config
-    percent: Mapping[str, int]
+    percent: Mapping[str, Percent]
     sources: Mapping[str, str]
     kill: bool
     id_headers: tuple[bytes, ...] = field(default=())
     # runtime members of `users` cohorts: (route, cohort) -> user ids (routes.yaml's own are on the Cohort)
     members: Mapping[tuple[str, str], frozenset[bytes]] = field(default_factory=dict)
+    # each route's percent as (whole, hundredths) for bucketing.is_new: converted here, once, not per request
+    cuts: Mapping[str, tuple[int, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cuts", {name: bucketing.cut(p) for name, p in self.percent.items()})
 
 
 def make_snapshot(cfg: Config, state: State) -> Snapshot:

@@ -1,5 +1,7 @@
 """Admin API and runtime overrides without Redis (one process, in memory)."""
 
+import hashlib
+
 import httpx
 import pytest
 from conftest import routes_yaml
@@ -74,9 +76,11 @@ def test_admin_errors_are_clear(stack):
 def test_bucket_lookup(stack):
     r = httpx.get(stack.admin + "/admin/bucket", params={"user_id": "alice"}).json()
     b = bucket("alice")
+    sub = int(hashlib.md5(b"alice").hexdigest()[8:16], 16) % 100
     auth = next(x for x in r["routes"] if x["route"] == "auth")
     role = "new" if b < 50 else "legacy"
-    assert auth == {"route": "auth", "bucket": b, "percent": 50, "backend": role, "reason": "percent", "upstream": role}
+    want = {"route": "auth", "bucket": b, "sub_bucket": sub, "percent": 50, "backend": role, "reason": "percent"}
+    assert auth == want | {"upstream": role}
     assert httpx.get(stack.admin + "/admin/bucket").status_code == 400
 
 

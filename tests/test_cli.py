@@ -52,8 +52,8 @@ def test_missing_token():
 
 
 def test_bad_percent_is_refused_before_any_request():
-    one_line_error(run("set", "auth", "150"), "percent must be an integer 0..100, got 150", code=2)
-    one_line_error(run("set", "auth", "ten"), "percent must be an integer 0..100, got 'ten'", code=2)
+    one_line_error(run("set", "auth", "150"), "percent must be a number 0..100 with at most two decimals, got '150'", code=2)
+    one_line_error(run("set", "auth", "ten"), "percent must be a number 0..100 with at most two decimals, got 'ten'", code=2)
 
 
 def test_a_send_timeout_that_is_not_positive_is_one_line():

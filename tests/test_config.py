@@ -66,7 +66,7 @@ def line_of(text: str, needle: str) -> int:
 @pytest.mark.parametrize(
     "change,needle,message",
     [
-        (("percent: 0\n    salt", "percent: 150\n    salt"), "percent: 150", "routes[1].percent: must be an integer 0..100, got 150"),
+        (("percent: 0\n    salt", "percent: 150\n    salt"), "percent: 150", "routes[1].percent: must be a number 0..100 with at most two decimals, got 150"),
         (("unmatched: new", "unmatched: new\ncolour: blue"), "colour: blue", "colour: unknown key"),
         (("    salt: s1", "    salt: s1\n    weight: 3"), "weight: 3", "routes[1].weight: unknown key"),
         (("name: upload", "name: auth"), "name: auth\n    prefix: /api/upload", "routes[1].name: duplicate name 'auth'"),
@@ -99,7 +99,7 @@ def test_bad_percent_reads_exactly_like_the_spec_example(tmp_path):
     f.write_text(VALID.replace("percent: 0\n    salt", "percent: 150\n    salt"))
     with pytest.raises(config.ConfigError) as err:
         config.load(f)
-    assert err.value.errors == [f"{f}:13: routes[1].percent: must be an integer 0..100, got 150"]
+    assert err.value.errors == [f"{f}:13: routes[1].percent: must be a number 0..100 with at most two decimals, got 150"]
 
 
 def test_rollout_steps_may_wait_for_approval(tmp_path):
@@ -122,7 +122,7 @@ def test_rollout_steps_may_wait_for_approval(tmp_path):
             "routes[1].rollout.steps[1].approval: must be true or false, got 'yes please'",
         ),
         ("[10, {pct: 50}]", "routes[1].rollout.steps[1].pct: unknown key (allowed: approval, percent)"),
-        ("[{percent: 50, approval: true}, 20]", "routes[1].rollout.steps: must be a rising list of percents 1..100"),
+        ("[{percent: 50, approval: true}, 20]", "routes[1].rollout.steps: must be a rising list of percents up to 100"),
     ],
 )
 def test_bad_rollout_steps_name_the_step(tmp_path, steps, message):
@@ -170,7 +170,7 @@ def test_check_the_shipped_routes_yaml_in_every_environment():
 @pytest.mark.parametrize(
     "change,message",
     [
-        (("percent: 0\n    salt", "percent: 150\n    salt"), ":13: routes[1].percent: must be an integer 0..100, got 150"),
+        (("percent: 0\n    salt", "percent: 150\n    salt"), ":13: routes[1].percent: must be a number 0..100 with at most two decimals, got 150"),
         (("unmatched: new", "unmatched: new\ncolour: blue"), ":19: colour: unknown key"),
         (("name: upload", "name: auth"), ":11: routes[1].name: duplicate name"),
         (("production: 10}", "prod: 10}"), ":10: routes[0].percent: no value for environment 'production'"),

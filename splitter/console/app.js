@@ -127,12 +127,16 @@ function windowTable(w, label) {
     row("old (legacy)", w.legacy), row("new", w.new));
 }
 
+// Percents move in 0.01 steps: 1.5 splits bucket 1 by its sub-bucket (README "Bucketing").
+function isPercent(x) { return Number.isFinite(x) && x >= 0 && x <= 100 && Math.abs(Math.round(x * 100) - x * 100) < 1e-6; }
+
 function usersLine(name, from, to, route) {
   const rate = route.series ? route.series.new.concat(route.series.legacy).slice(-2).reduce((a, p) => a + p.rps, 0) : 0;
-  const moved = Math.abs(to - from);
+  const moved = Math.round(Math.abs(to - from) * 100) / 100;
   const dir = to > from ? "to new" : "back to legacy";
   const perMin = Math.round((rate * 60 * moved) / 100);
-  return `${name}: ${from} % → ${to} %, ${moved} % of users (buckets ${Math.min(from, to)}–${Math.max(from, to) - 1}) move ${dir}` +
+  const lo = Math.floor(Math.min(from, to)), hi = Math.ceil(Math.max(from, to)) - 1;  // the buckets the users are in
+  return `${name}: ${from} % → ${to} %, ${moved} % of users (${lo === hi ? `bucket ${lo}` : `buckets ${lo}–${hi}`}) move ${dir}` +
     (perMin ? `, about ${perMin.toLocaleString("en-US")} requests/min at the current rate` : "");
 }
 
@@ -286,7 +290,7 @@ function previousWindow(r) {
 
 function routeCard(r, rollout, now, events) {
   const name = r.name;
-  const input = el("input", { type: "number", min: "0", max: "100", value: String(r.percent), "aria-label": `new percent for ${name}` });
+  const input = el("input", { type: "number", min: "0", max: "100", step: "0.01", value: String(r.percent), "aria-label": `new percent for ${name}` });
   const card = el("section", { class: "route", "data-route": name },
     el("h2", {}, name, el("span", { class: "prefix" }, r.prefix)),
     el("div", {}, el("span", { class: "percent" }, `${r.percent} %`), " to new  ",
@@ -304,7 +308,7 @@ function routeCard(r, rollout, now, events) {
     input,
     el("button", { type: "button", onclick: () => {
       const to = Number(input.value);
-      if (!Number.isInteger(to) || to < 0 || to > 100) { status("percent must be an integer 0..100", false); return; }
+      if (input.value.trim() === "" || !isPercent(to)) { status("percent must be a number 0..100 with at most two decimals", false); return; }
       act("PUT", `/admin/routes/${encodeURIComponent(name)}`, { percent: to }, usersLine(name, r.percent, to, r));
     } }, "set percent"),
     el("button", { type: "button", onclick: () => act("DELETE", `/admin/routes/${encodeURIComponent(name)}/override`, null, `${name}: clear the override (back to routes.yaml: ${r.file_percent} %)`) }, "clear override"),
