@@ -249,6 +249,28 @@ function timelineBox(events, title) {
   return box;
 }
 
+// A route's cohorts send users by who they are, not at random: their requests are counted apart
+// (same span and scope as the window table) and never enter old vs new, the guard or a rollout.
+const COHORT_OPS = { equals: "=", in: "in", prefix: "starts with", suffix: "ends with" };
+
+function cohortMatch(c) {
+  if (c.matcher === "users") return `users: ${num(c.file_members)} in routes.yaml + ${num(c.runtime_members)} at runtime`;
+  const shown = c.values.slice(0, 3).join(", ") + (c.values.length > 3 ? `, … (${c.values.length} values)` : "");
+  const what = c.matcher === "jwt_claim" ? "JWT claim" : c.matcher;
+  return `${what} ${c.key} ${COHORT_OPS[c.op] || c.op} ${c.op === "in" ? `[${shown}]` : shown}`;
+}
+
+function cohortBox(co) {
+  const span = none(co.span_s) ? "requests" : `requests, last ${Math.round(co.span_s)} s (${co.scope})`;
+  const rows = co.by_cohort.map(c => el("tr", { "data-cohort": c.name }, el("td", {}, c.name),
+    el("td", { class: "match" }, cohortMatch(c)), el("td", { class: "to " + c.to }, "→ " + c.to), el("td", {}, num(c.requests))));
+  return el("div", { class: "box cohorts" },
+    el("h3", {}, "cohorts ", el("span", { class: "apart" }, "not in the comparison")),
+    el("div", { class: "label" }, "sent by who they are, not at random: left out of old vs new above, the guard and rollouts"),
+    el("table", {}, el("tr", {}, el("th", {}, "cohort"), el("th", { class: "match" }, "matches"), el("th", {}, "to"),
+      el("th", {}, span)), ...rows));
+}
+
 function guardBox(r) {
   const g = r.guard;
   const tripped = (r.source_under_kill || r.source) === "guard";
@@ -300,6 +322,7 @@ function routeCard(r, rollout, now, events) {
   const prev = r.window ? previousWindow(r) : null;  // a rollout's box labels its own previous step
   if (prev && !(rollout && rollout.previous)) card.append(prev);
   if (r.series) card.append(chart(r.series));
+  if (r.cohorts) card.append(cohortBox(r.cohorts));
   if (r.guard) card.append(guardBox(r));
   if (rollout) card.append(rolloutBox(rollout, r.source === "kill"));
   if (r.shadow) card.append(shadowBox(r.shadow));
