@@ -1,7 +1,8 @@
 // splitter console: reads /admin/overview every second and renders it; actions go to the
 // admin API with the token the operator typed (sessionStorage only, sent as the Bearer
-// header; reads carry it too, for `admin: {reads: token}`). Each route's card ends with its
-// change history (who, when, what, why). Every value from the server is put on the page as text (textContent, SVG
+// header; reads carry it too, for `admin: {reads: token}`). A route's cohorts are shown in a box
+// of their own, never in the old-vs-new table. Each route's card ends with its change history
+// (who, when, what, why). Every value from the server is put on the page as text (textContent, SVG
 // attributes), never as HTML: route names and shadow diffs are untrusted.
 "use strict";
 
@@ -261,14 +262,16 @@ function cohortMatch(c) {
 }
 
 function cohortBox(co) {
-  const span = none(co.span_s) ? "requests" : `requests, last ${Math.round(co.span_s)} s (${co.scope})`;
+  const n = `${num(co.requests)} request${co.requests === 1 ? "" : "s"}`;
+  const when = none(co.span_s) ? "" : `last ${Math.round(co.span_s)} s (${co.scope}): ${n} `;
   const rows = co.by_cohort.map(c => el("tr", { "data-cohort": c.name }, el("td", {}, c.name),
     el("td", { class: "match" }, cohortMatch(c)), el("td", { class: "to " + c.to }, "→ " + c.to), el("td", {}, num(c.requests))));
   return el("div", { class: "box cohorts" },
     el("h3", {}, "cohorts ", el("span", { class: "apart" }, "not in the comparison")),
-    el("div", { class: "label" }, "sent by who they are, not at random: left out of old vs new above, the guard and rollouts"),
-    el("table", {}, el("tr", {}, el("th", {}, "cohort"), el("th", { class: "match" }, "matches"), el("th", {}, "to"),
-      el("th", {}, span)), ...rows));
+    el("div", { class: "label" }, when + "sent by who they are, not at random: left out of old vs new above, " +
+      "the guard and rollouts"),
+    el("table", {}, el("tr", {}, el("th", {}, "cohort"), el("th", { class: "match" }, "matches"),
+      el("th", { class: "to" }, "to"), el("th", {}, "requests")), ...rows));
 }
 
 function guardBox(r) {
