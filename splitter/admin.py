@@ -255,11 +255,13 @@ async def metrics(request: Request) -> Response:
 
 async def overview(request: Request) -> Response:
     """Everything the console shows, in one read: routes with their windows and the last five
-    minutes, rollouts, shadow mismatches, kill switch, Redis and reload state."""
+    minutes, their cohorts' requests (apart: not in the comparison), rollouts, shadow mismatches,
+    kill switch, Redis and reload state."""
     rt = _rt(request)
     now = time.time()
     snap = rt.snapshot
     views = routes_view(rt)
+    rt.collect_cohorts(now)  # this process's cohort counts up to this moment, as its windows are
     for view, r in zip(views, snap.config.routes, strict=True):
         await _overview_route(rt, _shadow(request), view, r, now)
     try:
@@ -300,6 +302,30 @@ async def _overview_route(rt: Runtime, shadow: Shadow, view: dict[str, Any], r: 
     outcomes = rt.windows.get(r.name)
     if "window" in view and outcomes is not None:
         view["window"]["since"] = outcomes.since or None
+    view["cohorts"] = await _overview_cohorts(rt, r, now, view.get("window")) if r.cohorts else None
+
+
+async def _overview_cohorts(rt: Runtime, r: RouteSpec, now: float, window: dict[str, Any] | None) -> dict[str, Any]:
+    """A route's cohorts for the console, apart from the comparison: what each matches, to which side,
+    and how many requests it sent over the window's span (same scope; `requests` null when unknown)."""
+    sent: dict[str, int] = {}
+    span = window["span_s"] if window is not None else None
+    if span is not None:
+        try:
+            sent = await rt.windows.cohort_requests(r.name, [c.name for c in r.cohorts], now, span)
+        except Unavailable:
+            span = None
+    rows = []
+    for c in r.cohorts:
+        row: dict[str, Any] = {"name": c.name, "to": c.to, "matcher": c.matcher, "requests": sent.get(c.name)}
+        if c.matcher == "users":  # counts, not the lists (up to 100,000 ids, read every second)
+            runtime = rt.snapshot.members.get((r.name, c.name), frozenset())
+            row |= {"file_members": len(c.users), "runtime_members": len(runtime)}
+        else:
+            row |= {"key": c.key, "op": c.op, "values": list(c.values)}
+        rows.append(row)
+    total = sum(sent.values()) if span is not None else None
+    return {"scope": rt.windows.scope, "span_s": span, "requests": total, "by_cohort": rows}
 
 
 async def list_routes(request: Request) -> Response:

@@ -41,6 +41,7 @@ class Metrics:
             ProcessCollector(registry=self.registry)  # process_* (CPU, memory, fds, start time)
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._cohort_children: dict[tuple[str, str, str], Any] = {}
+        self._cohort_tally: dict[tuple[str, str], int] = {}  # (route, cohort) -> requests since take_cohort_tally()
         for result in ("success", "failure"):
             self.reloads.labels(result)
 
@@ -117,6 +118,15 @@ class Metrics:
         if child is None:
             child = self._cohort_children[key] = self.cohort_requests.labels(route, cohort, backend)
         child.inc()
+        tally = self._cohort_tally
+        key2 = (route, cohort)
+        tally[key2] = tally.get(key2, 0) + 1
+
+    def take_cohort_tally(self) -> dict[tuple[str, str], int]:
+        """This process's cohort requests by (route, cohort) since the last take (for the console's
+        windows: the counter above cannot be read back per second)."""
+        tally, self._cohort_tally = self._cohort_tally, {}
+        return tally
 
     def track_in_flight(self, read: Callable[[], float]) -> Any:
         """The in-flight gauge: read at scrape time in one process; in multiprocess mode (no

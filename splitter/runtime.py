@@ -199,6 +199,7 @@ class Runtime:
         while True:
             await asyncio.sleep(1.0)
             try:
+                self.collect_cohorts(time.time())
                 await self.windows.flush(time.time())
                 failing = False
             except Unavailable as exc:
@@ -208,6 +209,13 @@ class Runtime:
                         error=str(exc),
                     )
                 failing = True
+
+    def collect_cohorts(self, now: float) -> None:
+        """Requests cohorts decided since the last call go into the windows, apart from new and legacy
+        (the console shows them; no judge reads them). Once a second, and before the console reads."""
+        tally = self.metrics.take_cohort_tally()
+        if tally:
+            self.windows.add_cohorts(tally, now)
 
     async def judged_span(self, route: Route) -> tuple[float, float | None]:
         """(seconds, since) of the window that judges a route: the guard's, else the current rollout step's."""

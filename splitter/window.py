@@ -10,6 +10,11 @@ the runtime drains those counts (`Windows.flush`): into this process's windows a
 a fleet store (Redis), added to per-slot keys every replica and worker adds to, so the
 guard and the rollout gates judge the sum over the fleet. This module does no I/O: the
 store is handed in.
+
+Requests a route's cohort decided are not a random sample of either side: they are never
+recorded as "new" or "legacy". The runtime hands their counts in once a second
+(`Windows.add_cohorts`), kept and shared the same way under the side `cohort.NAME`, so the
+console shows how many each cohort sent, apart from the comparison.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ MAX_INDEX = math.ceil(math.log(MAX_S / MIN_S) * _INV_LOG_GAMMA)
 MAX_SLOTS = 600  # a window keeps at most this many slots: one second each, coarser for long windows
 FINAL_AFTER_S = 3.0  # a slot this far in the past has been flushed by every process: cache it
 ROLES = ("new", "legacy")  # the two sides a route's windows are kept for, in the order they are drained and shown
+
+
+def cohort_side(name: str) -> str:
+    """The side a cohort's request counts are kept under (never compared with new or legacy)."""
+    return f"cohort.{name}"
 
 
 def bucket_index(seconds: float) -> int:
@@ -177,14 +187,25 @@ class Outcomes:
         i = bucket_index(seconds)
         c.h[i] = c.h.get(i, 0) + 1
 
+    def count_cohort(self, name: str, sec: int, requests: int) -> None:
+        """`requests` a cohort decided, in second `sec` (requests only: no errors, no latency)."""
+        pending = self.pending.setdefault(cohort_side(name), {})
+        c = pending.get(sec)
+        if c is None:
+            c = pending[sec] = Counts()
+        c.n += requests
+
     def drain(self) -> list[tuple[str, int, Counts]]:
         """Take what was counted since the last drain; merged into the local windows here."""
         out = []
-        for backend in ROLES:
+        for backend in list(self.pending):  # new, legacy, then the cohorts' sides
             pending, self.pending[backend] = self.pending[backend], {}
             for sec, counts in pending.items():
                 for span in self.spans:
-                    self.windows[(backend, span)].merge(sec, counts)
+                    window = self.windows.get((backend, span))
+                    if window is None:
+                        window = self.windows[(backend, span)] = Window(span)
+                    window.merge(sec, counts)
                 out.append((backend, sec, counts))
         return out
 
@@ -272,7 +293,8 @@ class Windows:
         width = width_for(span)
         if self.store is None:
             o.drain()  # this process is the whole picture: bring its windows up to this moment
-            return o.windows[(backend, span)].counts(slots)
+            window = o.windows.get((backend, span))  # a cohort that sent nothing yet has none
+            return window.counts(slots) if window is not None else Counts()
         total = Counts()
         missing = []
         for s in slots:
@@ -314,6 +336,21 @@ class Windows:
                 }
             )
         return out
+
+    def add_cohorts(self, counts: Mapping[tuple[str, str], int], now: float) -> None:
+        """Requests cohorts decided since the last call, by (route, cohort): counted in second `now`."""
+        for (route, cohort), n in counts.items():
+            o = self.routes.get(route)
+            if o is not None:
+                o.count_cohort(cohort, int(now), n)
+
+    async def cohort_requests(self, route: str, cohorts: Iterable[str], now: float, span_s: float) -> dict[str, int]:
+        """How many requests each cohort sent in the last `span_s` seconds (the percent's changes
+        do not restart it: a cohort's users are the same whatever the percent)."""
+        o = self.routes[route]
+        span = o.window_for(span_s)
+        slots = slot_range(now, span_s, None, width_for(span))
+        return {c: (await self._sum(route, cohort_side(c), span, slots, now)).n for c in cohorts}
 
     async def view(self, route: str, now: float, span_s: float, since: float | None = None) -> dict[str, Any]:
         """What /admin/routes shows: the window the judges read, both sides."""

@@ -306,3 +306,64 @@ def promote_then_kill(page, s) -> None:
     page.screenshot(path=str(ARTIFACTS / "console-kill-switch.png"), full_page=True)
     held = rollout_of(s, "search")
     assert held["kill"] and held["status"] == "running" and held["step"] == 10
+
+
+COHORTS_YAML = """environment: production
+backends:
+  legacy: {{url: "{legacy}", read_timeout: 5}}
+  new: {{url: "{new}", read_timeout: 5}}
+user_id:
+  - header: X-User-ID
+anonymous: legacy
+routes:
+  - name: auth
+    prefix: /api/auth
+    percent: 10
+    guard: {{max_error_rate: 0.2, min_requests: 50, window_s: 120}}
+    cohorts:
+      - {{name: staff, header: X-Staff, equals: "1", to: new}}
+      - {{name: beta, users: [alice, bob], to: new}}
+      - {{name: corp, jwt_claim: email, suffix: "@example.com", to: new}}
+      - {{name: enterprise, cookie: plan, in: [enterprise, gold, platinum, diamond], to: legacy}}
+  - name: upload
+    prefix: /api/upload
+    percent: 50
+"""
+
+
+def test_the_console_shows_cohort_requests_apart_from_old_vs_new(standin, splitter, browser_page):
+    s = splitter(COHORTS_YAML.format(legacy=standin("legacy"), new=standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+    add = {"add": ["carol", "dave", "erin"], "reason": "beta testers"}
+    r = httpx.put(s.admin + "/admin/routes/auth/cohorts/beta", json=add, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
+    with httpx.Client(base_url=s.url) as c:
+        for _ in range(40):
+            assert c.get("/api/auth/me", headers={"X-Staff": "1"}).status_code == 200
+        for u in ("alice", "bob", "carol", "dave", "erin", "alice"):
+            assert c.get("/api/auth/me", headers={"X-User-ID": u}).status_code == 200
+        for i in range(7):
+            assert c.get("/api/auth/me", headers={"X-User-ID": f"e{i}", "Cookie": "plan=gold"}).status_code == 200
+        for i in range(30):  # the random sample the table compares: 10 % of them on new
+            c.get("/api/auth/me", headers={"X-User-ID": f"r{i}"})
+            c.get("/api/upload/file", headers={"X-User-ID": f"r{i}"})
+    on_new = sum(bucket(f"r{i}") < 10 for i in range(30))
+    page = browser_page
+    page.goto(s.admin + "/ui")
+    box = card(page, "auth").locator(".box.cohorts")
+    box.wait_for(timeout=5000)
+
+    def row(name: str) -> list[str]:
+        return [str(t) for t in box.locator(f'tr[data-cohort="{name}"] td').all_inner_texts()]
+
+    assert "not in the comparison" in box.locator("h3").inner_text()
+    assert box.locator(".label").inner_text().startswith("last 120 s (process): 53 requests sent by who they are")
+    assert row("staff") == ["staff", "header X-Staff = 1", "→ new", "40"]
+    assert row("beta") == ["beta", "users: 2 in routes.yaml + 3 at runtime", "→ new", "6"]
+    assert row("corp") == ["corp", "JWT claim email ends with @example.com", "→ new", "0"]
+    assert row("enterprise") == ["enterprise", "cookie plan in [enterprise, gold, platinum, … (4 values)]", "→ legacy", "7"]
+    table = card(page, "auth").locator("table").first  # old vs new: the 30 random users only
+    assert table.locator("tr").nth(1).locator("td").nth(1).inner_text() == str(30 - on_new)
+    assert table.locator("tr").nth(2).locator("td").nth(1).inner_text() == str(on_new)
+    assert card(page, "upload").locator(".box.cohorts").count() == 0, "a route without cohorts shows no box"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "console-cohorts.png"), full_page=True)

@@ -309,3 +309,78 @@ def test_a_websocket_upgrade_is_targeted_like_any_request(procs, tmp_path, split
     assert (line["backend"], line["upstream"], line["status"]) == ("new", "new", 101)
     assert s.metric("splitter_cohort_requests_total", route="notifications", cohort="staff", backend="new") == 1
     assert s.metric("splitter_cohort_requests_total", route="notifications", cohort="beta", backend="new") == 1
+
+
+# --- the console's view: cohorts apart from the comparison -------------------------------------
+
+CONSOLE_TOKEN = "cohort-console-token"
+
+
+def overview_route(s, name: str = "auth") -> dict:
+    from test_operator_loop import strict_loads
+
+    view = strict_loads(httpx.get(s.admin + "/admin/overview").text)  # strict JSON: no NaN, no Infinity
+    return next(r for r in view["routes"] if r["name"] == name)  # type: ignore[index]
+
+
+def test_the_console_reads_each_cohorts_requests_apart_from_the_window(standin, splitter):
+    """40 staff requests, 3 from beta (two routes.yaml members, one added at runtime), 2 enterprise
+    ones pinned to legacy, and 5 + 5 random users: /admin/overview lists each cohort's requests and
+    the window the console compares counts only the 10 random ones."""
+    s = splitter(targeting_yaml(standin("legacy"), standin("new"), 50), env={"SPLITTER_ADMIN_TOKEN": CONSOLE_TOKEN})
+    auth_header = {"Authorization": f"Bearer {CONSOLE_TOKEN}"}
+    r = httpx.put(s.admin + "/admin/routes/auth/cohorts/beta", json={"add": ["dave"]}, headers=auth_header)
+    assert r.status_code == 200, r.text
+    with httpx.Client(base_url=s.url, timeout=10) as c:
+        assert {served_by(c, "/api/auth/me", **STAFF)[0] for _ in range(40)} == {"new"}
+        assert {served_by(c, "/api/auth/me", **{"X-User-ID": u})[0] for u in ("alice", "bob", "dave")} == {"new"}
+        for _ in range(2):
+            assert served_by(c, "/api/auth/me", **{"X-User-ID": "zed", "Cookie": "plan=enterprise"})[0] == "legacy"
+        for side, ids in (("new", users(5, new=True)), ("legacy", users(5, new=False))):
+            assert {served_by(c, "/api/auth/me", **{"X-User-ID": u})[0] for u in ids} == {side}
+    auth = overview_route(s)
+    assert (auth["window"]["new"]["requests"], auth["window"]["legacy"]["requests"]) == (5, 5), "cohorts stay out"
+    co = auth["cohorts"]
+    assert (co["scope"], co["span_s"], co["requests"]) == ("process", 60.0, 45)
+    assert [(x["name"], x["matcher"], x["to"], x["requests"]) for x in co["by_cohort"]] == [
+        ("staff", "header", "new", 40),
+        ("beta", "users", "new", 3),
+        ("pinned", "users", "legacy", 0),
+        ("enterprise", "cookie", "legacy", 2),
+    ]
+    staff, beta, pinned, enterprise = co["by_cohort"]
+    assert (staff["key"], staff["op"], staff["values"]) == ("X-Staff", "equals", ["1"])
+    assert (enterprise["key"], enterprise["op"], enterprise["values"]) == ("plan", "in", ["enterprise"])
+    assert (beta["file_members"], beta["runtime_members"], pinned["file_members"]) == (2, 1, 1)
+    assert "file_members" not in staff and "values" not in beta
+    assert s.metric("splitter_cohort_requests_total", route="auth", cohort="staff", backend="new") == 40
+    # a new percent restarts the window (a new population); a cohort's users are the same people
+    r = httpx.put(s.admin + "/admin/routes/auth", json={"percent": 60}, headers=auth_header)
+    assert r.status_code == 200, r.text
+    auth = overview_route(s)
+    assert auth["window"]["new"]["requests"] == 0 and auth["cohorts"]["requests"] == 45
+
+
+def test_the_console_counts_cohort_requests_over_the_fleet_with_redis(standin, splitter, redis_server):
+    """Like its window, the console's cohort counts are the fleet's with Redis: 30 staff requests
+    through replica A and 10 through B (two workers) read as 40 on each, whichever worker answers."""
+    text = targeting_yaml(standin("legacy"), standin("new"), 50).replace(
+        "unmatched: legacy\n", f'unmatched: legacy\nredis: {{url: "{redis_server.url}", prefix: "cc"}}\n'
+    )
+    a = splitter(text)
+    cfg_b = a.config.parent / "b.yaml"
+    cfg_b.write_text(text)
+    b = splitter(text, config=cfg_b, args=["--workers", "2"])
+    for s, n in ((a, 30), (b, 10)):
+        with httpx.Client(base_url=s.url, timeout=10) as c:
+            assert {served_by(c, "/api/auth/me", **STAFF)[0] for _ in range(n)} == {"new"}
+
+    def staff_seen(s) -> int | None:
+        co = overview_route(s)["cohorts"]
+        assert co["scope"] == "fleet"
+        return co["by_cohort"][0]["requests"] if co["by_cohort"][0]["requests"] == 40 else None
+
+    for s in (a, b, b, b):  # b: whichever worker answers
+        assert eventually(lambda s=s: staff_seen(s), timeout=10) == 40
+        window = overview_route(s)["window"]
+        assert (window["scope"], window["new"]["requests"], window["legacy"]["requests"]) == ("fleet", 0, 0)

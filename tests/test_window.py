@@ -136,3 +136,20 @@ def test_a_reset_judges_only_what_comes_after():
     o.record("new", 1007.5, False, 0.01)
     t = asyncio.run(w.totals("auth", "new", 1008.0, 60.0))
     assert (t.requests, t.errors) == (1, 0)
+
+
+def test_cohort_counts_are_kept_apart_from_both_sides_and_summed_over_the_fleet():
+    store = FakeStore()
+    procs = [Windows({"auth": [60.0, 300.0]}, store, "p") for _ in range(2)]
+    for w, n in zip(procs, (30, 10), strict=True):
+        w.add_cohorts({("auth", "staff"): n, ("gone", "staff"): 5}, 1000.2)  # a route no longer configured: dropped
+        asyncio.run(w.flush(1000.5))
+    fleet = asyncio.run(procs[1].cohort_requests("auth", ["staff", "beta"], 1001.0, 60.0))
+    assert fleet == {"staff": 40, "beta": 0}
+    assert asyncio.run(procs[1].totals("auth", "new", 1001.0, 60.0)).requests == 0, "not a side of the comparison"
+    assert asyncio.run(procs[1].cohort_requests("auth", ["staff"], 1070.0, 60.0)) == {"staff": 0}, "out of the span"
+    local = Windows({"auth": [60.0]})
+    local.add_cohorts({("auth", "staff"): 3}, 1000.2)
+    assert asyncio.run(local.cohort_requests("auth", ["staff", "beta"], 1000.4, 60.0)) == {"staff": 3, "beta": 0}
+    local.reset("auth", 1000.3)  # a new percent restarts the comparison, not a cohort's count
+    assert asyncio.run(local.cohort_requests("auth", ["staff"], 1000.4, 60.0)) == {"staff": 3}

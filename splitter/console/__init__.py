@@ -1,10 +1,10 @@
 """GET /ui on the admin listener: one self-contained page (no CDN, no build step).
 
 The page is static (index.html, app.js, app.css in this package) and reads
-/admin/overview once a second (routes, rollouts and the change history, shown
-as a timeline in each route's card); actions go to the admin API with the token
-the operator typed (whose it is: /admin/whoami), kept in the tab's
-sessionStorage and sent as the Bearer header, never in a cookie. Served with a strict
+/admin/overview once a second (routes, their cohorts' requests apart from the
+comparison, rollouts and the change history, shown as a timeline in each route's
+card); actions go to the admin API with the token the operator typed (whose it is:
+/admin/whoami), kept in the tab's sessionStorage and sent as the Bearer header, never in a cookie. Served with a strict
 Content-Security-Policy: scripts and styles only from this origin, no inline script, no framing.
 """
 

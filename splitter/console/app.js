@@ -1,7 +1,8 @@
 // splitter console: reads /admin/overview every second and renders it; actions go to the
 // admin API with the token the operator typed (sessionStorage only, sent as the Bearer
-// header; reads carry it too, for `admin: {reads: token}`). Each route's card ends with its
-// change history (who, when, what, why). Every value from the server is put on the page as text (textContent, SVG
+// header; reads carry it too, for `admin: {reads: token}`). A route's cohorts are shown in a box
+// of their own, never in the old-vs-new table. Each route's card ends with its change history
+// (who, when, what, why). Every value from the server is put on the page as text (textContent, SVG
 // attributes), never as HTML: route names and shadow diffs are untrusted.
 "use strict";
 
@@ -249,6 +250,30 @@ function timelineBox(events, title) {
   return box;
 }
 
+// A route's cohorts send users by who they are, not at random: their requests are counted apart
+// (same span and scope as the window table) and never enter old vs new, the guard or a rollout.
+const COHORT_OPS = { equals: "=", in: "in", prefix: "starts with", suffix: "ends with" };
+
+function cohortMatch(c) {
+  if (c.matcher === "users") return `users: ${num(c.file_members)} in routes.yaml + ${num(c.runtime_members)} at runtime`;
+  const shown = c.values.slice(0, 3).join(", ") + (c.values.length > 3 ? `, … (${c.values.length} values)` : "");
+  const what = c.matcher === "jwt_claim" ? "JWT claim" : c.matcher;
+  return `${what} ${c.key} ${COHORT_OPS[c.op] || c.op} ${c.op === "in" ? `[${shown}]` : shown}`;
+}
+
+function cohortBox(co) {
+  const n = `${num(co.requests)} request${co.requests === 1 ? "" : "s"}`;
+  const when = none(co.span_s) ? "" : `last ${Math.round(co.span_s)} s (${co.scope}): ${n} `;
+  const rows = co.by_cohort.map(c => el("tr", { "data-cohort": c.name }, el("td", {}, c.name),
+    el("td", { class: "match" }, cohortMatch(c)), el("td", { class: "to " + c.to }, "→ " + c.to), el("td", {}, num(c.requests))));
+  return el("div", { class: "box cohorts" },
+    el("h3", {}, "cohorts ", el("span", { class: "apart" }, "not in the comparison")),
+    el("div", { class: "label" }, when + "sent by who they are, not at random: left out of old vs new above, " +
+      "the guard and rollouts"),
+    el("table", {}, el("tr", {}, el("th", {}, "cohort"), el("th", { class: "match" }, "matches"),
+      el("th", { class: "to" }, "to"), el("th", {}, "requests")), ...rows));
+}
+
 function guardBox(r) {
   const g = r.guard;
   const tripped = (r.source_under_kill || r.source) === "guard";
@@ -300,6 +325,7 @@ function routeCard(r, rollout, now, events) {
   const prev = r.window ? previousWindow(r) : null;  // a rollout's box labels its own previous step
   if (prev && !(rollout && rollout.previous)) card.append(prev);
   if (r.series) card.append(chart(r.series));
+  if (r.cohorts) card.append(cohortBox(r.cohorts));
   if (r.guard) card.append(guardBox(r));
   if (rollout) card.append(rolloutBox(rollout, r.source === "kill"));
   if (r.shadow) card.append(shadowBox(r.shadow));
