@@ -344,7 +344,16 @@ class Proxy:
         call.target = target
         self._choose(scope, call, snap)
         call.headers = self._outbound_headers(scope, call, hd, cfg)
-        await self._counted(scope, receive, send, call)
+        self.in_flight += 1  # counted here, not in a coroutine of its own: one frame less per request
+        gauge = self.in_flight_gauge
+        if gauge is not None:
+            gauge.inc()
+        try:
+            await self._forward(scope, receive, send, call)
+        finally:
+            self.in_flight -= 1
+            if gauge is not None:
+                gauge.dec()
 
     def prepare(self, scope: Scope) -> Call:
         """The same decision for an upgrade: the call with its outbound request (target, headers,
@@ -358,18 +367,6 @@ class Proxy:
         self._choose(scope, call, snap)
         call.headers = self._outbound_headers(scope, call, hd, snap.config)
         return call
-
-    async def _counted(self, scope: Scope, receive: Receive, send: Send, call: Call) -> None:
-        self.in_flight += 1
-        gauge = self.in_flight_gauge
-        if gauge is not None:
-            gauge.inc()
-        try:
-            await self._forward(scope, receive, send, call)
-        finally:
-            self.in_flight -= 1
-            if gauge is not None:
-                gauge.dec()
 
     # --- step 1: what the proxy refuses itself ------------------------------------------
     def _refuse(self, scope: Scope, call: Call, hd: dict[bytes, bytes], hosts: int, cfg: Config) -> bytes | None:
@@ -420,7 +417,8 @@ class Proxy:
         hd = call.inbound
         route = call.route = cfg.match(call.path)
         route_name = call.route_name = route.name if route is not None else "unmatched"
-        facts = Facts(self._forced(hd, cfg), bucketing.user_id(cfg.user_id, hd, cfg.anonymous == "cookie"), hd)
+        forced = self._forced(hd, cfg) if b"x-splitter-backend" in hd else None
+        facts = Facts(forced, bucketing.user_id(cfg.user_id, hd, cfg.anonymous == "cookie"), hd)
         decision = decide(snap, route, facts)
         if decision is None:  # anonymous under `anonymous: cookie`: a new id, kept in a cookie
             uid = os.urandom(16).hex().encode()
@@ -470,60 +468,39 @@ class Proxy:
         return out
 
     # --- step 4: forward and stream back ------------------------------------------------------
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, call: Call) -> None:
-        rt = self.rt
-        cfg = rt.snapshot.config
+    def _parts(self, scope: Scope, receive: Receive, call: Call) -> tuple[Exchange, _Body | None, Any, bool]:
+        """What one exchange needs, made before it starts: the exchange, the request body (None: none),
+        the client connection (to hear of a disconnect), and whether a shadow copy is kept."""
         hd = call.inbound
         route = call.route
-        assert call.backend is not None and call.handler is not None
         chunked = b"transfer-encoding" in hd
         has_body = chunked or hd.get(b"content-length", b"0") != b"0"
         shadowing = (
             route is not None and route.shadow is not None and b"x-splitter-backend" not in hd and call.reason != "kill"
         ) and _wants_shadow(route.shadow, call.method, hd)
         client: ClientConnection | None = scope.get("extensions", {}).get(CLIENT_HOOK)
-        length = None if chunked else int(hd.get(b"content-length", b"0"))
-        body = (
-            _Body(
-                receive, cfg.max_body_bytes, self.body_timeout, [] if shadowing and has_body else None, length, client
-            )
-            if has_body
-            else None
-        )
+        body = None
+        if has_body:
+            length = None if chunked else int(hd.get(b"content-length", b"0"))
+            limit = self.rt.snapshot.config.max_body_bytes
+            body = _Body(receive, limit, self.body_timeout, [] if shadowing else None, length, client)
         ex = Exchange(call.method)
         if client is not None and not client.watch(ex.abort):
             ex.abort()  # already gone
-        resp_tee: list[bytes] | None = [] if shadowing else None
-        try:
-            await self._relay(scope, send, call, ex, body, client, resp_tee)
-        finally:
-            if client is not None:
-                client.watch(None)
-            if body is not None:
-                body.stop()
-            ex.release()
-        if shadowing and call.error is None and not call.refused and (body is None or body.complete):
-            assert route is not None  # never a shadow request with half a body, nor after a failure
-            self._shadow(route, call, body, ex, resp_tee)
-        self._finish(call)
+        return ex, body, client, shadowing
 
-    async def _relay(  # the exchange's parts, made in _forward, which cleans them up
-        self, scope: Scope, send: Send, call: Call, ex: Exchange, body: _Body | None,
-        client: ClientConnection | None, tee: list[bytes] | None,
-    ) -> None:  # fmt: skip
-        """The exchange with the upstream and the answer relayed; every exit leaves its outcome on the call."""
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, call: Call) -> None:
+        """The exchange with the upstream and the answer relayed (one coroutine: this is the hot path);
+        every exit leaves its outcome on the call, and the request ends in _finish."""
+        ex, body, client, shadowing = self._parts(scope, receive, call)
+        tee: list[bytes] | None = [] if shadowing else None
         assert call.backend is not None
         pool = self.rt.pool(self.rt.snapshot.config.backends[call.backend])
-        up_headers = call.headers
-        if body is not None:
-            ex.head.add_done_callback(body.interrupt)  # the answer (or a failure) ends the body at once
-            if call.inbound.get(b"expect", b"").lower() == b"100-continue":
-                up_headers = [*up_headers, (b"expect", b"100-continue")]  # the body waits for the upstream's go-ahead
         try:
             try:
                 chunks = body.chunks() if body is not None else None
                 chunked = b"transfer-encoding" in call.inbound
-                await pool.exchange(ex, call.method, call.target, up_headers, chunks, chunked)
+                await pool.exchange(ex, call.method, call.target, _with_expect(call, ex, body), chunks, chunked)
             finally:
                 if body is not None:
                     body.end(scope)  # before any answer: one that leaves the body unread closes the connection
@@ -531,28 +508,35 @@ class Proxy:
                 call.bytes_in = body.received
             call.upstream_ms = round((time.perf_counter() - call.start) * 1000, 3)
             first = await ex.read()
+            call.status = ex.status
+            await send({"type": "http.response.start", "status": ex.status, "headers": _downstream_headers(ex, call)})
+            call.head_sent = True
+            call.bytes_out = len(first)
+            if tee is not None:
+                tee.append(first)
+            if ex.done and not ex.chunks:
+                await send({"type": "http.response.body", "body": first, "more_body": False})
+            else:
+                await send({"type": "http.response.body", "body": first, "more_body": True})
+                # None when whole; else the head is out: the connection aborts rather than pretend it is whole
+                call.error = await self._stream(ex, send, call, tee, client)
         except Aborted:  # the client went away before the answer: the upstream request was cancelled
             call.status, call.error = 499, "client_abort"
-            return
         except Refused as refusal:  # the request body broke a limit: not the backend's fault
             await self._answer_refusal(call, send, refusal)
-            return
         except UpstreamError as exc:  # mapped: the head is not sent yet
             call.status, call.error, call.detail = exc.status, exc.kind, exc.detail
             await _send_error(send, exc.status, exc.message, call.handler, call.request_id)
-            return
-        call.status = ex.status
-        await send({"type": "http.response.start", "status": ex.status, "headers": _downstream_headers(ex, call)})
-        call.head_sent = True
-        call.bytes_out = len(first)
-        if tee is not None:
-            tee.append(first)
-        if ex.done and not ex.chunks:
-            await send({"type": "http.response.body", "body": first, "more_body": False})
-        else:
-            await send({"type": "http.response.body", "body": first, "more_body": True})
-            # None when whole; else the head is out: the connection aborts rather than pretend the body is whole
-            call.error = await self._stream(ex, send, call, tee, client)
+        finally:
+            if client is not None:
+                client.watch(None)
+            if body is not None:
+                body.stop()
+            ex.release()
+        if shadowing and call.error is None and not call.refused and (body is None or body.complete):
+            assert call.route is not None  # never a shadow request with half a body, nor after a failure
+            self._shadow(call.route, call, body, ex, tee)
+        self._finish(call)
 
     async def _stream(
         self, ex: Exchange, send: Send, call: Call, tee: list[bytes] | None, client: ClientConnection | None
@@ -683,6 +667,17 @@ def _dropped_downstream(connection: bytes | None, bodiless: bool) -> frozenset[b
     if connection is not None:
         drop = drop | {t.strip().lower() for t in connection.split(b",")}
     return drop | {b"content-length"} if bodiless else drop
+
+
+def _with_expect(call: Call, ex: Exchange, body: _Body | None) -> list[tuple[bytes, bytes]]:
+    """The outbound headers; with a body, its end is tied to the answer (or a failure), and a client's
+    `Expect: 100-continue` is passed on, so the body waits for the upstream's go-ahead."""
+    if body is None:
+        return call.headers
+    ex.head.add_done_callback(body.interrupt)  # the answer ends the body at once
+    if call.inbound.get(b"expect", b"").lower() == b"100-continue":
+        return [*call.headers, (b"expect", b"100-continue")]
+    return call.headers
 
 
 def _downstream_headers(ex: Exchange, call: Call) -> list[tuple[bytes, bytes]]:

@@ -134,6 +134,8 @@ class Phase(enum.Enum):
     __hash__ = object.__hash__  # members are singletons: hashed in C, not by Enum's hash(name) (per response)
 
 
+# the members as module constants for the per-response code: an Enum attribute costs ~50 ns in 3.11, a global ~8
+_HEAD, _BODY, _DONE, _MUST_CLOSE, _FAILED = Phase.HEAD, Phase.BODY, Phase.DONE, Phase.MUST_CLOSE, Phase.FAILED
 _MOVES = {
     Phase.HEAD: {Phase.BODY, Phase.DONE, Phase.FAILED},
     Phase.BODY: {Phase.DONE, Phase.MUST_CLOSE, Phase.FAILED},
@@ -141,8 +143,8 @@ _MOVES = {
     Phase.MUST_CLOSE: {Phase.MUST_CLOSE, Phase.FAILED},
     Phase.FAILED: {Phase.FAILED},
 }
-_COMPLETE = frozenset([Phase.DONE, Phase.MUST_CLOSE])
-_SPOILED = frozenset([Phase.MUST_CLOSE, Phase.FAILED])  # the connection closes
+_COMPLETE = frozenset([_DONE, _MUST_CLOSE])
+_SPOILED = frozenset([_MUST_CLOSE, _FAILED])  # the connection closes
 
 
 class _ResponseParser:
@@ -238,7 +240,7 @@ class Exchange:
 
     def reset(self, method: str) -> None:
         """A fresh exchange (and parser) for another attempt of the same request."""
-        self.phase = Phase.HEAD
+        self.phase = _HEAD
         self.done = False  # the whole response is in (DONE or MUST_CLOSE): kept by `move`
         self.head_only = method == "HEAD"
         self.head: asyncio.Future[None] = self.loop.create_future()
@@ -292,7 +294,7 @@ class Exchange:
             # a known length: once this read is parsed, later bytes are counted, not parsed (no copy)
             self.raw_left = content_length
         # a HEAD answer ends with its head; a body after it makes the connection unusable
-        self.move(Phase.DONE if self.head_only else Phase.BODY)
+        self.move(_DONE if self.head_only else _BODY)
         if not self.head.done():
             self.head.set_result(None)
 
@@ -313,12 +315,12 @@ class Exchange:
         if self.done:
             return
         self.keep_alive = keep_alive
-        self.move(Phase.DONE)
+        self.move(_DONE)
         self.wake()
 
     def stray(self) -> None:
         """A byte nobody asked for arrived after the whole response: the connection is never reused."""
-        self.move(Phase.MUST_CLOSE)
+        self.move(_MUST_CLOSE)
 
     # --- from the connection --------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -352,10 +354,10 @@ class Exchange:
             data = data[:left]
         if data:
             self.body_in(data)  # counts raw_left down
-        if self.raw_left == 0 and self.phase is Phase.BODY:
-            self.move(Phase.DONE)
+        if self.raw_left == 0 and self.phase is _BODY:
+            self.move(_DONE)
         self.wake()
-        if spoiled and self.phase is not Phase.FAILED:
+        if spoiled and self.phase is not _FAILED:
             self.stray()
         if self.phase in _SPOILED and self.conn is not None:
             self.conn.close()
@@ -364,8 +366,8 @@ class Exchange:
         if self.done:
             self.stray()
             return
-        if self.head.done() and self.until_eof and not self.aborted and self.phase is Phase.BODY:
-            self.move(Phase.MUST_CLOSE)  # a body delimited by the connection's close
+        if self.head.done() and self.until_eof and not self.aborted and self.phase is _BODY:
+            self.move(_MUST_CLOSE)  # a body delimited by the connection's close
             self.wake()
             return
         if self.head.done():
@@ -376,7 +378,7 @@ class Exchange:
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
-        self.move(Phase.FAILED)
+        self.move(_FAILED)
         if not self.head.done():
             self.head.set_exception(exc)
             self.head.exception()  # retrieved: nobody may be waiting yet
@@ -440,7 +442,7 @@ class Exchange:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.exchange = None
-            ok = self.phase is Phase.DONE and self.keep_alive and not self.body_cut and not self.chunks
+            ok = self.phase is _DONE and self.keep_alive and not self.body_cut and not self.chunks
             conn.pool.release(conn, ok)
         self.chunks.clear()  # an aborted download's buffered bytes go now, not at the next GC
         parser, self.parser = self.parser, None
