@@ -41,6 +41,13 @@ def sub_bucket(digest_: bytes) -> int:
     return int.from_bytes(digest_[4:8], "big") % 100  # the next eight hex digits
 
 
+def placed(user_id: bytes, salt: str | None) -> tuple[int, bytes]:
+    """(bucket, digest) in one call, for the request path: the digest is kept for the sub-bucket."""
+    key = salt.encode() + b":" + user_id if salt else user_id
+    d = md5(key).digest()
+    return int.from_bytes(d[:4], "big") % 100, d
+
+
 def bucket(user_id: bytes | str, salt: str | None = None) -> int:
     """The sticky bucket of a user id."""
     return bucket_of(digest(user_id, salt))

@@ -77,8 +77,7 @@ def decide(snap: Snapshot, route: Route | None, facts: Facts) -> Decision | None
         return Decision(cfg.unmatched, backends[cfg.unmatched], bucket, "unmatched")
     if uid is None:
         return Decision(cfg.anonymous, backends[cfg.anonymous], None, "anonymous")
-    digest = bucketing.digest(uid, route.salt)  # one md5: the bucket, and the sub-bucket of a fractional percent
-    bucket = bucketing.bucket_of(digest)
+    bucket, digest = bucketing.placed(uid, route.salt)  # one md5: the bucket, and a fractional percent's sub-bucket
     role = "new" if bucketing.is_new(bucket, digest, snap.cuts[route.name]) else "legacy"
     return Decision(role, backends[role], bucket, "percent" if snap.sources[route.name] == "file" else "override")
 

@@ -151,10 +151,11 @@ class _ResponseParser:
     """httptools' callbacks for one response: the head collected and checked, the body and its end
     handed to the exchange. Interim heads (1xx) and trailers stop here."""
 
-    __slots__ = ("ex", "headers", "interim", "parser", "trailers")
+    __slots__ = ("ex", "headers", "interim", "on_body", "parser", "trailers")
 
     def __init__(self, ex: Exchange) -> None:
         self.ex = ex
+        self.on_body = ex.body_in  # body bytes go straight to the exchange (httptools reads the callbacks once, here)
         self.parser: Any = httptools.HttpResponseParser(self)
         self.headers: list[tuple[bytes, bytes]] = []
         self.interim = False
@@ -210,9 +211,6 @@ class _ResponseParser:
                 rid = value if rid is None or rid == value else b"(several)"
         self.headers = []
         ex.head_in(lowered, connection, content_length, chunked, rid, self.parser.should_keep_alive())
-
-    def on_body(self, body: bytes) -> None:
-        self.ex.body_in(body)
 
     def on_message_complete(self) -> None:
         if self.interim:

@@ -78,3 +78,11 @@ def test_bucket_is_a_function_of_the_exact_bytes():
     raw = b"\xff\xfe-not-utf8"
     assert bucketing.bucket(raw) == int(hashlib.md5(raw).hexdigest()[:8], 16) % 100
     assert bucketing.bucket(raw, "s") == int(hashlib.md5(b"s:" + raw).hexdigest()[:8], 16) % 100
+
+
+def test_the_request_paths_one_call_places_a_user_as_the_formula_does():
+    """bucketing.placed (decide's single md5) agrees with digest/bucket_of, salted or not, for odd bytes too."""
+    for uid in (b"alice", b"", b"\xff\xfe", "名前".encode(), b"x" * 300):
+        for salt in (None, "", "s1"):
+            d = bucketing.digest(uid, salt)
+            assert bucketing.placed(uid, salt) == (bucketing.bucket_of(d), d)
