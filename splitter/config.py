@@ -806,14 +806,7 @@ def _routes(
             doc.error(path, f"must be a mapping with name, prefix, percent, got {_show(r)}")
             continue
         _unknown(doc, r, _ROUTE_KEYS, path)
-        name = r.get("name")
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            doc.error(f"{path}.name", f"must match [a-z0-9_]+, got {_show(name)}")
-            name = None
-        elif name in names:
-            doc.error(f"{path}.name", f"duplicate name {name!r} (also {names[name]})")
-        else:
-            names[name] = path
+        name = _unique_name(doc, r.get("name"), path, names, "name")
         prefix = r.get("prefix")
         if not isinstance(prefix, str) or not prefix.startswith("/"):
             doc.error(f"{path}.prefix", f"must be a path starting with /, got {_show(prefix)}")
@@ -849,6 +842,18 @@ def _routes(
     return routes
 
 
+def _unique_name(doc: _Doc, name: Any, path: str, seen: dict[str, str], what: str, where: str = "") -> str | None:
+    """A `name:` matching [a-z0-9_]+ and not used before among `seen` (name -> the path that used it)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        doc.error(f"{path}.name", f"must match [a-z0-9_]+, got {_show(name)}")
+        return None
+    if name in seen:
+        doc.error(f"{path}.name", f"duplicate {what} {name!r}{where} (also {seen[name]})")
+        return name
+    seen[name] = path
+    return name
+
+
 def _sides(doc: _Doc, r: dict[str, Any], path: str, known: frozenset[str]) -> Mapping[str, str]:
     """`routes[].new` / `routes[].legacy`: the backends that serve this route's roles (default: new, legacy)."""
     if "new" not in r and "legacy" not in r:
@@ -879,14 +884,7 @@ def _cohorts(doc: _Doc, raw: Any, path: str, token_header: str) -> tuple[Cohort,
         if c is None:
             continue
         _unknown(doc, c, set(SECTIONS["cohort"]), cpath)
-        name = c.get("name")
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            doc.error(f"{cpath}.name", f"must match [a-z0-9_]+, got {_show(name)}")
-            name = None
-        elif name in seen:
-            doc.error(f"{cpath}.name", f"duplicate cohort name {name!r} in this route (also {seen[name]})")
-        else:
-            seen[name] = cpath
+        name = _unique_name(doc, c.get("name"), cpath, seen, "cohort name", " in this route")
         to = c.get("to")
         if to not in ROLES:
             what = "required" if "to" not in c else f"got {_show(to)}"

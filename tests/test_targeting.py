@@ -105,7 +105,7 @@ COHORT_ERRORS = [
     ("      - {name: a, users: [x], to: new, colour: red}", "routes[1].cohorts[0].colour: unknown key"),
     (
         "      - {name: a, users: [x], to: new}\n      - {name: a, users: [y], to: legacy}",
-        "routes[1].cohorts[1].name: duplicate cohort name 'a' in this route",
+        "routes[1].cohorts[1].name: duplicate cohort name 'a' in this route (also routes[1].cohorts[0])",
     ),
 ]
 
