@@ -89,6 +89,8 @@ def matching_cohort(snap: Snapshot, route: Route, uid: bytes | None, headers: Ma
         matcher = c.matcher
         if matcher == "header":
             value = headers.get(c.raw_key)
+            if value is not None:
+                value = value.strip(b" \t")  # a field value has no surrounding whitespace (RFC 9110 5.5)
         elif matcher == "users":
             if uid is not None and (uid in c.users or uid in snap.members.get((route.name, c.name), _NOBODY)):
                 return c

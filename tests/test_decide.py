@@ -227,6 +227,7 @@ def test_cohorts_decide_before_the_percent_in_order_and_name_themselves():
     assert cohort_of(snap, b"carol") == "cohort:pinned legacy legacy", "pinned to legacy at 100 %"
     assert cohort_of(snap, b"carol", x_staff=b"1") == "cohort:staff new upload_service", "the first match decides"
     assert cohort_of(snap, b"zed", x_staff=b"0") == "percent new upload_service"
+    assert cohort_of(snap, b"zed", x_staff=b"1 \t") == "cohort:staff new upload_service", "whitespace is no part of it"
     assert cohort_of(snap, b"zed", x_tenant=b"initech") == "cohort:tenants new upload_service"
     assert cohort_of(snap, b"zed", x_tenant=b"initech2") == "percent new upload_service"
     assert cohort_of(snap, b"zed", user_agent=b"canary/1.0") == "cohort:canary_ua new upload_service"
