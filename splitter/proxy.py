@@ -79,6 +79,7 @@ _ENCODED_SLASH = re.compile("%2[fF]")
 _DOT = frozenset([b".", b"%2e"])
 _DOTDOT = frozenset([b"..", b".%2e", b"%2e.", b"%2e%2e"])
 UID_MAX_AGE = 365 * 24 * 3600
+_getrandbits = random.getrandbits
 
 
 class _Body:
@@ -272,10 +273,16 @@ def _begin(scope: Scope) -> tuple[Call, dict[bytes, bytes], int]:
     if len(hd) < len(raw_headers):  # a repeated header: the slow path reads them as lists
         hd, hosts = _merged_headers(raw_headers)
     raw_rid = hd.get(b"x-request-id")
-    rid = raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else os.urandom(16).hex()
+    rid = raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else _new_request_id()
     call = Call(scope, rid)
     call.inbound = hd
     return call, hd, hosts
+
+
+def _new_request_id() -> str:
+    """32 hex digits: unique, not secret (a log and tracing key), so from the process's PRNG (reseeded
+    in each forked worker) rather than os.urandom, a getrandom() system call per request."""
+    return f"{_getrandbits(128):032x}"
 
 
 def _merged_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], int]:
@@ -311,49 +318,37 @@ class Proxy:
         # one process: the gauge reads the counter at scrape time; several: shared files, summed
         self.in_flight_gauge = runtime.metrics.track_in_flight(lambda: self.in_flight)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The request's steps up to the upstream call run here, synchronously; what is returned
+        (awaited by the server) forwards it, or answers it: one coroutine frame per request, not two."""
         if scope["type"] != "http":
             if scope["type"] == "websocket":
-                await self.websockets(scope, receive, send)
-            return
+                return self.websockets(scope, receive, send)  # type: ignore[no-any-return]
+            return _nothing()
         call, hd, hosts = _begin(scope)
         snap = self.rt.snapshot
         cfg = snap.config
         try:
             target = self._refuse(scope, call, hd, hosts, cfg)
         except Refused as refusal:
-            await self._answer_refusal(call, send, refusal)
-            self._finish(call)
-            return
+            return self._refused(call, send, refusal)
         if target is None:  # OPTIONS *: about the server itself, answered here
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"allow", _ALLOW),
-                        (b"content-length", b"0"),
-                        (b"x-request-id", call.request_id.encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
-            call.status = 200
-            self._finish(call)
-            return
+            return self._options(call, send)
         call.target = target
         self._choose(scope, call, snap)
         call.headers = self._outbound_headers(scope, call, hd, cfg)
-        self.in_flight += 1  # counted here, not in a coroutine of its own: one frame less per request
-        gauge = self.in_flight_gauge
-        if gauge is not None:
-            gauge.inc()
-        try:
-            await self._forward(scope, receive, send, call)
-        finally:
-            self.in_flight -= 1
-            if gauge is not None:
-                gauge.dec()
+        return self._forward(scope, receive, send, call)
+
+    async def _refused(self, call: Call, send: Send, refusal: Refused) -> None:
+        await self._answer_refusal(call, send, refusal)
+        self._finish(call)
+
+    async def _options(self, call: Call, send: Send) -> None:
+        headers = [(b"allow", _ALLOW), (b"content-length", b"0"), (b"x-request-id", call.request_id.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+        call.status = 200
+        self._finish(call)
 
     def prepare(self, scope: Scope) -> Call:
         """The same decision for an upgrade: the call with its outbound request (target, headers,
@@ -484,7 +479,7 @@ class Proxy:
             length = None if chunked else int(hd.get(b"content-length", b"0"))
             limit = self.rt.snapshot.config.max_body_bytes
             body = _Body(receive, limit, self.body_timeout, [] if shadowing else None, length, client)
-        ex = Exchange(call.method)
+        ex = Exchange(call.method, client.loop if client is not None else None)
         if client is not None and not client.watch(ex.abort):
             ex.abort()  # already gone
         return ex, body, client, shadowing
@@ -496,6 +491,10 @@ class Proxy:
         tee: list[bytes] | None = [] if shadowing else None
         assert call.backend is not None
         pool = self.rt.pool(self.rt.snapshot.config.backends[call.backend])
+        self.in_flight += 1
+        gauge = self.in_flight_gauge
+        if gauge is not None:
+            gauge.inc()
         try:
             try:
                 chunks = body.chunks() if body is not None else None
@@ -507,7 +506,9 @@ class Proxy:
             if body is not None:
                 call.bytes_in = body.received
             call.upstream_ms = round((time.perf_counter() - call.start) * 1000, 3)
-            first = await ex.read()
+            first = ex.take()  # the body bytes that came with the head, without a wait (the common case)
+            if first is None:
+                first = await ex.read()
             call.status = ex.status
             await send({"type": "http.response.start", "status": ex.status, "headers": _downstream_headers(ex, call)})
             call.head_sent = True
@@ -533,6 +534,9 @@ class Proxy:
             if body is not None:
                 body.stop()
             ex.release()
+            self.in_flight -= 1
+            if gauge is not None:
+                gauge.dec()
         if shadowing and call.error is None and not call.refused and (body is None or body.complete):
             assert call.route is not None  # never a shadow request with half a body, nor after a failure
             self._shadow(call.route, call, body, ex, tee)
@@ -577,25 +581,25 @@ class Proxy:
     def _finish(self, call: Call) -> None:
         """Every request ends here, whatever its exit: its metrics, the guard's and rollout's windows,
         and the access-log line. OPTIONS * (no role) only logs; a refusal counts as rejected."""
-        metrics = self.rt.metrics
         error = call.error
+        elapsed = time.perf_counter() - call.start
         if call.refused:
-            metrics.rejected.labels(error).inc()
+            self.rt.metrics.rejected.labels(error).inc()
         elif error == "client_abort":
-            metrics.client_aborts.labels(call.route_name, call.handler).inc()
+            self.rt.metrics.client_aborts.labels(call.route_name, call.handler).inc()
         elif call.role is not None and error != "send_timeout":  # a stalled client: counted as rejected by the server
             assert call.handler is not None
             failed = error is not None or call.status >= 500
             if failed:
-                metrics.error(call.route_name, call.role, call.handler, error or "status_5xx")
+                self.rt.metrics.error(call.route_name, call.role, call.handler, error or "status_5xx")
             if error is None or not call.head_sent:  # a body cut short is no latency sample
-                self.rt.observe(call.route_name, call.role, call.handler, call.status, time.perf_counter() - call.start)
+                self.rt.observe(call.route_name, call.role, call.handler, call.status, elapsed)
             # the proxy's own limit is not the backend's failure: no window sample (a cohort's still counts)
-            self.record_outcome(call, failed, judged=error != "overflow")
+            self.record_outcome(call, failed, error != "overflow", elapsed)
         if self.access_log:
-            self._log(call)
+            self._log(call, elapsed)
 
-    def record_outcome(self, call: Call, error: bool, judged: bool = True) -> None:
+    def record_outcome(self, call: Call, error: bool, judged: bool = True, elapsed: float | None = None) -> None:
         """Feed the guard, rollout and console windows, for the routes that have them. A cohort's
         requests are not a random sample of either side: they are counted apart, never judged."""
         reason = call.reason
@@ -606,7 +610,8 @@ class Proxy:
             return
         outcomes = self.rt.windows.get(call.route_name)
         if outcomes is not None and call.role is not None:
-            outcomes.record(call.role, time.time(), error, time.perf_counter() - call.start)
+            seconds = time.perf_counter() - call.start if elapsed is None else elapsed
+            outcomes.record(call.role, time.time(), error, seconds)
 
     def _shadow(self, route: Route, call: Call, body: _Body | None, ex: Exchange, resp_tee: list[bytes] | None) -> None:
         complete = resp_tee is not None and len(resp_tee) <= 1024 and sum(map(len, resp_tee)) <= SHADOW_MAX_BODY
@@ -623,7 +628,7 @@ class Proxy:
             return True
         return self.force_token is not None and token is not None and hmac.compare_digest(token, self.force_token)
 
-    def _log(self, call: Call) -> None:
+    def _log(self, call: Call, elapsed: float) -> None:
         fields = {
             "event": "request",
             "request_id": call.request_id,
@@ -632,7 +637,7 @@ class Proxy:
             "route": call.route_name,
             "handler": call.handler,
             "status": call.status,
-            "duration_ms": round((time.perf_counter() - call.start) * 1000, 3),
+            "duration_ms": round(elapsed * 1000, 3),
             "user_bucket": call.user_bucket,
             "client": call.client,
             "bytes_in": call.bytes_in,
@@ -718,6 +723,10 @@ def _is_https(scope: Scope, hd: dict[bytes, bytes], trusted: tuple[Any, ...]) ->
 def _uid_cookie(uid: bytes, secure: bool) -> bytes:
     cookie = b"%s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax" % (UID_COOKIE.encode(), uid, UID_MAX_AGE)
     return cookie + b"; Secure" if secure else cookie
+
+
+async def _nothing() -> None:
+    """A scope type the proxy does not serve (lifespan is the app's)."""
 
 
 async def _send_error(send: Send, status: int, message: str, handler: str | None, request_id: str) -> None:

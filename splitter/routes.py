@@ -5,6 +5,8 @@ path that starts with `/`; a path that matches no prefix is unmatched (None). Th
 trie keyed by segment (the text between two `/`), built once when the config loads, so a
 lookup walks the request path's segments (one dict lookup each) whatever the number of routes,
 as a router's tree does (Go's httprouter), where a scan of every prefix grows with the routes.
+The paths seen most recently are remembered with their answer (a dict of at most MAX_SEEN,
+emptied when full; a table lives as long as its config), so a path asked again costs one lookup.
 
 A prefix `Q` (no trailing `/`) matches a path iff the path's segments begin with Q's; a prefix
 `Q/` (only `/` after config normalisation, but any is handled) matches iff they begin with Q's
@@ -16,6 +18,8 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+MAX_SEEN = 4096
+_UNSEEN = object()
 
 
 class _Node(Generic[T]):
@@ -31,10 +35,11 @@ class _Node(Generic[T]):
 class RouteTable(Generic[T]):
     """Prefixes to values; `match(path)` returns the value of the longest matching prefix."""
 
-    __slots__ = ("_root",)
+    __slots__ = ("_root", "_seen")
 
     def __init__(self, prefixes: list[tuple[str, T]] | tuple[tuple[str, T], ...]) -> None:
         self._root: _Node[T] = _Node()
+        self._seen: dict[str, T | None] = {}
         for prefix, value in prefixes:
             if not prefix.startswith("/"):
                 raise ValueError(f"a route prefix starts with /, got {prefix!r}")
@@ -54,6 +59,16 @@ class RouteTable(Generic[T]):
             node.deeper = node.below if node.below is not None else node.here
 
     def match(self, path: str) -> T | None:
+        found = self._seen.get(path, _UNSEEN)
+        if found is not _UNSEEN:
+            return found  # type: ignore[return-value]  # a T or None, as stored below
+        found = self._walk(path)
+        if len(self._seen) >= MAX_SEEN:
+            self._seen.clear()
+        self._seen[path] = found
+        return found
+
+    def _walk(self, path: str) -> T | None:
         if not path.startswith("/"):
             return None
         node = self._root

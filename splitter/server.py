@@ -38,12 +38,14 @@ from dataclasses import replace
 from typing import Any
 
 import structlog
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http import httptools_impl
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .bypass import CLIENT_HOOK, ClientConnection, unsent
 from .call import error_body
 from .runtime import Settings
+from .upstream import relayable
 
 MAX_HEAD_BYTES = 32 * 1024
 ABSOLUTE_FORM = "splitter.absolute_form"
@@ -63,6 +65,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._head_too_large = False
         self._header_timeout = header_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_deadline: float | None = None  # loop time by which the request head arriving must be whole
         self._requests = 0
         self._draining = False
         self._in_trailers = False
@@ -79,7 +82,10 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_timer()
+        self._head_deadline = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
@@ -226,16 +232,27 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._out.abort()
 
     def _arm_head_timer(self) -> None:
-        if self._head_timer is None and self._header_timeout > 0:
-            self._head_timer = self.loop.call_later(self._header_timeout, self._head_timed_out)
+        """A request head starts arriving: it has header_timeout seconds to be whole. A deadline per
+        head and one timer per connection that, when it fires early, waits again for the time left
+        (not a timer made and cancelled per request)."""
+        if self._head_deadline is None and self._header_timeout > 0:
+            self._head_deadline = self.loop.time() + self._header_timeout
+            if self._head_timer is None:
+                self._head_timer = self.loop.call_later(self._header_timeout, self._head_timed_out)
 
     def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._head_deadline = None  # the head is whole: the timer, when it fires, finds no deadline
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None:
+            return
+        left = deadline - self.loop.time()
+        if left > 0:
+            self._head_timer = self.loop.call_later(left, self._head_timed_out)
+            return
+        self._head_deadline = None
         if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
             self.transport.close()  # no complete request head in time: drop it, like nginx's client_header_timeout
 
@@ -263,7 +280,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_trailers:
             return  # a chunked body's trailer fields: dropped, never merged into the request head (nginx does the same)
-        self._count(len(name) + len(value) + 4)
+        self._head_bytes += len(name) + len(value) + 4  # _count's sum, inline: this runs per header
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._count(0)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -306,6 +325,72 @@ class ProxyHttpProtocol(HttpToolsProtocol):
             + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
         )
         self.transport.close()
+
+
+class _Done:
+    """An awaitable that is already complete (awaiting it returns None at once, no coroutine made)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Any:
+        return iter(())
+
+
+_DONE = _Done()
+_HEAD_FIELDS = frozenset([b"content-length", b"transfer-encoding", b"connection"])
+
+
+class _Cycle(RequestResponseCycle):
+    """uvicorn's request/response cycle with a cheaper response head, the proxy's per-request cost
+    that uvicorn's `send` dominated: it checks each header name and value with a regex search of its
+    own (a dozen per proxied answer) and compares each name three times. Here one pass checks them
+    all (upstream.relayable: the characters uvicorn refuses) and only the three names that matter are
+    looked at; the head is byte for byte uvicorn's (tests/test_units.py compares them). The head is
+    written at once and the completed `_DONE` returned: no coroutine. Everything else (body messages,
+    a bad header, which uvicorn reports, its access log or default headers, a paused or gone client)
+    is uvicorn's own `send`. Installed as httptools_impl.RequestResponseCycle, the name uvicorn's
+    on_headers_complete makes each request's cycle by (uvicorn is pinned)."""
+
+    def send(self, message: Any) -> Any:  # an awaitable, as an async def returns
+        if (
+            message["type"] != "http.response.start" or self.response_started or self.disconnected
+            or self.flow.write_paused or self.access_log or self.default_headers
+        ):
+            return super().send(message)
+        headers = message.get("headers", [])
+        if not relayable(headers):
+            return super().send(message)  # raises uvicorn's own error
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status = message["status"]
+        content = [STATUS_LINE[status]]
+        close = False
+        for name, value in headers:
+            name = name.lower()
+            if name in _HEAD_FIELDS:
+                if name == b"content-length":
+                    if self.chunked_encoding is None:
+                        self.expected_content_length = int(value.decode())
+                        self.chunked_encoding = False
+                elif name == b"transfer-encoding":
+                    if value.lower() == b"chunked":
+                        self.expected_content_length = 0
+                        self.chunked_encoding = True
+                elif b"close" in [token.lower().strip() for token in value.split(b",")]:
+                    self.keep_alive = False
+                    close = True
+            content += (name, b": ", value, b"\r\n")
+        if not self.keep_alive and not close:
+            content.append(b"connection: close\r\n")
+        if self.chunked_encoding is None and self.scope["method"] != "HEAD" and status not in (204, 304):
+            self.chunked_encoding = True  # neither Content-Length nor Transfer-Encoding
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        self.transport.write(b"".join(content))
+        return _DONE
+
+
+httptools_impl.RequestResponseCycle = _Cycle  # type: ignore[misc]
 
 
 class _Coalescing:
@@ -527,6 +612,7 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
         uvicorn.Config(
             app,
             loop="uvloop",
+            interface="asgi3",  # App.__call__ returns the awaitable (a plain def: uvicorn would guess ASGI 2)
             http=functools.partial(  # type: ignore[arg-type]
                 ProxyHttpProtocol, header_timeout=settings.header_timeout, send_timeout=settings.send_timeout
             ),

@@ -65,7 +65,7 @@ class Replica:
         )
         self.app = App(Runtime(settings, cfg))
         self.admin = f"http://127.0.0.1:{settings.admin_port}"
-        config = uvicorn.Config(self.app, lifespan="on", log_config=None, log_level="warning", access_log=False)
+        config = uvicorn.Config(self.app, interface="asgi3", lifespan="on", log_config=None, log_level="warning", access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [proxy_sock, admin_sock]}, daemon=True)
         self.thread.start()

@@ -203,3 +203,104 @@ def test_an_exchange_that_failed_stays_failed_and_raises_its_first_error():
     phase, error, detail = asyncio.run(scenario())
     assert phase is Phase.FAILED and isinstance(error, ProtocolFailed)
     assert detail == "upstream sent a body with 204 No Content"
+
+
+def _cycle(cls, method="GET", keep_alive=True):
+    """A request/response cycle of the given class writing into a list (uvicorn's or the proxy's)."""
+    from uvicorn.protocols.http.flow_control import FlowControl
+
+    class Transport:
+        def __init__(self):
+            self.out = []
+
+        def write(self, data):
+            self.out.append(data)
+
+        def is_closing(self):
+            return False
+
+        def pause_reading(self):
+            pass
+
+        def resume_reading(self):
+            pass
+
+        def close(self):
+            pass
+
+    t = Transport()
+    kw = dict(scope={"method": method}, transport=t, flow=FlowControl(t), logger=None, access_logger=None)
+    kw.update(access_log=False, default_headers=[], message_event=asyncio.Event(), expect_100_continue=False)
+    return cls(**kw, keep_alive=keep_alive, on_response=lambda: None), t
+
+
+HEADS = [
+    (200, [(b"content-type", b"text/plain"), (b"content-length", b"2"), (b"X-Request-ID", b"r1")]),
+    (200, [(b"content-length", b"2"), (b"connection", b"keep-alive, Close")]),
+    (200, [(b"transfer-encoding", b"Chunked"), (b"vary", b"a\tb")]),
+    (200, [(b"content-type", b"text/plain")]),  # no length: uvicorn adds chunked
+    (204, [(b"x-a", b"")]),
+    (304, [(b"etag", b'"x"'), (b"content-length", b"10")]),
+    (500, [(b"content-length", b"0"), (b"content-length", b"5")]),  # the first one counts, as in uvicorn
+    (200, [(b"set-cookie", b"a=1; Path=/"), (b"set-cookie", b"b=\xe9")]),  # obs-text is allowed
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("keep_alive", [True, False])
+@pytest.mark.parametrize(("status", "headers"), HEADS)
+def test_the_servers_response_head_is_uvicorns_byte_for_byte(status, headers, keep_alive, method):
+    """server._Cycle builds the head itself (one check for all fields): the bytes, and the state the body
+    messages rely on (length, chunking, keep-alive), are what uvicorn's own send makes."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    from splitter.server import _Cycle
+
+    message = {"type": "http.response.start", "status": status, "headers": headers}
+    ours, t_ours = _cycle(_Cycle, method, keep_alive)
+    theirs, t_theirs = _cycle(RequestResponseCycle, method, keep_alive)
+    asyncio.run(_send(ours, message))
+    asyncio.run(_send(theirs, message))
+    assert t_ours.out == t_theirs.out
+    state = ("chunked_encoding", "expected_content_length", "keep_alive", "response_started")
+    assert [getattr(ours, a) for a in state] == [getattr(theirs, a) for a in state]
+
+
+async def _send(cycle, message):
+    await cycle.send(message)
+
+
+@pytest.mark.parametrize(("name", "value"), [(b"bad name", b"v"), (b"x", b"a\r\nb"), (b"x", b"\x00"), (b"(x)", b"v")])
+def test_a_header_uvicorn_refuses_is_refused_by_the_fast_head_too(name, value):
+    from splitter.server import _Cycle
+
+    cycle, transport = _cycle(_Cycle)
+    with pytest.raises(RuntimeError, match="Invalid HTTP header"):
+        asyncio.run(_send(cycle, {"type": "http.response.start", "status": 200, "headers": [(name, value)]}))
+    assert transport.out == []
+
+
+def test_uvicorn_makes_each_requests_cycle_from_the_servers_class():
+    """The name uvicorn's on_headers_complete looks up is the proxy's cycle (if uvicorn stops looking it up
+    by that name, the head is uvicorn's again: slower, not wrong; this says so)."""
+    import inspect
+
+    from uvicorn.protocols.http import httptools_impl
+
+    from splitter.server import _Cycle
+
+    assert httptools_impl.RequestResponseCycle is _Cycle
+    assert "RequestResponseCycle(" in inspect.getsource(httptools_impl.HttpToolsProtocol.on_headers_complete)
+
+
+def test_a_route_lookup_is_remembered_and_the_memory_is_bounded():
+    from splitter import routes
+
+    table = routes.RouteTable([("/api/auth", "auth"), ("/", "root")])
+    assert table.match("/api/auth/me") == "auth"
+    assert table.match("/api/auth/me") == "auth", "the remembered answer"
+    assert table.match("/api/authx") == "root"
+    assert table.match("x") is None and table.match("x") is None, "a remembered None is still None"
+    for i in range(routes.MAX_SEEN + 10):
+        assert table.match(f"/api/auth/{i}") == "auth"
+    assert len(table._seen) <= routes.MAX_SEEN

@@ -71,3 +71,32 @@ def test_slowloris_and_idle_connections_are_timed_out(standin, splitter):
     for sock in (idle, slow, ka):
         sock.close()
     assert httpx.get(s.url + "/api/x").status_code == 200
+
+
+def test_the_header_timeout_counts_from_each_heads_first_byte_on_a_kept_alive_connection(standin, splitter):
+    """One head timer per connection, re-armed for the time left: it fires one header timeout after the
+    connection opened. An idle keep-alive connection with no head on the way is left alone then; a head
+    that began 0.7 s in still gets its full second (the timer waits again), and is cut after it."""
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), args=["--header-timeout", "1", "--keepalive-timeout", "10"])
+    # no head on the way when the timer fires: nothing happens, the next request is served
+    idle = socket.create_connection(("127.0.0.1", s.port))
+    idle.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    idle.settimeout(5)
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    time.sleep(1.5)
+    idle.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200"), "a kept-alive connection idle past the header timeout is served"
+    # a head that begins 0.7 s after the connection's timer started: cut 1 s after its first byte, not at 1 s
+    late = socket.create_connection(("127.0.0.1", s.port))
+    t0 = time.monotonic()
+    late.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n")
+    late.settimeout(5)
+    assert late.recv(65536).startswith(b"HTTP/1.1 200")
+    time.sleep(max(0.0, 0.7 - (time.monotonic() - t0)))
+    started = time.monotonic()
+    late.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\n")  # never finished
+    assert not closed_within(late, 0.6), "the head has its whole second: the timer that fired at 1 s waited again"
+    assert closed_within(late, 2.0), "and is cut once the second is over"
+    assert 0.9 <= time.monotonic() - started < 2.8
+    for sock in (idle, late):
+        sock.close()
