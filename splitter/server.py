@@ -82,10 +82,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._head_deadline = None
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._stop_head_timer()
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
@@ -242,6 +239,17 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def _disarm_head_timer(self) -> None:
         self._head_deadline = None  # the head is whole: the timer, when it fires, finds no deadline
+
+    def _stop_head_timer(self) -> None:
+        """The connection is gone, or is the WebSocket protocol's now: its timer must not keep this object."""
+        self._head_deadline = None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def handle_websocket_upgrade(self) -> None:
+        self._stop_head_timer()
+        super().handle_websocket_upgrade()
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
