@@ -17,8 +17,10 @@ after it, and the proxy reads and drops the rest first (`after_close`: nginx's l
 It relies on the parser callbacks (`on_url`, `on_header`, `on_message_begin`,
 `on_headers_complete`, `on_message_complete`), `send_400_response`, `pause_writing` and `resume_writing`
 of uvicorn's HttpToolsProtocol and its cycle's `chunked_encoding`, `expected_content_length`, `keep_alive`,
-`response_started`, `response_complete` and `disconnected`; uvicorn is pinned in pyproject, and
-tests/faults/test_bad_input.py, test_large_bodies.py and test_early_answers.py fail loudly if they change.
+`response_started`, `response_complete` and `disconnected`, and on its making each cycle by the module name
+`RequestResponseCycle` (replaced by `_Cycle`, which builds the response head in one pass); uvicorn is pinned in
+pyproject, and tests/faults/test_bad_input.py, test_large_bodies.py, test_early_answers.py and test_units.py
+fail loudly if they change.
 """
 
 from __future__ import annotations
