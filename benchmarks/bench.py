@@ -15,6 +15,8 @@ and --workers 1 vs 2. splitter with 10,000 routes runs beside splitter with 3 in
 every round (route matching walks path segments: the count must not cost req/s),
 and so does splitter whose /api/auth carries 20 cohorts that never match (19 header
 cohorts and a 10,000-member users list, all checked on every request).
+--baseline REV runs splitter at that revision beside it everywhere but --workers
+(req/s and CPU per request, latency, streams, idle RSS): before vs after, one run.
 Only ratios within one run mean anything: this machine's CPU speed drifts by tens
 of percent within a minute. Everything listens on 127.0.0.1 only.
 """
@@ -364,18 +366,19 @@ def throughput(targets: dict[str, int], args: argparse.Namespace, pids: dict[str
         print(f"splitter / {base} CPU per request: {paired('splitter', base, 'cpu_us')} (below 1: cheaper)")
 
 
-def latency(upstream: int, proxy: int) -> None:
-    """Paced latency: direct and through splitter in turn, five times; medians."""
-    lat: dict[str, list[tuple[float, float]]] = {"direct": [], "splitter": []}
+def latency(upstream: int, proxies: dict[str, int]) -> None:
+    """Paced latency: direct and through each proxy (splitter, and the baseline if any) in turn, five
+    times; medians."""
+    lat: dict[str, list[tuple[float, float]]] = {"direct": [], **{name: [] for name in proxies}}
     for _ in range(5):
         lat["direct"].append(asyncio.run(paced_latency(upstream, 1000, 4)))
-        lat["splitter"].append(asyncio.run(paced_latency(proxy, 1000, 4)))
+        for name, port in proxies.items():
+            lat[name].append(asyncio.run(paced_latency(port, 1000, 4)))
     d50, d99 = (statistics.median(x[i] for x in lat["direct"]) for i in (0, 1))
-    s50, s99 = (statistics.median(x[i] for x in lat["splitter"]) for i in (0, 1))
-    print(
-        f"\nadded latency at 1,000 req/s (open loop, 4 s, median of 5 turns): p50 {s50 - d50:+.2f} ms, "
-        f"p99 {s99 - d99:+.2f} ms  (direct {d50:.2f}/{d99:.2f}, splitter {s50:.2f}/{s99:.2f})"
-    )
+    print(f"\nadded latency at 1,000 req/s (open loop, 4 s, median of 5 turns; direct {d50:.2f}/{d99:.2f} ms):")
+    for name in proxies:
+        s50, s99 = (statistics.median(x[i] for x in lat[name]) for i in (0, 1))
+        print(f"  {name}: p50 {s50 - d50:+.2f} ms, p99 {s99 - d99:+.2f} ms  ({s50:.2f}/{s99:.2f})")
 
 
 def streams(work: Path, ports: dict[str, int]) -> None:
@@ -393,21 +396,22 @@ def streams(work: Path, ports: dict[str, int]) -> None:
     )
     for way, by in speeds.items():
         line = f"{way + ':':<10} direct {statistics.median(by['direct']):.0f}"
-        for name in ("nginx proxy", "splitter"):
+        for name in [n for n in by if n != "direct"]:
             share = statistics.median(x / d for x, d in zip(by[name], by["direct"], strict=True))
             each = " ".join(f"{x / d:.0%}" for x, d in zip(by[name], by["direct"], strict=True))
             line += f", {name} {statistics.median(by[name]):.0f} ({share:.0%}: {each})"
         print(line)
 
 
-def idle_rss(sp: subprocess.Popen[bytes], proxy: int) -> None:
-    before = rss_mib([sp.pid])
-    socks = idle_connections(proxy, 1000)
-    time.sleep(1)
-    during = rss_mib([sp.pid])
-    for s in socks:
-        s.close()
-    print(f"\nRSS with 1,000 idle keep-alive connections: {during:.0f} MiB (idle before: {before:.0f} MiB)")
+def idle_rss(servers: dict[str, tuple[subprocess.Popen[bytes], int]]) -> None:
+    for name, (sp, port) in servers.items():
+        before = rss_mib([sp.pid])
+        socks = idle_connections(port, 1000)
+        time.sleep(1)
+        during = rss_mib([sp.pid])
+        for s in socks:
+            s.close()
+        print(f"\nRSS of {name} with 1,000 idle keep-alive connections: {during:.0f} MiB (idle: {before:.0f} MiB)")
 
 
 def workers(procs: Procs, work: Path, duration: int) -> None:
@@ -467,9 +471,14 @@ def main() -> None:
         throughput(targets, args, pids)
         if args.quick:
             return
-        latency(upstream, proxy)
-        streams(work, {"direct": upstream, "nginx proxy": split, "splitter": proxy})
-        idle_rss(sp, proxy)
+        # the rest compares splitter with the baseline too, when there is one
+        proxies, servers = {"splitter": proxy}, {"splitter": (sp, proxy)}
+        if args.baseline:
+            proxies[f"splitter@{args.baseline}"] = base_port
+            servers[f"splitter@{args.baseline}"] = (sp_base, base_port)
+        latency(upstream, proxies)
+        streams(work, {"direct": upstream, "nginx proxy": split, **proxies})
+        idle_rss(servers)
         procs.stop(sp)
         workers(procs, work, args.duration)
     finally:

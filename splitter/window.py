@@ -169,11 +169,15 @@ class Window:
 class Outcomes:
     """One route: what the hot path counts, and the windows the guard and the rollout judge."""
 
-    def __init__(self, spans: Iterable[float]) -> None:
+    def __init__(self, spans: Iterable[float], name: str = "", touched: set[str] | None = None) -> None:
         self.spans = tuple(sorted({max(1.0, s) for s in spans}))
         self.pending: dict[str, dict[int, Counts]] = {"new": {}, "legacy": {}}
         self.windows: dict[tuple[str, float], Window] = {(b, s): Window(s) for b in ROLES for s in self.spans}
         self.since = 0.0  # judge only what happened after the last change of percent
+        # the routes with pending counts, shared by all of a Windows' routes: this one's name goes in
+        # whenever a second's first count does, so a flush visits only routes that had requests
+        self.name = name
+        self.touched: set[str] = touched if touched is not None else set()
 
     def record(self, backend: str, now: float, error: bool, seconds: float) -> None:
         pending = self.pending["new" if backend == "new" else "legacy"]
@@ -181,6 +185,7 @@ class Outcomes:
         c = pending.get(sec)
         if c is None:
             c = pending[sec] = Counts()
+            self.touched.add(self.name)
         c.n += 1
         if error:
             c.e += 1
@@ -193,6 +198,7 @@ class Outcomes:
         c = pending.get(sec)
         if c is None:
             c = pending[sec] = Counts()
+            self.touched.add(self.name)
         c.n += requests
 
     def drain(self) -> list[tuple[str, int, Counts]]:
@@ -234,10 +240,16 @@ class Windows:
         self.prefix = prefix
         self.scope = "fleet" if store is not None else "process"
         self.routes: dict[str, Outcomes] = {}
+        self._touched: set[str] = set()  # the routes with counts since the last flush (Outcomes.touched)
         for name, spans in routes.items():
             keep = old.routes.get(name) if old is not None else None
-            fresh = Outcomes(spans)
-            self.routes[name] = keep if keep is not None and keep.spans == fresh.spans else fresh
+            fresh = Outcomes(spans, name, self._touched)
+            if keep is not None and keep.spans == fresh.spans:
+                keep.touched = self._touched  # its pending counts, if any, are flushed from here on
+                self._touched.add(name)
+                fresh = keep
+            self.routes[name] = fresh
+        self._longest = max((s for o in self.routes.values() for s in o.spans), default=0.0)
         self._final: dict[str, Counts] = {}  # fleet slots every process has flushed
 
     def get(self, route: str) -> Outcomes | None:
@@ -255,8 +267,11 @@ class Windows:
     async def flush(self, now: float) -> None:
         """Drain every route's counts into the local windows and, with a store, into the fleet's keys."""
         batch: list[tuple[str, dict[str, int], int]] = []
-        longest = max((s for o in self.routes.values() for s in o.spans), default=0.0)
-        for name, o in self.routes.items():
+        longest = self._longest
+        touched = list(self._touched)  # only these have counts: 10,000 quiet routes cost nothing here
+        self._touched.clear()
+        for name in touched:
+            o = self.routes[name]
             drained = o.drain()
             if self.store is None:
                 continue  # drain() merged them into this process's windows: that is all there is

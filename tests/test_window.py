@@ -153,3 +153,41 @@ def test_cohort_counts_are_kept_apart_from_both_sides_and_summed_over_the_fleet(
     assert asyncio.run(local.cohort_requests("auth", ["staff", "beta"], 1000.4, 60.0)) == {"staff": 3, "beta": 0}
     local.reset("auth", 1000.3)  # a new percent restarts the comparison, not a cohort's count
     assert asyncio.run(local.cohort_requests("auth", ["staff"], 1000.4, 60.0)) == {"staff": 3}
+
+
+def test_a_flush_visits_only_the_routes_that_counted_something(monkeypatch):
+    drained: list[str] = []
+    real = Outcomes.drain
+
+    def counting(self):
+        drained.append(self.name)
+        return real(self)
+
+    monkeypatch.setattr(Outcomes, "drain", counting)
+    store = FakeStore()
+    w = Windows({f"r{i}": [10.0] for i in range(1000)}, store, "p")
+    w.get("r7").record("new", 1000.1, False, 0.01)  # type: ignore[union-attr]
+    w.get("r9").record("legacy", 1000.1, True, 0.01)  # type: ignore[union-attr]
+    asyncio.run(w.flush(1000.2))
+    assert sorted(drained) == ["r7", "r9"], "the 998 routes without a request are not visited"
+    drained.clear()
+    asyncio.run(w.flush(1001.2))
+    assert drained == []
+    w.get("r7").record("new", 1000.3, False, 0.01)  # type: ignore[union-attr]  # the same second, after a flush
+    asyncio.run(w.flush(1001.5))
+    assert drained == ["r7"]
+    assert asyncio.run(w.totals("r7", "new", 1002.0, 10.0)).requests == 2
+    assert asyncio.run(w.totals("r9", "legacy", 1002.0, 10.0)).errors == 1
+
+
+def test_counts_pending_at_a_reload_reach_the_fleet_through_the_new_windows():
+    store = FakeStore()
+    old = Windows({"auth": [10.0]}, store, "p")
+    old.get("auth").record("new", 1000.1, False, 0.01)  # type: ignore[union-attr]
+    new = Windows({"auth": [10.0], "upload": [10.0]}, store, "p", old=old)
+    assert new.get("auth") is old.get("auth"), "the route's windows are kept"
+    asyncio.run(new.flush(1000.5))
+    assert asyncio.run(new.totals("auth", "new", 1000.6, 10.0)).requests == 1, "the count made before the reload"
+    new.get("auth").record("new", 1000.7, False, 0.01)  # type: ignore[union-attr]
+    asyncio.run(new.flush(1000.9))
+    assert asyncio.run(new.totals("auth", "new", 1001.0, 10.0)).requests == 2
