@@ -265,7 +265,8 @@ class Windows:
         return f"{self.prefix}:win:{route}:{backend}:{width}:{slot}"
 
     async def flush(self, now: float) -> None:
-        """Drain every route's counts into the local windows and, with a store, into the fleet's keys."""
+        """Drain the counts of every route that had requests since the last flush into the local windows
+        and, with a store, into the fleet's keys."""
         batch: list[tuple[str, dict[str, int], int]] = []
         longest = self._longest
         touched = list(self._touched)  # only these have counts: 10,000 quiet routes cost nothing here
