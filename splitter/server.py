@@ -44,7 +44,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from .bypass import CLIENT_HOOK, ClientConnection, unsent
+from .bypass import CLIENT_HOOK, ClientConnection, Stall, unsent
 from .call import error_body
 from .runtime import Settings
 from .upstream import relayable
@@ -61,7 +61,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, header_timeout: float = 30.0, send_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._send_timeout = send_timeout
-        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_clock: Stall | None = None  # runs while the client's write buffer is full
         self.stalled = False  # cut for taking no response bytes for send_timeout seconds
         self._head_bytes = 0
         self._head_too_large = False
@@ -85,9 +85,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        if self._send_clock is not None:
+            self._send_clock.cancel()
+            self._send_clock = None
         self._lost = True
         super().connection_lost(exc)
         hook, self._on_lost = self._on_lost, None
@@ -198,21 +198,19 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         """The client is not taking bytes as fast as they come: it has send_timeout seconds to take some."""
         super().pause_writing()
-        if self._send_timer is None:
-            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, self._out.taken())
+        if self._send_clock is None:
+            self._send_clock = Stall(self.loop, self._send_timeout, self._out.taken, self._send_stalled)
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        clock, self._send_clock = self._send_clock, None
+        if clock is not None:
+            clock.cancel()
 
-    def _send_stalled(self, taken: int) -> None:
-        self._send_timer = None
-        now = self._out.taken()
-        if now > taken:  # it took some bytes since: the clock starts again
-            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, now)
-        elif not self._out.is_closing():
+    def _send_stalled(self) -> None:
+        """Also when the connection is closing: a close waits for the buffer to drain, which never comes."""
+        self._send_clock = None
+        if not self._lost:
             self.cut_stalled()
 
     def cut_stalled(self) -> None:
@@ -439,7 +437,7 @@ class _Coalescing:
     def taken(self) -> int:
         """Bytes the client has taken so far: handed over, less what still waits in the transport's buffer
         and in the kernel's send queue (which the kernel may hold until a third of it is free)."""
-        sock = self._transport.get_extra_info("socket")  # asked only when a client stalls
+        sock = self._transport.get_extra_info("socket")  # asked only while the client's write buffer is full
         queued = unsent(sock.fileno()) if hasattr(sock, "fileno") else 0
         return self._handed - self._transport.get_write_buffer_size() - queued
 
