@@ -31,6 +31,7 @@ _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK
 CAN_SPLICE = hasattr(os, "splice")
 BODY_BYPASS_MIN = 1024 * 1024  # request body bytes still to come for reading them past uvicorn
 BODY_READ = 256 * 1024  # the most one read of such a body takes
+STALL_SAMPLES = 20  # looks a send timeout takes at whether the client took bytes: it cuts at most 5 % late
 LINGER_MAX = 30.0  # seconds the rest of a body cut short may take to arrive (and be dropped) before its socket closes
 _LINGERING: set[asyncio.Task[None]] = set()
 
@@ -163,10 +164,10 @@ async def _wait_fd(ex: Exchange, fd: int, write: bool, timeout: float = 60.0) ->
     loop = ex.loop
     fut = ex.waiter = loop.create_future()
     ready = fut.set_result
-    timer: _Rearming | asyncio.TimerHandle
+    timer: Stall | asyncio.TimerHandle
     if write:
         loop.add_writer(fd, lambda: fut.done() or ready(None))
-        timer = _stall_timer(ex, fd, timeout, unsent(fd))
+        timer = Stall(loop, timeout, lambda: -unsent(fd), lambda: ex.fail(SendTimedOut()))
     else:
         loop.add_reader(fd, lambda: fut.done() or ready(None))
         timer = loop.call_later(ex.read_timeout, ex.time_out)
@@ -180,31 +181,40 @@ async def _wait_fd(ex: Exchange, fd: int, write: bool, timeout: float = 60.0) ->
         raise ex.error
 
 
-def _stall_timer(ex: Exchange, fd: int, timeout: float, before: int) -> _Rearming:
-    """Fails the exchange with SendTimedOut unless the client took some of what waits in the
-    kernel's send queue within `timeout` (the kernel may not call a socket writable again until
-    a third of its buffer is free: the queue shrinking is the progress)."""
-    handle = _Rearming()
+class Stall:
+    """Calls `cut()` once `taken()` (a count that grows while the peer takes bytes) has reached no new
+    high for `timeout` s: nginx's send_timeout. It is sampled STALL_SAMPLES times a timeout, so the cut
+    comes at most timeout/STALL_SAMPLES late; a single check at the end of each period saw bytes taken
+    early in it and began a whole new period (a client cut after up to twice the timeout). Progress is
+    what the kernel took, not the socket turning writable: the kernel may not call it writable again
+    until a third of its buffer is free, and a slow reader must not be cut for that."""
 
-    def check(before: int) -> None:
-        now = unsent(fd)
-        if now < before:
-            handle.timer = ex.loop.call_later(timeout, check, now)
-        else:
-            ex.fail(SendTimedOut())
+    __slots__ = ("_best", "_cut", "_loop", "_since", "_taken", "_timeout", "_timer")
 
-    handle.timer = ex.loop.call_later(timeout, check, before)
-    return handle
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, timeout: float, taken: Callable[[], int], cut: Callable[[], None]
+    ) -> None:
+        self._loop, self._timeout, self._taken, self._cut = loop, timeout, taken, cut
+        self._best = taken()
+        self._since = loop.time()  # when `taken` last reached a new high
+        self._timer: asyncio.TimerHandle | None = loop.call_later(timeout / STALL_SAMPLES, self._check)
 
-
-class _Rearming:
-    """A timer that may replace itself: cancel() cancels the current one."""
-
-    timer: asyncio.TimerHandle | None = None
+    def _check(self) -> None:
+        now = self._loop.time()
+        taken = self._taken()
+        if taken > self._best:
+            self._best, self._since = taken, now
+        left = self._since + self._timeout - now
+        if left <= 0:
+            self._timer = None
+            self._cut()
+            return
+        self._timer = self._loop.call_later(min(left, self._timeout / STALL_SAMPLES), self._check)
 
     def cancel(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def unsent(fd: int) -> int:

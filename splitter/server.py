@@ -44,7 +44,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from .bypass import CLIENT_HOOK, ClientConnection, unsent
+from .bypass import CLIENT_HOOK, ClientConnection, Stall, unsent
 from .call import error_body
 from .runtime import Settings
 from .upstream import relayable
@@ -61,7 +61,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, header_timeout: float = 30.0, send_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._send_timeout = send_timeout
-        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_clock: Stall | None = None  # runs while the client's write buffer is full
         self.stalled = False  # cut for taking no response bytes for send_timeout seconds
         self._head_bytes = 0
         self._head_too_large = False
@@ -85,9 +85,9 @@ class ProxyHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        if self._send_clock is not None:
+            self._send_clock.cancel()
+            self._send_clock = None
         self._lost = True
         super().connection_lost(exc)
         hook, self._on_lost = self._on_lost, None
@@ -198,21 +198,19 @@ class ProxyHttpProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         """The client is not taking bytes as fast as they come: it has send_timeout seconds to take some."""
         super().pause_writing()
-        if self._send_timer is None:
-            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, self._out.taken())
+        if self._send_clock is None:
+            self._send_clock = Stall(self.loop, self._send_timeout, self._out.taken, self._send_stalled)
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        clock, self._send_clock = self._send_clock, None
+        if clock is not None:
+            clock.cancel()
 
-    def _send_stalled(self, taken: int) -> None:
-        self._send_timer = None
-        now = self._out.taken()
-        if now > taken:  # it took some bytes since: the clock starts again
-            self._send_timer = self.loop.call_later(self._send_timeout, self._send_stalled, now)
-        elif not self._out.is_closing():
+    def _send_stalled(self) -> None:
+        """Also when the connection is closing: a close waits for the buffer to drain, which never comes."""
+        self._send_clock = None
+        if not self._lost:
             self.cut_stalled()
 
     def cut_stalled(self) -> None:
@@ -439,9 +437,7 @@ class _Coalescing:
     def taken(self) -> int:
         """Bytes the client has taken so far: handed over, less what still waits in the transport's buffer
         and in the kernel's send queue (which the kernel may hold until a third of it is free)."""
-        sock = self._transport.get_extra_info("socket")  # asked only when a client stalls
-        queued = unsent(sock.fileno()) if hasattr(sock, "fileno") else 0
-        return self._handed - self._transport.get_write_buffer_size() - queued
+        return self._handed - _waiting(self._transport)  # asked only while the client's write buffer is full
 
     def close(self) -> None:
         self.flush()
@@ -503,15 +499,21 @@ class ProxyWebSocketProtocol(WebSocketsSansIOProtocol):
     upgrade is taken, and open connections keep running until the grace period ends, then get
     1001 (going away); uvicorn would close them at once with 1012. Control frames count against
     flow control: while the client's write buffer is over the high-water mark (pongs it does not
-    read), nothing more is read from it (`_ReadGate`). `heard` is when the client last sent a ping
+    read), nothing more is read from it (`_ReadGate`). The send timeout covers it as it covers HTTP:
+    a client that takes no bytes for `send_timeout` s while its buffer is full is cut (`stalled`;
+    a close frame would wait behind what it does not read, and its backend connection with it,
+    for ever: websocket.py closes that at once). `heard` is when the client last sent a ping
     or a pong of its own (not the answer to uvicorn's keepalive ping): the proxy's idle timer
-    counts it as activity. Relies on `handshake_complete`, `close_sent`, `conn`, `queue`,
+    counts it as activity. Relies on `handshake_complete`, `close_sent`, `disconnected`, `conn`, `queue`,
     `handle_ping`, `handle_pong` and `pending_ping_payload` of uvicorn's sans-I/O protocol (pinned
     with uvicorn; tests/test_websocket.py's SIGTERM, ping flood and ping idle cases fail if they change)."""
 
-    def __init__(self, *args: Any, graceful_timeout: float = 30.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, graceful_timeout: float = 30.0, send_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._graceful_timeout = graceful_timeout
+        self._send_timeout = send_timeout
+        self._send_clock: Stall | None = None  # runs while the client's write buffer is full
+        self.stalled = False  # cut for taking no bytes for send_timeout seconds
         self.heard = 0.0  # time.monotonic() of the client's last ping or unsolicited pong
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -520,10 +522,28 @@ class ProxyWebSocketProtocol(WebSocketsSansIOProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         self.transport.hold(True)  # type: ignore[attr-defined]  # a _ReadGate
+        if self._send_clock is None:  # while paused nothing but a keepalive ping is written: less waiting is progress
+            self._send_clock = Stall(self.loop, self._send_timeout, lambda: -_waiting(self.transport), self._stalled)
 
     def resume_writing(self) -> None:
         super().resume_writing()
         self.transport.hold(False)  # type: ignore[attr-defined]
+        clock, self._send_clock = self._send_clock, None
+        if clock is not None:
+            clock.cancel()
+
+    def _stalled(self) -> None:
+        """No byte taken for send_timeout seconds: abort (a close would wait for the buffer to drain). uvicorn's
+        connection_lost ends the app's receive and send; counted and logged as HTTP's cut_stalled."""
+        self._send_clock = None
+        if self.disconnected:
+            return
+        self.stalled = True
+        _count_rejected(self.app, "send_timeout")
+        client = self.client[0] if self.client else None
+        log = structlog.get_logger("splitter")
+        log.warning("client took no response bytes: connection cut", client=client, send_timeout=self._send_timeout)
+        self.transport.abort()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -531,6 +551,9 @@ class ProxyWebSocketProtocol(WebSocketsSansIOProtocol):
             self.scope["extensions"][CLIENT_HOOK] = self  # type: ignore[assignment]  # ASGI types extensions as dicts
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._send_clock is not None:
+            self._send_clock.cancel()
+            self._send_clock = None
         super().connection_lost(exc)
         scope: Any = getattr(self, "scope", None)  # uvicorn sets it once it takes the handshake
         if scope is not None:
@@ -558,6 +581,13 @@ class ProxyWebSocketProtocol(WebSocketsSansIOProtocol):
         self.conn.send_close(1001, "server shutting down")
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.loop.call_later(2.0, self.transport.close)  # the client's close frame, or not
+
+
+def _waiting(transport: Any) -> int:
+    """Bytes handed to a client's transport that it has not taken: in the transport's buffer and in the
+    kernel's send queue (which the kernel may hold until a third of it is free)."""
+    sock = transport.get_extra_info("socket")
+    return int(transport.get_write_buffer_size()) + (unsent(sock.fileno()) if hasattr(sock, "fileno") else 0)
 
 
 def _count_rejected(app: Any, reason: str) -> None:
@@ -627,7 +657,7 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
                 ProxyHttpProtocol, header_timeout=settings.header_timeout, send_timeout=settings.send_timeout
             ),
             ws=functools.partial(  # type: ignore[arg-type]
-                ProxyWebSocketProtocol, graceful_timeout=settings.graceful_timeout
+                ProxyWebSocketProtocol, graceful_timeout=settings.graceful_timeout, send_timeout=settings.send_timeout
             ),
             # a reload does not change it: needs a restart
             ws_max_size=app.runtime.snapshot.config.websocket.max_message_bytes,

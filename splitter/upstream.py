@@ -451,12 +451,14 @@ class Exchange:
 
     async def go_ahead(self, wait: float) -> None:
         """After `Expect: 100-continue`: until the upstream's 100 Continue, its answer or its failure,
-        at most `wait` s (then the body goes anyway: RFC 9110 10.1.1, an upstream may not know Expect)."""
+        at most `wait` s (then the body goes anyway: RFC 9110 10.1.1, an upstream may not know Expect).
+        Whichever comes first ends the wait: the 100 wakes `waiter`, the answer completes `head`, and
+        only a silent upstream costs the whole `wait` (waiting for both cost every upload a second)."""
         if self.status == 100 or self.head.done():
             return
         self.waiter = self.loop.create_future()
         try:
-            await asyncio.wait((self.waiter, self.head), timeout=wait)
+            await asyncio.wait((self.waiter, self.head), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.waiter = None
 

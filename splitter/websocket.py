@@ -10,6 +10,8 @@ reasons pass through both ways; a message over `websocket.max_message_bytes` clo
 other); no message either way and no ping or pong of the client's own (server.py's protocol
 notes them; the client's answers to the server's keepalive pings do not count) for
 `websocket.idle_timeout_s` closes with 1001. Extensions (permessage-deflate) are negotiated per hop.
+A client the server cut for taking no bytes (--send-timeout, server.py) gets its backend connection
+closed at once: the backend's close reply would wait behind what it sent meanwhile, unread.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self.closed_by: str | None = None
+        self.error: str | None = None  # "send_timeout": the server cut the client
         assert call.role is not None
         self._up_counter = rt.metrics.ws_messages.labels(call.route_name, call.role, "upstream")
         self._down_counter = rt.metrics.ws_messages.labels(call.route_name, call.role, "downstream")
@@ -81,8 +84,9 @@ class Session:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            code, reason = (1001, "client took no bytes") if self._cut_short() else (1000, "")
             with contextlib.suppress(Exception):
-                await self.upstream.close()
+                await self.upstream.close(code, reason)
 
     async def close(self, code: int, reason: str) -> None:
         """The proxy ends the connection (rollback, idle, shutdown): the client gets `code`."""
@@ -108,6 +112,10 @@ class Session:
                 self._up_counter.inc()
                 self.last = time.monotonic()
             elif kind == "websocket.disconnect":
+                if self._cut_short():
+                    with contextlib.suppress(Exception):
+                        await self.upstream.close(1001, "client took no bytes")
+                    return
                 code, reason = message.get("code", 1005), message.get("reason") or ""
                 if self.closed_by is None:
                     self.closed_by, self.close_code, self.close_reason = "client", code, reason
@@ -142,6 +150,18 @@ class Session:
         self.closed_by, self.close_code, self.close_reason = "upstream", code, reason
         with contextlib.suppress(Exception):
             await self.send({"type": "websocket.close", "code": code if _sendable(code) else 1011, "reason": reason})
+
+    def _cut_short(self) -> bool:
+        """Whether the server cut the client for taking no bytes. Then the backend's close reply would come
+        behind what it sent meanwhile, which nobody reads: its connection closes without waiting for one
+        (close_timeout 0: the close frame goes, then the socket closes)."""
+        if not getattr(self.client, "stalled", False):
+            return False
+        self.upstream.close_timeout = 0
+        if self.error is None:
+            self.error = "send_timeout"
+            self.closed_by, self.close_code, self.close_reason = "proxy", 1001, "send timeout"
+        return True
 
     async def _idle(self) -> None:
         while True:
@@ -296,6 +316,7 @@ def _log_session(call: Call, session: Session) -> None:
         close_code=session.close_code,
         close_reason=session.close_reason,
         closed_by=session.closed_by,
+        error=session.error,
     )
 
 

@@ -39,6 +39,7 @@ class WsUpstream:
 
     def __init__(self) -> None:
         self.closes: list[tuple[int | None, str | None]] = []
+        self.streams: list[tuple[float, float]] = []  # .../stream connections: (opened, closed), time.monotonic()
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
@@ -71,7 +72,11 @@ class WsUpstream:
 
     async def _handle(self, ws: ServerConnection) -> None:
         path = ws.request.path if ws.request else ""
+        opened = time.monotonic()
         try:
+            if path.endswith("/stream"):  # sends 16 KiB messages for as long as the connection takes them
+                while True:
+                    await ws.send(b"s" * 16384)
             if path.endswith("/big"):
                 await ws.send(b"x" * (2 * LIMIT))
             async for message in ws:
@@ -85,6 +90,8 @@ class WsUpstream:
             pass
         finally:
             self.closes.append((ws.close_code, ws.close_reason))
+            if path.endswith("/stream"):
+                self.streams.append((opened, time.monotonic()))
 
 
 @pytest.fixture
@@ -373,3 +380,29 @@ def test_pings_and_pongs_of_the_client_keep_an_idle_connection_open(wsup, splitt
             assert time.monotonic() - quiet > 1.5, "the timer still runs once the client is quiet"
 
     asyncio.run(run())
+
+
+def test_websocket_clients_that_never_read_are_cut_by_the_send_timeout_with_their_backend_connections(wsup, splitter):
+    """20 clients complete the handshake and never read while the backend streams to each: with
+    --send-timeout 5 every one is cut and its backend connection closed within 6 s of its stall (which
+    begins at the backend's accept: it streams at once), not held for as long as the client stays."""
+    s = splitter(ws_yaml(wsup.url, wsup.url), args=["--send-timeout", "5"])
+    socks = []
+    try:
+        for _ in range(20):
+            socks.append(raw_upgrade(s, "/api/notifications/stream", rcvbuf=4096))
+        eventually(lambda: len(wsup.streams) == 20, timeout=10, interval=0.02)
+    finally:
+        for sock in socks:
+            sock.close()
+    held = sorted(closed - opened for opened, closed in wsup.streams)
+    print(f"backend connections held {held[0]:.2f} .. {held[-1]:.2f} s")
+    assert 5.0 <= held[0] and held[-1] <= 6.0, held
+    assert s.metric("splitter_rejected_total", reason="send_timeout") == 20
+    sides = (("new", "new_notifications"), ("legacy", "old_notifications"))
+    open_now = lambda: sum(s.metric("splitter_websocket_open", route="notifications", backend=b, handler=h) or 0 for b, h in sides)  # noqa: E731
+    eventually(lambda: open_now() == 0)
+    eventually(lambda: len([e for e in s.logs() if e.get("event") == "websocket"]) == 20)
+    logs = [e for e in s.logs() if e.get("event") == "websocket"]
+    assert {(e["error"], e["closed_by"], e["close_code"]) for e in logs} == {("send_timeout", "proxy", 1001)}
+    assert "Exception in ASGI" not in s.proc.output()

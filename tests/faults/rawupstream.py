@@ -17,6 +17,8 @@ Paths (the last segment decides; anything before it is echoed back):
   .../vanish?after=N   closes the connection without answering once N request body bytes are in
   .../digest           200, body = "<length> <sha256 hex>" of the request body it read (`Seen.body_read`
                        counts its bytes as they arrive); to `Expect: 100-continue`, a 100 Continue first
+                       (?continue=never: none, a silent upstream; ?continue=held: once the test calls
+                       `release_continue()`)
   .../big?n=N          200 with Content-Length N, the body big_body(N) in 64 KiB writes; &cut=K: only the
                        first K bytes, then (after &stall=S seconds) the connection closes; &extra=X: X
                        sent right after the N bytes, in the same write, unasked
@@ -76,6 +78,7 @@ class RawUpstream:
 
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
+        self.held = asyncio.Event()
         server = self.loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
         self.port = server.sockets[0].getsockname()[1]
         started.set()
@@ -88,6 +91,10 @@ class RawUpstream:
             t.cancel()
         self.loop.run_until_complete(asyncio.gather(*tasks, server.wait_closed(), return_exceptions=True))
         self.loop.close()
+
+    def release_continue(self) -> None:
+        """.../digest?continue=held sends its 100 Continue now."""
+        self.loop.call_soon_threadsafe(self.held.set)
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -141,7 +148,10 @@ class RawUpstream:
                     await _read_some(reader, int(_params(query).get(b"after", b"0")), length, chunked)
                     break
                 if last == b"digest":
-                    if b"\r\nexpect: 100-continue\r\n" in head.lower():
+                    go_ahead = _params(query).get(b"continue", b"now")
+                    if b"\r\nexpect: 100-continue\r\n" in head.lower() and go_ahead != b"never":
+                        if go_ahead == b"held":
+                            await self.held.wait()
                         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     digest, n = hashlib.sha256(), 0
                     async for piece in _pieces(reader, length, chunked):

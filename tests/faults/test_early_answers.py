@@ -8,9 +8,12 @@ upstream's go-ahead) and a client that half-closes mid-body (no answer, logged a
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import random
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -161,3 +164,102 @@ def test_a_client_that_half_closes_mid_body_gets_no_answer_and_is_counted_as_gon
     assert log["status"] == 499 and log["error"] == "client_abort"
     eventually(lambda: s.metric("splitter_client_aborts_total", route="auth", handler="old_auth") == 1)
     assert "Exception in ASGI" not in s.proc.output() and "without starting response" not in s.proc.output()
+
+
+def curl_post(url: str, data: Path) -> tuple[float, str]:
+    """Stock curl posting `data` (over 1 MiB: curl sends `Expect: 100-continue` and waits up to 1 s for the go-ahead)."""
+    r = subprocess.run(
+        ["/usr/bin/curl", "-sS", "--data-binary", f"@{data}", "-w", "\n%{time_total}", url],
+        capture_output=True, text=True, timeout=20, check=True,
+    )
+    answer, _, took = r.stdout.rpartition("\n")
+    return float(took), answer
+
+
+def test_curl_posting_2_mb_with_its_default_expect_is_as_fast_through_the_proxy_as_direct(raw, splitter, tmp_path):
+    """The upstream's 100 Continue releases the body at once: the proxy's 1 s wait only bounds a silent
+    upstream. Best of three each way, so a busy machine's stray delay does not decide."""
+    body = random.Random(5).randbytes(2_000_000)
+    data = tmp_path / "upload.bin"
+    data.write_bytes(body)
+    want = f"{len(body)} {hashlib.sha256(body).hexdigest()}"
+    s = splitter(routes_yaml(raw.url, raw.url))
+    runs = {"direct": raw.url, "proxy": s.url}
+    best = {}
+    for name, origin in runs.items():
+        took = []
+        for _ in range(3):
+            seconds, answer = curl_post(origin + "/api/auth/x/digest", data)
+            assert answer == want, f"{name}: {answer!r}"
+            took.append(seconds)
+        best[name] = min(took)
+    assert all(b"\r\nexpect: 100-continue\r\n" in h.lower() for h in raw.seen.heads), "curl asked for the go-ahead"
+    print(f"curl 2 MB: direct {best['direct'] * 1000:.1f} ms, through the proxy {best['proxy'] * 1000:.1f} ms")
+    assert best["proxy"] < best["direct"] + 0.05, best
+
+
+def send_head_and_time_the_go_ahead(port: int, path: str, body: bytes, release=None) -> float:
+    """Sends an `Expect: 100-continue` head, calls `release()` (if any) once the upstream has it, and returns
+    the seconds from then to the proxy's 100 Continue; then the body, and checks the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+        c.sendall(request_head(path, len(body), expect=True))
+        if release is not None:
+            release()
+        started = time.monotonic()
+        interim = b""
+        while not interim.endswith(b"\r\n\r\n"):
+            interim += c.recv(1)  # byte by byte: nothing of what follows is taken
+        took = time.monotonic() - started
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+        c.sendall(body)
+        status, _, answer = read_response(c)
+        assert status.startswith(b"HTTP/1.1 200") and answer == f"{len(body)} {hashlib.sha256(body).hexdigest()}".encode()
+    return took
+
+
+def test_a_100_continue_that_comes_while_the_proxy_waits_releases_the_body_at_once(raw, splitter):
+    """The upstream holds its 100 until it has the head (the proxy writes the head and starts waiting in the
+    same loop step, so it is waiting by then): the go-ahead reaches the client at once, not after 1 s."""
+    s = splitter(routes_yaml(raw.url, raw.url))
+    body = random.Random(9).randbytes(300_000)
+
+    def release() -> None:
+        eventually(lambda: any(b"continue=held" in h for h in raw.seen.heads))
+        raw.release_continue()
+
+    took = send_head_and_time_the_go_ahead(s.port, "/api/auth/x/digest?continue=held", body, release)
+    assert took < 0.5, f"the 100 Continue came {took:.2f} s after the upstream sent it"
+
+
+def test_a_silent_upstream_still_gets_the_body_after_about_a_second(raw, splitter):
+    s = splitter(routes_yaml(raw.url, raw.url))
+    body = random.Random(11).randbytes(300_000)
+    took = send_head_and_time_the_go_ahead(s.port, "/api/auth/x/digest?continue=never", body)
+    assert 0.9 < took < 2.5, f"the body went after {took:.2f} s"
+    assert b"\r\nexpect: 100-continue\r\n" in raw.seen.heads[-1].lower()
+
+
+@pytest.mark.parametrize("order", ["before-the-wait", "during-the-wait"])
+@pytest.mark.parametrize("head", [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"])
+def test_the_upstreams_go_ahead_or_answer_ends_the_wait_for_it_in_either_order(order, head):
+    """Both orders held in place on one exchange: the 100 (or an answer) is in before the wait begins,
+    or comes while it waits (the wait has begun: its future exists). Either way no 1 s timer decides."""
+    from splitter.upstream import CONTINUE_WAIT, Exchange
+
+    async def scenario() -> float:
+        ex = Exchange("PUT")
+        if order == "before-the-wait":
+            ex.feed(head)
+            started = time.monotonic()
+            await ex.go_ahead(CONTINUE_WAIT)
+            return time.monotonic() - started
+        waiting = asyncio.ensure_future(ex.go_ahead(CONTINUE_WAIT))
+        while ex.waiter is None:
+            await asyncio.sleep(0)  # one loop step at a time until go_ahead waits
+        started = time.monotonic()
+        ex.feed(head)
+        await waiting
+        return time.monotonic() - started
+
+    took = asyncio.run(scenario())
+    assert took < 0.3, f"the wait ended {took:.2f} s after the upstream's {head.split(b' ')[1].decode()}"

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from conftest import eventually, routes_yaml
 from rawupstream import RawUpstream, big_body
+from test_early_answers import proxy_holds
 
 MiB = 1024 * 1024
 
@@ -305,6 +306,28 @@ def test_stalled_readers_are_cut_after_the_send_timeout_and_their_upstream_conne
         assert s.wait_log(lambda e, p=path: e.get("path") == p)["error"] == "send_timeout"
     assert len([e for e in s.logs() if e.get("event") == "client took no response bytes: connection cut"]) == 3
     assert "Exception in ASGI" not in s.proc.output() and "without completing response" not in s.proc.output()
+
+
+@pytest.mark.parametrize("last", ["big", "bigchunked"])
+def test_a_client_that_never_reads_is_cut_between_the_send_timeout_and_1_2_times_it(raw, splitter, last):
+    """A spliced Content-Length download and a chunked one (uvicorn's write buffer): the clock runs from the
+    last byte the client took (its receive buffer filling, a few hundred ms at most), not from a check that
+    saw bytes taken earlier in the period and started a whole new one (which cut at up to twice the timeout)."""
+    timeout = 2.0
+    s = splitter(routes_yaml(raw.url, raw.url), args=["--send-timeout", str(timeout)])
+    with socket.socket() as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # before connecting: the window is agreed then
+        c.connect(("127.0.0.1", s.port))
+        started = time.monotonic()
+        get(c, f"/api/auth/{last}?n={20 * MiB}")
+        eventually(lambda: raw.seen.open_now == 1)
+        eventually(lambda: not proxy_holds(s.proc.pid, s.port, c), timeout=3 * timeout, interval=0.02)
+        cut = time.monotonic() - started
+    print(f"{last}: cut {cut:.2f} s after the request, --send-timeout {timeout:g}")
+    assert timeout <= cut < 1.2 * timeout + 0.6, f"cut after {cut:.2f} s"
+    eventually(lambda: raw.seen.open_now == 0, timeout=2)  # its upstream connection is closed, not kept
+    assert s.metric("splitter_rejected_total", reason="send_timeout") == 1
+    assert s.wait_log(lambda e: e.get("path") == f"/api/auth/{last}")["error"] == "send_timeout"
 
 
 @pytest.mark.parametrize("last", ["big", "bigchunked"])
