@@ -23,6 +23,7 @@ import structlog
 from .config import NotifyTarget
 from .history import describe
 from .metrics import Metrics
+from .text import slack, terminal
 
 log = structlog.get_logger("splitter.notify")
 TRIES = 3
@@ -66,9 +67,10 @@ class Notifier:
 
     def body(self, fmt: str, event: dict[str, Any]) -> bytes:
         env = self.environment()
+        said = terminal(describe(event))  # one line: a newline in a reason cannot forge a second
         if fmt == "slack":
-            return json.dumps({"text": f"splitter ({env}): {describe(event)}"}).encode()
-        return json.dumps({**event, "environment": env, "text": describe(event)}).encode()
+            return json.dumps({"text": slack(f"splitter ({terminal(env)}): {said}")}).encode()
+        return json.dumps({**event, "environment": env, "text": said}).encode()
 
     def _queue(self, url: str, label: str) -> asyncio.Queue[bytes]:
         queue = self._queues.get(url)
