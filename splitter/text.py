@@ -9,7 +9,7 @@ each of them as visible escape text (`\\x1b`, `\\n`, `\\u202e`), as Python's rep
 leaves every other character alone. `--json` output needs none of this: json.dumps escapes them.
 
 Slack reads `<...>` as a link or a mention (`<!channel>`) and `&` as an entity; its
-"Formatting text" docs say to escape exactly `&`, `<` and `>`, which `slack()` does.
+"Formatting text" docs name the three characters to escape, `&`, `<` and `>`; `slack()` does that.
 """
 
 from __future__ import annotations

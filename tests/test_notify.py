@@ -120,7 +120,9 @@ def test_a_trickling_receiver_is_given_up_at_each_tries_deadline_not_minutes_lat
         assert len(hook.got) == TRIES and bound - 0.5 <= took <= bound + 5, (len(hook.got), took)
         held = [closed - opened for opened, closed in hook.connections]
         assert all(DEADLINE_S - 0.1 <= h <= DEADLINE_S + 2 for h in held), held  # old httpx: 2,000 s for 1,000 bytes
-        assert dropped(metrics, "failed") == 0 and metrics.registry.get_sample_value("splitter_notify_failures_total") == 1
+        assert (
+            dropped(metrics, "failed") == 0 and metrics.registry.get_sample_value("splitter_notify_failures_total") == 1
+        )
 
     asyncio.run(main())
 

@@ -1,7 +1,8 @@
 """Operator text is shown inert (issue #32 item 7): a reason and an on_behalf sent to the admin API
-reach `splitter history` (a real process) with every control character written out, one line per event
-(cohort members need none: the admin API takes printable ids only); `--json` stays exact; a Slack receiver (a real HTTP server
-here) gets `&`, `<`, `>` escaped, so `<!channel>` and `<https://evil|...>` arrive as plain text."""
+reach `splitter history` (a real process) with every control character written out, one line per
+event (cohort members need none: the admin API takes printable ids only); `--json` stays exact; a
+Slack receiver (a real HTTP server here) gets `&`, `<`, `>` escaped, so `<!channel>` and
+`<https://evil|...>` arrive as plain text."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def raw_controls(text: str) -> list[str]:
     return sorted({hex(ord(c)) for c in text.replace("\n", "") if ord(c) in CONTROLS})
 
 
-def test_history_and_slack_show_control_characters_as_text_one_line_per_event(standin, splitter, receiver):  # noqa: F811
+def test_history_and_slack_escape_control_characters_one_line_per_event(standin, splitter, receiver):  # noqa: F811
     extra = f'notify:\n  - {{url: "{receiver.url}", format: slack}}'
     s = splitter(routes_yaml(standin("legacy"), standin("new"), extra=extra), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
     auth = {"Authorization": f"Bearer {TOKEN}"}
