@@ -18,6 +18,7 @@ from . import config as config_mod
 from .config import ConfigError
 from .logs import setup_logging
 from .runtime import Settings
+from .text import terminal
 
 DEFAULT_ADMIN = "http://127.0.0.1:8081"
 
@@ -28,6 +29,12 @@ class OperatorError(Exception):
 
 class Transient(OperatorError):
     """The admin API cannot answer now (unreachable, 5xx): `--watch` and `rollout wait` retry."""
+
+
+def say(line: str, **kwargs: Any) -> None:
+    """print() for a line that holds values from outside (names, reasons, members, errors the admin
+    API quotes): each control character shows as escape text, so one line stays one line (text.py)."""
+    print(terminal(line), **kwargs)
 
 
 def fail(message: str) -> NoReturn:
@@ -117,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg = config_mod.load(settings.config_path, settings.environment)
     except ConfigError as exc:
         for line in exc.errors:
-            print(line, file=sys.stderr)
+            say(line, file=sys.stderr)
         return 1
     settings = _redis_credentials(settings, cfg)
     settings = _identity_and_secrets(settings, cfg)
@@ -190,7 +197,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     env = args.env or os.environ.get("SPLITTER_ENV") or None
     cfg = _load_or_fail(_config_path(args.file, "pass the file: splitter check PATH"), env)
     parts = ", ".join(f"{r.name} {r.prefix} {r.percent}%" for r in cfg.routes)
-    print(
+    say(
         f"{args.file}: ok, environment {cfg.environment}, {len(cfg.routes)} routes ({parts}), "
         f"unmatched -> {cfg.unmatched}"
     )
@@ -217,10 +224,10 @@ def cmd_bucket(args: argparse.Namespace) -> int:
         origin = "admin" if args.admin else "file"
         print(json.dumps({"user_id": args.user_id, "source": origin, "environment": env, "routes": routes}))
         return 0
-    print(f"user {args.user_id!r} ({source})")
-    print(f"{'ROUTE':<20} {'BUCKET':>6} {'PERCENT':>7}  {'BACKEND':<8} {'REASON':<12} SUB-BUCKET")
+    say(f"user {args.user_id!r} ({source})")
+    say(f"{'ROUTE':<20} {'BUCKET':>6} {'PERCENT':>7}  {'BACKEND':<8} {'REASON':<12} SUB-BUCKET")
     for name, b, sub, pct, backend, reason in rows:
-        print(f"{name:<20} {b:>6} {pct:>7}  {backend:<8} {reason:<12} {sub}")
+        say(f"{name:<20} {b:>6} {pct:>7}  {backend:<8} {reason:<12} {sub}")
     return 0
 
 
@@ -283,10 +290,10 @@ def _admin(
 
 
 def _print_routes(routes: list[dict[str, Any]], kill: bool) -> None:
-    print(f"{'ROUTE':<20} {'PREFIX':<24} {'PERCENT':>7} {'FILE':>5}  SOURCE")
+    say(f"{'ROUTE':<20} {'PREFIX':<24} {'PERCENT':>7} {'FILE':>5}  SOURCE")
     for r in routes:
-        print(f"{r['name']:<20} {r['prefix']:<24} {r['percent']:>7} {r['file_percent']:>5}  {r['source']}")
-    print(f"kill switch: {'ON (everything goes to legacy)' if kill else 'off'}")
+        say(f"{r['name']:<20} {r['prefix']:<24} {r['percent']:>7} {r['file_percent']:>5}  {r['source']}")
+    say(f"kill switch: {'ON (everything goes to legacy)' if kill else 'off'}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -298,8 +305,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     _print_routes(routes, bool(kill.get("on")))
     if rejected:
-        print(f"routes.yaml REJECTED at the last reload; still serving the previous routes: {rejected[0]}")
-    print(f"console: {_admin_base(args)}/ui")
+        say(f"routes.yaml REJECTED at the last reload; still serving the previous routes: {rejected[0]}")
+    say(f"console: {_admin_base(args)}/ui")
     return 0
 
 
@@ -312,13 +319,13 @@ def cmd_set(args: argparse.Namespace) -> int:
     if pct is None:
         usage(f"percent must be {config_mod.PERCENT_RULE}, got {args.percent!r}")
     r = _admin(args, "PUT", f"/admin/routes/{args.route}", {"percent": pct}, write=True)
-    print(f"{r['name']}: {r['percent']}% to new (file {r['file_percent']}%, source {r['source']})")
+    say(f"{r['name']}: {r['percent']}% to new (file {r['file_percent']}%, source {r['source']})")
     return 0
 
 
 def cmd_clear(args: argparse.Namespace) -> int:
     r = _admin(args, "DELETE", f"/admin/routes/{args.route}/override", write=True)
-    print(f"{r['name']}: override cleared, {r['percent']}% to new (from routes.yaml)")
+    say(f"{r['name']}: override cleared, {r['percent']}% to new (from routes.yaml)")
     return 0
 
 
@@ -331,10 +338,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     answer: dict[str, str] = {}
     routes = _admin(args, "POST", "/admin/rollback", body, write=True, answer_headers=answer)
     names = [r["name"] for r in routes if r["percent"] == 0]
-    print(f"rolled back to legacy (0%): {', '.join(names) if args.all else args.route}")
+    say(f"rolled back to legacy (0%): {', '.join(names) if args.all else args.route}")
     if args.close_websockets:
         closed = answer.get("x-splitter-websockets-closed", "?")
-        print(
+        say(
             f"closed {closed} WebSocket connection{'' if closed == '1' else 's'} to new "
             "(1012: clients reconnect to legacy)"
         )
@@ -344,7 +351,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_kill(args: argparse.Namespace) -> int:
     on = args.state == "on"
     _admin(args, "PUT" if on else "DELETE", "/admin/kill", write=True)
-    print("kill switch ON: every request goes to legacy" if on else "kill switch off: routing by percent again")
+    say("kill switch ON: every request goes to legacy" if on else "kill switch off: routing by percent again")
     return 0
 
 
@@ -357,18 +364,18 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(json.dumps(events, indent=2))
         return 0
     if not events:
-        print(f"no changes recorded{' for ' + args.route if args.route else ''}")
+        say(f"no changes recorded{' for ' + args.route if args.route else ''}")
         return 0
     import time
 
-    print(f"{'AT':<19}  {'WHO':<12} {'SOURCE':<8} {'ACTION':<16} {'ROUTE':<14} {'OLD -> NEW':<14} REASON")
+    say(f"{'AT':<19}  {'WHO':<12} {'SOURCE':<8} {'ACTION':<16} {'ROUTE':<14} {'OLD -> NEW':<14} REASON")
     for e in events:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
         who = e["who"] + (f" ({e['on_behalf']})" if e.get("on_behalf") else "")
         change = f"{_show(e['old'])} -> {_show(e['new'])}"
         route = e.get("route") or "-"
         reason = e.get("reason") or ""
-        print(f"{at:<19}  {who:<12} {e['source']:<8} {e['action']:<16} {route:<14} {change:<14} {reason}")
+        say(f"{at:<19}  {who:<12} {e['source']:<8} {e['action']:<16} {route:<14} {change:<14} {reason}")
     return 0
 
 
@@ -385,12 +392,12 @@ def cmd_shadow(args: argparse.Namespace) -> int:
         return 0
     items = data["mismatches"]
     if not items:
-        print(f"{args.route}: no recent shadow mismatches")
+        say(f"{args.route}: no recent shadow mismatches")
         return 0
     for m in items:
-        print(f"{m['method']} {m['path']}  primary={m['primary']} shadow={m['shadow']}  request_id={m['request_id']}")
+        say(f"{m['method']} {m['path']}  primary={m['primary']} shadow={m['shadow']}  request_id={m['request_id']}")
         for d in m["diff"]:
-            print(f"    {d['path']}: {json.dumps(d['primary'])} != {json.dumps(d['shadow'])}")
+            say(f"    {d['path']}: {json.dumps(d['primary'])} != {json.dumps(d['shadow'])}")
     return 0
 
 
@@ -447,7 +454,7 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         return _rollout_wait(args)
     body = {"full": True} if args.full else {}
     r = _admin(args, "POST", f"/admin/rollouts/{args.route}/{args.action}", body, write=True)
-    print(_rollout_said(r))
+    say(_rollout_said(r))
     return 0
 
 
@@ -479,10 +486,10 @@ def _watching(args: argparse.Namespace, failing: str | None) -> tuple[list[dict[
         items = _rollouts(args)
     except Transient as exc:
         if failing != str(exc):
-            print(f"splitter: {exc}; retrying every second", file=sys.stderr, flush=True)
+            say(f"splitter: {exc}; retrying every second", file=sys.stderr, flush=True)
         return None, str(exc)
     if failing:
-        print("splitter: the admin API answers again", file=sys.stderr, flush=True)
+        say("splitter: the admin API answers again", file=sys.stderr, flush=True)
     return items, None
 
 
@@ -499,7 +506,8 @@ def _rollout_status(args: argparse.Namespace) -> int:
         elif items is not None:
             if args.watch:
                 print("\x1b[H\x1b[2J", end="")  # redraw in place, like kubectl argo rollouts get --watch
-            print("\n".join(_rollout_lines(items)) or "no route has a rollout section in routes.yaml", flush=True)
+            for line in _rollout_lines(items) or ["no route has a rollout section in routes.yaml"]:
+                say(line, flush=True)
         if not args.watch:
             return 0
         time.sleep(1.0)
@@ -517,7 +525,7 @@ def _rollout_wait(args: argparse.Namespace) -> int:
             view = items[0]
             line = _rollout_said(view)
             if line != said:
-                print(line, flush=True)
+                say(line, flush=True)
                 said = line
             if view["status"] == "done":
                 return 0
@@ -526,7 +534,7 @@ def _rollout_wait(args: argparse.Namespace) -> int:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             where = f"last seen: {said}" if said else f"the admin API did not answer: {failing}"
-            print(f"splitter: rollout of {args.route} not done within {args.timeout:g} s ({where})", file=sys.stderr)
+            say(f"splitter: rollout of {args.route} not done within {args.timeout:g} s ({where})", file=sys.stderr)
             return 4
         time.sleep(1.0 if left is None else min(1.0, left))
 
@@ -766,7 +774,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     body = {args.action: args.users}
     r = _admin(args, "PUT", f"{path}/{quote(args.cohort, safe='')}", body, write=True)
     did = f"added {r['added']}" if args.action == "add" else f"removed {r['removed']}"
-    print(
+    say(
         f"{args.route}/{args.cohort}: {did}; {r['count']} members "
         f"({r['file_members']} in routes.yaml, {r['runtime_members']} added at runtime)"
     )
@@ -782,18 +790,18 @@ def _cohort_list(args: argparse.Namespace, cohorts: list[dict[str, Any]]) -> int
         print(json.dumps({"route": args.route, "cohorts": cohorts}, indent=2))
         return 0
     if not cohorts:
-        print(f"{args.route}: no cohorts")
+        say(f"{args.route}: no cohorts")
         return 0
-    print(f"{'COHORT':<16} {'TO':<7} {'MEMBERS':>7}  MATCHER")
+    say(f"{'COHORT':<16} {'TO':<7} {'MEMBERS':>7}  MATCHER")
     for c in cohorts:
         if c["matcher"] != "users":
             values = ", ".join(c["values"])
-            print(f"{c['name']:<16} {c['to']:<7} {'-':>7}  {c['matcher']} {c['key']} {c['op']} {values}")
+            say(f"{c['name']:<16} {c['to']:<7} {'-':>7}  {c['matcher']} {c['key']} {c['op']} {values}")
             continue
-        print(f"{c['name']:<16} {c['to']:<7} {c['count']:>7}  users")
+        say(f"{c['name']:<16} {c['to']:<7} {c['count']:>7}  users")
         for where, ids in (("routes.yaml", c["file_members"]), ("runtime", c["runtime_members"])):
             more = f" ... and {len(ids) - 20} more (--json lists all)" if len(ids) > 20 else ""
-            print(f"    {where}: {', '.join(ids[:20]) or '-'}{more}")
+            say(f"    {where}: {', '.join(ids[:20]) or '-'}{more}")
     return 0
 
 
@@ -827,13 +835,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except _ConfigFailure as exc:
         for line in exc.errors:
-            print(line, file=sys.stderr)
+            say(line, file=sys.stderr)
         return 1
     except UsageError as exc:
-        print(f"splitter {args.command}: {exc}", file=sys.stderr)
+        say(f"splitter {args.command}: {exc}", file=sys.stderr)
         return 2
     except OperatorError as exc:
-        print(f"splitter: {exc}", file=sys.stderr)
+        say(f"splitter: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

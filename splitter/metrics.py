@@ -25,6 +25,7 @@ from . import __version__
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+NOTIFY_DROPPED = ("queue_full", "deadline", "failed", "shutdown")  # notify.py's reasons, each shown from 0
 
 
 class Metrics:
@@ -44,6 +45,8 @@ class Metrics:
         self._cohort_tally: dict[tuple[str, str], int] = {}  # (route, cohort) -> requests since take_cohort_tally()
         for result in ("success", "failure"):
             self.reloads.labels(result)
+        for reason in NOTIFY_DROPPED:
+            self.notify_dropped.labels(reason)
 
     def _define_traffic(self, reg: Any) -> None:
         """What requests and WebSockets did: counts, durations, errors, aborts, in flight."""
@@ -95,8 +98,10 @@ class Metrics:
         self.rollout_step = Gauge("splitter_rollout_step", about, ["route"], registry=reg, multiprocess_mode=last)
         about = "Changes by people and automation (history events), for Grafana annotations."
         self.changes = Counter("splitter_changes_total", about, ["route", "action", "source"], registry=reg)
-        about = "Change notifications not delivered after every try."
+        about = "Change notifications not delivered (every reason of splitter_notify_dropped_total)."
         self.notify_failures = Counter("splitter_notify_failures_total", about, registry=reg)
+        about = f"Change notifications dropped, by reason ({', '.join(NOTIFY_DROPPED)})."
+        self.notify_dropped = Counter("splitter_notify_dropped_total", about, ["reason"], registry=reg)
         about = "Always 1; the version label says which splitter runs."
         self.build_info = Gauge("splitter_build_info", about, ["version"], registry=reg, multiprocess_mode=last)
 

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .text import terminal
+
 MAX_ERROR_RATE = 0.001
 MAX_P95_RATIO = 1.10
 
@@ -233,7 +235,7 @@ def table(reports: list[RouteReport]) -> str:
         f"criteria: new error rate < {MAX_ERROR_RATE:.1%}, new p95 <= {MAX_P95_RATIO:.2f} x old p95; "
         f"intervals at {CONFIDENCE:.0%}"
     )
-    return "\n".join(lines)
+    return "\n".join(terminal(line) for line in lines)  # a route name is text from outside (text.py)
 
 
 def _interval_line(side: Side) -> str:
