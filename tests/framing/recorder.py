@@ -32,6 +32,7 @@ class ParseError:
     conn: int
     after: bytes | None  # the target of the last request parsed on that connection
     error: str
+    raw: bytes  # the bytes h11 refused, from the end of the last whole request on (at most 300)
 
 
 def named(method: bytes, target: bytes, body: bytes) -> bytes:
@@ -74,6 +75,8 @@ class Recorder:
         number = next(self._ids)
         conn = h11.Connection(h11.SERVER)
         current: Parsed | None = None
+        received = bytearray()  # everything that came on this connection
+        mark = 0  # where the bytes after the last whole request begin
         try:
             while True:
                 event = conn.next_event()
@@ -81,6 +84,7 @@ class Recorder:
                     data = await reader.read(65536)
                     if not data and conn.their_state is not h11.IDLE:
                         return  # the proxy gave up mid-request (its client went away): `complete` stays False
+                    received += data
                     conn.receive_data(data)
                 elif isinstance(event, h11.Request):
                     current = Parsed(event.method, event.target, [(n, v) for n, v in event.headers], conn=number)
@@ -91,13 +95,15 @@ class Recorder:
                     current.body += bytes(event.data)
                 elif isinstance(event, h11.EndOfMessage) and current is not None:
                     current.complete = True
+                    mark = len(received) - len(conn.trailing_data[0])
                     conn = await self._answer(conn, current, writer)
                     if conn is None:
                         return
                 else:  # ConnectionClosed (or PAUSED after a close)
                     return
         except h11.RemoteProtocolError as exc:
-            self.errors.append(ParseError(number, current.target if current else None, str(exc)))
+            after = current.target if current else None
+            self.errors.append(ParseError(number, after, str(exc), bytes(received[mark : mark + 300])))
         except (ConnectionError, h11.LocalProtocolError):
             pass
         finally:
