@@ -31,12 +31,13 @@ class Call:
     __slots__ = (
         "role", "backend", "reason", "bytes_in", "bytes_out", "client", "error", "handler", "method", "path",
         "request_id", "route", "route_name", "start", "status", "upstream_ms", "user_bucket", "detail",
-        "inbound", "target", "headers", "set_cookie", "refused", "head_sent",
+        "inbound", "target", "headers", "set_cookie", "refused", "head_sent", "client_request_id",
     )  # fmt: skip
 
     def __init__(self, scope: dict[str, Any], request_id: str) -> None:
         self.start = time.perf_counter()
-        self.request_id = request_id
+        self.request_id = request_id  # the proxy's log key; the one the upstream gets and must echo
+        self.client_request_id: str | None = None  # the client's own X-Request-ID, returned to it
         self.method: str = scope.get("method", "GET")  # an upgrade's scope has none
         self.path: str = scope["path"]
         client = scope.get("client")

@@ -63,14 +63,21 @@ HOP_HEADERS = frozenset(
         b"proxy-authorization",
     ]
 )
-# Replaced with the proxy's own values, never copied from the client.
+# Replaced with the proxy's own values, never copied from the client: the framing (Content-Length, or chunked
+# when the length is unknown) is written from the proxy's own parse, so no header the client sends or names in
+# Connection can change how the upstream splits the byte stream into requests (request smuggling).
 _REPLACED = frozenset(
-    [b"x-request-id", b"x-splitter-handler", b"x-splitter-backend", b"x-splitter-token", b"via", b"expect"]
-)
+    [
+        b"x-request-id", b"x-client-request-id", b"x-splitter-handler", b"x-splitter-backend", b"x-splitter-token",
+        b"via", b"expect", b"content-length",
+    ]
+)  # fmt: skip
+# what a Connection header may not remove: Host stays as the client sent it (the framing is rewritten anyway)
+_KEPT = frozenset([b"host"])
 _FORWARDED = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"])
 _DROP_UPSTREAM = HOP_HEADERS | _REPLACED | _FORWARDED
 _DROP_UPSTREAM_TRUSTED = HOP_HEADERS | _REPLACED
-_DROP_DOWNSTREAM = HOP_HEADERS | frozenset([b"x-splitter-handler", b"x-request-id"])
+_DROP_DOWNSTREAM = HOP_HEADERS | frozenset([b"x-splitter-handler", b"x-request-id", b"content-length"])
 _ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _FORCEABLE = {role.encode(): role for role in ROLES}  # X-Splitter-Backend values
 
@@ -79,7 +86,6 @@ _ENCODED_SLASH = re.compile("%2[fF]")
 _DOT = frozenset([b".", b"%2e"])
 _DOTDOT = frozenset([b"..", b".%2e", b"%2e.", b"%2e%2e"])
 UID_MAX_AGE = 365 * 24 * 3600
-_getrandbits = random.getrandbits
 
 
 class _Body:
@@ -273,21 +279,44 @@ def _begin(scope: Scope) -> tuple[Call, dict[bytes, bytes], int]:
     if len(hd) < len(raw_headers):  # a repeated header: the slow path reads them as lists
         hd, hosts = _merged_headers(raw_headers)
     raw_rid = hd.get(b"x-request-id")
-    rid = raw_rid.decode("ascii") if raw_rid is not None and _SANE_REQUEST_ID(raw_rid) else _new_request_id()
-    call = Call(scope, rid)
+    if raw_rid is not None and _SANE_REQUEST_ID(raw_rid):
+        call = Call(scope, raw_rid.decode("ascii"))
+        call.client_request_id = call.request_id  # kept unless the backend checks ids (_outbound_headers)
+    else:
+        call = Call(scope, _new_request_id())
     call.inbound = hd
     return call, hd, hosts
 
 
-def _new_request_id() -> str:
-    """32 hex digits: unique, not secret (a log and tracing key), so from the process's PRNG (reseeded
-    in each forked worker) rather than os.urandom, a getrandom() system call per request."""
-    return f"{_getrandbits(128):032x}"
+class _RequestIds:
+    """32 hex digits from the operating system's cryptographic generator: an id an attacker reads in
+    their own answers must not tell them the next ones (a Mersenne Twister's state falls out of 156
+    of its outputs), since check_request_id matches answers on it. One os.urandom call fills 128 ids
+    (a getrandom() system call per request cost ~1 % of a request); a forked worker starts afresh."""
+
+    __slots__ = ("hex", "at")
+
+    def __init__(self) -> None:
+        self.hex, self.at = "", 0
+
+    def __call__(self) -> str:
+        at = self.at
+        if at >= len(self.hex):
+            self.hex, at = os.urandom(16 * 128).hex(), 0
+        self.at = at + 32
+        return self.hex[at : at + 32]
+
+    def reset(self) -> None:
+        self.hex, self.at = "", 0
+
+
+_new_request_id = _RequestIds()
+os.register_at_fork(after_in_child=_new_request_id.reset)
 
 
 def _merged_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], int]:
-    """Lower-case name -> value, and the number of Host headers. Repeated Cookie and
-    Connection headers are read as one list (RFC 9110 5.3); for others the last one wins."""
+    """Lower-case name -> value, and the number of Host headers. Repeated Cookie, Connection and
+    Transfer-Encoding headers are read as one list (RFC 9110 5.3); for others the last one wins."""
     hd: dict[bytes, bytes] = {}
     hosts = 0
     for n, v in raw:
@@ -295,7 +324,7 @@ def _merged_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes],
             hosts += 1
         if n in hd and n == b"cookie":
             hd[n] += b"; " + v
-        elif n in hd and n == b"connection":
+        elif n in hd and (n == b"connection" or n == b"transfer-encoding"):
             hd[n] += b", " + v
         else:
             hd[n] = v
@@ -382,8 +411,12 @@ class Proxy:
             raise Refused(400, "bad_request", "more than one Host header")
         if hosts == 0 and scope.get("http_version") == "1.1":
             raise Refused(400, "bad_request", "HTTP/1.1 request without a Host header")
-        if b"transfer-encoding" in hd and b"content-length" in hd:
-            raise Refused(400, "bad_request", "Content-Length together with Transfer-Encoding")
+        te = hd.get(b"transfer-encoding")
+        if te is not None:
+            if b"content-length" in hd:
+                raise Refused(400, "bad_request", "Content-Length together with Transfer-Encoding")
+            if te.strip().lower() != b"chunked":  # a coding the proxy would drop, or a list hiding a framing
+                raise Refused(400, "bad_request", "Transfer-Encoding other than chunked is not supported")
         cl = hd.get(b"content-length")
         if cl is not None:
             if not cl.isdigit():
@@ -439,12 +472,15 @@ class Proxy:
         drop = _DROP_UPSTREAM_TRUSTED if trusted else _DROP_UPSTREAM
         conn = hd.get(b"connection")
         if conn is not None:
-            drop = drop | {t.strip().lower() for t in conn.split(b",")}
+            drop = drop | ({t.strip().lower() for t in conn.split(b",")} - _KEPT)
         # a list, not a dict: repeated headers stay repeated; the names added below were dropped above
         out = [(n, v) for n, v in scope["headers"] if n not in drop]
         if b"host" not in hd:  # HTTP/1.0 without Host: the upstream speaks HTTP/1.1
             assert call.backend is not None
             out.append((b"host", self.rt.pool(cfg.backends[call.backend]).authority))
+        cl = hd.get(b"content-length")
+        if cl is not None:  # checked digits (_refuse); a chunked body gets its framing from upstream.Pool
+            out.append((b"content-length", b"%d" % int(cl)))
         peer_b = peer.encode()
         xff = hd.get(b"x-forwarded-for") if trusted else None
         if xff:
@@ -458,6 +494,13 @@ class Proxy:
                 out.append((b"x-forwarded-host", host))
         via = hd.get(b"via")
         out.append((b"via", via + b", 1.1 splitter" if via else b"1.1 splitter"))
+        assert call.backend is not None
+        if call.client_request_id is not None and cfg.backends[call.backend].check_request_id:
+            # the answer is matched on an id the proxy minted, never on one the client chose (or could guess)
+            out.append((b"x-client-request-id", call.client_request_id.encode()))
+            call.request_id = _new_request_id()
+        else:
+            call.client_request_id = None
         out.append((b"x-request-id", call.request_id.encode()))
         out.append((b"x-splitter-handler", (call.handler or "").encode()))
         return out
@@ -647,6 +690,8 @@ class Proxy:
             "upstream_ms": call.upstream_ms,
             "reason": call.reason,
         }
+        if call.client_request_id is not None and call.client_request_id != call.request_id:
+            fields["client_request_id"] = call.client_request_id
         if call.error:
             fields["error"] = call.error
         if call.detail:
@@ -665,13 +710,12 @@ def _client_from_xff(xff: bytes, trusted: tuple[Any, ...]) -> str | None:
 
 
 @lru_cache(maxsize=256)
-def _dropped_downstream(connection: bytes | None, bodiless: bool) -> frozenset[bytes]:
-    """The response header names not relayed: hop-by-hop ones, those the Connection header
-    names, and a 204/304's Content-Length (it describes the representation, not this empty body)."""
-    drop = _DROP_DOWNSTREAM
-    if connection is not None:
-        drop = drop | {t.strip().lower() for t in connection.split(b",")}
-    return drop | {b"content-length"} if bodiless else drop
+def _dropped_downstream(connection: bytes | None) -> frozenset[bytes]:
+    """The response header names not relayed: hop-by-hop ones, the framing (written anew from the
+    exchange's own parse), and those the Connection header names."""
+    if connection is None:
+        return _DROP_DOWNSTREAM
+    return _DROP_DOWNSTREAM | {t.strip().lower() for t in connection.split(b",")}
 
 
 def _with_expect(call: Call, ex: Exchange, body: _Body | None) -> list[tuple[bytes, bytes]]:
@@ -686,10 +730,16 @@ def _with_expect(call: Call, ex: Exchange, body: _Body | None) -> list[tuple[byt
 
 
 def _downstream_headers(ex: Exchange, call: Call) -> list[tuple[bytes, bytes]]:
-    drop = _dropped_downstream(ex.connection_header, ex.status == 304 or ex.status == 204)
+    """The answer's head for the client: the upstream's fields less hop-by-hop ones, its length as the
+    exchange parsed it (none on 204/304: it would describe the representation, not this empty body; none
+    for a chunked or until-EOF body, which the server frames itself), and the proxy's own fields."""
+    drop = _dropped_downstream(ex.connection_header)
     headers = [h for h in ex.headers if h[0] not in drop]  # names arrive lower-cased from the exchange
+    length = ex.content_length
+    if length is not None and ex.status != 204 and ex.status != 304:
+        headers.append((b"content-length", b"%d" % length))
     headers.append((b"x-splitter-handler", (call.handler or "").encode()))
-    headers.append((b"x-request-id", call.request_id.encode()))
+    headers.append((b"x-request-id", (call.client_request_id or call.request_id).encode()))
     if call.set_cookie is not None:
         headers.append((b"set-cookie", call.set_cookie))
     return headers

@@ -298,7 +298,7 @@ class Exchange:
             raise ProtocolFailed(f"upstream answered with X-Request-ID {rid!r}, not the request's {self.expect_id!r}")
         self.headers = headers
         self.connection_header = connection
-        self.content_length = content_length
+        self.content_length = None if chunked else content_length  # the body's length as framed (None: unknown)
         status = self.status
         if status == 204 and (chunked or content_length):
             raise ProtocolFailed("upstream sent a body with 204 No Content")
