@@ -4,7 +4,7 @@ A request mutation is one request written by hand (`Base`: header lines, body, m
 line end), sent alone and again followed by a plain pipelined GET on the same connection. `{p}` in any
 of its bytes is the mutation's own path prefix (`/m/<n>/`: every target it sends starts with it, so
 the proxy's log and the upstream's records are told apart per mutation), `{n}` its number, `{len}`
-the body's length once `{p}` is in it.
+the body's length once `{p}` is in it, `{slen}` the smuggled request's length in hex (its chunk size).
 
 An answer mutation is the raw bytes an upstream writes to one request (`Answer`).
 """
@@ -22,6 +22,8 @@ CHUNKS = b"5\r\nhello\r\n0\r\n\r\n"
 SMUGGLED = b"POST {p}smuggled HTTP/1.1\r\nHost: proxy\r\nX-Forwarded-For: 6.6.6.6\r\nContent-Length: 2\r\n\r\nhi"
 SMUGGLED_CHUNKS = b"{slen}\r\n" + SMUGGLED + b"\r\n0\r\n\r\n"  # {slen}: its length in hex, once {p} is in it
 PIPELINED = b"GET {p}next HTTP/1.1\r\nHost: proxy\r\n\r\n"
+LEN = b"Content-Length: {len}"
+H2C_SETTINGS = b"HTTP2-Settings: AAMAAABkAAQAAP__"
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,9 @@ TE_VALUES = [
     b"chunkedx", b"chunked, identity", b"identity, chunked", b"gzip, chunked", b"chunked, chunked", b"chunked,",
     b", chunked", b"identity", b"gzip", b"", b"chunk", b'"chunked"', b"chunked;q=1", b"chunked\x0b",
 ]  # fmt: skip
-TE_NAMES = [b"transfer-encoding", b"TRANSFER-ENCODING", b"Transfer-Encoding ", b"Transfer_Encoding", b"Transfer-Encoding\t"]
+TE_NAMES = [
+    b"transfer-encoding", b"TRANSFER-ENCODING", b"Transfer-Encoding ", b"Transfer_Encoding", b"Transfer-Encoding\t",
+]  # fmt: skip
 TE_TWICE = [(b"chunked", b"chunked"), (b"chunked", b"identity"), (b"identity", b"chunked"), (b"gzip", b"chunked")]
 CL_VALUES = [
     b"5", b"05", b"00005", b"+5", b"-5", b" 5", b"5 ", b"\t5", b"5,5", b"5, 5", b"5,6", b"0x5", b"5.0", b"", b"1e1",
@@ -121,9 +125,12 @@ def _framing() -> list[Base]:
         out.append(Base(f"te-{v!r}-then-cl", (HOST, te, CL5), CHUNKS))
         out.append(Base(f"cl-then-te-{v!r}", (HOST, CL5, te), CHUNKS))
     out += [Base(f"te-name-{n!r}", (HOST, n + b": chunked"), CHUNKS) for n in TE_NAMES]
-    out += [Base(f"te-twice-{a!r}-{b!r}", (HOST, b"Transfer-Encoding: " + a, b"Transfer-Encoding: " + b), CHUNKS) for a, b in TE_TWICE]
+    for a, b in TE_TWICE:
+        twice = (HOST, b"Transfer-Encoding: " + a, b"Transfer-Encoding: " + b)
+        out.append(Base(f"te-twice-{a!r}-{b!r}", twice, CHUNKS))
     out += [Base(f"cl-{v!r}", (HOST, b"Content-Length: " + v), HELLO) for v in CL_VALUES]
-    out += [Base(f"cl-twice-{a!r}-{b!r}", (HOST, b"Content-Length: " + a, b"Content-Length: " + b), HELLO) for a, b in CL_TWICE]
+    for a, b in CL_TWICE:
+        out.append(Base(f"cl-twice-{a!r}-{b!r}", (HOST, b"Content-Length: " + a, b"Content-Length: " + b), HELLO))
     out += [Base(f"cl-name-{n!r}", (HOST, n + b": 5"), HELLO) for n in CL_NAMES]
     out += [
         Base("cl-shorter-than-body", (HOST, b"Content-Length: 3"), HELLO),
@@ -147,7 +154,8 @@ CHUNK_BODIES = [
     b"0005\r\nhello\r\n0\r\n\r\n", b"0000000000000000000000005\r\nhello\r\n0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n",
     b"+5\r\nhello\r\n0\r\n\r\n", b"0x5\r\nhello\r\n0\r\n\r\n", b"5 \r\nhello\r\n0\r\n\r\n", b" 5\r\nhello\r\n0\r\n\r\n",
     b"5\r\nhello0\r\n\r\n", b"5\r\nhelloXX\r\n0\r\n\r\n", b"5\nhello\n0\n\n", b"5\r\nhello\n0\r\n\r\n",
-    b"5\rhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n", b"5\r\nhello\r\n0\r\nContent-Length: 99\r\n\r\n",
+    b"5\rhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nContent-Length: 99\r\n\r\n",
     b"5\r\nhello\r\n0\r\nX-T: a\r\n b\r\n\r\n", b"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
     b"1000000000000000005\r\nhello\r\n0\r\n\r\n", b"5\r\nhello\r\n0;ext\r\n\r\n", b"5\r\nhello\r\n00\r\n\r\n",
     b"2\r\nhe\r\n3\r\nllo\r\n0\r\n\r\n", b"0\r\n\r\n", b"5\r\nhel\r\n0\r\n\r\n", b"5\r\nhello\r\n0\r\n\n",
@@ -189,7 +197,7 @@ HEAD_LINES = {
 
 
 def _lines() -> list[Base]:
-    out = [Base(name, (HOST, *lines), CHUNKS if b"Transfer" in b"".join(lines) else HELLO) for name, lines in HEAD_LINES.items()]
+    out = [Base(name, (HOST, *ls), CHUNKS if b"Transfer" in ls[0] else HELLO) for name, ls in HEAD_LINES.items()]
     out += [
         Base("bare-lf-cl", (HOST, CL5), HELLO, eol=b"\n"),
         Base("bare-lf-chunked", (HOST, TE), CHUNKS, eol=b"\n"),
@@ -235,11 +243,11 @@ def _request_line() -> list[Base]:
         Base("expect-unknown", (HOST, b"Expect: x-unknown", CL5), HELLO),
         Base("expect-chunked", (HOST, b"Expect: 100-continue", TE), CHUNKS),
         Base("expect-empty-body", (HOST, b"Expect: 100-continue", b"Content-Length: 0")),
-        Base("upgrade-h2c", (HOST, b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c", b"HTTP2-Settings: AAMAAABkAAQAAP__", CL5), HELLO),
+        Base("upgrade-h2c", (HOST, b"Connection: Upgrade, HTTP2-Settings", b"Upgrade: h2c", H2C_SETTINGS, CL5), HELLO),
         Base("upgrade-websocket-no-key", (HOST, b"Connection: Upgrade", b"Upgrade: websocket"), method=b"GET"),
         Base("upgrade-without-connection", (HOST, b"Upgrade: websocket", CL5), HELLO),
         Base("upgrade-other-with-body", (HOST, b"Connection: upgrade", b"Upgrade: foo/1", CL5), HELLO),
-        Base("upgrade-smuggle", (HOST, b"Connection: upgrade, content-length", b"Upgrade: foo/1", b"Content-Length: {len}"), SMUGGLED),
+        Base("upgrade-smuggle", (HOST, b"Connection: upgrade, content-length", b"Upgrade: foo/1", LEN), SMUGGLED),
         Base("head-with-body", (HOST, CL5), HELLO, method=b"HEAD"),
         Base("get-chunked", (HOST, TE), CHUNKS, method=b"GET"),
         Base("options-star", (HOST,), method=b"OPTIONS", target=b"*"),
