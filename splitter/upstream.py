@@ -223,6 +223,10 @@ class _ResponseParser:
                     raise ProtocolFailed("upstream sent an invalid Content-Length")
                 content_length = int(value)
             elif name == b"transfer-encoding":
+                # a coding besides chunked would reach the client undecoded, its header dropped (hop-by-hop);
+                # "chunked" twice is not a framing (RFC 9112 6.1): both are the upstream's fault, as h11 says
+                if chunked or value.strip().lower() != b"chunked":
+                    raise ProtocolFailed("upstream sent a Transfer-Encoding other than one chunked")
                 chunked = True
             else:  # x-request-id
                 rid = value if rid is None or rid == value else b"(several)"
