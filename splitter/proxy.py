@@ -437,7 +437,8 @@ class Proxy:
         call.refused = True
         call.status = refusal.status
         call.error = refusal.reason
-        await _send_error(send, refusal.status, refusal.message, call.handler, call.client_request_id or call.request_id)
+        rid = call.client_request_id or call.request_id
+        await _send_error(send, refusal.status, refusal.message, call.handler, rid)
 
     # --- step 2: who decides the backend ---------------------------------------------------
     def _choose(self, scope: Scope, call: Call, snap: Snapshot) -> None:
