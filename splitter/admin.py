@@ -589,16 +589,16 @@ class MemberPages:
         held = await self._lists(rt, route, cohort)
         files, runtime = held.sorted_files, held.sorted_runtime
         nf, total = len(files), len(files) + len(runtime)
-        if start is None:
-            first = 0
-        else:
-            first = bisect.bisect_right(files, start[1]) if start[0] == 0 else nf + bisect.bisect_right(runtime, start[1])
+        first = 0
+        if start is not None:
+            kind, after = start
+            first = bisect.bisect_right(files, after) if kind == 0 else nf + bisect.bisect_right(runtime, after)
         end = min(first + limit, total)
         more = None
         if end < total:  # the cursor names the page's last member: a change between pages skips or repeats none
             more = _cursor(0, files[end - 1]) if end <= nf else _cursor(1, runtime[end - 1 - nf])
         return {
-            "count": held.count,
+            "count": held.members,
             "file_members": files[first:end],
             "runtime_members": runtime[max(first - nf, 0) : max(end - nf, 0)],
             "next_cursor": more,
@@ -612,7 +612,7 @@ class _Sorted(NamedTuple):
     runtime: frozenset[bytes]
     sorted_files: list[str]
     sorted_runtime: list[str]
-    count: int  # members in either set
+    members: int  # in either set
 
     @classmethod
     def of(cls, files: frozenset[bytes], runtime: frozenset[bytes]) -> _Sorted:
