@@ -328,7 +328,7 @@ async def _overview_cohorts(rt: Runtime, r: RouteSpec, now: float, window: dict[
             runtime = rt.snapshot.members.get((r.name, c.name), frozenset())
             row |= {"file_members": len(c.users), "runtime_members": len(runtime)}
         else:
-            row |= {"key": c.key, "op": c.op, "values": list(c.values)}
+            row |= {"key": c.key, "op": c.op, "values": list(c.values), "trusted": c.trusted}
         rows.append(row)
     total = sum(sent.values()) if span is not None else None
     return {"scope": rt.windows.scope, "span_s": span, "requests": total, "by_cohort": rows}
@@ -533,7 +533,7 @@ def cohort_view(cohort: Cohort) -> dict[str, Any]:
     """A cohort as its listing shows it; a `users` cohort's members are added by `MemberPages.page`."""
     view: dict[str, Any] = {"name": cohort.name, "matcher": cohort.matcher, "to": cohort.to}
     if cohort.matcher != "users":
-        return {**view, "key": cohort.key, "op": cohort.op, "values": list(cohort.values)}
+        return {**view, "key": cohort.key, "op": cohort.op, "values": list(cohort.values), "trusted": cohort.trusted}
     return view
 
 
@@ -805,7 +805,8 @@ def bucket_view(snap: Any, user_id: bytes) -> dict[str, Any]:
     """Per route, the user's bucket and sub-bucket (which splits a bucket for a fractional percent)
     and the proxy's decision for a request with this id (`backend` is the role, `upstream` the backend
     that serves it; `reason` says what decided). Only the id is known here: `users` cohorts (routes.yaml's
-    and runtime members) show, header, cookie and jwt_claim cohorts cannot match."""
+    and runtime members) show; header, cookie and jwt_claim cohorts cannot match (nor can a `trusted` one:
+    there is no peer)."""
     routes = []
     for r in snap.config.routes:
         d = decide(snap, r, Facts(None, user_id))

@@ -132,7 +132,7 @@ def test_add_list_remove_in_memory(replicas, tmp_path):
 
     listed = httpx.get(a.admin + "/admin/routes/auth/cohorts").json()
     assert [(c["name"], c["matcher"], c["to"]) for c in listed["cohorts"]] == [("staff", "header", "new"), ("beta", "users", "new"), ("pinned", "users", "legacy")]
-    assert listed["cohorts"][0] == {"name": "staff", "matcher": "header", "to": "new", "key": "x-staff", "op": "equals", "values": ["1"]}
+    assert listed["cohorts"][0] == {"name": "staff", "matcher": "header", "to": "new", "key": "x-staff", "op": "equals", "values": ["1"], "trusted": False}
 
     assert a.put(remove=["carol"], add=["dave"]).json() == {"route": "auth", "cohort": "beta", "added": 1, "removed": 1, "count": 2, "file_members": 1, "runtime_members": 1}
     assert a.members() == {b"dave"}
