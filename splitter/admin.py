@@ -15,14 +15,19 @@ each change is one history event (history.py) with the body's optional `reason`.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import bisect
 import dataclasses
 import ipaddress
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote_to_bytes
 
+import anyio.to_thread
 import structlog
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -146,6 +151,7 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
     )
     admin.state.rt, admin.state.rollouts = rt, rollouts
     admin.state.shadow, admin.state.websockets = shadow, websockets
+    admin.state.member_pages = MemberPages()
     admin.add_middleware(_ReadGate, rt=rt)
     return HostGuard(admin, rt.settings.admin_allowed_hosts)
 
@@ -322,7 +328,7 @@ async def _overview_cohorts(rt: Runtime, r: RouteSpec, now: float, window: dict[
             runtime = rt.snapshot.members.get((r.name, c.name), frozenset())
             row |= {"file_members": len(c.users), "runtime_members": len(runtime)}
         else:
-            row |= {"key": c.key, "op": c.op, "values": list(c.values)}
+            row |= {"key": c.key, "op": c.op, "values": list(c.values), "trusted": c.trusted}
         rows.append(row)
     total = sum(sent.values()) if span is not None else None
     return {"scope": rt.windows.scope, "span_s": span, "requests": total, "by_cohort": rows}
@@ -523,32 +529,152 @@ def users_cohort(rt: Runtime, route: str, name: str) -> Cohort:
     return cohort
 
 
-def cohort_view(rt: Runtime, route: str, cohort: Cohort) -> dict[str, Any]:
-    """A cohort; for a `users` cohort its members, routes.yaml's and those added at runtime apart."""
+def cohort_view(cohort: Cohort) -> dict[str, Any]:
+    """A cohort as its listing shows it; a `users` cohort's members are added by `MemberPages.page`."""
     view: dict[str, Any] = {"name": cohort.name, "matcher": cohort.matcher, "to": cohort.to}
     if cohort.matcher != "users":
-        return {**view, "key": cohort.key, "op": cohort.op, "values": list(cohort.values)}
-    runtime = rt.snapshot.members.get((route, cohort.name), frozenset())
-    return {
-        **view,
-        "count": len(cohort.users | runtime),
-        "file_members": sorted(u.decode("utf-8", "replace") for u in cohort.users),
-        "runtime_members": sorted(u.decode("utf-8", "replace") for u in runtime),
-    }
+        return {**view, "key": cohort.key, "op": cohort.op, "values": list(cohort.values), "trusted": cohort.trusted}
+    return view
+
+
+DEFAULT_LIMIT, MAX_LIMIT = 1_000, 10_000  # members per page (SPEC "Framing": limit, default 1,000)
+
+
+def page_args(request: Request) -> tuple[int, tuple[int, str] | None]:
+    """`?limit=N&cursor=C`: the page size and where the page starts (None: at the beginning)."""
+    raw = request.query_params.get("limit", str(DEFAULT_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise _Refused(400, f"limit must be an integer 1..{MAX_LIMIT}, got {raw[:40]!r}")
+    cursor = request.query_params.get("cursor")
+    if not cursor:
+        return int(raw), None
+    try:
+        kind, after = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
+    except (ValueError, TypeError, UnicodeError, binascii.Error):
+        kind = after = None
+    if kind not in (0, 1) or not isinstance(after, str):
+        raise _Refused(400, f"cursor {cursor[:40]!r} is not one this API gave: use next_cursor from the last page")
+    return int(raw), (kind, after)
+
+
+def _cursor(kind: int, after: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([kind, after]).encode()).decode("ascii")
+
+
+class MemberPages:
+    """A `users` cohort's members in pages: routes.yaml's (kind 0), then the runtime ones (kind 1), each
+    sorted. A page is a bisect and a slice of lists sorted once per member set: the sets are replaced whole
+    on every change (Snapshot.members), so a set's identity says whether its sorted list still holds.
+    Why: the admin listener shares the proxy's event loop, and sorting and writing 99,000 members on
+    every read (0.27 s each) pushed three readers' neighbours, the proxy's users, to a p50 of 465 ms.
+    The sort runs in a thread, one at a time; a page costs about as much to write whatever the cohort's size.
+    `answer` writes one page at a time and then pauses PAUSE times as long as the page took before the next:
+    readers in a loop get at most about a fifth of the loop, the proxy's requests the rest (a page of 1,000
+    ids of 200 characters takes ~0.5 ms; a whole 99,000-member listing still reads in about half a second)."""
+
+    PAUSE = 4
+
+    def __init__(self) -> None:
+        self._sorted: dict[tuple[str, str], _Sorted] = {}
+        self._lock = asyncio.Lock()
+        self._turn = asyncio.Lock()
+
+    async def answer(self, build: Callable[[], Awaitable[dict[str, Any]]]) -> Response:
+        """The JSON answer `build` makes, written while no other page is; the next waits its pause."""
+        async with self._turn:
+            started = time.perf_counter()
+            response = JSONResponse(await build())
+            await asyncio.sleep(min((time.perf_counter() - started) * self.PAUSE, 0.1))  # the proxy's turn
+        return response
+
+    async def _lists(self, rt: Runtime, route: str, cohort: Cohort) -> _Sorted:
+        key = (route, cohort.name)
+        async with self._lock:
+            runtime = rt.snapshot.members.get(key, frozenset())
+            held = self._sorted.get(key)
+            if held is None or held.files is not cohort.users or held.runtime is not runtime:
+                held = self._sorted[key] = await anyio.to_thread.run_sync(_Sorted.of, cohort.users, runtime)
+        return held
+
+    async def page(
+        self, rt: Runtime, route: str, cohort: Cohort, limit: int, start: tuple[int, str] | None
+    ) -> dict[str, Any]:
+        """`count`, this page's `file_members` and `runtime_members`, and `next_cursor` (null at the end)."""
+        held = await self._lists(rt, route, cohort)
+        files, runtime = held.sorted_files, held.sorted_runtime
+        nf, total = len(files), len(files) + len(runtime)
+        first = 0
+        if start is not None:
+            kind, after = start
+            first = bisect.bisect_right(files, after) if kind == 0 else nf + bisect.bisect_right(runtime, after)
+        end = min(first + limit, total)
+        more = None
+        if end < total:  # the cursor names the page's last member: a change between pages skips or repeats none
+            more = _cursor(0, files[end - 1]) if end <= nf else _cursor(1, runtime[end - 1 - nf])
+        return {
+            "count": held.members,
+            "file_members": files[first:end],
+            "runtime_members": runtime[max(first - nf, 0) : max(end - nf, 0)],
+            "next_cursor": more,
+        }
+
+
+class _Sorted(NamedTuple):
+    """One cohort's member sets and what a page reads from them, made once per pair of sets."""
+
+    files: frozenset[bytes]
+    runtime: frozenset[bytes]
+    sorted_files: list[str]
+    sorted_runtime: list[str]
+    members: int  # in either set
+
+    @classmethod
+    def of(cls, files: frozenset[bytes], runtime: frozenset[bytes]) -> _Sorted:
+        def ids(members: frozenset[bytes]) -> list[str]:
+            return sorted(u.decode("utf-8", "replace") for u in members)
+
+        return cls(files, runtime, ids(files), ids(runtime), len(files | runtime))
+
+
+def _pages(request: Request) -> MemberPages:
+    pages: MemberPages = request.app.state.member_pages
+    return pages
 
 
 async def cohorts_view(request: Request) -> Response:
+    """A route's cohorts; a `users` cohort with the first page of its members (`?limit=`) and the
+    `next_cursor` to read the rest from its own listing."""
     rt = _rt(request)
     name = request.path_params["name"]
     route_or_404(rt, name)
-    cohorts = rt.snapshot.config.by_name[name].cohorts
-    return JSONResponse({"route": name, "cohorts": [cohort_view(rt, name, c) for c in cohorts]})
+    limit, _ = page_args(request)
+    pages = _pages(request)
+
+    async def build() -> dict[str, Any]:
+        views = []
+        for c in rt.snapshot.config.by_name[name].cohorts:
+            view = cohort_view(c)
+            if c.matcher == "users":
+                view |= await pages.page(rt, name, c, limit, None)
+            views.append(view)
+        return {"route": name, "cohorts": views}
+
+    return await pages.answer(build)
 
 
 async def cohort_members(request: Request) -> Response:
+    """One `users` cohort's members, a page at a time: `?limit=` (default 1,000) and `?cursor=` (the
+    last page's `next_cursor`)."""
     rt = _rt(request)
     route, name = request.path_params["name"], request.path_params["cohort"]
-    return JSONResponse({"route": route, **cohort_view(rt, route, users_cohort(rt, route, name))})
+    cohort = users_cohort(rt, route, name)
+    limit, start = page_args(request)
+    pages = _pages(request)
+
+    async def build() -> dict[str, Any]:
+        return {"route": route, **cohort_view(cohort), **await pages.page(rt, route, cohort, limit, start)}
+
+    return await pages.answer(build)
 
 
 def _member_ids(data: dict[str, Any], key: str) -> list[str]:
@@ -702,7 +828,8 @@ def bucket_view(snap: Any, user_id: bytes) -> dict[str, Any]:
     """Per route, the user's bucket and sub-bucket (which splits a bucket for a fractional percent)
     and the proxy's decision for a request with this id (`backend` is the role, `upstream` the backend
     that serves it; `reason` says what decided). Only the id is known here: `users` cohorts (routes.yaml's
-    and runtime members) show, header, cookie and jwt_claim cohorts cannot match."""
+    and runtime members) show; header, cookie and jwt_claim cohorts cannot match (nor can a `trusted` one:
+    there is no peer)."""
     routes = []
     for r in snap.config.routes:
         d = decide(snap, r, Facts(None, user_id))

@@ -768,7 +768,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     if args.action == "list":
         if args.users:
             usage("list takes ROUTE [COHORT], no user ids")
-        return _cohort_list(args, _admin(args, "GET", path)["cohorts"])
+        return _cohort_list(args, _all_members(args, path, _admin(args, "GET", path)["cohorts"]))
     if not args.cohort or not args.users:
         usage(f"{args.action} needs ROUTE COHORT USER...")
     body = {args.action: args.users}
@@ -779,6 +779,22 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         f"({r['file_members']} in routes.yaml, {r['runtime_members']} added at runtime)"
     )
     return 0
+
+
+def _all_members(args: argparse.Namespace, path: str, cohorts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The listing's `users` cohorts come with their first page of members: read the rest, page by page
+    (`next_cursor`), so the list shows every member, as it did before the API was paged."""
+    from urllib.parse import quote, urlencode
+
+    for c in cohorts:
+        cursor = c.pop("next_cursor", None)
+        while cursor is not None and (not args.cohort or c["name"] == args.cohort):
+            query = urlencode({"cursor": cursor, "limit": 10_000})
+            page = _admin(args, "GET", f"{path}/{quote(c['name'], safe='')}?{query}")
+            c["file_members"] += page["file_members"]
+            c["runtime_members"] += page["runtime_members"]
+            cursor = page["next_cursor"]
+    return cohorts
 
 
 def _cohort_list(args: argparse.Namespace, cohorts: list[dict[str, Any]]) -> int:

@@ -153,7 +153,9 @@ class Cohort:
     """`routes[].cohorts[]`: users sent to the route's `to` side before the percent is looked at.
     `header`/`cookie`/`jwt_claim` compare `key`'s value by `op` with `values` (`equals`/`prefix`/
     `suffix`: one value; `in`: several); `users` matches the user id against `users` (routes.yaml's
-    own) and the members added at runtime (Snapshot.members)."""
+    own) and the members added at runtime (Snapshot.members). `trusted`: a header, cookie or jwt_claim
+    cohort matches only a request whose peer is in `trusted_proxies` (any client can set a header, a
+    cookie or an unsigned JWT; a proxy in front that strips and sets them can be trusted)."""
 
     name: str
     to: str  # a role: legacy | new
@@ -163,6 +165,7 @@ class Cohort:
     values: tuple[str, ...] = ()
     users: frozenset[bytes] = frozenset()
     token_header: str = "authorization"  # jwt_claim: the header with the Bearer token (user_id's jwt_sub, if any)
+    trusted: bool = False  # matches only requests from a trusted_proxies peer
     # precomputed for decide(), so a request pays a dict lookup and one comparison per cohort
     reason: str = field(init=False, repr=False, compare=False)  # "cohort:NAME"
     raw_key: bytes = field(init=False, repr=False, compare=False)  # the header (lower-case) or cookie name
@@ -195,6 +198,11 @@ class Route:
     rollout: RolloutSpec | None = None
     backends: Mapping[str, str] = field(default_factory=lambda: DEFAULT_BACKENDS)  # role -> backend name
     cohorts: tuple[Cohort, ...] = ()  # tried in order before the percent
+    # whether a cohort is `trusted: true`: only then does the proxy look up whether the peer is trusted
+    trusted_cohorts: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trusted_cohorts", any(c.trusted for c in self.cohorts))
 
 
 @dataclass(frozen=True)
@@ -406,6 +414,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "in": {"type": "array", "minItems": 1, "items": {"type": ["string", "integer"]}},
         "prefix": {"type": "string", "minLength": 1},
         "suffix": {"type": "string", "minLength": 1},
+        "trusted": {"type": "boolean"},
     },
     "guard": {
         "max_error_rate": _RATE,
@@ -544,6 +553,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
     redis_url, redis_prefix, redis_ha = _redis(doc, data.get("redis"))
 
     trusted = _trusted(doc, data.get("trusted_proxies", []))
+    _trust_needs_proxies(doc, routes, trusted)
 
     max_body = data.get("max_body_bytes", DEFAULT_MAX_BODY)
     if not _is_int(max_body) or max_body <= 0:
@@ -611,6 +621,17 @@ def _backends(doc: _Doc, data: dict[str, Any]) -> dict[str, Backend]:
             if origin:
                 backends[bname] = Backend(bname, origin, float(ct), float(rt), int(mc), check)
     return backends
+
+
+def _trust_needs_proxies(doc: _Doc, routes: list[Route], trusted: list[Any]) -> None:
+    """A `trusted: true` cohort with no trusted_proxies could never match: say so, not route nobody."""
+    if trusted:
+        return
+    for i, r in enumerate(routes):
+        for j, c in enumerate(r.cohorts):
+            if c.trusted:
+                doc.error(f"routes[{i}].cohorts[{j}].trusted", "needs trusted_proxies: the peers whose requests it may "
+                          "match (e.g. trusted_proxies: [10.0.0.0/8]); none are set")
 
 
 def _trusted(doc: _Doc, raw_trusted: Any) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -890,10 +911,26 @@ def _cohorts(doc: _Doc, raw: Any, path: str, token_header: str) -> tuple[Cohort,
             what = "required" if "to" not in c else f"got {_show(to)}"
             doc.error(f"{cpath}.to", f"must be new or legacy (the route's side this cohort goes to), {what}")
         cohort = _cohort_match(doc, c, cpath)
+        trusted = _cohort_trusted(doc, c, cpath, cohort[0] if cohort is not None else None)
         if name and to in ROLES and cohort is not None:
             matcher, key, op, values, users = cohort
-            out.append(Cohort(name, to, matcher, key, op, values, users, token_header))
+            out.append(Cohort(name, to, matcher, key, op, values, users, token_header, trusted))
     return tuple(out)
+
+
+def _cohort_trusted(doc: _Doc, c: dict[str, Any], path: str, matcher: str | None) -> bool:
+    """`trusted: true`: what the request says is believed only from a trusted_proxies peer. A users
+    cohort matches the user id, which is not the cohort's to trust (it is the user_id sources')."""
+    if "trusted" not in c:
+        return False
+    v = c["trusted"]
+    if not isinstance(v, bool):
+        doc.error(f"{path}.trusted", f"must be true or false, got {_show(v)}")
+        return False
+    if v and matcher == "users":
+        doc.error(f"{path}.trusted", "is for header, cookie and jwt_claim cohorts; a users cohort matches the user id")
+        return False
+    return v
 
 
 def _cohort_match(

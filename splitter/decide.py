@@ -18,6 +18,11 @@ cohort goes on to the rules below it as if there were none. Each cohort costs on
 dict lookup and a set or prefix test, names and values precomputed at load as bytes); cookies are
 parsed only for a cookie cohort, and a JWT is decoded (unverified, like jwt_sub) once, only when a
 jwt_claim cohort is reached. A cohort's decision has no bucket: none was needed.
+Any client can set a header, a cookie or an unsigned JWT, so by default anyone can put themselves
+in such a cohort; a `trusted: true` cohort matches only when `Facts.trusted` says the peer is in
+`trusted_proxies` (a proxy in front that strips and sets those headers). The caller looks the peer
+up only for a route that has a trusted cohort; `/admin/bucket` and `splitter bucket` know no peer
+(and no headers), so they never claim a header, cookie or jwt_claim cohort matched.
 
 The decision is a role (`legacy`/`new`: what windows, guard, rollout, shadow and metrics compare)
 and the backend that role names on this route, resolved once at config load (Route.backends).
@@ -42,11 +47,13 @@ _NOBODY: frozenset[bytes] = frozenset()
 
 class Facts(NamedTuple):
     """What the request says: the role an authorized force header names, the user id (None:
-    anonymous), and its headers by lower-case name (what header, cookie and jwt_claim cohorts read)."""
+    anonymous), its headers by lower-case name (what header, cookie and jwt_claim cohorts read), and
+    whether its peer is in trusted_proxies (what `trusted: true` cohorts need; False when not looked up)."""
 
     forced: str | None
     user_id: bytes | None
     headers: Mapping[bytes, bytes] = _NO_HEADERS
+    trusted: bool = False
 
 
 class Decision(NamedTuple):
@@ -67,7 +74,7 @@ def decide(snap: Snapshot, route: Route | None, facts: Facts) -> Decision | None
         return Decision("legacy", backends["legacy"], None, "kill")
     uid = facts.user_id
     if route is not None and route.cohorts:
-        cohort = matching_cohort(snap, route, uid, facts.headers)
+        cohort = matching_cohort(snap, route, uid, facts.headers, facts.trusted)
         if cohort is not None:
             return Decision(cohort.to, backends[cohort.to], None, cohort.reason)
     if uid is None and cfg.anonymous == "cookie":
@@ -82,10 +89,14 @@ def decide(snap: Snapshot, route: Route | None, facts: Facts) -> Decision | None
     return Decision(role, backends[role], bucket, "percent" if snap.sources[route.name] == "file" else "override")
 
 
-def matching_cohort(snap: Snapshot, route: Route, uid: bytes | None, headers: Mapping[bytes, bytes]) -> Cohort | None:
+def matching_cohort(
+    snap: Snapshot, route: Route, uid: bytes | None, headers: Mapping[bytes, bytes], trusted: bool = False
+) -> Cohort | None:
     """The route's first cohort that matches the request, or None."""
     claims: Any = False  # not decoded yet
     for c in route.cohorts:
+        if c.trusted and not trusted:
+            continue
         matcher = c.matcher
         if matcher == "header":
             value = headers.get(c.raw_key)

@@ -43,7 +43,7 @@ class Metrics:
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
         self._cohort_children: dict[tuple[str, str, str], Any] = {}
         self._cohort_tally: dict[tuple[str, str], int] = {}  # (route, cohort) -> requests since take_cohort_tally()
-        for result in ("success", "failure"):
+        for result in ("success", "failure", "revoked"):  # revoked: a deleted or emptied tokens file
             self.reloads.labels(result)
         for reason in NOTIFY_DROPPED:
             self.notify_dropped.labels(reason)
@@ -85,7 +85,7 @@ class Metrics:
         self.route_percent = Gauge("splitter_route_percent", about, ["route"], registry=reg, multiprocess_mode=last)
         about = "1 when the kill switch sends everything to legacy."
         self.kill_switch = Gauge("splitter_kill_switch", about, registry=reg, multiprocess_mode=last)
-        about = "routes.yaml reloads by result."
+        about = "routes.yaml and tokens file reloads by result (revoked: a deleted or emptied tokens file)."
         self.reloads = Counter("splitter_config_reloads_total", about, ["result"], registry=reg)
         about = "1 when connected to Redis."
         self.redis_up = Gauge("splitter_redis_up", about, registry=reg, multiprocess_mode=last) if with_redis else None

@@ -449,7 +449,9 @@ class Proxy:
         route = call.route = cfg.match(call.path)
         route_name = call.route_name = route.name if route is not None else "unmatched"
         forced = self._forced(hd, cfg) if b"x-splitter-backend" in hd else None
-        facts = Facts(forced, bucketing.user_id(cfg.user_id, hd, cfg.anonymous == "cookie"), hd)
+        # the peer is looked up (a cached lookup) only for a route with a `trusted: true` cohort
+        trusted = route is not None and route.trusted_cohorts and _peer_trusted(call.client, cfg.trusted_proxies)
+        facts = Facts(forced, bucketing.user_id(cfg.user_id, hd, cfg.anonymous == "cookie"), hd, trusted)
         decision = decide(snap, route, facts)
         if decision is None:  # anonymous under `anonymous: cookie`: a new id, kept in a cookie
             uid = os.urandom(16).hex().encode()

@@ -333,14 +333,19 @@ class Runtime:
         if not self.settings.tokens_file:
             return True
         self._tokens_sig = _file_signature(self.settings.tokens_file)
+        names = sorted(i.name for i in self.tokens.by_hash.values())
         try:
-            self.tokens.reload()
+            how = self.tokens.reload()
         except TokensError as exc:
             self.metrics.reloads.labels("failure").inc()
             self.reload_failures += 1
             self.last_reload_error = [str(exc)]
             log.error("tokens reload rejected; keeping the tokens in force", error=str(exc))
             return False
+        if how != "loaded":  # fail closed: a deleted or emptied file takes its tokens away
+            self.metrics.reloads.labels("revoked").inc()
+            log.warning(f"tokens file {how}: its tokens are revoked", file=self.settings.tokens_file, revoked=names)
+            return True
         self.metrics.reloads.labels("success").inc()
         log.info("tokens reloaded", file=self.settings.tokens_file, tokens=len(self.tokens.by_hash))
         return True

@@ -11,7 +11,12 @@ are the models: a name, a role, and a secret the server only holds a hash of):
 stays as one operator named `admin`. The identity of a change is the name of the token
 that made it, never what a client says. A file that does not parse, names a role that
 does not exist or repeats a name is refused as a whole (one line naming the file and the
-problem); on a reload the old tokens stay.
+problem); on a reload the old tokens stay: a half-written file must not lock operators out.
+A file that is deleted or emptied (zero length, only comments, `tokens: []`) while running
+revokes the file's tokens instead (fail closed): removing a leaked token's file is how an
+operator takes it away, and must not leave it working. Replace the file atomically (write a
+temporary file, `mv` it over the old one), so a reload never sees it half-written or empty.
+At start a missing file is refused (a wrong path is a mistake, not a revocation).
 """
 
 from __future__ import annotations
@@ -32,6 +37,10 @@ HEX_RE = re.compile(r"[0-9a-f]{64}")
 
 class TokensError(Exception):
     """A tokens file that cannot be used; the message is one line naming the file."""
+
+
+class TokensGone(TokensError):
+    """The tokens file does not exist: refused at start, a revocation on a reload."""
 
 
 @dataclass(frozen=True)
@@ -61,12 +70,21 @@ class Tokens:
 
     @property
     def configured(self) -> bool:
-        return self.admin_token is not None or bool(self.by_hash)
+        """Whether tokens are how changes are made here: a token that proves nothing is then a 401 (also
+        the tokens of an emptied or deleted file), not the 403 that says how to configure one."""
+        return self.admin_token is not None or bool(self.path)
 
-    def reload(self) -> None:
-        """Read the file again; on any problem raise TokensError and keep the tokens in force."""
-        if self.path:
+    def reload(self) -> str:
+        """Read the file again: `loaded`, or `deleted` / `emptied` (the file's tokens are revoked).
+        A file that cannot be used raises TokensError and the tokens in force stay."""
+        if not self.path:
+            return "loaded"
+        try:
             self.by_hash = load(self.path, taken={"admin"} if self.admin_token else set())
+        except TokensGone:
+            self.by_hash = {}
+            return "deleted"
+        return "loaded" if self.by_hash else "emptied"
 
     def identify(self, given: str) -> Identity | None:
         """The identity a bearer token proves, or None. Every stored hash is compared (in
@@ -84,6 +102,8 @@ class Tokens:
 def load(path: str, taken: set[str] | frozenset[str] = frozenset()) -> dict[str, Identity]:
     try:
         text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise TokensGone(f"{path}: cannot read the tokens file: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TokensError(f"{path}: cannot read the tokens file: {exc}") from None
     try:
@@ -92,6 +112,8 @@ def load(path: str, taken: set[str] | frozenset[str] = frozenset()) -> dict[str,
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else path
         raise TokensError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if data is None or data == {"tokens": None}:
+        return {}  # an empty file (or only comments), or `tokens:` with nothing after it: no tokens
     if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
         raise TokensError(f"{path}: must be a mapping with a list 'tokens: [{{name, role, sha256}}, ...]'")
     out: dict[str, Identity] = {}

@@ -260,6 +260,22 @@ def test_an_anonymous_request_matches_header_cohorts_but_never_users_cohorts():
     assert decide(snap, route, Facts(None, None)) is None
 
 
+def test_a_trusted_cohort_matches_only_when_the_peer_is_trusted_and_the_next_cohort_is_tried_otherwise():
+    text = COHORTS.replace('{name: staff, header: X-Staff, equals: "1", to: new}',
+                           '{name: staff, header: X-Staff, equals: "1", to: new, trusted: true}')
+    assert text != COHORTS
+    snap = make_snapshot(parse(text + "trusted_proxies: [10.0.0.0/8]\n"), State())
+    route = snap.config.by_name["upload"]
+    assert route.trusted_cohorts, "the proxy looks the peer up only for a route with a trusted cohort"
+    staff = {b"x-staff": b"1", b"cookie": b"plan=enterprise"}
+    assert decide(snap, route, Facts(None, b"zed", staff, True)) == Decision("new", "upload_service", None, "cohort:staff")
+    assert decide(snap, route, Facts(None, b"zed", staff)) == Decision("legacy", "legacy", None, "cohort:enterprise"), (
+        "an untrusted peer skips the cohort: the next one is tried"
+    )
+    assert cohort_of(snap, b"zed", x_staff=b"1") == "percent new upload_service"
+    assert not make_snapshot(parse(COHORTS), State()).config.by_name["upload"].trusted_cohorts
+
+
 def test_a_cohort_request_is_counted_apart_and_never_enters_the_window(tmp_path, monkeypatch):
     log = Captured()
     monkeypatch.setattr(proxy_mod, "ACCESS", log)

@@ -4,6 +4,7 @@ Real processes on 127.0.0.1: the proxy, stand-in backends, redis-server, a webho
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -191,6 +192,58 @@ def test_a_bad_tokens_file_is_refused_at_start_and_on_reload(standin, splitter, 
         timeout=5,
     )
     assert httpx.put(s.admin + "/admin/routes/auth", json={"percent": 7}, headers=bearer(ALICE)).status_code == 401
+
+
+def test_a_deleted_or_emptied_tokens_file_revokes_its_tokens_and_a_half_written_one_keeps_them(
+    standin, splitter, tmp_path
+):
+    """Fail closed (issue 32, item 6): deleting or emptying the file takes its tokens away within the reload
+    interval (0.5 s), logged and counted; an unparsable file keeps them; the file back, they work again."""
+    path = tokens_file(tmp_path)
+    good = path.read_text()
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKENS_FILE": str(path)})
+
+    def whoami(token: str) -> int:
+        return httpx.get(s.admin + "/admin/whoami", headers=bearer(token)).status_code
+
+    def change(token: str) -> int:
+        return httpx.put(s.admin + "/admin/routes/auth", json={"percent": 5}, headers=bearer(token)).status_code
+
+    def replace(text: str) -> None:
+        """As README says: a temporary file moved over the old one (write_text truncates first, and a
+        reload in between would see an emptied file)."""
+        (tmp_path / "tokens.tmp").write_text(text)
+        os.replace(tmp_path / "tokens.tmp", path)
+
+    assert whoami(ALICE) == 200 and whoami(VICTOR) == 200
+    replace("tokens: [{name: alice, role: operator, sha2")  # what a reader of a half-written file sees
+    eventually(lambda: s.metric("splitter_config_reloads_total", result="failure") == 1, timeout=5)
+    assert whoami(ALICE) == 200 and change(ALICE) == 200, "an unparsable file keeps the tokens in force"
+
+    revoked = 0
+    for what, empty_it, how in (
+        ("rm", path.unlink, "deleted"),
+        ("tokens: []", lambda: replace("tokens: []\n"), "emptied"),
+        ("zero length", lambda: path.write_text(""), "emptied"),
+    ):
+        replace(good)
+        eventually(lambda: whoami(ALICE) == 200, timeout=5)
+        t0 = time.monotonic()
+        empty_it()
+        eventually(lambda: whoami(ALICE) == 401, timeout=5, interval=0.02)
+        elapsed = time.monotonic() - t0
+        print(f"{what}: 401 after {elapsed:.3f} s")
+        assert elapsed < 3, "within the reload interval (0.5 s), with room for a loaded machine"
+        revoked += 1
+        assert whoami(VICTOR) == 401 and change(ALICE) == 401, "fail closed: 401, not the 403 that says how to set one"
+        assert s.metric("splitter_config_reloads_total", result="revoked") == revoked
+        line = s.wait_log(lambda e, h=how, n=revoked: e.get("event") == f"tokens file {h}: its tokens are revoked"
+                          and sum(x.get("event", "").startswith("tokens file") for x in s.logs()) == n)
+        assert line["revoked"] == ["alice", "victor"] and line["level"] == "warning", line
+    replace(good)
+    eventually(lambda: whoami(ALICE) == 200, timeout=5)
+    assert change(ALICE) == 200 and whoami(VICTOR) == 200, "the file back: its tokens work again"
+    assert s.metric("splitter_config_reloads_total", result="failure") == 1
 
 
 def test_guard_rollout_and_routes_yaml_changes_are_in_the_history(standin, splitter, tmp_path):

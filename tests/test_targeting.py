@@ -2,6 +2,7 @@
 routes.yaml through decide() to what a real proxy forwards, counts and logs."""
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -103,6 +104,15 @@ COHORT_ERRORS = [
     ("      - {name: a, users: [x], equals: x, to: new}", "routes[1].cohorts[0].equals: a users cohort matches"),
     ("      - {name: Staff!, users: [x], to: new}", "routes[1].cohorts[0].name: must match [a-z0-9_]+"),
     ("      - {name: a, users: [x], to: new, colour: red}", "routes[1].cohorts[0].colour: unknown key"),
+    (
+        "      - {name: a, users: [x], to: new, trusted: true}",
+        "routes[1].cohorts[0].trusted: is for header, cookie and jwt_claim cohorts; a users cohort matches the user id",
+    ),
+    ("      - {name: a, header: X-A, equals: '1', to: new, trusted: 1}", "routes[1].cohorts[0].trusted: must be true or"),
+    (
+        "      - {name: a, header: X-A, equals: '1', to: new, trusted: true}",
+        "routes[1].cohorts[0].trusted: needs trusted_proxies",
+    ),
     (
         "      - {name: a, users: [x], to: new}\n      - {name: a, users: [y], to: legacy}",
         "routes[1].cohorts[1].name: duplicate cohort name 'a' in this route (also routes[1].cohorts[0])",
@@ -384,3 +394,52 @@ def test_the_console_counts_cohort_requests_over_the_fleet_with_redis(standin, s
         assert eventually(lambda s=s: staff_seen(s), timeout=10) == 40
         window = overview_route(s)["window"]
         assert (window["scope"], window["new"]["requests"], window["legacy"]["requests"]) == ("fleet", 0, 0)
+
+
+# --- trusted cohorts (issue 32, item 9) ----------------------------------------------------------------
+
+TRUSTED = """  - name: auth
+    prefix: /api/auth
+    percent: 0
+    cohorts:
+      - {name: staff, header: X-Staff, equals: "1", to: new, trusted: true}
+      - {name: corp, jwt_claim: email, suffix: "@example.com", to: new, trusted: true}
+      - {name: gold, cookie: plan, equals: gold, to: new, trusted: true}
+      - {name: beta, header: X-Beta, equals: "1", to: new}"""
+
+
+def unsigned_jwt(**claims: str) -> str:
+    def part(d: dict[str, str]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none'})}.{part(claims)}."
+
+
+def test_a_trusted_cohort_matches_only_requests_from_trusted_proxies(standin, splitter):
+    """An anonymous client that sets X-Staff: 1 (or a cookie, or an unsigned JWT's claim) reaches new only
+    through a trusted proxy: 127.0.0.1 is trusted, 127.0.0.2 (also this host's loopback) is not."""
+    text = routes_yaml(standin("legacy"), standin("new"), routes=TRUSTED, extra="trusted_proxies: [127.0.0.1/32]")
+    s = splitter(text)
+    asks = [
+        {"X-Staff": "1"},
+        {"Authorization": "Bearer " + unsigned_jwt(sub="zed", email="mallory@example.com")},
+        {"Cookie": "plan=gold"},
+    ]
+    untrusted = httpx.Client(base_url=s.url, timeout=10, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    trusted = httpx.Client(base_url=s.url, timeout=10, transport=httpx.HTTPTransport(local_address="127.0.0.1"))
+    with untrusted, trusted:
+        for headers in asks:
+            assert served_by(untrusted, "/api/auth/me", **headers) == ("legacy", "old_auth"), headers
+            assert served_by(trusted, "/api/auth/me", **headers) == ("new", "new_auth"), headers
+        assert served_by(untrusted, "/api/auth/me", **{"X-Beta": "1"}) == ("new", "new_auth"), "not trusted: anyone"
+        r = untrusted.get("/api/auth/me", headers={"X-Staff": "1"})
+        assert r.json()["headers"].count(["x-forwarded-for", "127.0.0.2"]) == 1, "the peer was 127.0.0.2"
+    def reasons() -> list[tuple[str, str]]:
+        return [(e["client"], e["reason"]) for e in s.logs() if e.get("path") == "/api/auth/me" and "reason" in e]
+
+    eventually(lambda: len(reasons()) == 8, timeout=5)  # logs are written in batches
+    assert reasons()[:2] == [("127.0.0.2", "anonymous"), ("127.0.0.1", "cohort:staff")], reasons
+    view = httpx.get(s.admin + "/admin/bucket", params={"user_id": "zed"}).json()
+    assert [(r["route"], r["reason"]) for r in view["routes"]] == [("auth", "percent")], "no peer: no trusted cohort"
+    listed = httpx.get(s.admin + "/admin/routes/auth/cohorts").json()["cohorts"]
+    assert [c["trusted"] for c in listed] == [True, True, True, False]
