@@ -184,7 +184,9 @@ async def authorize(request: Request) -> Actor:
         raise _Refused(403, f"token {identity.name!r} has the role {identity.role}: changes need an operator token")
     source = request.headers.get("x-splitter-source", "")
     try:
-        data = json.loads(await request.body() or b"{}")
+        data = _loads(await request.body() or b"{}")
+    except UnicodeEncodeError:
+        raise _Refused(400, _NOT_TEXT) from None
     except ValueError:
         data = {}  # the endpoint says what is wrong with its body
     reason = data.get("reason", "") if isinstance(data, dict) else ""
@@ -198,9 +200,23 @@ async def record(request: Request, who: Actor, action: str, route: str | None, o
     await _rt(request).history.record(who.name, who.source, action, route, old, new, who.reason, who.on_behalf)
 
 
+_NOT_TEXT = "body must be JSON text (no lone surrogates such as \\ud800)"
+
+
+def _loads(raw: bytes) -> Any:
+    """A request body's JSON, which must be text: a lone UTF-16 surrogate (JSON's "\\ud800") would be
+    stored, then fail every read that writes it out (a 500 for `GET /admin/history`); ValueError."""
+    data = json.loads(raw)
+    if b"\\u" in raw:
+        json.dumps(data, ensure_ascii=False).encode()  # UnicodeEncodeError is a ValueError
+    return data
+
+
 async def body(request: Request) -> dict[str, Any]:
     try:
-        data = json.loads(await request.body() or b"{}")
+        data = _loads(await request.body() or b"{}")
+    except UnicodeEncodeError:
+        raise _Refused(400, _NOT_TEXT) from None
     except ValueError:
         raise _Refused(400, "body must be JSON") from None
     if not isinstance(data, dict):

@@ -73,6 +73,24 @@ def test_admin_errors_are_clear(stack):
     assert httpx.post(stack.admin + "/admin/rollback", json={"x": 1}, headers=AUTH).status_code == 400
 
 
+def test_a_lone_surrogate_in_a_body_is_refused_and_every_read_still_answers(stack):
+    """JSON can spell a lone UTF-16 surrogate ("\\ud800"), which is not text: stored as a reason or an id it
+    would make every later read that writes it out fail (500). It is refused with the change."""
+    for path, body in [
+        ("/admin/routes/auth", b'{"percent": 5, "reason": "x\\ud800"}'),
+        ("/admin/routes/auth/cohorts/beta", b'{"add": ["\\udfff"]}'),
+        ("/admin/kill", b'{"reason": "\\ud83d"}'),
+    ]:
+        r = httpx.put(stack.admin + path, content=body, headers={**AUTH, "Content-Type": "application/json"})
+        assert r.status_code in (400, 404) and "surrogate" in r.json()["error"] or r.status_code == 404, r.text
+    ok = httpx.put(stack.admin + "/admin/routes/auth", content=b'{"percent": 5, "reason": "caf\\u00e9 \\ud83d\\ude00"}',
+                   headers={**AUTH, "Content-Type": "application/json"})
+    assert ok.status_code == 200  # a surrogate pair is a character (an emoji): fine
+    history = httpx.get(stack.admin + "/admin/history")
+    assert history.status_code == 200 and history.json()[0]["reason"] == "caf\u00e9 \U0001f600"
+    assert httpx.get(stack.admin + "/admin/kill").json() == {"on": False}
+
+
 def test_bucket_lookup(stack):
     r = httpx.get(stack.admin + "/admin/bucket", params={"user_id": "alice"}).json()
     b = bucket("alice")
