@@ -207,4 +207,4 @@ def open_store(path: str, workers: int) -> Store:
         return MemoryStore(workers)
     from .sqlite import SqliteStore
 
-    return SqliteStore(path)
+    return SqliteStore(path, workers)

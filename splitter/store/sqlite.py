@@ -76,8 +76,9 @@ def check(path: str) -> str | None:
             if found != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {found}")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN IMMEDIATE")
-            db.executescript("ROLLBACK;" + SCHEMA)
+            db.execute("BEGIN IMMEDIATE")  # the write lock: another host's process holding it is "locked"
+            db.execute("ROLLBACK")
+            db.executescript(SCHEMA)
         finally:
             db.close()
     except sqlite3.Error as exc:
@@ -97,10 +98,11 @@ def _why(path: str, error: str) -> str:
 
 
 class SqliteStore(Store):
-    shared = True
-
-    def __init__(self, path: str, poll_s: float = POLL_S) -> None:
+    def __init__(self, path: str, workers: int = 1, poll_s: float = POLL_S) -> None:
         super().__init__()
+        # the windows go through the file only when several workers add to them; one process
+        # judges its own counts in memory, exactly as before (scope "process")
+        self.shared = workers > 1
         self.path = path
         self.name = f"sqlite {path}"
         self._poll_s = poll_s
