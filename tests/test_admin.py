@@ -179,7 +179,8 @@ def test_an_endpoint_runs_alone_on_an_app_with_only_its_state():
     from splitter.runtime import Runtime, Settings
 
     async def drive() -> tuple[httpx.Response, httpx.Response, Runtime]:
-        rt = Runtime(Settings(admin_token=TOKEN), parse(routes_yaml("http://127.0.0.1:9", "http://127.0.0.1:9")))
+        text = routes_yaml("http://127.0.0.1:9", "http://127.0.0.1:9", extra='state: {path: ":memory:"}')
+        rt = Runtime(Settings(admin_token=TOKEN), parse(text))
         routes = [Route("/r/{name}", admin.writer(admin.set_route), methods=["PUT"]), Route("/h", admin.history)]
         app = Starlette(routes=routes, exception_handlers=admin._ERRORS)
         app.state.rt = rt

@@ -186,7 +186,6 @@ class SqliteStore(Store):
         version = db.execute("PRAGMA data_version").fetchone()[0]
         if version == self._seen_version:
             return None
-        self._seen_version = version
         db.execute("BEGIN")
         try:
             state = _read_state(db)
@@ -194,6 +193,7 @@ class SqliteStore(Store):
             changed = {k: _read_set(db, k) for k, v in versions.items() if known.get(k) != v}
         finally:
             db.execute("COMMIT")
+        self._seen_version = version  # only once read: a failed read is tried again at the next poll
         return state, versions, changed
 
     # --- overrides and the kill switch ---
