@@ -128,12 +128,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     settings = _redis_credentials(settings, cfg)
     settings = _identity_and_secrets(settings, cfg)
-    if not (settings.redis_url or cfg.redis_url or cfg.redis_ha.sentinels):
-        _check_state(settings, cfg)
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port) or (
         settings.port == settings.admin_port and settings.port != 0
     ):
         usage("--port and --admin-port must differ")
+    if not (settings.redis_url or cfg.redis_url or cfg.redis_ha.sentinels):
+        _check_state(settings, cfg)
     from . import server
 
     try:
