@@ -677,7 +677,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt:
         "--workers",
         type=int,
         default=1,
-        help="worker processes sharing both sockets (> 1 needs Redis for runtime changes)",
+        help="worker processes sharing both sockets (and the state file, or Redis)",
     )
     s.add_argument(
         "--redis-url",
