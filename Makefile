@@ -52,4 +52,4 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) splitter-demo.db* uploads .pytest_cache
+	rm -rf $(VENV) splitter-demo.db* splitter-state.db* uploads .pytest_cache

@@ -42,9 +42,10 @@ from .config import MAX_COHORT_MEMBERS, PERCENT_RULE, as_percent
 from .console import console_routes
 from .decide import Facts, decide
 from .metrics import CONTENT_TYPE
-from .overrides import Conflict, TooMany, Unavailable
 from .rollout import Refused as RolloutRefused
 from .runtime import CONSOLE_SPAN_S
+from .store import Conflict, TooMany, Unavailable
+from .store.transfer import export_state, import_state
 from .tokens import Identity
 
 if TYPE_CHECKING:
@@ -142,6 +143,8 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             Route("/admin/overview", overview),
             Route("/admin/history", history),
             Route("/admin/whoami", whoami),
+            Route("/admin/state", state_export),
+            Route("/admin/state", writer(state_import), methods=["PUT"]),
             Route("/admin/routes/{name}/cohorts", cohorts_view),
             Route("/admin/routes/{name}/cohorts/{cohort}", cohort_members, methods=["GET"]),
             Route("/admin/routes/{name}/cohorts/{cohort}", writer(change_cohort), methods=["PUT"]),
@@ -263,7 +266,8 @@ def writer(impl: Write) -> Callable[[Request], Awaitable[Response]]:
 
 # --- reads -------------------------------------------------------------------------------------
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    """Alive, and which store holds the runtime state (memory, sqlite PATH, redis URL, sentinel SERVICE)."""
+    return JSONResponse({"status": "ok", "store": _rt(request).overrides.name})
 
 
 async def readyz(request: Request) -> Response:
@@ -420,6 +424,25 @@ async def history(request: Request) -> Response:
     if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
         raise _Refused(400, f"limit must be an integer 1..10000, got {raw!r}")
     return JSONResponse(await _rt(request).history.recent(int(raw), request.query_params.get("route") or None))
+
+
+async def state_export(request: Request) -> Response:
+    """The runtime state as one document (`splitter state export`; store/transfer.py)."""
+    rt = _rt(request)
+    return JSONResponse(await export_state(rt.overrides, rt.snapshot.config.by_name))
+
+
+async def state_import(request: Request, who: Actor) -> Any:
+    """Write an export into this proxy's store (`splitter state import`): how much of each part was written."""
+    rt = _rt(request)
+    try:
+        written = await import_state(rt.overrides, await body(request), MAX_COHORT_MEMBERS)
+    except ValueError as exc:
+        raise _Refused(400, str(exc)) from None
+    except TooMany as exc:
+        raise _Refused(400, f"members: {exc}; nothing more was imported") from None
+    log.warning("state imported", who=who.name, store=rt.overrides.name, **written)
+    return {"store": rt.overrides.name, "imported": written}
 
 
 async def whoami(request: Request) -> Response:

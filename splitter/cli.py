@@ -128,22 +128,42 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     settings = _redis_credentials(settings, cfg)
     settings = _identity_and_secrets(settings, cfg)
-    judged = [r.name for r in cfg.routes if r.guard or r.rollout]
-    if settings.workers > 1 and judged and not (settings.redis_url or cfg.redis_url or cfg.redis_ha.sentinels):
-        fail(
-            f"--workers {settings.workers} with guard/rollout on {', '.join(judged)} needs Redis "
-            "(redis.url in routes.yaml or SPLITTER_REDIS_URL): each worker would judge only its own share of traffic"
-        )
     if (settings.host, settings.port) == (settings.admin_host, settings.admin_port) or (
         settings.port == settings.admin_port and settings.port != 0
     ):
         usage("--port and --admin-port must differ")
+    if not (settings.redis_url or cfg.redis_url or cfg.redis_ha.sentinels):
+        _check_state(settings, cfg)
     from . import server
 
     try:
         return server.serve(settings, args.log_level, cfg.environment)
     except server.BindError as exc:
         fail(str(exc))
+
+
+def _check_state(settings: Settings, cfg: config_mod.Config) -> None:
+    """Without Redis the state lives in the embedded file: open it now, before the workers fork, so a
+    corrupt, unwritable or locked file stops the start with one line (never a silent start from
+    routes.yaml alone)."""
+    from .store import state_path
+
+    path = state_path(settings.config_path, cfg.state_path)
+    if path == ":memory:":
+        judged = [r.name for r in cfg.routes if r.guard or r.rollout]
+        names = ", ".join(judged)
+        if settings.workers > 1 and judged:
+            fail(
+                f"--workers {settings.workers} with guard/rollout on {names} needs a shared store: "
+                'state.path is ":memory:", so each worker would judge only its own share of traffic; '
+                "remove it (the embedded file is the default) or set redis.url"
+            )
+        return
+    from .store.sqlite import check
+
+    problem = check(path)
+    if problem:
+        fail(problem)
 
 
 def _redis_credentials(settings: Settings, cfg: config_mod.Config) -> Settings:
@@ -300,13 +320,42 @@ def cmd_status(args: argparse.Namespace) -> int:
     routes = _admin(args, "GET", "/admin/routes")
     kill = _admin(args, "GET", "/admin/kill")
     rejected = _admin(args, "GET", "/admin/overview").get("reloads", {}).get("last_error") or []
+    store = _admin(args, "GET", "/healthz").get("store")
     if args.json:
-        print(json.dumps({"routes": routes, "kill": bool(kill.get("on")), "reload_error": rejected}, indent=2))
+        doc = {"routes": routes, "kill": bool(kill.get("on")), "reload_error": rejected, "store": store}
+        print(json.dumps(doc, indent=2))
         return 0
     _print_routes(routes, bool(kill.get("on")))
+    say(f"store: {store}")
     if rejected:
         say(f"routes.yaml REJECTED at the last reload; still serving the previous routes: {rejected[0]}")
     say(f"console: {_admin_base(args)}/ui")
+    return 0
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """Export prints what the proxy's store holds; import writes an export into it. Moving from the
+    embedded file to Redis: export, restart with redis.url, import (store/transfer.py)."""
+    if args.action == "export":
+        if args.file:
+            usage("export writes to stdout: splitter state export > state.json")
+        print(json.dumps(_admin(args, "GET", "/admin/state"), indent=2))
+        return 0
+    if not args.file:
+        usage("import needs the file an export wrote: splitter state import state.json")
+    try:
+        with open(0 if args.file == "-" else args.file, encoding="utf-8", closefd=args.file != "-") as f:
+            doc = json.loads(f.read())
+    except OSError as exc:
+        fail(f"cannot read {args.file}: {exc.strerror}")
+    except ValueError:
+        fail(f"{args.file} is not JSON: write it with `splitter state export > {args.file}`")
+    view = _admin(args, "PUT", "/admin/state", doc, write=True)
+    n = view["imported"]
+    say(
+        f"imported into {view['store']}: {n['overrides']} overrides and the kill switch, {n['rollouts']} rollout "
+        f"records, {n['members']} cohort members, {n['history']} history events"
+    )
     return 0
 
 
@@ -628,7 +677,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt:
         "--workers",
         type=int,
         default=1,
-        help="worker processes sharing both sockets (> 1 needs Redis for runtime changes)",
+        help="worker processes sharing both sockets (and the state file, or Redis)",
     )
     s.add_argument(
         "--redis-url",
@@ -726,6 +775,10 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     hi.add_argument("--limit", type=int, default=50, help="at most this many events")
     hi.add_argument("--json", action="store_true", help="JSON output")
     hi.set_defaults(func=cmd_history)
+    sa = admin_parser("state", "the runtime state as JSON: export it (stdout), or import FILE into the proxy's store")
+    sa.add_argument("action", choices=["export", "import"], help="what to do")
+    sa.add_argument("file", nargs="?", help="import: a file `splitter state export` wrote (- for stdin)")
+    sa.set_defaults(func=cmd_state)
     _cohort_parser(admin_parser("cohort", "members of a route's users cohorts at runtime: add, remove, list"))
     _rollout_parser(
         admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, wait (exit 0, 3 or 4)")

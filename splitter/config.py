@@ -234,6 +234,7 @@ class Config:
     websocket: WebSocketSpec = field(default_factory=WebSocketSpec)
     notify: tuple[NotifyTarget, ...] = ()
     admin_reads: str = "open"  # or "token": reads on /admin/* need a viewer token too
+    state_path: str | None = None  # `state.path` as written (None: the default file next to routes.yaml)
     by_name: Mapping[str, Route] = field(default_factory=dict)
     role_backends: Mapping[str, str] = field(default_factory=lambda: DEFAULT_BACKENDS)  # when no route matches
     # the prefixes by segment (routes.py), built once at load
@@ -364,6 +365,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "websocket": "websocket",
         "notify": {"type": "array", "items": {"$ref": "#/$defs/notify"}},
         "admin": "admin",
+        "state": "state",
     },
     "notify": {
         "url": {"type": "string", "pattern": "^https?://"},
@@ -372,6 +374,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "format": {"enum": list(NOTIFY_FORMATS)},
     },
     "admin": {"reads": {"enum": ["open", "token"]}},
+    "state": {"path": {"type": "string", "minLength": 1}},
     "websocket": {"max_message_bytes": {"type": "integer", "minimum": 1}, "idle_timeout_s": _POSITIVE},
     "backends": {name: "backend" for name in BACKENDS},
     "backend": {
@@ -563,6 +566,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
 
     notify = _notify(doc, data.get("notify") or [])
     admin_reads = _admin_reads(doc, data.get("admin"))
+    state_path = _state(doc, data.get("state"))
 
     if doc.errors:
         return None
@@ -582,6 +586,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
         websocket=websocket,
         notify=notify,
         admin_reads=admin_reads,
+        state_path=state_path,
         by_name={r.name: r for r in routes},
         _table=RouteTable([(r.prefix, r) for r in routes]),
     )
@@ -673,6 +678,19 @@ def _admin_reads(doc: _Doc, value: Any) -> str:
             if admin_reads not in ("open", "token"):
                 doc.error("admin.reads", f"must be open or token, got {_show(admin_reads)}")
     return admin_reads
+
+
+def _state(doc: _Doc, value: Any) -> str | None:
+    """The `state:` section: where the embedded store keeps its file (used when there is no `redis:`)."""
+    s = _mapping(doc, value, "state") if value is not None else None
+    if s is None:
+        return None
+    _unknown(doc, s, set(SECTIONS["state"]), "state")
+    path = s.get("path")
+    if path is not None and not (isinstance(path, str) and path):
+        doc.error("state.path", f'must be a file path (or ":memory:"), got {_show(path)}')
+        return None
+    return path
 
 
 def _redis(doc: _Doc, value: Any) -> tuple[str | None, str, RedisHA]:

@@ -19,7 +19,7 @@ import structlog
 
 from . import judge
 from .config import GuardSpec
-from .overrides import Conflict, Unavailable
+from .store import Conflict, Unavailable
 from .window import Totals
 
 if TYPE_CHECKING:

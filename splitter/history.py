@@ -4,8 +4,8 @@
      guard | rollout | file, "action": ..., "route": name | null, "old": ..., "new": ...,
      "reason": str, "on_behalf": what the client said (X-Splitter-Actor), only when it said it}
 
-Events go to the store (overrides.py: a Redis stream capped at ~10,000 shared by the fleet,
-else memory), to `splitter_changes_total{route,action,source}` (Grafana annotations) and to
+Events go to the store (store/: the newest ~10,000, in a Redis stream shared by the fleet or in
+the embedded SQLite file), to `splitter_changes_total{route,action,source}` (Grafana annotations) and to
 the notifier (notify.py), all by the one process that made the change, so a fleet sends one
 notification per change. Like Kubernetes' audit log and LaunchDarkly's: the actor is the
 credential, not a header.
@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from .metrics import Metrics
-from .overrides import MemoryOverrides, Unavailable
+from .store import Store, Unavailable
 
 log = structlog.get_logger("splitter.history")
 SOURCES = ("cli", "console", "api", "guard", "rollout", "file")
@@ -28,7 +28,7 @@ MAX_REASON = 500
 
 
 class History:
-    def __init__(self, store: MemoryOverrides, metrics: Metrics, notify: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, store: Store, metrics: Metrics, notify: Callable[[dict[str, Any]], None]) -> None:
         self.store = store
         self.metrics = metrics
         self.notify = notify
@@ -62,7 +62,7 @@ class History:
         try:
             await self.store.push_history(event)
         except Unavailable as exc:
-            log.error("change not written to the history: Redis unreachable", error=str(exc), **event)
+            log.error("change not written to the history: the store is unreachable", error=str(exc), **event)
         self.notify(event)
         return event
 

@@ -102,6 +102,8 @@ class AccessLog:
         self.enabled = True
         self._second = -1
         self._prefix = ""
+        self._pid = 0  # the worker that served the request (several share the listeners); read once a second
+
 
     def write(self, fields: dict[str, Any]) -> None:
         if not self.enabled:
@@ -111,6 +113,8 @@ class AccessLog:
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._pid = os.getpid()
+        fields["pid"] = self._pid
         fields["level"] = "info"
         fields["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
         _LOG_SINK.line(orjson.dumps(fields, default=str))  # bytes straight to the sink: no str round trip

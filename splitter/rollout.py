@@ -28,7 +28,7 @@ import structlog
 
 from . import judge
 from .config import Gates, Percent, RolloutSpec, Route
-from .overrides import Conflict, Unavailable
+from .store import Conflict, Unavailable
 from .window import Counts, Totals
 
 if TYPE_CHECKING:

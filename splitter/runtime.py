@@ -27,7 +27,8 @@ from .config import Backend, Config, ConfigError, Percent, Route
 from .history import History
 from .metrics import Metrics
 from .notify import Notifier
-from .overrides import Connect, MemoryOverrides, RedisOverrides, State, Unavailable, describe
+from .store import State, Store, Unavailable, open_store, state_path
+from .store.redis import Connect, RedisStore, describe
 from .tokens import Tokens, TokensError
 from .upstream import Pool
 from .window import Windows
@@ -113,9 +114,9 @@ class Runtime:
         how = redis_connect(settings, cfg)
         self.redis_url = settings.redis_url or cfg.redis_url or describe(None, how)
         self.metrics = Metrics(settings.multiprocess_dir, with_redis=self.redis_url is not None)
-        self.overrides: MemoryOverrides
+        self.overrides: Store  # the state store (store/): memory, the embedded SQLite file, or Redis
         if self.redis_url:
-            self.overrides = RedisOverrides(
+            self.overrides = RedisStore(
                 self.redis_url,
                 cfg.redis_prefix,
                 on_up=self._redis_up,
@@ -123,7 +124,7 @@ class Runtime:
                 ha=how,
             )
         else:
-            self.overrides = MemoryOverrides(settings.workers)
+            self.overrides = open_store(state_path(settings.config_path, cfg.state_path), settings.workers)
         self.snapshot = self._with_members(make_snapshot(cfg, self.overrides.state))
         self.overrides.subscribe(self._on_overrides)
         self.overrides.subscribe_members(self._on_members)
@@ -159,6 +160,7 @@ class Runtime:
             environment=cfg.environment,
             routes=len(cfg.routes),
             redis=self.redis_url is not None,
+            store=self.overrides.name,
             pid=os.getpid(),
         )
 
@@ -188,9 +190,10 @@ class Runtime:
 
     def _windows(self, cfg: Config, old: Windows | None) -> Windows:
         """Outcome windows for every route (the console's last minutes, and what a guard or a
-        rollout judges); fleet-wide with Redis. ~1.4 us a request, off any I/O."""
+        rollout judges); over every worker and replica with a shared store (the SQLite file or Redis).
+        ~1.4 us a request, off any I/O."""
         judged = {r.name: [*_spans(r), CONSOLE_SPAN_S] for r in cfg.routes}
-        store = self.overrides if isinstance(self.overrides, RedisOverrides) else None
+        store = self.overrides if self.overrides.shared else None
         return Windows(judged, store, cfg.redis_prefix, old)
 
     async def _flush_windows(self) -> None:
@@ -205,7 +208,8 @@ class Runtime:
             except Unavailable as exc:
                 if not failing:
                     log.warning(
-                        "outcome counts not shared: Redis unreachable; the guard and rollouts judge without them",
+                        "outcome counts not shared: the store is unreachable; the guard and rollouts judge this "
+                        "process's own counts only",
                         error=str(exc),
                     )
                 failing = True
@@ -282,6 +286,8 @@ class Runtime:
         new_redis = self.settings.redis_url or cfg.redis_url or describe(None, redis_connect(self.settings, cfg))
         if new_redis != self.redis_url or cfg.redis_prefix != old.redis_prefix or cfg.redis_ha != old.redis_ha:
             log.warning("config change needs a restart to apply", key="redis")
+        if cfg.state_path != old.state_path:
+            log.warning("config change needs a restart to apply", key="state")
         self.windows = self._windows(cfg, self.windows)
         self.snapshot = self._with_members(make_snapshot(cfg, self.overrides.state))
         for backend in [b for b in self.pools if b not in cfg.backends.values()]:

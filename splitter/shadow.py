@@ -20,7 +20,7 @@ import structlog
 from multidict import CIMultiDict
 
 from .config import Route
-from .overrides import Unavailable
+from .store import Unavailable
 from .upstream import Exchange, once
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Admin API and runtime overrides without Redis (one process, in memory)."""
+"""Admin API and runtime overrides without Redis (the embedded state file; memory with `state.path: :memory:`)."""
 
 import hashlib
 
@@ -109,19 +109,35 @@ def test_changes_are_logged_with_the_tokens_name_old_and_new(stack):
     assert change["route"] == "auth" and change["old"] == 50 and change["new"] == 30
 
 
-def test_memory_overrides_are_lost_on_restart(standin, splitter, stack):
+def test_overrides_are_kept_across_a_restart_in_the_state_file(standin, splitter, stack):
     httpx.put(stack.admin + "/admin/routes/auth", json={"percent": 100}, headers=AUTH)
     stack.proc.stop()
     again = splitter("", env={"SPLITTER_ADMIN_TOKEN": TOKEN}, config=stack.config)
     route = next(r for r in httpx.get(again.admin + "/admin/routes").json() if r["name"] == "auth")
-    assert route["percent"] == 50 and route["source"] == "file"
+    assert route["percent"] == 100 and route["source"] == "override"
 
 
-def test_workers_without_redis_refuse_runtime_writes_with_409(standin, splitter):
-    s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN}, args=["--workers", "2"])
+def test_memory_state_is_lost_on_restart_and_refuses_writes_with_several_workers(standin, splitter, tmp_path):
+    text = routes_yaml(standin("legacy"), standin("new"), extra='state: {path: ":memory:"}')
+    s = splitter(text, env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+    assert httpx.get(s.admin + "/healthz").json() == {"status": "ok", "store": "memory"}
+    httpx.put(s.admin + "/admin/routes/auth", json={"percent": 100}, headers=AUTH)
+    s.proc.stop()
+    again = splitter("", env={"SPLITTER_ADMIN_TOKEN": TOKEN}, config=s.config)
+    assert next(r for r in httpx.get(again.admin + "/admin/routes").json() if r["name"] == "auth")["percent"] == 50
+    again.proc.stop()
+    s = splitter("", env={"SPLITTER_ADMIN_TOKEN": TOKEN}, args=["--workers", "2"], config=s.config)
     r = httpx.put(s.admin + "/admin/routes/auth", json={"percent": 5}, headers=AUTH)
-    assert r.status_code == 409 and "Redis" in r.json()["error"]
+    assert r.status_code == 409 and ":memory:" in r.json()["error"]
     assert httpx.put(s.admin + "/admin/kill", headers=AUTH).status_code == 409
+    assert not (tmp_path / "splitter-state.db").exists()
+
+
+def test_workers_without_redis_share_the_state_file(standin, splitter):
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN}, args=["--workers", "2"])
+    for _ in range(4):  # whichever worker answers
+        assert httpx.put(s.admin + "/admin/routes/auth", json={"percent": 5}, headers=AUTH).status_code == 200
+        assert httpx.put(s.admin + "/admin/kill", headers=AUTH).status_code == 200
 
 
 def test_the_admin_listener_answers_ip_literals_and_localhost_and_refuses_a_rebound_name(stack):
@@ -181,7 +197,8 @@ def test_an_endpoint_runs_alone_on_an_app_with_only_its_state():
     from splitter.runtime import Runtime, Settings
 
     async def drive() -> tuple[httpx.Response, httpx.Response, Runtime]:
-        rt = Runtime(Settings(admin_token=TOKEN), parse(routes_yaml("http://127.0.0.1:9", "http://127.0.0.1:9")))
+        text = routes_yaml("http://127.0.0.1:9", "http://127.0.0.1:9", extra='state: {path: ":memory:"}')
+        rt = Runtime(Settings(admin_token=TOKEN), parse(text))
         routes = [Route("/r/{name}", admin.writer(admin.set_route), methods=["PUT"]), Route("/h", admin.history)]
         app = Starlette(routes=routes, exception_handlers=admin._ERRORS)
         app.state.rt = rt

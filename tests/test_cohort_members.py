@@ -201,11 +201,14 @@ def test_more_than_the_limit_is_400_and_nothing_is_applied(replicas, tmp_path):
     assert len(a.members()) == MAX_COHORT_MEMBERS - 1 and b"one_more" in a.members()
 
 
-def test_several_workers_without_redis_refuse_member_changes(replicas, tmp_path):
-    a = replicas(tmp_path, workers=2)  # what each worker of `--workers 2` would be: its own memory
+def test_replicas_on_one_host_without_redis_share_members_through_the_state_file(replicas, tmp_path):
+    a, b = replicas(tmp_path, workers=2), replicas(tmp_path, workers=2)  # two workers of one host: one file
     r = a.put(add=["carol"])
-    assert r.status_code == 409 and "Redis" in r.json()["error"]
-    assert a.members() == frozenset()
+    assert r.status_code == 200, r.text
+    assert a.members() == {b"carol"}, "the worker that took the change has it when it answers"
+    assert time_until(lambda: b.members() == {b"carol"}) < 1.0
+    assert b.put(remove=["carol"]).json()["runtime_members"] == 0
+    assert time_until(lambda: a.members() == frozenset()) < 1.0
 
 
 # --- Redis: a fleet -------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ from splitter.bucketing import bucket
 from splitter.call import Call
 from splitter.config import parse
 from splitter.decide import Decision, Facts, decide
-from splitter.overrides import State
 from splitter.proxy import Proxy
 from splitter.runtime import Runtime, Settings, make_snapshot
 from splitter.shadow import Shadow
+from splitter.store import State
 
 YAML = """
 environment: production

@@ -95,12 +95,12 @@ def test_shadow_mismatches_made_through_one_replica_are_listed_by_another(standi
     assert out.returncode == 0 and out.stdout.count("$.score: 10 != 11") == 5
 
 
-def test_workers_with_a_guard_and_no_redis_is_a_start_up_error(standin, tmp_path):
+def test_workers_with_a_guard_and_state_in_memory_is_a_start_up_error(standin, tmp_path):
     cfg = tmp_path / "routes.yaml"
-    cfg.write_text(yaml_for("http://127.0.0.1:1", "http://127.0.0.1:2", FLEET_GUARD))
+    cfg.write_text(yaml_for("http://127.0.0.1:1", "http://127.0.0.1:2", FLEET_GUARD) + 'state: {path: ":memory:"}\n')
     r = subprocess.run([PY, "-m", "splitter", "serve", "--config", str(cfg), "--workers", "2", "--port", "0", "--admin-port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
-    assert r.stderr.strip().count("\n") == 0 and "needs Redis" in r.stderr and "auth" in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "needs a shared store" in r.stderr and "auth" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
 

@@ -25,8 +25,8 @@ from test_history import receiver  # noqa: F401 - a fixture, used by name
 from splitter import bucketing, config
 from splitter.config import as_percent, parse, parse_percent
 from splitter.decide import Facts, decide
-from splitter.overrides import State
 from splitter.runtime import make_snapshot
+from splitter.store import State
 
 TOKEN = "fraction-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -62,3 +62,16 @@ def test_no_function_in_the_package_is_longer_than_80_lines():
                 if lines > 80:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     assert long == []
+
+
+def test_only_the_redis_store_imports_redis():
+    """The store is chosen once at start (store/__init__.py); nothing above it knows Redis is there."""
+    importers = []
+    for path in sorted(PKG.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            if any(n == "redis" or n.startswith("redis.") for n in names):
+                importers.append(str(path.relative_to(PKG)))
+    assert sorted(set(importers)) == ["store/redis.py"], importers

@@ -297,7 +297,7 @@ def test_tls_true_and_rediss_urls_make_tls_connections():
     from redis.asyncio.connection import SSLConnection
     from redis.asyncio.sentinel import SentinelManagedSSLConnection
 
-    from splitter.overrides import Connect, connect
+    from splitter.store.redis import Connect, connect
 
     assert connect("rediss://r:6380/0", Connect()).connection_pool.connection_class is SSLConnection
     assert connect("redis://r:6380/0", Connect(tls=True)).connection_pool.connection_class is SSLConnection

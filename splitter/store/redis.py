@@ -1,7 +1,7 @@
-"""Runtime percent overrides and the kill switch; the only module that imports redis.
+"""The Redis (and Sentinel) store, shared by a fleet; the only module that imports redis.
 
 The hot path never talks to Redis: it reads `store.state`, an immutable snapshot
-replaced whole on every change. With Redis the keys are the truth:
+replaced whole on every change. The keys are the truth:
 
     {prefix}:percent   hash  route -> percent: "10", or "1.5" (0.01 steps; whole ones are written as integers)
     {prefix}:source    hash  route -> override | guard | rollout
@@ -37,194 +37,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from .config import Percent, parse_percent
+from ..config import parse_percent
+from . import (
+    CLAIM_S,
+    KEEP_HISTORY,
+    KEEP_MISMATCHES,
+    MEMBER_SAMPLE,
+    CohortKey,
+    MemberChange,
+    State,
+    Store,
+    TooMany,
+    Unavailable,
+)
 
-log = structlog.get_logger("splitter.overrides")
-KEEP_MISMATCHES = 100
-KEEP_HISTORY = 10_000
-CLAIM_S = 300
-
-class Unavailable(Exception):
-    """A write cannot reach every replica right now (503)."""
-
-
-class Conflict(Exception):
-    """A write that would only reach one worker (409)."""
-
-
-class TooMany(Exception):
-    """A change of a cohort's runtime members that would leave more than the limit (400); nothing changed."""
-
-    def __init__(self, before: int, after: int, limit: int) -> None:
-        super().__init__(f"{after} runtime members, more than {limit}")
-        self.before, self.after, self.limit = before, after, limit
+log = structlog.get_logger("splitter.store")
 
 
-CohortKey = tuple[str, str]  # (route, cohort)
-Members = Mapping[CohortKey, frozenset[bytes]]
-MEMBER_SAMPLE = 20  # ids a change reports by name (history, notifications); the rest are counted
-
-
-class MemberChange(NamedTuple):
-    """What a change of runtime members did: counts before and after, how many ids were added and
-    removed, and the first MEMBER_SAMPLE of each by name."""
-
-    before: int
-    after: int
-    added: int
-    removed: int
-    added_ids: tuple[str, ...]
-    removed_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class State:
-    percents: Mapping[str, Percent] = field(default_factory=dict)
-    sources: Mapping[str, str] = field(default_factory=dict)
-    kill: bool = False
-
-
-Listener = Callable[[State], None]
-
-
-class MemoryOverrides:
-    """Overrides for one process; lost on restart. With several workers a write
-    would reach only the worker that took it, so writes are refused (409)."""
-
-    shared = False
-
-    def __init__(self, workers: int = 1) -> None:
-        self.state = State()
-        self.workers = workers
-        self.up = True
-        self.ever_connected = True
-        self._listeners: list[Listener] = []
-        self._rollouts: dict[str, dict[str, Any]] = {}
-        self._mismatches: dict[str, deque[dict[str, Any]]] = {}
-        self._history: deque[dict[str, Any]] = deque(maxlen=KEEP_HISTORY)
-        self.members: Members = {}  # runtime members of `users` cohorts; unchanged sets are reused
-        self._member_listeners: list[Callable[[Members], None]] = []
-
-    def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def _apply(self, state: State) -> None:
-        self.state = state
-        for listener in self._listeners:
-            listener(state)
-
-    def _check_writable(self) -> None:
-        if self.workers > 1:
-            raise Conflict(
-                f"runtime changes need Redis with --workers {self.workers}: each worker keeps its own overrides "
-                "in memory; set redis.url in routes.yaml or SPLITTER_REDIS_URL (editing routes.yaml works without it)"
-            )
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    async def _change(self, make: Callable[[State], State], event: dict[str, Any]) -> None:
-        """Every write: the new state is `make(current)`; the store decides where current lives."""
-        self._check_writable()
-        self._apply(make(self.state))
-
-    async def set_percent(self, route: str, percent: Percent, source: str = "override") -> None:
-        await self._change(
-            lambda s: State({**s.percents, route: percent}, {**s.sources, route: source}, s.kill),
-            {"type": "set", "route": route, "percent": percent},
-        )
-
-    async def set_many(self, percents: Mapping[str, Percent], source: str = "override") -> None:
-        await self._change(
-            lambda s: State({**s.percents, **percents}, {**s.sources, **dict.fromkeys(percents, source)}, s.kill),
-            {"type": "set_many"},
-        )
-
-    async def clear(self, route: str) -> None:
-        await self._change(
-            lambda s: State(
-                {k: v for k, v in s.percents.items() if k != route},
-                {k: v for k, v in s.sources.items() if k != route},
-                s.kill,
-            ),
-            {"type": "clear", "route": route},
-        )
-
-    async def set_kill(self, on: bool) -> None:
-        await self._change(lambda s: State(s.percents, s.sources, on), {"type": "kill", "on": on})
-
-    # --- runtime members of `users` cohorts ---
-    def subscribe_members(self, listener: Callable[[Members], None]) -> None:
-        self._member_listeners.append(listener)
-
-    def _apply_members(self, members: Members) -> None:
-        self.members = members
-        for listener in self._member_listeners:
-            listener(members)
-
-    async def change_members(
-        self, key: CohortKey, add: list[str], remove: list[str], limit: int
-    ) -> MemberChange:
-        """Add and remove runtime members of one cohort, all or nothing: TooMany when more than
-        `limit` would remain. `add` and `remove` hold distinct ids, none in both."""
-        self._check_writable()
-        old = self.members.get(key, frozenset())
-        added = [u for u in add if u.encode() not in old]
-        removed = [u for u in remove if u.encode() in old]
-        after = len(old) + len(added) - len(removed)
-        if after > limit:
-            raise TooMany(len(old), after, limit)
-        new = (old - {u.encode() for u in removed}) | {u.encode() for u in added}
-        self._apply_members({**self.members, key: new})
-        return _member_change(len(old), after, added, removed)
-
-    # --- rollout controller state: one record per route, and who drives it ---
-    async def get_rollout(self, route: str) -> dict[str, Any] | None:
-        return self._rollouts.get(route)
-
-    async def put_rollout(self, route: str, record: dict[str, Any]) -> None:
-        self._rollouts[route] = record
-
-    async def lease(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Whether `owner` may drive `name` now; one process always may."""
-        return self.workers == 1
-
-    # --- recent shadow mismatches, newest first ---
-    async def push_mismatch(self, route: str, entry: dict[str, Any]) -> None:
-        self._mismatches.setdefault(route, deque(maxlen=KEEP_MISMATCHES)).appendleft(entry)
-
-    async def mismatches(self, route: str) -> list[dict[str, Any]]:
-        return list(self._mismatches.get(route, ()))
-
-    # --- change history, newest first ---
-    async def push_history(self, event: dict[str, Any]) -> None:
-        self._history.appendleft(event)
-
-    async def history(self, limit: int, route: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for e in self._history:
-            if route is None or e.get("route") == route:
-                out.append(e)
-                if len(out) >= limit:
-                    break
-        return out
-
-    async def claim(self, key: str) -> bool:
-        """Whether this process is the one to act on something every replica sees; alone, it is."""
-        return True
-
-
-class RedisOverrides(MemoryOverrides):
+class RedisStore(Store):
     shared = True
 
     def __init__(
@@ -241,6 +77,7 @@ class RedisOverrides(MemoryOverrides):
         self._redis_errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
         self.client = connect(url, ha or Connect())
         self.url = url
+        self.name = f"sentinel {ha.service}" if ha and ha.sentinels else f"redis {_safe_url(url)}"
         self.k_percent = f"{prefix}:percent"
         self.k_source = f"{prefix}:source"
         self.k_kill = f"{prefix}:kill"
@@ -575,11 +412,6 @@ def describe(url: str | None, how: Connect) -> str | None:
     if how.sentinels:
         return "sentinel://" + ",".join(f"{h}:{p}" for h, p in how.sentinels) + f"/{how.service}"
     return url
-
-
-def _member_change(before: int, after: int, added: list[str], removed: list[str]) -> MemberChange:
-    sample = MEMBER_SAMPLE
-    return MemberChange(before, after, len(added), len(removed), tuple(added[:sample]), tuple(removed[:sample]))
 
 
 def _parse(percents: dict[str, str], sources: dict[str, str], kill: str | None) -> State:
