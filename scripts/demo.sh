@@ -23,7 +23,7 @@ names=(legacy_backend new_backend upload_service splitter)
 "$PY" -m legacy_backend --port 8001 & pids+=($!)
 "$PY" -m new_backend --port 8002 & pids+=($!)
 "$PY" -m new_backend --port 8003 --name upload_service & pids+=($!)
-"$PY" -m splitter serve --config routes.yaml & pids+=($!)
+"$PY" -m splitter serve --config routes.yaml --state "${SPLITTER_STATE:-splitter-state.db}" & pids+=($!)
 
 # each service must answer its readiness URL with 200, or the demo says which one did not
 urls=(http://127.0.0.1:8001/health http://127.0.0.1:8002/health http://127.0.0.1:8003/health http://127.0.0.1:8081/readyz)
@@ -44,7 +44,7 @@ done
 
 cat <<MSG
 
-  splitter demo is up (no Redis; runtime overrides live in this process)
+  splitter demo is up (no Redis; runtime state kept in ${SPLITTER_STATE:-splitter-state.db})
     proxy          http://localhost:8080
     admin/metrics  http://127.0.0.1:8081/metrics   (admin token: \$SPLITTER_ADMIN_TOKEN=$SPLITTER_ADMIN_TOKEN)
     legacy         http://127.0.0.1:8001

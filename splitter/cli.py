@@ -89,6 +89,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         workers=args.workers,
         environment=env.get("SPLITTER_ENV") or None,
         redis_url=args.redis_url or env.get("SPLITTER_REDIS_URL") or None,
+        state_path=os.path.abspath(args.state) if args.state and args.state != ":memory:" else args.state,
         admin_token=env.get("SPLITTER_ADMIN_TOKEN") or None,
         admin_allowed_hosts=args.admin_allowed_hosts,
         tokens_file=env.get("SPLITTER_ADMIN_TOKENS_FILE") or None,
@@ -148,7 +149,7 @@ def _check_state(settings: Settings, cfg: config_mod.Config) -> None:
     routes.yaml alone)."""
     from .store import state_path
 
-    path = state_path(settings.config_path, cfg.state_path)
+    path = state_path(settings.config_path, settings.state_path or cfg.state_path)
     if path == ":memory:":
         judged = [r.name for r in cfg.routes if r.guard or r.rollout]
         names = ", ".join(judged)
@@ -683,6 +684,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt:
         "--redis-url",
         default=None,
         help="Redis for fleet-wide overrides and windows (else $SPLITTER_REDIS_URL, else redis.url in routes.yaml)",
+    )
+    s.add_argument(
+        "--state",
+        default=None,
+        metavar="PATH",
+        help="the embedded store's file without Redis (else state.path in routes.yaml, else splitter-state.db "
+        'next to routes.yaml; ":memory:" keeps it in the process)',
     )
     s.add_argument(
         "--graceful-timeout", type=float, default=30.0, help="seconds to drain in-flight requests on SIGTERM"

@@ -49,6 +49,7 @@ class Settings:
     workers: int = 1
     environment: str | None = None  # SPLITTER_ENV
     redis_url: str | None = None  # SPLITTER_REDIS_URL, wins over routes.yaml
+    state_path: str | None = None  # --state: the embedded store's file, wins over routes.yaml's state.path
     admin_token: str | None = None  # SPLITTER_ADMIN_TOKEN
     admin_allowed_hosts: tuple[str, ...] = ()  # --admin-allowed-hosts: names answered besides IPs and localhost
     tokens_file: str | None = None  # SPLITTER_ADMIN_TOKENS_FILE
@@ -124,7 +125,7 @@ class Runtime:
                 ha=how,
             )
         else:
-            self.overrides = open_store(state_path(settings.config_path, cfg.state_path), settings.workers)
+            self.overrides = open_store(state_path(settings.config_path, settings.state_path or cfg.state_path), settings.workers)
         self.snapshot = self._with_members(make_snapshot(cfg, self.overrides.state))
         self.overrides.subscribe(self._on_overrides)
         self.overrides.subscribe_members(self._on_members)
