@@ -125,7 +125,8 @@ class Runtime:
                 ha=how,
             )
         else:
-            self.overrides = open_store(state_path(settings.config_path, settings.state_path or cfg.state_path), settings.workers)
+            path = state_path(settings.config_path, settings.state_path or cfg.state_path)
+            self.overrides = open_store(path, settings.workers)
         self.snapshot = self._with_members(make_snapshot(cfg, self.overrides.state))
         self.overrides.subscribe(self._on_overrides)
         self.overrides.subscribe_members(self._on_members)
