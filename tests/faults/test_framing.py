@@ -58,6 +58,8 @@ class Recorder:
                     data = conn.recv(65536)
                 except OSError:
                     return
+                if not data:
+                    return  # (fed to h11, the end would be a ConnectionClosed event for ever)
                 stream += data
                 parser.receive_data(data)
                 try:
@@ -65,6 +67,8 @@ class Recorder:
                         event = parser.next_event()
                         if event is h11.NEED_DATA or event is h11.PAUSED:
                             break
+                        if isinstance(event, h11.ConnectionClosed):
+                            return
                         if isinstance(event, h11.Request):
                             rid = dict(event.headers).get(b"x-request-id", b"")
                         if isinstance(event, h11.EndOfMessage):
@@ -73,8 +77,6 @@ class Recorder:
                             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + extra + b"\r\n" + body)
                             next_cycle(parser)
                 except h11.RemoteProtocolError:
-                    return
-                if not data:
                     return
 
     def requests(self) -> list[tuple[bytes, bytes, dict[bytes, bytes], bytes]]:
