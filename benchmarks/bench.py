@@ -14,7 +14,9 @@ proxy, through splitter, in turn), RSS under 1,000 idle keep-alive connections,
 and --workers 1 vs 2. splitter with 10,000 routes runs beside splitter with 3 in
 every round (route matching walks path segments: the count must not cost req/s),
 and so does splitter whose /api/auth carries 20 cohorts that never match (19 header
-cohorts and a 10,000-member users list, all checked on every request).
+cohorts and a 10,000-member users list, all checked on every request), and splitter
+with its state in memory (`--state :memory:`) beside the default embedded SQLite file
+(no store I/O on the request path: the ratio must be 1).
 --baseline REV runs splitter at that revision beside it everywhere but --workers
 (req/s and CPU per request, latency, streams, idle RSS): before vs after, one run.
 Only ratios within one run mean anything: this machine's CPU speed drifts by tens
@@ -152,6 +154,7 @@ def wrk(url: str, duration: int, connections: int = 64) -> dict[str, float]:
 
 MANY = "splitter, 10,000 routes"
 COHORTS = "splitter, 20 cohorts"
+MEMORY = "splitter, state in memory"  # beside "splitter", whose state is the embedded SQLite file (the default)
 
 
 def many_cohorts() -> str:
@@ -360,6 +363,8 @@ def throughput(targets: dict[str, int], args: argparse.Namespace, pids: dict[str
     print(f"splitter with 10,000 routes / with 3 routes CPU per request: {paired(MANY, 'splitter', 'cpu_us')}")
     print(f"splitter with 20 cohorts on the route / with none req/s: {paired(COHORTS, 'splitter')}")
     print(f"splitter with 20 cohorts on the route / with none CPU per request: {paired(COHORTS, 'splitter', 'cpu_us')}")
+    print(f"splitter (state in SQLite, the default) / state in memory req/s: {paired('splitter', MEMORY)}")
+    print(f"splitter (state in SQLite) / state in memory CPU per request: {paired('splitter', MEMORY, 'cpu_us')}")
     if args.baseline:
         base = f"splitter@{args.baseline}"
         print(f"splitter / {base} req/s: {paired('splitter', base)}   {p99('splitter', base)}")
@@ -433,7 +438,7 @@ def main() -> None:
             raise SystemExit(f"{tool} is missing: apt-get install -y nginx wrk curl (make bench does)")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     work = Path(tempfile.mkdtemp(prefix="splitter-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
-    upstream, split, asgi, asgi_quiet, proxy, many, cohorts = (free_port() for _ in range(7))
+    upstream, split, asgi, asgi_quiet, proxy, many, cohorts, memory = (free_port() for _ in range(8))
     prepare(work, upstream, split)
     procs = Procs()
     try:
@@ -448,7 +453,8 @@ def main() -> None:
         sp = serve(procs, work / "routes.yaml", proxy, work / "splitter.log")
         sp_many = serve(procs, work / "routes-10000.yaml", many, work / "splitter-10000.log")
         sp_cohorts = serve(procs, work / "routes-cohorts.yaml", cohorts, work / "splitter-cohorts.log")
-        pids = {"splitter": sp.pid, MANY: sp_many.pid, COHORTS: sp_cohorts.pid}
+        sp_memory = serve(procs, work / "routes.yaml", memory, work / "splitter-memory.log", "--state", ":memory:")
+        pids = {"splitter": sp.pid, MANY: sp_many.pid, COHORTS: sp_cohorts.pid, MEMORY: sp_memory.pid}
 
         print(
             f"wrk -t1 -c64 -d{args.duration}s x {args.rounds} rounds (order reversed each round; medians shown), "
@@ -460,6 +466,7 @@ def main() -> None:
         )
         targets = {"direct (nginx upstream)": upstream, "nginx split_clients": split, "asgiproxy": asgi}
         targets.update({"asgiproxy, no access log": asgi_quiet, "splitter": proxy, MANY: many, COHORTS: cohorts})
+        targets[MEMORY] = memory
         if args.baseline:
             tree = work / "baseline"
             add = ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline]
