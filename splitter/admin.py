@@ -491,8 +491,8 @@ async def rollout_action(request: Request, who: Actor) -> Any:
     route_or_404(rt, name)
     if rt.snapshot.config.by_name[name].rollout is None:
         raise _Refused(404, f"route {name!r} has no rollout section in routes.yaml")
-    if action not in ("pause", "resume", "abort", "promote"):
-        raise _Refused(404, "action must be pause, resume, abort or promote")
+    if action not in ("pause", "resume", "abort", "promote", "restart"):
+        raise _Refused(404, "action must be pause, resume, abort, promote or restart")
     full = (await body(request)).get("full", False) if action == "promote" else False
     if not isinstance(full, bool):
         raise _Refused(400, "full must be true or false")

@@ -728,7 +728,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     hi.set_defaults(func=cmd_history)
     _cohort_parser(admin_parser("cohort", "members of a route's users cohorts at runtime: add, remove, list"))
     _rollout_parser(
-        admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, wait (exit 0, 3 or 4)")
+        admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, restart, wait (exit 0, 3-5)")
     )
     rp = admin_parser(
         "report",
@@ -822,13 +822,14 @@ def _cohort_list(args: argparse.Namespace, cohorts: list[dict[str, Any]]) -> int
 
 
 def _rollout_parser(ro: argparse.ArgumentParser) -> None:
-    ro.add_argument("action", choices=["status", "pause", "resume", "abort", "promote", "wait"], help="what to do")
+    actions = ["status", "pause", "resume", "abort", "promote", "restart", "wait"]
+    ro.add_argument("action", choices=actions, help="what to do")
     ro.add_argument("route", nargs="?", help="route name (status: all routes when omitted)")
     ro.add_argument("--full", action="store_true", help="promote: straight to the last step, and done")
     ro.add_argument("--timeout", type=float, default=None, help="wait: give up after S seconds, exit 4 (None: never)")
     ro.add_argument("--watch", action="store_true", help="status: redraw every second, retrying through errors")
     ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
-    ro.add_argument("--reason", default=None, help="pause/resume/abort/promote: why, for the history and notifications")
+    ro.add_argument("--reason", default=None, help="a change: why, for the history and notifications")
     ro.set_defaults(func=cmd_rollout)
 
 

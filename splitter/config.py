@@ -31,7 +31,8 @@ DEFAULT_MAX_BODY = 1 << 30
 UID_COOKIE = "splitter_uid"
 # what a change history event (history.py) can be; `notify[].events` filters on these
 CHANGE_ACTIONS: tuple[str, ...] = ("set", "clear", "rollback", "kill", "guard_trip", "reload")
-CHANGE_ACTIONS += tuple(f"rollout_{a}" for a in ("step", "done", "rollback", "pause", "resume", "abort", "promote"))
+ROLLOUT_CHANGES = ("step", "done", "rollback", "pause", "resume", "abort", "promote", "restart")
+CHANGE_ACTIONS += tuple(f"rollout_{a}" for a in ROLLOUT_CHANGES)
 CHANGE_ACTIONS += ("cohort",)  # runtime members of a `users` cohort added or removed (admin.change_cohort)
 NOTIFY_FORMATS = ("json", "slack")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -22,6 +22,7 @@ import asyncio
 import os
 import time
 import uuid
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -37,11 +38,63 @@ if TYPE_CHECKING:
 log = structlog.get_logger("splitter.rollout")
 LEASE_S = 3.0
 EVENTS = ("advanced", "done", "rolled_back", "aborted", "paused", "resumed", "promoted", "awaiting_approval")
-ACTIVE = ("running", "awaiting_approval")  # the statuses the driver judges
+
+
+class Status(StrEnum):
+    """Where a rollout stands; kept in its record as the plain string."""
+
+    RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"
+    PAUSED = "paused"
+    ABORTED = "aborted"
+    ROLLED_BACK = "rolled_back"
+    DONE = "done"
+
+
+ACTIVE = (Status.RUNNING, Status.AWAITING_APPROVAL)  # the statuses the driver judges
+_R, _A, _P, _X, _B, _D = Status
+# The only place a status changes (h11's _state.py): (status, action) -> the next status. Operator
+# actions: pause, resume, abort, promote (the next step), finish (promote --full, or promote at the last
+# step), restart. The driver's: advance (start or next step), await (hold before an approval step),
+# rollback (a gate or the guard), done. A stopped rollout (aborted, rolled back) never goes back to
+# the step it left: resume and restart start it over at the first step; pause does not apply to it.
+TRANSITIONS: dict[tuple[Status, str], Status] = {
+    **{(_R, a): s for a, s in [("pause", _P), ("abort", _X), ("promote", _R), ("finish", _D), ("restart", _R),
+                               ("advance", _R), ("await", _A), ("rollback", _B), ("done", _D)]},
+    **{(_A, a): s for a, s in [("pause", _P), ("abort", _X), ("promote", _R), ("finish", _D), ("restart", _R),
+                               ("rollback", _B)]},
+    **{(_P, a): s for a, s in [("resume", _R), ("abort", _X), ("promote", _R), ("finish", _D), ("restart", _R)]},
+    **{(_X, a): _R for a in ("resume", "restart")},
+    **{(_B, a): _R for a in ("resume", "restart")},
+    (_D, "restart"): _R,
+}
+ACTIONS = ("pause", "resume", "abort", "promote", "finish", "restart", "advance", "await", "rollback", "done")
+_HINTS = {
+    _R: "it is running",
+    _A: "it is awaiting approval: splitter rollout promote {name} goes on",
+    _P: "it is paused: splitter rollout resume {name} goes on",
+    _X: "splitter rollout restart {name} starts it over at the first step",
+    _B: "splitter rollout restart {name} starts it over at the first step",
+    _D: "it is finished; splitter rollout restart {name} starts it over at the first step",
+}
 
 
 class Refused(Exception):
     """An operator action that does not apply to the rollout's status (409)."""
+
+
+def transition(name: str, status: str, action: str) -> Status:
+    """The status `action` moves a rollout in `status` to, or Refused naming the status."""
+    now = Status(status)
+    nxt = TRANSITIONS.get((now, action))
+    if nxt is None:
+        raise Refused(f"rollout of {name!r} is {now.value}: {action} does not apply ({_HINTS[now].format(name=name)})")
+    return nxt
+
+
+def move(name: str, state: dict[str, Any], action: str, **fields: Any) -> None:
+    """Apply `action` to the rollout record: its next status from TRANSITIONS, and `fields`."""
+    state.update(status=transition(name, state["status"], action).value, **fields)
 
 
 def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:
@@ -210,7 +263,7 @@ class Rollouts:
     async def _stop(self, name: str, state: dict[str, Any], source: str | None, now: float) -> None:
         """Someone else set the percent during a step: a guard trip rolls the rollout back, a hand pauses it."""
         why = "guard tripped" if source == "guard" else f"percent changed by hand (source {source})"
-        state.update(status="rolled_back" if "guard" in why else "paused", reason=why, since=now)
+        move(name, state, "rollback" if source == "guard" else "pause", reason=why, since=now)
         await self.rt.overrides.put_rollout(name, state)
         self._event(name, state["status"])
         log.warning("rollout stopped", route=name, reason=why)
@@ -234,7 +287,7 @@ class Rollouts:
         if "checks" in gate_values:  # as judged: at this look's share of the error budget
             evidence.update(gates=[evidence["gates"][0], *gate_values["checks"]], verdict=judge.FAIL)
         reason = f"gate failed at {ro.steps[step]}%: {failure}"
-        state.update(status="rolled_back", reason=reason, since=now, previous=evidence)
+        move(route.name, state, "rollback", reason=reason, since=now, previous=evidence)
         await self.rt.overrides.put_rollout(route.name, state)
         self._gauge(route.name)
         self._event(route.name, "rolled_back")
@@ -249,7 +302,7 @@ class Rollouts:
         assert ro is not None
         step, since = int(state["step"]), float(state["since"])
         evidence = self._window_record(ro, step, since, now, *sides)
-        state.update(status="done", reason="all steps passed", since=now, previous=evidence)
+        move(route.name, state, "done", reason="all steps passed", since=now, previous=evidence)
         await self.rt.overrides.put_rollout(route.name, state)
         self._event(route.name, "done")
         log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
@@ -299,7 +352,7 @@ class Rollouts:
         if step in ro.approval and why != "promote":
             if state["status"] != "awaiting_approval":
                 why_held = f"{ro.steps[step]}% needs approval: splitter rollout promote {route.name}"
-                state.update(status="awaiting_approval", reason=why_held)
+                move(route.name, state, "await", reason=why_held)
                 await self.rt.overrides.put_rollout(route.name, state)
                 self._event(route.name, "awaiting_approval")
                 at = self.rt.snapshot.percent[route.name]
@@ -315,7 +368,7 @@ class Rollouts:
         state["legacy_before"] = legacy_c.fields() if ro.steps[step] == 100 else None
         old = self.rt.snapshot.percent[route.name]
         await self.rt.overrides.set_percent(route.name, ro.steps[step], source="rollout")
-        state.update(status="running", step=step, since=now, reason="")
+        move(route.name, state, "promote" if why == "promote" else "advance", step=step, since=now, reason="")
         await self.rt.overrides.put_rollout(route.name, state)
         self._gauge(route.name)
         self._event(route.name, "promoted" if why == "promote" else "advanced")
@@ -374,32 +427,29 @@ class Rollouts:
         return view
 
     async def act(self, name: str, action: str, full: bool = False) -> dict[str, Any]:
+        """An operator's action, as TRANSITIONS allows it for the rollout's status (else Refused: 409)."""
         route = self.rt.snapshot.config.by_name[name]
         steps = self._steps(name)
-        state = await self.rt.overrides.get_rollout(name) or {
-            "status": "running",
-            "step": -1,
-            "since": time.time(),
-            "reason": "",
-        }
         now = time.time()
+        fresh: dict[str, Any] = {"status": "running", "step": -1, "since": now, "reason": ""}
+        state = await self.rt.overrides.get_rollout(name) or fresh
+        was = Status(state["status"])
         if action == "promote":
             await self._promote(route, state, now, full)
-        elif action == "pause":
-            state.update(status="paused", reason="paused by operator")
+        elif action == "restart" or (action == "resume" and was in (Status.ABORTED, Status.ROLLED_BACK)):
+            move(name, state, action, step=-1, since=now, reason="", legacy_before=None)
+            await self._enter(route, state, 0, now, "start")  # starts over at the first step, now
         elif action == "resume":
-            if state["status"] == "awaiting_approval":
-                raise Refused(f"rollout of {name!r} is awaiting approval: splitter rollout promote {name} goes on")
-            if state["status"] in ("aborted", "rolled_back"):
-                state.update(status="running", step=-1, since=now, reason="")
-                await self._enter(route, state, 0, now, "start")  # starts over at the first step, now
-            else:
-                if state["status"] == "paused" and int(state["step"]) >= 0:
-                    await self.rt.overrides.set_percent(name, steps[int(state["step"])], source="rollout")
-                state.update(status="running", since=now, reason="")
+            move(name, state, "resume", since=now, reason="")
+            if int(state["step"]) >= 0:  # back to the step it was paused on
+                await self.rt.overrides.set_percent(name, steps[int(state["step"])], source="rollout")
+        elif action == "pause":
+            move(name, state, "pause", reason="paused by operator")
         elif action == "abort":
+            move(name, state, "abort", reason="aborted by operator", since=now)
             await self.rt.overrides.set_percent(name, 0, source="rollout")
-            state.update(status="aborted", reason="aborted by operator", since=now)
+        else:
+            raise Refused(f"unknown rollout action {action!r}")
         await self.rt.overrides.put_rollout(name, state)
         if action in ("pause", "resume", "abort"):
             self._event(name, {"pause": "paused", "resume": "resumed", "abort": "aborted"}[action])
@@ -410,18 +460,16 @@ class Rollouts:
         """The next step now (a held approval step included), or with `full` the last step and done."""
         ro = route.rollout
         assert ro is not None
-        if state["status"] in ("done", "rolled_back", "aborted"):
-            over = "" if state["status"] == "done" else f" (splitter rollout resume {route.name} starts it over)"
-            raise Refused(f"rollout of {route.name!r} is {state['status']}: nothing to promote{over}")
         step = int(state["step"])
         if full or step + 1 >= len(ro.steps):
-            await self.rt.overrides.set_percent(route.name, ro.steps[-1], source="rollout")
             why = f"promoted to {ro.steps[-1]}% by operator"
-            state.update(status="done", step=len(ro.steps) - 1, since=now, reason=why, legacy_before=None)
+            move(route.name, state, "finish", step=len(ro.steps) - 1, since=now, reason=why, legacy_before=None)
+            await self.rt.overrides.set_percent(route.name, ro.steps[-1], source="rollout")
             self._gauge(route.name)
             self._event(route.name, "promoted")
             self._event(route.name, "done")
             return
+        transition(route.name, state["status"], "promote")  # refused before anything changes
         await self._enter(route, state, step + 1, now, "promote")
 
     def _steps(self, name: str) -> tuple[Percent, ...]:

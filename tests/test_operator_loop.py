@@ -199,11 +199,17 @@ def test_a_new_failing_half_its_requests_is_rolled_back_and_wait_exits_3(procs, 
     view = rollout_view(s)
     evidence = view["previous"]
     assert evidence["percent"] == 50 and evidence["verdict"] == "fail" and evidence["new"]["error_rate"] > 0.3, evidence
-    # promote does not apply to a rolled-back rollout; resume starts over, and says where
+    # neither promote nor pause applies to a rolled-back rollout (pause then resume once brought it
+    # back onto the failed step); resume starts over at the first step, and says where
     one_line_error(run("rollout", "promote", "auth", "--admin", s.admin, token=TOKEN), "409")
+    one_line_error(run("rollout", "pause", "auth", "--admin", s.admin, token=TOKEN), "is rolled_back: pause")
+    assert rollout_view(s)["percent"] == 0
     resumed = run("rollout", "resume", "auth", "--admin", s.admin, token=TOKEN)
     assert resumed.stdout.strip() == "auth: rollout running at 50% (step 1 of 2)", resumed.stdout
     assert events(s, "resumed") == 1
+    one_line_error(run("rollout", "resume", "auth", "--admin", s.admin, token=TOKEN), "is running: resume")
+    restarted = run("rollout", "restart", "auth", "--admin", s.admin, token=TOKEN)
+    assert restarted.stdout.strip() == "auth: rollout running at 50% (step 1 of 2)", restarted.stdout
 
 
 APPROVAL = (
