@@ -4,11 +4,16 @@ State per route (in Redis with a fleet, else in memory):
     {"status": running|awaiting_approval|paused|aborted|rolled_back|done, "step": index,
      "since": epoch s, "reason": str, "previous": the evidence of the last window that ended
      (percent, since, until, new, legacy, gates), "legacy_before": legacy's counts (window.Counts
-     fields) of the step before a 100 % step}
+     fields) of the step before a 100 % step, "step_total": the step's running total (below)}
 With Redis one replica drives a route at a time (a lease renewed every tick;
 when the holder dies another takes over after the lease runs out). The driver
 judges the gates on the fleet's traffic since the current step began (window.py;
-without Redis, this process's). At 100 % legacy gets no traffic, so the gates that
+without Redis, this process's): all of it, however long the step waits for
+evidence, not the last interval_s. The windows keep one interval; before they
+forget a slot the driver folds it into the step's running total in the record
+(`step_total`: both roles' counts up to `until`), so the evidence is that total
+plus the window since, and every replica shows the same span it judges.
+At 100 % legacy gets no traffic, so the gates that
 compare with legacy (max_p95_ratio, max_error_increase) read legacy's window of the
 step before, remembered when the rollout entered 100 %. A step written
 `{percent: N, approval: true}` is entered only on `promote` (status awaiting_approval
@@ -19,6 +24,7 @@ Each transition counts once in splitter_rollout_events_total{route,event}.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 import uuid
@@ -30,7 +36,7 @@ import structlog
 from . import judge
 from .config import Gates, Percent, RolloutSpec, Route
 from .overrides import Conflict, Unavailable
-from .window import Counts, Totals
+from .window import FINAL_AFTER_S, ROLES, Counts, Totals
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -219,6 +225,7 @@ class Rollouts:
             await self._enter(route, state, 0, now, "start")
             return
         since = float(state["since"])
+        await self._fold(route, state, now)
         new_c, legacy_c = await self.evidence(route, state, now)
         new, legacy = new_c.totals(), legacy_c.totals()
         gate_values: dict[str, Any] = {
@@ -310,16 +317,41 @@ class Rollouts:
         await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, "all steps passed")
 
     async def evidence(self, route: Route, state: dict[str, Any], now: float) -> tuple[Counts, Counts]:
-        """New's and legacy's outcomes the current step is judged on. At 100 % legacy's are those of
-        the step before (remembered on entering 100 %): legacy has no traffic of its own then."""
+        """New's and legacy's outcomes the current step is judged on: everything since it began (its
+        running total, plus the window since the total's end). At 100 % legacy's are those of the
+        step before (remembered on entering 100 %): legacy has no traffic of its own then."""
         ro = route.rollout
         assert ro is not None
-        since, span = float(state["since"]), ro.interval_s + 1
+        total = _step_total(state)
+        new, legacy = _counts(total["new"]), _counts(total["legacy"])
+        live_new, live_legacy = await self.rt.windows.pair(route.name, now, ro.interval_s + 1, float(total["until"]))
+        new.add(live_new)
+        legacy.add(live_legacy)
         before = state.get("legacy_before")
         if before is not None and ro.steps[int(state["step"])] == 100:
-            new = await self.rt.windows.counts(route.name, "new", now, span, since)
-            return new, Counts.from_fields({k: str(v) for k, v in before.items()})
-        return await self.rt.windows.pair(route.name, now, span, since)
+            return new, _counts(before)
+        return new, legacy
+
+    async def _fold(self, route: Route, state: dict[str, Any], now: float) -> None:
+        """A step longer than its window keeps all its evidence: once half the window has gone by since
+        the running total's end, the whole slots every process has flushed are added to the total in the
+        rollout's record (with its end), before the window forgets them. Off the request path: at most
+        twice per window, a read of those slots and one write of the record."""
+        ro = route.rollout
+        assert ro is not None
+        span = ro.interval_s + 1
+        total = _step_total(state)
+        until = float(total["until"])
+        width = self.rt.windows.width(route.name, span)
+        end = math.floor((now - FINAL_AFTER_S) / width) * width
+        if now - until < span / 2 or end <= until:
+            return
+        for role in ROLES:
+            counts = _counts(total[role])
+            counts.add(await self.rt.windows.between(route.name, role, span, until, end, now))
+            total[role] = counts.fields()
+        state["step_total"] = {**total, "until": end}
+        await self.rt.overrides.put_rollout(route.name, state)
 
     def _judged_failure(
         self, name: str, gates: Gates, new: Counts, legacy: Counts, since: float, values: dict[str, Any]
@@ -368,7 +400,8 @@ class Rollouts:
         state["legacy_before"] = legacy_c.fields() if ro.steps[step] == 100 else None
         old = self.rt.snapshot.percent[route.name]
         await self.rt.overrides.set_percent(route.name, ro.steps[step], source="rollout")
-        move(route.name, state, "promote" if why == "promote" else "advance", step=step, since=now, reason="")
+        action = "promote" if why == "promote" else "advance"
+        move(route.name, state, action, step=step, since=now, reason="", step_total=None)
         await self.rt.overrides.put_rollout(route.name, state)
         self._gauge(route.name)
         self._event(route.name, "promoted" if why == "promote" else "advanced")
@@ -476,6 +509,20 @@ class Rollouts:
         r = self.rt.snapshot.config.by_name[name]
         assert r.rollout is not None
         return r.rollout.steps
+
+
+def _step_total(state: dict[str, Any]) -> dict[str, Any]:
+    """The step's running total in the record (window.Counts fields per role, folded up to `until`),
+    or an empty one when it belongs to another step (or there is none yet)."""
+    since = float(state["since"])
+    total = state.get("step_total")
+    if isinstance(total, dict) and total.get("since") == since:
+        return total
+    return {"since": since, "until": since, "new": {}, "legacy": {}}
+
+
+def _counts(fields: dict[str, Any]) -> Counts:
+    return Counts.from_fields({k: str(v) for k, v in fields.items()})
 
 
 def _gate_views(gates: Gates, new_c: Counts, legacy_c: Counts) -> tuple[list[dict[str, Any]], str]:

@@ -298,6 +298,20 @@ class Windows:
         start = max(since or 0.0, o.since)
         return await self._sum(route, backend, span, slot_range(now, span_s, start or None, width), now)
 
+    def width(self, route: str, span_s: float) -> int:
+        """The slot width of the kept window that covers `span_s` (what between() can split at)."""
+        return width_for(self.routes[route].window_for(span_s))
+
+    async def between(self, route: str, backend: str, span_s: float, start: float, end: float, now: float) -> Counts:
+        """One backend's outcomes in the whole slots of the `span_s` window from `start` up to `end`
+        (seconds, `end` on a slot boundary): what a long rollout step folds into its running total
+        before the window forgets it."""
+        o = self.routes[route]
+        span = o.window_for(span_s)
+        width = width_for(span)
+        first = math.ceil(max(start, o.since) / width)
+        return await self._sum(route, backend, span, range(first, math.floor(end / width)), now)
+
     async def pair(self, route: str, now: float, span_s: float, since: float | None = None) -> tuple[Counts, Counts]:
         """New's and legacy's outcomes over the same window, (new, legacy): what every judgement
         of a route compares (guard, rollout, /admin/routes)."""

@@ -4,6 +4,7 @@ CI jobs, `--watch` through a restart, and the events counted for alerts."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -177,6 +178,35 @@ def test_a_healthy_rollout_with_legacy_relative_gates_reaches_done_and_wait_says
     assert last["percent"] == 100 and last["verdict"] == "pass" and last["legacy"]["requests"] >= 30, last
     assert events(s, "done") == 1 and events(s, "advanced") == 2 and events(s, "rolled_back") == 0
     print(f"done after {time.monotonic() - t0:.1f} s; new at 100 %: {last['new']}; legacy at 50 %: {last['legacy']}")
+
+
+QUIET = "{steps: [50, 100], interval_s: 3, gates: {max_p95_ratio: 1.5, min_requests: 20, confidence: 0.9}}"
+
+
+def test_a_quiet_route_is_judged_on_all_its_steps_evidence_and_finishes(standin, splitter):
+    """16 requests a second answered in 45 ms: a p95 upper bound at 0.9 needs more requests a side than
+    one interval (3 s) holds; judged on everything since the step began, the rollout finishes, and the
+    evidence shown never shrinks while it grows."""
+    s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(QUIET)))
+    seen: list[tuple[float, int]] = []
+
+    def at_50_with_evidence() -> bool:
+        v = rollout_view(s)
+        if v["step"] == 50 and v["status"] == "running":
+            seen.append((v["since"], v["new"]["requests"]))
+            window = httpx.get(s.admin + "/admin/routes").json()[0]["window"]
+            assert window["step_since"] == v["since"] and window["span_s"] <= time.time() - v["since"] + 1, window
+        return v["step"] != 50 or v["new"]["requests"] >= 45
+
+    with Paced(s.url, rate=16, path="/api/auth/delay?legacy_ms=45&new_ms=45"):
+        eventually(at_50_with_evidence, timeout=30, interval=0.3)
+        r = wait_for(s, "--timeout", "60")
+    assert r.returncode == 0, (r.stdout, r.stderr, rollout_view(s))
+    for (since_a, n_a), (since_b, n_b) in itertools.pairwise(seen):
+        assert since_a != since_b or n_b >= n_a, seen
+    last = rollout_view(s)["previous"]
+    # legacy's side at 100 % is all of the 50 % step: more than its last 4 s (8 a second) could hold
+    assert last["percent"] == 100 and last["verdict"] == "pass" and last["legacy"]["requests"] >= 45, last
 
 
 FAILING = (
