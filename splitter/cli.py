@@ -428,6 +428,9 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
             lines.append(f"  {mark} {g['gate']:<18} {value:>10}  (threshold {g['threshold']:g})")
         if i.get("legacy_from_step_before"):
             lines.append("  legacy's side: its window of the step before (no legacy traffic at 100%)")
+        if i.get("stalled"):
+            lines.append("  stalled: held past max_wait_s (still holding)")
+        lines += [f"  waiting: {w['says']}" for w in i.get("waiting_for") or []]
         if i["reason"]:
             lines.append(f"  reason: {i['reason']}")
         if i.get("kill"):
@@ -514,7 +517,8 @@ def _rollout_status(args: argparse.Namespace) -> int:
 
 
 def _rollout_wait(args: argparse.Namespace) -> int:
-    """Like `kubectl rollout status`: a line per change; exit 0 at done, 3 rolled back or aborted, 4 on timeout."""
+    """Like `kubectl rollout status`: a line per change; exit 0 at done, 3 rolled back or aborted, 4 on
+    timeout (saying what the rollout waits for), 5 awaiting approval (a person must promote it)."""
     import time
 
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
@@ -531,9 +535,13 @@ def _rollout_wait(args: argparse.Namespace) -> int:
                 return 0
             if view["status"] in ("rolled_back", "aborted"):
                 return 3
+            if view["status"] == "awaiting_approval":
+                return 5
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             where = f"last seen: {said}" if said else f"the admin API did not answer: {failing}"
+            waits = [w["says"] for w in (view.get("waiting_for") or [])] if items is not None else []
+            where += "".join(f"; waiting: {w}" for w in waits)
             say(f"splitter: rollout of {args.route} not done within {args.timeout:g} s ({where})", file=sys.stderr)
             return 4
         time.sleep(1.0 if left is None else min(1.0, left))

@@ -31,7 +31,7 @@ DEFAULT_MAX_BODY = 1 << 30
 UID_COOKIE = "splitter_uid"
 # what a change history event (history.py) can be; `notify[].events` filters on these
 CHANGE_ACTIONS: tuple[str, ...] = ("set", "clear", "rollback", "kill", "guard_trip", "reload")
-ROLLOUT_CHANGES = ("step", "done", "rollback", "pause", "resume", "abort", "promote", "restart")
+ROLLOUT_CHANGES = ("step", "done", "rollback", "pause", "resume", "abort", "promote", "restart", "stalled")
 CHANGE_ACTIONS += tuple(f"rollout_{a}" for a in ROLLOUT_CHANGES)
 CHANGE_ACTIONS += ("cohort",)  # runtime members of a `users` cohort added or removed (admin.change_cohort)
 NOTIFY_FORMATS = ("json", "slack")
@@ -123,6 +123,7 @@ class RolloutSpec:
     interval_s: float
     gates: Gates
     approval: frozenset[int] = frozenset()  # indexes of the steps entered only on `splitter rollout promote`
+    max_wait_s: float | None = None  # a step held longer than this: event `stalled` (once), and it keeps holding
 
 
 @dataclass(frozen=True)
@@ -429,6 +430,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "rollout": {
         "steps": {"type": "array", "minItems": 1, "items": {"oneOf": [_STEP, {"$ref": "#/$defs/step"}]}},
         "interval_s": _POSITIVE,
+        "max_wait_s": _POSITIVE,
         "gates": "gates",
     },
     "step": {"percent": _STEP, "approval": {"type": "boolean"}},
@@ -1084,7 +1086,8 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
         _number(doc, g, "max_error_increase", gp, None, positive=False, upper=1),
         _confidence(doc, g, gp),
     )
-    return RolloutSpec(tuple(steps), float(interval), gates, approval)
+    max_wait = _number(doc, r, "max_wait_s", path, None)
+    return RolloutSpec(tuple(steps), float(interval), gates, approval, max_wait)
 
 
 def _steps(doc: _Doc, raw: Any, path: str) -> tuple[list[Percent], frozenset[int]]:

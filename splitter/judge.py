@@ -232,6 +232,42 @@ def at_confidence(gates: Any, new: Counts, legacy: Counts) -> tuple[list[Check],
     return checks, verdict(checks) if new.n >= gates.min_requests else WAIT
 
 
+def scaled(c: Counts, factor: float) -> Counts:
+    """`c` as if `factor` times as much traffic had come, alike: what more evidence would look like."""
+    out = Counts()
+    out.h = {i: max(1, round(v * factor)) for i, v in c.h.items()}
+    out.n = max(round(c.n * factor), sum(out.h.values()))
+    out.e = min(out.n, round(c.e * factor))
+    return out
+
+
+def growth_to_decide(gates: Any, gate: str, new: Counts, legacy: Counts, legacy_grows: bool = True) -> float | None:
+    """How many times the evidence must grow, alike (same rates, same latencies), before `gate` is
+    decided (pass or fail) at the gates' confidence; None when 1000 times would not do (the values
+    sit at the threshold) or there is nothing to grow yet. Doubling, then halving the last step."""
+    alpha = 1 - gates.confidence
+
+    def decided(f: float) -> bool:
+        checks = judge(gates, scaled(new, f), scaled(legacy, f) if legacy_grows else legacy, alpha)
+        return any(c.gate == gate and c.verdict != WAIT for c in checks)
+
+    if new.n == 0 or (legacy_grows and legacy.n == 0 and gate in RELATIVE):
+        return None
+    high = 2.0
+    while not decided(high):
+        high *= 2
+        if high > 1024:
+            return None
+    low = high / 2
+    for _ in range(8):
+        mid = (low + high) / 2
+        low, high = (low, mid) if decided(mid) else (mid, high)
+    return high
+
+
+RELATIVE = ("max_p95_ratio", "max_error_increase")  # the gates that compare new with legacy
+
+
 def verdict(checks: list[Check]) -> str:
     if any(c.verdict == FAIL for c in checks):
         return FAIL

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("splitter.rollout")
 LEASE_S = 3.0
-EVENTS = ("advanced", "done", "rolled_back", "aborted", "paused", "resumed", "promoted", "awaiting_approval")
+EVENTS = ("advanced", "done", "rolled_back", "aborted", "paused", "resumed", "promoted", "awaiting_approval", "stalled")
 
 
 class Status(StrEnum):
@@ -244,6 +244,7 @@ class Rollouts:
             old = snap.percent[route.name]
             await self._roll_back(route, state, old, now, failure, (new_c, legacy_c), gate_values)
             return
+        await self._stall(route, state, now, new_c, legacy_c)
         if now - since < ro.interval_s or state["status"] == "awaiting_approval":
             return
         if new.requests < ro.gates.min_requests:
@@ -266,6 +267,28 @@ class Rollouts:
             await self._done(route, state, now, (new_c, legacy_c), gate_values)
             return
         await self._enter(route, state, step + 1, now, "advance", **gate_values)
+
+    async def _stall(self, route: Route, state: dict[str, Any], now: float, new: Counts, legacy: Counts) -> None:
+        """A step held past max_wait_s: `stalled` once (event, history, notification); it keeps holding,
+        for a person to look (more traffic, a gate set too tight, or promote / abort)."""
+        ro = route.rollout
+        assert ro is not None
+        since = float(state["since"])
+        if ro.max_wait_s is None or state["status"] != Status.RUNNING or now - since < ro.max_wait_s:
+            return
+        if state.get("stalled") == since:
+            return
+        state["stalled"] = since
+        await self.rt.overrides.put_rollout(route.name, state)
+        at = ro.steps[int(state["step"])]
+        before = state.get("legacy_before") is not None and at == 100
+        waits = [w["says"] for w in waiting_for(ro.gates, new, legacy, now - since, not before)]
+        why = f"held at {at}% for {now - since:.0f} s (max_wait_s {ro.max_wait_s:g})"
+        why += ": " + "; ".join(waits) if waits else ": the gates are not yet shown to hold"
+        self._event(route.name, "stalled")
+        log.warning("rollout stalled", route=route.name, percent=at, reason=why)
+        pct = self.rt.snapshot.percent[route.name]
+        await self.rt.history.record("rollout", "rollout", "rollout_stalled", route.name, pct, pct, why)
 
     async def _stop(self, name: str, state: dict[str, Any], source: str | None, now: float) -> None:
         """Someone else set the percent during a step: a guard trip rolls the rollout back, a hand pauses it."""
@@ -324,9 +347,9 @@ class Rollouts:
         assert ro is not None
         total = _step_total(state)
         new, legacy = _counts(total["new"]), _counts(total["legacy"])
-        live_new, live_legacy = await self.rt.windows.pair(route.name, now, ro.interval_s + 1, float(total["until"]))
-        new.add(live_new)
-        legacy.add(live_legacy)
+        until, between = float(total["until"]), self.rt.windows.between
+        new.add(await between(route.name, "new", ro.interval_s + 1, until, None, now))
+        legacy.add(await between(route.name, "legacy", ro.interval_s + 1, until, None, now))
         before = state.get("legacy_before")
         if before is not None and ro.steps[int(state["step"])] == 100:
             return new, _counts(before)
@@ -456,7 +479,11 @@ class Rollouts:
             if ro.gates.confidence is not None:
                 view["verdict"], view["confidence"] = verdict, ro.gates.confidence
             view["new"], view["legacy"] = new_c.totals().view(), legacy_c.totals().view()
-            view["legacy_from_step_before"] = ro.steps[step] == 100 and state.get("legacy_before") is not None
+            from_before = ro.steps[step] == 100 and state.get("legacy_before") is not None
+            view["legacy_from_step_before"] = from_before
+            if status in ACTIVE:
+                view["waiting_for"] = waiting_for(ro.gates, new_c, legacy_c, now - since, not from_before)
+                view["stalled"] = state.get("stalled") == since
         return view
 
     async def act(self, name: str, action: str, full: bool = False) -> dict[str, Any]:
@@ -509,6 +536,46 @@ class Rollouts:
         r = self.rt.snapshot.config.by_name[name]
         assert r.rollout is not None
         return r.rollout.steps
+
+
+def waiting_for(gates: Gates, new: Counts, legacy: Counts, elapsed: float, legacy_grows: bool) -> list[dict[str, Any]]:
+    """What each undecided gate waits for: the requests it needs on each side (at the rates and values
+    seen since the step began) and about how long that takes; `says` is the operator's line."""
+    rates = {"new": new.n / max(1.0, elapsed), "legacy": legacy.n / max(1.0, elapsed) if legacy_grows else 0.0}
+    has = {"new": new.n, "legacy": legacy.n}
+    out = []
+    if new.n < gates.min_requests:
+        out.append(_needs("min_requests", {"new": gates.min_requests}, has, rates, ""))
+    if gates.confidence is None:
+        if gates.max_p95_ratio is not None and legacy.n < max(1, gates.min_requests):
+            out.append(_needs("max_p95_ratio", {"legacy": max(1, gates.min_requests)}, has, rates, ""))
+        return out
+    at = f" at confidence {gates.confidence:g}"
+    for c in judge.judge(gates, new, legacy, 1 - gates.confidence):
+        if c.verdict != judge.WAIT:
+            continue
+        factor = judge.growth_to_decide(gates, c.gate, new, legacy, legacy_grows)
+        if factor is None:
+            est = "no value yet" if c.estimate is None else f"estimate {c.estimate:.4g} against {c.threshold:g}"
+            says = f"{c.gate}: more of the same traffic would not decide it ({est}); it holds until that changes"
+            if new.n == 0:
+                says = f"{c.gate}: no requests of new yet"
+            out.append({"gate": c.gate, "needs": None, "has": has, "eta_s": None, "says": says})
+            continue
+        sides = ("new", "legacy") if legacy_grows and c.gate in judge.RELATIVE else ("new",)
+        out.append(_needs(c.gate, {s: math.ceil(has[s] * factor) for s in sides}, has, rates, at))
+    return out
+
+
+def _needs(gate: str, need: dict[str, int], has: dict[str, int], rates: dict[str, float], at: str) -> dict[str, Any]:
+    """One waiting gate: `need` requests per side against `has`, and the time that takes at `rates`."""
+    short = {s: n - has[s] for s, n in need.items() if n > has[s]}
+    eta = max((k / rates[s] if rates[s] > 0 else math.inf for s, k in short.items()), default=0.0)
+    sides = " and ".join(f"{n} requests of {s}" for s, n in need.items())
+    counts = ", ".join(f"{s} has {has[s]}" for s in need)
+    when = "no traffic to get them at the moment" if math.isinf(eta) else f"about {eta:.0f} s at the current rate"
+    says = f"{gate}: needs {sides}{at}; {counts} — {when}"
+    return {"gate": gate, "needs": need, "has": has, "eta_s": None if math.isinf(eta) else round(eta, 1), "says": says}
 
 
 def _step_total(state: dict[str, Any]) -> dict[str, Any]:

@@ -302,15 +302,19 @@ class Windows:
         """The slot width of the kept window that covers `span_s` (what between() can split at)."""
         return width_for(self.routes[route].window_for(span_s))
 
-    async def between(self, route: str, backend: str, span_s: float, start: float, end: float, now: float) -> Counts:
+    async def between(
+        self, route: str, backend: str, span_s: float, start: float, end: float | None, now: float
+    ) -> Counts:
         """One backend's outcomes in the whole slots of the `span_s` window from `start` up to `end`
-        (seconds, `end` on a slot boundary): what a long rollout step folds into its running total
-        before the window forgets it."""
+        (seconds, on a slot boundary; None: up to now, the current slot included), as far back as the
+        window keeps them: what a long rollout step folds into its running total before the window
+        forgets it, and what it has gathered since."""
         o = self.routes[route]
         span = o.window_for(span_s)
         width = width_for(span)
-        first = math.ceil(max(start, o.since) / width)
-        return await self._sum(route, backend, span, range(first, math.floor(end / width)), now)
+        first = max(math.ceil(max(start, o.since) / width), math.floor(now / width) - MAX_SLOTS)
+        last = math.floor(now / width) + 1 if end is None else math.floor(end / width)
+        return await self._sum(route, backend, span, range(first, last), now)
 
     async def pair(self, route: str, now: float, span_s: float, since: float | None = None) -> tuple[Counts, Counts]:
         """New's and legacy's outcomes over the same window, (new, legacy): what every judgement

@@ -122,3 +122,31 @@ def test_building_blocks_match_their_definitions():
     for n, p, y in ((50, 0.95, 0.01), (1000, 0.95, 0.005), (7, 0.5, 0.99), (10_000, 0.95, 0.9995)):
         assert judge.binom_ppf(y, n, p) == int(stats.binom.ppf(y, n, p)), (n, p, y)
     assert judge.proportion_bounds(3, 100, 0.05) == pytest.approx((stats.beta.ppf(0.05, 3, 98), stats.beta.ppf(0.95, 4, 97)))
+
+
+def _alike(n: int, ms: float, errors: int = 0) -> Counts:
+    from splitter.window import bucket_index
+
+    c = Counts()
+    c.n, c.e, c.h = n, errors, {bucket_index(ms / 1000): n}
+    return c
+
+
+def test_growth_to_decide_says_how_much_more_of_the_same_traffic_decides_a_waiting_gate():
+    gates = Gates(max_p95_ratio=1.5, min_requests=20, confidence=0.9)
+    new, legacy = _alike(20, 45), _alike(20, 45)
+    assert judge.judge(gates, new, legacy, 0.1)[0].verdict == judge.WAIT
+    factor = judge.growth_to_decide(gates, "max_p95_ratio", new, legacy)
+    assert factor is not None
+    need = math.ceil(20 * factor)
+    # the p95 upper bound at each side's sqrt(0.9) needs 0.95^n <= 1 - sqrt(0.9): n >= 58
+    assert 56 <= need <= 60, need
+    assert judge.judge(gates, judge.scaled(new, need / 20), judge.scaled(legacy, need / 20), 0.1)[0].verdict == judge.PASS
+
+
+def test_growth_to_decide_is_none_when_more_alike_traffic_cannot_decide():
+    gates = Gates(max_error_rate=0.1, confidence=0.95)
+    assert judge.growth_to_decide(gates, "max_error_rate", _alike(0, 45), _alike(0, 45)) is None
+    # exactly at the threshold: neither bound ever crosses it
+    at = judge.growth_to_decide(gates, "max_error_rate", _alike(100, 45, errors=10), _alike(100, 45))
+    assert at is None

@@ -212,6 +212,8 @@ function rolloutBox(ro, kill) {
       (ro.confidence ? `, judged at ${ro.confidence}` : "");
     box.append(el("div", { class: "label" }, since + ": " + evidenceLine(ro)), gateTable(ro.gates));
   }
+  if (ro.stalled) box.append(el("div", { class: "label waiting", "data-field": "stalled" }, "stalled: held past max_wait_s (still holding)"));
+  for (const w of ro.waiting_for || []) box.append(el("div", { class: "label waiting", "data-gate": w.gate }, `waiting: ${w.says}`));
   const prev = ro.previous;
   if (prev) {
     const what = ro.status === "rolled_back" ? "evidence" : ro.status === "done" ? "last step" : "previous step";

@@ -1,0 +1,39 @@
+"""Rollout gates against real processes: a held rollout says what it waits for, and past
+max_wait_s it is `stalled` once (event, history, notification) and keeps holding."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from conftest import eventually, routes_yaml
+from test_history import Receiver
+from test_operator_loop import auth_route, events, rollout_view, wait_for
+
+QUIET_GATES = "{min_requests: 10, max_error_rate: 0.5}"
+
+
+def test_a_rollout_with_no_traffic_past_max_wait_s_is_stalled_once_and_keeps_holding(standin, splitter):
+    hook = Receiver()
+    try:
+        rollout = f"{{steps: [50, 100], interval_s: 1, max_wait_s: 3, gates: {QUIET_GATES}}}"
+        extra = f'notify:\n  - {{url: "{hook.url}", events: [rollout_stalled]}}'
+        s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(rollout), extra=extra))
+        view = eventually(lambda: (v := rollout_view(s))["step"] == 50 and v, timeout=5)
+        (waiting,) = view["waiting_for"]
+        assert waiting["gate"] == "min_requests" and waiting["needs"] == {"new": 10} and waiting["eta_s"] is None
+        assert waiting["says"] == "min_requests: needs 10 requests of new; new has 0 — no traffic to get them at the moment"
+        assert events(s, "stalled") == 0
+        eventually(lambda: events(s, "stalled") == 1, timeout=10)
+        stalled = [e for e in httpx.get(s.admin + "/admin/history?route=auth").json() if e["action"] == "rollout_stalled"]
+        assert len(stalled) == 1 and "held at 50% for 3 s (max_wait_s 3): min_requests: needs 10" in stalled[0]["reason"]
+        got = eventually(lambda: hook.got, timeout=5)
+        assert got[0][1]["action"] == "rollout_stalled" and got[0][1]["route"] == "auth"
+        time.sleep(2)  # more ticks past max_wait_s: no second `stalled`
+        view = rollout_view(s)
+        assert view["status"] == "running" and view["percent"] == 50 and view["stalled"] is True, view
+        assert events(s, "stalled") == 1 and len(hook.got) == 1
+        r = wait_for(s, "--timeout", "1")
+        assert r.returncode == 4 and "waiting: min_requests: needs 10 requests of new" in r.stderr, r
+    finally:
+        hook.close()
