@@ -29,6 +29,7 @@ ID_KINDS = ("header", "cookie", "jwt_sub")
 NAME_RE = re.compile(r"[a-z0-9_]+")
 DEFAULT_MAX_BODY = 1 << 30
 UID_COOKIE = "splitter_uid"
+DEFAULT_P95_TOLERANCE_MS = 5.0
 # what a change history event (history.py) can be; `notify[].events` filters on these
 CHANGE_ACTIONS: tuple[str, ...] = ("set", "clear", "rollback", "kill", "guard_trip", "reload")
 ROLLOUT_CHANGES = ("step", "done", "rollback", "pause", "resume", "abort", "promote", "restart", "stalled")
@@ -115,6 +116,9 @@ class Gates:
     min_requests: int = 0
     max_error_increase: float | None = None
     confidence: float | None = None  # judge.py: pass / fail only on evidence at this level, else wait
+    # max_p95_ratio fails only when new is also slower than legacy by more than this: on a 1.3 ms service a
+    # 0.3 ms difference is a 20 % ratio no user can feel (the migration plan's "within 10 %" of what matters)
+    p95_tolerance_ms: float = DEFAULT_P95_TOLERANCE_MS
 
 
 @dataclass(frozen=True)
@@ -441,6 +445,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "min_requests": _COUNT,
         "max_error_increase": _RATE,
         "confidence": _CONFIDENCE,
+        "p95_tolerance_ms": {"type": "number", "minimum": 0},
     },
 }
 _REQUIRED = {
@@ -1035,6 +1040,14 @@ def _guard(doc: _Doc, raw: Any, path: str) -> GuardSpec | None:
     )
 
 
+def _tolerance(doc: _Doc, d: dict[str, Any], path: str) -> float:
+    v = d.get("p95_tolerance_ms", DEFAULT_P95_TOLERANCE_MS)
+    if not _is_num(v) or v < 0:
+        doc.error(f"{path}.p95_tolerance_ms", f"must be a number of milliseconds >= 0, got {_show(v)}")
+        return DEFAULT_P95_TOLERANCE_MS
+    return float(v)
+
+
 def _confidence(doc: _Doc, d: dict[str, Any], path: str) -> float | None:
     v = d.get("confidence")
     if v is None:
@@ -1085,6 +1098,7 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
         int(_number(doc, g, "min_requests", gp, 0, integer=True)),
         _number(doc, g, "max_error_increase", gp, None, positive=False, upper=1),
         _confidence(doc, g, gp),
+        _tolerance(doc, g, gp),
     )
     max_wait = _number(doc, r, "max_wait_s", path, None)
     return RolloutSpec(tuple(steps), float(interval), gates, approval, max_wait)

@@ -15,7 +15,10 @@ with statistics that hold at level c, computed with scipy's special functions:
   max_p95_ratio      the ratio interval from both p95 intervals (each at sqrt(c)),
                      plus a Mann-Whitney U test on the binned data (midranks per bin,
                      tie-corrected variance) for "new is slower": fail only when both
-                     show it, pass when the ratio's upper bound is within the threshold.
+                     show it and new's p95 is shown more than p95_tolerance_ms above
+                     legacy's (rollout gates; practical significance), pass when the
+                     ratio's upper bound is within the threshold or the difference's
+                     is within the tolerance.
 
 The verdict of a set of gates is fail if any gate fails, pass if all pass, else wait.
 Judging often on growing data is many looks at it: `alpha` lets the caller spend its
@@ -194,7 +197,10 @@ def mann_whitney_slower(new: Counts, legacy: Counts) -> float | None:
     return float(special.ndtr(-z))
 
 
-def p95_ratio_check(new: Counts, legacy: Counts, threshold: float, alpha: float) -> Check:
+def p95_ratio_check(new: Counts, legacy: Counts, threshold: float, alpha: float, tolerance_ms: float = 0.0) -> Check:
+    """Fails when the ratio is shown above the threshold, new is shown slower (Mann-Whitney) and new's
+    p95 is shown more than `tolerance_ms` above legacy's; passes when the ratio is shown within the
+    threshold or (tolerance_ms > 0) the difference is shown within the tolerance."""
     each = 1 - math.sqrt(1 - alpha)  # both p95 intervals hold together at 1 - alpha
     est_n, low_n, high_n = quantile_bounds(new, 0.95, each)
     est_l, low_l, high_l = quantile_bounds(legacy, 0.95, each)
@@ -205,7 +211,9 @@ def p95_ratio_check(new: Counts, legacy: Counts, threshold: float, alpha: float)
     high = high_n / low_l if low_l > 0 else math.inf
     p_value = mann_whitney_slower(new, legacy)
     slower = p_value is not None and p_value < alpha
-    verdict = FAIL if low > threshold and slower else PASS if high <= threshold else WAIT
+    felt = low_n - high_l > tolerance_ms  # -inf when legacy's upper bound is open: not shown
+    within = tolerance_ms > 0 and high_n - low_l <= tolerance_ms
+    verdict = FAIL if low > threshold and slower and felt else PASS if high <= threshold or within else WAIT
     return Check("max_p95_ratio", threshold, estimate, low, high, verdict, p_value)
 
 
@@ -221,7 +229,8 @@ def judge(gates: Any, new: Counts, legacy: Counts, alpha: float) -> list[Check]:
     if getattr(gates, "max_p95_ms", None) is not None:
         checks.append(p95_check(new, gates.max_p95_ms, alpha))
     if getattr(gates, "max_p95_ratio", None) is not None:
-        checks.append(p95_ratio_check(new, legacy, gates.max_p95_ratio, alpha))
+        tolerance = getattr(gates, "p95_tolerance_ms", 0.0)
+        checks.append(p95_ratio_check(new, legacy, gates.max_p95_ratio, alpha, tolerance))
     return checks
 
 

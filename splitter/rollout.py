@@ -134,12 +134,16 @@ def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:
     if g.max_p95_ratio is not None:
         judged = bool(new.p95_ms and legacy.p95_ms and legacy.requests >= max(1, g.min_requests))
         ratio = round(new.p95_ms / legacy.p95_ms, 4) if judged and new.p95_ms and legacy.p95_ms else None
+        slower = round(new.p95_ms - legacy.p95_ms, 3) if ratio is not None and new.p95_ms and legacy.p95_ms else None
         checks.append(
             {
                 "gate": "max_p95_ratio",
                 "value": ratio,
                 "threshold": g.max_p95_ratio,
-                "ok": ratio <= g.max_p95_ratio if ratio is not None else None,
+                "slower_ms": slower,
+                "tolerance_ms": g.p95_tolerance_ms,
+                # fails only when new is also slower by more than the tolerance: a difference users feel
+                "ok": ratio <= g.max_p95_ratio or (slower or 0) <= g.p95_tolerance_ms if ratio is not None else None,
             }
         )
     return checks
@@ -154,7 +158,10 @@ def gate_failure(g: Gates, new: Totals, legacy: Totals) -> str | None:
         return None
     for c in gate_checks(g, new, legacy)[1:]:
         if c["ok"] is False:
-            return f"{_SAYS[c['gate']]} {c['value']:g} > {c['threshold']:g}"
+            said = f"{_SAYS[c['gate']]} {c['value']:g} > {c['threshold']:g}"
+            if c["gate"] == "max_p95_ratio":
+                said += f", {c['slower_ms']:g} ms slower than legacy (tolerance {c['tolerance_ms']:g} ms)"
+            return said
     return None
 
 

@@ -150,3 +150,34 @@ def test_growth_to_decide_is_none_when_more_alike_traffic_cannot_decide():
     # exactly at the threshold: neither bound ever crosses it
     at = judge.growth_to_decide(gates, "max_error_rate", _alike(100, 45, errors=10), _alike(100, 45))
     assert at is None
+
+
+def test_a_p95_ratio_no_user_can_feel_passes_with_the_tolerance_and_a_felt_one_fails():
+    """On a 1 ms service a 1.5 ratio is well under a millisecond (README's example on the reference stack:
+    1.60 ms against 1.33 ms): no user feels it; 80 ms against 50 ms they do."""
+    rng = np.random.default_rng(7)
+    new, legacy = Counts(), Counts()
+    add(new, rng, 3000, 0.0, 1.8)
+    add(legacy, rng, 3000, 0.0, 1.2)
+    strict = judge.p95_ratio_check(new, legacy, 1.1, 0.01)
+    assert strict.verdict == judge.FAIL and strict.low is not None and strict.low > 1.1
+    tolerant = judge.judge(Gates(max_p95_ratio=1.1, confidence=0.99), new, legacy, 0.01)[0]
+    assert tolerant.verdict == judge.PASS, "within the default 5 ms: practically the same"
+    slow_new, slow_legacy = Counts(), Counts()
+    add(slow_new, rng, 3000, 0.0, 80.0)
+    add(slow_legacy, rng, 3000, 0.0, 50.0)
+    assert judge.judge(Gates(max_p95_ratio=1.1, confidence=0.99), slow_new, slow_legacy, 0.01)[0].verdict == judge.FAIL
+    assert judge.judge(Gates(max_p95_ratio=1.1, p95_tolerance_ms=100, confidence=0.99), slow_new, slow_legacy, 0.01)[
+        0
+    ].verdict == judge.PASS
+
+
+def test_threshold_gates_fail_a_ratio_only_when_new_is_also_slower_by_more_than_the_tolerance():
+    gates = Gates(max_p95_ratio=1.1, min_requests=10)
+    assert gate_failure(gates, Totals(100, 0, 1.60), Totals(100, 0, 1.33)) is None
+    reason = gate_failure(Gates(max_p95_ratio=1.1, min_requests=10, p95_tolerance_ms=0), Totals(100, 0, 1.60),
+                          Totals(100, 0, 1.33))
+    assert reason == "p95 ratio 1.203 > 1.1, 0.27 ms slower than legacy (tolerance 0 ms)"
+    assert gate_failure(gates, Totals(100, 0, 80.0), Totals(100, 0, 50.0)) == (
+        "p95 ratio 1.6 > 1.1, 30 ms slower than legacy (tolerance 5 ms)"
+    )
