@@ -421,12 +421,14 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
                 lines.append(
                     f"  {mark} {g['gate']:<18} {est:>10}{interval}{p}  (threshold {g['threshold']:g}) {g['verdict']}"
                 )
+                lines += [f"      {g['detail']}"] if g.get("detail") else []
                 continue
             too_few = g["gate"] == "min_requests"  # not enough traffic yet: waiting, not failing
             mark = {True: "✓", False: "…" if too_few else "✗", None: "…"}[g["ok"]]
             value = "-" if g["value"] is None else f"{g['value']:g}"
             felt = f", {g['slower_ms']:g} ms slower, tolerance {g['tolerance_ms']:g} ms" if g.get("slower_ms") else ""
             lines.append(f"  {mark} {g['gate']:<18} {value:>10}  (threshold {g['threshold']:g}{felt})")
+            lines += [f"      {g['detail']}"] if g.get("detail") else []
         if i.get("legacy_from_step_before"):
             lines.append("  legacy's side: its window of the step before (no legacy traffic at 100%)")
         if i.get("stalled"):

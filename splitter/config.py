@@ -119,6 +119,8 @@ class Gates:
     # max_p95_ratio fails only when new is also slower than legacy by more than this: on a 1.3 ms service a
     # 0.3 ms difference is a 20 % ratio no user can feel (the migration plan's "within 10 %" of what matters)
     p95_tolerance_ms: float = DEFAULT_P95_TOLERANCE_MS
+    no_new_errors: bool = False  # an error type (status >= 400, a listed status, a proxy failure kind) new adds fails
+    no_new_errors_statuses: tuple[int, ...] = ()  # statuses below 400 to count as error types too (e.g. 307)
 
 
 @dataclass(frozen=True)
@@ -446,6 +448,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "max_error_increase": _RATE,
         "confidence": _CONFIDENCE,
         "p95_tolerance_ms": {"type": "number", "minimum": 0},
+        "no_new_errors": {"type": "boolean"},
+        "no_new_errors_statuses": {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}},
     },
 }
 _REQUIRED = {
@@ -1040,6 +1044,18 @@ def _guard(doc: _Doc, raw: Any, path: str) -> GuardSpec | None:
     )
 
 
+def _no_new_errors(doc: _Doc, d: dict[str, Any], path: str) -> tuple[bool, tuple[int, ...]]:
+    on = d.get("no_new_errors", False)
+    if not isinstance(on, bool):
+        doc.error(f"{path}.no_new_errors", f"must be true or false, got {_show(on)}")
+        on = False
+    statuses = d.get("no_new_errors_statuses", [])
+    if not isinstance(statuses, list) or not all(_is_int(s) and 100 <= s <= 599 for s in statuses):
+        doc.error(f"{path}.no_new_errors_statuses", f"must be a list of HTTP statuses 100..599, got {_show(statuses)}")
+        statuses = []
+    return on, tuple(statuses)
+
+
 def _tolerance(doc: _Doc, d: dict[str, Any], path: str) -> float:
     v = d.get("p95_tolerance_ms", DEFAULT_P95_TOLERANCE_MS)
     if not _is_num(v) or v < 0:
@@ -1099,6 +1115,7 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
         _number(doc, g, "max_error_increase", gp, None, positive=False, upper=1),
         _confidence(doc, g, gp),
         _tolerance(doc, g, gp),
+        *_no_new_errors(doc, g, gp),
     )
     max_wait = _number(doc, r, "max_wait_s", path, None)
     return RolloutSpec(tuple(steps), float(interval), gates, approval, max_wait)

@@ -60,10 +60,11 @@ class Check:
     high: float | None
     verdict: str
     p_value: float | None = None
+    detail: str | None = None  # what a count gate saw (no_new_errors: the type, both counts, an example path)
 
     def view(self) -> dict[str, Any]:
         r = _round
-        return {
+        out = {
             "gate": self.gate,
             "threshold": self.threshold,
             "estimate": r(self.estimate),
@@ -71,6 +72,9 @@ class Check:
             "p_value": r(self.p_value),
             "verdict": self.verdict,
         }
+        if self.detail is not None:
+            out["detail"] = self.detail
+        return out
 
 
 def _round(x: float | None) -> float | None:
@@ -217,10 +221,42 @@ def p95_ratio_check(new: Counts, legacy: Counts, threshold: float, alpha: float,
     return Check("max_p95_ratio", threshold, estimate, low, high, verdict, p_value)
 
 
+# --- error types ------------------------------------------------------------------------------------
+def more_often_p(k: int, m: int, j: int, n: int) -> float:
+    """One-sided exact p-value of "new (k of m requests) has this type more often than legacy (j of n)":
+    given the k + j occurrences, each falls on new with probability m / (m + n) if the rates are
+    equal (the conditional binomial test of two rates); P(at least k on new)."""
+    if k == 0 or m == 0:
+        return 1.0
+    if n == 0:
+        return 1.0  # nothing to compare with
+    return float(special.bdtrc(k - 1, k + j, m / (m + n)))
+
+
+def no_new_errors_check(new: Counts, legacy: Counts, alpha: float, examples: Mapping[str, str] | None = None) -> Check:
+    """Every error type new has, tested against legacy's rate of it (alpha split over the types, Bonferroni):
+    fail naming the worst, with both counts and an example path; pass when none is shown more frequent and
+    new has traffic; wait while legacy has none to compare with."""
+    if new.n == 0 or legacy.n == 0:
+        return Check("no_new_errors", 0.0, None, None, None, WAIT)
+    tested = sorted((more_often_p(k, new.n, legacy.t.get(t, 0), legacy.n), t) for t, k in new.t.items())
+    if not tested:
+        return Check("no_new_errors", 0.0, 0.0, None, None, PASS, 1.0, "no error types on new")
+    p, worst = tested[0]
+    k, j = new.t[worst], legacy.t.get(worst, 0)
+    failed = p < alpha / len(tested)
+    where = f", e.g. {examples[worst]}" if examples and worst in examples else ""
+    detail = f"{worst}: new {k} of {new.n}, legacy {j} of {legacy.n}{where}"
+    return Check("no_new_errors", 0.0, k / new.n, None, None, FAIL if failed else PASS, p, detail)
+
+
 # --- a set of gates ------------------------------------------------------------------------------
-def judge(gates: Any, new: Counts, legacy: Counts, alpha: float) -> list[Check]:
+def judge(
+    gates: Any, new: Counts, legacy: Counts, alpha: float, examples: Mapping[str, str] | None = None
+) -> list[Check]:
     """Every configured gate of a GuardSpec or Gates (attributes max_error_rate, max_p95_ms,
-    max_p95_ratio, max_error_increase; absent ones are skipped)."""
+    max_p95_ratio, max_error_increase, no_new_errors; absent ones are skipped). `examples`: a path
+    per error type new had, to name in no_new_errors' detail."""
     checks = []
     if getattr(gates, "max_error_rate", None) is not None:
         checks.append(error_rate_check(new, gates.max_error_rate, alpha))
@@ -231,13 +267,17 @@ def judge(gates: Any, new: Counts, legacy: Counts, alpha: float) -> list[Check]:
     if getattr(gates, "max_p95_ratio", None) is not None:
         tolerance = getattr(gates, "p95_tolerance_ms", 0.0)
         checks.append(p95_ratio_check(new, legacy, gates.max_p95_ratio, alpha, tolerance))
+    if getattr(gates, "no_new_errors", False):
+        checks.append(no_new_errors_check(new, legacy, alpha, examples))
     return checks
 
 
-def at_confidence(gates: Any, new: Counts, legacy: Counts) -> tuple[list[Check], str]:
+def at_confidence(
+    gates: Any, new: Counts, legacy: Counts, examples: Mapping[str, str] | None = None
+) -> tuple[list[Check], str]:
     """A whole window judged at the gates' confidence (one look): the checks, and the verdict,
     which waits while new has fewer than min_requests. Admin's evidence, a step's record."""
-    checks = judge(gates, new, legacy, 1 - gates.confidence)
+    checks = judge(gates, new, legacy, 1 - gates.confidence, examples)
     return checks, verdict(checks) if new.n >= gates.min_requests else WAIT
 
 
@@ -289,7 +329,10 @@ def reason(checks: list[Check]) -> str:
     """One line naming the failed gates with their evidence, in the gate's unit (%, ms, x)."""
     parts = []
     for c in checks:
-        if c.verdict == FAIL:
+        if c.verdict == FAIL and c.detail is not None:
+            p = f", p={c.p_value:.2g}" if c.p_value is not None else ""
+            parts.append(f"{c.gate}: {c.detail}{p}")
+        elif c.verdict == FAIL:
             f = _UNITS.get(c.gate, "{:.4g}".format)
             p = f", p={c.p_value:.2g}" if c.p_value is not None else ""
             high = "∞" if c.high is None or math.isinf(c.high) else f(c.high)

@@ -152,6 +152,22 @@ def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:
 _SAYS = {"max_error_rate": "error rate", "max_p95_ms": "p95 ms", "max_p95_ratio": "p95 ratio"}
 
 
+THRESHOLD_ALPHA = 0.01  # the count gates' test level when the gates set no confidence
+
+
+def count_checks(g: Gates, new: Counts, legacy: Counts, examples: dict[str, str] | None = None) -> list[judge.Check]:
+    """The gates that count occurrences (no_new_errors) need a test even without `confidence`: at 0.99."""
+    return [judge.no_new_errors_check(new, legacy, THRESHOLD_ALPHA, examples)] if g.no_new_errors else []
+
+
+def count_failure(g: Gates, new: Counts, legacy: Counts, examples: dict[str, str] | None = None) -> str | None:
+    """The count gates' failure, judged only with enough new traffic (threshold gates)."""
+    if new.n < max(1, g.min_requests):
+        return None
+    failed = [c for c in count_checks(g, new, legacy, examples) if c.verdict == judge.FAIL]
+    return judge.reason(failed) if failed else None
+
+
 def gate_failure(g: Gates, new: Totals, legacy: Totals) -> str | None:
     """The first gate that fails, judged only with enough new traffic."""
     if new.requests < max(1, g.min_requests):
@@ -242,10 +258,11 @@ class Rollouts:
             "legacy_p95_ms": legacy.p95_ms,
         }
         judged = ro.gates.confidence is not None
+        examples = self._examples(route.name)
         failure = (
-            self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values)
+            self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values, examples)
             if judged
-            else gate_failure(ro.gates, new, legacy)
+            else gate_failure(ro.gates, new, legacy) or count_failure(ro.gates, new_c, legacy_c, examples)
         )
         if failure:
             old = snap.percent[route.name]
@@ -259,7 +276,7 @@ class Rollouts:
             return
         if judged:
             assert ro.gates.confidence is not None
-            checks = judge.judge(ro.gates, new_c, legacy_c, 1 - ro.gates.confidence)
+            checks = judge.judge(ro.gates, new_c, legacy_c, 1 - ro.gates.confidence, examples)
             gate_values["checks"] = [c.view() for c in checks]
             if judge.verdict(checks) != judge.PASS:
                 # neither shown to hold nor shown to fail: a rollout waits for more evidence
@@ -383,8 +400,20 @@ class Rollouts:
         state["step_total"] = {**total, "until": end}
         await self.rt.overrides.put_rollout(route.name, state)
 
+    def _examples(self, name: str) -> dict[str, str]:
+        """A path per error type new had, seen by this process (the fleet's counts carry no paths)."""
+        o = self.rt.windows.get(name)
+        return {kind: path for (role, kind), path in o.examples.items() if role == "new"} if o is not None else {}
+
     def _judged_failure(
-        self, name: str, gates: Gates, new: Counts, legacy: Counts, since: float, values: dict[str, Any]
+        self,
+        name: str,
+        gates: Gates,
+        new: Counts,
+        legacy: Counts,
+        since: float,
+        values: dict[str, Any],
+        examples: dict[str, str],
     ) -> str | None:
         """With `confidence`, a failure is judged at checkpoints (new's requests reaching
         min_requests x 1, 2, 4, 8 ...), look k spending alpha * 6 / (pi^2 k^2) of the error
@@ -394,7 +423,7 @@ class Rollouts:
         if look == 0 or self._looks.get(name, (since, 0)) >= (since, look):
             return None
         self._looks[name] = (since, look)
-        checks = judge.judge(gates, new, legacy, judge.spend(1 - gates.confidence, look))
+        checks = judge.judge(gates, new, legacy, judge.spend(1 - gates.confidence, look), examples)
         values["checks"] = [c.view() for c in checks]
         values["look"] = look
         return judge.reason(checks) if judge.verdict(checks) == judge.FAIL else None
@@ -482,7 +511,7 @@ class Rollouts:
         }
         if step >= 0 and since is not None and status in (*ACTIVE, "paused"):  # a finished one shows `previous`
             new_c, legacy_c = await self.evidence(r, state, now)
-            view["gates"], verdict = _gate_views(ro.gates, new_c, legacy_c)
+            view["gates"], verdict = _gate_views(ro.gates, new_c, legacy_c, self._examples(r.name))
             if ro.gates.confidence is not None:
                 view["verdict"], view["confidence"] = verdict, ro.gates.confidence
             view["new"], view["legacy"] = new_c.totals().view(), legacy_c.totals().view()
@@ -599,15 +628,20 @@ def _counts(fields: dict[str, Any]) -> Counts:
     return Counts.from_fields({k: str(v) for k, v in fields.items()})
 
 
-def _gate_views(gates: Gates, new_c: Counts, legacy_c: Counts) -> tuple[list[dict[str, Any]], str]:
+def _gate_views(
+    gates: Gates, new_c: Counts, legacy_c: Counts, examples: dict[str, str] | None = None
+) -> tuple[list[dict[str, Any]], str]:
     """Each gate as the API shows it, and the verdict (wait below min_requests): judged with
     `confidence` (estimate, interval, p-value), else the raw value against its threshold."""
     new = new_c.totals()
     if gates.confidence is None:
         checks = gate_checks(gates, new, legacy_c.totals())
+        for c in count_checks(gates, new_c, legacy_c, examples):
+            ok = c.verdict != judge.FAIL if new.requests >= max(1, gates.min_requests) else None
+            checks.append({"gate": c.gate, "value": c.estimate, "threshold": c.threshold, "ok": ok, "detail": c.detail})
         oks = [c["ok"] for c in checks]
         return checks, judge.FAIL if False in oks else judge.PASS if all(oks) else judge.WAIT
-    judged, verdict = judge.at_confidence(gates, new_c, legacy_c)
+    judged, verdict = judge.at_confidence(gates, new_c, legacy_c, examples)
     enough = new.requests >= gates.min_requests
     floor = {"gate": "min_requests", "value": new.requests, "threshold": gates.min_requests, "ok": enough}
     return [floor, *(c.view() for c in judged)], verdict

@@ -191,7 +191,8 @@ class Runtime:
         rollout judges); fleet-wide with Redis. ~1.4 us a request, off any I/O."""
         judged = {r.name: [*_spans(r), CONSOLE_SPAN_S] for r in cfg.routes}
         store = self.overrides if isinstance(self.overrides, RedisOverrides) else None
-        return Windows(judged, store, cfg.redis_prefix, old)
+        typed = {r.name: frozenset(r.rollout.gates.no_new_errors_statuses) for r in cfg.routes if r.rollout}
+        return Windows(judged, store, cfg.redis_prefix, old, typed)
 
     async def _flush_windows(self) -> None:
         """Once a second, off the request path: this process's counts go to the fleet's keys."""

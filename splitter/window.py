@@ -88,14 +88,16 @@ class Totals:
 
 
 class Counts:
-    """A mergeable summary: requests, errors, latency histogram."""
+    """A mergeable summary: requests, errors, latency histogram, and the error types (`t`: an answer
+    status >= 400 or one a gate lists, as "409", or a proxy failure kind, as "connect") by count."""
 
-    __slots__ = ("e", "h", "n")
+    __slots__ = ("e", "h", "n", "t")
 
     def __init__(self) -> None:
         self.n = 0
         self.e = 0
         self.h: dict[int, int] = {}
+        self.t: dict[str, int] = {}
 
     def add(self, other: Counts) -> None:
         self.n += other.n
@@ -103,6 +105,10 @@ class Counts:
         h = self.h
         for i, c in other.h.items():
             h[i] = h.get(i, 0) + c
+        if other.t:
+            t = self.t
+            for k, c in other.t.items():
+                t[k] = t.get(k, 0) + c
 
     def totals(self) -> Totals:
         return Totals(self.n, self.e, quantile_ms(self.h, self.n, 0.95))
@@ -111,6 +117,7 @@ class Counts:
         """As the fields of a Redis hash."""
         out = {"n": self.n, "e": self.e}
         out.update({str(i): c for i, c in self.h.items()})
+        out.update({f"t:{k}": c for k, c in self.t.items()})
         return out
 
     @classmethod
@@ -123,6 +130,8 @@ class Counts:
                 c.e = int(v)
             elif k.isdigit():
                 c.h[int(k)] = int(v)
+            elif k.startswith("t:"):
+                c.t[k[2:]] = int(v)
         return c
 
 
@@ -178,9 +187,14 @@ class Outcomes:
         # whenever a second's first count does, so a flush visits only routes that had requests
         self.name = name
         self.touched: set[str] = touched if touched is not None else set()
+        self.typed: frozenset[int] = frozenset()  # statuses below 400 counted as error types (no_new_errors_statuses)
+        self.examples: dict[tuple[str, str], str] = {}  # (role, error type) -> the last path that had it (this process)
 
-    def record(self, backend: str, now: float, error: bool, seconds: float) -> None:
-        pending = self.pending["new" if backend == "new" else "legacy"]
+    def record(
+        self, backend: str, now: float, error: bool, seconds: float, kind: str | None = None, path: str = ""
+    ) -> None:
+        role = "new" if backend == "new" else "legacy"
+        pending = self.pending[role]
         sec = int(now)
         c = pending.get(sec)
         if c is None:
@@ -191,6 +205,9 @@ class Outcomes:
             c.e += 1
         i = bucket_index(seconds)
         c.h[i] = c.h.get(i, 0) + 1
+        if kind is not None:  # the error paths only: one dict increment, and the example kept
+            c.t[kind] = c.t.get(kind, 0) + 1
+            self.examples[(role, kind)] = path
 
     def count_cohort(self, name: str, sec: int, requests: int) -> None:
         """`requests` a cohort decided, in second `sec` (requests only: no errors, no latency)."""
@@ -235,6 +252,7 @@ class Windows:
         store: FleetStore | None = None,
         prefix: str = "splitter",
         old: Windows | None = None,
+        typed: Mapping[str, frozenset[int]] | None = None,
     ) -> None:
         self.store = store
         self.prefix = prefix
@@ -248,6 +266,7 @@ class Windows:
                 keep.touched = self._touched  # its pending counts, if any, are flushed from here on
                 self._touched.add(name)
                 fresh = keep
+            fresh.typed = (typed or {}).get(name, frozenset())
             self.routes[name] = fresh
         self._longest = max((s for o in self.routes.values() for s in o.spans), default=0.0)
         self._final: dict[str, Counts] = {}  # fleet slots every process has flushed

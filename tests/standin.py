@@ -8,6 +8,7 @@ GET/POST anything  -> 200 JSON {backend, method, path, raw_path, query, headers:
 /gzip              -> a gzip body with Content-Encoding: gzip (never decoded by the proxy)
 /slow?s=N          -> sleeps N seconds first
 /delay?legacy_ms=A&new_ms=B -> sleeps A or B ms, by this stand-in's name
+/sometimes?new_status=409&new_rate=0.05 -> answers that status at that rate, by this stand-in's name (else 200)
 /bytes?n=N         -> streams N bytes (chunked)
 /status?code=N     -> answers N
 .../flaky          -> on new, 3 requests in 10 answer 500
@@ -48,6 +49,8 @@ def make_app(name: str) -> Any:
             await asyncio.sleep(float(query.get("s", "1")))
         if path.endswith("/delay"):  # /delay?legacy_ms=99&new_ms=101: each backend its own latency
             await asyncio.sleep(float(query.get(f"{name}_ms", "0")) / 1000)
+        if path.endswith("/sometimes") and random.random() < float(query.get(f"{name}_rate", "0")):
+            status = int(query.get(f"{name}_status", "200"))
         if path.endswith("/redirect"):
             status = 302
             headers.append((b"location", b"/elsewhere"))

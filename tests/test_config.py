@@ -278,3 +278,28 @@ def test_notify_targets_and_admin_reads_load():
     )
     assert cfg.admin_reads == "token" and cfg.secret_names() == ["SLACK_URL"] and cfg.notify[1].label == "$SLACK_URL"
     assert config.parse(VALID).admin_reads == "open" and config.parse(VALID).notify == ()
+
+
+def test_the_new_rollout_keys_load_with_their_defaults(tmp_path):
+    f = tmp_path / "routes.yaml"
+    extra = "max_wait_s: 600, gates: {max_p95_ratio: 1.1, no_new_errors: true, no_new_errors_statuses: [307]}"
+    f.write_text(VALID.replace("    salt: s1", f"    salt: s1\n    rollout: {{steps: [10, 100], {extra}}}"))
+    ro = config.load(f).by_name["upload"].rollout
+    assert ro is not None and ro.max_wait_s == 600
+    assert ro.gates.no_new_errors and ro.gates.no_new_errors_statuses == (307,) and ro.gates.p95_tolerance_ms == 5.0
+
+
+@pytest.mark.parametrize(
+    "gates,message",
+    [
+        ("{p95_tolerance_ms: -1}", "routes[1].rollout.gates.p95_tolerance_ms: must be a number of milliseconds >= 0"),
+        ("{no_new_errors: yes please}", "routes[1].rollout.gates.no_new_errors: must be true or false"),
+        ("{no_new_errors_statuses: [99]}", "routes[1].rollout.gates.no_new_errors_statuses: must be a list of HTTP"),
+    ],
+)
+def test_bad_gate_keys_name_the_key(tmp_path, gates, message):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID.replace("    salt: s1", f"    salt: s1\n    rollout: {{steps: [10], gates: {gates}}}"))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert any(message in e for e in err.value.errors), err.value.errors

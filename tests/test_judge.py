@@ -181,3 +181,20 @@ def test_threshold_gates_fail_a_ratio_only_when_new_is_also_slower_by_more_than_
     assert gate_failure(gates, Totals(100, 0, 80.0), Totals(100, 0, 50.0)) == (
         "p95 ratio 1.6 > 1.1, 30 ms slower than legacy (tolerance 5 ms)"
     )
+
+
+def test_no_new_errors_fails_a_type_new_has_significantly_more_often_naming_it_with_both_counts():
+    def side(n: int, types: dict[str, int]) -> Counts:
+        c = Counts()
+        c.n, c.t = n, dict(types)
+        return c
+
+    legacy = side(1000, {"404": 10})
+    assert judge.more_often_p(0, 1000, 0, 1000) == 1.0
+    assert judge.more_often_p(10, 1000, 0, 1000) == pytest.approx(0.5**10)  # legacy 0 of N, new k of M
+    failed = judge.no_new_errors_check(side(1000, {"404": 11, "409": 12}), legacy, 0.01, {"409": "/api/auth/x"})
+    assert failed.verdict == judge.FAIL and failed.detail == "409: new 12 of 1000, legacy 0 of 1000, e.g. /api/auth/x"
+    assert judge.reason([failed]).startswith("no_new_errors: 409: new 12 of 1000, legacy 0 of 1000")
+    assert judge.no_new_errors_check(side(1000, {"404": 12}), legacy, 0.01).verdict == judge.PASS  # legacy has it too
+    assert judge.no_new_errors_check(side(1000, {"409": 2}), legacy, 0.01).verdict == judge.PASS  # not yet shown
+    assert judge.no_new_errors_check(side(1000, {}), side(0, {}), 0.01).verdict == judge.WAIT

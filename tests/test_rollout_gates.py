@@ -1,5 +1,6 @@
 """Rollout gates against real processes: a held rollout says what it waits for, and past
-max_wait_s it is `stalled` once (event, history, notification) and keeps holding."""
+max_wait_s it is `stalled` once (event, history, notification) and keeps holding; the migration
+plan's "no new error types" (no_new_errors)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 import httpx
 from conftest import eventually, routes_yaml
 from test_history import Receiver
-from test_operator_loop import auth_route, events, rollout_view, wait_for
+from test_operator_loop import Paced, auth_route, events, rollout_view, wait_for
 
 QUIET_GATES = "{min_requests: 10, max_error_rate: 0.5}"
 
@@ -37,3 +38,26 @@ def test_a_rollout_with_no_traffic_past_max_wait_s_is_stalled_once_and_keeps_hol
         assert r.returncode == 4 and "waiting: min_requests: needs 10 requests of new" in r.stderr, r
     finally:
         hook.close()
+
+
+# one step, judged at 0.999 so the passing case fails by chance at most 0.1 % of runs; 600 requests of new
+# at 5 % 409s hold ~30 of them (legacy none): p = 0.5^30, far below the first look's share of 0.001
+NO_NEW_ERRORS = "{steps: [50], interval_s: 1, gates: {no_new_errors: true, min_requests: 600, confidence: 0.999}}"
+
+
+def test_a_status_only_new_answers_fails_no_new_errors_naming_it_and_one_both_answer_alike_passes(standin, splitter):
+    for legacy_rate, expected in (("0", 3), ("0.05", 0)):
+        s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(NO_NEW_ERRORS)))
+        path = f"/api/auth/sometimes?new_status=409&new_rate=0.05&legacy_status=409&legacy_rate={legacy_rate}"
+        with Paced(s.url, rate=120, path=path):
+            r = wait_for(s, "--timeout", "60")
+        view = rollout_view(s)
+        assert r.returncode == expected, (legacy_rate, r.stdout, r.stderr, view)
+        if expected == 3:
+            assert "no_new_errors: 409: new " in view["reason"] and ", legacy 0 of " in view["reason"], view
+            assert "e.g. /api/auth/sometimes" in view["reason"], view
+            check = next(g for g in view["previous"]["gates"] if g["gate"] == "no_new_errors")
+            assert check["verdict"] == "fail" and check["detail"].startswith("409: new "), check
+        else:
+            check = next(g for g in view["previous"]["gates"] if g["gate"] == "no_new_errors")
+            assert check["verdict"] == "pass" and check["detail"].startswith("409: new "), check
