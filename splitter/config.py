@@ -121,6 +121,7 @@ class Gates:
     p95_tolerance_ms: float = DEFAULT_P95_TOLERANCE_MS
     no_new_errors: bool = False  # an error type (status >= 400, a listed status, a proxy failure kind) new adds fails
     no_new_errors_statuses: tuple[int, ...] = ()  # statuses below 400 to count as error types too (e.g. 307)
+    max_mismatch_rate: float | None = None  # the share of the route's shadow comparisons that may differ
 
 
 @dataclass(frozen=True)
@@ -450,6 +451,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "p95_tolerance_ms": {"type": "number", "minimum": 0},
         "no_new_errors": {"type": "boolean"},
         "no_new_errors_statuses": {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}},
+        "max_mismatch_rate": _RATE,
     },
 }
 _REQUIRED = {
@@ -859,6 +861,8 @@ def _routes(
         guard = _guard(doc, r["guard"], f"{path}.guard") if "guard" in r else None
         shadow = _shadow(doc, r["shadow"], f"{path}.shadow") if "shadow" in r else None
         rollout = _rollout(doc, r["rollout"], f"{path}.rollout") if "rollout" in r else None
+        if rollout is not None and rollout.gates.max_mismatch_rate is not None and "shadow" not in r:
+            doc.error(f"{path}.rollout.gates.max_mismatch_rate", "judges the route's shadow comparisons: add `shadow:`")
         sides = _sides(doc, r, path, known)
         cohorts = _cohorts(doc, r["cohorts"], f"{path}.cohorts", token_header) if "cohorts" in r else ()
         if name and prefix and percent is not None:
@@ -1116,6 +1120,7 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
         _confidence(doc, g, gp),
         _tolerance(doc, g, gp),
         *_no_new_errors(doc, g, gp),
+        _number(doc, g, "max_mismatch_rate", gp, None, positive=False, upper=1),
     )
     max_wait = _number(doc, r, "max_wait_s", path, None)
     return RolloutSpec(tuple(steps), float(interval), gates, approval, max_wait)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .window import Counts, bucket_ms
@@ -221,6 +221,30 @@ def p95_ratio_check(new: Counts, legacy: Counts, threshold: float, alpha: float,
     return Check("max_p95_ratio", threshold, estimate, low, high, verdict, p_value)
 
 
+@dataclass(frozen=True)
+class Extra:
+    """Evidence beside new's and legacy's outcomes: a path per error type new had (no_new_errors names
+    one), and the route's shadow comparisons since the step began (max_mismatch_rate)."""
+
+    examples: Mapping[str, str] = field(default_factory=dict)
+    shadow: Counts | None = None
+
+
+# --- shadow comparisons -------------------------------------------------------------------------------
+def mismatch_check(shadow: Counts | None, threshold: float, alpha: float) -> Check:
+    """The share of shadow comparisons that differed (`t`: match, mismatch; failed copies are not
+    comparisons), Clopper-Pearson bounds: fail when the lower is above the threshold, pass when the
+    upper is within it."""
+    k = shadow.t.get("mismatch", 0) if shadow is not None else 0
+    n = k + (shadow.t.get("match", 0) if shadow is not None else 0)
+    detail = f"{k} of {n} shadow comparisons differed"
+    if n == 0:
+        return Check("max_mismatch_rate", threshold, None, 0.0, 1.0, WAIT, None, detail)
+    low, high = proportion_bounds(k, n, alpha)
+    verdict = FAIL if low > threshold else PASS if high <= threshold else WAIT
+    return Check("max_mismatch_rate", threshold, k / n, low, high, verdict, None, detail)
+
+
 # --- error types ------------------------------------------------------------------------------------
 def more_often_p(k: int, m: int, j: int, n: int) -> float:
     """One-sided exact p-value of "new (k of m requests) has this type more often than legacy (j of n)":
@@ -251,12 +275,9 @@ def no_new_errors_check(new: Counts, legacy: Counts, alpha: float, examples: Map
 
 
 # --- a set of gates ------------------------------------------------------------------------------
-def judge(
-    gates: Any, new: Counts, legacy: Counts, alpha: float, examples: Mapping[str, str] | None = None
-) -> list[Check]:
+def judge(gates: Any, new: Counts, legacy: Counts, alpha: float, extra: Extra | None = None) -> list[Check]:
     """Every configured gate of a GuardSpec or Gates (attributes max_error_rate, max_p95_ms,
-    max_p95_ratio, max_error_increase, no_new_errors; absent ones are skipped). `examples`: a path
-    per error type new had, to name in no_new_errors' detail."""
+    max_p95_ratio, max_error_increase, no_new_errors, max_mismatch_rate; absent ones are skipped)."""
     checks = []
     if getattr(gates, "max_error_rate", None) is not None:
         checks.append(error_rate_check(new, gates.max_error_rate, alpha))
@@ -268,16 +289,16 @@ def judge(
         tolerance = getattr(gates, "p95_tolerance_ms", 0.0)
         checks.append(p95_ratio_check(new, legacy, gates.max_p95_ratio, alpha, tolerance))
     if getattr(gates, "no_new_errors", False):
-        checks.append(no_new_errors_check(new, legacy, alpha, examples))
+        checks.append(no_new_errors_check(new, legacy, alpha, extra.examples if extra is not None else None))
+    if getattr(gates, "max_mismatch_rate", None) is not None:
+        checks.append(mismatch_check(extra.shadow if extra is not None else None, gates.max_mismatch_rate, alpha))
     return checks
 
 
-def at_confidence(
-    gates: Any, new: Counts, legacy: Counts, examples: Mapping[str, str] | None = None
-) -> tuple[list[Check], str]:
+def at_confidence(gates: Any, new: Counts, legacy: Counts, extra: Extra | None = None) -> tuple[list[Check], str]:
     """A whole window judged at the gates' confidence (one look): the checks, and the verdict,
     which waits while new has fewer than min_requests. Admin's evidence, a step's record."""
-    checks = judge(gates, new, legacy, 1 - gates.confidence, examples)
+    checks = judge(gates, new, legacy, 1 - gates.confidence, extra)
     return checks, verdict(checks) if new.n >= gates.min_requests else WAIT
 
 
@@ -287,20 +308,28 @@ def scaled(c: Counts, factor: float) -> Counts:
     out.h = {i: max(1, round(v * factor)) for i, v in c.h.items()}
     out.n = max(round(c.n * factor), sum(out.h.values()))
     out.e = min(out.n, round(c.e * factor))
+    out.t = {k: round(v * factor) for k, v in c.t.items()}
     return out
 
 
-def growth_to_decide(gates: Any, gate: str, new: Counts, legacy: Counts, legacy_grows: bool = True) -> float | None:
+def growth_to_decide(
+    gates: Any, gate: str, new: Counts, legacy: Counts, legacy_grows: bool = True, extra: Extra | None = None
+) -> float | None:
     """How many times the evidence must grow, alike (same rates, same latencies), before `gate` is
     decided (pass or fail) at the gates' confidence; None when 1000 times would not do (the values
     sit at the threshold) or there is nothing to grow yet. Doubling, then halving the last step."""
     alpha = 1 - gates.confidence
 
     def decided(f: float) -> bool:
-        checks = judge(gates, scaled(new, f), scaled(legacy, f) if legacy_grows else legacy, alpha)
+        shadow = scaled(extra.shadow, f) if extra is not None and extra.shadow is not None else None
+        more = Extra(extra.examples, shadow) if extra is not None else None
+        checks = judge(gates, scaled(new, f), scaled(legacy, f) if legacy_grows else legacy, alpha, more)
         return any(c.gate == gate and c.verdict != WAIT for c in checks)
 
-    if new.n == 0 or (legacy_grows and legacy.n == 0 and gate in RELATIVE):
+    if gate == "max_mismatch_rate":
+        if extra is None or extra.shadow is None or not extra.shadow.t:
+            return None
+    elif new.n == 0 or (legacy_grows and legacy.n == 0 and gate in RELATIVE):
         return None
     high = 2.0
     while not decided(high):
@@ -308,7 +337,7 @@ def growth_to_decide(gates: Any, gate: str, new: Counts, legacy: Counts, legacy_
         if high > 1024:
             return None
     low = high / 2
-    for _ in range(8):
+    for _ in range(5):  # within 3 %: an estimate for an operator
         mid = (low + high) / 2
         low, high = (low, mid) if decided(mid) else (mid, high)
     return high

@@ -36,7 +36,7 @@ import structlog
 from . import judge
 from .config import Gates, Percent, RolloutSpec, Route
 from .overrides import Conflict, Unavailable
-from .window import FINAL_AFTER_S, ROLES, Counts, Totals
+from .window import FINAL_AFTER_S, ROLES, SHADOW, Counts, Totals
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -64,12 +64,14 @@ _R, _A, _P, _X, _B, _D = Status
 # step), restart. The driver's: advance (start or next step), await (hold before an approval step),
 # rollback (a gate or the guard), done. A stopped rollout (aborted, rolled back) never goes back to
 # the step it left: resume and restart start it over at the first step; pause does not apply to it.
+# Pausing a paused rollout is allowed (a hand-set percent pauses it; a script's pause then still holds).
 TRANSITIONS: dict[tuple[Status, str], Status] = {
     **{(_R, a): s for a, s in [("pause", _P), ("abort", _X), ("promote", _R), ("finish", _D), ("restart", _R),
                                ("advance", _R), ("await", _A), ("rollback", _B), ("done", _D)]},
     **{(_A, a): s for a, s in [("pause", _P), ("abort", _X), ("promote", _R), ("finish", _D), ("restart", _R),
                                ("rollback", _B)]},
-    **{(_P, a): s for a, s in [("resume", _R), ("abort", _X), ("promote", _R), ("finish", _D), ("restart", _R)]},
+    **{(_P, a): s for a, s in [("pause", _P), ("resume", _R), ("abort", _X), ("promote", _R), ("finish", _D),
+                               ("restart", _R)]},
     **{(_X, a): _R for a in ("resume", "restart")},
     **{(_B, a): _R for a in ("resume", "restart")},
     (_D, "restart"): _R,
@@ -155,16 +157,22 @@ _SAYS = {"max_error_rate": "error rate", "max_p95_ms": "p95 ms", "max_p95_ratio"
 THRESHOLD_ALPHA = 0.01  # the count gates' test level when the gates set no confidence
 
 
-def count_checks(g: Gates, new: Counts, legacy: Counts, examples: dict[str, str] | None = None) -> list[judge.Check]:
-    """The gates that count occurrences (no_new_errors) need a test even without `confidence`: at 0.99."""
-    return [judge.no_new_errors_check(new, legacy, THRESHOLD_ALPHA, examples)] if g.no_new_errors else []
+def count_checks(g: Gates, new: Counts, legacy: Counts, extra: judge.Extra | None = None) -> list[judge.Check]:
+    """The gates that count occurrences (no_new_errors, max_mismatch_rate) need a test even without
+    `confidence`: at 0.99."""
+    checks = []
+    if g.no_new_errors:
+        checks.append(judge.no_new_errors_check(new, legacy, THRESHOLD_ALPHA, extra.examples if extra else None))
+    if g.max_mismatch_rate is not None:
+        checks.append(judge.mismatch_check(extra.shadow if extra else None, g.max_mismatch_rate, THRESHOLD_ALPHA))
+    return checks
 
 
-def count_failure(g: Gates, new: Counts, legacy: Counts, examples: dict[str, str] | None = None) -> str | None:
+def count_failure(g: Gates, new: Counts, legacy: Counts, extra: judge.Extra | None = None) -> str | None:
     """The count gates' failure, judged only with enough new traffic (threshold gates)."""
     if new.n < max(1, g.min_requests):
         return None
-    failed = [c for c in count_checks(g, new, legacy, examples) if c.verdict == judge.FAIL]
+    failed = [c for c in count_checks(g, new, legacy, extra) if c.verdict == judge.FAIL]
     return judge.reason(failed) if failed else None
 
 
@@ -190,6 +198,7 @@ class Rollouts:
         self._looks: dict[str, tuple[float, int]] = {}  # route -> (step start, last checkpoint judged)
         self._skipping: set[str] = set()
         self._counted: set[str] = set()
+        self._waits: dict[str, tuple[float, float, list[dict[str, Any]]]] = {}  # route -> (step since, at, waits)
 
     def routes(self) -> list[Route]:
         return [r for r in self.rt.snapshot.config.routes if r.rollout is not None]
@@ -258,11 +267,11 @@ class Rollouts:
             "legacy_p95_ms": legacy.p95_ms,
         }
         judged = ro.gates.confidence is not None
-        examples = self._examples(route.name)
+        extra = await self.extra(route, state, now)
         failure = (
-            self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values, examples)
+            self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values, extra)
             if judged
-            else gate_failure(ro.gates, new, legacy) or count_failure(ro.gates, new_c, legacy_c, examples)
+            else gate_failure(ro.gates, new, legacy) or count_failure(ro.gates, new_c, legacy_c, extra)
         )
         if failure:
             old = snap.percent[route.name]
@@ -274,9 +283,12 @@ class Rollouts:
         if new.requests < ro.gates.min_requests:
             self._once(route.name, step, "rollout waiting for traffic", have=new.requests, need=ro.gates.min_requests)
             return
-        if judged:
-            assert ro.gates.confidence is not None
-            checks = judge.judge(ro.gates, new_c, legacy_c, 1 - ro.gates.confidence, examples)
+        # judged: every gate shown to hold; by threshold: the count gates (which always test) shown to hold
+        if judged or count_checks(ro.gates, new_c, legacy_c, extra):
+            alpha = 1 - ro.gates.confidence if ro.gates.confidence is not None else THRESHOLD_ALPHA
+            checks = judge.judge(ro.gates, new_c, legacy_c, alpha, extra) if judged else count_checks(
+                ro.gates, new_c, legacy_c, extra
+            )
             gate_values["checks"] = [c.view() for c in checks]
             if judge.verdict(checks) != judge.PASS:
                 # neither shown to hold nor shown to fail: a rollout waits for more evidence
@@ -306,7 +318,8 @@ class Rollouts:
         await self.rt.overrides.put_rollout(route.name, state)
         at = ro.steps[int(state["step"])]
         before = state.get("legacy_before") is not None and at == 100
-        waits = [w["says"] for w in waiting_for(ro.gates, new, legacy, now - since, not before)]
+        extra = await self.extra(route, state, now)
+        waits = [w["says"] for w in waiting_for(ro.gates, new, legacy, now - since, not before, extra)]
         why = f"held at {at}% for {now - since:.0f} s (max_wait_s {ro.max_wait_s:g})"
         why += ": " + "; ".join(waits) if waits else ": the gates are not yet shown to hold"
         self._event(route.name, "stalled")
@@ -337,7 +350,7 @@ class Rollouts:
         assert ro is not None
         step, since = int(state["step"]), float(state["since"])
         await self.rt.overrides.set_percent(route.name, 0, source="rollout")
-        evidence = self._window_record(ro, step, since, now, *sides)
+        evidence = self._window_record(ro, step, since, now, *sides, await self.extra(route, state, now))
         if "checks" in gate_values:  # as judged: at this look's share of the error budget
             evidence.update(gates=[evidence["gates"][0], *gate_values["checks"]], verdict=judge.FAIL)
         reason = f"gate failed at {ro.steps[step]}%: {failure}"
@@ -355,7 +368,7 @@ class Rollouts:
         ro = route.rollout
         assert ro is not None
         step, since = int(state["step"]), float(state["since"])
-        evidence = self._window_record(ro, step, since, now, *sides)
+        evidence = self._window_record(ro, step, since, now, *sides, await self.extra(route, state, now))
         move(route.name, state, "done", reason="all steps passed", since=now, previous=evidence)
         await self.rt.overrides.put_rollout(route.name, state)
         self._event(route.name, "done")
@@ -369,15 +382,21 @@ class Rollouts:
         step before (remembered on entering 100 %): legacy has no traffic of its own then."""
         ro = route.rollout
         assert ro is not None
-        total = _step_total(state)
-        new, legacy = _counts(total["new"]), _counts(total["legacy"])
-        until, between = float(total["until"]), self.rt.windows.between
-        new.add(await between(route.name, "new", ro.interval_s + 1, until, None, now))
-        legacy.add(await between(route.name, "legacy", ro.interval_s + 1, until, None, now))
+        new = await self._since_step(route, state, "new", now)
+        legacy = await self._since_step(route, state, "legacy", now)
         before = state.get("legacy_before")
         if before is not None and ro.steps[int(state["step"])] == 100:
             return new, _counts(before)
         return new, legacy
+
+    async def _since_step(self, route: Route, state: dict[str, Any], side: str, now: float) -> Counts:
+        """One side's outcomes since the step began: its running total, plus the window since the total's end."""
+        ro = route.rollout
+        assert ro is not None
+        total = _step_total(state)
+        counts = _counts(total.get(side, {}))
+        counts.add(await self.rt.windows.between(route.name, side, ro.interval_s + 1, float(total["until"]), None, now))
+        return counts
 
     async def _fold(self, route: Route, state: dict[str, Any], now: float) -> None:
         """A step longer than its window keeps all its evidence: once half the window has gone by since
@@ -393,17 +412,21 @@ class Rollouts:
         end = math.floor((now - FINAL_AFTER_S) / width) * width
         if now - until < span / 2 or end <= until:
             return
-        for role in ROLES:
-            counts = _counts(total[role])
-            counts.add(await self.rt.windows.between(route.name, role, span, until, end, now))
-            total[role] = counts.fields()
+        for side in (*ROLES, SHADOW) if ro.gates.max_mismatch_rate is not None else ROLES:
+            counts = _counts(total.get(side, {}))
+            counts.add(await self.rt.windows.between(route.name, side, span, until, end, now))
+            total[side] = counts.fields()
         state["step_total"] = {**total, "until": end}
         await self.rt.overrides.put_rollout(route.name, state)
 
-    def _examples(self, name: str) -> dict[str, str]:
-        """A path per error type new had, seen by this process (the fleet's counts carry no paths)."""
-        o = self.rt.windows.get(name)
-        return {kind: path for (role, kind), path in o.examples.items() if role == "new"} if o is not None else {}
+    async def extra(self, route: Route, state: dict[str, Any], now: float) -> judge.Extra:
+        """The evidence beside both sides' outcomes: a path per error type new had, seen by this process
+        (the fleet's counts carry no paths), and the shadow comparisons since the step began."""
+        o = self.rt.windows.get(route.name)
+        examples = {kind: path for (role, kind), path in o.examples.items() if role == "new"} if o is not None else {}
+        assert route.rollout is not None
+        wanted = route.rollout.gates.max_mismatch_rate is not None and int(state["step"]) >= 0
+        return judge.Extra(examples, await self._since_step(route, state, SHADOW, now) if wanted else None)
 
     def _judged_failure(
         self,
@@ -413,7 +436,7 @@ class Rollouts:
         legacy: Counts,
         since: float,
         values: dict[str, Any],
-        examples: dict[str, str],
+        extra: judge.Extra,
     ) -> str | None:
         """With `confidence`, a failure is judged at checkpoints (new's requests reaching
         min_requests x 1, 2, 4, 8 ...), look k spending alpha * 6 / (pi^2 k^2) of the error
@@ -423,7 +446,7 @@ class Rollouts:
         if look == 0 or self._looks.get(name, (since, 0)) >= (since, look):
             return None
         self._looks[name] = (since, look)
-        checks = judge.judge(gates, new, legacy, judge.spend(1 - gates.confidence, look), examples)
+        checks = judge.judge(gates, new, legacy, judge.spend(1 - gates.confidence, look), extra)
         values["checks"] = [c.view() for c in checks]
         values["look"] = look
         return judge.reason(checks) if judge.verdict(checks) == judge.FAIL else None
@@ -453,7 +476,8 @@ class Rollouts:
         current = int(state["step"])
         if current >= 0:  # the window that ends now: kept (the console labels it), and legacy's side for 100 %
             new_c, legacy_c = await self.evidence(route, state, now)
-            state["previous"] = self._window_record(ro, current, float(state["since"]), now, new_c, legacy_c)
+            extra = await self.extra(route, state, now)
+            state["previous"] = self._window_record(ro, current, float(state["since"]), now, new_c, legacy_c, extra)
         else:  # before the first step: legacy's latest window
             legacy_c = await self.rt.windows.counts(route.name, "legacy", now, ro.interval_s + 1)
         state["legacy_before"] = legacy_c.fields() if ro.steps[step] == 100 else None
@@ -469,10 +493,17 @@ class Rollouts:
         await self.rt.history.record("rollout", "rollout", "rollout_step", route.name, old, ro.steps[step], reason)
 
     def _window_record(
-        self, ro: RolloutSpec, step: int, since: float, until: float, new_c: Counts, legacy_c: Counts
+        self,
+        ro: RolloutSpec,
+        step: int,
+        since: float,
+        until: float,
+        new_c: Counts,
+        legacy_c: Counts,
+        extra: judge.Extra | None = None,
     ) -> dict[str, Any]:
         """One step's window as it ended: what it showed, for the operator who comes later."""
-        gates, verdict = _gate_views(ro.gates, new_c, legacy_c)
+        gates, verdict = _gate_views(ro.gates, new_c, legacy_c, extra)
         sides = {"new": new_c.totals().view(), "legacy": legacy_c.totals().view()}
         return {"percent": ro.steps[step], "since": since, "until": until, **sides, "gates": gates, "verdict": verdict}
 
@@ -511,16 +542,30 @@ class Rollouts:
         }
         if step >= 0 and since is not None and status in (*ACTIVE, "paused"):  # a finished one shows `previous`
             new_c, legacy_c = await self.evidence(r, state, now)
-            view["gates"], verdict = _gate_views(ro.gates, new_c, legacy_c, self._examples(r.name))
+            extra = await self.extra(r, state, now)
+            view["gates"], verdict = _gate_views(ro.gates, new_c, legacy_c, extra)
             if ro.gates.confidence is not None:
                 view["verdict"], view["confidence"] = verdict, ro.gates.confidence
             view["new"], view["legacy"] = new_c.totals().view(), legacy_c.totals().view()
             from_before = ro.steps[step] == 100 and state.get("legacy_before") is not None
             view["legacy_from_step_before"] = from_before
             if status in ACTIVE:
-                view["waiting_for"] = waiting_for(ro.gates, new_c, legacy_c, now - since, not from_before)
+                view["waiting_for"] = self._waiting_for(r, since, now, new_c, legacy_c, not from_before, extra)
                 view["stalled"] = state.get("stalled") == since
         return view
+
+    def _waiting_for(
+        self, r: Route, since: float, now: float, new: Counts, legacy: Counts, grows: bool, extra: judge.Extra
+    ) -> list[dict[str, Any]]:
+        """waiting_for(), at most once a second per route: it judges the gates on grown evidence many times,
+        and consoles and `--watch` poll the view (the admin app shares the proxy's loop)."""
+        cached = self._waits.get(r.name)
+        if cached is not None and cached[0] == since and now - cached[1] < 1.0:
+            return cached[2]
+        assert r.rollout is not None
+        waits = waiting_for(r.rollout.gates, new, legacy, now - since, grows, extra)
+        self._waits[r.name] = (since, now, waits)
+        return waits
 
     async def act(self, name: str, action: str, full: bool = False) -> dict[str, Any]:
         """An operator's action, as TRANSITIONS allows it for the rollout's status (else Refused: 409)."""
@@ -574,11 +619,16 @@ class Rollouts:
         return r.rollout.steps
 
 
-def waiting_for(gates: Gates, new: Counts, legacy: Counts, elapsed: float, legacy_grows: bool) -> list[dict[str, Any]]:
+def waiting_for(
+    gates: Gates, new: Counts, legacy: Counts, elapsed: float, legacy_grows: bool, extra: judge.Extra | None = None
+) -> list[dict[str, Any]]:
     """What each undecided gate waits for: the requests it needs on each side (at the rates and values
     seen since the step began) and about how long that takes; `says` is the operator's line."""
-    rates = {"new": new.n / max(1.0, elapsed), "legacy": legacy.n / max(1.0, elapsed) if legacy_grows else 0.0}
-    has = {"new": new.n, "legacy": legacy.n}
+    shadow = extra.shadow if extra is not None and extra.shadow is not None else None
+    compared = shadow.t.get("match", 0) + shadow.t.get("mismatch", 0) if shadow is not None else 0
+    per_s = max(1.0, elapsed)
+    rates = {"new": new.n / per_s, "legacy": legacy.n / per_s if legacy_grows else 0.0, "shadow": compared / per_s}
+    has = {"new": new.n, "legacy": legacy.n, "shadow": compared}
     out = []
     if new.n < gates.min_requests:
         out.append(_needs("min_requests", {"new": gates.min_requests}, has, rates, ""))
@@ -587,10 +637,10 @@ def waiting_for(gates: Gates, new: Counts, legacy: Counts, elapsed: float, legac
             out.append(_needs("max_p95_ratio", {"legacy": max(1, gates.min_requests)}, has, rates, ""))
         return out
     at = f" at confidence {gates.confidence:g}"
-    for c in judge.judge(gates, new, legacy, 1 - gates.confidence):
+    for c in judge.judge(gates, new, legacy, 1 - gates.confidence, extra):
         if c.verdict != judge.WAIT:
             continue
-        factor = judge.growth_to_decide(gates, c.gate, new, legacy, legacy_grows)
+        factor = judge.growth_to_decide(gates, c.gate, new, legacy, legacy_grows, extra)
         if factor is None:
             est = "no value yet" if c.estimate is None else f"estimate {c.estimate:.4g} against {c.threshold:g}"
             says = f"{c.gate}: more of the same traffic would not decide it ({est}); it holds until that changes"
@@ -599,6 +649,8 @@ def waiting_for(gates: Gates, new: Counts, legacy: Counts, elapsed: float, legac
             out.append({"gate": c.gate, "needs": None, "has": has, "eta_s": None, "says": says})
             continue
         sides = ("new", "legacy") if legacy_grows and c.gate in judge.RELATIVE else ("new",)
+        if c.gate == "max_mismatch_rate":
+            sides = ("shadow",)
         out.append(_needs(c.gate, {s: math.ceil(has[s] * factor) for s in sides}, has, rates, at))
     return out
 
@@ -607,7 +659,8 @@ def _needs(gate: str, need: dict[str, int], has: dict[str, int], rates: dict[str
     """One waiting gate: `need` requests per side against `has`, and the time that takes at `rates`."""
     short = {s: n - has[s] for s, n in need.items() if n > has[s]}
     eta = max((k / rates[s] if rates[s] > 0 else math.inf for s, k in short.items()), default=0.0)
-    sides = " and ".join(f"{n} requests of {s}" for s, n in need.items())
+    said = {s: f"{n} shadow comparisons" if s == "shadow" else f"{n} requests of {s}" for s, n in need.items()}
+    sides = " and ".join(said.values())
     counts = ", ".join(f"{s} has {has[s]}" for s in need)
     when = "no traffic to get them at the moment" if math.isinf(eta) else f"about {eta:.0f} s at the current rate"
     says = f"{gate}: needs {sides}{at}; {counts} — {when}"
@@ -629,19 +682,19 @@ def _counts(fields: dict[str, Any]) -> Counts:
 
 
 def _gate_views(
-    gates: Gates, new_c: Counts, legacy_c: Counts, examples: dict[str, str] | None = None
+    gates: Gates, new_c: Counts, legacy_c: Counts, extra: judge.Extra | None = None
 ) -> tuple[list[dict[str, Any]], str]:
     """Each gate as the API shows it, and the verdict (wait below min_requests): judged with
     `confidence` (estimate, interval, p-value), else the raw value against its threshold."""
     new = new_c.totals()
     if gates.confidence is None:
         checks = gate_checks(gates, new, legacy_c.totals())
-        for c in count_checks(gates, new_c, legacy_c, examples):
+        for c in count_checks(gates, new_c, legacy_c, extra):
             ok = c.verdict != judge.FAIL if new.requests >= max(1, gates.min_requests) else None
             checks.append({"gate": c.gate, "value": c.estimate, "threshold": c.threshold, "ok": ok, "detail": c.detail})
         oks = [c["ok"] for c in checks]
         return checks, judge.FAIL if False in oks else judge.PASS if all(oks) else judge.WAIT
-    judged, verdict = judge.at_confidence(gates, new_c, legacy_c, examples)
+    judged, verdict = judge.at_confidence(gates, new_c, legacy_c, extra)
     enough = new.requests >= gates.min_requests
     floor = {"gate": "min_requests", "value": new.requests, "threshold": gates.min_requests, "ok": enough}
     return [floor, *(c.view() for c in judged)], verdict

@@ -33,6 +33,7 @@ MAX_INDEX = math.ceil(math.log(MAX_S / MIN_S) * _INV_LOG_GAMMA)
 MAX_SLOTS = 600  # a window keeps at most this many slots: one second each, coarser for long windows
 FINAL_AFTER_S = 3.0  # a slot this far in the past has been flushed by every process: cache it
 ROLES = ("new", "legacy")  # the two sides a route's windows are kept for, in the order they are drained and shown
+SHADOW = "shadow"  # the side a route's shadow comparisons are counted under (`t`: match, mismatch): never compared
 
 
 def cohort_side(name: str) -> str:
@@ -218,6 +219,16 @@ class Outcomes:
             self.touched.add(self.name)
         c.n += requests
 
+    def count_shadow(self, result: str, sec: int) -> None:
+        """One shadow comparison's result (match or mismatch), in second `sec`, off the request path."""
+        pending = self.pending.setdefault(SHADOW, {})
+        c = pending.get(sec)
+        if c is None:
+            c = pending[sec] = Counts()
+            self.touched.add(self.name)
+        c.n += 1
+        c.t[result] = c.t.get(result, 0) + 1
+
     def drain(self) -> list[tuple[str, int, Counts]]:
         """Take what was counted since the last drain; merged into the local windows here."""
         out = []
@@ -389,6 +400,13 @@ class Windows:
                 }
             )
         return out
+
+    def count_shadow(self, route: str, result: str, now: float) -> None:
+        """A shadow comparison of `route` finished (match or mismatch): kept and shared like the outcomes,
+        for the rollout's max_mismatch_rate."""
+        o = self.routes.get(route)
+        if o is not None:
+            o.count_shadow(result, int(now))
 
     def add_cohorts(self, counts: Mapping[tuple[str, str], int], now: float) -> None:
         """Requests cohorts decided since the last call, by (route, cohort): counted in second `now`."""

@@ -303,3 +303,12 @@ def test_bad_gate_keys_name_the_key(tmp_path, gates, message):
     with pytest.raises(config.ConfigError) as err:
         config.load(f)
     assert any(message in e for e in err.value.errors), err.value.errors
+
+
+def test_max_mismatch_rate_needs_a_shadow_section(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID.replace("    salt: s1", "    salt: s1\n    rollout: {steps: [10], gates: {max_mismatch_rate: 0.01}}"))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert any("routes[1].rollout.gates.max_mismatch_rate: judges the route's shadow comparisons" in e
+               for e in err.value.errors), err.value.errors

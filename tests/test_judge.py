@@ -198,3 +198,17 @@ def test_no_new_errors_fails_a_type_new_has_significantly_more_often_naming_it_w
     assert judge.no_new_errors_check(side(1000, {"404": 12}), legacy, 0.01).verdict == judge.PASS  # legacy has it too
     assert judge.no_new_errors_check(side(1000, {"409": 2}), legacy, 0.01).verdict == judge.PASS  # not yet shown
     assert judge.no_new_errors_check(side(1000, {}), side(0, {}), 0.01).verdict == judge.WAIT
+
+
+def test_max_mismatch_rate_judges_the_shadow_comparisons_with_exact_bounds():
+    def shadow(match: int, mismatch: int) -> Counts:
+        c = Counts()
+        c.n, c.t = match + mismatch, {"match": match, "mismatch": mismatch}
+        return c
+
+    assert judge.mismatch_check(None, 0.01, 0.01).verdict == judge.WAIT
+    failed = judge.mismatch_check(shadow(970, 30), 0.01, 0.01)
+    assert failed.verdict == judge.FAIL and failed.low is not None and failed.low > 0.01
+    assert failed.detail == "30 of 1000 shadow comparisons differed"
+    assert judge.mismatch_check(shadow(1000, 0), 0.01, 0.01).verdict == judge.PASS
+    assert judge.mismatch_check(shadow(100, 0), 0.01, 0.01).verdict == judge.WAIT  # too few to show it

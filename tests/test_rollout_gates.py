@@ -61,3 +61,25 @@ def test_a_status_only_new_answers_fails_no_new_errors_naming_it_and_one_both_an
         else:
             check = next(g for g in view["previous"]["gates"] if g["gate"] == "no_new_errors")
             assert check["verdict"] == "pass" and check["detail"].startswith("409: new "), check
+
+
+# one step at 10 %: most comparisons have legacy as the primary and new as the shadow copy (a new that
+# answers 409 where legacy answers 200 is then a mismatch, not noise); judged at the first look (100 new)
+MISMATCH = "{steps: [10], interval_s: 1, gates: {max_mismatch_rate: 0.01, min_requests: 100, confidence: 0.99}}"
+
+
+def test_shadow_mismatches_above_max_mismatch_rate_roll_back_and_identical_answers_pass(standin, splitter):
+    for new_rate, expected in (("0.03", 3), ("0", 0)):
+        route = auth_route(MISMATCH) + '\n    shadow: {percent: 100, methods: [GET], ignore: ["$.backend", "$.headers"]}'
+        s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=route))
+        with Paced(s.url, rate=120, path=f"/api/auth/sometimes?new_status=409&new_rate={new_rate}"):
+            r = wait_for(s, "--timeout", "60")
+        view = rollout_view(s)
+        assert r.returncode == expected, (new_rate, r.stdout, r.stderr, view)
+        check = next(g for g in view["previous"]["gates"] if g["gate"] == "max_mismatch_rate")
+        assert check["detail"].endswith(" shadow comparisons differed"), check
+        if expected == 3:
+            assert "max_mismatch_rate" in view["reason"] and check["verdict"] == "fail", view
+            assert check["interval"][0] > 0.01, check
+        else:
+            assert check["verdict"] == "pass" and check["estimate"] == 0 and check["interval"][1] <= 0.01, check
