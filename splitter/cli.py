@@ -434,6 +434,9 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
         if i.get("stalled"):
             lines.append("  stalled: held past max_wait_s (still holding)")
         lines += [f"  waiting: {w['says']}" for w in i.get("waiting_for") or []]
+        hooks = i.get("before_step")
+        if hooks and hooks.get("last"):
+            lines.append(f"  held before {hooks['to']}%: {hooks['last']} ({hooks['failures']} failed so far)")
         if i["reason"]:
             lines.append(f"  reason: {i['reason']}")
         if i.get("kill"):

@@ -125,12 +125,23 @@ class Gates:
 
 
 @dataclass(frozen=True)
+class Hook:
+    """A URL the rollout POSTs {route, from, to} to before entering a step; anything but a 2xx within
+    timeout_s holds the step, and `retries` failures after the first roll the rollout back."""
+
+    url: str
+    timeout_s: float = 60.0
+    retries: int = 2
+
+
+@dataclass(frozen=True)
 class RolloutSpec:
     steps: tuple[Percent, ...]
     interval_s: float
     gates: Gates
     approval: frozenset[int] = frozenset()  # indexes of the steps entered only on `splitter rollout promote`
     max_wait_s: float | None = None  # a step held longer than this: event `stalled` (once), and it keeps holding
+    before_step: tuple[Hook, ...] = ()  # called, in order, before the controller enters a step
 
 
 @dataclass(frozen=True)
@@ -438,8 +449,10 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "steps": {"type": "array", "minItems": 1, "items": {"oneOf": [_STEP, {"$ref": "#/$defs/step"}]}},
         "interval_s": _POSITIVE,
         "max_wait_s": _POSITIVE,
+        "before_step": {"type": "array", "items": {"$ref": "#/$defs/hook"}},
         "gates": "gates",
     },
+    "hook": {"url": {"type": "string", "pattern": "^https?://"}, "timeout_s": _POSITIVE, "retries": _COUNT},
     "step": {"percent": _STEP, "approval": {"type": "boolean"}},
     "gates": {
         "max_error_rate": _RATE,
@@ -462,6 +475,7 @@ _REQUIRED = {
     "cohort": ["name", "to"],
     "rollout": ["steps"],
     "step": ["percent"],
+    "hook": ["url"],
 }
 _TOP_KEYS = set(SECTIONS["top"])
 _ROUTE_KEYS = set(SECTIONS["route"])
@@ -1123,7 +1137,28 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
         _number(doc, g, "max_mismatch_rate", gp, None, positive=False, upper=1),
     )
     max_wait = _number(doc, r, "max_wait_s", path, None)
-    return RolloutSpec(tuple(steps), float(interval), gates, approval, max_wait)
+    hooks = _hooks(doc, r.get("before_step", []), f"{path}.before_step")
+    return RolloutSpec(tuple(steps), float(interval), gates, approval, max_wait, hooks)
+
+
+def _hooks(doc: _Doc, raw: Any, path: str) -> tuple[Hook, ...]:
+    if not isinstance(raw, list):
+        doc.error(path, f"must be a list like [{{url: http://smoke/run, timeout_s: 60, retries: 2}}], got {_show(raw)}")
+        return ()
+    out = []
+    for i, item in enumerate(raw):
+        h = _mapping(doc, item, f"{path}[{i}]")
+        if h is None:
+            continue
+        _unknown(doc, h, set(SECTIONS["hook"]), f"{path}[{i}]")
+        url = h.get("url")
+        if not isinstance(url, str) or not re.match(r"https?://[^/?#]", url):
+            doc.error(f"{path}[{i}].url", f"must be an http(s):// URL, got {_show(url)}")
+            continue
+        timeout = _number(doc, h, "timeout_s", f"{path}[{i}]", 60.0)
+        retries = int(_number(doc, h, "retries", f"{path}[{i}]", 2, integer=True))
+        out.append(Hook(url, float(timeout), retries))
+    return tuple(out)
 
 
 def _steps(doc: _Doc, raw: Any, path: str) -> tuple[list[Percent], frozenset[int]]:

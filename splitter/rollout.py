@@ -31,10 +31,11 @@ import uuid
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import structlog
 
 from . import judge
-from .config import Gates, Percent, RolloutSpec, Route
+from .config import Gates, Hook, Percent, RolloutSpec, Route
 from .overrides import Conflict, Unavailable
 from .window import FINAL_AFTER_S, ROLES, SHADOW, Counts, Totals
 
@@ -199,6 +200,9 @@ class Rollouts:
         self._skipping: set[str] = set()
         self._counted: set[str] = set()
         self._waits: dict[str, tuple[float, float, list[dict[str, Any]]]] = {}  # route -> (step since, at, waits)
+        # route -> ((step since, step to enter), the before_step hooks being asked): off the tick, so a slow
+        # hook holds only its own route and never the lease
+        self._asking: dict[str, tuple[tuple[float, int], asyncio.Task[tuple[int, str] | None]]] = {}
 
     def routes(self) -> list[Route]:
         return [r for r in self.rt.snapshot.config.routes if r.rollout is not None]
@@ -237,12 +241,10 @@ class Rollouts:
         if route.name not in self.driving:
             self.driving.add(route.name)
             log.info("driving rollout", route=route.name, owner=self.owner)
-        state = await rt.overrides.get_rollout(route.name) or {
-            "status": "running",
-            "step": -1,
-            "since": now,
-            "reason": "",
-        }
+        state = await rt.overrides.get_rollout(route.name)
+        if state is None:  # written before anything else: a start held by its hooks keeps its moment
+            state = {"status": "running", "step": -1, "since": now, "reason": ""}
+            await rt.overrides.put_rollout(route.name, state)
         snap = rt.snapshot
         if state["status"] not in ACTIVE:
             self._gauge(route.name)
@@ -473,6 +475,8 @@ class Rollouts:
                 nxt = ro.steps[step]
                 log.warning("rollout awaiting approval", route=route.name, percent=at, next=nxt, **gate_values)
             return
+        if why != "promote" and not await self._hooks_allow(route, state, step, now):
+            return  # held: the hooks are being asked or retried (or they rolled it back)
         current = int(state["step"])
         if current >= 0:  # the window that ends now: kept (the console labels it), and legacy's side for 100 %
             new_c, legacy_c = await self.evidence(route, state, now)
@@ -491,6 +495,56 @@ class Rollouts:
         log.info("rollout step", route=route.name, action=why, old=old, new=ro.steps[step], **gate_values)
         reason = "start" if why == "start" else f"gates held for {ro.interval_s:g} s at {ro.steps[step - 1]} %"
         await self.rt.history.record("rollout", "rollout", "rollout_step", route.name, old, ro.steps[step], reason)
+
+    async def _hooks_allow(self, route: Route, state: dict[str, Any], step: int, now: float) -> bool:
+        """The before_step hooks for entering `step`: True once every one answered 2xx; False while they are
+        asked (in the background) or waiting a second to be asked again; past a hook's `retries` failures
+        the rollout is rolled back. The failures so far live in the record (`hooks`): a new driver goes on."""
+        ro = route.rollout
+        assert ro is not None
+        if not ro.before_step:
+            return True
+        since = float(state["since"])
+        progress = state.get("hooks")
+        if not isinstance(progress, dict) or progress.get("since") != since or progress.get("to") != ro.steps[step]:
+            progress = {"since": since, "to": ro.steps[step], "failures": 0, "next_at": 0.0, "last": ""}
+        asking = self._asking.get(route.name)
+        if asking is None or asking[0] != (since, step):
+            if now >= progress["next_at"]:
+                body = {"route": route.name, "from": self.rt.snapshot.percent[route.name], "to": ro.steps[step]}
+                self._asking[route.name] = ((since, step), asyncio.create_task(_ask(ro.before_step, body)))
+            return False
+        if not asking[1].done():
+            return False
+        del self._asking[route.name]
+        failed = asking[1].result()
+        if failed is None:
+            state["hooks"] = None
+            return True
+        index, said = failed
+        progress.update(failures=progress["failures"] + 1, next_at=now + 1.0, last=said)
+        state["hooks"] = progress
+        tries = f"{progress['failures']} of {ro.before_step[index].retries + 1} tries"
+        if progress["failures"] <= ro.before_step[index].retries:
+            await self.rt.overrides.put_rollout(route.name, state)
+            log.warning("rollout held: a before_step hook failed", route=route.name, hook=said, tries=tries)
+            return False
+        await self._hook_rollback(route, state, now, f"before_step hook before {ro.steps[step]}%: {said} ({tries})")
+        return False
+
+    async def _hook_rollback(self, route: Route, state: dict[str, Any], now: float, failure: str) -> None:
+        """A hook said no after its retries: back to 0 %, like a failed gate (before the first step too)."""
+        old = self.rt.snapshot.percent[route.name]
+        if int(state["step"]) >= 0:
+            new_c, legacy_c = await self.evidence(route, state, now)
+            await self._roll_back(route, state, old, now, failure, (new_c, legacy_c), {})
+            return
+        await self.rt.overrides.set_percent(route.name, 0, source="rollout")
+        move(route.name, state, "rollback", reason=failure, since=now)
+        await self.rt.overrides.put_rollout(route.name, state)
+        self._event(route.name, "rolled_back")
+        log.warning("rollout rolled back", route=route.name, reason=failure)
+        await self.rt.history.record("rollout", "rollout", "rollout_rollback", route.name, old, 0, failure)
 
     def _window_record(
         self,
@@ -539,6 +593,7 @@ class Rollouts:
             "driven_here": r.name in self.driving,
             "scope": self.rt.windows.scope,
             "previous": state.get("previous"),
+            "before_step": state.get("hooks"),  # the hooks' failures before the step to enter, while held by them
         }
         if step >= 0 and since is not None and status in (*ACTIVE, "paused"):  # a finished one shows `previous`
             new_c, legacy_c = await self.evidence(r, state, now)
@@ -665,6 +720,21 @@ def _needs(gate: str, need: dict[str, int], has: dict[str, int], rates: dict[str
     when = "no traffic to get them at the moment" if math.isinf(eta) else f"about {eta:.0f} s at the current rate"
     says = f"{gate}: needs {sides}{at}; {counts} — {when}"
     return {"gate": gate, "needs": need, "has": has, "eta_s": None if math.isinf(eta) else round(eta, 1), "says": says}
+
+
+async def _ask(hooks: tuple[Hook, ...], body: dict[str, Any]) -> tuple[int, str] | None:
+    """POST `body` to each hook in order: None when all answered 2xx in time, else (index, what went wrong)."""
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        for i, hook in enumerate(hooks):
+            try:
+                r = await asyncio.wait_for(client.post(hook.url, json=body), hook.timeout_s)
+            except TimeoutError:
+                return i, f"{hook.url} did not answer within {hook.timeout_s:g} s"
+            except (httpx.HTTPError, OSError) as exc:
+                return i, f"{hook.url} could not be reached ({type(exc).__name__})"
+            if not 200 <= r.status_code < 300:
+                return i, f"{hook.url} answered {r.status_code}"
+    return None
 
 
 def _step_total(state: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ plan's "no new error types" (no_new_errors)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -83,3 +84,48 @@ def test_shadow_mismatches_above_max_mismatch_rate_roll_back_and_identical_answe
             assert check["interval"][0] > 0.01, check
         else:
             assert check["verdict"] == "pass" and check["estimate"] == 0 and check["interval"][1] <= 0.01, check
+
+
+class Answering(Receiver):
+    """A before_step hook: answers every POST with `status`, keeping the bodies (Receiver's, with 204)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__()
+        got, handler = self.got, self.server.RequestHandlerClass
+
+        def do_post(h) -> None:  # noqa: ANN001 - http.server's handler
+            got.append((time.monotonic(), json.loads(h.rfile.read(int(h.headers["Content-Length"])))))
+            h.send_response(status)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+
+        handler.do_POST = do_post  # type: ignore[attr-defined]
+
+
+HOOKED = "{{steps: [50, 100], interval_s: 1, before_step: [{{url: '{url}', timeout_s: 2, retries: 2}}]}}"
+
+
+def test_a_before_step_hook_answering_500_holds_then_rolls_back_and_one_answering_204_lets_it_in(standin, splitter):
+    failing, passing = Answering(500), Answering(204)
+    try:
+        s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(HOOKED.format(url=failing.url))))
+        held = eventually(lambda: (v := rollout_view(s))["before_step"] and v, timeout=10)
+        assert held["status"] == "running" and held["percent"] == 0 and held["step"] is None, held
+        assert held["before_step"]["last"] == f"{failing.url} answered 500", held
+        r = wait_for(s, "--timeout", "30")
+        assert r.returncode == 3, (r.stdout, r.stderr)
+        view = rollout_view(s)
+        assert view["percent"] == 0 and view["status"] == "rolled_back", view
+        assert f"before_step hook before 50%: {failing.url} answered 500 (3 of 3 tries)" in view["reason"], view
+        assert [body for _, body in failing.got] == [{"route": "auth", "from": 0, "to": 50}] * 3
+
+        s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(HOOKED.format(url=passing.url))))
+        r = wait_for(s, "--timeout", "30")
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        assert [body for _, body in passing.got] == [
+            {"route": "auth", "from": 0, "to": 50},
+            {"route": "auth", "from": 50, "to": 100},
+        ]
+    finally:
+        failing.close()
+        passing.close()
