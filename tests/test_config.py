@@ -312,3 +312,15 @@ def test_max_mismatch_rate_needs_a_shadow_section(tmp_path):
         config.load(f)
     assert any("routes[1].rollout.gates.max_mismatch_rate: judges the route's shadow comparisons" in e
                for e in err.value.errors), err.value.errors
+
+
+def test_before_step_hooks_load_and_a_bad_url_is_named(tmp_path):
+    f = tmp_path / "routes.yaml"
+    hooks = "before_step: [{url: 'http://smoke:9000/run', timeout_s: 30}, {url: 'ftp://x'}]"
+    f.write_text(VALID.replace("    salt: s1", f"    salt: s1\n    rollout: {{steps: [10], {hooks}}}"))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert any("routes[1].rollout.before_step[1].url: must be an http(s):// URL" in e for e in err.value.errors)
+    f.write_text(VALID.replace("    salt: s1", "    salt: s1\n    rollout: {steps: [10], before_step: [{url: 'http://s/r'}]}"))
+    ro = config.load(f).by_name["upload"].rollout
+    assert ro is not None and ro.before_step == (config.Hook("http://s/r", 60.0, 2),)
