@@ -89,6 +89,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         workers=args.workers,
         environment=env.get("SPLITTER_ENV") or None,
         redis_url=args.redis_url or env.get("SPLITTER_REDIS_URL") or None,
+        prometheus_url=args.prometheus or env.get("SPLITTER_PROMETHEUS_URL") or None,
         admin_token=env.get("SPLITTER_ADMIN_TOKEN") or None,
         admin_allowed_hosts=args.admin_allowed_hosts,
         tokens_file=env.get("SPLITTER_ADMIN_TOKENS_FILE") or None,
@@ -643,6 +644,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt:
         type=int,
         default=1,
         help="worker processes sharing both sockets (> 1 needs Redis for runtime changes)",
+    )
+    s.add_argument(
+        "--prometheus",
+        default=None,
+        metavar="URL",
+        help="Prometheus the rollouts' prometheus gates query (else $SPLITTER_PROMETHEUS_URL)",
     )
     s.add_argument(
         "--redis-url",

@@ -109,6 +109,19 @@ class ShadowSpec:
 
 
 @dataclass(frozen=True)
+class PromGate:
+    """A PromQL template ({route}, {role} filled in) read from the rollout's Prometheus: new / legacy
+    within min_ratio..max_ratio, and/or new's value within min..max."""
+
+    name: str
+    query: str
+    min_ratio: float | None = None
+    max_ratio: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
 class Gates:
     max_error_rate: float | None = None
     max_p95_ms: float | None = None
@@ -122,6 +135,7 @@ class Gates:
     no_new_errors: bool = False  # an error type (status >= 400, a listed status, a proxy failure kind) new adds fails
     no_new_errors_statuses: tuple[int, ...] = ()  # statuses below 400 to count as error types too (e.g. 307)
     max_mismatch_rate: float | None = None  # the share of the route's shadow comparisons that may differ
+    prometheus: tuple[PromGate, ...] = ()  # queries of the rollout's Prometheus (--prometheus URL)
 
 
 @dataclass(frozen=True)
@@ -465,6 +479,15 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "no_new_errors": {"type": "boolean"},
         "no_new_errors_statuses": {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}},
         "max_mismatch_rate": _RATE,
+        "prometheus": {"type": "array", "items": {"$ref": "#/$defs/prometheus_gate"}},
+    },
+    "prometheus_gate": {
+        "name": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+        "query": {"type": "string", "minLength": 1},
+        "min_ratio": {"type": "number"},
+        "max_ratio": {"type": "number"},
+        "min": {"type": "number"},
+        "max": {"type": "number"},
     },
 }
 _REQUIRED = {
@@ -476,6 +499,7 @@ _REQUIRED = {
     "rollout": ["steps"],
     "step": ["percent"],
     "hook": ["url"],
+    "prometheus_gate": ["name", "query"],
 }
 _TOP_KEYS = set(SECTIONS["top"])
 _ROUTE_KEYS = set(SECTIONS["route"])
@@ -1135,10 +1159,37 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
         _tolerance(doc, g, gp),
         *_no_new_errors(doc, g, gp),
         _number(doc, g, "max_mismatch_rate", gp, None, positive=False, upper=1),
+        _prom_gates(doc, g.get("prometheus", []), f"{gp}.prometheus"),
     )
     max_wait = _number(doc, r, "max_wait_s", path, None)
     hooks = _hooks(doc, r.get("before_step", []), f"{path}.before_step")
     return RolloutSpec(tuple(steps), float(interval), gates, approval, max_wait, hooks)
+
+
+def _prom_gates(doc: _Doc, raw: Any, path: str) -> tuple[PromGate, ...]:
+    if not isinstance(raw, list):
+        doc.error(path, f"must be a list like [{{name: logins, query: '...', min_ratio: 0.98}}], got {_show(raw)}")
+        return ()
+    out = []
+    for i, item in enumerate(raw):
+        at = f"{path}[{i}]"
+        g = _mapping(doc, item, at)
+        if g is None:
+            continue
+        _unknown(doc, g, set(SECTIONS["prometheus_gate"]), at)
+        name, query = g.get("name"), g.get("query")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            doc.error(f"{at}.name", f"must match [a-z0-9_]+, got {_show(name)}")
+            continue
+        if not isinstance(query, str) or not query.strip():
+            doc.error(f"{at}.query", f"must be a PromQL query ({{route}}, {{role}} filled in), got {_show(query)}")
+            continue
+        bounds = [_number(doc, g, k, at, None, positive=False) for k in ("min_ratio", "max_ratio", "min", "max")]
+        if all(b is None for b in bounds):
+            doc.error(at, "needs one of min_ratio, max_ratio (new / legacy), min, max (new's value)")
+            continue
+        out.append(PromGate(name, query, *bounds))
+    return tuple(out)
 
 
 def _hooks(doc: _Doc, raw: Any, path: str) -> tuple[Hook, ...]:

@@ -228,6 +228,7 @@ class Extra:
 
     examples: Mapping[str, str] = field(default_factory=dict)
     shadow: Counts | None = None
+    prometheus: tuple[Check, ...] = ()  # the prometheus gates, as last read (rollout.py asks, off its tick)
 
 
 # --- shadow comparisons -------------------------------------------------------------------------------
@@ -292,6 +293,8 @@ def judge(gates: Any, new: Counts, legacy: Counts, alpha: float, extra: Extra | 
         checks.append(no_new_errors_check(new, legacy, alpha, extra.examples if extra is not None else None))
     if getattr(gates, "max_mismatch_rate", None) is not None:
         checks.append(mismatch_check(extra.shadow if extra is not None else None, gates.max_mismatch_rate, alpha))
+    if extra is not None:
+        checks.extend(extra.prometheus)
     return checks
 
 
@@ -322,7 +325,7 @@ def growth_to_decide(
 
     def decided(f: float) -> bool:
         shadow = scaled(extra.shadow, f) if extra is not None and extra.shadow is not None else None
-        more = Extra(extra.examples, shadow) if extra is not None else None
+        more = Extra(extra.examples, shadow, extra.prometheus) if extra is not None else None
         checks = judge(gates, scaled(new, f), scaled(legacy, f) if legacy_grows else legacy, alpha, more)
         return any(c.gate == gate and c.verdict != WAIT for c in checks)
 

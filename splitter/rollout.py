@@ -35,7 +35,7 @@ import httpx
 import structlog
 
 from . import judge
-from .config import Gates, Hook, Percent, RolloutSpec, Route
+from .config import Gates, Hook, Percent, PromGate, RolloutSpec, Route
 from .overrides import Conflict, Unavailable
 from .window import FINAL_AFTER_S, ROLES, SHADOW, Counts, Totals
 
@@ -166,7 +166,7 @@ def count_checks(g: Gates, new: Counts, legacy: Counts, extra: judge.Extra | Non
         checks.append(judge.no_new_errors_check(new, legacy, THRESHOLD_ALPHA, extra.examples if extra else None))
     if g.max_mismatch_rate is not None:
         checks.append(judge.mismatch_check(extra.shadow if extra else None, g.max_mismatch_rate, THRESHOLD_ALPHA))
-    return checks
+    return checks + list(extra.prometheus if extra else ())
 
 
 def count_failure(g: Gates, new: Counts, legacy: Counts, extra: judge.Extra | None = None) -> str | None:
@@ -203,6 +203,8 @@ class Rollouts:
         # route -> ((step since, step to enter), the before_step hooks being asked): off the tick, so a slow
         # hook holds only its own route and never the lease
         self._asking: dict[str, tuple[tuple[float, int], asyncio.Task[tuple[int, str] | None]]] = {}
+        self._prom: dict[str, tuple[float, tuple[judge.Check, ...]]] = {}  # route -> (read at, prometheus gates)
+        self._prom_reads: dict[str, asyncio.Task[tuple[judge.Check, ...]]] = {}
 
     def routes(self) -> list[Route]:
         return [r for r in self.rt.snapshot.config.routes if r.rollout is not None]
@@ -428,7 +430,30 @@ class Rollouts:
         examples = {kind: path for (role, kind), path in o.examples.items() if role == "new"} if o is not None else {}
         assert route.rollout is not None
         wanted = route.rollout.gates.max_mismatch_rate is not None and int(state["step"]) >= 0
-        return judge.Extra(examples, await self._since_step(route, state, SHADOW, now) if wanted else None)
+        shadow = await self._since_step(route, state, SHADOW, now) if wanted else None
+        return judge.Extra(examples, shadow, self._prometheus(route, float(state["since"]), now))
+
+    def _prometheus(self, route: Route, since: float, now: float) -> tuple[judge.Check, ...]:
+        """The route's prometheus gates as last read (at most 10 s old, else waiting), and a new read started
+        when the last is over a second old: the queries run beside the tick, never in it. A step's first
+        interval_s waits: a query's window (keep it <= interval_s) then covers only this step's traffic."""
+        assert route.rollout is not None
+        gates = route.rollout.gates.prometheus
+        if not gates:
+            return ()
+        if now - since < route.rollout.interval_s:
+            return tuple(_prom_check(g, None, None, "read once the step is interval_s old") for g in gates)
+        at, checks = self._prom.get(route.name, (0.0, ()))
+        task = self._prom_reads.get(route.name)
+        if task is not None and task.done():
+            at, checks = self._prom[route.name] = (now, task.result())
+            del self._prom_reads[route.name]
+        elif task is None and now - at >= 1.0:
+            url = self.rt.settings.prometheus_url
+            self._prom_reads[route.name] = asyncio.create_task(_read_prometheus(url, route.name, gates))
+        if now - at > 10.0:
+            return tuple(_prom_check(g, None, None, "no answer from Prometheus yet") for g in gates)
+        return checks
 
     def _judged_failure(
         self,
@@ -722,6 +747,57 @@ def _needs(gate: str, need: dict[str, int], has: dict[str, int], rates: dict[str
     return {"gate": gate, "needs": need, "has": has, "eta_s": None if math.isinf(eta) else round(eta, 1), "says": says}
 
 
+async def _read_prometheus(url: str | None, route: str, gates: tuple[PromGate, ...]) -> tuple[judge.Check, ...]:
+    """Each prometheus gate read once: its query for new (and for legacy when it compares them)."""
+    if url is None:
+        return tuple(_prom_check(g, None, None, "no Prometheus: serve --prometheus URL") for g in gates)
+    out = []
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=2.0) as client:
+        for g in gates:
+            try:
+                new = await _prom_value(client, g.query.replace("{route}", route).replace("{role}", "new"))
+                relative = g.min_ratio is not None or g.max_ratio is not None
+                legacy = await _prom_value(client, g.query.replace("{route}", route).replace("{role}", "legacy"))
+                out.append(_prom_check(g, new, legacy if relative else None, ""))
+            except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+                out.append(_prom_check(g, None, None, f"Prometheus did not answer ({type(exc).__name__})"))
+    return tuple(out)
+
+
+async def _prom_value(client: httpx.AsyncClient, query: str) -> float | None:
+    """The first sample of an instant query; None when there is none (or it is NaN)."""
+    r = await client.get("/api/v1/query", params={"query": query})
+    r.raise_for_status()
+    result = r.json()["data"]["result"]
+    if not result:
+        return None
+    value = float(result[0]["value"][1])
+    return value if math.isfinite(value) else None
+
+
+def _prom_check(g: PromGate, new: float | None, legacy: float | None, why: str) -> judge.Check:
+    """A prometheus gate's verdict: waiting without a value (Prometheus unreachable means wait, not pass)."""
+    bounds = [b for b in (g.min_ratio, g.max_ratio, g.min, g.max) if b is not None]
+    name = f"prometheus.{g.name}"
+    relative = g.min_ratio is not None or g.max_ratio is not None
+    if new is None or (relative and not legacy):
+        said = why or ("no data for new" if new is None else "no data for legacy (or 0): no ratio")
+        return judge.Check(name, bounds[0], None, None, None, judge.WAIT, None, said)
+    ratio = new / legacy if relative and legacy else None
+    bad = (
+        (g.min_ratio is not None and ratio is not None and ratio < g.min_ratio)
+        or (g.max_ratio is not None and ratio is not None and ratio > g.max_ratio)
+        or (g.min is not None and new < g.min)
+        or (g.max is not None and new > g.max)
+    )
+    named = {"min_ratio": g.min_ratio, "max_ratio": g.max_ratio, "min": g.min, "max": g.max}
+    limits = ", ".join(f"{k} {v:g}" for k, v in named.items() if v is not None)
+    sides = f", legacy {legacy:.4g}, ratio {ratio:.4g}" if ratio is not None and legacy is not None else ""
+    said = f"new {new:.4g}{sides} ({limits})"
+    estimate = ratio if ratio is not None else new
+    return judge.Check(name, bounds[0], estimate, None, None, judge.FAIL if bad else judge.PASS, None, said)
+
+
 async def _ask(hooks: tuple[Hook, ...], body: dict[str, Any]) -> tuple[int, str] | None:
     """POST `body` to each hook in order: None when all answered 2xx in time, else (index, what went wrong)."""
     async with httpx.AsyncClient(follow_redirects=False) as client:
@@ -760,7 +836,8 @@ def _gate_views(
     if gates.confidence is None:
         checks = gate_checks(gates, new, legacy_c.totals())
         for c in count_checks(gates, new_c, legacy_c, extra):
-            ok = c.verdict != judge.FAIL if new.requests >= max(1, gates.min_requests) else None
+            decided = c.verdict != judge.WAIT and new.requests >= max(1, gates.min_requests)
+            ok = c.verdict == judge.PASS if decided else None
             checks.append({"gate": c.gate, "value": c.estimate, "threshold": c.threshold, "ok": ok, "detail": c.detail})
         oks = [c["ok"] for c in checks]
         return checks, judge.FAIL if False in oks else judge.PASS if all(oks) else judge.WAIT

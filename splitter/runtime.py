@@ -48,6 +48,7 @@ class Settings:
     workers: int = 1
     environment: str | None = None  # SPLITTER_ENV
     redis_url: str | None = None  # SPLITTER_REDIS_URL, wins over routes.yaml
+    prometheus_url: str | None = None  # --prometheus / SPLITTER_PROMETHEUS_URL: the rollouts' prometheus gates
     admin_token: str | None = None  # SPLITTER_ADMIN_TOKEN
     admin_allowed_hosts: tuple[str, ...] = ()  # --admin-allowed-hosts: names answered besides IPs and localhost
     tokens_file: str | None = None  # SPLITTER_ADMIN_TOKENS_FILE

@@ -324,3 +324,17 @@ def test_before_step_hooks_load_and_a_bad_url_is_named(tmp_path):
     f.write_text(VALID.replace("    salt: s1", "    salt: s1\n    rollout: {steps: [10], before_step: [{url: 'http://s/r'}]}"))
     ro = config.load(f).by_name["upload"].rollout
     assert ro is not None and ro.before_step == (config.Hook("http://s/r", 60.0, 2),)
+
+
+def test_prometheus_gates_load_and_need_a_bound(tmp_path):
+    f = tmp_path / "routes.yaml"
+    gate = "{name: logins, query: 'sum(rate(ok{backend=\"{role}\"}[5m]))', min_ratio: 0.98}"
+    f.write_text(VALID.replace("    salt: s1", f"    salt: s1\n    rollout: {{steps: [10], gates: {{prometheus: [{gate}]}}}}"))
+    ro = config.load(f).by_name["upload"].rollout
+    assert ro is not None and ro.gates.prometheus == (
+        config.PromGate("logins", 'sum(rate(ok{backend="{role}"}[5m]))', min_ratio=0.98),
+    )
+    f.write_text(VALID.replace("    salt: s1", "    salt: s1\n    rollout: {steps: [10], gates: {prometheus: [{name: x, query: up}]}}"))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert any("routes[1].rollout.gates.prometheus[0]: needs one of min_ratio" in e for e in err.value.errors)

@@ -5,9 +5,11 @@ plan's "no new error types" (no_new_errors)."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import httpx
+import yaml
 from conftest import eventually, routes_yaml
 from test_history import Receiver
 from test_operator_loop import Paced, auth_route, events, rollout_view, wait_for
@@ -129,3 +131,58 @@ def test_a_before_step_hook_answering_500_holds_then_rolls_back_and_one_answerin
     finally:
         failing.close()
         passing.close()
+
+
+PROM_GATE = (
+    "{steps: [50], interval_s: 7, gates: {min_requests: 20, prometheus: "
+    "[{name: ok, query: 'sum(rate(standin_ok_total{backend=\"{role}\"}[5s]))', min_ratio: 0.8}]}}"
+)
+
+
+def view_since(s) -> float:
+    return float(rollout_view(s)["since"])
+
+
+def _prometheus(procs, tmp_path, targets: list[str]) -> str:
+    """A real Prometheus scraping `targets` (origins) every second; its URL once it answers queries."""
+    from conftest import Proc, free_port
+
+    work = tmp_path / "prom"
+    work.mkdir(exist_ok=True)
+    jobs = [{"job_name": "standins", "static_configs": [{"targets": [t.split("//")[1] for t in targets]}]}]
+    (work / "prometheus.yml").write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}))
+    port = free_port()
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is not installed: `make system-deps` installs Debian's prometheus"
+    args = [f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}"]
+    procs.append(Proc([binary, *args, f"--web.listen-address=127.0.0.1:{port}"], log=work / "prometheus.log"))
+    url = f"http://127.0.0.1:{port}"
+    eventually(lambda: httpx.get(url + "/api/v1/query", params={"query": "up"}).json()["data"]["result"], timeout=30)
+    return url
+
+
+def test_a_prometheus_gate_waits_without_prometheus_fails_when_news_counter_drops_and_passes_when_equal(
+    procs, tmp_path, standin, splitter
+):
+    from conftest import free_port
+
+    legacy, new = standin("legacy"), standin("new")
+    dead = splitter(routes_yaml(legacy, new, routes=auth_route(PROM_GATE)),
+                    args=["--prometheus", f"http://127.0.0.1:{free_port()}"])
+    url = _prometheus(procs, tmp_path, [legacy, new])
+    with Paced(dead.url, rate=40, path="/api/auth/ok"):
+        eventually(lambda: rollout_view(dead)["step"] == 50)
+        time.sleep(max(0.0, view_since(dead) + 8 - time.time()))  # past interval_s: held, never passed
+        view = rollout_view(dead)
+    assert view["status"] == "running" and view["percent"] == 50, view
+    gate = next(g for g in view["gates"] if g["gate"] == "prometheus.ok")
+    assert gate["ok"] is None and gate["detail"] == "Prometheus did not answer (ConnectError)", gate
+    # interval_s 7 > the query's 5 s: a step is judged on its own traffic, not the run before's
+    for path, expected in (("/api/auth/ok?new_ok=0.4", 3), ("/api/auth/ok", 0)):
+        s = splitter(routes_yaml(legacy, new, routes=auth_route(PROM_GATE)), args=["--prometheus", url])
+        with Paced(s.url, rate=40, path=path):
+            r = wait_for(s, "--timeout", "60")
+        view = rollout_view(s)
+        assert r.returncode == expected, (path, r.stdout, r.stderr, view)
+        if expected == 3:
+            assert "prometheus.ok" in view["reason"] and "ratio" in view["reason"], view
