@@ -10,7 +10,7 @@ GET/POST anything  -> 200 JSON {backend, method, path, raw_path, query, headers:
 /delay?legacy_ms=A&new_ms=B -> sleeps A or B ms, by this stand-in's name
 /sometimes?new_status=409&new_rate=0.05 -> answers that status at that rate, by this stand-in's name (else 200)
 .../ok?new_ok=0.5  -> counts standin_ok_total at that rate by name (default 1), a business metric
-/metrics           -> standin_ok_total{backend=NAME} in Prometheus text format
+/standin/metrics   -> standin_ok_total{backend=NAME} in Prometheus text format
 /bytes?n=N         -> streams N bytes (chunked)
 /status?code=N     -> answers N
 .../flaky          -> on new, 3 requests in 10 answer 500
@@ -52,7 +52,7 @@ def make_app(name: str) -> Any:
             await asyncio.sleep(float(query.get("s", "1")))
         if path.endswith("/delay"):  # /delay?legacy_ms=99&new_ms=101: each backend its own latency
             await asyncio.sleep(float(query.get(f"{name}_ms", "0")) / 1000)
-        if path == "/metrics":
+        if path == "/standin/metrics":  # not /metrics: tests send that through the proxy as any path
             text = f'standin_ok_total{{backend="{name}"}} {OK_TOTAL[0]}\n'.encode()
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": text})

@@ -149,7 +149,8 @@ def _prometheus(procs, tmp_path, targets: list[str]) -> str:
 
     work = tmp_path / "prom"
     work.mkdir(exist_ok=True)
-    jobs = [{"job_name": "standins", "static_configs": [{"targets": [t.split("//")[1] for t in targets]}]}]
+    hosts = [t.split("//")[1] for t in targets]
+    jobs = [{"job_name": "standins", "metrics_path": "/standin/metrics", "static_configs": [{"targets": hosts}]}]
     (work / "prometheus.yml").write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}))
     port = free_port()
     binary = shutil.which("prometheus")
