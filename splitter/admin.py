@@ -289,7 +289,7 @@ async def overview(request: Request) -> Response:
     views = routes_view(rt)
     rt.collect_cohorts(now)  # this process's cohort counts up to this moment, as its windows are
     for view, r in zip(views, snap.config.routes, strict=True):
-        await _overview_route(rt, _shadow(request), view, r, now)
+        await _overview_route(rt, _rollouts(request), _shadow(request), view, r, now)
     try:
         rollout_views = await _rollouts(request).view()
     except Unavailable as exc:
@@ -309,12 +309,16 @@ async def overview(request: Request) -> Response:
     )
 
 
-async def _overview_route(rt: Runtime, shadow: Shadow, view: dict[str, Any], r: RouteSpec, now: float) -> None:
+async def _overview_route(
+    rt: Runtime, rollouts: Rollouts, shadow: Shadow, view: dict[str, Any], r: RouteSpec, now: float
+) -> None:
     """One route's part of the overview: its window, the last five minutes of each side, shadow."""
     snap = rt.snapshot
     try:
-        span, since = await rt.judged_span(r) if (r.guard or r.rollout) else (60.0, None)
-        view["window"] = await rt.windows.view(r.name, now, span, since)
+        if r.guard or r.rollout:
+            view["window"] = await _judged_window(rt, rollouts, r, now)
+        else:
+            view["window"] = await rt.windows.view(r.name, now, 60.0)
         series = rt.windows.series
         view["series"] = {b: await series(r.name, b, now, CONSOLE_SPAN_S, 10) for b in ("new", "legacy")}
         view["shadow"] = (await shadow.recent(r.name))[:5] if r.shadow is not None else None
@@ -326,7 +330,7 @@ async def _overview_route(rt: Runtime, shadow: Shadow, view: dict[str, Any], r: 
     view["source_under_kill"] = snap.sources[r.name] if snap.kill else None
     view["guard_trip"] = rt.guard_trips.get(r.name) if snap.sources[r.name] == "guard" else None
     outcomes = rt.windows.get(r.name)
-    if "window" in view and outcomes is not None:
+    if "window" in view and outcomes is not None and "step_since" not in view["window"]:
         view["window"]["since"] = outcomes.since or None
     view["cohorts"] = await _overview_cohorts(rt, r, now, view.get("window")) if r.cohorts else None
 
@@ -364,13 +368,32 @@ async def list_routes(request: Request) -> Response:
             continue
         try:
             span, since = await rt.judged_span(r)
-            view["window"] = await rt.windows.view(r.name, now, span, since)
+            view["window"] = await _judged_window(rt, _rollouts(request), r, now)
             judgement = await _judgement(rt, _rollouts(request), r, now, span, since)
             if judgement is not None:
                 view["judgement"] = judgement
         except Unavailable as exc:
             view["window"] = {"scope": rt.windows.scope, "error": str(exc)}
     return JSONResponse(views)
+
+
+async def _judged_window(rt: Runtime, rollouts: Rollouts, r: RouteSpec, now: float) -> dict[str, Any]:
+    """The window a guard judges, or everything a rollout's current step is judged on (since it
+    began, not its last interval): the span shown is the span judged."""
+    span, since = await rt.judged_span(r)
+    state = await rt.overrides.get_rollout(r.name) if r.guard is None and r.rollout is not None else None
+    if not state or int(state["step"]) < 0 or state.get("since") is None:
+        return await rt.windows.view(r.name, now, span, since)
+    new, legacy = await rollouts.evidence(r, state, now)
+    step_since = float(state["since"])
+    return {
+        "scope": rt.windows.scope,
+        "span_s": round(max(0.0, now - step_since), 1),
+        "since": step_since,
+        "step_since": step_since,
+        "new": new.totals().view(),
+        "legacy": legacy.totals().view(),
+    }
 
 
 async def _judgement(
@@ -530,8 +553,8 @@ async def rollout_action(request: Request, who: Actor) -> Any:
     route_or_404(rt, name)
     if rt.snapshot.config.by_name[name].rollout is None:
         raise _Refused(404, f"route {name!r} has no rollout section in routes.yaml")
-    if action not in ("pause", "resume", "abort", "promote"):
-        raise _Refused(404, "action must be pause, resume, abort or promote")
+    if action not in ("pause", "resume", "abort", "promote", "restart"):
+        raise _Refused(404, "action must be pause, resume, abort, promote or restart")
     full = (await body(request)).get("full", False) if action == "promote" else False
     if not isinstance(full, bool):
         raise _Refused(400, "full must be true or false")

@@ -90,6 +90,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         environment=env.get("SPLITTER_ENV") or None,
         redis_url=args.redis_url or env.get("SPLITTER_REDIS_URL") or None,
         state_path=os.path.abspath(args.state) if args.state and args.state != ":memory:" else args.state,
+        prometheus_url=args.prometheus or env.get("SPLITTER_PROMETHEUS_URL") or None,
         admin_token=env.get("SPLITTER_ADMIN_TOKEN") or None,
         admin_allowed_hosts=args.admin_allowed_hosts,
         tokens_file=env.get("SPLITTER_ADMIN_TOKENS_FILE") or None,
@@ -471,13 +472,22 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
                 lines.append(
                     f"  {mark} {g['gate']:<18} {est:>10}{interval}{p}  (threshold {g['threshold']:g}) {g['verdict']}"
                 )
+                lines += [f"      {g['detail']}"] if g.get("detail") else []
                 continue
             too_few = g["gate"] == "min_requests"  # not enough traffic yet: waiting, not failing
             mark = {True: "✓", False: "…" if too_few else "✗", None: "…"}[g["ok"]]
             value = "-" if g["value"] is None else f"{g['value']:g}"
-            lines.append(f"  {mark} {g['gate']:<18} {value:>10}  (threshold {g['threshold']:g})")
+            felt = f", {g['slower_ms']:g} ms slower, tolerance {g['tolerance_ms']:g} ms" if g.get("slower_ms") else ""
+            lines.append(f"  {mark} {g['gate']:<18} {value:>10}  (threshold {g['threshold']:g}{felt})")
+            lines += [f"      {g['detail']}"] if g.get("detail") else []
         if i.get("legacy_from_step_before"):
             lines.append("  legacy's side: its window of the step before (no legacy traffic at 100%)")
+        if i.get("stalled"):
+            lines.append("  stalled: held past max_wait_s (still holding)")
+        lines += [f"  waiting: {w['says']}" for w in i.get("waiting_for") or []]
+        hooks = i.get("before_step")
+        if hooks and hooks.get("last"):
+            lines.append(f"  held before {hooks['to']}%: {hooks['last']} ({hooks['failures']} failed so far)")
         if i["reason"]:
             lines.append(f"  reason: {i['reason']}")
         if i.get("kill"):
@@ -564,7 +574,8 @@ def _rollout_status(args: argparse.Namespace) -> int:
 
 
 def _rollout_wait(args: argparse.Namespace) -> int:
-    """Like `kubectl rollout status`: a line per change; exit 0 at done, 3 rolled back or aborted, 4 on timeout."""
+    """Like `kubectl rollout status`: a line per change; exit 0 at done, 3 rolled back or aborted, 4 on
+    timeout (saying what the rollout waits for), 5 awaiting approval (a person must promote it)."""
     import time
 
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
@@ -581,9 +592,13 @@ def _rollout_wait(args: argparse.Namespace) -> int:
                 return 0
             if view["status"] in ("rolled_back", "aborted"):
                 return 3
+            if view["status"] == "awaiting_approval":
+                return 5
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             where = f"last seen: {said}" if said else f"the admin API did not answer: {failing}"
+            waits = [w["says"] for w in (view.get("waiting_for") or [])] if items is not None else []
+            where += "".join(f"; waiting: {w}" for w in waits)
             say(f"splitter: rollout of {args.route} not done within {args.timeout:g} s ({where})", file=sys.stderr)
             return 4
         time.sleep(1.0 if left is None else min(1.0, left))
@@ -679,6 +694,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt:
         type=int,
         default=1,
         help="worker processes sharing both sockets (and the state file, or Redis)",
+    )
+    s.add_argument(
+        "--prometheus",
+        default=None,
+        metavar="URL",
+        help="Prometheus the rollouts' prometheus gates query (else $SPLITTER_PROMETHEUS_URL)",
     )
     s.add_argument(
         "--redis-url",
@@ -789,7 +810,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     sa.set_defaults(func=cmd_state)
     _cohort_parser(admin_parser("cohort", "members of a route's users cohorts at runtime: add, remove, list"))
     _rollout_parser(
-        admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, wait (exit 0, 3 or 4)")
+        admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, restart, wait (exit 0, 3-5)")
     )
     rp = admin_parser(
         "report",
@@ -883,13 +904,14 @@ def _cohort_list(args: argparse.Namespace, cohorts: list[dict[str, Any]]) -> int
 
 
 def _rollout_parser(ro: argparse.ArgumentParser) -> None:
-    ro.add_argument("action", choices=["status", "pause", "resume", "abort", "promote", "wait"], help="what to do")
+    actions = ["status", "pause", "resume", "abort", "promote", "restart", "wait"]
+    ro.add_argument("action", choices=actions, help="what to do")
     ro.add_argument("route", nargs="?", help="route name (status: all routes when omitted)")
     ro.add_argument("--full", action="store_true", help="promote: straight to the last step, and done")
     ro.add_argument("--timeout", type=float, default=None, help="wait: give up after S seconds, exit 4 (None: never)")
     ro.add_argument("--watch", action="store_true", help="status: redraw every second, retrying through errors")
     ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
-    ro.add_argument("--reason", default=None, help="pause/resume/abort/promote: why, for the history and notifications")
+    ro.add_argument("--reason", default=None, help="a change: why, for the history and notifications")
     ro.set_defaults(func=cmd_rollout)
 
 

@@ -29,9 +29,11 @@ ID_KINDS = ("header", "cookie", "jwt_sub")
 NAME_RE = re.compile(r"[a-z0-9_]+")
 DEFAULT_MAX_BODY = 1 << 30
 UID_COOKIE = "splitter_uid"
+DEFAULT_P95_TOLERANCE_MS = 5.0
 # what a change history event (history.py) can be; `notify[].events` filters on these
 CHANGE_ACTIONS: tuple[str, ...] = ("set", "clear", "rollback", "kill", "guard_trip", "reload")
-CHANGE_ACTIONS += tuple(f"rollout_{a}" for a in ("step", "done", "rollback", "pause", "resume", "abort", "promote"))
+ROLLOUT_CHANGES = ("step", "done", "rollback", "pause", "resume", "abort", "promote", "restart", "stalled")
+CHANGE_ACTIONS += tuple(f"rollout_{a}" for a in ROLLOUT_CHANGES)
 CHANGE_ACTIONS += ("cohort",)  # runtime members of a `users` cohort added or removed (admin.change_cohort)
 NOTIFY_FORMATS = ("json", "slack")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -107,6 +109,19 @@ class ShadowSpec:
 
 
 @dataclass(frozen=True)
+class PromGate:
+    """A PromQL template ({route}, {role} filled in) read from the rollout's Prometheus: new / legacy
+    within min_ratio..max_ratio, and/or new's value within min..max."""
+
+    name: str
+    query: str
+    min_ratio: float | None = None
+    max_ratio: float | None = None
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
 class Gates:
     max_error_rate: float | None = None
     max_p95_ms: float | None = None
@@ -114,6 +129,23 @@ class Gates:
     min_requests: int = 0
     max_error_increase: float | None = None
     confidence: float | None = None  # judge.py: pass / fail only on evidence at this level, else wait
+    # max_p95_ratio fails only when new is also slower than legacy by more than this: on a 1.3 ms service a
+    # 0.3 ms difference is a 20 % ratio no user can feel (the migration plan's "within 10 %" of what matters)
+    p95_tolerance_ms: float = DEFAULT_P95_TOLERANCE_MS
+    no_new_errors: bool = False  # an error type (status >= 400, a listed status, a proxy failure kind) new adds fails
+    no_new_errors_statuses: tuple[int, ...] = ()  # statuses below 400 to count as error types too (e.g. 307)
+    max_mismatch_rate: float | None = None  # the share of the route's shadow comparisons that may differ
+    prometheus: tuple[PromGate, ...] = ()  # queries of the rollout's Prometheus (--prometheus URL)
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A URL the rollout POSTs {route, from, to} to before entering a step; anything but a 2xx within
+    timeout_s holds the step, and `retries` failures after the first roll the rollout back."""
+
+    url: str
+    timeout_s: float = 60.0
+    retries: int = 2
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,8 @@ class RolloutSpec:
     interval_s: float
     gates: Gates
     approval: frozenset[int] = frozenset()  # indexes of the steps entered only on `splitter rollout promote`
+    max_wait_s: float | None = None  # a step held longer than this: event `stalled` (once), and it keeps holding
+    before_step: tuple[Hook, ...] = ()  # called, in order, before the controller enters a step
 
 
 @dataclass(frozen=True)
@@ -431,8 +465,11 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "rollout": {
         "steps": {"type": "array", "minItems": 1, "items": {"oneOf": [_STEP, {"$ref": "#/$defs/step"}]}},
         "interval_s": _POSITIVE,
+        "max_wait_s": _POSITIVE,
+        "before_step": {"type": "array", "items": {"$ref": "#/$defs/hook"}},
         "gates": "gates",
     },
+    "hook": {"url": {"type": "string", "pattern": "^https?://"}, "timeout_s": _POSITIVE, "retries": _COUNT},
     "step": {"percent": _STEP, "approval": {"type": "boolean"}},
     "gates": {
         "max_error_rate": _RATE,
@@ -441,6 +478,19 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "min_requests": _COUNT,
         "max_error_increase": _RATE,
         "confidence": _CONFIDENCE,
+        "p95_tolerance_ms": {"type": "number", "minimum": 0},
+        "no_new_errors": {"type": "boolean"},
+        "no_new_errors_statuses": {"type": "array", "items": {"type": "integer", "minimum": 100, "maximum": 599}},
+        "max_mismatch_rate": _RATE,
+        "prometheus": {"type": "array", "items": {"$ref": "#/$defs/prometheus_gate"}},
+    },
+    "prometheus_gate": {
+        "name": {"type": "string", "pattern": "^[a-z0-9_]+$"},
+        "query": {"type": "string", "minLength": 1},
+        "min_ratio": {"type": "number"},
+        "max_ratio": {"type": "number"},
+        "min": {"type": "number"},
+        "max": {"type": "number"},
     },
 }
 _REQUIRED = {
@@ -451,6 +501,8 @@ _REQUIRED = {
     "cohort": ["name", "to"],
     "rollout": ["steps"],
     "step": ["percent"],
+    "hook": ["url"],
+    "prometheus_gate": ["name", "query"],
 }
 _TOP_KEYS = set(SECTIONS["top"])
 _ROUTE_KEYS = set(SECTIONS["route"])
@@ -865,6 +917,8 @@ def _routes(
         guard = _guard(doc, r["guard"], f"{path}.guard") if "guard" in r else None
         shadow = _shadow(doc, r["shadow"], f"{path}.shadow") if "shadow" in r else None
         rollout = _rollout(doc, r["rollout"], f"{path}.rollout") if "rollout" in r else None
+        if rollout is not None and rollout.gates.max_mismatch_rate is not None and "shadow" not in r:
+            doc.error(f"{path}.rollout.gates.max_mismatch_rate", "judges the route's shadow comparisons: add `shadow:`")
         sides = _sides(doc, r, path, known)
         cohorts = _cohorts(doc, r["cohorts"], f"{path}.cohorts", token_header) if "cohorts" in r else ()
         if name and prefix and percent is not None:
@@ -1050,6 +1104,26 @@ def _guard(doc: _Doc, raw: Any, path: str) -> GuardSpec | None:
     )
 
 
+def _no_new_errors(doc: _Doc, d: dict[str, Any], path: str) -> tuple[bool, tuple[int, ...]]:
+    on = d.get("no_new_errors", False)
+    if not isinstance(on, bool):
+        doc.error(f"{path}.no_new_errors", f"must be true or false, got {_show(on)}")
+        on = False
+    statuses = d.get("no_new_errors_statuses", [])
+    if not isinstance(statuses, list) or not all(_is_int(s) and 100 <= s <= 599 for s in statuses):
+        doc.error(f"{path}.no_new_errors_statuses", f"must be a list of HTTP statuses 100..599, got {_show(statuses)}")
+        statuses = []
+    return on, tuple(statuses)
+
+
+def _tolerance(doc: _Doc, d: dict[str, Any], path: str) -> float:
+    v = d.get("p95_tolerance_ms", DEFAULT_P95_TOLERANCE_MS)
+    if not _is_num(v) or v < 0:
+        doc.error(f"{path}.p95_tolerance_ms", f"must be a number of milliseconds >= 0, got {_show(v)}")
+        return DEFAULT_P95_TOLERANCE_MS
+    return float(v)
+
+
 def _confidence(doc: _Doc, d: dict[str, Any], path: str) -> float | None:
     v = d.get("confidence")
     if v is None:
@@ -1100,8 +1174,60 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
         int(_number(doc, g, "min_requests", gp, 0, integer=True)),
         _number(doc, g, "max_error_increase", gp, None, positive=False, upper=1),
         _confidence(doc, g, gp),
+        _tolerance(doc, g, gp),
+        *_no_new_errors(doc, g, gp),
+        _number(doc, g, "max_mismatch_rate", gp, None, positive=False, upper=1),
+        _prom_gates(doc, g.get("prometheus", []), f"{gp}.prometheus"),
     )
-    return RolloutSpec(tuple(steps), float(interval), gates, approval)
+    max_wait = _number(doc, r, "max_wait_s", path, None)
+    hooks = _hooks(doc, r.get("before_step", []), f"{path}.before_step")
+    return RolloutSpec(tuple(steps), float(interval), gates, approval, max_wait, hooks)
+
+
+def _prom_gates(doc: _Doc, raw: Any, path: str) -> tuple[PromGate, ...]:
+    if not isinstance(raw, list):
+        doc.error(path, f"must be a list like [{{name: logins, query: '...', min_ratio: 0.98}}], got {_show(raw)}")
+        return ()
+    out = []
+    for i, item in enumerate(raw):
+        at = f"{path}[{i}]"
+        g = _mapping(doc, item, at)
+        if g is None:
+            continue
+        _unknown(doc, g, set(SECTIONS["prometheus_gate"]), at)
+        name, query = g.get("name"), g.get("query")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            doc.error(f"{at}.name", f"must match [a-z0-9_]+, got {_show(name)}")
+            continue
+        if not isinstance(query, str) or not query.strip():
+            doc.error(f"{at}.query", f"must be a PromQL query ({{route}}, {{role}} filled in), got {_show(query)}")
+            continue
+        bounds = [_number(doc, g, k, at, None, positive=False) for k in ("min_ratio", "max_ratio", "min", "max")]
+        if all(b is None for b in bounds):
+            doc.error(at, "needs one of min_ratio, max_ratio (new / legacy), min, max (new's value)")
+            continue
+        out.append(PromGate(name, query, *bounds))
+    return tuple(out)
+
+
+def _hooks(doc: _Doc, raw: Any, path: str) -> tuple[Hook, ...]:
+    if not isinstance(raw, list):
+        doc.error(path, f"must be a list like [{{url: http://smoke/run, timeout_s: 60, retries: 2}}], got {_show(raw)}")
+        return ()
+    out = []
+    for i, item in enumerate(raw):
+        h = _mapping(doc, item, f"{path}[{i}]")
+        if h is None:
+            continue
+        _unknown(doc, h, set(SECTIONS["hook"]), f"{path}[{i}]")
+        url = h.get("url")
+        if not isinstance(url, str) or not re.match(r"https?://[^/?#]", url):
+            doc.error(f"{path}[{i}].url", f"must be an http(s):// URL, got {_show(url)}")
+            continue
+        timeout = _number(doc, h, "timeout_s", f"{path}[{i}]", 60.0)
+        retries = int(_number(doc, h, "retries", f"{path}[{i}]", 2, integer=True))
+        out.append(Hook(url, float(timeout), retries))
+    return tuple(out)
 
 
 def _steps(doc: _Doc, raw: Any, path: str) -> tuple[list[Percent], frozenset[int]]:

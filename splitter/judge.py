@@ -15,7 +15,10 @@ with statistics that hold at level c, computed with scipy's special functions:
   max_p95_ratio      the ratio interval from both p95 intervals (each at sqrt(c)),
                      plus a Mann-Whitney U test on the binned data (midranks per bin,
                      tie-corrected variance) for "new is slower": fail only when both
-                     show it, pass when the ratio's upper bound is within the threshold.
+                     show it and new's p95 is shown more than p95_tolerance_ms above
+                     legacy's (rollout gates; practical significance), pass when the
+                     ratio's upper bound is within the threshold or the difference's
+                     is within the tolerance.
 
 The verdict of a set of gates is fail if any gate fails, pass if all pass, else wait.
 Judging often on growing data is many looks at it: `alpha` lets the caller spend its
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .window import Counts, bucket_ms
@@ -57,10 +60,11 @@ class Check:
     high: float | None
     verdict: str
     p_value: float | None = None
+    detail: str | None = None  # what a count gate saw (no_new_errors: the type, both counts, an example path)
 
     def view(self) -> dict[str, Any]:
         r = _round
-        return {
+        out = {
             "gate": self.gate,
             "threshold": self.threshold,
             "estimate": r(self.estimate),
@@ -68,6 +72,9 @@ class Check:
             "p_value": r(self.p_value),
             "verdict": self.verdict,
         }
+        if self.detail is not None:
+            out["detail"] = self.detail
+        return out
 
 
 def _round(x: float | None) -> float | None:
@@ -194,7 +201,10 @@ def mann_whitney_slower(new: Counts, legacy: Counts) -> float | None:
     return float(special.ndtr(-z))
 
 
-def p95_ratio_check(new: Counts, legacy: Counts, threshold: float, alpha: float) -> Check:
+def p95_ratio_check(new: Counts, legacy: Counts, threshold: float, alpha: float, tolerance_ms: float = 0.0) -> Check:
+    """Fails when the ratio is shown above the threshold, new is shown slower (Mann-Whitney) and new's
+    p95 is shown more than `tolerance_ms` above legacy's; passes when the ratio is shown within the
+    threshold or (tolerance_ms > 0) the difference is shown within the tolerance."""
     each = 1 - math.sqrt(1 - alpha)  # both p95 intervals hold together at 1 - alpha
     est_n, low_n, high_n = quantile_bounds(new, 0.95, each)
     est_l, low_l, high_l = quantile_bounds(legacy, 0.95, each)
@@ -205,14 +215,70 @@ def p95_ratio_check(new: Counts, legacy: Counts, threshold: float, alpha: float)
     high = high_n / low_l if low_l > 0 else math.inf
     p_value = mann_whitney_slower(new, legacy)
     slower = p_value is not None and p_value < alpha
-    verdict = FAIL if low > threshold and slower else PASS if high <= threshold else WAIT
+    felt = low_n - high_l > tolerance_ms  # -inf when legacy's upper bound is open: not shown
+    within = tolerance_ms > 0 and high_n - low_l <= tolerance_ms
+    verdict = FAIL if low > threshold and slower and felt else PASS if high <= threshold or within else WAIT
     return Check("max_p95_ratio", threshold, estimate, low, high, verdict, p_value)
 
 
+@dataclass(frozen=True)
+class Extra:
+    """Evidence beside new's and legacy's outcomes: a path per error type new had (no_new_errors names
+    one), and the route's shadow comparisons since the step began (max_mismatch_rate)."""
+
+    examples: Mapping[str, str] = field(default_factory=dict)
+    shadow: Counts | None = None
+    prometheus: tuple[Check, ...] = ()  # the prometheus gates, as last read (rollout.py asks, off its tick)
+
+
+# --- shadow comparisons -------------------------------------------------------------------------------
+def mismatch_check(shadow: Counts | None, threshold: float, alpha: float) -> Check:
+    """The share of shadow comparisons that differed (`t`: match, mismatch; failed copies are not
+    comparisons), Clopper-Pearson bounds: fail when the lower is above the threshold, pass when the
+    upper is within it."""
+    k = shadow.t.get("mismatch", 0) if shadow is not None else 0
+    n = k + (shadow.t.get("match", 0) if shadow is not None else 0)
+    detail = f"{k} of {n} shadow comparisons differed"
+    if n == 0:
+        return Check("max_mismatch_rate", threshold, None, 0.0, 1.0, WAIT, None, detail)
+    low, high = proportion_bounds(k, n, alpha)
+    verdict = FAIL if low > threshold else PASS if high <= threshold else WAIT
+    return Check("max_mismatch_rate", threshold, k / n, low, high, verdict, None, detail)
+
+
+# --- error types ------------------------------------------------------------------------------------
+def more_often_p(k: int, m: int, j: int, n: int) -> float:
+    """One-sided exact p-value of "new (k of m requests) has this type more often than legacy (j of n)":
+    given the k + j occurrences, each falls on new with probability m / (m + n) if the rates are
+    equal (the conditional binomial test of two rates); P(at least k on new)."""
+    if k == 0 or m == 0:
+        return 1.0
+    if n == 0:
+        return 1.0  # nothing to compare with
+    return float(special.bdtrc(k - 1, k + j, m / (m + n)))
+
+
+def no_new_errors_check(new: Counts, legacy: Counts, alpha: float, examples: Mapping[str, str] | None = None) -> Check:
+    """Every error type new has, tested against legacy's rate of it (alpha split over the types, Bonferroni):
+    fail naming the worst, with both counts and an example path; pass when none is shown more frequent and
+    new has traffic; wait while legacy has none to compare with."""
+    if new.n == 0 or legacy.n == 0:
+        return Check("no_new_errors", 0.0, None, None, None, WAIT)
+    tested = sorted((more_often_p(k, new.n, legacy.t.get(t, 0), legacy.n), t) for t, k in new.t.items())
+    if not tested:
+        return Check("no_new_errors", 0.0, 0.0, None, None, PASS, 1.0, "no error types on new")
+    p, worst = tested[0]
+    k, j = new.t[worst], legacy.t.get(worst, 0)
+    failed = p < alpha / len(tested)
+    where = f", e.g. {examples[worst]}" if examples and worst in examples else ""
+    detail = f"{worst}: new {k} of {new.n}, legacy {j} of {legacy.n}{where}"
+    return Check("no_new_errors", 0.0, k / new.n, None, None, FAIL if failed else PASS, p, detail)
+
+
 # --- a set of gates ------------------------------------------------------------------------------
-def judge(gates: Any, new: Counts, legacy: Counts, alpha: float) -> list[Check]:
+def judge(gates: Any, new: Counts, legacy: Counts, alpha: float, extra: Extra | None = None) -> list[Check]:
     """Every configured gate of a GuardSpec or Gates (attributes max_error_rate, max_p95_ms,
-    max_p95_ratio, max_error_increase; absent ones are skipped)."""
+    max_p95_ratio, max_error_increase, no_new_errors, max_mismatch_rate; absent ones are skipped)."""
     checks = []
     if getattr(gates, "max_error_rate", None) is not None:
         checks.append(error_rate_check(new, gates.max_error_rate, alpha))
@@ -221,15 +287,66 @@ def judge(gates: Any, new: Counts, legacy: Counts, alpha: float) -> list[Check]:
     if getattr(gates, "max_p95_ms", None) is not None:
         checks.append(p95_check(new, gates.max_p95_ms, alpha))
     if getattr(gates, "max_p95_ratio", None) is not None:
-        checks.append(p95_ratio_check(new, legacy, gates.max_p95_ratio, alpha))
+        tolerance = getattr(gates, "p95_tolerance_ms", 0.0)
+        checks.append(p95_ratio_check(new, legacy, gates.max_p95_ratio, alpha, tolerance))
+    if getattr(gates, "no_new_errors", False):
+        checks.append(no_new_errors_check(new, legacy, alpha, extra.examples if extra is not None else None))
+    if getattr(gates, "max_mismatch_rate", None) is not None:
+        checks.append(mismatch_check(extra.shadow if extra is not None else None, gates.max_mismatch_rate, alpha))
+    if extra is not None:
+        checks.extend(extra.prometheus)
     return checks
 
 
-def at_confidence(gates: Any, new: Counts, legacy: Counts) -> tuple[list[Check], str]:
+def at_confidence(gates: Any, new: Counts, legacy: Counts, extra: Extra | None = None) -> tuple[list[Check], str]:
     """A whole window judged at the gates' confidence (one look): the checks, and the verdict,
     which waits while new has fewer than min_requests. Admin's evidence, a step's record."""
-    checks = judge(gates, new, legacy, 1 - gates.confidence)
+    checks = judge(gates, new, legacy, 1 - gates.confidence, extra)
     return checks, verdict(checks) if new.n >= gates.min_requests else WAIT
+
+
+def scaled(c: Counts, factor: float) -> Counts:
+    """`c` as if `factor` times as much traffic had come, alike: what more evidence would look like."""
+    out = Counts()
+    out.h = {i: max(1, round(v * factor)) for i, v in c.h.items()}
+    out.n = max(round(c.n * factor), sum(out.h.values()))
+    out.e = min(out.n, round(c.e * factor))
+    out.t = {k: round(v * factor) for k, v in c.t.items()}
+    return out
+
+
+def growth_to_decide(
+    gates: Any, gate: str, new: Counts, legacy: Counts, legacy_grows: bool = True, extra: Extra | None = None
+) -> float | None:
+    """How many times the evidence must grow, alike (same rates, same latencies), before `gate` is
+    decided (pass or fail) at the gates' confidence; None when 1000 times would not do (the values
+    sit at the threshold) or there is nothing to grow yet. Doubling, then halving the last step."""
+    alpha = 1 - gates.confidence
+
+    def decided(f: float) -> bool:
+        shadow = scaled(extra.shadow, f) if extra is not None and extra.shadow is not None else None
+        more = Extra(extra.examples, shadow, extra.prometheus) if extra is not None else None
+        checks = judge(gates, scaled(new, f), scaled(legacy, f) if legacy_grows else legacy, alpha, more)
+        return any(c.gate == gate and c.verdict != WAIT for c in checks)
+
+    if gate == "max_mismatch_rate":
+        if extra is None or extra.shadow is None or not extra.shadow.t:
+            return None
+    elif new.n == 0 or (legacy_grows and legacy.n == 0 and gate in RELATIVE):
+        return None
+    high = 2.0
+    while not decided(high):
+        high *= 2
+        if high > 1024:
+            return None
+    low = high / 2
+    for _ in range(5):  # within 3 %: an estimate for an operator
+        mid = (low + high) / 2
+        low, high = (low, mid) if decided(mid) else (mid, high)
+    return high
+
+
+RELATIVE = ("max_p95_ratio", "max_error_increase")  # the gates that compare new with legacy
 
 
 def verdict(checks: list[Check]) -> str:
@@ -244,7 +361,10 @@ def reason(checks: list[Check]) -> str:
     """One line naming the failed gates with their evidence, in the gate's unit (%, ms, x)."""
     parts = []
     for c in checks:
-        if c.verdict == FAIL:
+        if c.verdict == FAIL and c.detail is not None:
+            p = f", p={c.p_value:.2g}" if c.p_value is not None else ""
+            parts.append(f"{c.gate}: {c.detail}{p}")
+        elif c.verdict == FAIL:
             f = _UNITS.get(c.gate, "{:.4g}".format)
             p = f", p={c.p_value:.2g}" if c.p_value is not None else ""
             high = "∞" if c.high is None or math.isinf(c.high) else f(c.high)

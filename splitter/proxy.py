@@ -643,13 +643,17 @@ class Proxy:
             if error is None or not call.head_sent:  # a body cut short is no latency sample
                 self.rt.observe(call.route_name, call.role, call.handler, call.status, elapsed)
             # the proxy's own limit is not the backend's failure: no window sample (a cohort's still counts)
-            self.record_outcome(call, failed, error != "overflow", elapsed)
+            self.record_outcome(call, failed, error != "overflow", elapsed, error)
         if self.access_log:
             self._log(call, elapsed)
 
-    def record_outcome(self, call: Call, error: bool, judged: bool = True, elapsed: float | None = None) -> None:
+    def record_outcome(
+        self, call: Call, error: bool, judged: bool = True, elapsed: float | None = None, kind: str | None = None
+    ) -> None:
         """Feed the guard, rollout and console windows, for the routes that have them. A cohort's
-        requests are not a random sample of either side: they are counted apart, never judged."""
+        requests are not a random sample of either side: they are counted apart, never judged.
+        An error type (no_new_errors) is the proxy's failure kind, else a status >= 400 or one the
+        route's gates list: counted only on those paths."""
         reason = call.reason
         if reason is not None and reason.startswith("cohort:") and call.role is not None:
             self.rt.metrics.cohort_request(call.route_name, reason[7:], call.role)
@@ -659,7 +663,10 @@ class Proxy:
         outcomes = self.rt.windows.get(call.route_name)
         if outcomes is not None and call.role is not None:
             seconds = time.perf_counter() - call.start if elapsed is None else elapsed
-            outcomes.record(call.role, time.time(), error, seconds)
+            status = call.status
+            if kind is None and (status >= 400 or status in outcomes.typed):
+                kind = str(status)
+            outcomes.record(call.role, time.time(), error, seconds, kind, call.path)
 
     def _shadow(self, route: Route, call: Call, body: _Body | None, ex: Exchange, resp_tee: list[bytes] | None) -> None:
         complete = resp_tee is not None and len(resp_tee) <= 1024 and sum(map(len, resp_tee)) <= SHADOW_MAX_BODY

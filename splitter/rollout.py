@@ -4,11 +4,16 @@ State per route (in Redis with a fleet, else in memory):
     {"status": running|awaiting_approval|paused|aborted|rolled_back|done, "step": index,
      "since": epoch s, "reason": str, "previous": the evidence of the last window that ended
      (percent, since, until, new, legacy, gates), "legacy_before": legacy's counts (window.Counts
-     fields) of the step before a 100 % step}
+     fields) of the step before a 100 % step, "step_total": the step's running total (below)}
 With Redis one replica drives a route at a time (a lease renewed every tick;
 when the holder dies another takes over after the lease runs out). The driver
 judges the gates on the fleet's traffic since the current step began (window.py;
-without Redis, this process's). At 100 % legacy gets no traffic, so the gates that
+without Redis, this process's): all of it, however long the step waits for
+evidence, not the last interval_s. The windows keep one interval; before they
+forget a slot the driver folds it into the step's running total in the record
+(`step_total`: both roles' counts up to `until`), so the evidence is that total
+plus the window since, and every replica shows the same span it judges.
+At 100 % legacy gets no traffic, so the gates that
 compare with legacy (max_p95_ratio, max_error_increase) read legacy's window of the
 step before, remembered when the rollout entered 100 %. A step written
 `{percent: N, approval: true}` is entered only on `promote` (status awaiting_approval
@@ -19,29 +24,86 @@ Each transition counts once in splitter_rollout_events_total{route,event}.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 import uuid
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import structlog
 
 from . import judge
-from .config import Gates, Percent, RolloutSpec, Route
+from .config import Gates, Hook, Percent, PromGate, RolloutSpec, Route
 from .store import Conflict, Unavailable
-from .window import Counts, Totals
+from .window import FINAL_AFTER_S, ROLES, SHADOW, Counts, Totals
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
 log = structlog.get_logger("splitter.rollout")
 LEASE_S = 3.0
-EVENTS = ("advanced", "done", "rolled_back", "aborted", "paused", "resumed", "promoted", "awaiting_approval")
-ACTIVE = ("running", "awaiting_approval")  # the statuses the driver judges
+EVENTS = ("advanced", "done", "rolled_back", "aborted", "paused", "resumed", "promoted", "awaiting_approval", "stalled")
+
+
+class Status(StrEnum):
+    """Where a rollout stands; kept in its record as the plain string."""
+
+    RUNNING = "running"
+    AWAITING_APPROVAL = "awaiting_approval"
+    PAUSED = "paused"
+    ABORTED = "aborted"
+    ROLLED_BACK = "rolled_back"
+    DONE = "done"
+
+
+ACTIVE = (Status.RUNNING, Status.AWAITING_APPROVAL)  # the statuses the driver judges
+_R, _A, _P, _X, _B, _D = Status
+# The only place a status changes (h11's _state.py): (status, action) -> the next status. Operator
+# actions: pause, resume, abort, promote (the next step), finish (promote --full, or promote at the last
+# step), restart. The driver's: advance (start or next step), await (hold before an approval step),
+# rollback (a gate or the guard), done. A stopped rollout (aborted, rolled back) never goes back to
+# the step it left: resume and restart start it over at the first step; pause does not apply to it.
+# Pausing a paused rollout is allowed (a hand-set percent pauses it; a script's pause then still holds).
+TRANSITIONS: dict[tuple[Status, str], Status] = {
+    **{(_R, a): s for a, s in [("pause", _P), ("abort", _X), ("promote", _R), ("finish", _D), ("restart", _R),
+                               ("advance", _R), ("await", _A), ("rollback", _B), ("done", _D)]},
+    **{(_A, a): s for a, s in [("pause", _P), ("abort", _X), ("promote", _R), ("finish", _D), ("restart", _R),
+                               ("rollback", _B)]},
+    **{(_P, a): s for a, s in [("pause", _P), ("resume", _R), ("abort", _X), ("promote", _R), ("finish", _D),
+                               ("restart", _R)]},
+    **{(_X, a): _R for a in ("resume", "restart")},
+    **{(_B, a): _R for a in ("resume", "restart")},
+    (_D, "restart"): _R,
+}
+ACTIONS = ("pause", "resume", "abort", "promote", "finish", "restart", "advance", "await", "rollback", "done")
+_HINTS = {
+    _R: "it is running",
+    _A: "it is awaiting approval: splitter rollout promote {name} goes on",
+    _P: "it is paused: splitter rollout resume {name} goes on",
+    _X: "splitter rollout restart {name} starts it over at the first step",
+    _B: "splitter rollout restart {name} starts it over at the first step",
+    _D: "it is finished; splitter rollout restart {name} starts it over at the first step",
+}
 
 
 class Refused(Exception):
     """An operator action that does not apply to the rollout's status (409)."""
+
+
+def transition(name: str, status: str, action: str) -> Status:
+    """The status `action` moves a rollout in `status` to, or Refused naming the status."""
+    now = Status(status)
+    nxt = TRANSITIONS.get((now, action))
+    if nxt is None:
+        raise Refused(f"rollout of {name!r} is {now.value}: {action} does not apply ({_HINTS[now].format(name=name)})")
+    return nxt
+
+
+def move(name: str, state: dict[str, Any], action: str, **fields: Any) -> None:
+    """Apply `action` to the rollout record: its next status from TRANSITIONS, and `fields`."""
+    state.update(status=transition(name, state["status"], action).value, **fields)
 
 
 def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:
@@ -75,12 +137,16 @@ def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:
     if g.max_p95_ratio is not None:
         judged = bool(new.p95_ms and legacy.p95_ms and legacy.requests >= max(1, g.min_requests))
         ratio = round(new.p95_ms / legacy.p95_ms, 4) if judged and new.p95_ms and legacy.p95_ms else None
+        slower = round(new.p95_ms - legacy.p95_ms, 3) if ratio is not None and new.p95_ms and legacy.p95_ms else None
         checks.append(
             {
                 "gate": "max_p95_ratio",
                 "value": ratio,
                 "threshold": g.max_p95_ratio,
-                "ok": ratio <= g.max_p95_ratio if ratio is not None else None,
+                "slower_ms": slower,
+                "tolerance_ms": g.p95_tolerance_ms,
+                # fails only when new is also slower by more than the tolerance: a difference users feel
+                "ok": ratio <= g.max_p95_ratio or (slower or 0) <= g.p95_tolerance_ms if ratio is not None else None,
             }
         )
     return checks
@@ -89,13 +155,38 @@ def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:
 _SAYS = {"max_error_rate": "error rate", "max_p95_ms": "p95 ms", "max_p95_ratio": "p95 ratio"}
 
 
+THRESHOLD_ALPHA = 0.01  # the count gates' test level when the gates set no confidence
+
+
+def count_checks(g: Gates, new: Counts, legacy: Counts, extra: judge.Extra | None = None) -> list[judge.Check]:
+    """The gates that count occurrences (no_new_errors, max_mismatch_rate) need a test even without
+    `confidence`: at 0.99."""
+    checks = []
+    if g.no_new_errors:
+        checks.append(judge.no_new_errors_check(new, legacy, THRESHOLD_ALPHA, extra.examples if extra else None))
+    if g.max_mismatch_rate is not None:
+        checks.append(judge.mismatch_check(extra.shadow if extra else None, g.max_mismatch_rate, THRESHOLD_ALPHA))
+    return checks + list(extra.prometheus if extra else ())
+
+
+def count_failure(g: Gates, new: Counts, legacy: Counts, extra: judge.Extra | None = None) -> str | None:
+    """The count gates' failure, judged only with enough new traffic (threshold gates)."""
+    if new.n < max(1, g.min_requests):
+        return None
+    failed = [c for c in count_checks(g, new, legacy, extra) if c.verdict == judge.FAIL]
+    return judge.reason(failed) if failed else None
+
+
 def gate_failure(g: Gates, new: Totals, legacy: Totals) -> str | None:
     """The first gate that fails, judged only with enough new traffic."""
     if new.requests < max(1, g.min_requests):
         return None
     for c in gate_checks(g, new, legacy)[1:]:
         if c["ok"] is False:
-            return f"{_SAYS[c['gate']]} {c['value']:g} > {c['threshold']:g}"
+            said = f"{_SAYS[c['gate']]} {c['value']:g} > {c['threshold']:g}"
+            if c["gate"] == "max_p95_ratio":
+                said += f", {c['slower_ms']:g} ms slower than legacy (tolerance {c['tolerance_ms']:g} ms)"
+            return said
     return None
 
 
@@ -108,6 +199,12 @@ class Rollouts:
         self._looks: dict[str, tuple[float, int]] = {}  # route -> (step start, last checkpoint judged)
         self._skipping: set[str] = set()
         self._counted: set[str] = set()
+        self._waits: dict[str, tuple[float, float, list[dict[str, Any]]]] = {}  # route -> (step since, at, waits)
+        # route -> ((step since, step to enter), the before_step hooks being asked): off the tick, so a slow
+        # hook holds only its own route and never the lease
+        self._asking: dict[str, tuple[tuple[float, int], asyncio.Task[tuple[int, str] | None]]] = {}
+        self._prom: dict[str, tuple[float, tuple[judge.Check, ...]]] = {}  # route -> (read at, prometheus gates)
+        self._prom_reads: dict[str, asyncio.Task[tuple[judge.Check, ...]]] = {}
 
     def routes(self) -> list[Route]:
         return [r for r in self.rt.snapshot.config.routes if r.rollout is not None]
@@ -146,12 +243,10 @@ class Rollouts:
         if route.name not in self.driving:
             self.driving.add(route.name)
             log.info("driving rollout", route=route.name, owner=self.owner)
-        state = await rt.overrides.get_rollout(route.name) or {
-            "status": "running",
-            "step": -1,
-            "since": now,
-            "reason": "",
-        }
+        state = await rt.overrides.get_rollout(route.name)
+        if state is None:  # written before anything else: a start held by its hooks keeps its moment
+            state = {"status": "running", "step": -1, "since": now, "reason": ""}
+            await rt.overrides.put_rollout(route.name, state)
         snap = rt.snapshot
         if state["status"] not in ACTIVE:
             self._gauge(route.name)
@@ -166,6 +261,7 @@ class Rollouts:
             await self._enter(route, state, 0, now, "start")
             return
         since = float(state["since"])
+        await self._fold(route, state, now)
         new_c, legacy_c = await self.evidence(route, state, now)
         new, legacy = new_c.totals(), legacy_c.totals()
         gate_values: dict[str, Any] = {
@@ -175,23 +271,28 @@ class Rollouts:
             "legacy_p95_ms": legacy.p95_ms,
         }
         judged = ro.gates.confidence is not None
+        extra = await self.extra(route, state, now)
         failure = (
-            self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values)
+            self._judged_failure(route.name, ro.gates, new_c, legacy_c, since, gate_values, extra)
             if judged
-            else gate_failure(ro.gates, new, legacy)
+            else gate_failure(ro.gates, new, legacy) or count_failure(ro.gates, new_c, legacy_c, extra)
         )
         if failure:
             old = snap.percent[route.name]
             await self._roll_back(route, state, old, now, failure, (new_c, legacy_c), gate_values)
             return
+        await self._stall(route, state, now, new_c, legacy_c)
         if now - since < ro.interval_s or state["status"] == "awaiting_approval":
             return
         if new.requests < ro.gates.min_requests:
             self._once(route.name, step, "rollout waiting for traffic", have=new.requests, need=ro.gates.min_requests)
             return
-        if judged:
-            assert ro.gates.confidence is not None
-            checks = judge.judge(ro.gates, new_c, legacy_c, 1 - ro.gates.confidence)
+        # judged: every gate shown to hold; by threshold: the count gates (which always test) shown to hold
+        if judged or count_checks(ro.gates, new_c, legacy_c, extra):
+            alpha = 1 - ro.gates.confidence if ro.gates.confidence is not None else THRESHOLD_ALPHA
+            checks = judge.judge(ro.gates, new_c, legacy_c, alpha, extra) if judged else count_checks(
+                ro.gates, new_c, legacy_c, extra
+            )
             gate_values["checks"] = [c.view() for c in checks]
             if judge.verdict(checks) != judge.PASS:
                 # neither shown to hold nor shown to fail: a rollout waits for more evidence
@@ -207,10 +308,33 @@ class Rollouts:
             return
         await self._enter(route, state, step + 1, now, "advance", **gate_values)
 
+    async def _stall(self, route: Route, state: dict[str, Any], now: float, new: Counts, legacy: Counts) -> None:
+        """A step held past max_wait_s: `stalled` once (event, history, notification); it keeps holding,
+        for a person to look (more traffic, a gate set too tight, or promote / abort)."""
+        ro = route.rollout
+        assert ro is not None
+        since = float(state["since"])
+        if ro.max_wait_s is None or state["status"] != Status.RUNNING or now - since < ro.max_wait_s:
+            return
+        if state.get("stalled") == since:
+            return
+        state["stalled"] = since
+        await self.rt.overrides.put_rollout(route.name, state)
+        at = ro.steps[int(state["step"])]
+        before = state.get("legacy_before") is not None and at == 100
+        extra = await self.extra(route, state, now)
+        waits = [w["says"] for w in waiting_for(ro.gates, new, legacy, now - since, not before, extra)]
+        why = f"held at {at}% for {now - since:.0f} s (max_wait_s {ro.max_wait_s:g})"
+        why += ": " + "; ".join(waits) if waits else ": the gates are not yet shown to hold"
+        self._event(route.name, "stalled")
+        log.warning("rollout stalled", route=route.name, percent=at, reason=why)
+        pct = self.rt.snapshot.percent[route.name]
+        await self.rt.history.record("rollout", "rollout", "rollout_stalled", route.name, pct, pct, why)
+
     async def _stop(self, name: str, state: dict[str, Any], source: str | None, now: float) -> None:
         """Someone else set the percent during a step: a guard trip rolls the rollout back, a hand pauses it."""
         why = "guard tripped" if source == "guard" else f"percent changed by hand (source {source})"
-        state.update(status="rolled_back" if "guard" in why else "paused", reason=why, since=now)
+        move(name, state, "rollback" if source == "guard" else "pause", reason=why, since=now)
         await self.rt.overrides.put_rollout(name, state)
         self._event(name, state["status"])
         log.warning("rollout stopped", route=name, reason=why)
@@ -230,11 +354,11 @@ class Rollouts:
         assert ro is not None
         step, since = int(state["step"]), float(state["since"])
         await self.rt.overrides.set_percent(route.name, 0, source="rollout")
-        evidence = self._window_record(ro, step, since, now, *sides)
+        evidence = self._window_record(ro, step, since, now, *sides, await self.extra(route, state, now))
         if "checks" in gate_values:  # as judged: at this look's share of the error budget
             evidence.update(gates=[evidence["gates"][0], *gate_values["checks"]], verdict=judge.FAIL)
         reason = f"gate failed at {ro.steps[step]}%: {failure}"
-        state.update(status="rolled_back", reason=reason, since=now, previous=evidence)
+        move(route.name, state, "rollback", reason=reason, since=now, previous=evidence)
         await self.rt.overrides.put_rollout(route.name, state)
         self._gauge(route.name)
         self._event(route.name, "rolled_back")
@@ -248,8 +372,8 @@ class Rollouts:
         ro = route.rollout
         assert ro is not None
         step, since = int(state["step"]), float(state["since"])
-        evidence = self._window_record(ro, step, since, now, *sides)
-        state.update(status="done", reason="all steps passed", since=now, previous=evidence)
+        evidence = self._window_record(ro, step, since, now, *sides, await self.extra(route, state, now))
+        move(route.name, state, "done", reason="all steps passed", since=now, previous=evidence)
         await self.rt.overrides.put_rollout(route.name, state)
         self._event(route.name, "done")
         log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
@@ -257,19 +381,89 @@ class Rollouts:
         await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, "all steps passed")
 
     async def evidence(self, route: Route, state: dict[str, Any], now: float) -> tuple[Counts, Counts]:
-        """New's and legacy's outcomes the current step is judged on. At 100 % legacy's are those of
-        the step before (remembered on entering 100 %): legacy has no traffic of its own then."""
+        """New's and legacy's outcomes the current step is judged on: everything since it began (its
+        running total, plus the window since the total's end). At 100 % legacy's are those of the
+        step before (remembered on entering 100 %): legacy has no traffic of its own then."""
         ro = route.rollout
         assert ro is not None
-        since, span = float(state["since"]), ro.interval_s + 1
+        new = await self._since_step(route, state, "new", now)
+        legacy = await self._since_step(route, state, "legacy", now)
         before = state.get("legacy_before")
         if before is not None and ro.steps[int(state["step"])] == 100:
-            new = await self.rt.windows.counts(route.name, "new", now, span, since)
-            return new, Counts.from_fields({k: str(v) for k, v in before.items()})
-        return await self.rt.windows.pair(route.name, now, span, since)
+            return new, _counts(before)
+        return new, legacy
+
+    async def _since_step(self, route: Route, state: dict[str, Any], side: str, now: float) -> Counts:
+        """One side's outcomes since the step began: its running total, plus the window since the total's end."""
+        ro = route.rollout
+        assert ro is not None
+        total = _step_total(state)
+        counts = _counts(total.get(side, {}))
+        counts.add(await self.rt.windows.between(route.name, side, ro.interval_s + 1, float(total["until"]), None, now))
+        return counts
+
+    async def _fold(self, route: Route, state: dict[str, Any], now: float) -> None:
+        """A step longer than its window keeps all its evidence: once half the window has gone by since
+        the running total's end, the whole slots every process has flushed are added to the total in the
+        rollout's record (with its end), before the window forgets them. Off the request path: at most
+        twice per window, a read of those slots and one write of the record."""
+        ro = route.rollout
+        assert ro is not None
+        span = ro.interval_s + 1
+        total = _step_total(state)
+        until = float(total["until"])
+        width = self.rt.windows.width(route.name, span)
+        end = math.floor((now - FINAL_AFTER_S) / width) * width
+        if now - until < span / 2 or end <= until:
+            return
+        for side in (*ROLES, SHADOW) if ro.gates.max_mismatch_rate is not None else ROLES:
+            counts = _counts(total.get(side, {}))
+            counts.add(await self.rt.windows.between(route.name, side, span, until, end, now))
+            total[side] = counts.fields()
+        state["step_total"] = {**total, "until": end}
+        await self.rt.overrides.put_rollout(route.name, state)
+
+    async def extra(self, route: Route, state: dict[str, Any], now: float) -> judge.Extra:
+        """The evidence beside both sides' outcomes: a path per error type new had, seen by this process
+        (the fleet's counts carry no paths), and the shadow comparisons since the step began."""
+        o = self.rt.windows.get(route.name)
+        examples = {kind: path for (role, kind), path in o.examples.items() if role == "new"} if o is not None else {}
+        assert route.rollout is not None
+        wanted = route.rollout.gates.max_mismatch_rate is not None and int(state["step"]) >= 0
+        shadow = await self._since_step(route, state, SHADOW, now) if wanted else None
+        return judge.Extra(examples, shadow, self._prometheus(route, float(state["since"]), now))
+
+    def _prometheus(self, route: Route, since: float, now: float) -> tuple[judge.Check, ...]:
+        """The route's prometheus gates as last read (at most 10 s old, else waiting), and a new read started
+        when the last is over a second old: the queries run beside the tick, never in it. A step's first
+        interval_s waits: a query's window (keep it <= interval_s) then covers only this step's traffic."""
+        assert route.rollout is not None
+        gates = route.rollout.gates.prometheus
+        if not gates:
+            return ()
+        if now - since < route.rollout.interval_s:
+            return tuple(_prom_check(g, None, None, "read once the step is interval_s old") for g in gates)
+        at, checks = self._prom.get(route.name, (0.0, ()))
+        task = self._prom_reads.get(route.name)
+        if task is not None and task.done():
+            at, checks = self._prom[route.name] = (now, task.result())
+            del self._prom_reads[route.name]
+        elif task is None and now - at >= 1.0:
+            url = self.rt.settings.prometheus_url
+            self._prom_reads[route.name] = asyncio.create_task(_read_prometheus(url, route.name, gates))
+        if now - at > 10.0:
+            return tuple(_prom_check(g, None, None, "no answer from Prometheus yet") for g in gates)
+        return checks
 
     def _judged_failure(
-        self, name: str, gates: Gates, new: Counts, legacy: Counts, since: float, values: dict[str, Any]
+        self,
+        name: str,
+        gates: Gates,
+        new: Counts,
+        legacy: Counts,
+        since: float,
+        values: dict[str, Any],
+        extra: judge.Extra,
     ) -> str | None:
         """With `confidence`, a failure is judged at checkpoints (new's requests reaching
         min_requests x 1, 2, 4, 8 ...), look k spending alpha * 6 / (pi^2 k^2) of the error
@@ -279,7 +473,7 @@ class Rollouts:
         if look == 0 or self._looks.get(name, (since, 0)) >= (since, look):
             return None
         self._looks[name] = (since, look)
-        checks = judge.judge(gates, new, legacy, judge.spend(1 - gates.confidence, look))
+        checks = judge.judge(gates, new, legacy, judge.spend(1 - gates.confidence, look), extra)
         values["checks"] = [c.view() for c in checks]
         values["look"] = look
         return judge.reason(checks) if judge.verdict(checks) == judge.FAIL else None
@@ -299,23 +493,27 @@ class Rollouts:
         if step in ro.approval and why != "promote":
             if state["status"] != "awaiting_approval":
                 why_held = f"{ro.steps[step]}% needs approval: splitter rollout promote {route.name}"
-                state.update(status="awaiting_approval", reason=why_held)
+                move(route.name, state, "await", reason=why_held)
                 await self.rt.overrides.put_rollout(route.name, state)
                 self._event(route.name, "awaiting_approval")
                 at = self.rt.snapshot.percent[route.name]
                 nxt = ro.steps[step]
                 log.warning("rollout awaiting approval", route=route.name, percent=at, next=nxt, **gate_values)
             return
+        if why != "promote" and not await self._hooks_allow(route, state, step, now):
+            return  # held: the hooks are being asked or retried (or they rolled it back)
         current = int(state["step"])
         if current >= 0:  # the window that ends now: kept (the console labels it), and legacy's side for 100 %
             new_c, legacy_c = await self.evidence(route, state, now)
-            state["previous"] = self._window_record(ro, current, float(state["since"]), now, new_c, legacy_c)
+            extra = await self.extra(route, state, now)
+            state["previous"] = self._window_record(ro, current, float(state["since"]), now, new_c, legacy_c, extra)
         else:  # before the first step: legacy's latest window
             legacy_c = await self.rt.windows.counts(route.name, "legacy", now, ro.interval_s + 1)
         state["legacy_before"] = legacy_c.fields() if ro.steps[step] == 100 else None
         old = self.rt.snapshot.percent[route.name]
         await self.rt.overrides.set_percent(route.name, ro.steps[step], source="rollout")
-        state.update(status="running", step=step, since=now, reason="")
+        action = "promote" if why == "promote" else "advance"
+        move(route.name, state, action, step=step, since=now, reason="", step_total=None)
         await self.rt.overrides.put_rollout(route.name, state)
         self._gauge(route.name)
         self._event(route.name, "promoted" if why == "promote" else "advanced")
@@ -323,11 +521,68 @@ class Rollouts:
         reason = "start" if why == "start" else f"gates held for {ro.interval_s:g} s at {ro.steps[step - 1]} %"
         await self.rt.history.record("rollout", "rollout", "rollout_step", route.name, old, ro.steps[step], reason)
 
+    async def _hooks_allow(self, route: Route, state: dict[str, Any], step: int, now: float) -> bool:
+        """The before_step hooks for entering `step`: True once every one answered 2xx; False while they are
+        asked (in the background) or waiting a second to be asked again; past a hook's `retries` failures
+        the rollout is rolled back. The failures so far live in the record (`hooks`): a new driver goes on."""
+        ro = route.rollout
+        assert ro is not None
+        if not ro.before_step:
+            return True
+        since = float(state["since"])
+        progress = state.get("hooks")
+        if not isinstance(progress, dict) or progress.get("since") != since or progress.get("to") != ro.steps[step]:
+            progress = {"since": since, "to": ro.steps[step], "failures": 0, "next_at": 0.0, "last": ""}
+        asking = self._asking.get(route.name)
+        if asking is None or asking[0] != (since, step):
+            if now >= progress["next_at"]:
+                body = {"route": route.name, "from": self.rt.snapshot.percent[route.name], "to": ro.steps[step]}
+                self._asking[route.name] = ((since, step), asyncio.create_task(_ask(ro.before_step, body)))
+            return False
+        if not asking[1].done():
+            return False
+        del self._asking[route.name]
+        failed = asking[1].result()
+        if failed is None:
+            state["hooks"] = None
+            return True
+        index, said = failed
+        progress.update(failures=progress["failures"] + 1, next_at=now + 1.0, last=said)
+        state["hooks"] = progress
+        tries = f"{progress['failures']} of {ro.before_step[index].retries + 1} tries"
+        if progress["failures"] <= ro.before_step[index].retries:
+            await self.rt.overrides.put_rollout(route.name, state)
+            log.warning("rollout held: a before_step hook failed", route=route.name, hook=said, tries=tries)
+            return False
+        await self._hook_rollback(route, state, now, f"before_step hook before {ro.steps[step]}%: {said} ({tries})")
+        return False
+
+    async def _hook_rollback(self, route: Route, state: dict[str, Any], now: float, failure: str) -> None:
+        """A hook said no after its retries: back to 0 %, like a failed gate (before the first step too)."""
+        old = self.rt.snapshot.percent[route.name]
+        if int(state["step"]) >= 0:
+            new_c, legacy_c = await self.evidence(route, state, now)
+            await self._roll_back(route, state, old, now, failure, (new_c, legacy_c), {})
+            return
+        await self.rt.overrides.set_percent(route.name, 0, source="rollout")
+        move(route.name, state, "rollback", reason=failure, since=now)
+        await self.rt.overrides.put_rollout(route.name, state)
+        self._event(route.name, "rolled_back")
+        log.warning("rollout rolled back", route=route.name, reason=failure)
+        await self.rt.history.record("rollout", "rollout", "rollout_rollback", route.name, old, 0, failure)
+
     def _window_record(
-        self, ro: RolloutSpec, step: int, since: float, until: float, new_c: Counts, legacy_c: Counts
+        self,
+        ro: RolloutSpec,
+        step: int,
+        since: float,
+        until: float,
+        new_c: Counts,
+        legacy_c: Counts,
+        extra: judge.Extra | None = None,
     ) -> dict[str, Any]:
         """One step's window as it ended: what it showed, for the operator who comes later."""
-        gates, verdict = _gate_views(ro.gates, new_c, legacy_c)
+        gates, verdict = _gate_views(ro.gates, new_c, legacy_c, extra)
         sides = {"new": new_c.totals().view(), "legacy": legacy_c.totals().view()}
         return {"percent": ro.steps[step], "since": since, "until": until, **sides, "gates": gates, "verdict": verdict}
 
@@ -363,43 +618,59 @@ class Rollouts:
             "driven_here": r.name in self.driving,
             "scope": self.rt.windows.scope,
             "previous": state.get("previous"),
+            "before_step": state.get("hooks"),  # the hooks' failures before the step to enter, while held by them
         }
         if step >= 0 and since is not None and status in (*ACTIVE, "paused"):  # a finished one shows `previous`
             new_c, legacy_c = await self.evidence(r, state, now)
-            view["gates"], verdict = _gate_views(ro.gates, new_c, legacy_c)
+            extra = await self.extra(r, state, now)
+            view["gates"], verdict = _gate_views(ro.gates, new_c, legacy_c, extra)
             if ro.gates.confidence is not None:
                 view["verdict"], view["confidence"] = verdict, ro.gates.confidence
             view["new"], view["legacy"] = new_c.totals().view(), legacy_c.totals().view()
-            view["legacy_from_step_before"] = ro.steps[step] == 100 and state.get("legacy_before") is not None
+            from_before = ro.steps[step] == 100 and state.get("legacy_before") is not None
+            view["legacy_from_step_before"] = from_before
+            if status in ACTIVE:
+                view["waiting_for"] = self._waiting_for(r, since, now, new_c, legacy_c, not from_before, extra)
+                view["stalled"] = state.get("stalled") == since
         return view
 
+    def _waiting_for(
+        self, r: Route, since: float, now: float, new: Counts, legacy: Counts, grows: bool, extra: judge.Extra
+    ) -> list[dict[str, Any]]:
+        """waiting_for(), at most once a second per route: it judges the gates on grown evidence many times,
+        and consoles and `--watch` poll the view (the admin app shares the proxy's loop)."""
+        cached = self._waits.get(r.name)
+        if cached is not None and cached[0] == since and now - cached[1] < 1.0:
+            return cached[2]
+        assert r.rollout is not None
+        waits = waiting_for(r.rollout.gates, new, legacy, now - since, grows, extra)
+        self._waits[r.name] = (since, now, waits)
+        return waits
+
     async def act(self, name: str, action: str, full: bool = False) -> dict[str, Any]:
+        """An operator's action, as TRANSITIONS allows it for the rollout's status (else Refused: 409)."""
         route = self.rt.snapshot.config.by_name[name]
         steps = self._steps(name)
-        state = await self.rt.overrides.get_rollout(name) or {
-            "status": "running",
-            "step": -1,
-            "since": time.time(),
-            "reason": "",
-        }
         now = time.time()
+        fresh: dict[str, Any] = {"status": "running", "step": -1, "since": now, "reason": ""}
+        state = await self.rt.overrides.get_rollout(name) or fresh
+        was = Status(state["status"])
         if action == "promote":
             await self._promote(route, state, now, full)
-        elif action == "pause":
-            state.update(status="paused", reason="paused by operator")
+        elif action == "restart" or (action == "resume" and was in (Status.ABORTED, Status.ROLLED_BACK)):
+            move(name, state, action, step=-1, since=now, reason="", legacy_before=None)
+            await self._enter(route, state, 0, now, "start")  # starts over at the first step, now
         elif action == "resume":
-            if state["status"] == "awaiting_approval":
-                raise Refused(f"rollout of {name!r} is awaiting approval: splitter rollout promote {name} goes on")
-            if state["status"] in ("aborted", "rolled_back"):
-                state.update(status="running", step=-1, since=now, reason="")
-                await self._enter(route, state, 0, now, "start")  # starts over at the first step, now
-            else:
-                if state["status"] == "paused" and int(state["step"]) >= 0:
-                    await self.rt.overrides.set_percent(name, steps[int(state["step"])], source="rollout")
-                state.update(status="running", since=now, reason="")
+            move(name, state, "resume", since=now, reason="")
+            if int(state["step"]) >= 0:  # back to the step it was paused on
+                await self.rt.overrides.set_percent(name, steps[int(state["step"])], source="rollout")
+        elif action == "pause":
+            move(name, state, "pause", reason="paused by operator")
         elif action == "abort":
+            move(name, state, "abort", reason="aborted by operator", since=now)
             await self.rt.overrides.set_percent(name, 0, source="rollout")
-            state.update(status="aborted", reason="aborted by operator", since=now)
+        else:
+            raise Refused(f"unknown rollout action {action!r}")
         await self.rt.overrides.put_rollout(name, state)
         if action in ("pause", "resume", "abort"):
             self._event(name, {"pause": "paused", "resume": "resumed", "abort": "aborted"}[action])
@@ -410,18 +681,16 @@ class Rollouts:
         """The next step now (a held approval step included), or with `full` the last step and done."""
         ro = route.rollout
         assert ro is not None
-        if state["status"] in ("done", "rolled_back", "aborted"):
-            over = "" if state["status"] == "done" else f" (splitter rollout resume {route.name} starts it over)"
-            raise Refused(f"rollout of {route.name!r} is {state['status']}: nothing to promote{over}")
         step = int(state["step"])
         if full or step + 1 >= len(ro.steps):
-            await self.rt.overrides.set_percent(route.name, ro.steps[-1], source="rollout")
             why = f"promoted to {ro.steps[-1]}% by operator"
-            state.update(status="done", step=len(ro.steps) - 1, since=now, reason=why, legacy_before=None)
+            move(route.name, state, "finish", step=len(ro.steps) - 1, since=now, reason=why, legacy_before=None)
+            await self.rt.overrides.set_percent(route.name, ro.steps[-1], source="rollout")
             self._gauge(route.name)
             self._event(route.name, "promoted")
             self._event(route.name, "done")
             return
+        transition(route.name, state["status"], "promote")  # refused before anything changes
         await self._enter(route, state, step + 1, now, "promote")
 
     def _steps(self, name: str) -> tuple[Percent, ...]:
@@ -430,15 +699,149 @@ class Rollouts:
         return r.rollout.steps
 
 
-def _gate_views(gates: Gates, new_c: Counts, legacy_c: Counts) -> tuple[list[dict[str, Any]], str]:
+def waiting_for(
+    gates: Gates, new: Counts, legacy: Counts, elapsed: float, legacy_grows: bool, extra: judge.Extra | None = None
+) -> list[dict[str, Any]]:
+    """What each undecided gate waits for: the requests it needs on each side (at the rates and values
+    seen since the step began) and about how long that takes; `says` is the operator's line."""
+    shadow = extra.shadow if extra is not None and extra.shadow is not None else None
+    compared = shadow.t.get("match", 0) + shadow.t.get("mismatch", 0) if shadow is not None else 0
+    per_s = max(1.0, elapsed)
+    rates = {"new": new.n / per_s, "legacy": legacy.n / per_s if legacy_grows else 0.0, "shadow": compared / per_s}
+    has = {"new": new.n, "legacy": legacy.n, "shadow": compared}
+    out = []
+    if new.n < gates.min_requests:
+        out.append(_needs("min_requests", {"new": gates.min_requests}, has, rates, ""))
+    if gates.confidence is None:
+        if gates.max_p95_ratio is not None and legacy.n < max(1, gates.min_requests):
+            out.append(_needs("max_p95_ratio", {"legacy": max(1, gates.min_requests)}, has, rates, ""))
+        return out
+    at = f" at confidence {gates.confidence:g}"
+    for c in judge.judge(gates, new, legacy, 1 - gates.confidence, extra):
+        if c.verdict != judge.WAIT:
+            continue
+        factor = judge.growth_to_decide(gates, c.gate, new, legacy, legacy_grows, extra)
+        if factor is None:
+            est = "no value yet" if c.estimate is None else f"estimate {c.estimate:.4g} against {c.threshold:g}"
+            says = f"{c.gate}: more of the same traffic would not decide it ({est}); it holds until that changes"
+            if new.n == 0:
+                says = f"{c.gate}: no requests of new yet"
+            out.append({"gate": c.gate, "needs": None, "has": has, "eta_s": None, "says": says})
+            continue
+        sides = ("new", "legacy") if legacy_grows and c.gate in judge.RELATIVE else ("new",)
+        if c.gate == "max_mismatch_rate":
+            sides = ("shadow",)
+        out.append(_needs(c.gate, {s: math.ceil(has[s] * factor) for s in sides}, has, rates, at))
+    return out
+
+
+def _needs(gate: str, need: dict[str, int], has: dict[str, int], rates: dict[str, float], at: str) -> dict[str, Any]:
+    """One waiting gate: `need` requests per side against `has`, and the time that takes at `rates`."""
+    short = {s: n - has[s] for s, n in need.items() if n > has[s]}
+    eta = max((k / rates[s] if rates[s] > 0 else math.inf for s, k in short.items()), default=0.0)
+    said = {s: f"{n} shadow comparisons" if s == "shadow" else f"{n} requests of {s}" for s, n in need.items()}
+    sides = " and ".join(said.values())
+    counts = ", ".join(f"{s} has {has[s]}" for s in need)
+    when = "no traffic to get them at the moment" if math.isinf(eta) else f"about {eta:.0f} s at the current rate"
+    says = f"{gate}: needs {sides}{at}; {counts} — {when}"
+    return {"gate": gate, "needs": need, "has": has, "eta_s": None if math.isinf(eta) else round(eta, 1), "says": says}
+
+
+async def _read_prometheus(url: str | None, route: str, gates: tuple[PromGate, ...]) -> tuple[judge.Check, ...]:
+    """Each prometheus gate read once: its query for new (and for legacy when it compares them)."""
+    if url is None:
+        return tuple(_prom_check(g, None, None, "no Prometheus: serve --prometheus URL") for g in gates)
+    out = []
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=2.0) as client:
+        for g in gates:
+            try:
+                new = await _prom_value(client, g.query.replace("{route}", route).replace("{role}", "new"))
+                relative = g.min_ratio is not None or g.max_ratio is not None
+                legacy = await _prom_value(client, g.query.replace("{route}", route).replace("{role}", "legacy"))
+                out.append(_prom_check(g, new, legacy if relative else None, ""))
+            except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+                out.append(_prom_check(g, None, None, f"Prometheus did not answer ({type(exc).__name__})"))
+    return tuple(out)
+
+
+async def _prom_value(client: httpx.AsyncClient, query: str) -> float | None:
+    """The first sample of an instant query; None when there is none (or it is NaN)."""
+    r = await client.get("/api/v1/query", params={"query": query})
+    r.raise_for_status()
+    result = r.json()["data"]["result"]
+    if not result:
+        return None
+    value = float(result[0]["value"][1])
+    return value if math.isfinite(value) else None
+
+
+def _prom_check(g: PromGate, new: float | None, legacy: float | None, why: str) -> judge.Check:
+    """A prometheus gate's verdict: waiting without a value (Prometheus unreachable means wait, not pass)."""
+    bounds = [b for b in (g.min_ratio, g.max_ratio, g.min, g.max) if b is not None]
+    name = f"prometheus.{g.name}"
+    relative = g.min_ratio is not None or g.max_ratio is not None
+    if new is None or (relative and not legacy):
+        said = why or ("no data for new" if new is None else "no data for legacy (or 0): no ratio")
+        return judge.Check(name, bounds[0], None, None, None, judge.WAIT, None, said)
+    ratio = new / legacy if relative and legacy else None
+    bad = (
+        (g.min_ratio is not None and ratio is not None and ratio < g.min_ratio)
+        or (g.max_ratio is not None and ratio is not None and ratio > g.max_ratio)
+        or (g.min is not None and new < g.min)
+        or (g.max is not None and new > g.max)
+    )
+    named = {"min_ratio": g.min_ratio, "max_ratio": g.max_ratio, "min": g.min, "max": g.max}
+    limits = ", ".join(f"{k} {v:g}" for k, v in named.items() if v is not None)
+    sides = f", legacy {legacy:.4g}, ratio {ratio:.4g}" if ratio is not None and legacy is not None else ""
+    said = f"new {new:.4g}{sides} ({limits})"
+    estimate = ratio if ratio is not None else new
+    return judge.Check(name, bounds[0], estimate, None, None, judge.FAIL if bad else judge.PASS, None, said)
+
+
+async def _ask(hooks: tuple[Hook, ...], body: dict[str, Any]) -> tuple[int, str] | None:
+    """POST `body` to each hook in order: None when all answered 2xx in time, else (index, what went wrong)."""
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        for i, hook in enumerate(hooks):
+            try:
+                r = await asyncio.wait_for(client.post(hook.url, json=body), hook.timeout_s)
+            except TimeoutError:
+                return i, f"{hook.url} did not answer within {hook.timeout_s:g} s"
+            except (httpx.HTTPError, OSError) as exc:
+                return i, f"{hook.url} could not be reached ({type(exc).__name__})"
+            if not 200 <= r.status_code < 300:
+                return i, f"{hook.url} answered {r.status_code}"
+    return None
+
+
+def _step_total(state: dict[str, Any]) -> dict[str, Any]:
+    """The step's running total in the record (window.Counts fields per role, folded up to `until`),
+    or an empty one when it belongs to another step (or there is none yet)."""
+    since = float(state["since"])
+    total = state.get("step_total")
+    if isinstance(total, dict) and total.get("since") == since:
+        return total
+    return {"since": since, "until": since, "new": {}, "legacy": {}}
+
+
+def _counts(fields: dict[str, Any]) -> Counts:
+    return Counts.from_fields({k: str(v) for k, v in fields.items()})
+
+
+def _gate_views(
+    gates: Gates, new_c: Counts, legacy_c: Counts, extra: judge.Extra | None = None
+) -> tuple[list[dict[str, Any]], str]:
     """Each gate as the API shows it, and the verdict (wait below min_requests): judged with
     `confidence` (estimate, interval, p-value), else the raw value against its threshold."""
     new = new_c.totals()
     if gates.confidence is None:
         checks = gate_checks(gates, new, legacy_c.totals())
+        for c in count_checks(gates, new_c, legacy_c, extra):
+            decided = c.verdict != judge.WAIT and new.requests >= max(1, gates.min_requests)
+            ok = c.verdict == judge.PASS if decided else None
+            checks.append({"gate": c.gate, "value": c.estimate, "threshold": c.threshold, "ok": ok, "detail": c.detail})
         oks = [c["ok"] for c in checks]
         return checks, judge.FAIL if False in oks else judge.PASS if all(oks) else judge.WAIT
-    judged, verdict = judge.at_confidence(gates, new_c, legacy_c)
+    judged, verdict = judge.at_confidence(gates, new_c, legacy_c, extra)
     enough = new.requests >= gates.min_requests
     floor = {"gate": "min_requests", "value": new.requests, "threshold": gates.min_requests, "ok": enough}
     return [floor, *(c.view() for c in judged)], verdict

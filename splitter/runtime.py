@@ -50,6 +50,7 @@ class Settings:
     environment: str | None = None  # SPLITTER_ENV
     redis_url: str | None = None  # SPLITTER_REDIS_URL, wins over routes.yaml
     state_path: str | None = None  # --state: the embedded store's file, wins over routes.yaml's state.path
+    prometheus_url: str | None = None  # --prometheus / SPLITTER_PROMETHEUS_URL: the rollouts' prometheus gates
     admin_token: str | None = None  # SPLITTER_ADMIN_TOKEN
     admin_allowed_hosts: tuple[str, ...] = ()  # --admin-allowed-hosts: names answered besides IPs and localhost
     tokens_file: str | None = None  # SPLITTER_ADMIN_TOKENS_FILE
@@ -196,7 +197,8 @@ class Runtime:
         ~1.4 us a request, off any I/O."""
         judged = {r.name: [*_spans(r), CONSOLE_SPAN_S] for r in cfg.routes}
         store = self.overrides if self.overrides.shared else None
-        return Windows(judged, store, cfg.redis_prefix, old)
+        typed = {r.name: frozenset(r.rollout.gates.no_new_errors_statuses) for r in cfg.routes if r.rollout}
+        return Windows(judged, store, cfg.redis_prefix, old, typed)
 
     async def _flush_windows(self) -> None:
         """Once a second, off the request path: this process's counts go to the fleet's keys."""

@@ -158,8 +158,10 @@ class Shadow:
             return
         if not diffs:
             counter.labels(route.name, "match").inc()
+            self.rt.windows.count_shadow(route.name, "match", time.time())
             return
         counter.labels(route.name, "mismatch").inc()
+        self.rt.windows.count_shadow(route.name, "mismatch", time.time())
         entry = {
             "time": round(time.time(), 3),
             "method": method,

@@ -33,6 +33,7 @@ MAX_INDEX = math.ceil(math.log(MAX_S / MIN_S) * _INV_LOG_GAMMA)
 MAX_SLOTS = 600  # a window keeps at most this many slots: one second each, coarser for long windows
 FINAL_AFTER_S = 3.0  # a slot this far in the past has been flushed by every process: cache it
 ROLES = ("new", "legacy")  # the two sides a route's windows are kept for, in the order they are drained and shown
+SHADOW = "shadow"  # the side a route's shadow comparisons are counted under (`t`: match, mismatch): never compared
 
 
 def cohort_side(name: str) -> str:
@@ -88,14 +89,16 @@ class Totals:
 
 
 class Counts:
-    """A mergeable summary: requests, errors, latency histogram."""
+    """A mergeable summary: requests, errors, latency histogram, and the error types (`t`: an answer
+    status >= 400 or one a gate lists, as "409", or a proxy failure kind, as "connect") by count."""
 
-    __slots__ = ("e", "h", "n")
+    __slots__ = ("e", "h", "n", "t")
 
     def __init__(self) -> None:
         self.n = 0
         self.e = 0
         self.h: dict[int, int] = {}
+        self.t: dict[str, int] = {}
 
     def add(self, other: Counts) -> None:
         self.n += other.n
@@ -103,6 +106,10 @@ class Counts:
         h = self.h
         for i, c in other.h.items():
             h[i] = h.get(i, 0) + c
+        if other.t:
+            t = self.t
+            for k, c in other.t.items():
+                t[k] = t.get(k, 0) + c
 
     def totals(self) -> Totals:
         return Totals(self.n, self.e, quantile_ms(self.h, self.n, 0.95))
@@ -111,6 +118,7 @@ class Counts:
         """As the fields of a Redis hash."""
         out = {"n": self.n, "e": self.e}
         out.update({str(i): c for i, c in self.h.items()})
+        out.update({f"t:{k}": c for k, c in self.t.items()})
         return out
 
     @classmethod
@@ -123,6 +131,8 @@ class Counts:
                 c.e = int(v)
             elif k.isdigit():
                 c.h[int(k)] = int(v)
+            elif k.startswith("t:"):
+                c.t[k[2:]] = int(v)
         return c
 
 
@@ -178,9 +188,14 @@ class Outcomes:
         # whenever a second's first count does, so a flush visits only routes that had requests
         self.name = name
         self.touched: set[str] = touched if touched is not None else set()
+        self.typed: frozenset[int] = frozenset()  # statuses below 400 counted as error types (no_new_errors_statuses)
+        self.examples: dict[tuple[str, str], str] = {}  # (role, error type) -> the last path that had it (this process)
 
-    def record(self, backend: str, now: float, error: bool, seconds: float) -> None:
-        pending = self.pending["new" if backend == "new" else "legacy"]
+    def record(
+        self, backend: str, now: float, error: bool, seconds: float, kind: str | None = None, path: str = ""
+    ) -> None:
+        role = "new" if backend == "new" else "legacy"
+        pending = self.pending[role]
         sec = int(now)
         c = pending.get(sec)
         if c is None:
@@ -191,6 +206,9 @@ class Outcomes:
             c.e += 1
         i = bucket_index(seconds)
         c.h[i] = c.h.get(i, 0) + 1
+        if kind is not None:  # the error paths only: one dict increment, and the example kept
+            c.t[kind] = c.t.get(kind, 0) + 1
+            self.examples[(role, kind)] = path
 
     def count_cohort(self, name: str, sec: int, requests: int) -> None:
         """`requests` a cohort decided, in second `sec` (requests only: no errors, no latency)."""
@@ -200,6 +218,16 @@ class Outcomes:
             c = pending[sec] = Counts()
             self.touched.add(self.name)
         c.n += requests
+
+    def count_shadow(self, result: str, sec: int) -> None:
+        """One shadow comparison's result (match or mismatch), in second `sec`, off the request path."""
+        pending = self.pending.setdefault(SHADOW, {})
+        c = pending.get(sec)
+        if c is None:
+            c = pending[sec] = Counts()
+            self.touched.add(self.name)
+        c.n += 1
+        c.t[result] = c.t.get(result, 0) + 1
 
     def drain(self) -> list[tuple[str, int, Counts]]:
         """Take what was counted since the last drain; merged into the local windows here."""
@@ -235,6 +263,7 @@ class Windows:
         store: FleetStore | None = None,
         prefix: str = "splitter",
         old: Windows | None = None,
+        typed: Mapping[str, frozenset[int]] | None = None,
     ) -> None:
         self.store = store
         self.prefix = prefix
@@ -248,6 +277,7 @@ class Windows:
                 keep.touched = self._touched  # its pending counts, if any, are flushed from here on
                 self._touched.add(name)
                 fresh = keep
+            fresh.typed = (typed or {}).get(name, frozenset())
             self.routes[name] = fresh
         self._longest = max((s for o in self.routes.values() for s in o.spans), default=0.0)
         self._final: dict[str, Counts] = {}  # fleet slots every process has flushed
@@ -297,6 +327,24 @@ class Windows:
         width = width_for(span)
         start = max(since or 0.0, o.since)
         return await self._sum(route, backend, span, slot_range(now, span_s, start or None, width), now)
+
+    def width(self, route: str, span_s: float) -> int:
+        """The slot width of the kept window that covers `span_s` (what between() can split at)."""
+        return width_for(self.routes[route].window_for(span_s))
+
+    async def between(
+        self, route: str, backend: str, span_s: float, start: float, end: float | None, now: float
+    ) -> Counts:
+        """One backend's outcomes in the whole slots of the `span_s` window from `start` up to `end`
+        (seconds, on a slot boundary; None: up to now, the current slot included), as far back as the
+        window keeps them: what a long rollout step folds into its running total before the window
+        forgets it, and what it has gathered since."""
+        o = self.routes[route]
+        span = o.window_for(span_s)
+        width = width_for(span)
+        first = max(math.ceil(max(start, o.since) / width), math.floor(now / width) - MAX_SLOTS)
+        last = math.floor(now / width) + 1 if end is None else math.floor(end / width)
+        return await self._sum(route, backend, span, range(first, last), now)
 
     async def pair(self, route: str, now: float, span_s: float, since: float | None = None) -> tuple[Counts, Counts]:
         """New's and legacy's outcomes over the same window, (new, legacy): what every judgement
@@ -352,6 +400,13 @@ class Windows:
                 }
             )
         return out
+
+    def count_shadow(self, route: str, result: str, now: float) -> None:
+        """A shadow comparison of `route` finished (match or mismatch): kept and shared like the outcomes,
+        for the rollout's max_mismatch_rate."""
+        o = self.routes.get(route)
+        if o is not None:
+            o.count_shadow(result, int(now))
 
     def add_cohorts(self, counts: Mapping[tuple[str, str], int], now: float) -> None:
         """Requests cohorts decided since the last call, by (route, cohort): counted in second `now`."""

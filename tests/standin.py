@@ -8,6 +8,9 @@ GET/POST anything  -> 200 JSON {backend, method, path, raw_path, query, headers:
 /gzip              -> a gzip body with Content-Encoding: gzip (never decoded by the proxy)
 /slow?s=N          -> sleeps N seconds first
 /delay?legacy_ms=A&new_ms=B -> sleeps A or B ms, by this stand-in's name
+/sometimes?new_status=409&new_rate=0.05 -> answers that status at that rate, by this stand-in's name (else 200)
+.../ok?new_ok=0.5  -> counts standin_ok_total at that rate by name (default 1), a business metric
+/standin/metrics   -> standin_ok_total{backend=NAME} in Prometheus text format
 /bytes?n=N         -> streams N bytes (chunked)
 /status?code=N     -> answers N
 .../flaky          -> on new, 3 requests in 10 answer 500
@@ -28,6 +31,7 @@ import uvicorn
 
 GZIP_BODY = gzip.compress(b"hello gzip " * 100, mtime=0)
 FLAKY = [0]
+OK_TOTAL = [0]
 
 
 def make_app(name: str) -> Any:
@@ -48,6 +52,15 @@ def make_app(name: str) -> Any:
             await asyncio.sleep(float(query.get("s", "1")))
         if path.endswith("/delay"):  # /delay?legacy_ms=99&new_ms=101: each backend its own latency
             await asyncio.sleep(float(query.get(f"{name}_ms", "0")) / 1000)
+        if path == "/standin/metrics":  # not /metrics: tests send that through the proxy as any path
+            text = f'standin_ok_total{{backend="{name}"}} {OK_TOTAL[0]}\n'.encode()
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": text})
+            return
+        if path.endswith("/ok") and random.random() < float(query.get(f"{name}_ok", "1")):
+            OK_TOTAL[0] += 1
+        if path.endswith("/sometimes") and random.random() < float(query.get(f"{name}_rate", "0")):
+            status = int(query.get(f"{name}_status", "200"))
         if path.endswith("/redirect"):
             status = 302
             headers.append((b"location", b"/elsewhere"))

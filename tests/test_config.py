@@ -278,3 +278,63 @@ def test_notify_targets_and_admin_reads_load():
     )
     assert cfg.admin_reads == "token" and cfg.secret_names() == ["SLACK_URL"] and cfg.notify[1].label == "$SLACK_URL"
     assert config.parse(VALID).admin_reads == "open" and config.parse(VALID).notify == ()
+
+
+def test_the_new_rollout_keys_load_with_their_defaults(tmp_path):
+    f = tmp_path / "routes.yaml"
+    extra = "max_wait_s: 600, gates: {max_p95_ratio: 1.1, no_new_errors: true, no_new_errors_statuses: [307]}"
+    f.write_text(VALID.replace("    salt: s1", f"    salt: s1\n    rollout: {{steps: [10, 100], {extra}}}"))
+    ro = config.load(f).by_name["upload"].rollout
+    assert ro is not None and ro.max_wait_s == 600
+    assert ro.gates.no_new_errors and ro.gates.no_new_errors_statuses == (307,) and ro.gates.p95_tolerance_ms == 5.0
+
+
+@pytest.mark.parametrize(
+    "gates,message",
+    [
+        ("{p95_tolerance_ms: -1}", "routes[1].rollout.gates.p95_tolerance_ms: must be a number of milliseconds >= 0"),
+        ("{no_new_errors: yes please}", "routes[1].rollout.gates.no_new_errors: must be true or false"),
+        ("{no_new_errors_statuses: [99]}", "routes[1].rollout.gates.no_new_errors_statuses: must be a list of HTTP"),
+    ],
+)
+def test_bad_gate_keys_name_the_key(tmp_path, gates, message):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID.replace("    salt: s1", f"    salt: s1\n    rollout: {{steps: [10], gates: {gates}}}"))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert any(message in e for e in err.value.errors), err.value.errors
+
+
+def test_max_mismatch_rate_needs_a_shadow_section(tmp_path):
+    f = tmp_path / "routes.yaml"
+    f.write_text(VALID.replace("    salt: s1", "    salt: s1\n    rollout: {steps: [10], gates: {max_mismatch_rate: 0.01}}"))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert any("routes[1].rollout.gates.max_mismatch_rate: judges the route's shadow comparisons" in e
+               for e in err.value.errors), err.value.errors
+
+
+def test_before_step_hooks_load_and_a_bad_url_is_named(tmp_path):
+    f = tmp_path / "routes.yaml"
+    hooks = "before_step: [{url: 'http://smoke:9000/run', timeout_s: 30}, {url: 'ftp://x'}]"
+    f.write_text(VALID.replace("    salt: s1", f"    salt: s1\n    rollout: {{steps: [10], {hooks}}}"))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert any("routes[1].rollout.before_step[1].url: must be an http(s):// URL" in e for e in err.value.errors)
+    f.write_text(VALID.replace("    salt: s1", "    salt: s1\n    rollout: {steps: [10], before_step: [{url: 'http://s/r'}]}"))
+    ro = config.load(f).by_name["upload"].rollout
+    assert ro is not None and ro.before_step == (config.Hook("http://s/r", 60.0, 2),)
+
+
+def test_prometheus_gates_load_and_need_a_bound(tmp_path):
+    f = tmp_path / "routes.yaml"
+    gate = "{name: logins, query: 'sum(rate(ok{backend=\"{role}\"}[5m]))', min_ratio: 0.98}"
+    f.write_text(VALID.replace("    salt: s1", f"    salt: s1\n    rollout: {{steps: [10], gates: {{prometheus: [{gate}]}}}}"))
+    ro = config.load(f).by_name["upload"].rollout
+    assert ro is not None and ro.gates.prometheus == (
+        config.PromGate("logins", 'sum(rate(ok{backend="{role}"}[5m]))', min_ratio=0.98),
+    )
+    f.write_text(VALID.replace("    salt: s1", "    salt: s1\n    rollout: {steps: [10], gates: {prometheus: [{name: x, query: up}]}}"))
+    with pytest.raises(config.ConfigError) as err:
+        config.load(f)
+    assert any("routes[1].rollout.gates.prometheus[0]: needs one of min_ratio" in e for e in err.value.errors)

@@ -122,3 +122,93 @@ def test_building_blocks_match_their_definitions():
     for n, p, y in ((50, 0.95, 0.01), (1000, 0.95, 0.005), (7, 0.5, 0.99), (10_000, 0.95, 0.9995)):
         assert judge.binom_ppf(y, n, p) == int(stats.binom.ppf(y, n, p)), (n, p, y)
     assert judge.proportion_bounds(3, 100, 0.05) == pytest.approx((stats.beta.ppf(0.05, 3, 98), stats.beta.ppf(0.95, 4, 97)))
+
+
+def _alike(n: int, ms: float, errors: int = 0) -> Counts:
+    from splitter.window import bucket_index
+
+    c = Counts()
+    c.n, c.e, c.h = n, errors, {bucket_index(ms / 1000): n}
+    return c
+
+
+def test_growth_to_decide_says_how_much_more_of_the_same_traffic_decides_a_waiting_gate():
+    gates = Gates(max_p95_ratio=1.5, min_requests=20, confidence=0.9)
+    new, legacy = _alike(20, 45), _alike(20, 45)
+    assert judge.judge(gates, new, legacy, 0.1)[0].verdict == judge.WAIT
+    factor = judge.growth_to_decide(gates, "max_p95_ratio", new, legacy)
+    assert factor is not None
+    need = math.ceil(20 * factor)
+    # the p95 upper bound at each side's sqrt(0.9) needs 0.95^n <= 1 - sqrt(0.9): n >= 58
+    assert 56 <= need <= 60, need
+    assert judge.judge(gates, judge.scaled(new, need / 20), judge.scaled(legacy, need / 20), 0.1)[0].verdict == judge.PASS
+
+
+def test_growth_to_decide_is_none_when_more_alike_traffic_cannot_decide():
+    gates = Gates(max_error_rate=0.1, confidence=0.95)
+    assert judge.growth_to_decide(gates, "max_error_rate", _alike(0, 45), _alike(0, 45)) is None
+    # exactly at the threshold: neither bound ever crosses it
+    at = judge.growth_to_decide(gates, "max_error_rate", _alike(100, 45, errors=10), _alike(100, 45))
+    assert at is None
+
+
+def test_a_p95_ratio_no_user_can_feel_passes_with_the_tolerance_and_a_felt_one_fails():
+    """On a 1 ms service a 1.5 ratio is well under a millisecond (README's example on the reference stack:
+    1.60 ms against 1.33 ms): no user feels it; 80 ms against 50 ms they do."""
+    rng = np.random.default_rng(7)
+    new, legacy = Counts(), Counts()
+    add(new, rng, 3000, 0.0, 1.8)
+    add(legacy, rng, 3000, 0.0, 1.2)
+    strict = judge.p95_ratio_check(new, legacy, 1.1, 0.01)
+    assert strict.verdict == judge.FAIL and strict.low is not None and strict.low > 1.1
+    tolerant = judge.judge(Gates(max_p95_ratio=1.1, confidence=0.99), new, legacy, 0.01)[0]
+    assert tolerant.verdict == judge.PASS, "within the default 5 ms: practically the same"
+    slow_new, slow_legacy = Counts(), Counts()
+    add(slow_new, rng, 3000, 0.0, 80.0)
+    add(slow_legacy, rng, 3000, 0.0, 50.0)
+    assert judge.judge(Gates(max_p95_ratio=1.1, confidence=0.99), slow_new, slow_legacy, 0.01)[0].verdict == judge.FAIL
+    assert judge.judge(Gates(max_p95_ratio=1.1, p95_tolerance_ms=100, confidence=0.99), slow_new, slow_legacy, 0.01)[
+        0
+    ].verdict == judge.PASS
+
+
+def test_threshold_gates_fail_a_ratio_only_when_new_is_also_slower_by_more_than_the_tolerance():
+    gates = Gates(max_p95_ratio=1.1, min_requests=10)
+    assert gate_failure(gates, Totals(100, 0, 1.60), Totals(100, 0, 1.33)) is None
+    reason = gate_failure(Gates(max_p95_ratio=1.1, min_requests=10, p95_tolerance_ms=0), Totals(100, 0, 1.60),
+                          Totals(100, 0, 1.33))
+    assert reason == "p95 ratio 1.203 > 1.1, 0.27 ms slower than legacy (tolerance 0 ms)"
+    assert gate_failure(gates, Totals(100, 0, 80.0), Totals(100, 0, 50.0)) == (
+        "p95 ratio 1.6 > 1.1, 30 ms slower than legacy (tolerance 5 ms)"
+    )
+
+
+def test_no_new_errors_fails_a_type_new_has_significantly_more_often_naming_it_with_both_counts():
+    def side(n: int, types: dict[str, int]) -> Counts:
+        c = Counts()
+        c.n, c.t = n, dict(types)
+        return c
+
+    legacy = side(1000, {"404": 10})
+    assert judge.more_often_p(0, 1000, 0, 1000) == 1.0
+    assert judge.more_often_p(10, 1000, 0, 1000) == pytest.approx(0.5**10)  # legacy 0 of N, new k of M
+    failed = judge.no_new_errors_check(side(1000, {"404": 11, "409": 12}), legacy, 0.01, {"409": "/api/auth/x"})
+    assert failed.verdict == judge.FAIL and failed.detail == "409: new 12 of 1000, legacy 0 of 1000, e.g. /api/auth/x"
+    assert judge.reason([failed]).startswith("no_new_errors: 409: new 12 of 1000, legacy 0 of 1000")
+    assert judge.no_new_errors_check(side(1000, {"404": 12}), legacy, 0.01).verdict == judge.PASS  # legacy has it too
+    assert judge.no_new_errors_check(side(1000, {"409": 2}), legacy, 0.01).verdict == judge.PASS  # not yet shown
+    assert judge.no_new_errors_check(side(1000, {}), side(0, {}), 0.01).verdict == judge.WAIT
+
+
+def test_max_mismatch_rate_judges_the_shadow_comparisons_with_exact_bounds():
+    def shadow(match: int, mismatch: int) -> Counts:
+        c = Counts()
+        c.n, c.t = match + mismatch, {"match": match, "mismatch": mismatch}
+        return c
+
+    assert judge.mismatch_check(None, 0.01, 0.01).verdict == judge.WAIT
+    failed = judge.mismatch_check(shadow(970, 30), 0.01, 0.01)
+    assert failed.verdict == judge.FAIL and failed.low is not None and failed.low > 0.01
+    assert failed.detail == "30 of 1000 shadow comparisons differed"
+    assert judge.mismatch_check(shadow(1000, 0), 0.01, 0.01).verdict == judge.PASS
+    assert judge.mismatch_check(shadow(100, 0), 0.01, 0.01).verdict == judge.WAIT  # too few to show it

@@ -4,6 +4,7 @@ CI jobs, `--watch` through a restart, and the events counted for alerts."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -179,6 +180,46 @@ def test_a_healthy_rollout_with_legacy_relative_gates_reaches_done_and_wait_says
     print(f"done after {time.monotonic() - t0:.1f} s; new at 100 %: {last['new']}; legacy at 50 %: {last['legacy']}")
 
 
+QUIET = "{steps: [50, 100], interval_s: 3, gates: {max_p95_ratio: 1.5, min_requests: 20, confidence: 0.9}}"
+
+
+def test_a_quiet_route_is_judged_on_all_its_steps_evidence_and_finishes(standin, splitter):
+    """16 requests a second answered in 45 ms: a p95 upper bound at 0.9 needs more requests a side than
+    one interval (3 s) holds; judged on everything since the step began, the rollout finishes, and the
+    evidence shown never shrinks while it grows."""
+    s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(QUIET)))
+    seen: list[tuple[float, int]] = []
+    waits: list[dict] = []
+
+    def at_50_with_evidence() -> bool:
+        v = rollout_view(s)
+        if v["step"] == 50 and v["status"] == "running":
+            seen.append((v["since"], v["new"]["requests"]))
+            waits.extend(w for w in v["waiting_for"] if w["gate"] == "max_p95_ratio")
+            window = httpx.get(s.admin + "/admin/routes").json()[0]["window"]
+            assert window["step_since"] == v["since"] and window["span_s"] <= time.time() - v["since"] + 1, window
+            return v["new"]["requests"] >= 45
+        return v["step"] == 100  # moved on before a poll saw 45
+
+    with Paced(s.url, rate=16, path="/api/auth/delay?legacy_ms=45&new_ms=45"):
+        eventually(at_50_with_evidence, timeout=30, interval=0.3)
+        status = run("rollout", "status", "auth", "--admin", s.admin).stdout
+        r = wait_for(s, "--timeout", "60")
+    # while it waited it said so: the gate, the requests it needs on each side and about how long
+    counted = [w for w in waits if w["needs"] is not None]  # (not before new's first request)
+    assert counted and all(w["needs"]["new"] > w["has"]["new"] for w in counted), waits
+    said = counted[0]["says"]
+    assert said.startswith("max_p95_ratio: needs ") and " at confidence 0.9; new has " in said, said
+    assert "s at the current rate" in said, said
+    assert "waiting: " in status or "done" in status or "at 100%" in status, status
+    assert r.returncode == 0, (r.stdout, r.stderr, rollout_view(s))
+    for (since_a, n_a), (since_b, n_b) in itertools.pairwise(seen):
+        assert since_a != since_b or n_b >= n_a, seen
+    last = rollout_view(s)["previous"]
+    # legacy's side at 100 % is all of the 50 % step: more than its last 4 s (8 a second) could hold
+    assert last["percent"] == 100 and last["verdict"] == "pass" and last["legacy"]["requests"] >= 45, last
+
+
 FAILING = (
     "{steps: [50, 100], interval_s: 3, gates: {max_error_rate: 0.05, max_error_increase: 0.05, min_requests: 30, "
     "confidence: 0.95}}"
@@ -199,11 +240,17 @@ def test_a_new_failing_half_its_requests_is_rolled_back_and_wait_exits_3(procs, 
     view = rollout_view(s)
     evidence = view["previous"]
     assert evidence["percent"] == 50 and evidence["verdict"] == "fail" and evidence["new"]["error_rate"] > 0.3, evidence
-    # promote does not apply to a rolled-back rollout; resume starts over, and says where
+    # neither promote nor pause applies to a rolled-back rollout (pause then resume once brought it
+    # back onto the failed step); resume starts over at the first step, and says where
     one_line_error(run("rollout", "promote", "auth", "--admin", s.admin, token=TOKEN), "409")
+    one_line_error(run("rollout", "pause", "auth", "--admin", s.admin, token=TOKEN), "is rolled_back: pause")
+    assert rollout_view(s)["percent"] == 0
     resumed = run("rollout", "resume", "auth", "--admin", s.admin, token=TOKEN)
     assert resumed.stdout.strip() == "auth: rollout running at 50% (step 1 of 2)", resumed.stdout
     assert events(s, "resumed") == 1
+    one_line_error(run("rollout", "resume", "auth", "--admin", s.admin, token=TOKEN), "is running: resume")
+    restarted = run("rollout", "restart", "auth", "--admin", s.admin, token=TOKEN)
+    assert restarted.stdout.strip() == "auth: rollout running at 50% (step 1 of 2)", restarted.stdout
 
 
 APPROVAL = (
@@ -222,10 +269,9 @@ def test_an_approval_step_holds_until_promote_and_promote_full_finishes(procs, t
         assert view["status"] == "awaiting_approval" and view["percent"] == 10 and view["new"]["requests"] >= 3, view
         waited = run("rollout", "wait", "auth", "--timeout", "1", "--admin", s.admin)
         assert (
-            waited.returncode == 4
+            waited.returncode == 5
             and "awaiting approval to enter 50%" in waited.stdout
-            and "not done within 1 s" in waited.stderr
-        )
+        ), "awaiting approval: exit 5 at once, not a timeout"
         one_line_error(run("rollout", "resume", "auth", "--admin", s.admin, token=TOKEN), "awaiting approval")
         promoted = run("rollout", "promote", "auth", "--admin", s.admin, token=TOKEN)
         assert promoted.stdout.strip() == "auth: rollout running at 50% (step 2 of 3)", promoted
@@ -323,6 +369,38 @@ def test_the_rolled_back_alert_fires_on_the_first_rollback_of_a_route(tmp_path: 
                 "alert_rule_test": [
                     {"eval_time": "2m", "alertname": "SplitterRolloutRolledBack", "exp_alerts": []},
                     {"eval_time": "5m", "alertname": "SplitterRolloutRolledBack", "exp_alerts": [fired]},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+    r = subprocess.run([promtool, "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_stalled_alert_fires_once_a_rollout_is_held_past_max_wait_s(tmp_path: Path):
+    """promtool's rule unit test for SplitterRolloutStalled: quiet at 0, fires on the first `stalled`."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed: `make test` installs Debian's prometheus")
+    stalled = 'splitter_rollout_events_total{route="auth",event="stalled",instance="a"}'
+    fired = {
+        "exp_labels": {"severity": "ticket", "route": "auth"},
+        "exp_annotations": {
+            "summary": "rollout of route auth is stalled: held past max_wait_s",
+            "runbook": "splitter rollout status auth  # the waiting lines say what each gate needs",
+        },
+    }
+    test = {
+        "rule_files": [str(ROOT / "deploy/prometheus/alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": stalled, "values": "0 0 0 1 1 1 1 1 1 1"}],
+                "alert_rule_test": [
+                    {"eval_time": "2m", "alertname": "SplitterRolloutStalled", "exp_alerts": []},
+                    {"eval_time": "5m", "alertname": "SplitterRolloutStalled", "exp_alerts": [fired]},
                 ],
             }
         ],

@@ -202,6 +202,7 @@ EXPECTED_LABELS = {
     "SplitterGuardTripped": None,
     "Rollout events (advanced, done, rolled back, ...)": None,
     "SplitterRolloutRolledBack": None,
+    "SplitterRolloutStalled": None,
     "SplitterReplicaDown": None,
     # annotations: changes within the last minute (none in this scenario's last minute but a reload, counted from 1)
     "annotation: Guard trips": None,

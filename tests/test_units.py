@@ -23,7 +23,9 @@ def test_gates_wait_for_traffic_then_name_the_first_breach():
     assert gate_failure(GATES, Totals(100, 0, 105.0), healthy_legacy) is None
     assert gate_failure(GATES, Totals(100, 2, 105.0), healthy_legacy) == "error rate 0.02 > 0.01"
     assert gate_failure(GATES, Totals(100, 0, 250.0), healthy_legacy) == "p95 ms 250 > 200"
-    assert gate_failure(GATES, Totals(100, 0, 125.0), healthy_legacy) == "p95 ratio 1.25 > 1.1"
+    assert gate_failure(GATES, Totals(100, 0, 125.0), healthy_legacy) == (
+        "p95 ratio 1.25 > 1.1, 25 ms slower than legacy (tolerance 5 ms)"
+    )
     assert gate_failure(GATES, Totals(100, 0, 125.0), Totals(10, 0, 100.0)) is None, "legacy too thin to compare against"
 
 

@@ -191,3 +191,17 @@ def test_counts_pending_at_a_reload_reach_the_fleet_through_the_new_windows():
     new.get("auth").record("new", 1000.7, False, 0.01)  # type: ignore[union-attr]
     asyncio.run(new.flush(1000.9))
     assert asyncio.run(new.totals("auth", "new", 1001.0, 10.0)).requests == 2
+
+
+def test_between_reads_whole_slots_up_to_the_end_and_the_window_after_it_adds_up_to_the_whole():
+    """A long rollout step folds [start, end) into its running total, then reads the window from end:
+    together every request once, fleet-wide and in one process."""
+    for store in (FakeStore(), None):
+        w = Windows({"auth": [4.0]}, store, "p")
+        for j in range(100):  # 10 s, 10 a second
+            w.get("auth").record("new", 1000.0 + j * 0.1, j % 10 == 0, 0.01)  # type: ignore[union-attr]
+        asyncio.run(w.flush(1010.0))
+        folded = asyncio.run(w.between("auth", "new", 4.0, 1000.0, 1007.0, 1010.5))
+        assert (folded.n, folded.e) == (70, 7)
+        rest = asyncio.run(w.counts("auth", "new", 1010.5, 4.0, since=1007.0))
+        assert folded.n + rest.n == 100

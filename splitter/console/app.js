@@ -150,9 +150,10 @@ function gateRow(g) {
   const p = none(g.p_value) ? "" : `p=${g.p_value.toPrecision(2)}`;
   const limit = g.gate === "min_requests" ? `≥ ${num(g.threshold)}` : `≤ ${gateValue(g.gate, g.threshold)}`;
   const word = { pass: "ok", fail: "FAILS", wait: "waiting" }[verdict];
+  const detail = g.detail ? ` (${g.detail})` : "";  // a count gate names what it counted: type, counts, a path
   return el("tr", { class: "gate " + verdict },
     el("td", { class: "mark" }), el("td", {}, g.gate), el("td", {}, gateValue(g.gate, value)),
-    el("td", { class: "iv" }, `${iv} ${p}`.trim()), el("td", {}, limit), el("td", { class: "word" }, word));
+    el("td", { class: "iv" }, `${iv} ${p}${detail}`.trim()), el("td", {}, limit), el("td", { class: "word" }, word));
 }
 
 function gateTable(gates) { return el("table", { class: "gates" }, ...gates.map(gateRow)); }
@@ -212,6 +213,8 @@ function rolloutBox(ro, kill) {
       (ro.confidence ? `, judged at ${ro.confidence}` : "");
     box.append(el("div", { class: "label" }, since + ": " + evidenceLine(ro)), gateTable(ro.gates));
   }
+  if (ro.stalled) box.append(el("div", { class: "label waiting", "data-field": "stalled" }, "stalled: held past max_wait_s (still holding)"));
+  for (const w of ro.waiting_for || []) box.append(el("div", { class: "label waiting", "data-gate": w.gate }, `waiting: ${w.says}`));
   const prev = ro.previous;
   if (prev) {
     const what = ro.status === "rolled_back" ? "evidence" : ro.status === "done" ? "last step" : "previous step";
