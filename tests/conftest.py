@@ -131,10 +131,14 @@ class Splitter:
 
 @pytest.fixture
 def splitter(procs: list[Proc], tmp_path: Path) -> Callable[..., Splitter]:
-    """Start `splitter serve` on a routes.yaml text; waits for /readyz."""
+    """Start `splitter serve` on a routes.yaml text; waits for /readyz. Its state file (the embedded store,
+    next to routes.yaml) is new unless `config` names the file of an earlier start (a restart)."""
 
     def start(routes_yaml: str, env: dict[str, str] | None = None, args: list[str] | None = None, config: Path | None = None, ready: bool = True) -> Splitter:
         cfg = config or tmp_path / "routes.yaml"
+        if config is None:  # a fresh routes.yaml is a fresh proxy: the state file an earlier one left goes
+            for old in tmp_path.glob("splitter-state.db*"):
+                old.unlink()
         if config is None or not cfg.exists():
             cfg.write_text(routes_yaml)
         port, admin_port = free_port(), free_port()

@@ -117,7 +117,7 @@ JUDGED_LOW = (
 
 def test_little_evidence_never_breaks_the_admin_api_and_report_is_strict_json(standin, splitter):
     s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(JUDGED_LOW)))
-    view = eventually(lambda: (v := rollout_view(s))["step"] == 50 and v, timeout=5)
+    view = eventually(lambda: (v := rollout_view(s))["step"] == 50 and v, timeout=15)  # the first tick: store writes on a loaded machine
     time.sleep(
         max(0.0, math.ceil(view["since"]) - time.time() + 0.05)
     )  # a step's window counts from its first whole second

@@ -23,7 +23,7 @@ def test_a_rollout_with_no_traffic_past_max_wait_s_is_stalled_once_and_keeps_hol
         rollout = f"{{steps: [50, 100], interval_s: 1, max_wait_s: 3, gates: {QUIET_GATES}}}"
         extra = f'notify:\n  - {{url: "{hook.url}", events: [rollout_stalled]}}'
         s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(rollout), extra=extra))
-        view = eventually(lambda: (v := rollout_view(s))["step"] == 50 and v, timeout=5)
+        view = eventually(lambda: (v := rollout_view(s))["step"] == 50 and v, timeout=15)
         (waiting,) = view["waiting_for"]
         assert waiting["gate"] == "min_requests" and waiting["needs"] == {"new": 10} and waiting["eta_s"] is None
         assert waiting["says"] == "min_requests: needs 10 requests of new; new has 0 — no traffic to get them at the moment"

@@ -176,7 +176,7 @@ def test_rollout_rolls_a_faulty_new_back_at_the_first_failed_gate(procs, tmp_pat
     from test_cli import run
 
     assert run("rollout", "resume", "auth", "--admin", s.admin, token=TOKEN).returncode == 0
-    eventually(lambda: rollout_view(s)["status"] == "running", timeout=3)
+    eventually(lambda: rollout_view(s)["status"] == "running", timeout=15)
     r = run("rollout", "abort", "auth", "--admin", s.admin, token=TOKEN)
     assert r.returncode == 0 and "aborted at 0%" in r.stdout
     assert "aborted" in run("rollout", "status", "--admin", s.admin).stdout
