@@ -219,10 +219,7 @@ class ProxyHttpProtocol(HttpToolsProtocol):
         if self.stalled:
             return
         self.stalled = True
-        _count_rejected(self.app, "send_timeout")
-        client = self.client[0] if self.client else None
-        log = structlog.get_logger("splitter")
-        log.warning("client took no response bytes: connection cut", client=client, send_timeout=self._send_timeout)
+        _send_timed_out(self.app, self.client, self._send_timeout)
         cycle = self.cycle
         if cycle is not None and cycle.response_started and not cycle.response_complete:
             cycle.disconnected = True  # the app's return is not "an incomplete response" (connection_lost comes later)
@@ -539,10 +536,7 @@ class ProxyWebSocketProtocol(WebSocketsSansIOProtocol):
         if self.disconnected:
             return
         self.stalled = True
-        _count_rejected(self.app, "send_timeout")
-        client = self.client[0] if self.client else None
-        log = structlog.get_logger("splitter")
-        log.warning("client took no response bytes: connection cut", client=client, send_timeout=self._send_timeout)
+        _send_timed_out(self.app, self.client, self._send_timeout)
         self.transport.abort()
 
     def handle_connect(self, event: Any) -> None:
@@ -588,6 +582,14 @@ def _waiting(transport: Any) -> int:
     kernel's send queue (which the kernel may hold until a third of it is free)."""
     sock = transport.get_extra_info("socket")
     return int(transport.get_write_buffer_size()) + (unsent(sock.fileno()) if hasattr(sock, "fileno") else 0)
+
+
+def _send_timed_out(app: Any, client: Any, timeout: float) -> None:
+    """A client (HTTP or WebSocket) cut for taking no bytes for the send timeout: counted and logged once."""
+    _count_rejected(app, "send_timeout")
+    peer = client[0] if client else None
+    log = structlog.get_logger("splitter")
+    log.warning("client took no response bytes: connection cut", client=peer, send_timeout=timeout)
 
 
 def _count_rejected(app: Any, reason: str) -> None:
