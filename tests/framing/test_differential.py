@@ -143,8 +143,9 @@ def run_all(port: int, jobs: list[tuple[bytes, tuple[bytes, ...]]]) -> list[Seen
 def settled(proxy: Splitter) -> list[dict[str, Any]]:
     """The access log once every request has ended (none in flight) and its lines are written."""
     eventually(lambda: proxy.metric("splitter_requests_in_flight") == 0, timeout=10)
-    assert httpx.get(proxy.url + "/m/end").status_code == 200
-    proxy.wait_log(lambda e: e.get("path") == "/m/end", timeout=5)
+    end = f"/m/end-{time.monotonic_ns()}"  # its own marker: an earlier test's would be found at once
+    assert httpx.get(proxy.url + end).status_code == 200
+    proxy.wait_log(lambda e: e.get("path") == end, timeout=10)
     return [e for e in proxy.logs() if e.get("event") == "request"]
 
 
