@@ -78,6 +78,14 @@ TRANSITIONS: dict[tuple[Status, str], Status] = {
     (_D, "restart"): _R,
 }
 ACTIONS = ("pause", "resume", "abort", "promote", "finish", "restart", "advance", "await", "rollback", "done")
+OPERATOR_ACTIONS = ("pause", "resume", "abort", "promote", "finish", "restart")
+
+
+def allowed(status: str) -> list[str]:
+    """The operator actions TRANSITIONS lets this status take (the console offers only these; `pending`, not
+    started yet, takes what a running one does: an action on it starts its record as running)."""
+    now = Status.RUNNING if status == "pending" else Status(status)
+    return [a for a in OPERATOR_ACTIONS if (now, a) in TRANSITIONS]
 _HINTS = {
     _R: "it is running",
     _A: "it is awaiting approval: splitter rollout promote {name} goes on",
@@ -614,6 +622,7 @@ class Rollouts:
             "since": since,
             "next_step_in_s": round(max(0.0, since + ro.interval_s - now), 1) if moving and since is not None else None,
             "reason": state["reason"],
+            "actions": allowed(status),
             "kill": self.rt.snapshot.kill,
             "driven_here": r.name in self.driving,
             "scope": self.rt.windows.scope,

@@ -58,6 +58,13 @@ def card(page, name: str):
     return page.locator(f'section.route[data-route="{name}"]')
 
 
+def expand_all(page) -> None:
+    """The cards open compact (every route on one screen); the tests read and act on their details."""
+    page.locator("#expand-all").wait_for(timeout=5000)
+    if page.inner_text("#expand-all") == "expand all":
+        page.click("#expand-all")
+
+
 def test_the_console_shows_the_migration_and_acts_on_it(standin, splitter, browser_page):
     from test_cli import run
 
@@ -74,6 +81,7 @@ def test_the_console_shows_the_migration_and_acts_on_it(standin, splitter, brows
     assert headers["x-frame-options"] == "DENY" and "set-cookie" not in headers
 
     page.goto(s.admin + "/ui")
+    expand_all(page)
     for name, pct, source in (("auth", 50, "file"), ("upload", 0, "file"), ("resume_review", 100, "file")):
         c = card(page, name)
         c.wait_for(timeout=5000)
@@ -113,11 +121,11 @@ def test_the_console_shows_the_migration_and_acts_on_it(standin, splitter, brows
     assert page.evaluate("window.__xss") is None and page.evaluate("document.scripts.length") == 1
     assert page.evaluate("document.querySelectorAll('img').length") == 0
 
-    # a wrong token: the 401 message, nothing changes
+    # no token, then a wrong one: read only, no change button on the page, nothing changes
+    assert card(page, "auth").get_by_role("button", name="roll back").count() == 0 and page.inner_text("#whoami") == "no token: read only"
     page.fill("#token", "wrong-token")
-    card(page, "auth").get_by_role("button", name="roll back").click()
-    eventually(lambda: "401" in page.inner_text("#status"), timeout=3)
-    assert "wrong or missing admin token" in page.inner_text("#status")
+    eventually(lambda: page.inner_text("#whoami") == "token: not valid", timeout=3)
+    assert card(page, "auth").get_by_role("button").count() == 0 and not page.is_visible("#kill-toggle")
     assert next(r for r in httpx.get(s.admin + "/admin/routes").json() if r["name"] == "auth")["percent"] == 50
 
     # the right token: roll back auth from the page
@@ -148,6 +156,7 @@ def test_the_console_shows_whose_token_and_each_routes_timeline(standin, splitte
     page = browser_page
     page.on("dialog", lambda d: d.accept())
     page.goto(s.admin + "/ui")
+    expand_all(page)
     page.fill("#token", ALICE)
     page.dispatch_event("#token", "change")
     eventually(lambda: page.inner_text("#whoami") == "token: alice (operator)", timeout=5)
@@ -244,6 +253,7 @@ def test_the_console_tells_an_on_call_engineer_what_rollouts_did_and_what_waits(
     page = browser_page
     page.on("dialog", lambda d: d.accept())
     page.goto(s.admin + "/ui")
+    expand_all(page)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with RolloutTraffic(s.url):
         eventually(
@@ -269,7 +279,7 @@ def what_automation_did(page) -> None:
 
     auth = card(page, "auth")
     text = eventually(
-        lambda: (x := auth.inner_text()) and "ROLLED BACK at" in x and "evidence: 25 % from" in x and x, timeout=5
+        lambda: (x := auth.inner_text()) and "ROLLED BACK at" in x and "evidence: at 25 %, from" in x and x, timeout=5
     )
     assert re.search(r"ROLLED BACK at \d\d:\d\d:\d\d: gate failed at 25%: max_error_rate", text), text
     failed = auth.locator("tr.gate.fail", has_text="max_error_rate").first.inner_text()
@@ -296,7 +306,7 @@ def promote_then_kill(page, s) -> None:
     page.fill("#token", TOKEN)
     checkout.get_by_role("button", name="promote", exact=True).click()
     eventually(lambda: rollout_of(s, "checkout")["percent"] == 50, timeout=5)
-    previous = r"previous step: 20 % from \d\d:\d\d:\d\d to \d\d:\d\d:\d\d: new \d+ requests"
+    previous = r"previous step: at 20 %, from \d\d:\d\d:\d\d until \d\d:\d\d:\d\d: new \d+ requests"
     eventually(lambda: re.search(previous, checkout.inner_text()), timeout=5)
 
     assert httpx.put(s.admin + "/admin/kill", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
@@ -349,6 +359,7 @@ def test_the_console_shows_cohort_requests_apart_from_old_vs_new(standin, splitt
     on_new = sum(bucket(f"r{i}") < 10 for i in range(30))
     page = browser_page
     page.goto(s.admin + "/ui")
+    expand_all(page)
     box = card(page, "auth").locator(".box.cohorts")
     box.wait_for(timeout=5000)
 
@@ -367,3 +378,85 @@ def test_the_console_shows_cohort_requests_apart_from_old_vs_new(standin, splitt
     assert card(page, "upload").locator(".box.cohorts").count() == 0, "a route without cohorts shows no box"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-cohorts.png"), full_page=True)
+
+
+FOUR_YAML = """environment: production
+backends:
+  legacy: {{url: "{legacy}", read_timeout: 5}}
+  new: {{url: "{new}", read_timeout: 5}}
+user_id:
+  - header: X-User-ID
+anonymous: legacy
+routes:
+  - name: checkout
+    prefix: /api/checkout
+    percent: 0
+    rollout:
+      steps: [20, {{percent: 50, approval: true}}, 100]
+      interval_s: 2
+      gates: {{max_error_rate: 0.5, min_requests: 3}}
+  - name: auth
+    prefix: /api/auth
+    percent: 0
+    rollout:
+      steps: [25, 50, 100]
+      interval_s: 2
+      gates: {{max_error_rate: 0.05, min_requests: 20, confidence: 0.95}}
+  - name: search
+    prefix: /api/search
+    percent: 0
+    rollout:
+      steps: [20, 100]
+      interval_s: 2
+      gates: {{max_error_rate: 0.5, min_requests: 3}}
+  - name: upload
+    prefix: /api/upload
+    percent: 50
+"""
+
+
+def test_the_console_fits_four_routes_on_one_screen_and_offers_only_what_works(standin, splitter, browser_page, tmp_path):
+    """1280x720: four routes (one rolled back, one awaiting approval, one done, one set by hand) all visible
+    at once; an operator is offered exactly the rollout actions TRANSITIONS takes for each status (none
+    answers 409), the route buttons that apply, and a viewer no change button at all."""
+    from test_history import ALICE, VICTOR, tokens_file
+
+    from splitter.rollout import TRANSITIONS, Status
+
+    s = splitter(FOUR_YAML.format(legacy=standin("legacy"), new=standin("new")), env={"SPLITTER_ADMIN_TOKENS_FILE": str(tokens_file(tmp_path))})
+    with RolloutTraffic(s.url):
+        eventually(lambda: [rollout_of(s, n)["status"] for n in ("checkout", "auth", "search")] == ["awaiting_approval", "rolled_back", "done"], timeout=30)
+    r = httpx.put(s.admin + "/admin/routes/upload", json={"percent": 30}, headers={"Authorization": f"Bearer {ALICE}"})
+    assert r.status_code == 200, r.text
+    page = browser_page
+    page.set_viewport_size({"width": 1280, "height": 720})
+    page.goto(s.admin + "/ui")
+    page.fill("#token", ALICE)
+    eventually(lambda: page.inner_text("#whoami") == "token: alice (operator)", timeout=5)
+    eventually(lambda: "routes.yaml still says 50 %" in card(page, "upload").inner_text(), timeout=5)
+    for name in ("checkout", "auth", "search", "upload"):
+        box = card(page, name).bounding_box()
+        assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 720 and box["x"] + box["width"] <= 1280, (name, box)
+    states = {n: card(page, n).locator("[data-field=state]").inner_text() for n in ("checkout", "auth", "search")}
+    assert states == {"checkout": "awaiting approval", "auth": "rolled back", "search": "done"}, states
+    assert page.get_attribute("#summary", "class") == "bad", "a rollback on the page: the banner is red"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "console-compact-1280.png"))
+
+    page.click("#expand-all")
+    offered = {}
+    for name in ("checkout", "auth", "search"):
+        status = Status(rollout_of(s, name)["status"])
+        buttons = card(page, name).locator(".box.rollout button")
+        offered[name] = {buttons.nth(i).get_attribute("data-action") for i in range(buttons.count())}
+        assert offered[name] == {a for a in ("pause", "resume", "abort", "promote", "finish", "restart") if (status, a) in TRANSITIONS}
+    assert offered["search"] == {"restart"} and offered["auth"] == {"resume", "restart"}, offered
+    assert "pause" in offered["checkout"] and "resume" not in offered["checkout"], offered
+    assert card(page, "upload").get_by_role("button", name="clear override").count() == 1
+    assert card(page, "auth").get_by_role("button", name="roll back").count() == 0, "at 0 % there is nothing to roll back"
+    page.screenshot(path=str(ARTIFACTS / "console-expanded-1280.png"), full_page=True)
+
+    page.fill("#token", VICTOR)
+    eventually(lambda: page.inner_text("#whoami") == "token: victor (viewer)", timeout=5)
+    visible = [b for b in page.locator("button").all() if b.is_visible()]
+    assert [b.inner_text() for b in visible] == ["collapse all"], "a viewer is offered no change"

@@ -8,6 +8,9 @@
 
 const TOKEN_KEY = "splitter-admin-token";
 let last = null;
+let role = null;  // the typed token's role (whoami): change buttons only for an operator's token
+const opened = new Set();  // the routes whose details are open (kept across the redraws)
+let allOpen = false;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -24,7 +27,27 @@ function none(x) { return x === null || x === undefined; }
 function pct(x) { return none(x) ? "-" : (100 * x).toFixed(2) + " %"; }
 function ms(x) { return none(x) ? "-" : x.toFixed(x >= 100 ? 0 : x >= 10 ? 1 : 2) + " ms"; }
 function num(x) { return none(x) ? "-" : Number(x).toLocaleString("en-US"); }
-function clock(t) { return none(t) ? "-" : new Date(t * 1000).toLocaleTimeString("en-GB", { hour12: false }); }
+// One time format: 24-hour, the browser's zone (named once, in the header); a day other than today first.
+const TIME = new Intl.DateTimeFormat("en-GB", { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+const DAY = new Intl.DateTimeFormat("en-GB", { day: "numeric", month: "short" });
+function clock(t) {
+  if (none(t)) return "-";
+  const d = new Date(t * 1000);
+  return (d.toDateString() === new Date().toDateString() ? "" : DAY.format(d) + " ") + TIME.format(d);
+}
+function zone() {
+  const name = Intl.DateTimeFormat().resolvedOptions().timeZone || "local";
+  const off = -new Date().getTimezoneOffset();
+  const hm = `${String(Math.floor(Math.abs(off) / 60)).padStart(2, "0")}:${String(Math.abs(off) % 60).padStart(2, "0")}`;
+  return `times: 24-hour, ${name} (UTC${off < 0 ? "−" : "+"}${hm})`;
+}
+function ago(t, now) {
+  const s = Math.max(0, now - t);
+  const [n, unit] = s >= 86400 ? [Math.floor(s / 86400), "day"] : s >= 3600 ? [Math.floor(s / 3600), "hour"]
+    : s >= 60 ? [Math.floor(s / 60), "minute"] : [Math.floor(s), "second"];
+  return `${n} ${unit}${n === 1 ? "" : "s"} ago`;
+}
+function canChange() { return role === "operator"; }
 
 // A gate's numbers in the units the window table uses: rates as %, latency in ms, ratios as ×.
 const GATE_UNITS = {
@@ -47,16 +70,21 @@ function readHeaders() {
 async function whoami() {
   const who = document.getElementById("whoami");
   const token = document.getElementById("token").value.trim();
-  if (!token) { who.textContent = "no token"; who.className = "pill"; return; }
-  try {
-    const resp = await fetch("/admin/whoami", { headers: readHeaders(), credentials: "omit" });
-    const data = await resp.json();
-    who.textContent = resp.ok ? `token: ${data.name} (${data.role})` : "token: not valid";
-    who.className = "pill " + (resp.ok ? "good" : "bad");
-  } catch (e) {
-    who.textContent = "token: not checked";
-    who.className = "pill";
+  role = null;
+  if (!token) { who.textContent = "no token: read only"; who.className = "pill"; }
+  else {
+    try {
+      const resp = await fetch("/admin/whoami", { headers: readHeaders(), credentials: "omit" });
+      const data = await resp.json();
+      role = resp.ok ? data.role : null;
+      who.textContent = resp.ok ? `token: ${data.name} (${data.role})` : "token: not valid";
+      who.className = "pill " + (resp.ok ? "good" : "bad");
+    } catch (e) {
+      who.textContent = "token: not checked";
+      who.className = "pill";
+    }
   }
+  if (last) render(last);
 }
 
 async function act(method, path, body, what) {
@@ -119,13 +147,13 @@ function chart(series) {
       el("span", {}, "now")));
 }
 
-function windowTable(w, label) {
+function windowTable(w, label, legacyName) {
   const row = (name, side) => el("tr", {}, el("td", {}, name), el("td", {}, num(side.requests)),
     el("td", { class: side.errors ? "err" : "" }, num(side.errors)), el("td", { class: side.error_rate > 0.01 ? "err" : "" }, pct(side.error_rate)), el("td", {}, ms(side.p95_ms)));
   return el("table", {},
     el("tr", {}, el("th", {}, label || `last ${Math.round(w.span_s)} s (${w.scope})`),
       el("th", {}, "requests"), el("th", {}, "errors"), el("th", {}, "error rate"), el("th", {}, "p95")),
-    row("old (legacy)", w.legacy), row("new", w.new));
+    row(legacyName || "old (legacy)", w.legacy), row("new", w.new));
 }
 
 // Percents move in 0.01 steps: 1.5 splits bucket 1 by its sub-bucket (README "Bucketing").
@@ -158,10 +186,10 @@ function gateRow(g) {
 
 function gateTable(gates) { return el("table", { class: "gates" }, ...gates.map(gateRow)); }
 
-function evidenceLine(w) {
+function evidenceLine(w, legacyName) {
   const n = w.new;
   const l = w.legacy;
-  const legacy = l && l.requests ? `  ·  legacy ${num(l.requests)} requests, p95 ${ms(l.p95_ms)}` : "";
+  const legacy = l && l.requests ? `  ·  ${legacyName || "legacy"} ${num(l.requests)} requests, p95 ${ms(l.p95_ms)}` : "";
   return `new ${num(n.requests)} requests, ${pct(n.error_rate)} errors, p95 ${ms(n.p95_ms)}` + legacy;
 }
 
@@ -182,23 +210,40 @@ function rolloutHeadline(ro, kill) {
   return [`${ro.status} at ${ro.percent} %${next}`, ""];
 }
 
+// The buttons a rollout's status takes (its `actions`, from rollout.TRANSITIONS), for an operator only:
+// nothing on the page answers 409.
+const ROLLOUT_BUTTONS = [
+  ["promote", "promote", {}, "promote to the next step"],
+  ["finish", "promote --full", { full: true }, null],
+  ["pause", "pause", {}, "pause the rollout"],
+  ["resume", "resume", {}, "resume the rollout"],
+  ["restart", "restart", {}, "start the rollout over at its first step"],
+  ["abort", "abort", {}, "abort the rollout (percent to 0)"]];
+
 function rolloutButtons(ro) {
+  if (!canChange()) return null;
   const name = ro.route;
-  const post = (action, body, what) =>
-    act("POST", `/admin/rollouts/${encodeURIComponent(name)}/${action}`, body, `${name}: ${what}`);
-  const button = (label, cls, action, body, what) =>
-    el("button", { type: "button", class: cls, onclick: () => post(action, body, what) }, label);
-  const buttons = [
-    button("pause", "", "pause", {}, "pause the rollout"),
-    button("resume", "", "resume", {}, "resume the rollout"),
-    button("abort", "danger", "abort", {}, "abort the rollout (percent to 0)")];
-  if (["running", "awaiting_approval", "paused"].includes(ro.status)) {
-    const last = ro.steps[ro.steps.length - 1];
-    buttons.unshift(
-      button("promote", ro.status === "awaiting_approval" ? "primary" : "", "promote", {}, "promote to the next step"),
-      button("promote --full", "", "promote", { full: true }, `promote straight to ${last} % (done)`));
-  }
-  return el("div", { class: "actions" }, ...buttons);
+  const last = ro.steps[ro.steps.length - 1];
+  const buttons = ROLLOUT_BUTTONS.filter(([action]) => (ro.actions || []).includes(action)).map(([action, label, body, what]) => {
+    const path = `/admin/rollouts/${encodeURIComponent(name)}/${action === "finish" ? "promote" : action}`;
+    const cls = action === "abort" ? "danger" : action === "promote" && ro.status === "awaiting_approval" ? "primary" : "";
+    const said = `${name}: ${what || `promote straight to ${last} % (done)`}`;
+    return el("button", { type: "button", class: cls, "data-action": action, onclick: () => act("POST", path, body, said) }, label);
+  });
+  return buttons.length ? el("div", { class: "actions" }, ...buttons) : null;
+}
+
+// The evidence of a step that ended: labelled with its percent and time; stale (muted, never the page's
+// red) unless it is what rolled the rollout back.
+function previousBlock(ro) {
+  const prev = ro.previous;
+  const cause = ro.status === "rolled_back";
+  const what = cause ? "evidence" : ro.status === "done" ? "last step" : "previous step";
+  const when = `at ${prev.percent} %, from ${clock(prev.since)} until ${clock(prev.until)}`;
+  const legacyName = ro.legacy_from_step_before && prev.percent === 100 ? "legacy (remembered from the step before)" : null;
+  const table = gateTable(prev.gates);
+  if (!cause) table.classList.add("stale");
+  return [el("div", { class: "label prev" + (cause ? "" : " stale") }, `${what}: ${when}: ${evidenceLine(prev, legacyName)}`), table];
 }
 
 function rolloutBox(ro, kill) {
@@ -208,27 +253,35 @@ function rolloutBox(ro, kill) {
   const box = el("div", { class: "box rollout " + tone },
     el("h3", {}, "rollout ", el("span", { class: "steps" }, steps)), el("div", { class: "headline" }, headline));
   if (ro.gates) {
-    const since = `since ${ro.step} % at ${clock(ro.since)}` +
-      (ro.legacy_from_step_before ? " (legacy: the step before)" : "") +
-      (ro.confidence ? `, judged at ${ro.confidence}` : "");
-    box.append(el("div", { class: "label" }, since + ": " + evidenceLine(ro)), gateTable(ro.gates));
+    const remembered = ro.legacy_from_step_before && ro.previous
+      ? `legacy (remembered: at ${ro.previous.percent} % until ${clock(ro.previous.until)})` : null;
+    const since = `since ${ro.step} % at ${clock(ro.since)}` + (ro.confidence ? `, judged at ${ro.confidence}` : "");
+    box.append(el("div", { class: "label" }, since + ": " + evidenceLine(ro, remembered)), gateTable(ro.gates));
   }
   if (ro.stalled) box.append(el("div", { class: "label waiting", "data-field": "stalled" }, "stalled: held past max_wait_s (still holding)"));
   for (const w of ro.waiting_for || []) box.append(el("div", { class: "label waiting", "data-gate": w.gate }, `waiting: ${w.says}`));
-  const prev = ro.previous;
-  if (prev) {
-    const what = ro.status === "rolled_back" ? "evidence" : ro.status === "done" ? "last step" : "previous step";
-    const when = `${prev.percent} % from ${clock(prev.since)} to ${clock(prev.until)}`;
-    box.append(el("div", { class: "label prev" }, `${what}: ${when}: ${evidenceLine(prev)}`), gateTable(prev.gates));
-  }
-  box.append(rolloutButtons(ro));
+  if (ro.previous) box.append(...previousBlock(ro));
+  const buttons = rolloutButtons(ro);
+  if (buttons) box.append(buttons);
   return box;
 }
 
+// Identical mismatches (same method, statuses and differing fields) are one line with a count and their paths.
 function shadowBox(mismatches) {
-  const box = el("div", { class: "box" }, el("h3", {}, `shadow: ${mismatches.length ? "latest mismatches" : "no recent mismatches"}`));
+  const groups = new Map();
   for (const m of mismatches) {
-    box.append(el("div", {}, `${m.method} ${m.path} (primary ${m.primary}, shadow ${m.shadow})`));
+    const key = JSON.stringify([m.method, m.primary, m.shadow, m.diff]);
+    const g = groups.get(key) || { m, n: 0, paths: [] };
+    g.n += 1;
+    if (!g.paths.includes(m.path)) g.paths.push(m.path);
+    groups.set(key, g);
+  }
+  const head = mismatches.length ? `latest ${plural(mismatches.length, "mismatch", "mismatches")}, ${plural(groups.size, "kind", "kinds")}` : "no recent mismatches";
+  const box = el("div", { class: "box shadow" }, el("h3", {}, `shadow: ${head}`));
+  for (const { m, n, paths } of groups.values()) {
+    const more = paths.length > 3 ? ` and ${paths.length - 3} more` : "";
+    box.append(el("div", { class: "group" }, el("b", { class: "count" }, `×${n}`),
+      ` ${m.method} ${paths.slice(0, 3).join(", ")}${more} (primary ${m.primary}, shadow ${m.shadow})`));
     for (const d of m.diff) box.append(el("div", { class: "mismatch" }, `${d.path}: ${JSON.stringify(d.primary)} != ${JSON.stringify(d.shadow)}`));
   }
   return box;
@@ -245,7 +298,7 @@ function timelineBox(events, title) {
   if (!events.length) box.append(el("div", { class: "muted" }, "no changes recorded"));
   for (const e of events) {
     box.append(el("div", { class: "event " + e.source, "data-action": e.action },
-      el("span", { class: "when" }, new Date(e.at * 1000).toLocaleTimeString()),
+      el("span", { class: "when" }, clock(e.at)),
       el("span", { class: "who" }, e.who + (e.on_behalf ? ` for ${e.on_behalf}` : ""), el("small", {}, ` ${e.source}`)),
       el("span", { class: "what" }, change(e)),
       el("span", { class: "why" }, e.reason || "")));
@@ -316,37 +369,89 @@ function previousWindow(r) {
   return el("div", { class: "label prev" }, `before: ${when}: ${evidenceLine(kept.window)}`);
 }
 
+// What a route's card says first, in one word and a tone (the chip in the compact view).
+function routeState(r, ro) {
+  if (r.source === "kill") return ["kill switch", "bad"];
+  if ((r.source_under_kill || r.source) === "guard") return ["guard tripped", "bad"];
+  if (r.ready_to_retire) return ["ready to retire", "good"];
+  if (!ro) return [null, ""];
+  const tone = { rolled_back: "bad", aborted: "bad", awaiting_approval: "hold", paused: "hold", done: "good", baking: "hold" };
+  const failing = (ro.gates || []).some(g => g.verdict === "fail");
+  return [ro.status.replace(/_/g, " ") + (failing ? ": a gate fails" : ""), failing ? "bad" : tone[ro.status] || ""];
+}
+
+// routes.yaml differs from what runs: said when someone should act on it (`splitter sync --write`), not while a
+// rollout is still moving the route on purpose.
+function fileLine(r, ro) {
+  const moving = ro && !["done", "rolled_back", "aborted"].includes(ro.status);
+  if (r.source === "kill" || r.file_percent === r.percent || moving) return el("span", { class: "file" }, `  (routes.yaml: ${r.file_percent} %)`);
+  return el("span", { class: "file drift", "data-field": "drift" }, `  routes.yaml still says ${r.file_percent} %`);
+}
+
+function compactLine(r) {
+  const w = r.window;
+  if (!w) return null;
+  const side = (name, x) => `${name} ${num(x.requests)} req, ${pct(x.error_rate)} err, p95 ${ms(x.p95_ms)}`;
+  return el("div", { class: "compact" }, `${side("new", w.new)}  ·  ${side("legacy", w.legacy)}`);
+}
+
+function routeActions(r, input, name) {
+  if (!canChange()) return null;
+  const buttons = [input, el("button", { type: "button", onclick: () => {
+    const to = Number(input.value);
+    if (input.value.trim() === "" || !isPercent(to)) { status("percent must be a number 0..100 with at most two decimals", false); return; }
+    act("PUT", `/admin/routes/${encodeURIComponent(name)}`, { percent: to }, usersLine(name, r.percent, to, r));
+  } }, "set percent")];
+  if (["override", "guard"].includes(r.source)) {
+    buttons.push(el("button", { type: "button", onclick: () => act("DELETE", `/admin/routes/${encodeURIComponent(name)}/override`, null, `${name}: clear the override (back to routes.yaml: ${r.file_percent} %)`) }, "clear override"));
+  }
+  if (r.percent > 0) {
+    buttons.push(el("button", { type: "button", class: "danger", onclick: () => act("POST", "/admin/rollback", { route: name }, usersLine(name, r.percent, 0, r) + " (roll back)") }, "roll back"));
+  }
+  return el("div", { class: "actions" }, ...buttons);
+}
+
 function routeCard(r, rollout, now, events) {
   const name = r.name;
   const input = el("input", { type: "number", min: "0", max: "100", step: "0.01", value: String(r.percent), "aria-label": `new percent for ${name}` });
-  const card = el("section", { class: "route", "data-route": name },
-    el("h2", {}, name, el("span", { class: "prefix" }, r.prefix)),
+  const [word, tone] = routeState(r, rollout);
+  const open = allOpen || opened.has(name);
+  const card = el("section", { class: "route" + (open ? " open" : ""), "data-route": name },
+    el("h2", {}, name, el("span", { class: "prefix" }, r.prefix), word ? el("span", { class: "state " + tone, "data-field": "state" }, word) : ""),
     el("div", {}, el("span", { class: "percent" }, `${r.percent} %`), " to new  ",
-      el("span", { class: "source " + r.source, "data-field": "source" }, r.source), `  (routes.yaml: ${r.file_percent} %)`));
+      el("span", { class: "source " + r.source, "data-field": "source" }, r.source), fileLine(r, rollout)));
+  if (r.ready_to_retire !== undefined && !none(r.legacy_last_request)) {
+    card.append(el("div", { class: "label", "data-field": "legacy-last" }, `legacy last served this route ${ago(r.legacy_last_request, now)}`));
+  }
+  if (rollout) card.append(el("div", { class: "headline " + rolloutHeadline(rollout, r.source === "kill")[1] }, rolloutHeadline(rollout, r.source === "kill")[0]));
   if (r.error) card.append(el("div", { class: "err" }, r.error));
-  if (r.window) card.append(windowTable(r.window, windowLabel(r, rollout, now)));
+  const compact = compactLine(r);
+  if (compact) card.append(compact);
+  const details = el("details", {}, el("summary", {}, "details"));
+  if (open) details.open = true;
+  details.addEventListener("toggle", () => {
+    if (details.open) opened.add(name); else { opened.delete(name); allOpen = false; }
+    card.classList.toggle("open", details.open);
+  });
+  const remembered = rollout && rollout.legacy_from_step_before ? "old (legacy), remembered from the step before" : null;
+  if (r.window) details.append(windowTable(r.window, windowLabel(r, rollout, now), remembered));
   const prev = r.window ? previousWindow(r) : null;  // a rollout's box labels its own previous step
-  if (prev && !(rollout && rollout.previous)) card.append(prev);
-  if (r.series) card.append(chart(r.series));
-  if (r.cohorts) card.append(cohortBox(r.cohorts));
-  if (r.guard) card.append(guardBox(r));
-  if (rollout) card.append(rolloutBox(rollout, r.source === "kill"));
-  if (r.shadow) card.append(shadowBox(r.shadow));
-  if (events) card.append(timelineBox(events.slice(0, 5), "changes: who, when, what, why"));
-  card.append(el("div", { class: "actions" },
-    input,
-    el("button", { type: "button", onclick: () => {
-      const to = Number(input.value);
-      if (input.value.trim() === "" || !isPercent(to)) { status("percent must be a number 0..100 with at most two decimals", false); return; }
-      act("PUT", `/admin/routes/${encodeURIComponent(name)}`, { percent: to }, usersLine(name, r.percent, to, r));
-    } }, "set percent"),
-    el("button", { type: "button", onclick: () => act("DELETE", `/admin/routes/${encodeURIComponent(name)}/override`, null, `${name}: clear the override (back to routes.yaml: ${r.file_percent} %)`) }, "clear override"),
-    el("button", { type: "button", class: "danger", onclick: () => act("POST", "/admin/rollback", { route: name }, usersLine(name, r.percent, 0, r) + " (roll back)") }, "roll back")));
+  if (prev && !(rollout && rollout.previous)) details.append(prev);
+  if (r.series) details.append(chart(r.series));
+  if (r.cohorts) details.append(cohortBox(r.cohorts));
+  if (r.guard) details.append(guardBox(r));
+  if (rollout) details.append(rolloutBox(rollout, r.source === "kill"));
+  if (r.shadow) details.append(shadowBox(r.shadow));
+  if (events) details.append(timelineBox(events.slice(0, 5), "changes: who, when, what, why"));
+  const actions = routeActions(r, input, name);
+  if (actions) details.append(actions);
+  card.append(details);
   return card;
 }
 
 function render(o) {
   document.getElementById("env").textContent = `${o.environment} · v${o.version}`;
+  document.getElementById("tz").textContent = zone();
   const redis = document.getElementById("redis");
   redis.textContent = o.redis.configured ? `redis ${o.redis.up ? "up" : "DOWN"} · ${o.redis.scope} windows` : `no redis · ${o.redis.scope} windows`;
   redis.className = "pill " + (o.redis.configured && !o.redis.up ? "bad" : "good");
@@ -356,6 +461,10 @@ function render(o) {
   const kill = document.getElementById("kill");
   kill.textContent = o.kill ? "KILL SWITCH ON: everything to legacy" : "kill switch off";
   kill.className = "pill " + (o.kill ? "bad" : "good");
+  const toggle = document.getElementById("kill-toggle");
+  toggle.textContent = o.kill ? "turn kill switch off" : "kill switch on";
+  for (const id of ["kill-toggle", "rollback-all"]) document.getElementById(id).hidden = !canChange();
+  document.getElementById("expand-all").textContent = allOpen ? "collapse all" : "expand all";
   const rollouts = Object.fromEntries((o.rollouts || []).filter(x => x.route).map(x => [x.route, x]));
   const main = document.getElementById("routes");
   const history = Array.isArray(o.history) ? o.history : [];
@@ -370,7 +479,9 @@ function render(o) {
 
 function plural(n, one, many) { return `${n} ${n === 1 ? one : many}`; }
 
-// One line an on-call engineer reads first: what automation did, what waits for a person.
+// One line an on-call engineer reads first: what automation did, what waits for a person. Its colour is
+// the worst thing on the page: red for anything rolled back, failing, down or broken; amber for what
+// waits for a person; green only when nothing else is.
 function summary(o, rollouts) {
   const ros = Object.values(rollouts);
   const rollouts_ = (status, what) => {
@@ -379,19 +490,26 @@ function summary(o, rollouts) {
   };
   const guard = o.routes.filter(r => (r.source_under_kill || r.source) === "guard").length;
   const gates = ros.filter(ro => ro.status === "rolled_back" && !ro.reason.startsWith("guard")).length;
+  const failing = ros.filter(ro => (ro.gates || []).some(g => g.verdict === "fail")).map(ro => ro.route);
   const bad = [
     ...(o.kill ? ["KILL SWITCH ON: every route goes to legacy"] : []),
     ...(guard ? [`${plural(guard, "route", "routes")} rolled back by guard`] : []),
     ...(gates === 1 ? ["1 rollout rolled back by its gates"] : []),
     ...(gates > 1 ? [`${gates} rollouts rolled back by their gates`] : []),
+    ...(failing.length ? [`a gate fails on ${failing.join(", ")}`] : []),
     ...rollouts_("aborted", "aborted"),
+    ...(o.redis.configured && !o.redis.up ? ["Redis is down"] : []),
+    ...(o.reloads.last_error.length ? ["routes.yaml did not reload"] : []),
+    ...o.routes.filter(r => r.error).map(r => `${r.name}: ${r.error}`)];
+  const hold = [
     ...rollouts_("awaiting_approval", "awaiting approval"),
-    ...rollouts_("paused", "paused")];
-  const parts = [...bad, ...rollouts_("running", "running"), ...rollouts_("done", "done")];
+    ...rollouts_("paused", "paused"),
+    ...(ros.some(ro => ro.stalled) ? [`${plural(ros.filter(ro => ro.stalled).length, "rollout", "rollouts")} stalled`] : [])];
+  const parts = [...bad, ...hold, ...rollouts_("running", "running"), ...rollouts_("baking", "baking"), ...rollouts_("done", "done")];
   const line = document.getElementById("summary");
   const calm = `${plural(o.routes.length, "route", "routes")}, nothing rolled back, nothing waiting`;
   line.textContent = parts.length ? parts.join("  ·  ") : calm;
-  line.className = bad.length ? "bad" : "good";
+  line.className = bad.length ? "bad" : hold.length ? "hold" : "good";
 }
 
 async function refresh() {
@@ -414,12 +532,18 @@ document.addEventListener("DOMContentLoaded", () => {
   const token = document.getElementById("token");
   token.value = sessionStorage.getItem(TOKEN_KEY) || "";
   token.addEventListener("change", () => { sessionStorage.setItem(TOKEN_KEY, token.value.trim()); whoami(); });
+  token.addEventListener("input", () => whoami());  // the buttons a token allows appear as it is typed
   whoami();
   document.getElementById("kill-toggle").addEventListener("click", () => {
     const on = last && last.kill;
     act(on ? "DELETE" : "PUT", "/admin/kill", null, on ? "kill switch OFF: routing by percent again" : "kill switch ON: every request of every route goes to legacy");
   });
   document.getElementById("rollback-all").addEventListener("click", () => act("POST", "/admin/rollback", { all: true }, "roll back EVERY route to legacy (percent 0)"));
+  document.getElementById("expand-all").addEventListener("click", () => {
+    allOpen = !allOpen;
+    if (!allOpen) opened.clear();
+    if (last) render(last);
+  });
   refresh();
   setInterval(refresh, 1000);
 });
