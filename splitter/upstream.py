@@ -43,6 +43,7 @@ import asyncio
 import enum
 import select
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -489,6 +490,7 @@ class Connection(asyncio.Protocol):
         self.poller: Any = None
         self.closed = False
         self.idle = False
+        self.idle_since = 0.0  # loop time it went back to the pool
         self.reading_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
@@ -651,10 +653,21 @@ class Pool:
             raise
 
     def _idle(self) -> Connection | None:
-        """The most recently used idle connection that is still clean (LIFO), if any."""
+        """The most recently used idle connection that is still clean (LIFO) and not idle for longer than the
+        backend's `idle_timeout_s`, if any. A backend closes an idle keep-alive connection on its own clock;
+        one that does it just as a request is written loses that request, and a POST is never sent twice:
+        so a connection is given up well before the backend would (the older ones under it too: LIFO)."""
+        if not self.idle:
+            return None
+        stale = time.monotonic() - self.backend.idle_timeout_s
         while self.idle:
             conn = self.idle.pop()
             conn.idle = False
+            if conn.idle_since < stale:
+                conn.close()
+                for old in list(self.idle):  # LIFO: every one under it went idle even earlier
+                    old.close()
+                return None
             if conn.clean():
                 return conn
             conn.close()
@@ -715,6 +728,7 @@ class Pool:
                 waiter.set_result(conn)
                 return
         conn.idle = True
+        conn.idle_since = time.monotonic()
         self.idle.append(conn)
 
     def forget(self, conn: Connection) -> None:

@@ -24,6 +24,9 @@ Paths (the last segment decides; anything before it is echoed back):
                        sent right after the N bytes, in the same write, unasked
   .../die-reused       the first request on a connection: 200 (path); any later one on it is read, then
                        the connection closes without an answer (a keep-alive race lost, or a crash)
+  .../die-idle?s=S     200 (path); a later request on a connection that sat idle >= S seconds is read, then
+                       the connection closes without an answer: the backend's keep-alive timeout fired just
+                       as the request was written (the race an idle expiry below it avoids)
   .../twice            200 (path) echoing X-Request-ID, and the same answer written again 2 ms later
   .../id-other         200 (path) with an X-Request-ID that is not the request's
   .../id-echo          200 (path) echoing X-Request-ID
@@ -109,7 +112,9 @@ class RawUpstream:
         served = 0  # requests answered on this connection
         try:
             while True:
+                idle_since = time.monotonic()  # answered (or new): idle until the next head
                 head = await reader.readuntil(b"\r\n\r\n")
+                idle_for = time.monotonic() - idle_since
                 seen.heads.append(head)
                 method, target = head.split(b" ", 2)[:2]
                 path, _, query = target.partition(b"?")
@@ -171,6 +176,8 @@ class RawUpstream:
                             break
                         body += (await reader.readexactly(size + 2))[:-2]
                 if last == b"die-reused" and served:
+                    break
+                if last == b"die-idle" and served and idle_for >= float(_params(query).get(b"s", b"2")):
                     break
                 served += 1
                 if last in (b"twice", b"id-echo", b"id-other"):

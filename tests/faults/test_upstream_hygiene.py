@@ -449,3 +449,26 @@ def test_a_backend_that_writes_every_answer_twice_never_hands_one_user_another_u
     )
     print(f"640 requests: {refused} refused as 502, {protocol:g} counted as kind=protocol, 0 to the wrong user")
     assert refused == protocol > 0, "the shifted copies were caught and counted"
+
+
+# --- (12) idle expiry: a kept-alive connection is given up before the backend's keep-alive timeout ---------
+
+
+@pytest.mark.parametrize(("idle_timeout", "idle", "want", "fresh"), [
+    (1, 0.3, 200, 0),   # idle shorter than idle_timeout_s: the warm connection is reused
+    (1, 1.7, 200, 1),   # idle longer: given up, a new one carries the POST; the backend's timeout never fires on it
+    (5, 1.7, 502, 0),   # control: idle_timeout_s above the backend's keep-alive timeout loses the race, a 502
+])
+def test_an_idle_connection_older_than_idle_timeout_is_not_reused(raw, splitter, idle_timeout, idle, want, fresh):
+    """The stand-in closes a connection that sat idle 1.5 s as the next request arrives (a backend's keep-alive
+    timeout firing just as the proxy writes on it): a POST is never sent twice, so only not reusing it helps."""
+    s = splitter(config(raw.url, f", idle_timeout_s: {idle_timeout}"))
+    with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+        c.sendall(b"GET /api/auth/warm HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert read_response(c)[0] == 200
+        before = raw.seen.connections
+        time.sleep(idle)
+        c.sendall(b"POST /api/auth/p/die-idle?s=1.5 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        status, _, body = read_response(c)
+    assert status == want, body
+    assert raw.seen.connections - before == fresh
