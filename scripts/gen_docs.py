@@ -173,7 +173,7 @@ def cli_page() -> str:
         "shows them at work.\n\n"
     )
     out.append("| command | does |\n|---|---|\n")
-    listed = list(commands(parser, "splitter"))
+    listed = [("splitter", parser, "the global options"), *commands(parser, "splitter")]
     for line, _sub, about in listed:
         out.append(f"| [`{line}`](#{anchor(line)}) | {cell(about)} |\n")
     out.append("\n")
