@@ -44,7 +44,8 @@ def matches(expected: list[str], actual: list[str]) -> bool:
         return not actual
     if expected[0] == "...":
         return any(matches(expected[1:], actual[i:]) for i in range(len(actual) + 1))
-    return bool(actual) and line_pattern(expected[0]).fullmatch(actual[0]) is not None and matches(expected[1:], actual[1:])
+    first = bool(actual) and line_pattern(expected[0]).fullmatch(actual[0]) is not None
+    return first and matches(expected[1:], actual[1:])
 
 
 def test_the_matcher_takes_elisions_and_column_widths_and_nothing_else():
