@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install system-deps lint bench clean images
+.PHONY: run test install system-deps lint bench clean images docs
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -53,3 +53,8 @@ lint: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) splitter-demo.db* splitter-state.db* uploads .pytest_cache
+
+# the documentation site (MkDocs + Material) at http://127.0.0.1:8000; docs/reference/ is generated from the code
+docs: $(VENV)/.installed
+	$(PY) scripts/gen_docs.py
+	$(VENV)/bin/mkdocs serve

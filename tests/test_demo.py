@@ -91,10 +91,12 @@ def test_make_run_sets_jwt_secret_so_no_backend_warns_and_faults_can_target_one_
     assert "legacy_backend: JWT_SECRET not set" in logs[both / "legacy.log"], "still warns when it is not set"
 
 
-def test_readme_quotes_urls_with_a_query_string():
+def test_readme_and_the_docs_quote_urls_with_a_query_string():
     """zsh expands an unquoted ? (no matches found): every curl URL with a query string is quoted."""
     import re
 
-    text = (ROOT / "README.md").read_text()
-    unquoted = [line for line in text.splitlines() if re.search(r"curl [^'\"]*\s[^\s'\"]*\?", line)]
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    lines = [line for page in pages for line in page.read_text().splitlines()]
+    assert any(re.search(r"curl .*'[^']*\?", line) for line in lines), "the check still sees the quoted ones"
+    unquoted = [line for line in lines if re.search(r"curl [^'\"]*\s[^\s'\"]*\?", line)]
     assert unquoted == []

@@ -210,7 +210,7 @@ def test_a_deleted_or_emptied_tokens_file_revokes_its_tokens_and_a_half_written_
         return httpx.put(s.admin + "/admin/routes/auth", json={"percent": 5}, headers=bearer(token)).status_code
 
     def replace(text: str) -> None:
-        """As README says: a temporary file moved over the old one (write_text truncates first, and a
+        """As docs/history.md says: a temporary file moved over the old one (write_text truncates first, and a
         reload in between would see an emptied file)."""
         (tmp_path / "tokens.tmp").write_text(text)
         os.replace(tmp_path / "tokens.tmp", path)

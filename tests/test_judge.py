@@ -153,7 +153,7 @@ def test_growth_to_decide_is_none_when_more_alike_traffic_cannot_decide():
 
 
 def test_a_p95_ratio_no_user_can_feel_passes_with_the_tolerance_and_a_felt_one_fails():
-    """On a 1 ms service a 1.5 ratio is well under a millisecond (README's example on the reference stack:
+    """On a 1 ms service a 1.5 ratio is well under a millisecond (docs/rollouts.md's example on the reference stack:
     1.60 ms against 1.33 ms): no user feels it; 80 ms against 50 ms they do."""
     rng = np.random.default_rng(7)
     new, legacy = Counts(), Counts()

@@ -196,11 +196,11 @@ def test_a_configmap_swap_changes_routing_within_2s_and_a_broken_one_is_refused(
     assert handler() == "new_auth", "the old routing stays"
 
 
-def _readme_k8s_commands() -> list[list[str]]:
-    """The shell commands of README's "Run on Kubernetes" section, continuation lines joined, comments dropped."""
+def _documented_k8s_commands() -> list[list[str]]:
+    """The shell commands of docs/running.md "Run on Kubernetes", continuation lines joined, comments dropped."""
     import shlex
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "running.md").read_text()
     section = text[text.index("## Run on Kubernetes") :]
     section = section[: section.index("\n## ", 5)]
     block = section[section.index("```sh\n") + 6 :]
@@ -217,11 +217,11 @@ def _images_in(objs: list[dict]) -> set[str]:
     return {c["image"] for o in objs for c in o.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])}
 
 
-def test_the_readme_steps_create_what_the_demo_reads_and_load_what_it_runs():
+def test_the_documented_steps_create_what_the_demo_reads_and_load_what_it_runs():
     import shlex
 
     objs = objects("demo")
-    cmds = _readme_k8s_commands()
+    cmds = _documented_k8s_commands()
     # the Secrets: every (name, key) a pod reads, and nothing else
     read = {(ref["name"], ref["key"]) for o in objs for c in o.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
             for e in c.get("env", []) if (ref := e.get("valueFrom", {}).get("secretKeyRef"))}
@@ -256,7 +256,7 @@ def test_the_readme_steps_create_what_the_demo_reads_and_load_what_it_runs():
     compose = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
     dockerfiles = {s["build"]["dockerfile"] for s in compose.values() if "build" in s}
     assert set(built.values()) == dockerfiles and all(s["build"]["context"] == "." for s in compose.values() if "build" in s)
-    # monitoring: the Helm release the README installs is the label the objects carry, in the namespace the policy admits
+    # monitoring: the Helm release docs/running.md installs is the objects' label, in the namespace the policy admits
     helm = next(words for words in cmds if words[:2] == ["helm", "install"])
     release, namespace = helm[2], helm[helm.index("-n") + 1]
     for kind in ("ServiceMonitor", "PrometheusRule"):
