@@ -271,11 +271,13 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """200 once the proxy serves (config loaded, store reachable), else 503 with the reason: the readiness probe."""
     ok, why = _rt(request).ready
     return JSONResponse({"ready": ok, "reason": why}, 200 if ok else 503)
 
 
 async def metrics(request: Request) -> Response:
+    """Prometheus exposition: every `splitter_*` series (fleet-wide where the windows are)."""
     return Response(_rt(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
@@ -418,10 +420,12 @@ async def _judgement(
 
 
 async def get_kill(request: Request) -> Response:
+    """`{"on": bool}`: whether the kill switch sends every route to legacy."""
     return JSONResponse({"on": _rt(request).snapshot.kill})
 
 
 async def bucket(request: Request) -> Response:
+    """?user_id=ID: the bucket and the backend each route would pick for that user, live (cohorts, overrides, kill)."""
     uid = _raw_query_param(request.scope.get("query_string", b""), b"user_id")
     if not uid:
         raise _Refused(400, "query parameter user_id is required")
@@ -429,6 +433,7 @@ async def bucket(request: Request) -> Response:
 
 
 async def shadow_view(request: Request) -> Response:
+    """The route's last shadow mismatches (status, headers and JSON fields that differ), newest first."""
     rt = _rt(request)
     name = request.path_params["name"]
     route_or_404(rt, name)
@@ -438,6 +443,7 @@ async def shadow_view(request: Request) -> Response:
 
 
 async def rollouts_view(request: Request) -> Response:
+    """Every rollout: status, step, gates with their evidence, what it waits for, the actions its status takes."""
     return JSONResponse(await _rollouts(request).view())
 
 
@@ -478,6 +484,7 @@ async def whoami(request: Request) -> Response:
 
 # --- writes (each behind writer(): an operator's token) ----------------------------------------
 async def set_route(request: Request, who: Actor) -> Any:
+    """`{"percent": P, "reason"?}`: the route's percent now, fleet-wide (an override; pauses a rollout)."""
     rt = _rt(request)
     name = request.path_params["name"]
     route_or_404(rt, name)
@@ -493,6 +500,7 @@ async def set_route(request: Request, who: Actor) -> Any:
 
 
 async def clear_route(request: Request, who: Actor) -> Any:
+    """Drop the route's override: back to routes.yaml's percent."""
     rt = _rt(request)
     name = request.path_params["name"]
     route_or_404(rt, name)
@@ -504,6 +512,7 @@ async def clear_route(request: Request, who: Actor) -> Any:
 
 
 async def rollback(request: Request, who: Actor) -> Any:
+    """`{"route": NAME}` or `{"all": true}`: percent 0 (an override), at once."""
     rt = _rt(request)
     data = await body(request)
     if data.get("all") is True:
@@ -531,10 +540,12 @@ async def rollback(request: Request, who: Actor) -> Any:
 
 
 async def kill_on(request: Request, who: Actor) -> Any:
+    """The kill switch on: every request of every route goes to legacy."""
     return await _set_kill(request, who, True)
 
 
 async def kill_off(request: Request, who: Actor) -> Any:
+    """The kill switch off: routing by percent again."""
     return await _set_kill(request, who, False)
 
 
@@ -548,6 +559,7 @@ async def _set_kill(request: Request, who: Actor, on: bool) -> Any:
 
 
 async def rollout_action(request: Request, who: Actor) -> Any:
+    """pause | resume | abort | promote (`{"full": true}`: to the last step) | restart, as the status allows (else 409)."""
     rt = _rt(request)
     name, action = request.path_params["name"], request.path_params["action"]
     route_or_404(rt, name)

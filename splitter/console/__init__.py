@@ -38,6 +38,7 @@ def console_routes() -> list[Route]:
         body = (HERE / name).read_bytes()  # read once, at start
 
         async def serve(request: Request, body: bytes = body, media_type: str = media_type) -> Response:
+            """The console (one page, its script and style; read once at start)."""
             return Response(body, media_type=media_type, headers=SECURITY_HEADERS)
 
         routes.append(Route(path, serve))
