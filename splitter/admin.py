@@ -559,7 +559,7 @@ async def _set_kill(request: Request, who: Actor, on: bool) -> Any:
 
 
 async def rollout_action(request: Request, who: Actor) -> Any:
-    """pause | resume | abort | promote (`{"full": true}`: to the last step) | restart, as the status allows (else 409)."""
+    """pause, resume, abort, promote (`{"full": true}`: to the last step), restart: as the status allows, else 409."""
     rt = _rt(request)
     name, action = request.path_params["name"], request.path_params["action"]
     route_or_404(rt, name)

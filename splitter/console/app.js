@@ -156,7 +156,7 @@ function windowTable(w, label, legacyName) {
     row(legacyName || "old (legacy)", w.legacy), row("new", w.new));
 }
 
-// Percents move in 0.01 steps: 1.5 splits bucket 1 by its sub-bucket (docs/concepts.md, "Bucketing").
+// Percents move in 0.01 steps: 1.5 splits bucket 1 by its sub-bucket (docs/concepts.md).
 function isPercent(x) { return Number.isFinite(x) && x >= 0 && x <= 100 && Math.abs(Math.round(x * 100) - x * 100) < 1e-6; }
 
 function usersLine(name, from, to, route) {
