@@ -323,16 +323,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     kill = _admin(args, "GET", "/admin/kill")
     rejected = _admin(args, "GET", "/admin/overview").get("reloads", {}).get("last_error") or []
     store = _admin(args, "GET", "/healthz").get("store")
+    rollouts = {r["route"]: r for r in _admin(args, "GET", "/admin/rollouts") if "route" in r}
     if args.json:
-        doc = {"routes": routes, "kill": bool(kill.get("on")), "reload_error": rejected, "store": store}
+        doc = {"routes": routes, "kill": bool(kill.get("on")), "reload_error": rejected, "store": store,
+               "differences": _drift(routes, rollouts)}
         print(json.dumps(doc, indent=2))
         return 0
     _print_routes(routes, bool(kill.get("on")))
+    for line in _drift(routes, rollouts):
+        say(line)
     say(f"store: {store}")
     if rejected:
         say(f"routes.yaml REJECTED at the last reload; still serving the previous routes: {rejected[0]}")
     say(f"console: {_admin_base(args)}/ui")
     return 0
+
+
+def _drift(routes: list[dict[str, Any]], rollouts: dict[str, dict[str, Any]]) -> list[str]:
+    """A line per route whose running percent is not routes.yaml's: the file in git no longer says what runs."""
+    lines = []
+    for r in routes:
+        name, pct, file_pct, source = r["name"], r["percent"], r["file_percent"], r["source"]
+        if source == "kill" or float(pct) == float(file_pct):
+            continue
+        status = rollouts.get(name, {}).get("status")
+        said = f"{name}: routes.yaml says {file_pct}, running {pct}"
+        if source == "rollout" and status == "done":
+            lines.append(f"{said} since the rollout finished: `splitter sync --write`")
+        elif source == "rollout":
+            lines.append(f"{said} (rollout {status}; `splitter sync --write` once it is done)")
+        else:
+            lines.append(f"{said} ({source}): `splitter sync --write` keeps it, `splitter clear {name}` drops it")
+    return lines
 
 
 def cmd_state(args: argparse.Namespace) -> int:
@@ -359,6 +381,77 @@ def cmd_state(args: argparse.Namespace) -> int:
         f"records, {n['members']} cohort members, {n['history']} history events"
     )
     return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """routes.yaml against what runs; `--write` puts the live values into the file (comments kept), checked
+    before it replaces the file. Exit 0 in step (or written), 3 when they differ and nothing was written."""
+    from . import sync, yamledit
+
+    path = _config_path(args.file, "pass --file PATH")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        doc = yamledit.load(text)
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+    except Exception as exc:  # ruamel's parser and scanner errors share no base class worth naming
+        fail(f"{path} is not YAML ({type(exc).__name__}): splitter check {path}")
+    routes = _admin(args, "GET", "/admin/routes")
+    kill = bool(_admin(args, "GET", "/admin/kill").get("on"))
+    env = _admin(args, "GET", "/admin/overview")["environment"]
+    diffs = sync.differences(doc, env, routes, kill, _runtime_members(args, routes))
+    for d in diffs:
+        say(d.says)
+    if not diffs:
+        say(f"{path} says what runs (environment {env})")
+        return 0
+    if not args.write:
+        say(f"splitter sync --write --file {path} writes the running values into it")
+        return 3
+    if kill:
+        fail("the kill switch is ON: the running percents are hidden under it; turn it off, then sync")
+    sync.write(doc, diffs)
+    _replace_checked(path, text, yamledit.dump(doc, text), env)
+    return 0
+
+
+def _runtime_members(args: argparse.Namespace, routes: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    """(route, cohort) -> the members added at runtime, for every `users` cohort of the running routes."""
+    from urllib.parse import quote
+
+    out = {}
+    each = argparse.Namespace(**{**vars(args), "cohort": None})
+    for r in routes:
+        path = f"/admin/routes/{quote(r['name'], safe='')}/cohorts"
+        for c in _all_members(each, path, _admin(args, "GET", path)["cohorts"]):
+            if c["matcher"] == "users":
+                out[(r["name"], c["name"])] = c["runtime_members"]
+    return out
+
+
+def _replace_checked(path: str, old: str, new: str, env: str) -> None:
+    """Write `new` beside `path`, check it as `splitter check` would, then rename it over the file: the
+    proxy's reload watcher never reads a half-written or invalid file."""
+    from . import yamledit
+
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.sync-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(new)
+        try:
+            config_mod.load(tmp, env)
+        except ConfigError as exc:
+            fail(f"not written: the synced file would not pass `splitter check`: {exc.errors[0]}")
+        os.replace(tmp, path)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    for line in yamledit.diff(old, new, path).splitlines():
+        say(line)
+    say(f"wrote {path}; the running proxy reloads it within 2 s")
 
 
 def _admin_base(args: argparse.Namespace) -> str:
@@ -804,6 +897,10 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     hi.add_argument("--limit", type=int, default=50, help="at most this many events")
     hi.add_argument("--json", action="store_true", help="JSON output")
     hi.set_defaults(func=cmd_history)
+    sy = admin_parser("sync", "where routes.yaml and what runs differ; --write puts the running values in the file")
+    sy.add_argument("--file", default="routes.yaml", help="the routes.yaml the proxy serves")
+    sy.add_argument("--write", action="store_true", help="write the running percents and cohort members into it")
+    sy.set_defaults(func=cmd_sync)
     sa = admin_parser("state", "the runtime state as JSON: export it (stdout), or import FILE into the proxy's store")
     sa.add_argument("action", choices=["export", "import"], help="what to do")
     sa.add_argument("file", nargs="?", help="import: a file `splitter state export` wrote (- for stdin)")
