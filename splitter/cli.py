@@ -454,6 +454,21 @@ def _replace_checked(path: str, old: str, new: str, env: str) -> None:
     say(f"wrote {path}; the running proxy reloads it within 2 s")
 
 
+def cmd_progress(args: argparse.Namespace) -> int:
+    """GET /admin/progress rendered for people: text, markdown (a wiki, a chat), json, html (one page)."""
+    from urllib.parse import quote
+
+    from . import progress, strictjson
+
+    doc = _admin(args, "GET", "/admin/progress" + (f"?route={quote(args.route, safe='')}" if args.route else ""))
+    if args.format == "json":
+        print(strictjson.dumps(doc, indent=2))
+    else:
+        render = {"text": progress.text, "markdown": progress.markdown, "html": progress.html}[args.format]
+        print(render(doc), end="" if args.format != "text" else "\n")
+    return 0
+
+
 def _admin_base(args: argparse.Namespace) -> str:
     return admin_url(args)
 
@@ -901,6 +916,11 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     sy.add_argument("--file", default="routes.yaml", help="the routes.yaml the proxy serves")
     sy.add_argument("--write", action="store_true", help="write the running percents and cohort members into it")
     sy.set_defaults(func=cmd_sync)
+    pg = admin_parser("progress", "per route: state, timeline, new vs legacy at each step, incidents, a summary line")
+    pg.add_argument("route", nargs="?", help="only this route")
+    pg.add_argument("--format", choices=["text", "markdown", "json", "html"], default="text",
+                    help="markdown pastes into a wiki or chat; html is one self-contained page")
+    pg.set_defaults(func=cmd_progress)
     sa = admin_parser("state", "the runtime state as JSON: export it (stdout), or import FILE into the proxy's store")
     sa.add_argument("action", choices=["export", "import"], help="what to do")
     sa.add_argument("file", nargs="?", help="import: a file `splitter state export` wrote (- for stdin)")
