@@ -739,14 +739,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         except httpx.HTTPError as exc:
             fail(f"cannot reach the admin API at {base} ({type(exc).__name__}); is the proxy running? (--admin URL)")
         sides = report.from_metrics_text(text)
-    reports = report.build(sides, args.route)
+    reports = report.build(sides, args.route, _report_rollouts(args))
     if args.route and not reports:
         fail(f"no traffic recorded for route {args.route!r}")
     if args.json:
         print(strictjson.dumps([r.as_dict() for r in reports], indent=2))
     else:
         print(report.table(reports))
-    return 3 if any(r.verdict == "fail" for r in reports) else 0
+    verdicts = {r.verdict for r in reports}
+    return 3 if report.FAIL in verdicts else 4 if report.UNDECIDED in verdicts else 0
+
+
+def _report_rollouts(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rollouts' gates for the report; with --prometheus and no proxy reachable the report goes on
+    without them (it says so)."""
+    try:
+        items: list[dict[str, Any]] = _admin(args, "GET", "/admin/rollouts")
+    except Transient as exc:
+        if not args.prometheus:
+            raise
+        say(f"splitter: rollout gates left out: {exc}", file=sys.stderr)
+        return []
+    return items
 
 
 # --- parser ---------------------------------------------------------------------
@@ -932,7 +946,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     rp = admin_parser(
         "report",
         "old vs new per route against the migration plan's success criteria "
-        "(exit 3 when one fails, 1 on operator errors)",
+        "(exit 3 when one fails, 4 when none fails but one lacks evidence, 1 on operator errors)",
     )
     rp.add_argument(
         "--prometheus",
