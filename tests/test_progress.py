@@ -9,10 +9,10 @@ import random
 import time
 
 import httpx
-from conftest import routes_yaml
+from conftest import eventually, routes_yaml
 from test_cli import TOKEN, run
 from test_console import ARTIFACTS, browser_page  # noqa: F401  (the fixture)
-from test_operator_loop import strict_loads
+from test_operator_loop import Paced, auth_route, rollout_view, strict_loads
 
 from splitter import progress
 from splitter.window import Counts, bucket_index
@@ -134,3 +134,20 @@ def test_progress_html_is_one_page_that_reads_in_chromium(standin, splitter, tmp
     assert browser_page.locator("#route-upload .summary").inner_text() == "upload: not started, 0 % on new"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser_page.screenshot(path=str(ARTIFACTS / "progress.png"), full_page=True)
+
+
+def test_a_real_rollout_keeps_each_step_with_its_evidence_for_progress(standin, splitter):
+    """Short steps under paced traffic: each ended step stays in the rollout record with its counts, after
+    `previous` has moved on; at 100 % legacy's side is that of the step before."""
+    rollout = "{steps: [50, 100], interval_s: 2, gates: {min_requests: 10, max_error_rate: 0.5}}"
+    s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=auth_route(rollout)))
+    with Paced(s.url, rate=40):
+        eventually(lambda: rollout_view(s)["status"] == "done", timeout=60)
+    auth = strict_loads(httpx.get(s.admin + "/admin/progress?route=auth").text)["routes"][0]  # type: ignore[index]
+    assert auth["state"] == "done" and [t["percent"] for t in auth["timeline"]] == [50, 100], auth["timeline"]
+    at_50, at_100 = auth["steps"]
+    assert (at_50["percent"], at_100["percent"]) == (50, 100) and at_50["until"] <= at_100["since"]
+    assert at_50["new"]["requests"] >= 10 and at_50["legacy"]["requests"] >= 1 and at_50["verdict"] == "pass"
+    assert at_100["new"]["requests"] >= 10 and at_100["legacy"] == at_50["legacy"]
+    assert {g["gate"] for g in at_50["gates"]} == {"min_requests", "max_error_rate"}
+    assert auth["summary"].startswith(f"auth: migrated, 100 % on new since {progress.date(at_100['since'])}; p95 ")
