@@ -461,12 +461,63 @@ def cmd_progress(args: argparse.Namespace) -> int:
     from . import progress, strictjson
 
     doc = _admin(args, "GET", "/admin/progress" + (f"?route={quote(args.route, safe='')}" if args.route else ""))
+    if args.prometheus:
+        _progress_from_prometheus(args, doc)
+    elif args.since:
+        usage("--since goes with --prometheus URL: the rollout records need no range")
     if args.format == "json":
         print(strictjson.dumps(doc, indent=2))
     else:
         render = {"text": progress.text, "markdown": progress.markdown, "html": progress.html}[args.format]
         print(render(doc), end="" if args.format != "text" else "\n")
     return 0
+
+
+def _progress_from_prometheus(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """Routes without rollout steps (moved by hand): each percent they held within --since, read from
+    Prometheus over its span (increase() at its end), cohort requests left out as in `splitter report`."""
+    from . import progress, report
+
+    since = _seconds(args.since or "30d")
+    now = doc["generated_at"]
+    base = args.prometheus.rstrip("/")
+    for view in doc["routes"]:
+        if view["steps"]:
+            continue
+        steps = []
+        for pct, start, end in progress.segments(view, since, now):
+            span = f"{max(1, round(end - start))}s"
+            sides = report.from_prometheus(_prometheus(base, report.prometheus_queries(span), end)).get(view["route"])
+            if sides is not None and (sides["new"].requests or sides["legacy"].requests):
+                steps.append(progress.prometheus_step(pct, start, end, sides["legacy"], sides["new"], now))
+        progress.with_steps(view, steps)
+
+
+def _seconds(text: str) -> float:
+    """--since: 30d, 12h, 90m, 3600s."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) == 0:
+        usage(f"--since {text!r}: a whole number and a unit (s, m, h, d, w), e.g. 30d")
+    return int(number) * units[unit]
+
+
+def _prometheus(base: str, queries: dict[str, str], at: float | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Each query's instant result (at `at`, else now); an unreachable or refusing Prometheus is one line."""
+    import httpx
+
+    results = {}
+    for key, query in queries.items():
+        params = {"query": query} if at is None else {"query": query, "time": f"{at:.3f}"}
+        try:
+            resp = httpx.get(base + "/api/v1/query", params=params, timeout=10)
+            body = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            fail(f"cannot query Prometheus at {base} ({type(exc).__name__})")
+        if body.get("status") != "success":
+            fail(f"Prometheus answered {resp.status_code}: {body.get('error', resp.text[:200])}")
+        results[key] = body["data"]["result"]
+    return results
 
 
 def _admin_base(args: argparse.Namespace) -> str:
@@ -720,18 +771,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.window and not args.prometheus:
         fail(f"--window {args.window} needs --prometheus URL: a proxy's /metrics counts only since it started")
     if args.prometheus:
-        base = args.prometheus.rstrip("/")
-        results = {}
-        for key, query in report.prometheus_queries(args.window).items():
-            try:
-                resp = httpx.get(base + "/api/v1/query", params={"query": query}, timeout=10)
-                body = resp.json()
-            except (httpx.HTTPError, ValueError) as exc:
-                fail(f"cannot query Prometheus at {base} ({type(exc).__name__})")
-            if body.get("status") != "success":
-                fail(f"Prometheus answered {resp.status_code}: {body.get('error', resp.text[:200])}")
-            results[key] = body["data"]["result"]
-        sides = report.from_prometheus(results)
+        sides = report.from_prometheus(_prometheus(args.prometheus.rstrip("/"), report.prometheus_queries(args.window)))
     else:
         base = admin_url(args)
         try:
@@ -934,6 +974,9 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     pg.add_argument("route", nargs="?", help="only this route")
     pg.add_argument("--format", choices=["text", "markdown", "json", "html"], default="text",
                     help="markdown pastes into a wiki or chat; html is one self-contained page")
+    pg.add_argument("--prometheus", default=None, metavar="URL",
+                    help="read the steps of routes without rollout records (moved by hand) from Prometheus")
+    pg.add_argument("--since", default=None, metavar="AGE", help="with --prometheus: how far back, e.g. 30d (default)")
     pg.set_defaults(func=cmd_progress)
     sa = admin_parser("state", "the runtime state as JSON: export it (stdout), or import FILE into the proxy's store")
     sa.add_argument("action", choices=["export", "import"], help="what to do")

@@ -169,6 +169,56 @@ def error_rate_change(new: Counts, legacy: Counts) -> dict[str, Any] | None:
     return {"estimate": _r(c.estimate), "interval": [_r(c.low), _r(c.high)]}
 
 
+# --- Prometheus (`splitter progress --prometheus URL --since 30d`) ---------------------------------------
+MIN_SPAN_S = 1.0  # shorter spans hold no two scrapes: increase() has nothing to say about them
+
+
+def segments(view: dict[str, Any], since_s: float, now: float) -> list[tuple[float, float, float]]:
+    """(percent, start, end) of each percent the route held in the last since_s seconds, clipped to them:
+    the spans Prometheus is asked about when the rollout records have no steps (a route moved by hand)."""
+    start = now - since_s
+    timeline = view["timeline"]
+    spans = [(t["percent"], t["at"], timeline[i + 1]["at"] if i + 1 < len(timeline) else now)
+             for i, t in enumerate(timeline)] or [(view["percent"], start, now)]
+    before = [sp for sp in spans if sp[1] <= start]
+    if timeline and not before:  # the window opens before the first recorded change: the percent before it
+        first_from = timeline[0]["from"]
+        spans.insert(0, (first_from if _is_percent(first_from) else 0, start, timeline[0]["at"]))
+    clipped = [(p, max(a, start), b) for p, a, b in spans if b > start]
+    return [(p, a, b) for p, a, b in clipped if b - a >= MIN_SPAN_S and p != 0]  # at 0 % new has nothing
+
+
+def prometheus_step(percent: float, since: float, until: float, legacy: Any, new: Any, now: float) -> dict[str, Any]:
+    """A step read from Prometheus (report.Side: counts and cumulative buckets over the span), in the shape
+    of _step(): error rates and p95 with 95 % intervals, the p95 ratio from both intervals at sqrt(0.95)."""
+    from . import report
+
+    def view(sd: Any) -> dict[str, Any]:
+        v = sd.view()
+        keys = ("requests", "errors", "error_rate", "error_rate_ci", "p95_ms", "p95_ci_ms")
+        return {k: v[k] for k in keys}
+
+    ratio = report.p95_ratio(legacy, new)
+    change = None
+    if ratio is not None:
+        est, low, high = ratio
+        change = {"estimate": _r(est - 1), "interval": [-1.0 if low is None else _r(low - 1),
+                                                        None if high is None else _r(high - 1)]}
+    n, o = Counts(), Counts()
+    n.n, n.e, o.n, o.e = round(new.requests), round(new.errors), round(legacy.requests), round(legacy.errors)
+    return {
+        "percent": percent, "since": since, "until": until if until < now else None,
+        "days": round((until - since) / DAY, 3), "verdict": None, "gates": [], "evidence": "prometheus",
+        "new": view(new), "legacy": view(legacy), "p95_change": change, "error_rate_change": error_rate_change(n, o),
+    }
+
+
+def with_steps(view: dict[str, Any], steps: list[dict[str, Any]]) -> None:
+    """Give a route without rollout steps the steps read elsewhere (Prometheus), and its summary again."""
+    view["steps"] = steps
+    view["summary"] = summary_line(view)
+
+
 # --- words --------------------------------------------------------------------------------------------------
 def date(at: float | None) -> str:
     return "-" if at is None else time.strftime("%Y-%m-%d", time.gmtime(at))
@@ -296,10 +346,17 @@ def text(doc: dict[str, Any]) -> str:
             lines.append(f"    p95: new {_p95_cell(s['new'])}, legacy {_p95_cell(s['legacy'])}")
             lines.append(f"    {said_p95(s['p95_change'])}; {said_errors(s)}")
             lines += [f"    gates: {_gates(s)}"] if s["gates"] else []
+            lines += ["    (from Prometheus)"] if s.get("evidence") == "prometheus" else []
         lines += [f"  incident {when(i['at'])}: {i['kind']} by {i['who']}" + (f": {i['why']}" if i["why"] else "")
                   for i in r["incidents"]]
     lines += ["", "summary:"] + [f"  {r['summary']}" for r in doc["routes"]]
     return "\n".join(terminal(line) for line in lines)  # names and reasons are text from outside (text.py)
+
+
+def _source(r: dict[str, Any]) -> str:
+    if any(s.get("evidence") == "prometheus" for s in r["steps"]):
+        return " Steps read from Prometheus: each percent's span, cohort requests left out."
+    return ""
 
 
 def _md(v: Any) -> str:
@@ -328,7 +385,7 @@ def markdown(doc: dict[str, Any]) -> str:
                     f"{_p95_cell(s['new'])} | {_p95_cell(s['legacy'])} | {_md(said_p95(s['p95_change']))} | "
                     f"{_md(s['verdict'] or '-')} |"
                 )
-            out += ["", f"Intervals are {doc['confidence']:.0%} confidence intervals.", ""]
+            out += ["", f"Intervals are {doc['confidence']:.0%} confidence intervals.{_source(r)}", ""]
         if r["incidents"]:
             out += ["Incidents:", ""] + [
                 f"- {when(i['at'])}: {i['kind']} by {_md(i['who'])}" + (f" — {_md(i['why'])}" if i["why"] else "")
@@ -469,7 +526,8 @@ def _html_route(r: dict[str, Any], doc: dict[str, Any]) -> list[str]:
                 f"<td>{_h(s['verdict'] or '-')}<br><span class=note>{_h(_gates(s))}</span></td></tr>"
             )
         out.append(f'</table><p class="note">Under each value: its {doc["confidence"]:.0%} confidence interval. '
-                   "New is called faster or slower only when the whole interval of the difference says so.</p>")
+                   f"New is called faster or slower only when the whole interval of the difference says so.{_source(r)}"
+                   "</p>")
     if r["incidents"]:
         out += ["<h3>Incidents</h3><ul>"] + [
             f"<li>{_h(when(i['at']))}: <b>{_h(i['kind'])}</b> by {_h(i['who'])}"

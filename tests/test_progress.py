@@ -95,7 +95,8 @@ def test_progress_markdown_after_a_two_day_migration_tells_the_story_with_interv
     # the timeline: each move, who, why and the days at it
     assert f"| {progress.when(t0)} | 0 → 10 % | rollout | start | 1.00 |" in lines
     assert f"| {progress.when(t0 + DAY)} | 10 → 50 % | rollout | gates held for 86400 s at 10 % | 1.00 |" in lines
-    assert f"| {progress.when(t0 + 2 * DAY)} | 50 → 100 % | rollout | gates held for 86400 s at 50 % | 0.50 |" in lines
+    at_100 = f"| {progress.when(t0 + 2 * DAY)} | 50 → 100 % | rollout | gates held for 86400 s at 50 % | 0.50 |"
+    assert at_100 in lines
     # per step: both sides with intervals, and new against legacy in words only as far as the interval goes
     row_50 = next(line for line in lines if line.startswith("| 50 % | 1.00 | 10000 / 10000 |"))
     assert "0.020 % (0.002 %–0.072 %)" in row_50 and "0.030 % (0.006 %–0.088 %)" in row_50, row_50
@@ -151,3 +152,71 @@ def test_a_real_rollout_keeps_each_step_with_its_evidence_for_progress(standin, 
     assert at_100["new"]["requests"] >= 10 and at_100["legacy"] == at_50["legacy"]
     assert {g["gate"] for g in at_50["gates"]} == {"min_requests", "max_error_rate"}
     assert auth["summary"].startswith(f"auth: migrated, 100 % on new since {progress.date(at_100['since'])}; p95 ")
+
+
+def test_progress_reads_a_route_moved_by_hand_from_a_real_prometheus(standin, splitter, procs, tmp_path):
+    """No rollout, so no records: with --prometheus, each percent the route held is read over its span."""
+    import shutil
+
+    import yaml
+    from conftest import Proc, free_port
+
+    from splitter.bucketing import bucket
+
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+    work = tmp_path / "prom"
+    work.mkdir()
+    (work / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "splitter", "static_configs": [{"targets": [f"127.0.0.1:{s.admin_port}"]}]}],
+    }))
+    port = free_port()
+    procs.append(Proc([shutil.which("prometheus") or "prometheus", f"--config.file={work / 'prometheus.yml'}",
+                       f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                      log=work / "prometheus.log"))
+    base = f"http://127.0.0.1:{port}"
+
+    def scraped(n: int) -> bool:  # Prometheus is ready and its last scrape saw n requests to auth
+        r = httpx.get(base + "/api/v1/query", params={"query": 'sum(splitter_requests_total{route="auth"})'})
+        return r.status_code == 200 and [float(x["value"][1]) for x in r.json()["data"]["result"]] == [n]
+
+    def send(users: list[str]) -> None:
+        with httpx.Client(base_url=s.url, timeout=10) as c:
+            for u in users:
+                assert c.get("/api/auth/me", headers={"X-User-ID": u}).status_code == 200
+
+    ids = [f"f{i}" for i in range(100)]
+    first = [next(u for u in ids if bucket(u) < 30), next(u for u in ids if bucket(u) >= 50)]
+    send(first)  # one to each side: the series exist before what is measured (increase() counts from a first scrape)
+    eventually(lambda: scraped(2), timeout=30)
+    send([f"w{i}" for i in range(40)])
+    eventually(lambda: scraped(42), timeout=15)
+    assert run("set", "auth", "30", "--reason", "by hand", "--admin", s.admin).returncode == 0
+    moved = time.time()
+
+    def scraped_since_move() -> bool:  # a sample inside the 30 % span before its traffic: increase() starts there
+        r = httpx.get(base + "/api/v1/query", params={"query": 'max(timestamp(splitter_requests_total{route="auth"}))'})
+        return float(r.json()["data"]["result"][0]["value"][1]) > moved
+    eventually(scraped_since_move, timeout=15)
+    users = [f"u{i}" for i in range(100)]
+    for k in range(5):  # in batches, each scraped: the span holds samples through its traffic, as days of it would
+        send(users[k * 20 : (k + 1) * 20])
+        eventually(lambda k=k: scraped(62 + 20 * k), timeout=15)
+
+    r = run("progress", "auth", "--format", "json", "--prometheus", base, "--since", "1h", "--admin", s.admin)
+    assert r.returncode == 0, r
+    auth = strict_loads(r.stdout)["routes"][0]  # type: ignore[index]
+    at_50, at_30 = auth["steps"]
+    assert (at_50["percent"], at_30["percent"], at_30["until"]) == (50, 30, None) and at_30["evidence"] == "prometheus"
+    expected = sum(bucket(u) < 30 for u in users)
+    new, legacy = at_30["new"]["requests"], at_30["legacy"]["requests"]
+    # increase() extrapolates to the span's ends: over a span of seconds (days in real use) the counts scale
+    # up by some tens of percent, both sides by the same factor (the same scrapes): the share is what was sent
+    assert 100 <= new + legacy <= 180 and abs(new / (new + legacy) - expected / 100) < 0.06, (new, legacy, expected)
+    assert 40 <= at_50["new"]["requests"] + at_50["legacy"]["requests"] <= 90, at_50
+    assert at_30["new"]["error_rate_ci"][0] == 0 and at_30["new"]["p95_ci_ms"] is not None
+    assert auth["summary"].startswith("auth: running, 30 % on new since "), auth["summary"]
+    md = run("progress", "auth", "--format", "markdown", "--prometheus", base, "--since", "1h", "--admin", s.admin)
+    assert "Steps read from Prometheus" in md.stdout and "| 30 % (current) |" in md.stdout, md.stdout
+    bad = run("progress", "--prometheus", base, "--since", "thirty", "--admin", s.admin)
+    assert bad.returncode == 2 and "--since 'thirty': a whole number and a unit" in bad.stderr, bad

@@ -34,7 +34,8 @@ def test_few_requests_are_not_enough_evidence_and_staff_traffic_is_left_out(stan
         for u in users:
             assert c.get("/api/auth/me", headers={"X-User-ID": u}).status_code == 200
         for i in range(30):  # staff: forced to new, and all of them fail there; not a sample of new
-            assert c.get("/api/auth/status?code=500", headers={"X-User-ID": f"staff{i}", "X-Staff": "1"}).status_code == 500
+            staff = {"X-User-ID": f"staff{i}", "X-Staff": "1"}
+            assert c.get("/api/auth/status?code=500", headers=staff).status_code == 500
     n_new = sum(bucket(u) < 50 for u in users)
 
     def judged() -> bool:  # the windows are flushed once a second: the rollout has judged the traffic

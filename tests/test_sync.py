@@ -35,7 +35,8 @@ def test_sync_write_after_a_finished_rollout_makes_the_file_say_what_runs(standi
     wrote = run("sync", "--write", "--file", str(s.config), "--admin", s.admin)
     assert wrote.returncode == 0, wrote
     after = s.config.read_text()
-    assert "+    percent: {production: 100, staging: 20}  # production is what this proxy runs" in wrote.stdout, wrote.stdout
+    line = "+    percent: {production: 100, staging: 20}  # production is what this proxy runs"
+    assert line in wrote.stdout, wrote.stdout
     changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
     assert changed == [
         ("    percent: {production: 50, staging: 20}   # production is what this proxy runs",
