@@ -395,8 +395,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         doc = yamledit.load(text)
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror}")
-    except Exception as exc:  # ruamel's parser and scanner errors share no base class worth naming
-        fail(f"{path} is not YAML ({type(exc).__name__}): splitter check {path}")
+    except ValueError as exc:
+        fail(f"{path} is not YAML: {exc}")
     routes = _admin(args, "GET", "/admin/routes")
     kill = bool(_admin(args, "GET", "/admin/kill").get("on"))
     env = _admin(args, "GET", "/admin/overview")["environment"]
@@ -433,12 +433,15 @@ def _runtime_members(args: argparse.Namespace, routes: list[dict[str, Any]]) -> 
 def _replace_checked(path: str, old: str, new: str, env: str) -> None:
     """Write `new` beside `path`, check it as `splitter check` would, then rename it over the file: the
     proxy's reload watcher never reads a half-written or invalid file."""
+    import shutil
+
     from . import yamledit
 
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.sync-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(new)
+        shutil.copymode(path, tmp)  # the file keeps who may read it
         try:
             config_mod.load(tmp, env)
         except ConfigError as exc:

@@ -14,6 +14,7 @@ import io
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 Key = str | int
 
@@ -27,8 +28,12 @@ def _yaml() -> YAML:
 
 
 def load(text: str) -> Any:
-    """The document, round-trip: mappings and lists that remember their comments and style."""
-    return _yaml().load(text)
+    """The document, round-trip: mappings and lists that remember their comments and style; ValueError
+    (one line) when the text is not YAML."""
+    try:
+        return _yaml().load(text)
+    except YAMLError as exc:
+        raise ValueError(" ".join(str(exc).split())[:300]) from None
 
 
 def dump(doc: Any, original: str | None = None) -> str:

@@ -70,3 +70,10 @@ def test_sync_under_the_kill_switch_reports_it_and_refuses_to_write(standin, spl
 def test_sync_with_a_missing_file_is_one_line():
     r = run("sync", "--file", "/nonexistent/routes.yaml", "--admin", "http://127.0.0.1:9")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "cannot read /nonexistent/routes.yaml" in r.stderr, r
+
+
+def test_sync_of_a_file_that_is_not_yaml_is_one_line(tmp_path):
+    bad = tmp_path / "routes.yaml"
+    bad.write_text("routes: [unclosed\n")
+    r = run("sync", "--file", str(bad), "--admin", "http://127.0.0.1:9")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and f"{bad} is not YAML: " in r.stderr, r
