@@ -474,7 +474,7 @@ async def _steps(rt: Runtime, rollouts: Rollouts, name: str, now: float) -> list
     past = [s for s in state.get("past_steps") or [] if isinstance(s, dict)]
     r = rt.snapshot.config.by_name[name]
     step = int(state["step"])
-    if r.rollout is None or step < 0 or state["status"] not in ("running", "awaiting_approval", "paused"):
+    if r.rollout is None or step < 0 or state["status"] not in ("running", "awaiting_approval", "paused", "baking"):
         return past
     new, legacy = await rollouts.evidence(r, state, now)
     counts = {"new": new.fields(), "legacy": legacy.fields()}
