@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
@@ -969,18 +969,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     hi.add_argument("--limit", type=int, default=50, help="at most this many events")
     hi.add_argument("--json", action="store_true", help="JSON output")
     hi.set_defaults(func=cmd_history)
-    sy = admin_parser("sync", "where routes.yaml and what runs differ; --write puts the running values in the file")
-    sy.add_argument("--file", default="routes.yaml", help="the routes.yaml the proxy serves")
-    sy.add_argument("--write", action="store_true", help="write the running percents and cohort members into it")
-    sy.set_defaults(func=cmd_sync)
-    pg = admin_parser("progress", "per route: state, timeline, new vs legacy at each step, incidents, a summary line")
-    pg.add_argument("route", nargs="?", help="only this route")
-    pg.add_argument("--format", choices=["text", "markdown", "json", "html"], default="text",
-                    help="markdown pastes into a wiki or chat; html is one self-contained page")
-    pg.add_argument("--prometheus", default=None, metavar="URL",
-                    help="read the steps of routes without rollout records (moved by hand) from Prometheus")
-    pg.add_argument("--since", default=None, metavar="AGE", help="with --prometheus: how far back, e.g. 30d (default)")
-    pg.set_defaults(func=cmd_progress)
+    _finish_line_parsers(admin_parser)
     sa = admin_parser("state", "the runtime state as JSON: export it (stdout), or import FILE into the proxy's store")
     sa.add_argument("action", choices=["export", "import"], help="what to do")
     sa.add_argument("file", nargs="?", help="import: a file `splitter state export` wrote (- for stdin)")
@@ -1007,6 +996,22 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     rp.add_argument("--route", default=None, help="only this route")
     rp.add_argument("--json", action="store_true", help="JSON output")
     rp.set_defaults(func=cmd_report)
+
+
+def _finish_line_parsers(admin_parser: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """sync and progress: routes.yaml kept in step with what runs, and the migration told to people."""
+    sy = admin_parser("sync", "where routes.yaml and what runs differ; --write puts the running values in the file")
+    sy.add_argument("--file", default="routes.yaml", help="the routes.yaml the proxy serves")
+    sy.add_argument("--write", action="store_true", help="write the running percents and cohort members into it")
+    sy.set_defaults(func=cmd_sync)
+    pg = admin_parser("progress", "per route: state, timeline, new vs legacy at each step, incidents, a summary line")
+    pg.add_argument("route", nargs="?", help="only this route")
+    pg.add_argument("--format", choices=["text", "markdown", "json", "html"], default="text",
+                    help="markdown pastes into a wiki or chat; html is one self-contained page")
+    pg.add_argument("--prometheus", default=None, metavar="URL",
+                    help="read the steps of routes without rollout records (moved by hand) from Prometheus")
+    pg.add_argument("--since", default=None, metavar="AGE", help="with --prometheus: how far back, e.g. 30d (default)")
+    pg.set_defaults(func=cmd_progress)
 
 
 def _cohort_parser(co: argparse.ArgumentParser) -> None:
