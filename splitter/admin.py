@@ -37,7 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__, bucketing, judge, strictjson
+from . import __version__, bucketing, judge, progress, strictjson
 from .config import MAX_COHORT_MEMBERS, PERCENT_RULE, as_percent
 from .console import console_routes
 from .decide import Facts, decide
@@ -142,6 +142,7 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             Route("/admin/rollouts/{name}/{action}", writer(rollout_action), methods=["POST"]),
             Route("/admin/overview", overview),
             Route("/admin/history", history),
+            Route("/admin/progress", progress_view),
             Route("/admin/whoami", whoami),
             Route("/admin/state", state_export),
             Route("/admin/state", writer(state_import), methods=["PUT"]),
@@ -453,6 +454,38 @@ async def history(request: Request) -> Response:
     if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
         raise _Refused(400, f"limit must be an integer 1..10000, got {raw!r}")
     return JSONResponse(await _rt(request).history.recent(int(raw), request.query_params.get("route") or None))
+
+
+async def progress_view(request: Request) -> Response:
+    """The migration's progress (progress.py): per route its state, timeline, each step's evidence with
+    intervals, incidents and summary line; ?route=NAME for one. `splitter progress` renders it."""
+    rt = _rt(request)
+    name = request.query_params.get("route") or None
+    if name is not None:
+        route_or_404(rt, name)
+    now = time.time()
+    routes = [v for v in routes_view(rt) if name is None or v["name"] == name]
+    rollouts = {v["route"]: v for v in await _rollouts(request).view()}
+    steps = {v["name"]: await _steps(rt, _rollouts(request), v["name"], now) for v in routes if v["name"] in rollouts}
+    events = await rt.history.recent(10_000)  # the kill switch's events name no route: filtered in progress.py
+    doc = progress.build(rt.snapshot.config.environment, now, routes, rollouts, steps, events)
+    return JSONResponse(doc)
+
+
+async def _steps(rt: Runtime, rollouts: Rollouts, name: str, now: float) -> list[dict[str, Any]]:
+    """A rollout's ended steps (with their counts) and, while it is on a step, that step so far."""
+    state = await rt.overrides.get_rollout(name)
+    if not state:
+        return []
+    past = [s for s in state.get("past_steps") or [] if isinstance(s, dict)]
+    r = rt.snapshot.config.by_name[name]
+    step = int(state["step"])
+    if r.rollout is None or step < 0 or state["status"] not in ("running", "awaiting_approval", "paused", "baking"):
+        return past
+    new, legacy = await rollouts.evidence(r, state, now)
+    counts = {"new": new.fields(), "legacy": legacy.fields()}
+    current = {"percent": r.rollout.steps[step], "since": float(state["since"]), "until": None, "counts": counts}
+    return [*past, current]
 
 
 async def state_export(request: Request) -> Response:

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from . import __version__
@@ -323,16 +323,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     kill = _admin(args, "GET", "/admin/kill")
     rejected = _admin(args, "GET", "/admin/overview").get("reloads", {}).get("last_error") or []
     store = _admin(args, "GET", "/healthz").get("store")
+    rollouts = {r["route"]: r for r in _admin(args, "GET", "/admin/rollouts") if "route" in r}
     if args.json:
-        doc = {"routes": routes, "kill": bool(kill.get("on")), "reload_error": rejected, "store": store}
+        doc = {"routes": routes, "kill": bool(kill.get("on")), "reload_error": rejected, "store": store,
+               "differences": _drift(routes, rollouts)}
         print(json.dumps(doc, indent=2))
         return 0
     _print_routes(routes, bool(kill.get("on")))
+    for line in _drift(routes, rollouts):
+        say(line)
     say(f"store: {store}")
     if rejected:
         say(f"routes.yaml REJECTED at the last reload; still serving the previous routes: {rejected[0]}")
     say(f"console: {_admin_base(args)}/ui")
     return 0
+
+
+def _drift(routes: list[dict[str, Any]], rollouts: dict[str, dict[str, Any]]) -> list[str]:
+    """A line per route whose running percent is not routes.yaml's: the file in git no longer says what runs."""
+    lines = []
+    for r in routes:
+        name, pct, file_pct, source = r["name"], r["percent"], r["file_percent"], r["source"]
+        if source == "kill" or float(pct) == float(file_pct):
+            continue
+        status = rollouts.get(name, {}).get("status")
+        said = f"{name}: routes.yaml says {file_pct}, running {pct}"
+        if source == "rollout" and status == "done":
+            lines.append(f"{said} since the rollout finished: `splitter sync --write`")
+        elif source == "rollout":
+            lines.append(f"{said} (rollout {status}; `splitter sync --write` once it is done)")
+        else:
+            lines.append(f"{said} ({source}): `splitter sync --write` keeps it, `splitter clear {name}` drops it")
+    return lines
 
 
 def cmd_state(args: argparse.Namespace) -> int:
@@ -359,6 +381,146 @@ def cmd_state(args: argparse.Namespace) -> int:
         f"records, {n['members']} cohort members, {n['history']} history events"
     )
     return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """routes.yaml against what runs; `--write` puts the live values into the file (comments kept), checked
+    before it replaces the file. Exit 0 in step (or written), 3 when they differ and nothing was written."""
+    from . import sync, yamledit
+
+    path = _config_path(args.file, "pass --file PATH")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        doc = yamledit.load(text)
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+    except ValueError as exc:
+        fail(f"{path} is not YAML: {exc}")
+    routes = _admin(args, "GET", "/admin/routes")
+    kill = bool(_admin(args, "GET", "/admin/kill").get("on"))
+    env = _admin(args, "GET", "/admin/overview")["environment"]
+    diffs = sync.differences(doc, env, routes, kill, _runtime_members(args, routes))
+    for d in diffs:
+        say(d.says)
+    if not diffs:
+        say(f"{path} says what runs (environment {env})")
+        return 0
+    if not args.write:
+        say(f"splitter sync --write --file {path} writes the running values into it")
+        return 3
+    if kill:
+        fail("the kill switch is ON: the running percents are hidden under it; turn it off, then sync")
+    sync.write(doc, diffs)
+    _replace_checked(path, text, yamledit.dump(doc, text), env)
+    return 0
+
+
+def _runtime_members(args: argparse.Namespace, routes: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    """(route, cohort) -> the members added at runtime, for every `users` cohort of the running routes."""
+    from urllib.parse import quote
+
+    out = {}
+    each = argparse.Namespace(**{**vars(args), "cohort": None})
+    for r in routes:
+        path = f"/admin/routes/{quote(r['name'], safe='')}/cohorts"
+        for c in _all_members(each, path, _admin(args, "GET", path)["cohorts"]):
+            if c["matcher"] == "users":
+                out[(r["name"], c["name"])] = c["runtime_members"]
+    return out
+
+
+def _replace_checked(path: str, old: str, new: str, env: str) -> None:
+    """Write `new` beside `path`, check it as `splitter check` would, then rename it over the file: the
+    proxy's reload watcher never reads a half-written or invalid file."""
+    import shutil
+
+    from . import yamledit
+
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.sync-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(new)
+        shutil.copymode(path, tmp)  # the file keeps who may read it
+        try:
+            config_mod.load(tmp, env)
+        except ConfigError as exc:
+            fail(f"not written: the synced file would not pass `splitter check`: {exc.errors[0]}")
+        os.replace(tmp, path)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror}")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    for line in yamledit.diff(old, new, path).splitlines():
+        say(line)
+    say(f"wrote {path}; the running proxy reloads it within 2 s")
+
+
+def cmd_progress(args: argparse.Namespace) -> int:
+    """GET /admin/progress rendered for people: text, markdown (a wiki, a chat), json, html (one page)."""
+    from urllib.parse import quote
+
+    from . import progress, strictjson
+
+    doc = _admin(args, "GET", "/admin/progress" + (f"?route={quote(args.route, safe='')}" if args.route else ""))
+    if args.prometheus:
+        _progress_from_prometheus(args, doc)
+    elif args.since:
+        usage("--since goes with --prometheus URL: the rollout records need no range")
+    if args.format == "json":
+        print(strictjson.dumps(doc, indent=2))
+    else:
+        render = {"text": progress.text, "markdown": progress.markdown, "html": progress.html}[args.format]
+        print(render(doc), end="" if args.format != "text" else "\n")
+    return 0
+
+
+def _progress_from_prometheus(args: argparse.Namespace, doc: dict[str, Any]) -> None:
+    """Routes without rollout steps (moved by hand): each percent they held within --since, read from
+    Prometheus over its span (increase() at its end), cohort requests left out as in `splitter report`."""
+    from . import progress, report
+
+    since = _seconds(args.since or "30d")
+    now = doc["generated_at"]
+    base = args.prometheus.rstrip("/")
+    for view in doc["routes"]:
+        if view["steps"]:
+            continue
+        steps = []
+        for pct, start, end in progress.segments(view, since, now):
+            span = f"{max(1, round(end - start))}s"
+            sides = report.from_prometheus(_prometheus(base, report.prometheus_queries(span), end)).get(view["route"])
+            if sides is not None and (sides["new"].requests or sides["legacy"].requests):
+                steps.append(progress.prometheus_step(pct, start, end, sides["legacy"], sides["new"], now))
+        progress.with_steps(view, steps)
+
+
+def _seconds(text: str) -> float:
+    """--since: 30d, 12h, 90m, 3600s."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) == 0:
+        usage(f"--since {text!r}: a whole number and a unit (s, m, h, d, w), e.g. 30d")
+    return int(number) * units[unit]
+
+
+def _prometheus(base: str, queries: dict[str, str], at: float | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Each query's instant result (at `at`, else now); an unreachable or refusing Prometheus is one line."""
+    import httpx
+
+    results = {}
+    for key, query in queries.items():
+        params = {"query": query} if at is None else {"query": query, "time": f"{at:.3f}"}
+        try:
+            resp = httpx.get(base + "/api/v1/query", params=params, timeout=10)
+            body = resp.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            fail(f"cannot query Prometheus at {base} ({type(exc).__name__})")
+        if body.get("status") != "success":
+            fail(f"Prometheus answered {resp.status_code}: {body.get('error', resp.text[:200])}")
+        results[key] = body["data"]["result"]
+    return results
 
 
 def _admin_base(args: argparse.Namespace) -> str:
@@ -612,18 +774,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.window and not args.prometheus:
         fail(f"--window {args.window} needs --prometheus URL: a proxy's /metrics counts only since it started")
     if args.prometheus:
-        base = args.prometheus.rstrip("/")
-        results = {}
-        for key, query in report.prometheus_queries(args.window).items():
-            try:
-                resp = httpx.get(base + "/api/v1/query", params={"query": query}, timeout=10)
-                body = resp.json()
-            except (httpx.HTTPError, ValueError) as exc:
-                fail(f"cannot query Prometheus at {base} ({type(exc).__name__})")
-            if body.get("status") != "success":
-                fail(f"Prometheus answered {resp.status_code}: {body.get('error', resp.text[:200])}")
-            results[key] = body["data"]["result"]
-        sides = report.from_prometheus(results)
+        sides = report.from_prometheus(_prometheus(args.prometheus.rstrip("/"), report.prometheus_queries(args.window)))
     else:
         base = admin_url(args)
         try:
@@ -631,14 +782,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         except httpx.HTTPError as exc:
             fail(f"cannot reach the admin API at {base} ({type(exc).__name__}); is the proxy running? (--admin URL)")
         sides = report.from_metrics_text(text)
-    reports = report.build(sides, args.route)
+    reports = report.build(sides, args.route, _report_rollouts(args))
     if args.route and not reports:
         fail(f"no traffic recorded for route {args.route!r}")
     if args.json:
         print(strictjson.dumps([r.as_dict() for r in reports], indent=2))
     else:
         print(report.table(reports))
-    return 3 if any(r.verdict == "fail" for r in reports) else 0
+    verdicts = {r.verdict for r in reports}
+    return 3 if report.FAIL in verdicts else 4 if report.UNDECIDED in verdicts else 0
+
+
+def _report_rollouts(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The rollouts' gates for the report; with --prometheus and no proxy reachable the report goes on
+    without them (it says so)."""
+    try:
+        items: list[dict[str, Any]] = _admin(args, "GET", "/admin/rollouts")
+    except Transient as exc:
+        if not args.prometheus:
+            raise
+        say(f"splitter: rollout gates left out: {exc}", file=sys.stderr)
+        return []
+    return items
 
 
 # --- parser ---------------------------------------------------------------------
@@ -804,6 +969,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     hi.add_argument("--limit", type=int, default=50, help="at most this many events")
     hi.add_argument("--json", action="store_true", help="JSON output")
     hi.set_defaults(func=cmd_history)
+    _finish_line_parsers(admin_parser)
     sa = admin_parser("state", "the runtime state as JSON: export it (stdout), or import FILE into the proxy's store")
     sa.add_argument("action", choices=["export", "import"], help="what to do")
     sa.add_argument("file", nargs="?", help="import: a file `splitter state export` wrote (- for stdin)")
@@ -815,7 +981,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     rp = admin_parser(
         "report",
         "old vs new per route against the migration plan's success criteria "
-        "(exit 3 when one fails, 1 on operator errors)",
+        "(exit 3 when one fails, 4 when none fails but one lacks evidence, 1 on operator errors)",
     )
     rp.add_argument(
         "--prometheus",
@@ -830,6 +996,22 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     rp.add_argument("--route", default=None, help="only this route")
     rp.add_argument("--json", action="store_true", help="JSON output")
     rp.set_defaults(func=cmd_report)
+
+
+def _finish_line_parsers(admin_parser: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """sync and progress: routes.yaml kept in step with what runs, and the migration told to people."""
+    sy = admin_parser("sync", "where routes.yaml and what runs differ; --write puts the running values in the file")
+    sy.add_argument("--file", default="routes.yaml", help="the routes.yaml the proxy serves")
+    sy.add_argument("--write", action="store_true", help="write the running percents and cohort members into it")
+    sy.set_defaults(func=cmd_sync)
+    pg = admin_parser("progress", "per route: state, timeline, new vs legacy at each step, incidents, a summary line")
+    pg.add_argument("route", nargs="?", help="only this route")
+    pg.add_argument("--format", choices=["text", "markdown", "json", "html"], default="text",
+                    help="markdown pastes into a wiki or chat; html is one self-contained page")
+    pg.add_argument("--prometheus", default=None, metavar="URL",
+                    help="read the steps of routes without rollout records (moved by hand) from Prometheus")
+    pg.add_argument("--since", default=None, metavar="AGE", help="with --prometheus: how far back, e.g. 30d (default)")
+    pg.set_defaults(func=cmd_progress)
 
 
 def _cohort_parser(co: argparse.ArgumentParser) -> None:

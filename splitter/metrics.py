@@ -41,7 +41,7 @@ class Metrics:
         if not multiprocess_dir:
             ProcessCollector(registry=self.registry)  # process_* (CPU, memory, fds, start time)
         self._children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
-        self._cohort_children: dict[tuple[str, str, str], Any] = {}
+        self._cohort_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
         self._cohort_tally: dict[tuple[str, str], int] = {}  # (route, cohort) -> requests since take_cohort_tally()
         for result in ("success", "failure", "revoked"):  # revoked: a deleted or emptied tokens file
             self.reloads.labels(result)
@@ -75,6 +75,14 @@ class Metrics:
         about = "Requests a route's cohort decided (kept out of the guard, rollout and console windows)."
         labels = ["route", "cohort", "backend"]
         self.cohort_requests = Counter("splitter_cohort_requests_total", about, labels, registry=reg)
+        # the same requests' failures and durations, so `splitter report` can leave cohorts out of the
+        # totals above (as the windows do): observed only for a cohort's requests, never for the rest
+        about = "Failures among the requests a route's cohort decided (part of splitter_errors_total)."
+        self.cohort_errors = Counter("splitter_cohort_errors_total", about, labels, registry=reg)
+        about = "Durations of the requests a route's cohort decided (part of splitter_request_duration_seconds)."
+        self.cohort_duration = Histogram(
+            "splitter_cohort_request_duration_seconds", about, ["route", "backend"], buckets=buckets, registry=reg
+        )
         about = "Requests being answered now (summed over workers)."
         self.in_flight = Gauge("splitter_requests_in_flight", about, registry=reg, multiprocess_mode=live)
 
@@ -117,12 +125,22 @@ class Metrics:
         pair[0].inc()
         pair[1].observe(seconds)
 
-    def cohort_request(self, route: str, cohort: str, backend: str) -> None:
+    def cohort_request(self, route: str, cohort: str, backend: str, failed: bool, seconds: float | None) -> None:
+        """One request a cohort decided: counted, its failure and (when the request's own duration was
+        observed) its duration too, so they can be taken out of the route's totals."""
         key = (route, cohort, backend)
-        child = self._cohort_children.get(key)
-        if child is None:
-            child = self._cohort_children[key] = self.cohort_requests.labels(route, cohort, backend)
-        child.inc()
+        children = self._cohort_children.get(key)
+        if children is None:
+            children = self._cohort_children[key] = (
+                self.cohort_requests.labels(route, cohort, backend),
+                self.cohort_errors.labels(route, cohort, backend),
+                self.cohort_duration.labels(route, backend),
+            )
+        children[0].inc()
+        if failed:
+            children[1].inc()
+        if seconds is not None:
+            children[2].observe(seconds)
         tally = self._cohort_tally
         key2 = (route, cohort)
         tally[key2] = tally.get(key2, 0) + 1

@@ -640,23 +640,32 @@ class Proxy:
             failed = error is not None or call.status >= 500
             if failed:
                 self.rt.metrics.error(call.route_name, call.role, call.handler, error or "status_5xx")
-            if error is None or not call.head_sent:  # a body cut short is no latency sample
+            timed = error is None or not call.head_sent  # a body cut short is no latency sample
+            if timed:
                 self.rt.observe(call.route_name, call.role, call.handler, call.status, elapsed)
             # the proxy's own limit is not the backend's failure: no window sample (a cohort's still counts)
-            self.record_outcome(call, failed, error != "overflow", elapsed, error)
+            self.record_outcome(call, failed, error != "overflow", elapsed, error, timed)
         if self.access_log:
             self._log(call, elapsed)
 
     def record_outcome(
-        self, call: Call, error: bool, judged: bool = True, elapsed: float | None = None, kind: str | None = None
+        self,
+        call: Call,
+        error: bool,
+        judged: bool = True,
+        elapsed: float | None = None,
+        kind: str | None = None,
+        timed: bool = True,
     ) -> None:
         """Feed the guard, rollout and console windows, for the routes that have them. A cohort's
         requests are not a random sample of either side: they are counted apart, never judged.
         An error type (no_new_errors) is the proxy's failure kind, else a status >= 400 or one the
-        route's gates list: counted only on those paths."""
+        route's gates list: counted only on those paths. `timed`: the request's duration was observed
+        (splitter_request_duration_seconds), so a cohort's is too (report.py takes it out)."""
         reason = call.reason
         if reason is not None and reason.startswith("cohort:") and call.role is not None:
-            self.rt.metrics.cohort_request(call.route_name, reason[7:], call.role)
+            seconds = (time.perf_counter() - call.start if elapsed is None else elapsed) if timed else None
+            self.rt.metrics.cohort_request(call.route_name, reason[7:], call.role, error, seconds)
             return
         if not judged:
             return

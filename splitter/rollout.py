@@ -4,7 +4,8 @@ State per route (in Redis with a fleet, else in memory):
     {"status": running|awaiting_approval|paused|aborted|rolled_back|done, "step": index,
      "since": epoch s, "reason": str, "previous": the evidence of the last window that ended
      (percent, since, until, new, legacy, gates), "legacy_before": legacy's counts (window.Counts
-     fields) of the step before a 100 % step, "step_total": the step's running total (below)}
+     fields) of the step before a 100 % step, "step_total": the step's running total (below),
+     "past_steps": the ended steps' window records with their counts (keep_step)}
 With Redis one replica drives a route at a time (a lease renewed every tick;
 when the holder dies another takes over after the lease runs out). The driver
 judges the gates on the fleet's traffic since the current step began (window.py;
@@ -339,9 +340,22 @@ class Rollouts:
         pct = self.rt.snapshot.percent[route.name]
         await self.rt.history.record("rollout", "rollout", "rollout_stalled", route.name, pct, pct, why)
 
+    async def _keep_current(self, route: Route, state: dict[str, Any], now: float) -> None:
+        """The step that ends now by someone's hand (guard, a set percent, promote --full, abort): its
+        evidence kept in `past_steps` like a step the driver ends."""
+        ro = route.rollout
+        assert ro is not None
+        step = int(state["step"])
+        if step < 0 or state.get("since") is None:
+            return
+        new_c, legacy_c = await self.evidence(route, state, now)
+        evidence = self._window_record(ro, step, float(state["since"]), now, new_c, legacy_c)
+        keep_step(state, evidence, new_c, legacy_c)
+
     async def _stop(self, name: str, state: dict[str, Any], source: str | None, now: float) -> None:
         """Someone else set the percent during a step: a guard trip rolls the rollout back, a hand pauses it."""
         why = "guard tripped" if source == "guard" else f"percent changed by hand (source {source})"
+        await self._keep_current(self.rt.snapshot.config.by_name[name], state, now)
         move(name, state, "rollback" if source == "guard" else "pause", reason=why, since=now)
         await self.rt.overrides.put_rollout(name, state)
         self._event(name, state["status"])
@@ -366,6 +380,7 @@ class Rollouts:
         if "checks" in gate_values:  # as judged: at this look's share of the error budget
             evidence.update(gates=[evidence["gates"][0], *gate_values["checks"]], verdict=judge.FAIL)
         reason = f"gate failed at {ro.steps[step]}%: {failure}"
+        keep_step(state, evidence, *sides)
         move(route.name, state, "rollback", reason=reason, since=now, previous=evidence)
         await self.rt.overrides.put_rollout(route.name, state)
         self._gauge(route.name)
@@ -381,6 +396,7 @@ class Rollouts:
         assert ro is not None
         step, since = int(state["step"]), float(state["since"])
         evidence = self._window_record(ro, step, since, now, *sides, await self.extra(route, state, now))
+        keep_step(state, evidence, *sides)
         move(route.name, state, "done", reason="all steps passed", since=now, previous=evidence)
         await self.rt.overrides.put_rollout(route.name, state)
         self._event(route.name, "done")
@@ -515,6 +531,7 @@ class Rollouts:
             new_c, legacy_c = await self.evidence(route, state, now)
             extra = await self.extra(route, state, now)
             state["previous"] = self._window_record(ro, current, float(state["since"]), now, new_c, legacy_c, extra)
+            keep_step(state, state["previous"], new_c, legacy_c)
         else:  # before the first step: legacy's latest window
             legacy_c = await self.rt.windows.counts(route.name, "legacy", now, ro.interval_s + 1)
         state["legacy_before"] = legacy_c.fields() if ro.steps[step] == 100 else None
@@ -676,6 +693,8 @@ class Rollouts:
         elif action == "pause":
             move(name, state, "pause", reason="paused by operator")
         elif action == "abort":
+            transition(name, state["status"], "abort")  # refused before anything changes
+            await self._keep_current(route, state, now)
             move(name, state, "abort", reason="aborted by operator", since=now)
             await self.rt.overrides.set_percent(name, 0, source="rollout")
         else:
@@ -693,6 +712,9 @@ class Rollouts:
         step = int(state["step"])
         if full or step + 1 >= len(ro.steps):
             why = f"promoted to {ro.steps[-1]}% by operator"
+            transition(route.name, state["status"], "finish")  # refused before anything changes
+            if state["status"] in ACTIVE:
+                await self._keep_current(route, state, now)
             move(route.name, state, "finish", step=len(ro.steps) - 1, since=now, reason=why, legacy_before=None)
             await self.rt.overrides.set_percent(route.name, ro.steps[-1], source="rollout")
             self._gauge(route.name)
@@ -820,6 +842,17 @@ async def _ask(hooks: tuple[Hook, ...], body: dict[str, Any]) -> tuple[int, str]
             if not 200 <= r.status_code < 300:
                 return i, f"{hook.url} answered {r.status_code}"
     return None
+
+
+PAST_STEPS = 20  # ended steps whose evidence a rollout record keeps (progress.py): a few restarts of a long plan
+
+
+def keep_step(state: dict[str, Any], evidence: dict[str, Any], new: Counts, legacy: Counts) -> None:
+    """An ended step's window record with both sides' counts (histograms included: progress.py reads
+    intervals from them), appended to the record's `past_steps`, the newest PAST_STEPS kept. `previous`
+    holds only the last step; a migration's report needs every step, after the windows forgot them."""
+    past = [p for p in state.get("past_steps") or [] if isinstance(p, dict)][-(PAST_STEPS - 1) :]
+    state["past_steps"] = [*past, {**evidence, "counts": {"new": new.fields(), "legacy": legacy.fields()}}]
 
 
 def _step_total(state: dict[str, Any]) -> dict[str, Any]:
