@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 from conftest import ROOT, eventually, routes_yaml
-from test_console import browser_page, card  # noqa: F401 - a fixture, used by name
+from test_console import browser_page, card, expand_all  # noqa: F401 - a fixture, used by name
 from test_history import receiver  # noqa: F401 - a fixture, used by name
 
 from splitter import bucketing, config
@@ -336,6 +336,8 @@ def test_the_console_sets_and_shows_a_fractional_percent(standin, splitter, brow
     auth = card(page, "auth")
     auth.wait_for(timeout=5000)
     page.fill("#token", TOKEN)
+    eventually(lambda: "(operator)" in page.inner_text("#whoami"), timeout=5)
+    expand_all(page)
     auth.locator("input[type=number]").fill("0.001")
     auth.get_by_role("button", name="set percent").click()
     eventually(lambda: "at most two decimals" in page.inner_text("#status"), timeout=3)
