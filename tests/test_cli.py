@@ -148,7 +148,7 @@ def test_help_shows_each_default_once():
     subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
     for name, sub in subs.choices.items():
         text = " ".join(sub.format_help().split())  # wrapped lines joined
-        assert "(default: None)" not in text and "(default: False)" not in text, name
+        assert "(default: None)" not in text and "(default: False)" not in text and "None:" not in text, name
         for action in sub._actions:
             if action.help:
                 shown = (sub._get_formatter()._get_help_string(action) or "").replace("%(default)s", str(action.default))
@@ -156,18 +156,19 @@ def test_help_shows_each_default_once():
     admin_help = " ".join(run("status", "--help").stdout.split())
     assert "admin API URL (default: $SPLITTER_ADMIN_URL, else http://127.0.0.1:8081)" in admin_help
     assert admin_help.count("default") == 1
-    assert "(default: routes.yaml)" in " ".join(run("bucket", "--help").stdout.split())
+    bucket_help = " ".join(run("bucket", "--help").stdout.split())
+    assert "--file ROUTES_YAML" in bucket_help and "live decision" in bucket_help and "None" not in bucket_help
 
 
 def test_an_admin_url_without_a_scheme_says_it_needs_http():
     env = {**os.environ, "SPLITTER_ADMIN_URL": "localhost:8081"}
     r = subprocess.run([sys.executable, "-m", "splitter", "status"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
-    assert r.returncode == 1 and r.stderr == "splitter: SPLITTER_ADMIN_URL 'localhost:8081' needs http:// (for example http://localhost:8081)\n"
-    one_line_error(run("rollback", "auth", "--admin", "127.0.0.1:8081"), "--admin '127.0.0.1:8081' needs http://")
+    assert r.returncode == 2 and r.stderr == "splitter status: SPLITTER_ADMIN_URL 'localhost:8081' needs http:// (for example http://localhost:8081)\n"
+    one_line_error(run("rollback", "auth", "--admin", "127.0.0.1:8081"), "--admin '127.0.0.1:8081' needs http://", code=2)
 
 
 def test_bucket_and_check_outside_the_project_say_where_routes_yaml_is_looked_for(tmp_path):
-    for args, hint in ((["bucket", "alice"], "pass --config PATH"), (["check"], "pass the file: splitter check PATH")):
+    for args, hint in ((["bucket", "alice", "--file", "routes.yaml"], "pass --file PATH"), (["check"], "pass the file: splitter check PATH")):
         r = subprocess.run([sys.executable, "-m", "splitter", *args], capture_output=True, text=True, cwd=tmp_path, timeout=30)
         assert r.returncode == 1 and r.stderr.startswith(f"splitter: routes.yaml not found in the current directory ({tmp_path}); {hint}"), r.stderr
         assert len(r.stderr.splitlines()) == 1
