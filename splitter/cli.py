@@ -63,6 +63,13 @@ def usage(message: str) -> NoReturn:
     raise UsageError(message)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors in one line like every other mistake (the usage is one --help away), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, terminal(f"{self.prog}: {message} (see {self.prog} --help)") + "\n")
+
+
 class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default once: not when the help text already says it, nor for None and flags; an epilog
     (the exit-code table) keeps its lines."""
@@ -85,9 +92,9 @@ def http_url(value: str, source: str) -> str:
     `localhost:8081` could be a scheme or a host, so it is never guessed."""
     from urllib.parse import urlsplit
 
+    if not value.startswith(("http://", "https://")):
+        usage(f"{source} {value!r} needs http:// (for example http://{value.split('://')[-1]})")
     base = value.rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        usage(f"{source} {base!r} needs http:// (for example http://{base.split('://')[-1]})")
     try:
         host = urlsplit(base).hostname
     except ValueError:
@@ -714,6 +721,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         sides = report.from_metrics_text(text)
     reports = report.build(sides, args.route)
     if args.route and not reports:
+        if not args.prometheus:
+            _known_route(args, args.route)
         seen = ", ".join(sorted(n for n in sides if n != "unmatched")) or "none"
         fail(f"no traffic recorded for route {args.route!r} (routes with traffic: {seen})")
     if args.json:
@@ -728,7 +737,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = _Help
-    p = argparse.ArgumentParser(
+    p: argparse.ArgumentParser = _Parser(
         prog="splitter",
         description="Reverse proxy for strangler-fig migrations: sticky percent split between legacy and new.",
         formatter_class=fmt,

@@ -193,3 +193,29 @@ def test_no_shadow_or_rollout_reads_as_a_missing_section(standin, splitter):
     s = splitter(routes_yaml(standin("legacy"), standin("new")))
     one_line_error(run("shadow", "auth", "--admin", s.admin), "admin API answered 404: route 'auth' has no shadow section in routes.yaml")
     one_line_error(run("rollout", "status", "auth", "--admin", s.admin), "route 'auth' has no rollout section in routes.yaml")
+
+
+def test_history_fits_100_columns_and_numbers_are_rounded(standin, splitter):
+    """The usual history (people, a cohort change) fits 100 columns; a rollout's p95 reads to 0.01 ms."""
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+    assert run("set", "auth", "12.5", "--admin", s.admin, "--reason", "canary").returncode == 0
+    assert run("kill", "on", "--admin", s.admin).returncode == 0
+    assert run("rollback", "upload", "--admin", s.admin).returncode == 0
+    out = run("history", "--admin", s.admin).stdout.splitlines()
+    assert len(out) == 4 and max(len(line) for line in out) <= 100, out
+    assert out[0].split() == ["AT", "WHO", "SOURCE", "ACTION", "ROUTE", "OLD", "->", "NEW", "REASON"]
+    assert out[3].split()[2:] == ["admin", "cli", "set", "auth", "50", "->", "12.5", "canary"], out
+    prev = {"percent": 10, "since": 0, "until": 60, "verdict": "pass", "new": {"requests": 1, "errors": 0, "p95_ms": 1.595931}}
+    view = {"route": "auth", "status": "running", "percent": 50, "step": 50, "steps": [10, 50], "reason": "", "previous": prev}
+    assert cli._rollout_lines([view])[-1] == "  last window: 10% for 60 s, new 1 request, 0 errors, p95 1.60 ms: pass"
+
+
+def test_notification_text_says_each_word_once():
+    from splitter.history import describe
+
+    trip = {"who": "guard", "source": "guard", "action": "guard_trip", "route": "auth", "old": 50, "new": 0, "reason": "5xx"}
+    assert describe(trip) == "guard trip auth: 50 % → 0 % — 5xx"
+    back = {**trip, "who": "rollout", "source": "rollout", "action": "rollout_rollback", "reason": ""}
+    assert describe(back) == "rollout rollback auth: 50 % → 0 %"
+    by_hand = {**back, "who": "alice", "source": "cli", "action": "rollout_abort"}
+    assert describe(by_hand) == "alice rollout abort auth: 50 % → 0 %"
