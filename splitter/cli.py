@@ -224,10 +224,11 @@ def _identity_and_secrets(settings: Settings, cfg: config_mod.Config) -> Setting
     """Refuse a bad tokens file or a notify url_env that is not set; hand the secrets on."""
     from dataclasses import replace
 
+    from .runtime import single_token
     from .tokens import Tokens, TokensError
 
     try:
-        Tokens(settings.admin_token, settings.tokens_file)
+        Tokens(single_token(settings, cfg), settings.tokens_file)
     except TokensError as exc:
         fail(str(exc))
     missing = [n for n in cfg.secret_names() if not os.environ.get(n)]

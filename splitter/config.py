@@ -268,6 +268,7 @@ class Config:
     websocket: WebSocketSpec = field(default_factory=WebSocketSpec)
     notify: tuple[NotifyTarget, ...] = ()
     admin_reads: str = "open"  # or "token": reads on /admin/* need a viewer token too
+    admin_single_token: bool = True  # False: $SPLITTER_ADMIN_TOKEN proves nothing (named tokens only)
     state_path: str | None = None  # `state.path` as written (None: the default file next to routes.yaml)
     by_name: Mapping[str, Route] = field(default_factory=dict)
     role_backends: Mapping[str, str] = field(default_factory=lambda: DEFAULT_BACKENDS)  # when no route matches
@@ -407,7 +408,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "events": {"type": "array", "items": {"enum": list(CHANGE_ACTIONS)}},
         "format": {"enum": list(NOTIFY_FORMATS)},
     },
-    "admin": {"reads": {"enum": ["open", "token"]}},
+    "admin": {"reads": {"enum": ["open", "token"]}, "single_token": {"type": "boolean"}},
     "state": {"path": {"type": "string", "minLength": 1}},
     "websocket": {"max_message_bytes": {"type": "integer", "minimum": 1}, "idle_timeout_s": _POSITIVE},
     "backends": {name: "backend" for name in BACKENDS},
@@ -617,7 +618,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
     websocket = _websocket(doc, data.get("websocket"))
 
     notify = _notify(doc, data.get("notify") or [])
-    admin_reads = _admin_reads(doc, data.get("admin"))
+    admin_reads, single_token = _admin(doc, data.get("admin"))
     state_path = _state(doc, data.get("state"))
 
     if doc.errors:
@@ -638,6 +639,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
         websocket=websocket,
         notify=notify,
         admin_reads=admin_reads,
+        admin_single_token=single_token,
         state_path=state_path,
         by_name={r.name: r for r in routes},
         _table=RouteTable([(r.prefix, r) for r in routes]),
@@ -719,9 +721,10 @@ def _websocket(doc: _Doc, value: Any) -> WebSocketSpec:
     return websocket
 
 
-def _admin_reads(doc: _Doc, value: Any) -> str:
-    """The `admin:` section: whether reads of /admin/* are open or need a viewer token."""
-    admin_reads = "open"
+def _admin(doc: _Doc, value: Any) -> tuple[str, bool]:
+    """The `admin:` section: whether reads of /admin/* are open or need a viewer token, and whether
+    $SPLITTER_ADMIN_TOKEN still counts (single_token: false leaves the named tokens alone)."""
+    admin_reads, single_token = "open", True
     if value is not None:
         a = _mapping(doc, value, "admin")
         if a is not None:
@@ -729,7 +732,11 @@ def _admin_reads(doc: _Doc, value: Any) -> str:
             admin_reads = a.get("reads", "open")
             if admin_reads not in ("open", "token"):
                 doc.error("admin.reads", f"must be open or token, got {_show(admin_reads)}")
-    return admin_reads
+            single_token = a.get("single_token", True)
+            if not isinstance(single_token, bool):
+                doc.error("admin.single_token", f"must be true or false, got {_show(single_token)}")
+                single_token = True
+    return admin_reads, single_token
 
 
 def _state(doc: _Doc, value: Any) -> str | None:
