@@ -138,6 +138,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         body_timeout=args.body_timeout,
         send_timeout=args.send_timeout,
         access_log=not args.no_access_log,
+        access_log_path=args.access_log,
+        backend_urls=tuple(args.backend_url),
     )
 
 
@@ -151,15 +153,29 @@ def _host_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _backend_url(text: str) -> tuple[str, str]:
+    """--backend-url legacy=http://127.0.0.1:9001 -> ("legacy", "http://127.0.0.1:9001"); the URL itself is
+    checked like routes.yaml's own."""
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=URL (for example legacy=http://127.0.0.1:9001)")
+    return name, url
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
     settings = _settings(args)
+    if args.access_log and args.no_access_log:
+        usage("--access-log PATH and --no-access-log: choose one")
+    try:
+        setup_logging(args.log_level, settings.access_log_path)
+    except OSError as exc:
+        fail(f"--access-log {args.access_log}: cannot open it: {exc.strerror}")
     if settings.workers < 1:
         usage("--workers must be at least 1")
     if not settings.send_timeout > 0:
         usage(f"--send-timeout must be more than 0 seconds, got {settings.send_timeout:g}")
     try:
-        cfg = config_mod.load(settings.config_path, settings.environment)
+        cfg = config_mod.load(settings.config_path, settings.environment, settings.backend_urls)
     except ConfigError as exc:
         for line in exc.errors:
             say(line, file=sys.stderr)
@@ -824,6 +840,21 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt:
         help="seconds a client may take no response bytes before its connection is cut (nginx send_timeout)",
     )  # fmt: skip
     s.add_argument("--no-access-log", action="store_true", help="no per-request log line (errors are still logged)")
+    s.add_argument(
+        "--access-log",
+        default=None,
+        metavar="PATH",
+        help="the per-request lines to this file (appended), not stdout, at any --log-level",
+    )
+    s.add_argument(
+        "--backend-url",
+        type=_backend_url,
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="serve routes.yaml with this backend's URL replaced, on every reload too (repeatable; make run's "
+        "BASE_PORT)",
+    )
     s.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="least severe level logged"
     )

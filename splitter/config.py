@@ -325,8 +325,10 @@ class _Doc:
         return loader.construct_object(node)
 
 
-def load(path: str | Path, environment: str | None = None) -> Config:
-    """Read and validate a routes.yaml; raise ConfigError naming file:line: key."""
+def load(path: str | Path, environment: str | None = None, backend_urls: BackendURLs = ()) -> Config:
+    """Read and validate a routes.yaml; raise ConfigError naming file:line: key. `backend_urls` (serve
+    --backend-url NAME=URL) replace the named backends' URLs on every load, reloads included, so one
+    routes.yaml serves on other ports (make run's BASE_PORT) and stays the file people edit."""
     p = Path(path)
     name = str(path)
     try:
@@ -335,10 +337,15 @@ def load(path: str | Path, environment: str | None = None) -> Config:
         raise ConfigError([f"{name}:0: (file): not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{name}:0: (file): cannot read: {exc}"]) from None
-    return parse(text, name, environment)
+    return parse(text, name, environment, backend_urls)
 
 
-def parse(text: str, filename: str = "routes.yaml", environment: str | None = None) -> Config:
+BackendURLs = tuple[tuple[str, str], ...]
+
+
+def parse(
+    text: str, filename: str = "routes.yaml", environment: str | None = None, backend_urls: BackendURLs = ()
+) -> Config:
     doc = _Doc(filename)
     loader = None
     try:
@@ -361,11 +368,21 @@ def parse(text: str, filename: str = "routes.yaml", environment: str | None = No
         raise ConfigError(
             [f"{filename}:1: (top): must be a mapping with backends and routes, got an empty or non-mapping document"]
         )
-    config = _build(doc, data, environment)
+    config = _build(doc, _with_urls(data, backend_urls, filename), environment)
     if doc.errors:
         raise ConfigError(doc.errors)
     assert config is not None
     return config
+
+
+def _with_urls(data: dict[str, Any], backend_urls: BackendURLs, filename: str) -> dict[str, Any]:
+    """routes.yaml's document with the given backends' URLs replaced (validated like the file's own)."""
+    backends = data.get("backends")
+    for name, url in backend_urls:
+        if not isinstance(backends, dict) or not isinstance(backends.get(name), dict):
+            raise ConfigError([f"{filename}:0: --backend-url {name}={url}: the file has no backend {name!r}"])
+        backends = {**backends, name: {**backends[name], "url": url}}
+    return {**data, "backends": backends} if backend_urls else data
 
 
 # The shape of routes.yaml, one table for both the validator (which keys each section allows)

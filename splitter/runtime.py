@@ -61,6 +61,8 @@ class Settings:
     keepalive_timeout: float = 75.0
     header_timeout: float = 30.0
     access_log: bool = True
+    access_log_path: str | None = None  # --access-log: the per-request lines to this file, not stdout
+    backend_urls: tuple[tuple[str, str], ...] = ()  # --backend-url NAME=URL: over routes.yaml's, on every load
     body_timeout: float = 60.0  # seconds between reads of a request body; then 408
     send_timeout: float = 60.0  # seconds a client may take no response bytes; then its connection is cut
     reload_interval: float = 0.5
@@ -278,7 +280,7 @@ class Runtime:
         self._file_sig = _file_signature(path)
         old = self.snapshot.config
         try:
-            cfg = config_mod.load(path, self.settings.environment)
+            cfg = config_mod.load(path, self.settings.environment, self.settings.backend_urls)
             unset = [n for n in cfg.secret_names() if n not in self.settings.secrets]
             if unset:
                 raise ConfigError([f"{path}: notify: url_env {n} was not set when the proxy started" for n in unset])

@@ -105,6 +105,8 @@ def test_usage_errors_exit_2_in_one_line_for_every_command(tmp_path):
         (["serve", "--port", "9", "--admin-port", "9"], "--port and --admin-port must differ"),
         (["serve", "--admin-allowed-hosts", "http://x"], "is not a host name"),
         (["completion", "fish"], "invalid choice: 'fish'"),
+        (["serve", "--backend-url", "legacy"], "'legacy' is not NAME=URL"),
+        (["serve", "--access-log", "a.log", "--no-access-log"], "--access-log PATH and --no-access-log: choose one"),
     ]
     for argv, needle in cases:
         exits(run(*argv), 2, needle)
@@ -135,6 +137,10 @@ def test_failures_exit_1_unreachable_admin_missing_token_files():
     exits(run("check", "nosuch.yaml"), 1, "nosuch.yaml")
     exits(run("bucket", "alice", "--file", "nosuch.yaml"), 1, "nosuch.yaml")
     exits(run("serve", "--config", "nosuch.yaml", "--port", "0", "--admin-port", "0"), 1, "nosuch.yaml")
+    free = ["--port", "0", "--admin-port", "0"]
+    exits(run("serve", "--backend-url", "nosuch=http://127.0.0.1:9", *free), 1, "the file has no backend 'nosuch'")
+    exits(run("serve", "--backend-url", "new=ftp://x", *free), 1, "backends.new.url")
+    exits(run("serve", "--access-log", "/nonexistent/dir/a.log", *free), 1, "--access-log /nonexistent/dir/a.log: cannot open")
     exits(run("state", "import", "/nonexistent/state.json", env={"SPLITTER_ADMIN_URL": nobody}), 1, "cannot read")
 
 

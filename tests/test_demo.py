@@ -98,3 +98,48 @@ def test_readme_quotes_urls_with_a_query_string():
     text = (ROOT / "README.md").read_text()
     unquoted = [line for line in text.splitlines() if re.search(r"curl [^'\"]*\s[^\s'\"]*\?", line)]
     assert unquoted == []
+
+
+def test_base_port_moves_the_whole_stack_and_the_terminal_shows_no_request(tmp_path):
+    """BASE_PORT=9000: legacy 9001, new 9002, upload_service 9003, proxy 9080, admin 9081, on the same routes.yaml
+    (--backend-url, so an edit still reloads); the per-request lines go to the access log file the banner
+    names, the terminal keeps the banner."""
+    ports = (9001, 9002, 9003, 9080, 9081)
+    busy = [p for p in ports if port_open(p)]
+    assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
+    access = tmp_path / "access.log"
+    env = {**os.environ, "PY": sys.executable, "BASE_PORT": "9000", "ACCESS_LOG": str(access),
+           "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db")}
+    out = tmp_path / "demo.log"
+    with open(out, "wb") as log:
+        p = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while "Ctrl-C stops all four" not in out.read_text() and time.monotonic() < deadline:
+            assert p.poll() is None, out.read_text()
+            time.sleep(0.1)
+        banner = out.read_text()
+        for line in ("proxy          http://localhost:9080", "http://127.0.0.1:9081/metrics", "legacy         http://127.0.0.1:9001",
+                     "new            http://127.0.0.1:9002", "upload_service http://127.0.0.1:9003", f"access log     {access}",
+                     "curl -si localhost:9080/api/auth/me -H 'X-User-ID: alice'", "export SPLITTER_ADMIN_URL=http://127.0.0.1:9081"):
+            assert line in banner, banner
+        staff = {"X-User-ID": "alice", "X-Staff": "1"}
+        r = httpx.get("http://localhost:9080/api/upload/1", headers=staff, timeout=5)
+        assert r.headers["x-served-by"] == "upload_service" and r.headers["x-splitter-handler"] == "new_upload"
+        r = httpx.get("http://localhost:9080/api/upload/1", headers={"X-User-ID": "alice"}, timeout=5)
+        assert r.headers["x-served-by"] == "legacy_backend"
+        rid = r.headers["x-request-id"]
+        assert not any(port_open(port) for port in (8001, 8002, 8003, 8080, 8081)), "nothing on the default ports"
+        # the access log is written in batches (0.1 s): wait for this request's own line, then read the terminal
+        deadline = time.monotonic() + 10
+        while rid not in (access.read_text() if access.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rid in access.read_text()
+        os.killpg(p.pid, signal.SIGINT)
+        p.wait(15)
+        terminal = out.read_text()
+        assert rid not in terminal and '"request_id"' not in terminal and "/api/upload" not in terminal.replace(banner, ""), terminal
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
