@@ -273,7 +273,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_or_fail(_config_path(args.file, "pass the file: splitter check PATH"), env)
     parts = ", ".join(f"{r.name} {r.prefix} {r.percent}%" for r in cfg.routes)
     say(
-        f"{args.file}: ok, environment {cfg.environment}, {len(cfg.routes)} routes ({parts}), "
+        f"{args.file}: ok, environment {cfg.environment}, {plural(len(cfg.routes), 'route')} ({parts}), "
         f"unmatched -> {cfg.unmatched}"
     )
     return 0
