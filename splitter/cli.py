@@ -411,8 +411,9 @@ def cmd_state(args: argparse.Namespace) -> int:
     view = _admin(args, "PUT", "/admin/state", doc, write=True)
     n = view["imported"]
     say(
-        f"imported into {view['store']}: {n['overrides']} overrides and the kill switch, {n['rollouts']} rollout "
-        f"records, {n['members']} cohort members, {n['history']} history events"
+        f"imported into {view['store']}: {plural(n['overrides'], 'override')} and the kill switch, "
+        f"{plural(n['rollouts'], 'rollout record')}, {plural(n['members'], 'cohort member')}, "
+        f"{plural(n['history'], 'history event')}"
     )
     return 0
 
