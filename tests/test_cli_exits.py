@@ -9,6 +9,8 @@ import argparse
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from conftest import ROOT, free_port, routes_yaml
@@ -56,6 +58,14 @@ def exits(r: subprocess.CompletedProcess[str], code: int, needle: str) -> None:
     assert len(r.stderr.splitlines()) == 1 and needle in r.stderr and "Traceback" not in r.stderr, said
 
 
+def exits_all(cases: list[tuple[list[str], dict[str, Any], int, str]]) -> None:
+    """exits() for many command lines, 4 at a time: each waits mostly on the machine, not on itself."""
+    with ThreadPoolExecutor(4) as pool:
+        done = list(pool.map(lambda c: (run(*c[0], **c[1]), c[2], c[3]), cases))
+    for r, code, needle in done:
+        exits(r, code, needle)
+
+
 def commands() -> dict[str, argparse.ArgumentParser]:
     subs = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return dict(subs.choices)
@@ -77,12 +87,12 @@ def test_every_command_has_a_row_and_the_help_prints_the_table():
 
 def test_usage_errors_exit_2_in_one_line_for_every_command(tmp_path):
     """An unknown flag on every command, an unknown command, and each command's own bad values."""
-    exits(run("nosuch"), 2, "invalid choice: 'nosuch'")
+    todo: list[tuple[list[str], dict[str, Any], int, str]] = [(["nosuch"], {}, 2, "invalid choice: 'nosuch'")]
     local = {"serve": [], "check": [], "schema": [], "completion": ["bash"]}
     for name in commands():
         argv = local[name] if INVOCATIONS[name] is None else lines(name)[0][0]
         args = [a.replace("{route}", "auth") for a in argv]
-        exits(run(name, *args, "--no-such-flag"), 2, "unrecognized arguments: --no-such-flag")
+        todo.append(([name, *args, "--no-such-flag"], {}, 2, "unrecognized arguments: --no-such-flag"))
     cases = [
         (["set", "auth", "150"], "percent must be a number 0..100"),
         (["set", "auth"], "the following arguments are required: percent"),
@@ -108,30 +118,33 @@ def test_usage_errors_exit_2_in_one_line_for_every_command(tmp_path):
         (["serve", "--backend-url", "legacy"], "'legacy' is not NAME=URL"),
         (["serve", "--access-log", "a.log", "--no-access-log"], "--access-log PATH and --no-access-log: choose one"),
     ]
-    for argv, needle in cases:
-        exits(run(*argv), 2, needle)
+    exits_all(todo + [(argv, {}, 2, needle) for argv, needle in cases])
 
 
 def test_bad_admin_urls_are_usage_errors_on_every_admin_command():
     """`--admin localhost:8081` (no scheme) and the same in $SPLITTER_ADMIN_URL: exit 2, nothing sent."""
+    todo: list[tuple[list[str], dict[str, Any], int, str]] = []
     for name in commands():
         for argv, _ in lines(name):
             args = [name, *(a.replace("{route}", "auth") for a in argv)]
-            exits(run(*args, "--admin", "localhost:8081"), 2, "--admin 'localhost:8081' needs http://")
-            exits(run(*args, env={"SPLITTER_ADMIN_URL": "localhost:8081"}), 2, "SPLITTER_ADMIN_URL 'localhost:8081'")
-            exits(run(*args, "--admin", "http://"), 2, "names no host")
+            todo.append(([*args, "--admin", "localhost:8081"], {}, 2, "--admin 'localhost:8081' needs http://"))
+            todo.append((args, {"env": {"SPLITTER_ADMIN_URL": "localhost:8081"}}, 2, "SPLITTER_ADMIN_URL 'localhost:8081'"))
+            todo.append(([*args, "--admin", "http://"], {}, 2, "names no host"))
+    exits_all(todo)
 
 
 def test_failures_exit_1_unreachable_admin_missing_token_files():
     nobody = f"http://127.0.0.1:{free_port()}"
+    todo: list[tuple[list[str], dict[str, Any], int, str]] = []
     for name in commands():
         for argv, writes in lines(name):
             args = [name, *(a.replace("{route}", "auth") for a in argv)]
             if name == "rollout" and argv[0] == "wait":
                 continue  # wait retries an unreachable API until --timeout: exit 4 (below)
-            exits(run(*args, env={"SPLITTER_ADMIN_URL": nobody}), 1, f"cannot reach the admin API at {nobody}")
+            todo.append((args, {"env": {"SPLITTER_ADMIN_URL": nobody}}, 1, f"cannot reach the admin API at {nobody}"))
             if writes:
-                exits(run(*args, token=None, env={"SPLITTER_ADMIN_URL": nobody}), 1, "SPLITTER_ADMIN_TOKEN is not set")
+                todo.append((args, {"token": None, "env": {"SPLITTER_ADMIN_URL": nobody}}, 1, "SPLITTER_ADMIN_TOKEN is not set"))
+    exits_all(todo)
     r = run("rollout", "wait", "auth", "--timeout", "1", env={"SPLITTER_ADMIN_URL": nobody})
     assert r.returncode == 4 and "not done within 1 s" in r.stderr.splitlines()[-1] and "Traceback" not in r.stderr
     exits(run("check", "nosuch.yaml"), 1, "nosuch.yaml")
@@ -146,14 +159,15 @@ def test_failures_exit_1_unreachable_admin_missing_token_files():
 
 def test_an_unknown_route_exits_1_naming_the_known_ones_on_every_command(standin, splitter):
     s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
-    tried = set()
+    tried, todo = set(), []
     for name in commands():
         for argv, _ in lines(name):
             if "{route}" not in argv:
                 continue
             args = [name, *(a.replace("{route}", "nosuch") for a in argv)]
-            exits(run(*args, env={"SPLITTER_ADMIN_URL": s.admin}), 1, f"unknown route 'nosuch' {KNOWN}")
+            todo.append((args, {"env": {"SPLITTER_ADMIN_URL": s.admin}}, 1, f"unknown route 'nosuch' {KNOWN}"))
             tried.add(name)
+    exits_all(todo)
     assert tried == {"set", "clear", "rollback", "shadow", "history", "cohort", "rollout", "report"}
     r = run("bucket", "alice", "--admin", s.admin)  # the live decision, asked of the same proxy
     assert r.returncode == 0 and "live values from" in r.stdout, r.stderr
