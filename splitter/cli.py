@@ -27,8 +27,8 @@ DEFAULT_ADMIN = "http://127.0.0.1:8081"
 # it, and tests/test_cli_exits.py holds every command's error paths to it.
 EXIT_CODES: dict[int, str] = {
     0: "ok (report: every criterion passes; rollout wait: done)",
-    1: "failed: a bad routes.yaml, an unreachable or refusing admin API, an unknown route, a missing token",
-    2: "usage: a bad flag, argument or value (a URL without http:// included); nothing was sent",
+    1: "failed: bad routes.yaml, admin API unreachable or refusing, unknown route, no token",
+    2: "usage: a bad flag, argument or value (a URL without http:// too); nothing sent",
     3: "report: a criterion fails; rollout wait: rolled back or aborted",
     4: "rollout wait: timed out (--timeout)",
     5: "rollout wait: awaiting approval (splitter rollout promote ROUTE)",
@@ -872,7 +872,9 @@ def _local_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     c.set_defaults(func=cmd_check)
 
     said = "a user's bucket and backend per route: the running proxy's live decision, or routes.yaml's with --file"
-    b = sub.add_parser("bucket", help=said, description=said, formatter_class=fmt)
+    told = "a user's bucket and backend per route: the running proxy's live decision\n(overrides, runtime cohort "
+    told += "members, kill switch), or routes.yaml's alone with --file"
+    b = sub.add_parser("bucket", help=said, description=told, formatter_class=fmt)
     b.add_argument("user_id", help="the user ID as the proxy would read it")
     b.add_argument(
         "--file",
@@ -1035,14 +1037,17 @@ def _cohort_list(args: argparse.Namespace, cohorts: list[dict[str, Any]]) -> int
 
 
 ROLLOUT_READING = """reading `status`:
-  ✓ pass, ✗ fail, … wait (too little evidence either way); a gate's estimate comes first, then with
-  `confidence` its interval [low .. high] at that confidence (∞: open above). Latencies are in ms to
-  0.01 ms; the latency histogram itself is good to about 2 %.
-  p= (max_p95_ratio) is the Mann-Whitney test's p-value for "new is slower than legacy": the chance of
-  data at least this lopsided if new were not slower. Small (below 1 - confidence, 0.01 at 0.99, shared
-  out over the rollout's looks) means the data show new slower; the gate then fails only when the p95
-  ratio and p95_tolerance_ms are shown breached as well.
-exit codes of `wait`: 0 done, 3 rolled back or aborted, 4 timed out, 5 awaiting approval."""
+  ✓ pass, ✗ fail, … wait (too little evidence either way). Each gate shows
+  its estimate, then with `confidence` its interval [low .. high] at that
+  confidence (∞: open above). Latencies in ms to 0.01 ms (the histogram
+  itself is good to about 2 %).
+  p= (max_p95_ratio): the Mann-Whitney p-value for "new is slower than
+  legacy", the chance of data this lopsided if new were not slower. Small
+  (below 1 - confidence, 0.01 at 0.99, shared out over the rollout's looks)
+  means the data show new slower; the gate fails only when the p95 ratio and
+  p95_tolerance_ms are shown breached as well.
+exit codes of `wait`: 0 done, 3 rolled back or aborted, 4 timed out,
+  5 awaiting approval."""
 
 
 def _rollout_parser(ro: argparse.ArgumentParser) -> None:
