@@ -19,7 +19,7 @@ def port_open(port: int) -> bool:
 def test_demo_script_starts_four_processes_and_ctrl_c_stops_them(tmp_path):
     busy = [p for p in (8001, 8002, 8003, 8080, 8081) if port_open(p)]
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
-    env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db")}
+    env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db"), "ACCESS_LOG": str(tmp_path / "access.log")}
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
     p = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -56,7 +56,7 @@ def test_demo_script_starts_four_processes_and_ctrl_c_stops_them(tmp_path):
 def test_demo_says_which_service_failed_to_start(tmp_path):
     busy = [p for p in (8001, 8002, 8003, 8080, 8081) if port_open(p)]
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
-    env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db")}
+    env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db"), "ACCESS_LOG": str(tmp_path / "access.log")}
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a test before may leave TIME_WAITs on 8002
         squatter.bind(("127.0.0.1", 8002))  # new_backend cannot listen
