@@ -139,7 +139,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         send_timeout=args.send_timeout,
         access_log=not args.no_access_log,
         access_log_path=args.access_log,
-        backend_urls=tuple(args.backend_url),
+        backend_urls=tuple(args.backend_url or ()),
     )
 
 
@@ -286,6 +286,8 @@ def cmd_bucket(args: argparse.Namespace) -> int:
 
     keys = ("route", "bucket", "sub_bucket", "percent", "backend", "reason")
     env = None
+    if args.file is not None and args.admin:
+        usage("--file decides on the file alone, --admin asks a running proxy: choose one")
     if args.file is None:
         view = _admin(args, "GET", "/admin/bucket?user_id=" + quote(args.user_id, safe=""))
         rows = [tuple(r[k] for k in keys) for r in view["routes"]]
@@ -851,7 +853,6 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt:
         "--backend-url",
         type=_backend_url,
         action="append",
-        default=[],
         metavar="NAME=URL",
         help="serve routes.yaml with this backend's URL replaced, on every reload too (repeatable; make run's "
         "BASE_PORT)",

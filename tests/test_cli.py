@@ -149,6 +149,7 @@ def test_help_shows_each_default_once():
     for name, sub in subs.choices.items():
         text = " ".join(sub.format_help().split())  # wrapped lines joined
         assert "(default: None)" not in text and "(default: False)" not in text and "None:" not in text, name
+        assert "(default: [])" not in text, name
         for action in sub._actions:
             if action.help:
                 shown = (sub._get_formatter()._get_help_string(action) or "").replace("%(default)s", str(action.default))

@@ -116,6 +116,7 @@ def test_usage_errors_exit_2_in_one_line_for_every_command(tmp_path):
         (["serve", "--admin-allowed-hosts", "http://x"], "is not a host name"),
         (["completion", "fish"], "invalid choice: 'fish'"),
         (["serve", "--backend-url", "legacy"], "'legacy' is not NAME=URL"),
+        (["bucket", "alice", "--file", "routes.yaml", "--admin", "http://127.0.0.1:9"], "--file decides on the file alone"),
         (["serve", "--access-log", "a.log", "--no-access-log"], "--access-log PATH and --no-access-log: choose one"),
     ]
     exits_all(todo + [(argv, {}, 2, needle) for argv, needle in cases])
