@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start legacy_backend (BASE_PORT+1), new_backend (+2), upload_service (new_backend's code again, +3: the upload
-# route's own new service) and the splitter (proxy +80, admin +81) on routes.yaml with no Redis. BASE_PORT
+# route's own new service) and the splitter (proxy +80, admin +81) on routes.yaml ($ROUTES) with no Redis. BASE_PORT
 # defaults to 8000 (8001-8003, 8080, 8081: routes.yaml's own URLs); another base serves the same routes.yaml with
 # --backend-url, so editing it still hot-reloads. Per-request lines go to $ACCESS_LOG (default
 # ./splitter-access.log); the terminal shows this banner, warnings and errors. Ctrl-C stops all four.
@@ -15,6 +15,7 @@ fi
 LEGACY_PORT=$((BASE_PORT + 1)) NEW_PORT=$((BASE_PORT + 2)) UPLOAD_PORT=$((BASE_PORT + 3))
 PROXY_PORT=$((BASE_PORT + 80)) ADMIN_PORT=$((BASE_PORT + 81))
 ACCESS_LOG=${ACCESS_LOG:-./splitter-access.log}
+ROUTES=${ROUTES:-routes.yaml}     # or an example: ROUTES=examples/rollout.yaml make run
 export DATABASE_URL=${DATABASE_URL:-sqlite:///./splitter-demo.db}
 export JWT_SECRET=${JWT_SECRET:-splitter-demo-development-secret-change-me}
 export UPLOAD_DIR=${UPLOAD_DIR:-./uploads}
@@ -33,7 +34,7 @@ names=(legacy_backend new_backend upload_service splitter)
 "$PY" -m legacy_backend --port "$LEGACY_PORT" & pids+=($!)
 "$PY" -m new_backend --port "$NEW_PORT" & pids+=($!)
 "$PY" -m new_backend --port "$UPLOAD_PORT" --name upload_service & pids+=($!)
-"$PY" -m splitter serve --config routes.yaml --state "${SPLITTER_STATE:-splitter-state.db}" \
+"$PY" -m splitter serve --config "$ROUTES" --state "${SPLITTER_STATE:-splitter-state.db}" \
   --port "$PROXY_PORT" --admin-port "$ADMIN_PORT" --log-level warning --access-log "$ACCESS_LOG" \
   --backend-url "legacy=http://127.0.0.1:$LEGACY_PORT" --backend-url "new=http://127.0.0.1:$NEW_PORT" \
   --backend-url "upload_service=http://127.0.0.1:$UPLOAD_PORT" & pids+=($!)
@@ -66,7 +67,7 @@ cat <<MSG
     new            http://127.0.0.1:$NEW_PORT
     upload_service http://127.0.0.1:$UPLOAD_PORT   (the upload route's new side)
     access log     $ACCESS_LOG   (one JSON line per request; tail -f it)
-    routes         routes.yaml   (edit it: reloaded within 2 s)
+    routes         $ROUTES   (edit it: reloaded within 2 s)
 
   try:
     curl -si localhost:$PROXY_PORT/api/auth/me -H 'X-User-ID: alice'

@@ -101,14 +101,14 @@ def test_readme_quotes_urls_with_a_query_string():
 
 
 def test_base_port_moves_the_whole_stack_and_the_terminal_shows_no_request(tmp_path):
-    """BASE_PORT=9000: legacy 9001, new 9002, upload_service 9003, proxy 9080, admin 9081, on the same routes.yaml
-    (--backend-url, so an edit still reloads); the per-request lines go to the access log file the banner
-    names, the terminal keeps the banner."""
+    """BASE_PORT=9000: legacy 9001, new 9002, upload_service 9003, proxy 9080, admin 9081, on the routes file as
+    written (--backend-url, so an edit still reloads; here ROUTES=examples/rollout.yaml); the per-request lines go
+    to the access log file the banner names, the terminal keeps the banner."""
     ports = (9001, 9002, 9003, 9080, 9081)
     busy = [p for p in ports if port_open(p)]
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
     access = tmp_path / "access.log"
-    env = {**os.environ, "PY": sys.executable, "BASE_PORT": "9000", "ACCESS_LOG": str(access),
+    env = {**os.environ, "PY": sys.executable, "BASE_PORT": "9000", "ACCESS_LOG": str(access), "ROUTES": "examples/rollout.yaml",
            "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db")}
     out = tmp_path / "demo.log"
     with open(out, "wb") as log:
@@ -123,6 +123,9 @@ def test_base_port_moves_the_whole_stack_and_the_terminal_shows_no_request(tmp_p
                      "new            http://127.0.0.1:9002", "upload_service http://127.0.0.1:9003", f"access log     {access}",
                      "curl -si localhost:9080/api/auth/me -H 'X-User-ID: alice'", "export SPLITTER_ADMIN_URL=http://127.0.0.1:9081"):
             assert line in banner, banner
+        assert "routes         examples/rollout.yaml" in banner, banner
+        (rollout,) = httpx.get("http://127.0.0.1:9081/admin/rollouts", timeout=5).json()  # ROUTES= served
+        assert rollout["route"] == "auth" and rollout["steps"] == [10, 50, 100]
         staff = {"X-User-ID": "alice", "X-Staff": "1"}
         r = httpx.get("http://localhost:9080/api/upload/1", headers=staff, timeout=5)
         assert r.headers["x-served-by"] == "upload_service" and r.headers["x-splitter-handler"] == "new_upload"
