@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# BASE_PORT=9000 make run: legacy 9001, new 9002, upload_service 9003, proxy 9080, admin 9081 (scripts/demo.sh)
 run: $(VENV)/.installed
 	PY=$(PY) scripts/demo.sh
 
@@ -52,7 +53,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) splitter-demo.db* splitter-state.db* uploads .pytest_cache
+	rm -rf $(VENV) splitter-demo.db* splitter-state.db* splitter-access.log uploads .pytest_cache
 
 # the documentation site (MkDocs + Material) at http://127.0.0.1:8000; docs/reference/ is generated from the code
 docs: $(VENV)/.installed

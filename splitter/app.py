@@ -76,5 +76,5 @@ class App:
 
 def create_app(settings: Settings, cfg: Config | None = None) -> App:
     if cfg is None:
-        cfg = config_mod.load(settings.config_path, settings.environment)
+        cfg = config_mod.load(settings.config_path, settings.environment, settings.backend_urls)
     return App(Runtime(settings, cfg))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -21,6 +22,19 @@ from .runtime import Settings
 from .text import terminal
 
 DEFAULT_ADMIN = "http://127.0.0.1:8081"
+
+# The one exit-code table: every command ends with one of these, the top-level help prints it, README quotes
+# it, and tests/test_cli_exits.py holds every command's error paths to it.
+EXIT_CODES: dict[int, str] = {
+    0: "ok (report: every criterion passes; rollout wait: done)",
+    1: "failed: bad routes.yaml, admin API unreachable or refusing, unknown route, no token",
+    2: "usage: a bad flag, argument or value (a URL without http:// too); nothing sent",
+    3: "report: a criterion fails; rollout wait: rolled back or aborted",
+    4: "rollout wait: timed out (--timeout)",
+    5: "rollout wait: awaiting approval (splitter rollout promote ROUTE)",
+    130: "interrupted (Ctrl-C)",
+    141: "stdout closed early (| head): nothing more is written, as with SIGPIPE",
+}
 
 
 class OperatorError(Exception):
@@ -49,8 +63,16 @@ def usage(message: str) -> NoReturn:
     raise UsageError(message)
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default once: not when the help text already says it, nor for None and flags."""
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors in one line like every other mistake (the usage is one --help away), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, terminal(f"{self.prog}: {message} (see {self.prog} --help)") + "\n")
+
+
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default once: not when the help text already says it, nor for None and flags; an epilog
+    (the exit-code table) keeps its lines."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
@@ -60,11 +82,25 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def admin_url(args: argparse.Namespace) -> str:
-    """--admin, else $SPLITTER_ADMIN_URL, else the default; a URL without http:// is one clear line."""
-    base = str(getattr(args, "admin", None) or os.environ.get("SPLITTER_ADMIN_URL") or DEFAULT_ADMIN).rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        source = "--admin" if getattr(args, "admin", None) else "SPLITTER_ADMIN_URL"
-        fail(f"{source} {base!r} needs http:// (for example http://{base.split('://')[-1]})")
+    """--admin, else $SPLITTER_ADMIN_URL, else the default."""
+    base = getattr(args, "admin", None) or os.environ.get("SPLITTER_ADMIN_URL") or DEFAULT_ADMIN
+    return http_url(base, "--admin" if getattr(args, "admin", None) else "SPLITTER_ADMIN_URL")
+
+
+def http_url(value: str, source: str) -> str:
+    """A URL without http:// or without a host is a usage error (exit 2), before anything is sent:
+    `localhost:8081` could be a scheme or a host, so it is never guessed."""
+    from urllib.parse import urlsplit
+
+    if not value.startswith(("http://", "https://")):
+        usage(f"{source} {value!r} needs http:// (for example http://{value.split('://')[-1]})")
+    base = value.rstrip("/")
+    try:
+        host = urlsplit(base).hostname
+    except ValueError:
+        host = None
+    if not host:
+        usage(f"{source} {base!r} names no host (for example {DEFAULT_ADMIN})")
     return base
 
 
@@ -102,6 +138,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         body_timeout=args.body_timeout,
         send_timeout=args.send_timeout,
         access_log=not args.no_access_log,
+        access_log_path=args.access_log,
+        backend_urls=tuple(args.backend_url or ()),
     )
 
 
@@ -115,15 +153,29 @@ def _host_names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _backend_url(text: str) -> tuple[str, str]:
+    """--backend-url legacy=http://127.0.0.1:9001 -> ("legacy", "http://127.0.0.1:9001"); the URL itself is
+    checked like routes.yaml's own."""
+    name, sep, url = text.partition("=")
+    if not sep or not name or not url:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=URL (for example legacy=http://127.0.0.1:9001)")
+    return name, url
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
     settings = _settings(args)
+    if args.access_log and args.no_access_log:
+        usage("--access-log PATH and --no-access-log: choose one")
+    try:
+        setup_logging(args.log_level, settings.access_log_path)
+    except OSError as exc:
+        fail(f"--access-log {args.access_log}: cannot open it: {exc.strerror}")
     if settings.workers < 1:
         usage("--workers must be at least 1")
     if not settings.send_timeout > 0:
         usage(f"--send-timeout must be more than 0 seconds, got {settings.send_timeout:g}")
     try:
-        cfg = config_mod.load(settings.config_path, settings.environment)
+        cfg = config_mod.load(settings.config_path, settings.environment, settings.backend_urls)
     except ConfigError as exc:
         for line in exc.errors:
             say(line, file=sys.stderr)
@@ -188,10 +240,11 @@ def _identity_and_secrets(settings: Settings, cfg: config_mod.Config) -> Setting
     """Refuse a bad tokens file or a notify url_env that is not set; hand the secrets on."""
     from dataclasses import replace
 
+    from .runtime import single_token
     from .tokens import Tokens, TokensError
 
     try:
-        Tokens(settings.admin_token, settings.tokens_file)
+        Tokens(single_token(settings, cfg), settings.tokens_file)
     except TokensError as exc:
         fail(str(exc))
     missing = [n for n in cfg.secret_names() if not os.environ.get(n)]
@@ -220,30 +273,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load_or_fail(_config_path(args.file, "pass the file: splitter check PATH"), env)
     parts = ", ".join(f"{r.name} {r.prefix} {r.percent}%" for r in cfg.routes)
     say(
-        f"{args.file}: ok, environment {cfg.environment}, {len(cfg.routes)} routes ({parts}), "
+        f"{args.file}: ok, environment {cfg.environment}, {plural(len(cfg.routes), 'route')} ({parts}), "
         f"unmatched -> {cfg.unmatched}"
     )
     return 0
 
 
 def cmd_bucket(args: argparse.Namespace) -> int:
+    """Live by default: the running proxy's decide() on its own state (overrides, runtime cohort members,
+    the kill switch), as every other command shows; --file for what routes.yaml alone would decide."""
     from urllib.parse import quote
 
     keys = ("route", "bucket", "sub_bucket", "percent", "backend", "reason")
-    if args.admin:
+    env = None
+    if args.file is not None and args.admin:
+        usage("--file decides on the file alone, --admin asks a running proxy: choose one")
+    if args.file is None:
         view = _admin(args, "GET", "/admin/bucket?user_id=" + quote(args.user_id, safe=""))
         rows = [tuple(r[k] for k in keys) for r in view["routes"]]
-        source = f"live values from {args.admin}" + (" (kill switch ON)" if view["kill"] else "")
-        env = None
+        source = f"live values from {admin_url(args)}" + (" (kill switch ON)" if view["kill"] else "")
+        source += "; routes.yaml's: --file PATH"
     else:
         env = os.environ.get("SPLITTER_ENV") or None
-        cfg = _load_or_fail(_config_path(args.config, "pass --config PATH, or --admin URL for live values"), env)
+        cfg = _load_or_fail(_config_path(args.file, "pass --file PATH"), env)
         rows = _bucket_rows(cfg, args.user_id)
         env = cfg.environment
-        source = f"routes.yaml values, environment {env}; live values: --admin URL"
+        source = f"routes.yaml values, environment {env}; live values: without --file"
     if args.json:
         routes = [dict(zip(keys, row, strict=True)) for row in rows]
-        origin = "admin" if args.admin else "file"
+        origin = "file" if args.file else "admin"
         print(json.dumps({"user_id": args.user_id, "source": origin, "environment": env, "routes": routes}))
         return 0
     say(f"user {args.user_id!r} ({source})")
@@ -377,8 +435,9 @@ def cmd_state(args: argparse.Namespace) -> int:
     view = _admin(args, "PUT", "/admin/state", doc, write=True)
     n = view["imported"]
     say(
-        f"imported into {view['store']}: {n['overrides']} overrides and the kill switch, {n['rollouts']} rollout "
-        f"records, {n['members']} cohort members, {n['history']} history events"
+        f"imported into {view['store']}: {plural(n['overrides'], 'override')} and the kill switch, "
+        f"{plural(n['rollouts'], 'rollout record')}, {plural(n['members'], 'cohort member')}, "
+        f"{plural(n['history'], 'history event')}"
     )
     return 0
 
@@ -483,7 +542,7 @@ def _progress_from_prometheus(args: argparse.Namespace, doc: dict[str, Any]) -> 
 
     since = _seconds(args.since or "30d")
     now = doc["generated_at"]
-    base = args.prometheus.rstrip("/")
+    base = http_url(args.prometheus, "--prometheus")
     for view in doc["routes"]:
         if view["steps"]:
             continue
@@ -525,6 +584,19 @@ def _prometheus(base: str, queries: dict[str, str], at: float | None = None) -> 
 
 def _admin_base(args: argparse.Namespace) -> str:
     return admin_url(args)
+
+
+def _known_route(args: argparse.Namespace, name: str) -> None:
+    """Exit 1 naming the routes the proxy knows when `name` is none of them: for the commands whose
+    admin answer would not say so by itself (an empty history, a listing without the route)."""
+    known = [r["name"] for r in _admin(args, "GET", "/admin/routes")]
+    if name not in known:
+        fail(f"unknown route {name!r} (routes: {', '.join(known)})")
+
+
+def plural(n: int, word: str) -> str:
+    """`1 member`, `2 members`."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def cmd_set(args: argparse.Namespace) -> int:
@@ -571,25 +643,40 @@ def cmd_kill(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from urllib.parse import urlencode
 
+    if args.limit < 1:
+        usage(f"--limit must be at least 1, got {args.limit}")
     query = urlencode({k: v for k, v in (("route", args.route), ("limit", args.limit)) if v})
     events = _admin(args, "GET", "/admin/history?" + query)
+    if args.route and not events:
+        _known_route(args, args.route)  # a removed route's past events still show above
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
     if not events:
         say(f"no changes recorded{' for ' + args.route if args.route else ''}")
         return 0
+    for line in _history_table(events):
+        say(line)
+    return 0
+
+
+def _history_table(events: list[dict[str, Any]]) -> list[str]:
+    """Columns as wide as their widest cell (kubectl's way), so the usual table fits 100 columns; the
+    reason last, whole (--json has every field)."""
     import time
 
-    say(f"{'AT':<19}  {'WHO':<12} {'SOURCE':<8} {'ACTION':<16} {'ROUTE':<14} {'OLD -> NEW':<14} REASON")
+    rows = [("AT", "WHO", "SOURCE", "ACTION", "ROUTE", "OLD -> NEW")]
     for e in events:
-        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
         who = e["who"] + (f" ({e['on_behalf']})" if e.get("on_behalf") else "")
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["at"]))
         change = f"{_show(e['old'])} -> {_show(e['new'])}"
-        route = e.get("route") or "-"
-        reason = e.get("reason") or ""
-        say(f"{at:<19}  {who:<12} {e['source']:<8} {e['action']:<16} {route:<14} {change:<14} {reason}")
-    return 0
+        rows.append((at, who, e["source"], e["action"], e.get("route") or "-", change))
+    widths = [max(len(terminal(row[i])) for row in rows) for i in range(len(rows[0]))]
+    reasons = ["REASON"] + [e.get("reason") or "" for e in events]
+    return [
+        "  ".join(cell + " " * (w - len(terminal(cell))) for cell, w in zip(row, widths, strict=True)) + "  " + why
+        for row, why in zip(rows, reasons, strict=True)
+    ]
 
 
 def _show(v: Any) -> str:
@@ -627,9 +714,9 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
         for g in i.get("gates", []):
             if "verdict" in g:  # judged: estimate, interval, p-value, verdict
                 mark = {"pass": "✓", "fail": "✗", "wait": "…"}[g["verdict"]]
-                est = "-" if g["estimate"] is None else f"{g['estimate']:.4g}"
+                est = "-" if g["estimate"] is None else _gate_number(g["gate"], g["estimate"])
                 lo, hi = g["interval"]
-                interval = "" if lo is None else f"  [{lo:.4g} .. {'∞' if hi is None else f'{hi:.4g}'}]"  # None: open
+                interval = "" if lo is None else f"  [{_gate_number(g['gate'], lo)} .. {_gate_number(g['gate'], hi)}]"
                 p = "" if g["p_value"] is None else f"  p={g['p_value']:.2g}"
                 lines.append(
                     f"  {mark} {g['gate']:<18} {est:>10}{interval}{p}  (threshold {g['threshold']:g}) {g['verdict']}"
@@ -638,8 +725,8 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
                 continue
             too_few = g["gate"] == "min_requests"  # not enough traffic yet: waiting, not failing
             mark = {True: "✓", False: "…" if too_few else "✗", None: "…"}[g["ok"]]
-            value = "-" if g["value"] is None else f"{g['value']:g}"
-            felt = f", {g['slower_ms']:g} ms slower, tolerance {g['tolerance_ms']:g} ms" if g.get("slower_ms") else ""
+            value = "-" if g["value"] is None else _gate_number(g["gate"], g["value"])
+            felt = f", {g['slower_ms']:.2f} ms slower, tolerance {g['tolerance_ms']:g} ms" if g.get("slower_ms") else ""
             lines.append(f"  {mark} {g['gate']:<18} {value:>10}  (threshold {g['threshold']:g}{felt})")
             lines += [f"      {g['detail']}"] if g.get("detail") else []
         if i.get("legacy_from_step_before"):
@@ -660,9 +747,25 @@ def _rollout_lines(items: list[dict[str, Any]]) -> list[str]:
             took = prev["until"] - prev["since"]
             lines.append(
                 f"  last window: {prev['percent']}% for {took:.0f} s, "
-                f"new {new['requests']} requests, {new['errors']} errors, p95 {new['p95_ms']} ms: {prev['verdict']}"
+                f"new {plural(new['requests'], 'request')}, {plural(new['errors'], 'error')}, "
+                f"p95 {_ms(new['p95_ms'])}: {prev['verdict']}"
             )
     return lines
+
+
+def _gate_number(gate: str, value: float | None) -> str:
+    """A gate's estimate or bound as far as it can mean anything: milliseconds to 0.01, rates and ratios
+    to 4 significant digits; None is an open interval end (∞) in a bound's place."""
+    if value is None:
+        return "∞"
+    if gate.endswith("_ms"):
+        return f"{value:.2f}"
+    return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
+
+
+def _ms(value: float | None) -> str:
+    """Milliseconds to 0.01 ms: the latency histogram's own resolution is coarser (2 %)."""
+    return "-" if value is None else f"{value:.2f} ms"
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
@@ -672,6 +775,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         usage(f"rollout {args.action} needs a ROUTE")
     if args.full and args.action != "promote":
         usage("--full goes with promote: splitter rollout promote ROUTE --full")
+    if args.timeout is not None and not args.timeout > 0:
+        usage(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
     if args.action == "wait":
         return _rollout_wait(args)
     body = {"full": True} if args.full else {}
@@ -697,6 +802,7 @@ def _rollout_said(v: dict[str, Any]) -> str:
 def _rollouts(args: argparse.Namespace) -> list[dict[str, Any]]:
     items = _admin(args, "GET", "/admin/rollouts")
     if args.route and not any(i["route"] == args.route for i in items):
+        _known_route(args, args.route)
         fail(f"route {args.route!r} has no rollout section in routes.yaml")
     return [i for i in items if not args.route or i["route"] == args.route]
 
@@ -772,9 +878,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from . import report, strictjson
 
     if args.window and not args.prometheus:
-        fail(f"--window {args.window} needs --prometheus URL: a proxy's /metrics counts only since it started")
+        usage(f"--window {args.window} needs --prometheus URL: a proxy's /metrics counts only since it started")
+    if args.window and not re.fullmatch(r"([0-9]+(ms|[smhdwy]))+", args.window):
+        usage(f"--window must be a Prometheus duration such as 10m, 1h or 1d, got {args.window!r}")
     if args.prometheus:
-        sides = report.from_prometheus(_prometheus(args.prometheus.rstrip("/"), report.prometheus_queries(args.window)))
+        queries = report.prometheus_queries(args.window)
+        sides = report.from_prometheus(_prometheus(http_url(args.prometheus, "--prometheus"), queries))
     else:
         base = admin_url(args)
         try:
@@ -784,7 +893,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         sides = report.from_metrics_text(text)
     reports = report.build(sides, args.route, _report_rollouts(args))
     if args.route and not reports:
-        fail(f"no traffic recorded for route {args.route!r}")
+        if not args.prometheus:
+            _known_route(args, args.route)
+        seen = ", ".join(sorted(n for n in sides if n != "unmatched")) or "none"
+        fail(f"no traffic recorded for route {args.route!r} (routes with traffic: {seen})")
     if args.json:
         print(strictjson.dumps([r.as_dict() for r in reports], indent=2))
     else:
@@ -811,10 +923,11 @@ def _report_rollouts(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = _Help
-    p = argparse.ArgumentParser(
+    p: argparse.ArgumentParser = _Parser(
         prog="splitter",
         description="Reverse proxy for strangler-fig migrations: sticky percent split between legacy and new.",
         formatter_class=fmt,
+        epilog="exit codes:\n" + "\n".join(f"  {code:>3}  {said}" for code, said in EXIT_CODES.items()),
     )
     p.add_argument("--version", action="version", version=f"splitter {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -897,6 +1010,20 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt:
     )  # fmt: skip
     s.add_argument("--no-access-log", action="store_true", help="no per-request log line (errors are still logged)")
     s.add_argument(
+        "--access-log",
+        default=None,
+        metavar="PATH",
+        help="the per-request lines to this file (appended), not stdout, at any --log-level",
+    )
+    s.add_argument(
+        "--backend-url",
+        type=_backend_url,
+        action="append",
+        metavar="NAME=URL",
+        help="serve routes.yaml with this backend's URL replaced, on every reload too (repeatable; make run's "
+        "BASE_PORT)",
+    )
+    s.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="least severe level logged"
     )
     s.set_defaults(func=cmd_serve)
@@ -911,15 +1038,20 @@ def _local_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     )
     c.set_defaults(func=cmd_check)
 
-    b = sub.add_parser(
-        "bucket",
-        help="a user's bucket and backend per route: routes.yaml values, or live ones with --admin",
-        formatter_class=fmt,
-    )
+    said = "a user's bucket and backend per route: the running proxy's live decision, or routes.yaml's with --file"
+    told = "a user's bucket and backend per route: the running proxy's live decision\n(overrides, runtime cohort "
+    told += "members, kill switch), or routes.yaml's alone with --file"
+    b = sub.add_parser("bucket", help=said, description=told, formatter_class=fmt)
     b.add_argument("user_id", help="the user ID as the proxy would read it")
-    b.add_argument("--config", default="routes.yaml", help="routes.yaml whose percents to use (ignored with --admin)")
     b.add_argument(
-        "--admin", default=None, help="ask a running proxy instead: live percents, overrides and kill switch"
+        "--file",
+        "--config",
+        default=None,
+        metavar="ROUTES_YAML",
+        help="decide on this routes.yaml's values alone instead of asking the running proxy",
+    )
+    b.add_argument(
+        "--admin", default=None, help=f"admin API URL (default: $SPLITTER_ADMIN_URL, else {DEFAULT_ADMIN})"
     )
     b.add_argument("--json", action="store_true", help="JSON output")
     b.set_defaults(func=cmd_bucket)
@@ -975,9 +1107,9 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     sa.add_argument("file", nargs="?", help="import: a file `splitter state export` wrote (- for stdin)")
     sa.set_defaults(func=cmd_state)
     _cohort_parser(admin_parser("cohort", "members of a route's users cohorts at runtime: add, remove, list"))
-    _rollout_parser(
-        admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, restart, wait (exit 0, 3-5)")
-    )
+    ro = admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, restart, wait (exit 0, 3-5)")
+    ro.epilog = ROLLOUT_READING
+    _rollout_parser(ro)
     rp = admin_parser(
         "report",
         "old vs new per route against the migration plan's success criteria "
@@ -1016,8 +1148,10 @@ def _finish_line_parsers(admin_parser: Callable[[str, str], argparse.ArgumentPar
 
 def _cohort_parser(co: argparse.ArgumentParser) -> None:
     co.add_argument("action", choices=["add", "remove", "list"], help="what to do")
-    co.add_argument("route", help="route name")
-    co.add_argument("cohort", nargs="?", help="cohort name (list: all the route's cohorts when omitted)")
+    co.add_argument("route", metavar="ROUTE", help="route name")
+    co.add_argument(
+        "cohort", metavar="COHORT", nargs="?", help="cohort name (list: all the route's cohorts when omitted)"
+    )
     co.add_argument("users", nargs="*", metavar="USER", help="add/remove: user ids")
     co.add_argument("--json", action="store_true", help="list: JSON output")
     co.add_argument("--reason", default=None, help="add/remove: why, for the history and notifications")
@@ -1034,12 +1168,13 @@ def cmd_cohort(args: argparse.Namespace) -> int:
             usage("list takes ROUTE [COHORT], no user ids")
         return _cohort_list(args, _all_members(args, path, _admin(args, "GET", path)["cohorts"]))
     if not args.cohort or not args.users:
-        usage(f"{args.action} needs ROUTE COHORT USER...")
+        got = f"cohort {args.cohort!r} and no user ids" if args.cohort else "no cohort"
+        usage(f"{args.action} needs ROUTE COHORT USER... (got route {args.route!r}, {got})")
     body = {args.action: args.users}
     r = _admin(args, "PUT", f"{path}/{quote(args.cohort, safe='')}", body, write=True)
     did = f"added {r['added']}" if args.action == "add" else f"removed {r['removed']}"
     say(
-        f"{args.route}/{args.cohort}: {did}; {r['count']} members "
+        f"{args.route}/{args.cohort}: {did}; {plural(r['count'], 'member')} "
         f"({r['file_members']} in routes.yaml, {r['runtime_members']} added at runtime)"
     )
     return 0
@@ -1085,12 +1220,28 @@ def _cohort_list(args: argparse.Namespace, cohorts: list[dict[str, Any]]) -> int
     return 0
 
 
+ROLLOUT_READING = """reading `status`:
+  ✓ pass, ✗ fail, … wait (too little evidence either way). Each gate shows
+  its estimate, then with `confidence` its interval [low .. high] at that
+  confidence (∞: open above). Latencies in ms to 0.01 ms (the histogram
+  itself is good to about 2 %).
+  p= (max_p95_ratio): the Mann-Whitney p-value for "new is slower than
+  legacy", the chance of data this lopsided if new were not slower. Small
+  (below 1 - confidence, 0.01 at 0.99, shared out over the rollout's looks)
+  means the data show new slower; the gate fails only when the p95 ratio and
+  p95_tolerance_ms are shown breached as well.
+exit codes of `wait`: 0 done, 3 rolled back or aborted, 4 timed out,
+  5 awaiting approval."""
+
+
 def _rollout_parser(ro: argparse.ArgumentParser) -> None:
     actions = ["status", "pause", "resume", "abort", "promote", "restart", "wait"]
     ro.add_argument("action", choices=actions, help="what to do")
     ro.add_argument("route", nargs="?", help="route name (status: all routes when omitted)")
     ro.add_argument("--full", action="store_true", help="promote: straight to the last step, and done")
-    ro.add_argument("--timeout", type=float, default=None, help="wait: give up after S seconds, exit 4 (None: never)")
+    ro.add_argument(
+        "--timeout", type=float, default=None, help="wait: give up after S seconds, exit 4 (default: until it ends)"
+    )
     ro.add_argument("--watch", action="store_true", help="status: redraw every second, retrying through errors")
     ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
     ro.add_argument("--reason", default=None, help="a change: why, for the history and notifications")
@@ -1113,7 +1264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # here, so a reader gone away (| head) is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        # quiet, like cat: stdout goes to /dev/null so the interpreter's own flush at exit cannot raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except _ConfigFailure as exc:
         for line in exc.errors:
             say(line, file=sys.stderr)

@@ -271,6 +271,7 @@ class Config:
     websocket: WebSocketSpec = field(default_factory=WebSocketSpec)
     notify: tuple[NotifyTarget, ...] = ()
     admin_reads: str = "open"  # or "token": reads on /admin/* need a viewer token too
+    admin_single_token: bool = True  # False: $SPLITTER_ADMIN_TOKEN proves nothing (named tokens only)
     state_path: str | None = None  # `state.path` as written (None: the default file next to routes.yaml)
     by_name: Mapping[str, Route] = field(default_factory=dict)
     role_backends: Mapping[str, str] = field(default_factory=lambda: DEFAULT_BACKENDS)  # when no route matches
@@ -327,8 +328,10 @@ class _Doc:
         return loader.construct_object(node)
 
 
-def load(path: str | Path, environment: str | None = None) -> Config:
-    """Read and validate a routes.yaml; raise ConfigError naming file:line: key."""
+def load(path: str | Path, environment: str | None = None, backend_urls: BackendURLs = ()) -> Config:
+    """Read and validate a routes.yaml; raise ConfigError naming file:line: key. `backend_urls` (serve
+    --backend-url NAME=URL) replace the named backends' URLs on every load, reloads included, so one
+    routes.yaml serves on other ports (make run's BASE_PORT) and stays the file people edit."""
     p = Path(path)
     name = str(path)
     try:
@@ -337,10 +340,15 @@ def load(path: str | Path, environment: str | None = None) -> Config:
         raise ConfigError([f"{name}:0: (file): not found"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{name}:0: (file): cannot read: {exc}"]) from None
-    return parse(text, name, environment)
+    return parse(text, name, environment, backend_urls)
 
 
-def parse(text: str, filename: str = "routes.yaml", environment: str | None = None) -> Config:
+BackendURLs = tuple[tuple[str, str], ...]
+
+
+def parse(
+    text: str, filename: str = "routes.yaml", environment: str | None = None, backend_urls: BackendURLs = ()
+) -> Config:
     doc = _Doc(filename)
     loader = None
     try:
@@ -363,11 +371,21 @@ def parse(text: str, filename: str = "routes.yaml", environment: str | None = No
         raise ConfigError(
             [f"{filename}:1: (top): must be a mapping with backends and routes, got an empty or non-mapping document"]
         )
-    config = _build(doc, data, environment)
+    config = _build(doc, _with_urls(data, backend_urls, filename), environment)
     if doc.errors:
         raise ConfigError(doc.errors)
     assert config is not None
     return config
+
+
+def _with_urls(data: dict[str, Any], backend_urls: BackendURLs, filename: str) -> dict[str, Any]:
+    """routes.yaml's document with the given backends' URLs replaced (validated like the file's own)."""
+    backends = data.get("backends")
+    for name, url in backend_urls:
+        if not isinstance(backends, dict) or not isinstance(backends.get(name), dict):
+            raise ConfigError([f"{filename}:0: --backend-url {name}={url}: the file has no backend {name!r}"])
+        backends = {**backends, name: {**backends[name], "url": url}}
+    return {**data, "backends": backends} if backend_urls else data
 
 
 # The shape of routes.yaml, one table for both the validator (which keys each section allows)
@@ -410,7 +428,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "events": {"type": "array", "items": {"enum": list(CHANGE_ACTIONS)}},
         "format": {"enum": list(NOTIFY_FORMATS)},
     },
-    "admin": {"reads": {"enum": ["open", "token"]}},
+    "admin": {"reads": {"enum": ["open", "token"]}, "single_token": {"type": "boolean"}},
     "state": {"path": {"type": "string", "minLength": 1}},
     "websocket": {"max_message_bytes": {"type": "integer", "minimum": 1}, "idle_timeout_s": _POSITIVE},
     "backends": {name: "backend" for name in BACKENDS},
@@ -621,7 +639,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
     websocket = _websocket(doc, data.get("websocket"))
 
     notify = _notify(doc, data.get("notify") or [])
-    admin_reads = _admin_reads(doc, data.get("admin"))
+    admin_reads, single_token = _admin(doc, data.get("admin"))
     state_path = _state(doc, data.get("state"))
 
     if doc.errors:
@@ -642,6 +660,7 @@ def _build(doc: _Doc, data: dict[str, Any], env_override: str | None) -> Config 
         websocket=websocket,
         notify=notify,
         admin_reads=admin_reads,
+        admin_single_token=single_token,
         state_path=state_path,
         by_name={r.name: r for r in routes},
         _table=RouteTable([(r.prefix, r) for r in routes]),
@@ -724,9 +743,10 @@ def _websocket(doc: _Doc, value: Any) -> WebSocketSpec:
     return websocket
 
 
-def _admin_reads(doc: _Doc, value: Any) -> str:
-    """The `admin:` section: whether reads of /admin/* are open or need a viewer token."""
-    admin_reads = "open"
+def _admin(doc: _Doc, value: Any) -> tuple[str, bool]:
+    """The `admin:` section: whether reads of /admin/* are open or need a viewer token, and whether
+    $SPLITTER_ADMIN_TOKEN still counts (single_token: false leaves the named tokens alone)."""
+    admin_reads, single_token = "open", True
     if value is not None:
         a = _mapping(doc, value, "admin")
         if a is not None:
@@ -734,7 +754,11 @@ def _admin_reads(doc: _Doc, value: Any) -> str:
             admin_reads = a.get("reads", "open")
             if admin_reads not in ("open", "token"):
                 doc.error("admin.reads", f"must be open or token, got {_show(admin_reads)}")
-    return admin_reads
+            single_token = a.get("single_token", True)
+            if not isinstance(single_token, bool):
+                doc.error("admin.single_token", f"must be true or false, got {_show(single_token)}")
+                single_token = True
+    return admin_reads, single_token
 
 
 def _state(doc: _Doc, value: Any) -> str | None:

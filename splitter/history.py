@@ -81,7 +81,9 @@ def describe(e: dict[str, Any]) -> str:
     elif action == "reload":
         what = f"routes.yaml changed {route}: {e['old']} % → {e['new']} %"
     else:
-        what = f"{action.replace('_', ' ')} {route}: {e['old']} % → {e['new']} %"
+        # the guard's and the rollout's actions start with their own name: `guard trip`, not `guard guard trip`
+        verb = action.removeprefix(f"{e['who']}_") if e["who"] == e["source"] else action
+        what = f"{verb.replace('_', ' ')} {route}: {e['old']} % → {e['new']} %"
     return f"{who} {what}" + (f" — {e['reason']}" if e.get("reason") else "")
 
 

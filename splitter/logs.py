@@ -100,6 +100,7 @@ class AccessLog:
 
     def __init__(self) -> None:
         self.enabled = True
+        self.sink = _LOG_SINK  # stdout with the rest, or its own file (serve --access-log PATH)
         self._second = -1
         self._prefix = ""
         self._pid = 0  # the worker that served the request (several share the listeners); read once a second
@@ -117,7 +118,7 @@ class AccessLog:
         fields["pid"] = self._pid
         fields["level"] = "info"
         fields["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
-        _LOG_SINK.line(orjson.dumps(fields, default=str))  # bytes straight to the sink: no str round trip
+        self.sink.line(orjson.dumps(fields, default=str))  # bytes straight to the sink: no str round trip
 
 
 ACCESS = AccessLog()
@@ -142,7 +143,15 @@ class _JsonHandler(logging.Handler):
             self.handleError(record)
 
 
-def setup_logging(level: str = "info") -> None:
+def open_access_log(path: str) -> int:
+    """The access log's own file, appended to: every worker writes whole lines of at most PIPE_BUF bytes
+    with O_APPEND, so lines from several workers never interleave. OSError for the CLI to say."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+
+def setup_logging(level: str = "info", access_log: str | None = None) -> None:
+    """JSON lines on stdout at `level`. With `access_log` the per-request lines go to that file instead,
+    whatever the level (a terminal can then show warnings and errors only)."""
     sys.stdout.flush()
     lvl = getattr(logging, level.upper(), logging.INFO)
     root = logging.getLogger()
@@ -150,7 +159,10 @@ def setup_logging(level: str = "info") -> None:
         root.removeHandler(h)
     root.addHandler(_JsonHandler())
     root.setLevel(max(lvl, logging.WARNING))
-    ACCESS.enabled = lvl <= logging.INFO
+    ACCESS.enabled = lvl <= logging.INFO or access_log is not None
+    if access_log is not None and ACCESS.sink is _LOG_SINK:
+        ACCESS.sink = BatchedLogger(open_access_log(access_log))
+        atexit.register(ACCESS.sink.flush)
     logging.captureWarnings(True)
     structlog.configure(
         processors=[

@@ -61,6 +61,8 @@ class Settings:
     keepalive_timeout: float = 75.0
     header_timeout: float = 30.0
     access_log: bool = True
+    access_log_path: str | None = None  # --access-log: the per-request lines to this file, not stdout
+    backend_urls: tuple[tuple[str, str], ...] = ()  # --backend-url NAME=URL: over routes.yaml's, on every load
     body_timeout: float = 60.0  # seconds between reads of a request body; then 408
     send_timeout: float = 60.0  # seconds a client may take no response bytes; then its connection is cut
     reload_interval: float = 0.5
@@ -139,7 +141,9 @@ class Runtime:
         self.started = False
         self.reload_failures = 0  # since start, for the console (the metric has the fleet's)
         self.last_reload_error: list[str] = []
-        self.tokens = Tokens(settings.admin_token, settings.tokens_file)
+        self.tokens = Tokens(single_token(settings, cfg), settings.tokens_file)
+        if settings.admin_token and not cfg.admin_single_token:
+            log.warning("SPLITTER_ADMIN_TOKEN is set but admin.single_token is false: only named tokens count")
         self._tokens_sig = _file_signature(settings.tokens_file) if settings.tokens_file else None
         now = lambda: self.snapshot.config  # noqa: E731 - the config in force when an event is sent
         self.notifier = Notifier(self.metrics, lambda: now().notify, settings.secrets, lambda: now().environment)
@@ -276,7 +280,7 @@ class Runtime:
         self._file_sig = _file_signature(path)
         old = self.snapshot.config
         try:
-            cfg = config_mod.load(path, self.settings.environment)
+            cfg = config_mod.load(path, self.settings.environment, self.settings.backend_urls)
             unset = [n for n in cfg.secret_names() if n not in self.settings.secrets]
             if unset:
                 raise ConfigError([f"{path}: notify: url_env {n} was not set when the proxy started" for n in unset])
@@ -292,6 +296,9 @@ class Runtime:
             log.warning("config change needs a restart to apply", key="redis")
         if cfg.state_path != old.state_path:
             log.warning("config change needs a restart to apply", key="state")
+        if cfg.admin_single_token != old.admin_single_token:
+            self.tokens.admin_token = (single_token(self.settings, cfg) or "").encode() or None
+            log.info("admin.single_token changed", single_token=cfg.admin_single_token)
         self.windows = self._windows(cfg, self.windows)
         self.snapshot = self._with_members(make_snapshot(cfg, self.overrides.state))
         for backend in [b for b in self.pools if b not in cfg.backends.values()]:
@@ -387,6 +394,12 @@ def _file_sha256(path: str) -> str:
             return hashlib.sha256(f.read()).hexdigest()
     except OSError:
         return ""
+
+
+def single_token(settings: Settings, cfg: Config) -> str | None:
+    """$SPLITTER_ADMIN_TOKEN, unless routes.yaml turns it off (admin.single_token: false) so that only
+    the named tokens of SPLITTER_ADMIN_TOKENS_FILE prove anyone."""
+    return settings.admin_token if cfg.admin_single_token else None
 
 
 def _file_signature(path: str) -> tuple[int, int, int] | None:

@@ -636,7 +636,7 @@ def run_worker(settings: Settings, sockets: list[socket.socket], log_level: str,
     from .app import create_app
     from .logs import setup_logging
 
-    setup_logging(log_level)
+    setup_logging(log_level, settings.access_log_path)
     if ready is not None:
         _die_with_parent()
     app = create_app(settings)

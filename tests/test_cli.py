@@ -148,7 +148,8 @@ def test_help_shows_each_default_once():
     subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
     for name, sub in subs.choices.items():
         text = " ".join(sub.format_help().split())  # wrapped lines joined
-        assert "(default: None)" not in text and "(default: False)" not in text, name
+        assert "(default: None)" not in text and "(default: False)" not in text and "None:" not in text, name
+        assert "(default: [])" not in text, name
         for action in sub._actions:
             if action.help:
                 shown = (sub._get_formatter()._get_help_string(action) or "").replace("%(default)s", str(action.default))
@@ -156,18 +157,19 @@ def test_help_shows_each_default_once():
     admin_help = " ".join(run("status", "--help").stdout.split())
     assert "admin API URL (default: $SPLITTER_ADMIN_URL, else http://127.0.0.1:8081)" in admin_help
     assert admin_help.count("default") == 1
-    assert "(default: routes.yaml)" in " ".join(run("bucket", "--help").stdout.split())
+    bucket_help = " ".join(run("bucket", "--help").stdout.split())
+    assert "--file ROUTES_YAML" in bucket_help and "live decision" in bucket_help and "None" not in bucket_help
 
 
 def test_an_admin_url_without_a_scheme_says_it_needs_http():
     env = {**os.environ, "SPLITTER_ADMIN_URL": "localhost:8081"}
     r = subprocess.run([sys.executable, "-m", "splitter", "status"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=30)
-    assert r.returncode == 1 and r.stderr == "splitter: SPLITTER_ADMIN_URL 'localhost:8081' needs http:// (for example http://localhost:8081)\n"
-    one_line_error(run("rollback", "auth", "--admin", "127.0.0.1:8081"), "--admin '127.0.0.1:8081' needs http://")
+    assert r.returncode == 2 and r.stderr == "splitter status: SPLITTER_ADMIN_URL 'localhost:8081' needs http:// (for example http://localhost:8081)\n"
+    one_line_error(run("rollback", "auth", "--admin", "127.0.0.1:8081"), "--admin '127.0.0.1:8081' needs http://", code=2)
 
 
 def test_bucket_and_check_outside_the_project_say_where_routes_yaml_is_looked_for(tmp_path):
-    for args, hint in ((["bucket", "alice"], "pass --config PATH"), (["check"], "pass the file: splitter check PATH")):
+    for args, hint in ((["bucket", "alice", "--file", "routes.yaml"], "pass --file PATH"), (["check"], "pass the file: splitter check PATH")):
         r = subprocess.run([sys.executable, "-m", "splitter", *args], capture_output=True, text=True, cwd=tmp_path, timeout=30)
         assert r.returncode == 1 and r.stderr.startswith(f"splitter: routes.yaml not found in the current directory ({tmp_path}); {hint}"), r.stderr
         assert len(r.stderr.splitlines()) == 1
@@ -192,3 +194,29 @@ def test_no_shadow_or_rollout_reads_as_a_missing_section(standin, splitter):
     s = splitter(routes_yaml(standin("legacy"), standin("new")))
     one_line_error(run("shadow", "auth", "--admin", s.admin), "admin API answered 404: route 'auth' has no shadow section in routes.yaml")
     one_line_error(run("rollout", "status", "auth", "--admin", s.admin), "route 'auth' has no rollout section in routes.yaml")
+
+
+def test_history_fits_100_columns_and_numbers_are_rounded(standin, splitter):
+    """The usual history (people, a cohort change) fits 100 columns; a rollout's p95 reads to 0.01 ms."""
+    s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+    assert run("set", "auth", "12.5", "--admin", s.admin, "--reason", "canary").returncode == 0
+    assert run("kill", "on", "--admin", s.admin).returncode == 0
+    assert run("rollback", "upload", "--admin", s.admin).returncode == 0
+    out = run("history", "--admin", s.admin).stdout.splitlines()
+    assert len(out) == 4 and max(len(line) for line in out) <= 100, out
+    assert out[0].split() == ["AT", "WHO", "SOURCE", "ACTION", "ROUTE", "OLD", "->", "NEW", "REASON"]
+    assert out[3].split()[2:] == ["admin", "cli", "set", "auth", "50", "->", "12.5", "canary"], out
+    prev = {"percent": 10, "since": 0, "until": 60, "verdict": "pass", "new": {"requests": 1, "errors": 0, "p95_ms": 1.595931}}
+    view = {"route": "auth", "status": "running", "percent": 50, "step": 50, "steps": [10, 50], "reason": "", "previous": prev}
+    assert cli._rollout_lines([view])[-1] == "  last window: 10% for 60 s, new 1 request, 0 errors, p95 1.60 ms: pass"
+
+
+def test_notification_text_says_each_word_once():
+    from splitter.history import describe
+
+    trip = {"who": "guard", "source": "guard", "action": "guard_trip", "route": "auth", "old": 50, "new": 0, "reason": "5xx"}
+    assert describe(trip) == "guard trip auth: 50 % → 0 % — 5xx"
+    back = {**trip, "who": "rollout", "source": "rollout", "action": "rollout_rollback", "reason": ""}
+    assert describe(back) == "rollout rollback auth: 50 % → 0 %"
+    by_hand = {**back, "who": "alice", "source": "cli", "action": "rollout_abort"}
+    assert describe(by_hand) == "alice rollout abort auth: 50 % → 0 %"

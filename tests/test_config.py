@@ -255,6 +255,7 @@ def test_serve_names_an_unset_redis_password_variable(tmp_path):
         ('notify:\n  - {url: "http://h", events: [deploy]}', "- {url", "notify[0].events: must be a list of set"),
         ('notify:\n  - {url: "http://h",\n     format: teams}', "format: teams", "notify[0].format: must be json or"),
         ("admin: {reads: closed}", "admin:", "admin.reads: must be open or token, got 'closed'"),
+        ("admin: {single_token: no-thanks}", "admin:", "admin.single_token: must be true or false, got 'no-thanks'"),
     ],
 )
 def test_notify_and_admin_mistakes_name_file_line_and_key_path(tmp_path, extra, needle, message):
@@ -278,6 +279,8 @@ def test_notify_targets_and_admin_reads_load():
     )
     assert cfg.admin_reads == "token" and cfg.secret_names() == ["SLACK_URL"] and cfg.notify[1].label == "$SLACK_URL"
     assert config.parse(VALID).admin_reads == "open" and config.parse(VALID).notify == ()
+    assert config.parse(VALID).admin_single_token is True
+    assert config.parse(VALID + "\nadmin: {single_token: false}\n").admin_single_token is False
 
 
 def test_the_new_rollout_keys_load_with_their_defaults(tmp_path):

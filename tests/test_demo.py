@@ -19,7 +19,7 @@ def port_open(port: int) -> bool:
 def test_demo_script_starts_four_processes_and_ctrl_c_stops_them(tmp_path):
     busy = [p for p in (8001, 8002, 8003, 8080, 8081) if port_open(p)]
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
-    env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db")}
+    env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db"), "ACCESS_LOG": str(tmp_path / "access.log")}
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
     p = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -56,7 +56,7 @@ def test_demo_script_starts_four_processes_and_ctrl_c_stops_them(tmp_path):
 def test_demo_says_which_service_failed_to_start(tmp_path):
     busy = [p for p in (8001, 8002, 8003, 8080, 8081) if port_open(p)]
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
-    env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db")}
+    env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db"), "ACCESS_LOG": str(tmp_path / "access.log")}
     with socket.socket() as squatter:
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a test before may leave TIME_WAITs on 8002
         squatter.bind(("127.0.0.1", 8002))  # new_backend cannot listen
@@ -100,3 +100,51 @@ def test_readme_and_the_docs_quote_urls_with_a_query_string():
     assert any(re.search(r"curl .*'[^']*\?", line) for line in lines), "the check still sees the quoted ones"
     unquoted = [line for line in lines if re.search(r"curl [^'\"]*\s[^\s'\"]*\?", line)]
     assert unquoted == []
+
+
+def test_base_port_moves_the_whole_stack_and_the_terminal_shows_no_request(tmp_path):
+    """BASE_PORT=9000: legacy 9001, new 9002, upload_service 9003, proxy 9080, admin 9081, on the routes file as
+    written (--backend-url, so an edit still reloads; here ROUTES=examples/rollout.yaml); the per-request lines go
+    to the access log file the banner names, the terminal keeps the banner."""
+    ports = (9001, 9002, 9003, 9080, 9081)
+    busy = [p for p in ports if port_open(p)]
+    assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
+    access = tmp_path / "access.log"
+    env = {**os.environ, "PY": sys.executable, "BASE_PORT": "9000", "ACCESS_LOG": str(access), "ROUTES": "examples/rollout.yaml",
+           "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db")}
+    out = tmp_path / "demo.log"
+    with open(out, "wb") as log:
+        p = subprocess.Popen(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while "Ctrl-C stops all four" not in out.read_text() and time.monotonic() < deadline:
+            assert p.poll() is None, out.read_text()
+            time.sleep(0.1)
+        banner = out.read_text()
+        for line in ("proxy          http://localhost:9080", "http://127.0.0.1:9081/metrics", "legacy         http://127.0.0.1:9001",
+                     "new            http://127.0.0.1:9002", "upload_service http://127.0.0.1:9003", f"access log     {access}",
+                     "curl -si localhost:9080/api/auth/me -H 'X-User-ID: alice'", "export SPLITTER_ADMIN_URL=http://127.0.0.1:9081"):
+            assert line in banner, banner
+        assert "routes         examples/rollout.yaml" in banner, banner
+        (rollout,) = httpx.get("http://127.0.0.1:9081/admin/rollouts", timeout=5).json()  # ROUTES= served
+        assert rollout["route"] == "auth" and rollout["steps"] == [20, 50, 100]
+        staff = {"X-User-ID": "alice", "X-Staff": "1"}
+        r = httpx.get("http://localhost:9080/api/upload/1", headers=staff, timeout=5)
+        assert r.headers["x-served-by"] == "upload_service" and r.headers["x-splitter-handler"] == "new_upload"
+        r = httpx.get("http://localhost:9080/api/upload/1", headers={"X-User-ID": "alice"}, timeout=5)
+        assert r.headers["x-served-by"] == "legacy_backend"
+        rid = r.headers["x-request-id"]
+        assert not any(port_open(port) for port in (8001, 8002, 8003, 8080, 8081)), "nothing on the default ports"
+        # the access log is written in batches (0.1 s): wait for this request's own line, then read the terminal
+        deadline = time.monotonic() + 10
+        while rid not in (access.read_text() if access.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rid in access.read_text()
+        os.killpg(p.pid, signal.SIGINT)
+        p.wait(15)
+        terminal = out.read_text()
+        assert rid not in terminal and '"request_id"' not in terminal and "/api/upload" not in terminal.replace(banner, ""), terminal
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)

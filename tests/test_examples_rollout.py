@@ -21,7 +21,8 @@ EXAMPLE = ROOT / "examples" / "rollout.yaml"
 def _example(legacy: str, new: str) -> str:
     text = EXAMPLE.read_text()
     assert text.count("http://127.0.0.1:8001") == 1 and text.count("http://127.0.0.1:8002") == 1
-    return text.replace("http://127.0.0.1:8001", legacy).replace("http://127.0.0.1:8002", new)
+    text = text.replace("http://127.0.0.1:8001", legacy).replace("http://127.0.0.1:8002", new)
+    return text.replace("http://127.0.0.1:8003", new)  # upload's own service: new's code, as in make run
 
 
 def _traffic(url: str, stop: threading.Event) -> threading.Thread:

@@ -471,3 +471,25 @@ def test_every_changing_command_takes_a_reason(standin, splitter, tmp_path):
     assert abort["new"] == 0
     r = httpx.put(s.admin + "/admin/routes/auth", json={"percent": 5, "reason": 7}, headers=bearer(ALICE))
     assert r.status_code == 400 and "reason must be a string" in r.json()["error"]
+
+
+def test_single_token_false_leaves_only_the_named_tokens_and_a_reload_turns_it_back(standin, splitter, tmp_path):
+    """SPLITTER_ADMIN_TOKEN is operator `admin` beside the named tokens by default; `admin: {single_token:
+    false}` takes it away (at start, with a warning, and on a reload), `true` gives it back."""
+    single = "the-single-admin-token"
+    env = {"SPLITTER_ADMIN_TOKENS_FILE": str(tokens_file(tmp_path)), "SPLITTER_ADMIN_TOKEN": single}
+    legacy, new = standin("legacy"), standin("new")
+    off = routes_yaml(legacy, new, extra="admin: {single_token: false}")
+    s = splitter(off, env=env)
+    assert s.wait_log(lambda e: "admin.single_token is false" in e.get("event", ""))["level"] == "warning"
+
+    def change(token: str) -> int:
+        return httpx.put(s.admin + "/admin/routes/auth", json={"percent": 30}, headers=bearer(token)).status_code
+
+    assert (change(single), change(ALICE)) == (401, 200)
+    assert run("kill", "on", "--admin", s.admin, token=single).returncode == 1
+    for text, want, reloads in ((routes_yaml(legacy, new), 200, 1), (off, 401, 2)):
+        s.config.write_text(text)
+        eventually(lambda n=reloads: s.metric("splitter_config_reloads_total", result="success") == n, timeout=10)
+        assert change(single) == want, text
+    assert [e["who"] for e in history(s, "auth")] == ["admin", "alice"]

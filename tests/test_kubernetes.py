@@ -292,3 +292,31 @@ def test_redis_wants_a_password_and_admits_only_splitter_pods():
     assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "splitter"}}}], "ports": [{"port": 6379, "protocol": "TCP"}]}]
     splitter_labels = by_kind(objs, "Deployment", "splitter")["spec"]["template"]["metadata"]["labels"]
     assert {"app.kubernetes.io/name": "splitter"}.items() <= splitter_labels.items()
+
+
+def test_the_grafana_dashboard_configmap_is_generated_from_the_dashboard_and_carries_the_sidecar_label():
+    """kube-prometheus-stack's Grafana sidecar loads ConfigMaps labelled grafana_dashboard: "1"; the one in base
+    holds exactly deploy/grafana's dashboard (regenerate: scripts/gen_dashboard_configmap.py)."""
+    import json
+
+    assert subprocess.run([PY, str(ROOT / "scripts/gen_dashboard_configmap.py"), "--check"]).returncode == 0, "stale: run scripts/gen_dashboard_configmap.py"
+    cm = by_kind(objects("base"), "ConfigMap", "splitter-grafana-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/splitter.json").read_text())
+    assert json.loads(cm["data"]["splitter.json"]) == dashboard and dashboard["panels"]
+    assert cm in objects("demo"), "the demo overlay carries it too"
+
+
+def test_the_hpa_names_metrics_server_the_configmap_comment_says_both_delays_and_images_are_pinned():
+    """A release version (postgres 16.4 is one; python 3.11 is a moving line) or a digest, never a floating tag."""
+    import re
+
+    hpa = (K8S / "base/hpa.yaml").read_text()
+    assert "metrics-server" in hpa.split("apiVersion")[0], "the HPA's prerequisite, said where it is applied"
+    routes_cm = (K8S / "base/configmap.yaml").read_text().split("apiVersion")[0]
+    assert "within 2 s" in routes_cm and "about a minute" in routes_cm and "sync period" in routes_cm
+    for dockerfile in (ROOT / "deploy/docker").glob("*.Dockerfile"):
+        bases = [line.split()[1] for line in dockerfile.read_text().splitlines() if line.startswith("FROM ")]
+        assert bases and all("@sha256:" in b or re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[\w.-]*", b) for b in bases), (dockerfile, bases)
+    for image in _images_in(objects("demo")):
+        assert image.startswith("splitter") or re.search(r":\d+\.\d+(\.\d+)?(-[\w.]+)?$", image), image

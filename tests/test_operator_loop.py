@@ -156,7 +156,7 @@ def test_little_evidence_never_breaks_the_admin_api_and_report_is_strict_json(st
 
 
 def test_report_window_without_prometheus_is_an_error():
-    one_line_error(run("report", "--window", "10m"), "--window 10m needs --prometheus")
+    one_line_error(run("report", "--window", "10m"), "--window 10m needs --prometheus", code=2)
 
 
 RELATIVE = (

@@ -203,7 +203,7 @@ def test_state_moves_from_the_embedded_file_to_redis_with_export_and_import(stan
     assert httpx.get(b.admin + "/healthz").json()["store"] == f"redis {redis_server.url}"
     imported = subprocess.run([PY, "-m", "splitter", "state", "import", str(saved), "--admin", b.admin], cwd=ROOT, capture_output=True, text=True, timeout=30, env={**os.environ, **ENV})
     assert imported.returncode == 0, imported.stderr
-    assert f"redis {redis_server.url}" in imported.stdout and "1 cohort members" in imported.stdout, imported.stdout
+    assert f"redis {redis_server.url}" in imported.stdout and "1 cohort member," in imported.stdout, imported.stdout
     assert httpx.get(b.admin + "/admin/kill").json()["on"] is True
     assert httpx.get(b.admin + "/admin/state").json()["overrides"] == exported["overrides"]
     assert exported["overrides"]["auth"]["percent"] == 60 and exported["overrides"]["upload"]["percent"] == 100

@@ -1,5 +1,5 @@
 # new_backend image; build context is the repository root (compose.yaml).
-FROM python:3.11-slim
+FROM python:3.11.11-slim-bookworm
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY splitter ./splitter
