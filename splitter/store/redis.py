@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,6 +325,20 @@ class RedisStore(Store):
             return list(await pipe.execute())
         except self._redis_errors as exc:
             raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+
+    async def note_legacy(self, seen: Mapping[str, int]) -> None:
+        """A sorted set, route -> second: ZADD GT keeps the latest whichever replica writes last."""
+        try:
+            await self.client.zadd(f"{self.prefix}:legacy_last", dict(seen), gt=True)
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+
+    async def legacy_last(self) -> dict[str, float]:
+        try:
+            pairs = await self.client.zrange(f"{self.prefix}:legacy_last", 0, -1, withscores=True)
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+        return {str(r): float(s) for r, s in pairs}
 
     async def push_mismatch(self, route: str, entry: dict[str, Any]) -> None:
         key = f"{self.prefix}:shadow:{route}"
