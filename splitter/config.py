@@ -158,7 +158,7 @@ class RolloutSpec:
     approval: frozenset[int] = frozenset()  # indexes of the steps entered only on `splitter rollout promote`
     max_wait_s: float | None = None  # a step held longer than this: event `stalled` (once), and it keeps holding
     before_step: tuple[Hook, ...] = ()  # called, in order, before the controller enters a step
-    bake_s: float = 0.0  # after the last step's gates held: `baking` this long (guard and gates still judged), then done
+    bake_s: float = 0.0  # after the last step's gates held: `baking` this long (still judged), then done
     retire_after_s: float = DEFAULT_RETIRE_AFTER_S  # done and legacy unused this long: ready to retire
 
 

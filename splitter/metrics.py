@@ -96,9 +96,8 @@ class Metrics:
         about = f"Rollout transitions by event ({events})."
         self.rollout_events = Counter("splitter_rollout_events_total", about, ["route", "event"], registry=reg)
         about = "When legacy last served one of the route's requests (unix seconds, fleet-wide): ready to retire."
-        self.legacy_last = Gauge(
-            "splitter_route_legacy_last_request_timestamp_seconds", about, ["route"], registry=reg, multiprocess_mode="max"
-        )
+        name = "splitter_route_legacy_last_request_timestamp_seconds"
+        self.legacy_last = Gauge(name, about, ["route"], registry=reg, multiprocess_mode="max")
         about = "Current percent step of a gated rollout."
         self.rollout_step = Gauge("splitter_rollout_step", about, ["route"], registry=reg, multiprocess_mode=last)
         about = "Changes by people and automation (history events), for Grafana annotations."
