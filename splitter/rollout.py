@@ -683,6 +683,9 @@ class Rollouts:
             "scope": self.rt.windows.scope,
             "previous": state.get("previous"),
             "before_step": state.get("hooks"),  # the hooks' failures before the step to enter, while held by them
+            "bake_s": ro.bake_s,
+            "bake_ends_in_s": round(max(0.0, since + ro.bake_s - now), 1) if status == "baking" and since else None,
+            **retire_view(ro, state, self.rt.legacy_last.get(r.name), now),
         }
         if step >= 0 and since is not None and status in (*ACTIVE, "paused"):  # a finished one shows `previous`
             new_c, legacy_c = await self.evidence(r, state, now)
@@ -756,6 +759,33 @@ class Rollouts:
             return
         transition(route.name, state["status"], "promote")  # refused before anything changes
         await self._enter(route, state, step + 1, now, "promote")
+
+    async def retire_check(self, route: Route, now: float) -> tuple[bool, str]:
+        """(ready to retire, why not): `splitter retire` refuses a route that is not, unless forced. Legacy's
+        last request is read from the store here (an operator's action), not this process's copy."""
+        state = await self.rt.overrides.get_rollout(route.name)
+        if route.rollout is None:
+            if state is not None and state.get("retired"):
+                return False, f"it was retired {ago(now - float(state['retired']))}"
+            return False, "it has no rollout in routes.yaml, so nothing has shown legacy unused"
+        last = (await self.rt.overrides.legacy_last()).get(route.name)
+        view = retire_view(route.rollout, state, last, now)
+        if view["ready_to_retire"]:
+            return True, ""
+        status = state["status"] if state is not None else "pending"
+        if status != Status.DONE:
+            return False, f"its rollout is {status}, not done"
+        wait = f"retire_after_s {route.rollout.retire_after_s:g}: ready in {view['ready_in_s']:.0f} s"
+        return False, f"{view['says']} ({wait})"
+
+    async def mark_retired(self, name: str, now: float) -> None:
+        """The rollout's record says it was retired (the file loses its rollout next); event `retired`."""
+        state = await self.rt.overrides.get_rollout(name)
+        if state is not None:
+            state["retired"] = now
+            await self.rt.overrides.put_rollout(name, state)
+        self._zero_events(name)
+        self._event(name, "retired")
 
     def _steps(self, name: str) -> tuple[Percent, ...]:
         r = self.rt.snapshot.config.by_name[name]
