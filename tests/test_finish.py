@@ -214,3 +214,20 @@ def test_a_rollout_added_by_reload_to_a_route_at_50_starts_at_50_and_restart_sta
     assert step["old"] == 50 and step["new"] == 50, "no user moved back to legacy"
     r = httpx.post(s.admin + "/admin/rollouts/auth/restart", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200 and r.json()["step"] == 10 and auth(s)["percent"] == 10, r.text
+
+
+def test_with_redis_legacy_s_last_request_through_one_replica_is_every_replica_s_and_survives_a_restart(
+    standin, splitter, redis_server
+):
+    route = "  - name: auth\n    prefix: /api/auth\n    percent: 0"
+    text = routes_yaml(standin("legacy"), standin("new"), routes=route, extra=f'redis: {{url: "{redis_server.url}"}}')
+    a = splitter(text)
+    b = splitter(text)
+    assert auth(b)["legacy_last_request"] is None
+    sent = int(time.time())
+    assert httpx.get(a.url + "/api/auth/x", headers={"X-User-ID": "u1"}).headers["x-splitter-handler"] == "old_auth"
+    seen = eventually(lambda: b.metric("splitter_route_legacy_last_request_timestamp_seconds", route="auth"), timeout=5)
+    assert sent <= seen <= time.time() and auth(b)["legacy_last_request"] == seen
+    a.proc.stop()
+    again = splitter(text)
+    assert eventually(lambda: auth(again)["legacy_last_request"], timeout=5) == seen, "kept: not never, not now"
