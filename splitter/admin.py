@@ -382,12 +382,13 @@ async def list_routes(request: Request) -> Response:
 
 
 async def _retire_fields(rt: Runtime, view: dict[str, Any], r: RouteSpec, now: float) -> None:
-    """Ready to retire (the rollout done, legacy unused for retire_after_s), and when legacy last served
-    the route (fleet-wide; null: not seen), with the operator's sentence ("legacy last served ... ago")."""
-    last = rt.legacy_last.get(r.name)
-    view.update(ready_to_retire=False, legacy_last_request=last, retire_says=None)
+    """A rollout's route: ready to retire (the rollout done, legacy unused for retire_after_s), and when legacy
+    last served it (fleet-wide; null: not seen), with the operator's sentence ("legacy last served ... ago").
+    Other routes have no rollout to finish: their view stays as it was (the gauge has legacy's last request)."""
     if r.rollout is None:
         return
+    last = rt.legacy_last.get(r.name)
+    view.update(ready_to_retire=False, legacy_last_request=last, retire_says=None)
     try:
         state = await rt.overrides.get_rollout(r.name)
     except Unavailable:
