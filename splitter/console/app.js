@@ -177,6 +177,7 @@ function rolloutHeadline(ro, kill) {
     case "aborted": return [`ABORTED at ${clock(ro.since)}`, "bad"];
     case "paused": return [`PAUSED at ${ro.percent} %: ${ro.reason}`, "hold"];
     case "done": return [`done at ${ro.percent} % (${clock(ro.since)})`, "good"];
+    case "baking": return [`BAKING at ${ro.percent} %: done in ${Math.round(ro.bake_ends_in_s)} s if the gates hold`, "hold"];
   }
   const next = none(ro.next_step_in_s) ? "" : `, next step in ${Math.round(ro.next_step_in_s)} s if the gates hold`;
   return [`${ro.status} at ${ro.percent} %${next}`, ""];
@@ -192,7 +193,7 @@ function rolloutButtons(ro) {
     button("pause", "", "pause", {}, "pause the rollout"),
     button("resume", "", "resume", {}, "resume the rollout"),
     button("abort", "danger", "abort", {}, "abort the rollout (percent to 0)")];
-  if (["running", "awaiting_approval", "paused"].includes(ro.status)) {
+  if (["running", "awaiting_approval", "paused", "baking"].includes(ro.status)) {
     const last = ro.steps[ro.steps.length - 1];
     buttons.unshift(
       button("promote", ro.status === "awaiting_approval" ? "primary" : "", "promote", {}, "promote to the next step"),
@@ -316,6 +317,14 @@ function previousWindow(r) {
   return el("div", { class: "label prev" }, `before: ${when}: ${evidenceLine(kept.window)}`);
 }
 
+function retireLine(r) {
+  // the finish line: legacy's last request for this route, and whether `splitter retire` may pin it to new
+  const says = r.retire_says || "legacy has served this route no request since splitter began counting";
+  const text = r.ready_to_retire ? `READY TO RETIRE: ${says}: splitter retire ${r.name}`
+    : none(r.ready_in_s) ? says : `${says}; ready to retire in ${Math.round(r.ready_in_s)} s`;
+  return el("div", { class: "label" + (r.ready_to_retire ? " good" : ""), "data-field": "retire" }, text);
+}
+
 function routeCard(r, rollout, now, events) {
   const name = r.name;
   const input = el("input", { type: "number", min: "0", max: "100", step: "0.01", value: String(r.percent), "aria-label": `new percent for ${name}` });
@@ -330,6 +339,7 @@ function routeCard(r, rollout, now, events) {
   if (r.series) card.append(chart(r.series));
   if (r.cohorts) card.append(cohortBox(r.cohorts));
   if (r.guard) card.append(guardBox(r));
+  if (r.ready_to_retire !== undefined) card.append(retireLine(r));
   if (rollout) card.append(rolloutBox(rollout, r.source === "kill"));
   if (r.shadow) card.append(shadowBox(r.shadow));
   if (events) card.append(timelineBox(events.slice(0, 5), "changes: who, when, what, why"));
