@@ -15,6 +15,9 @@ replaced whole on every change. The keys are the truth:
                        outcomes once a second (window.py); expires after the longest window + 60 s
     {prefix}:shadow:{route}
                        list of the last 100 shadow mismatches (JSON), newest first
+    {prefix}:legacy_last
+                       sorted set route -> the last second legacy served it; every process adds the
+                       seconds it saw once a second with ZADD GT, so the latest wins (ready to retire)
     {prefix}:history   stream of change events (field "e": JSON), MAXLEN ~10,000 (history.py)
     {prefix}:claim:{digest}
                        SET NX, 5 minutes: the one replica that records a change every
