@@ -1,10 +1,11 @@
 """Gated progressive rollout: walk a route's override through its steps while the gates hold.
 
 State per route (in Redis with a fleet, else in memory):
-    {"status": running|awaiting_approval|paused|aborted|rolled_back|done, "step": index,
+    {"status": running|awaiting_approval|baking|paused|aborted|rolled_back|done, "step": index,
      "since": epoch s, "reason": str, "previous": the evidence of the last window that ended
      (percent, since, until, new, legacy, gates), "legacy_before": legacy's counts (window.Counts
-     fields) of the step before a 100 % step, "step_total": the step's running total (below)}
+     fields) of the step before a 100 % step, "step_total": the step's running total (below),
+     "ready": the quiet moment a done rollout's readiness to retire was announced for, "retired": when}
 With Redis one replica drives a route at a time (a lease renewed every tick;
 when the holder dies another takes over after the lease runs out). The driver
 judges the gates on the fleet's traffic since the current step began (window.py;
@@ -17,7 +18,9 @@ At 100 % legacy gets no traffic, so the gates that
 compare with legacy (max_p95_ratio, max_error_increase) read legacy's window of the
 step before, remembered when the rollout entered 100 %. A step written
 `{percent: N, approval: true}` is entered only on `promote` (status awaiting_approval
-until then; failing gates still roll back). The kill switch holds every rollout.
+until then; failing gates still roll back). The kill switch holds every rollout. After the last
+step, `bake_s` more of it judged the same way (`baking`), then done; done and legacy unused for
+`retire_after_s` (runtime.py keeps legacy's last request per route): ready to retire, said once.
 Each transition counts once in splitter_rollout_events_total{route,event}.
 """
 
