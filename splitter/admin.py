@@ -43,6 +43,7 @@ from .console import console_routes
 from .decide import Facts, decide
 from .metrics import CONTENT_TYPE
 from .rollout import Refused as RolloutRefused
+from .rollout import retire_view
 from .runtime import CONSOLE_SPAN_S
 from .store import Conflict, TooMany, Unavailable
 from .store.transfer import export_state, import_state
@@ -132,6 +133,7 @@ def create_admin(rt: Runtime, rollouts: Rollouts, shadow: Shadow, websockets: We
             Route("/admin/routes", list_routes),
             Route("/admin/routes/{name}", writer(set_route), methods=["PUT"]),
             Route("/admin/routes/{name}/override", writer(clear_route), methods=["DELETE"]),
+            Route("/admin/routes/{name}/retire", writer(retire_route), methods=["POST"]),
             Route("/admin/rollback", writer(rollback), methods=["POST"]),
             Route("/admin/kill", get_kill, methods=["GET"]),
             Route("/admin/kill", writer(kill_on), methods=["PUT"]),
@@ -336,6 +338,7 @@ async def _overview_route(
     if "window" in view and outcomes is not None and "step_since" not in view["window"]:
         view["window"]["since"] = outcomes.since or None
     view["cohorts"] = await _overview_cohorts(rt, r, now, view.get("window")) if r.cohorts else None
+    await _retire_fields(rt, view, r, now)
 
 
 async def _overview_cohorts(rt: Runtime, r: RouteSpec, now: float, window: dict[str, Any] | None) -> dict[str, Any]:
@@ -367,6 +370,7 @@ async def list_routes(request: Request) -> Response:
     views = routes_view(rt)
     now = time.time()
     for view, r in zip(views, rt.snapshot.config.routes, strict=True):
+        await _retire_fields(rt, view, r, now)
         if r.guard is None and r.rollout is None:
             continue
         try:
@@ -378,6 +382,23 @@ async def list_routes(request: Request) -> Response:
         except Unavailable as exc:
             view["window"] = {"scope": rt.windows.scope, "error": str(exc)}
     return JSONResponse(views)
+
+
+async def _retire_fields(rt: Runtime, view: dict[str, Any], r: RouteSpec, now: float) -> None:
+    """A rollout's route: ready to retire (the rollout done, legacy unused for retire_after_s), and when legacy
+    last served it (fleet-wide; null: not seen), with the operator's sentence ("legacy last served ... ago").
+    Other routes have no rollout to finish: their view stays as it was (the gauge has legacy's last request)."""
+    if r.rollout is None:
+        return
+    last = rt.legacy_last.get(r.name)
+    view.update(ready_to_retire=False, legacy_last_request=last, retire_says=None)
+    try:
+        state = await rt.overrides.get_rollout(r.name)
+    except Unavailable:
+        return
+    said = retire_view(r.rollout, state, last, now)
+    view.update(ready_to_retire=said["ready_to_retire"], retire_says=said["says"], ready_in_s=said["ready_in_s"])
+    view["retired"] = state.get("retired") if state else None
 
 
 async def _judged_window(rt: Runtime, rollouts: Rollouts, r: RouteSpec, now: float) -> dict[str, Any]:
@@ -589,6 +610,33 @@ async def _set_kill(request: Request, who: Actor, on: bool) -> Any:
     log.warning("kill switch", who=who.name, old=old, new=on)
     await record(request, who, "kill", None, old, on)
     return {"on": on}
+
+
+async def retire_route(request: Request, who: Actor) -> Any:
+    """`splitter retire`: refused (409) unless the route is ready to retire, or `force` (the reason then says
+    what it overrode); records history `retire` and the event `retired`. The CLI rewrites routes.yaml: the
+    file lives where the operator runs it. `dry_run`: the same check, nothing recorded."""
+    rt = _rt(request)
+    name = request.path_params["name"]
+    route_or_404(rt, name)
+    data = await body(request)
+    force, dry_run = data.get("force", False), data.get("dry_run", False)
+    if not isinstance(force, bool) or not isinstance(dry_run, bool):
+        raise _Refused(400, "force and dry_run must be true or false")
+    now = time.time()
+    ready, why_not = await _rollouts(request).retire_check(rt.snapshot.config.by_name[name], now)
+    if not ready and not force:
+        raise _Refused(409, f"route {name!r} is not ready to retire: {why_not} (--force retires it anyway)")
+    overrode = f"forced: {why_not}" if not ready else ""
+    answer = {"route": name, "ready_to_retire": ready, "forced": overrode or None, "dry_run": dry_run}
+    if dry_run:
+        return answer
+    await _rollouts(request).mark_retired(name, now)
+    reason = "; ".join(x for x in (who.reason, overrode) if x)
+    old = rt.snapshot.percent[name]
+    log.warning("route retired", who=who.name, route=name, forced=bool(overrode), reason=reason)
+    await rt.history.record(who.name, who.source, "retire", name, old, 100, reason, who.on_behalf)
+    return answer
 
 
 async def rollout_action(request: Request, who: Actor) -> Any:

@@ -390,6 +390,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_routes(routes, bool(kill.get("on")))
     for line in _drift(routes, rollouts):
         say(line)
+    for r in routes:
+        if r.get("ready_to_retire"):
+            say(f"{r['name']}: ready to retire, {r['retire_says']}: splitter retire {r['name']}")
     say(f"store: {store}")
     if rejected:
         say(f"routes.yaml REJECTED at the last reload; still serving the previous routes: {rejected[0]}")
@@ -1110,6 +1113,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
     ro = admin_parser("rollout", "gated rollouts: status, pause, resume, abort, promote, restart, wait (exit 0, 3-5)")
     ro.epilog = ROLLOUT_READING
     _rollout_parser(ro)
+    _retire_parser(admin_parser("retire", "pin a route ready to retire to new in routes.yaml (operator)"))
     rp = admin_parser(
         "report",
         "old vs new per route against the migration plan's success criteria "
@@ -1246,6 +1250,67 @@ def _rollout_parser(ro: argparse.ArgumentParser) -> None:
     ro.add_argument("--json", action="store_true", help="status: JSON (with --watch, one line per second)")
     ro.add_argument("--reason", default=None, help="a change: why, for the history and notifications")
     ro.set_defaults(func=cmd_rollout)
+
+
+def _retire_parser(re_: argparse.ArgumentParser) -> None:
+    re_.add_argument("route", help="route name")
+    re_.add_argument("--file", default="routes.yaml", help="the routes.yaml to rewrite (the one the proxy serves)")
+    re_.add_argument("--force", action="store_true", help="retire a route that is not ready (the reason says why not)")
+    re_.add_argument("--dry-run", action="store_true", help="print the change to routes.yaml as a diff; change nothing")
+    re_.add_argument("--reason", default=None, help="why, for the history and notifications")
+    re_.set_defaults(func=cmd_retire)
+
+
+RETIRED = {"percent": 100}  # pinned to new, in every environment of a per-environment percent
+RETIRED_GONE = ("rollout", "guard", "shadow")
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    """`retire ROUTE`: the proxy checks the route is ready (or --force) and records it; then routes.yaml here is
+    rewritten with the route pinned to new, comments and order kept (yamledit.py); the proxy reloads it."""
+    from urllib.parse import quote
+
+    from . import yamledit
+
+    if not os.environ.get("SPLITTER_ADMIN_TOKEN"):  # a change: said before anything is read or asked
+        fail("SPLITTER_ADMIN_TOKEN is not set: export your admin token (an operator's, for changes)")
+    _known_route(args, args.route)  # the proxy's routes first: the file may be another's
+    path = _config_path(args.file, "pass the file the proxy serves: --file PATH")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        new = yamledit.edit_route(text, args.route, RETIRED, RETIRED_GONE)
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+    except yamledit.EditError as exc:
+        fail(f"{path}: {exc}")
+    try:
+        config_mod.parse(new, path, os.environ.get("SPLITTER_ENV") or None)
+    except ConfigError as exc:
+        fail(f"{path}: the rewritten file would not pass `splitter check`: {exc.errors[0]}")
+    body = {"force": args.force, "dry_run": args.dry_run}
+    answer = _admin(args, "POST", f"/admin/routes/{quote(args.route, safe='')}/retire", body, write=True)
+    forced = f" ({answer['forced']})" if answer.get("forced") else ""
+    if args.dry_run:
+        sys.stdout.write(yamledit.unified_diff(text, new, path) or f"{path}: already pinned to new; no change\n")
+        say(f"dry run: {args.route} would be retired{forced}; nothing changed", file=sys.stderr)
+        return 0
+    try:
+        _replace(path, new)
+    except OSError as exc:
+        fail(f"{args.route} is recorded as retired, but {path} could not be written ({exc.strerror}): run it again")
+    say(f"retired {args.route}{forced}: {path} pins it to new (percent 100; rollout, guard, shadow removed)")
+    say("the proxy applies it on its next reload (within 2 s, or SIGHUP); commit the file")
+    return 0
+
+
+def _replace(path: str, text: str) -> None:
+    """Write the whole file or nothing (a reload must never read half of it), keeping its permissions."""
+    tmp = f"{path}.splitter-tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+    os.replace(tmp, path)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -30,10 +30,12 @@ NAME_RE = re.compile(r"[a-z0-9_]+")
 DEFAULT_MAX_BODY = 1 << 30
 UID_COOKIE = "splitter_uid"
 DEFAULT_P95_TOLERANCE_MS = 5.0
+DEFAULT_RETIRE_AFTER_S = 259200.0  # the migration plan's "72 hours in production without issues"
 # what a change history event (history.py) can be; `notify[].events` filters on these
 CHANGE_ACTIONS: tuple[str, ...] = ("set", "clear", "rollback", "kill", "guard_trip", "reload")
-ROLLOUT_CHANGES = ("step", "done", "rollback", "pause", "resume", "abort", "promote", "restart", "stalled")
+ROLLOUT_CHANGES = ("step", "done", "rollback", "pause", "resume", "abort", "promote", "restart", "stalled", "baking")
 CHANGE_ACTIONS += tuple(f"rollout_{a}" for a in ROLLOUT_CHANGES)
+CHANGE_ACTIONS += ("ready_to_retire", "retire")  # the finish line: legacy unused for retire_after_s; `splitter retire`
 CHANGE_ACTIONS += ("cohort",)  # runtime members of a `users` cohort added or removed (admin.change_cohort)
 NOTIFY_FORMATS = ("json", "slack")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -159,6 +161,8 @@ class RolloutSpec:
     approval: frozenset[int] = frozenset()  # indexes of the steps entered only on `splitter rollout promote`
     max_wait_s: float | None = None  # a step held longer than this: event `stalled` (once), and it keeps holding
     before_step: tuple[Hook, ...] = ()  # called, in order, before the controller enters a step
+    bake_s: float = 0.0  # after the last step's gates held: `baking` this long (still judged), then done
+    retire_after_s: float = DEFAULT_RETIRE_AFTER_S  # done and legacy unused this long: ready to retire
 
 
 @dataclass(frozen=True)
@@ -488,6 +492,8 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "steps": {"type": "array", "minItems": 1, "items": {"oneOf": [_STEP, {"$ref": "#/$defs/step"}]}},
         "interval_s": _POSITIVE,
         "max_wait_s": _POSITIVE,
+        "bake_s": {"type": "number", "minimum": 0},
+        "retire_after_s": _POSITIVE,
         "before_step": {"type": "array", "items": {"$ref": "#/$defs/hook"}},
         "gates": "gates",
     },
@@ -1210,7 +1216,12 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
     )
     max_wait = _number(doc, r, "max_wait_s", path, None)
     hooks = _hooks(doc, r.get("before_step", []), f"{path}.before_step")
-    return RolloutSpec(tuple(steps), float(interval), gates, approval, max_wait, hooks)
+    bake = float(_number(doc, r, "bake_s", path, 0.0, positive=False))
+    if bake < 0:
+        doc.error(f"{path}.bake_s", f"must be a number >= 0 (seconds; 0: no bake), got {bake:g}")
+        bake = 0.0
+    retire_after = float(_number(doc, r, "retire_after_s", path, DEFAULT_RETIRE_AFTER_S))
+    return RolloutSpec(tuple(steps), float(interval), gates, approval, max_wait, hooks, bake, retire_after)
 
 
 def _prom_gates(doc: _Doc, raw: Any, path: str) -> tuple[PromGate, ...]:

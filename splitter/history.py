@@ -70,6 +70,13 @@ class History:
         return await self.store.history(limit, route)
 
 
+_FINISH = {  # the finish line (rollout.py, `splitter retire`): said in the migration plan's words
+    "rollout_baking": "rollout of {route} baking at {new} %",
+    "ready_to_retire": "{route} is ready to retire",
+    "retire": "retired {route}: pinned to new in routes.yaml (100 %; its rollout, guard and shadow removed)",
+}
+
+
 def describe(e: dict[str, Any]) -> str:
     """One line for people (Slack, the console): who did what to which route, and why."""
     who = e["who"] + (f" (for {e['on_behalf']})" if e.get("on_behalf") else "")
@@ -78,6 +85,8 @@ def describe(e: dict[str, Any]) -> str:
         what = "turned the kill switch " + ("ON: every request goes to legacy" if e["new"] else "off")
     elif action == "cohort":
         what = _cohort_change(route, e["old"], e["new"])
+    elif action in _FINISH:
+        what = _FINISH[action].format(route=route, new=e["new"])
     elif action == "reload":
         what = f"routes.yaml changed {route}: {e['old']} % → {e['new']} %"
     else:

@@ -99,9 +99,13 @@ class Metrics:
         self.redis_up = Gauge("splitter_redis_up", about, registry=reg, multiprocess_mode=last) if with_redis else None
         about = "Automatic rollbacks by the error guard."
         self.guard_trips = Counter("splitter_guard_trips_total", about, ["route", "reason"], registry=reg)
-        events = "advanced, done, rolled_back, aborted, paused, resumed, promoted, awaiting_approval"
+        events = "advanced, done, rolled_back, aborted, paused, resumed, promoted, awaiting_approval, stalled, baking, "
+        events += "ready_to_retire, retired"
         about = f"Rollout transitions by event ({events})."
         self.rollout_events = Counter("splitter_rollout_events_total", about, ["route", "event"], registry=reg)
+        about = "When legacy last served one of the route's requests (unix seconds, fleet-wide): ready to retire."
+        name = "splitter_route_legacy_last_request_timestamp_seconds"
+        self.legacy_last = Gauge(name, about, ["route"], registry=reg, multiprocess_mode="max")
         about = "Current percent step of a gated rollout."
         self.rollout_step = Gauge("splitter_rollout_step", about, ["route"], registry=reg, multiprocess_mode=last)
         about = "Changes by people and automation (history events), for Grafana annotations."

@@ -1,11 +1,12 @@
 """Gated progressive rollout: walk a route's override through its steps while the gates hold.
 
 State per route (in Redis with a fleet, else in memory):
-    {"status": running|awaiting_approval|paused|aborted|rolled_back|done, "step": index,
+    {"status": running|awaiting_approval|baking|paused|aborted|rolled_back|done, "step": index,
      "since": epoch s, "reason": str, "previous": the evidence of the last window that ended
      (percent, since, until, new, legacy, gates), "legacy_before": legacy's counts (window.Counts
      fields) of the step before a 100 % step, "step_total": the step's running total (below),
-     "past_steps": the ended steps' window records with their counts (keep_step)}
+     "past_steps": the ended steps' window records with their counts (keep_step),
+     "ready": the quiet moment a done rollout's readiness to retire was announced for, "retired": when}
 With Redis one replica drives a route at a time (a lease renewed every tick;
 when the holder dies another takes over after the lease runs out). The driver
 judges the gates on the fleet's traffic since the current step began (window.py;
@@ -18,7 +19,9 @@ At 100 % legacy gets no traffic, so the gates that
 compare with legacy (max_p95_ratio, max_error_increase) read legacy's window of the
 step before, remembered when the rollout entered 100 %. A step written
 `{percent: N, approval: true}` is entered only on `promote` (status awaiting_approval
-until then; failing gates still roll back). The kill switch holds every rollout.
+until then; failing gates still roll back). The kill switch holds every rollout. After the last
+step, `bake_s` more of it judged the same way (`baking`), then done; done and legacy unused for
+`retire_after_s` (runtime.py keeps legacy's last request per route): ready to retire, said once.
 Each transition counts once in splitter_rollout_events_total{route,event}.
 """
 
@@ -45,7 +48,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("splitter.rollout")
 LEASE_S = 3.0
-EVENTS = ("advanced", "done", "rolled_back", "aborted", "paused", "resumed", "promoted", "awaiting_approval", "stalled")
+EVENTS = (
+    "advanced", "done", "rolled_back", "aborted", "paused", "resumed", "promoted", "awaiting_approval", "stalled",
+    "baking", "ready_to_retire", "retired",
+)
 
 
 class Status(StrEnum):
@@ -57,19 +63,23 @@ class Status(StrEnum):
     ABORTED = "aborted"
     ROLLED_BACK = "rolled_back"
     DONE = "done"
+    BAKING = "baking"
 
 
-ACTIVE = (Status.RUNNING, Status.AWAITING_APPROVAL)  # the statuses the driver judges
-_R, _A, _P, _X, _B, _D = Status
+ACTIVE = (Status.RUNNING, Status.AWAITING_APPROVAL, Status.BAKING)  # the statuses the driver judges
+_R, _A, _P, _X, _B, _D, _K = Status
 # The only place a status changes (h11's _state.py): (status, action) -> the next status. Operator
 # actions: pause, resume, abort, promote (the next step), finish (promote --full, or promote at the last
 # step), restart. The driver's: advance (start or next step), await (hold before an approval step),
-# rollback (a gate or the guard), done. A stopped rollout (aborted, rolled back) never goes back to
+# rollback (a gate or the guard), bake (the last step's gates held and bake_s > 0: baking at the last step, still
+# judged), done. A stopped rollout (aborted, rolled back) never goes back to
 # the step it left: resume and restart start it over at the first step; pause does not apply to it.
 # Pausing a paused rollout is allowed (a hand-set percent pauses it; a script's pause then still holds).
 TRANSITIONS: dict[tuple[Status, str], Status] = {
     **{(_R, a): s for a, s in [("pause", _P), ("abort", _X), ("promote", _R), ("finish", _D), ("restart", _R),
-                               ("advance", _R), ("await", _A), ("rollback", _B), ("done", _D)]},
+                               ("advance", _R), ("await", _A), ("rollback", _B), ("done", _D), ("bake", _K)]},
+    **{(_K, a): s for a, s in [("pause", _P), ("abort", _X), ("finish", _D), ("restart", _R), ("rollback", _B),
+                               ("done", _D)]},
     **{(_A, a): s for a, s in [("pause", _P), ("abort", _X), ("promote", _R), ("finish", _D), ("restart", _R),
                                ("rollback", _B)]},
     **{(_P, a): s for a, s in [("pause", _P), ("resume", _R), ("abort", _X), ("promote", _R), ("finish", _D),
@@ -78,7 +88,7 @@ TRANSITIONS: dict[tuple[Status, str], Status] = {
     **{(_B, a): _R for a in ("resume", "restart")},
     (_D, "restart"): _R,
 }
-ACTIONS = ("pause", "resume", "abort", "promote", "finish", "restart", "advance", "await", "rollback", "done")
+ACTIONS = ("pause", "resume", "abort", "promote", "finish", "restart", "advance", "await", "rollback", "done", "bake")
 OPERATOR_ACTIONS = ("pause", "resume", "abort", "promote", "finish", "restart")
 
 
@@ -94,6 +104,7 @@ _HINTS = {
     _X: "splitter rollout restart {name} starts it over at the first step",
     _B: "splitter rollout restart {name} starts it over at the first step",
     _D: "it is finished; splitter rollout restart {name} starts it over at the first step",
+    _K: "it is baking at its last step: splitter rollout promote {name} ends the bake now",
 }
 
 
@@ -259,6 +270,8 @@ class Rollouts:
         snap = rt.snapshot
         if state["status"] not in ACTIVE:
             self._gauge(route.name)
+            if state["status"] == Status.DONE and rt.legacy_loaded:
+                await self._ready_check(route, state, now)
             return
         step = int(state["step"])
         if step >= 0 and snap.sources.get(route.name) != "rollout":
@@ -267,7 +280,7 @@ class Rollouts:
         if snap.kill:
             return  # everything goes to legacy: nothing to judge, nothing to advance
         if step < 0:
-            await self._enter(route, state, 0, now, "start")
+            await self._start(route, state, now)
             return
         since = float(state["since"])
         await self._fold(route, state, now)
@@ -291,7 +304,8 @@ class Rollouts:
             await self._roll_back(route, state, old, now, failure, (new_c, legacy_c), gate_values)
             return
         await self._stall(route, state, now, new_c, legacy_c)
-        if now - since < ro.interval_s or state["status"] == "awaiting_approval":
+        baking = state["status"] == Status.BAKING
+        if now - since < (ro.bake_s if baking else ro.interval_s) or state["status"] == "awaiting_approval":
             return
         if new.requests < ro.gates.min_requests:
             self._once(route.name, step, "rollout waiting for traffic", have=new.requests, need=ro.gates.min_requests)
@@ -313,7 +327,8 @@ class Rollouts:
                 )
                 return
         if step + 1 >= len(ro.steps):
-            await self._done(route, state, now, (new_c, legacy_c), gate_values)
+            last = self._bake if ro.bake_s > 0 and not baking else self._done
+            await last(route, state, now, (new_c, legacy_c), gate_values)
             return
         await self._enter(route, state, step + 1, now, "advance", **gate_values)
 
@@ -388,21 +403,74 @@ class Rollouts:
         log.warning("rollout rolled back", route=route.name, step=ro.steps[step], reason=failure, **gate_values)
         await self.rt.history.record("rollout", "rollout", "rollout_rollback", route.name, old, 0, state["reason"])
 
-    async def _done(
+    async def _ready_check(self, route: Route, state: dict[str, Any], now: float) -> None:
+        """A done rollout whose legacy served none of the route's requests for retire_after_s is ready to retire:
+        said once (event, history, notification), the moment it became so kept in the record (`ready`), so a
+        restart does not say it again. Legacy serving the route again makes it not ready until the next time."""
+        assert route.rollout is not None
+        view = retire_view(route.rollout, state, self.rt.legacy_last.get(route.name), now)
+        if not view["ready_to_retire"] or state.get("ready") == view["quiet_since"]:
+            return
+        state["ready"] = view["quiet_since"]
+        await self.rt.overrides.put_rollout(route.name, state)
+        self._event(route.name, "ready_to_retire")
+        log.warning("route ready to retire", route=route.name, says=view["says"])
+        pct = self.rt.snapshot.percent[route.name]
+        why = f"{view['says']}: splitter retire {route.name}"
+        await self.rt.history.record("rollout", "rollout", "ready_to_retire", route.name, pct, pct, why)
+
+    async def _start(self, route: Route, state: dict[str, Any], now: float) -> None:
+        """The first step at or above the running percent: a rollout added to a route already past its first
+        steps never moves users back to legacy (`splitter rollout restart` starts at the first step on purpose).
+        Above every step, it is done at once, the percent untouched."""
+        ro = route.rollout
+        assert ro is not None
+        running = self.rt.snapshot.percent[route.name]
+        first = next((i for i, s in enumerate(ro.steps) if s >= running), None)
+        if first is not None:
+            await self._enter(route, state, first, now, "start")
+            return
+        why = f"the route already runs at {running}%, above every step"
+        move(route.name, state, "done", reason=why, since=now)
+        await self.rt.overrides.put_rollout(route.name, state)
+        self._event(route.name, "done")
+        log.warning("rollout done at start", route=route.name, percent=running, reason=why)
+        await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, running, running, why)
+
+    async def _bake(
         self, route: Route, state: dict[str, Any], now: float, sides: tuple[Counts, Counts], gate_values: dict[str, Any]
     ) -> None:
-        """The last step's gates held: the rollout is done, at its last step."""
+        """The last step's gates held: it bakes there for bake_s, judged as any step (a failure rolls back)."""
         ro = route.rollout
         assert ro is not None
         step, since = int(state["step"]), float(state["since"])
         evidence = self._window_record(ro, step, since, now, *sides, await self.extra(route, state, now))
         keep_step(state, evidence, *sides)
-        move(route.name, state, "done", reason="all steps passed", since=now, previous=evidence)
+        why = f"the last step's gates held: baking {ro.bake_s:g} s at {ro.steps[step]}%"
+        # a fresh span to judge (step_total) but the same step: legacy's side at 100 % stays the step before's
+        move(route.name, state, "bake", reason=why, since=now, previous=evidence, step_total=None)
+        await self.rt.overrides.put_rollout(route.name, state)
+        self._event(route.name, "baking")
+        log.info("rollout baking", route=route.name, percent=ro.steps[step], bake_s=ro.bake_s, **gate_values)
+        at = ro.steps[step]
+        await self.rt.history.record("rollout", "rollout", "rollout_baking", route.name, at, at, why)
+
+    async def _done(
+        self, route: Route, state: dict[str, Any], now: float, sides: tuple[Counts, Counts], gate_values: dict[str, Any]
+    ) -> None:
+        """The last step's gates held (and its bake, if any): the rollout is done, at its last step."""
+        ro = route.rollout
+        assert ro is not None
+        step, since = int(state["step"]), float(state["since"])
+        evidence = self._window_record(ro, step, since, now, *sides, await self.extra(route, state, now))
+        keep_step(state, evidence, *sides)
+        why = f"all steps passed and baked {ro.bake_s:g} s" if ro.bake_s > 0 else "all steps passed"
+        move(route.name, state, "done", reason=why, since=now, previous=evidence)
         await self.rt.overrides.put_rollout(route.name, state)
         self._event(route.name, "done")
         log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
         at = ro.steps[step]
-        await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, "all steps passed")
+        await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, why)
 
     async def evidence(self, route: Route, state: dict[str, Any], now: float) -> tuple[Counts, Counts]:
         """New's and legacy's outcomes the current step is judged on: everything since it began (its
@@ -645,6 +713,9 @@ class Rollouts:
             "scope": self.rt.windows.scope,
             "previous": state.get("previous"),
             "before_step": state.get("hooks"),  # the hooks' failures before the step to enter, while held by them
+            "bake_s": ro.bake_s,
+            "bake_ends_in_s": round(max(0.0, since + ro.bake_s - now), 1) if status == "baking" and since else None,
+            **retire_view(ro, state, self.rt.legacy_last.get(r.name), now),
         }
         if step >= 0 and since is not None and status in (*ACTIVE, "paused"):  # a finished one shows `previous`
             new_c, legacy_c = await self.evidence(r, state, now)
@@ -724,10 +795,67 @@ class Rollouts:
         transition(route.name, state["status"], "promote")  # refused before anything changes
         await self._enter(route, state, step + 1, now, "promote")
 
+    async def retire_check(self, route: Route, now: float) -> tuple[bool, str]:
+        """(ready to retire, why not): `splitter retire` refuses a route that is not, unless forced. Legacy's
+        last request is read from the store here (an operator's action), not this process's copy."""
+        state = await self.rt.overrides.get_rollout(route.name)
+        if route.rollout is None:
+            if state is not None and state.get("retired"):
+                return False, f"it was retired {ago(now - float(state['retired']))}"
+            return False, "it has no rollout in routes.yaml, so nothing has shown legacy unused"
+        last = (await self.rt.overrides.legacy_last()).get(route.name)
+        view = retire_view(route.rollout, state, last, now)
+        if view["ready_to_retire"]:
+            return True, ""
+        status = state["status"] if state is not None else "pending"
+        if status != Status.DONE:
+            return False, f"its rollout is {status}, not done"
+        wait = f"retire_after_s {route.rollout.retire_after_s:g}: ready in {view['ready_in_s']:.0f} s"
+        return False, f"{view['says']} ({wait})"
+
+    async def mark_retired(self, name: str, now: float) -> None:
+        """The rollout's record says it was retired (the file loses its rollout next); event `retired`."""
+        state = await self.rt.overrides.get_rollout(name)
+        if state is not None:
+            state["retired"] = now
+            await self.rt.overrides.put_rollout(name, state)
+        self._zero_events(name)
+        self._event(name, "retired")
+
     def _steps(self, name: str) -> tuple[Percent, ...]:
         r = self.rt.snapshot.config.by_name[name]
         assert r.rollout is not None
         return r.rollout.steps
+
+
+def ago(seconds: float) -> str:
+    """`3 days ago`, `5 hours ago`, `40 s ago`: how long since, as a person says it."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size:.0f} {unit}s ago"
+    return f"{max(0.0, seconds):.0f} s ago"
+
+
+def retire_view(ro: RolloutSpec, state: dict[str, Any] | None, legacy_last: float | None, now: float) -> dict[str, Any]:
+    """Whether a route is ready to retire: its rollout done (and baked), and legacy has served none of its
+    requests for retire_after_s. Quiet since legacy's last request, or since the rollout finished when legacy
+    was never seen (not since "never": that would make a route ready the moment it finishes)."""
+    done = state is not None and state.get("status") == Status.DONE
+    quiet_since = legacy_last if legacy_last is not None else float(state["since"]) if done and state else None
+    ready = done and quiet_since is not None and now - quiet_since >= ro.retire_after_s
+    if legacy_last is not None:
+        says = f"legacy last served this route {ago(now - legacy_last)}"
+    else:
+        says = "legacy has served this route no request since splitter began counting"
+    left = ro.retire_after_s - (now - quiet_since) if done and quiet_since is not None and not ready else None
+    return {
+        "ready_to_retire": ready,
+        "legacy_last_request": legacy_last,
+        "retire_after_s": ro.retire_after_s,
+        "quiet_since": quiet_since,
+        "ready_in_s": round(left, 1) if left is not None else None,
+        "says": says,
+    }
 
 
 def waiting_for(

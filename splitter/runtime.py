@@ -150,6 +150,9 @@ class Runtime:
         self.history = History(self.overrides, self.metrics, self.notifier.submit)
         self._recording: set[asyncio.Task[Any]] = set()
         self.guard_trips: dict[str, dict[str, Any]] = {}  # route -> the last trip this process made, for the console
+        self.legacy_last: dict[str, float] = {}  # route -> the last second legacy served it, fleet-wide (the store)
+        self.legacy_loaded = False  # legacy_last read from the store at least once since start
+        self._legacy_pending: dict[str, int] = {}  # seen here, not yet written to the store
         self._publish_gauges()
 
     # --- lifecycle ------------------------------------------------------------
@@ -211,7 +214,11 @@ class Runtime:
             await asyncio.sleep(1.0)
             try:
                 self.collect_cohorts(time.time())
-                await self.windows.flush(time.time())
+                try:
+                    await self.windows.flush(time.time())
+                finally:
+                    self._take_legacy_seen()
+                await self._share_legacy_last()
                 failing = False
             except Unavailable as exc:
                 if not failing:
@@ -224,10 +231,32 @@ class Runtime:
 
     def collect_cohorts(self, now: float) -> None:
         """Requests cohorts decided since the last call go into the windows, apart from new and legacy
-        (the console shows them; no judge reads them). Once a second, and before the console reads."""
+        (the console shows them; no judge reads them). Once a second, and before the console reads.
+        A `to: legacy` cohort's requests are legacy serving the route all the same (ready to retire)."""
         tally = self.metrics.take_cohort_tally()
         if tally:
             self.windows.add_cohorts(tally, now)
+            by_name = self.snapshot.config.by_name
+            for route, cohort in tally:
+                r = by_name.get(route)
+                if r is not None and any(c.name == cohort and c.to == "legacy" for c in r.cohorts):
+                    self._legacy_pending[route] = int(now)
+
+    def _take_legacy_seen(self) -> None:
+        for route, sec in self.windows.take_legacy_seen().items():
+            self._legacy_pending[route] = max(sec, self._legacy_pending.get(route, sec))
+
+    async def _share_legacy_last(self) -> None:
+        """Once a second, never per request: the routes legacy served go to the store (the latest second
+        kept, fleet-wide and across restarts), and the fleet's values come back for the gauge, the rollout
+        driver's ready-to-retire check and the admin views. Kept for the next try if the store fails."""
+        if self._legacy_pending:
+            await self.overrides.note_legacy(self._legacy_pending)
+            self._legacy_pending = {}
+        self.legacy_last = await self.overrides.legacy_last()
+        self.legacy_loaded = True
+        for route, at in self.legacy_last.items():
+            self.metrics.legacy_last.labels(route).set(at)
 
     async def judged_span(self, route: Route) -> tuple[float, float | None]:
         """(seconds, since) of the window that judges a route: the guard's, else the current rollout step's."""

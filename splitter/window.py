@@ -281,6 +281,8 @@ class Windows:
             self.routes[name] = fresh
         self._longest = max((s for o in self.routes.values() for s in o.spans), default=0.0)
         self._final: dict[str, Counts] = {}  # fleet slots every process has flushed
+        # route -> the last second legacy served it here, since the runtime last took it (ready to retire)
+        self.legacy_seen: dict[str, int] = dict(old.legacy_seen) if old is not None else {}
 
     def get(self, route: str) -> Outcomes | None:
         return self.routes.get(route)
@@ -304,6 +306,9 @@ class Windows:
         for name in touched:
             o = self.routes[name]
             drained = o.drain()
+            last = max((sec for backend, sec, c in drained if backend == "legacy" and c.n), default=None)
+            if last is not None:
+                self.legacy_seen[name] = max(last, self.legacy_seen.get(name, last))
             if self.store is None:
                 continue  # drain() merged them into this process's windows: that is all there is
             widths = {width_for(span) for span in o.spans}  # spans of one width share their keys: add once
@@ -316,6 +321,11 @@ class Windows:
                     )
         if batch and self.store is not None:
             await self.store.add_outcomes(batch)
+
+    def take_legacy_seen(self) -> dict[str, int]:
+        """The routes legacy served since the last take, with the last second it did."""
+        seen, self.legacy_seen = self.legacy_seen, {}
+        return seen
 
     async def totals(self, route: str, backend: str, now: float, span_s: float, since: float | None = None) -> Totals:
         return (await self.counts(route, backend, now, span_s, since)).totals()

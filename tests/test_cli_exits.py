@@ -42,6 +42,7 @@ INVOCATIONS: dict[str, list[tuple[list[str], bool]] | None] = {
     + [([a, "{route}"], True) for a in ("pause", "resume", "abort", "promote", "restart")],
     "report": [(["--route", "{route}"], False)],
     "sync": [([], False)],
+    "retire": [(["{route}", "--dry-run"], True)],
     "progress": [(["{route}"], False)],
 }
 
@@ -171,7 +172,7 @@ def test_an_unknown_route_exits_1_naming_the_known_ones_on_every_command(standin
             todo.append((args, {"env": {"SPLITTER_ADMIN_URL": s.admin}}, 1, f"unknown route 'nosuch' {KNOWN}"))
             tried.add(name)
     exits_all(todo)
-    assert tried == {"set", "clear", "rollback", "shadow", "history", "cohort", "rollout", "report", "progress"}
+    assert tried == {"set", "clear", "rollback", "shadow", "history", "cohort", "rollout", "report", "progress", "retire"}
     r = run("bucket", "alice", "--admin", s.admin)  # the live decision, asked of the same proxy
     assert r.returncode == 0 and "live values from" in r.stdout, r.stderr
 

@@ -292,6 +292,23 @@ def test_the_new_rollout_keys_load_with_their_defaults(tmp_path):
     assert ro.gates.no_new_errors and ro.gates.no_new_errors_statuses == (307,) and ro.gates.p95_tolerance_ms == 5.0
 
 
+def test_bake_s_and_retire_after_s_load_with_their_defaults_and_bad_values_name_the_key(tmp_path):
+    f = tmp_path / "routes.yaml"
+    rollout = "    salt: s1\n    rollout: {{steps: [10, 100]{keys}}}"
+    f.write_text(VALID.replace("    salt: s1", rollout.format(keys="")))
+    ro = config.load(f).by_name["upload"].rollout
+    assert ro is not None and ro.bake_s == 0 and ro.retire_after_s == 259200
+    f.write_text(VALID.replace("    salt: s1", rollout.format(keys=", bake_s: 10, retire_after_s: 5")))
+    ro = config.load(f).by_name["upload"].rollout
+    assert ro is not None and ro.bake_s == 10 and ro.retire_after_s == 5
+    f.write_text(VALID.replace("    salt: s1", rollout.format(keys=", bake_s: -1, retire_after_s: 0")))
+    with pytest.raises(config.ConfigError) as exc:
+        config.load(f)
+    said = "\n".join(exc.value.errors)
+    assert "routes[1].rollout.bake_s: must be a number >= 0 (seconds; 0: no bake), got -1" in said
+    assert "routes[1].rollout.retire_after_s: must be a number > 0, got 0" in said
+
+
 @pytest.mark.parametrize(
     "gates,message",
     [

@@ -460,3 +460,35 @@ def test_the_console_fits_four_routes_on_one_screen_and_offers_only_what_works(s
     eventually(lambda: page.inner_text("#whoami") == "token: victor (viewer)", timeout=5)
     visible = [b for b in page.locator("button").all() if b.is_visible()]
     assert [b.inner_text() for b in visible] == ["collapse all"], "a viewer is offered no change"
+
+
+RETIRING_YAML = """environment: production
+backends:
+  legacy: {{url: "{legacy}", read_timeout: 5}}
+  new: {{url: "{new}", read_timeout: 5}}
+user_id:
+  - header: X-User-ID
+anonymous: legacy
+routes:
+  - name: auth
+    prefix: /api/auth
+    percent: 0
+    cohorts:
+      - {{name: old_clients, header: X-Old-Client, equals: "1", to: legacy}}
+    rollout: {{steps: [100], interval_s: 1, retire_after_s: 2}}
+"""
+
+
+def test_the_route_card_says_when_legacy_last_served_it_and_when_it_is_ready_to_retire(standin, splitter, browser_page):
+    s = splitter(RETIRING_YAML.format(legacy=standin("legacy"), new=standin("new")))
+    page = browser_page
+    page.goto(s.admin + "/ui")
+    line = card(page, "auth").locator("[data-field=retire]")
+    eventually(lambda: line.inner_text().startswith("READY TO RETIRE: legacy has served this route no request"), timeout=20)
+    assert line.inner_text().endswith(": splitter retire auth")
+    httpx.get(s.url + "/api/auth/me", headers={"X-User-ID": "u1", "X-Old-Client": "1"})  # legacy, by its cohort
+    eventually(lambda: re.fullmatch(r"legacy last served this route \d s ago; ready to retire in \d s", line.inner_text()),
+               timeout=10)
+    eventually(lambda: line.inner_text().startswith("READY TO RETIRE: legacy last served this route"), timeout=10)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "console-ready-to-retire.png"), full_page=True)

@@ -81,3 +81,38 @@ def test_each_operator_action_on_each_status_through_the_controller(tmp_path, st
         assert percent == 0
     elif action == "resume":
         assert percent == 50, "a paused rollout goes on at the step it was paused on"
+
+
+def test_the_bake_is_entered_only_from_running_and_left_only_forward_or_stopped():
+    assert {s for (s, a) in TRANSITIONS if a == "bake"} == {Status.RUNNING}
+    assert TRANSITIONS[(Status.RUNNING, "bake")] is Status.BAKING
+    ways = {a: nxt for (s, a), nxt in TRANSITIONS.items() if s is Status.BAKING}
+    assert ways["done"] is Status.DONE and ways["rollback"] is Status.ROLLED_BACK and ways["finish"] is Status.DONE
+    assert "advance" not in ways and "await" not in ways and "resume" not in ways
+
+
+async def _start(tmp_path, steps: str, running: int) -> tuple[dict, object]:
+    """A rollout first seen by the driver on a route running at `running` %: (its record, the percent)."""
+    text = routes_yaml("http://127.0.0.1:9", "http://127.0.0.1:9", routes=f"""  - name: auth
+    prefix: /api/auth
+    percent: {running}
+    rollout: {{steps: {steps}, interval_s: 60}}""")
+    rt = Runtime(Settings(config_path=str(tmp_path / "routes.yaml")), parse(text))
+    rollouts = Rollouts(rt)
+    await rollouts.tick(rt.snapshot.config.by_name["auth"], time.time())  # writes the record
+    await rollouts.tick(rt.snapshot.config.by_name["auth"], time.time())  # starts it
+    state = await rt.overrides.get_rollout("auth")
+    assert state is not None
+    return state, rt.snapshot.percent["auth"]
+
+
+@pytest.mark.parametrize(("running", "expected"), [(0, 10), (10, 10), (30, 50), (50, 50), (100, 100)])
+def test_a_rollout_starts_at_the_first_step_at_or_above_the_running_percent(tmp_path, running, expected):
+    state, percent = asyncio.run(_start(tmp_path, "[10, 50, 100]", running))
+    assert state["status"] == "running" and [10, 50, 100][state["step"]] == expected and percent == expected
+
+
+def test_a_rollout_added_to_a_route_above_every_step_is_done_with_the_percent_untouched(tmp_path):
+    state, percent = asyncio.run(_start(tmp_path, "[10, 50]", 80))
+    assert state["status"] == "done" and percent == 80
+    assert state["reason"] == "the route already runs at 80%, above every step"

@@ -188,10 +188,14 @@ def test_state_moves_from_the_embedded_file_to_redis_with_export_and_import(stan
     httpx.post(a.admin + "/admin/rollouts/upload/promote", json={"full": True}, headers=AUTH)
     httpx.put(a.admin + "/admin/routes/resume_review/cohorts/beta", json={"add": ["carol"]}, headers=AUTH)
     httpx.put(a.admin + "/admin/kill", headers=AUTH)
+    httpx.get(a.url + "/api/auth/x", headers={"X-User-ID": "u1"})  # legacy serves it (the kill switch)
+    gauge = "splitter_route_legacy_last_request_timestamp_seconds"
+    legacy_last = eventually(lambda: a.metric(gauge, route="auth"), timeout=5)
     out = run("state", "export", "--admin", a.admin)
     assert out.returncode == 0, out.stderr
     exported = json.loads(out.stdout)
     assert exported["store"].startswith("sqlite ") and exported["kill"] is True
+    assert exported["legacy_last"] == {"auth": legacy_last}
     saved = a.config.parent / "state.json"
     saved.write_text(out.stdout)
     a.proc.stop()
@@ -205,6 +209,7 @@ def test_state_moves_from_the_embedded_file_to_redis_with_export_and_import(stan
     assert imported.returncode == 0, imported.stderr
     assert f"redis {redis_server.url}" in imported.stdout and "1 cohort member," in imported.stdout, imported.stdout
     assert httpx.get(b.admin + "/admin/kill").json()["on"] is True
+    assert eventually(lambda: b.metric(gauge, route="auth"), timeout=5) == legacy_last, "moved, not lost"
     assert httpx.get(b.admin + "/admin/state").json()["overrides"] == exported["overrides"]
     assert exported["overrides"]["auth"]["percent"] == 60 and exported["overrides"]["upload"]["percent"] == 100
     assert httpx.get(b.admin + "/admin/rollouts").json()[0]["status"] == "done"

@@ -41,12 +41,6 @@ function zone() {
   const hm = `${String(Math.floor(Math.abs(off) / 60)).padStart(2, "0")}:${String(Math.abs(off) % 60).padStart(2, "0")}`;
   return `times: 24-hour, ${name} (UTC${off < 0 ? "−" : "+"}${hm})`;
 }
-function ago(t, now) {
-  const s = Math.max(0, now - t);
-  const [n, unit] = s >= 86400 ? [Math.floor(s / 86400), "day"] : s >= 3600 ? [Math.floor(s / 3600), "hour"]
-    : s >= 60 ? [Math.floor(s / 60), "minute"] : [Math.floor(s), "second"];
-  return `${n} ${unit}${n === 1 ? "" : "s"} ago`;
-}
 function canChange() { return role === "operator"; }
 
 // A gate's numbers in the units the window table uses: rates as %, latency in ms, ratios as ×.
@@ -205,6 +199,7 @@ function rolloutHeadline(ro, kill) {
     case "aborted": return [`ABORTED at ${clock(ro.since)}`, "bad"];
     case "paused": return [`PAUSED at ${ro.percent} %: ${ro.reason}`, "hold"];
     case "done": return [`done at ${ro.percent} % (${clock(ro.since)})`, "good"];
+    case "baking": return [`BAKING at ${ro.percent} %: done in ${Math.round(ro.bake_ends_in_s)} s if the gates hold`, "hold"];
   }
   const next = none(ro.next_step_in_s) ? "" : `, next step in ${Math.round(ro.next_step_in_s)} s if the gates hold`;
   return [`${ro.status} at ${ro.percent} %${next}`, ""];
@@ -411,6 +406,14 @@ function routeActions(r, input, name) {
   return el("div", { class: "actions" }, ...buttons);
 }
 
+function retireLine(r) {
+  // the finish line: legacy's last request for this route, and whether `splitter retire` may pin it to new
+  const says = r.retire_says || "legacy has served this route no request since splitter began counting";
+  const text = r.ready_to_retire ? `READY TO RETIRE: ${says}: splitter retire ${r.name}`
+    : none(r.ready_in_s) ? says : `${says}; ready to retire in ${Math.round(r.ready_in_s)} s`;
+  return el("div", { class: "label" + (r.ready_to_retire ? " good" : ""), "data-field": "retire" }, text);
+}
+
 function routeCard(r, rollout, now, events) {
   const name = r.name;
   const input = el("input", { type: "number", min: "0", max: "100", step: "0.01", value: String(r.percent), "aria-label": `new percent for ${name}` });
@@ -420,9 +423,7 @@ function routeCard(r, rollout, now, events) {
     el("h2", {}, name, el("span", { class: "prefix" }, r.prefix), word ? el("span", { class: "state " + tone, "data-field": "state" }, word) : ""),
     el("div", {}, el("span", { class: "percent" }, `${r.percent} %`), " to new  ",
       el("span", { class: "source " + r.source, "data-field": "source" }, r.source), fileLine(r, rollout)));
-  if (r.ready_to_retire !== undefined && !none(r.legacy_last_request)) {
-    card.append(el("div", { class: "label", "data-field": "legacy-last" }, `legacy last served this route ${ago(r.legacy_last_request, now)}`));
-  }
+  if (r.ready_to_retire !== undefined) card.append(retireLine(r));
   if (rollout) card.append(el("div", { class: "headline " + rolloutHeadline(rollout, r.source === "kill")[1] }, rolloutHeadline(rollout, r.source === "kill")[0]));
   if (r.error) card.append(el("div", { class: "err" }, r.error));
   const compact = compactLine(r);

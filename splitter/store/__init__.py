@@ -185,6 +185,16 @@ class Store(ABC):
     async def read_outcomes(self, keys: list[str]) -> list[dict[str, str]]:
         ...
 
+    @abstractmethod
+    async def note_legacy(self, seen: Mapping[str, int]) -> None:
+        """Each route's last second legacy served one of its requests: kept as the latest of all writers."""
+        ...
+
+    @abstractmethod
+    async def legacy_last(self) -> dict[str, float]:
+        """route -> the last second legacy served it (fleet-wide, kept across restarts); absent: not seen."""
+        ...
+
 
 def member_change(before: int, after: int, added: list[str], removed: list[str]) -> MemberChange:
     sample = MEMBER_SAMPLE

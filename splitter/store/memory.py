@@ -5,7 +5,7 @@ it, so writes are refused (409)."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import KEEP_HISTORY, KEEP_MISMATCHES, CohortKey, Conflict, MemberChange, State, Store, TooMany, member_change
@@ -18,6 +18,7 @@ class MemoryStore(Store):
         self._rollouts: dict[str, dict[str, Any]] = {}
         self._mismatches: dict[str, deque[dict[str, Any]]] = {}
         self._history: deque[dict[str, Any]] = deque(maxlen=KEEP_HISTORY)
+        self._legacy_last: dict[str, float] = {}
 
     def _check_writable(self) -> None:
         if self.workers > 1:
@@ -56,6 +57,13 @@ class MemoryStore(Store):
     async def lease(self, name: str, owner: str, ttl_s: float) -> bool:
         """Whether `owner` may drive `name` now; one process always may."""
         return self.workers == 1
+
+    async def note_legacy(self, seen: Mapping[str, int]) -> None:
+        for route, sec in seen.items():
+            self._legacy_last[route] = max(self._legacy_last.get(route, 0.0), float(sec))
+
+    async def legacy_last(self) -> dict[str, float]:
+        return dict(self._legacy_last)
 
     async def claim(self, key: str) -> bool:
         """Whether this process is the one to act on something every replica sees; alone, it is."""

@@ -15,6 +15,9 @@ replaced whole on every change. The keys are the truth:
                        outcomes once a second (window.py); expires after the longest window + 60 s
     {prefix}:shadow:{route}
                        list of the last 100 shadow mismatches (JSON), newest first
+    {prefix}:legacy_last
+                       sorted set route -> the last second legacy served it; every process adds the
+                       seconds it saw once a second with ZADD GT, so the latest wins (ready to retire)
     {prefix}:history   stream of change events (field "e": JSON), MAXLEN ~10,000 (history.py)
     {prefix}:claim:{digest}
                        SET NX, 5 minutes: the one replica that records a change every
@@ -37,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,6 +328,20 @@ class RedisStore(Store):
             return list(await pipe.execute())
         except self._redis_errors as exc:
             raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+
+    async def note_legacy(self, seen: Mapping[str, int]) -> None:
+        """A sorted set, route -> second: ZADD GT keeps the latest whichever replica writes last."""
+        try:
+            await self.client.zadd(f"{self.prefix}:legacy_last", dict(seen), gt=True)
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+
+    async def legacy_last(self) -> dict[str, float]:
+        try:
+            pairs = await self.client.zrange(f"{self.prefix}:legacy_last", 0, -1, withscores=True)
+        except self._redis_errors as exc:
+            raise Unavailable(f"Redis unreachable ({exc or type(exc).__name__})") from None
+        return {str(r): float(s) for r, s in pairs}
 
     async def push_mismatch(self, route: str, entry: dict[str, Any]) -> None:
         key = f"{self.prefix}:shadow:{route}"

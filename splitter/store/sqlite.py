@@ -23,7 +23,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rollouts (route TEXT PRIMARY KEY, record TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, expires REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS legacy_last (route TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS history (id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT, event TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS history_route ON history (route, id);
 CREATE TABLE IF NOT EXISTS mismatches (id INTEGER PRIMARY KEY AUTOINCREMENT, route TEXT NOT NULL, entry TEXT NOT NULL);
@@ -274,6 +275,13 @@ class SqliteStore(Store):
         sql = "SELECT field, count FROM windows WHERE key = ? AND expire_at >= ?"
         return [{f: str(c) for f, c in db.execute(sql, (k, now))} for k in keys]
 
+    async def note_legacy(self, seen: Mapping[str, int]) -> None:
+        sql = "INSERT INTO legacy_last VALUES (?, ?) ON CONFLICT(route) DO UPDATE SET at = max(at, excluded.at)"
+        await self._call(self._tx, _exec_many, sql, [(route, float(sec)) for route, sec in seen.items()])
+
+    async def legacy_last(self) -> dict[str, float]:
+        return dict(await self._call(self._all, "SELECT route, at FROM legacy_last", ()))
+
     def _one(self, sql: str, args: tuple[Any, ...]) -> Any:
         return self._conn().execute(sql, args).fetchone()
 
@@ -284,6 +292,10 @@ class SqliteStore(Store):
 # --- the statements each transaction runs (on the store's thread) ---
 def _exec(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> int:
     return db.execute(sql, args).rowcount
+
+
+def _exec_many(db: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    return db.executemany(sql, rows).rowcount
 
 
 def _read_state(db: sqlite3.Connection) -> State:

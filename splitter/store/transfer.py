@@ -6,6 +6,7 @@ interface is used, so any store exports and any store imports.
      "overrides": {"auth": {"percent": 60, "source": "override"}},
      "rollouts": {"auth": {...the rollout record...}},
      "members": {"auth:beta": ["alice", "bob"]},
+     "legacy_last": {"auth": 1796400000.0},   # when legacy last served each route (ready to retire)
      "history": [newest first, as GET /admin/history]}
 
 Import replaces the overrides and the kill switch, writes the rollout records, adds the cohort
@@ -40,6 +41,7 @@ async def export_state(store: Store, routes: Iterable[str]) -> dict[str, Any]:
         "overrides": {k: {"percent": v, "source": st.sources.get(k, "override")} for k, v in st.percents.items()},
         "rollouts": rollouts,
         "members": {f"{r}:{c}": sorted(u.decode() for u in ids) for (r, c), ids in store.members.items()},
+        "legacy_last": await store.legacy_last(),
         "history": await store.history(KEEP_HISTORY),
     }
 
@@ -74,7 +76,10 @@ def parse_export(doc: Any) -> tuple[State, dict[str, dict[str, Any]], dict[tuple
 async def import_state(store: Store, doc: Any, member_limit: int) -> dict[str, int]:
     """Write an export into `store`; returns how much of each part was written."""
     state, rollouts, members, history = parse_export(doc)
+    legacy_last = _legacy_last(doc)
     await store.replace_state(state)
+    if legacy_last:  # moved, not lost: a route that lost it would count its quiet time from its rollout's end
+        await store.note_legacy(legacy_last)
     for route, record in rollouts.items():
         await store.put_rollout(route, record)
     added = 0
@@ -85,6 +90,14 @@ async def import_state(store: Store, doc: Any, member_limit: int) -> dict[str, i
     for event in new:
         await store.push_history({k: v for k, v in event.items() if k != "id"})
     return {"overrides": len(state.percents), "rollouts": len(rollouts), "members": added, "history": len(new)}
+
+
+def _legacy_last(doc: dict[str, Any]) -> dict[str, int]:
+    """`legacy_last` of an export (absent in one written before it existed), or ValueError before any write."""
+    raw = doc.get("legacy_last") or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in raw.values()):
+        raise ValueError("legacy_last: must map route names to unix seconds")
+    return {str(k): int(v) for k, v in raw.items()}
 
 
 def _identity(event: dict[str, Any]) -> tuple[Any, ...]:
