@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import structlog
 
-from . import judge
+from . import judge, progress
 from .config import Gates, Hook, Percent, PromGate, RolloutSpec, Route
 from .store import Conflict, Unavailable
 from .window import FINAL_AFTER_S, ROLES, SHADOW, Counts, Totals
@@ -416,7 +416,8 @@ class Rollouts:
         self._event(route.name, "ready_to_retire")
         log.warning("route ready to retire", route=route.name, says=view["says"])
         pct = self.rt.snapshot.percent[route.name]
-        why = f"{view['says']}: splitter retire {route.name}"
+        summary = await self._summary(route, "ready_to_retire", state, now)  # the notification's line for people
+        why = f"{view['says']}: splitter retire {route.name}. {summary}"
         await self.rt.history.record("rollout", "rollout", "ready_to_retire", route.name, pct, pct, why)
 
     async def _start(self, route: Route, state: dict[str, Any], now: float) -> None:
@@ -470,7 +471,20 @@ class Rollouts:
         self._event(route.name, "done")
         log.info("rollout done", route=route.name, percent=ro.steps[step], **gate_values)
         at = ro.steps[step]
-        await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, why)
+        said = f"{why}. {await self._summary(route, 'done', state, now)}"  # the notification tells the stakeholders
+        await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, said)
+
+    async def _summary(self, route: Route, status: str, state: dict[str, Any], now: float) -> str:
+        """The route's summary line in the migration plan's words (progress.py), for the done and
+        ready_to_retire notifications: 'auth: migrated, 100 % on new since 2026-12-03; p95 −12 %, ...'."""
+        assert route.rollout is not None
+        events = sorted(await self.rt.history.recent(1_000, route.name), key=lambda e: e["at"])
+        snap = self.rt.snapshot
+        view = {"name": route.name, "percent": snap.percent[route.name], "file_percent": route.percent,
+                "source": snap.sources[route.name]}
+        steps = [p for p in state.get("past_steps") or [] if isinstance(p, dict)]
+        rollout = {"status": status, "steps": list(route.rollout.steps)}
+        return str(progress.route_progress(view, rollout, steps, events, now)["summary"])
 
     async def evidence(self, route: Route, state: dict[str, Any], now: float) -> tuple[Counts, Counts]:
         """New's and legacy's outcomes the current step is judged on: everything since it began (its

@@ -48,6 +48,10 @@ def test_the_last_step_bakes_for_bake_s_then_is_done(standin, splitter):
     assert bake["until"] - bake["since"] >= 10 and bake["percent"] == 100, bake
     assert done["percent"] == 100 and done["reason"] == "all steps passed and baked 10 s", done
     assert events(s, "baking") == 1 and events(s, "done") == 1 and len(history(s, "rollout_done")) == 1
+    # the done notification carries the summary line (progress.py), in the plan's words, with both sides compared
+    said = history(s, "rollout_done")[0]["reason"]
+    assert re.search(r"^all steps passed and baked 10 s\. auth: migrated, 100 % on new since \d{4}-\d\d-\d\d; "
+                     r"p95 .*, errors \d+\.\d\d % vs \d+\.\d\d %$", said), said
 
 
 def test_a_failure_while_baking_rolls_back_as_in_any_step(standin, splitter):
@@ -80,6 +84,7 @@ def test_a_done_route_legacy_never_serves_is_ready_once_and_a_legacy_cohort_requ
         assert 5 <= ready["at"] - done["since"] <= 6, (ready, done)  # within 6 s of the rollout finishing
         got = eventually(lambda: hook.got, timeout=5)
         assert got[0][1]["route"] == "auth" and "legacy has served this route no request" in got[0][1]["text"]
+        assert "auth: migrated, ready to retire, 100 % on new since" in got[0][1]["text"], got[0][1]["text"]
         status = cli("status", "--admin", s.admin)
         assert "auth: ready to retire, legacy has served this route no request" in status.stdout, status
         assert events(s, "ready_to_retire") == 1
