@@ -459,7 +459,18 @@ def test_the_console_fits_four_routes_on_one_screen_and_offers_only_what_works(s
     page.fill("#token", VICTOR)
     eventually(lambda: page.inner_text("#whoami") == "token: victor (viewer)", timeout=5)
     visible = [b for b in page.locator("button").all() if b.is_visible()]
-    assert [b.inner_text() for b in visible] == ["collapse all"], "a viewer is offered no change"
+    assert [b.inner_text() for b in visible] == ["collapse all", "migration"], "a viewer is offered no change"
+
+    # the Migration view: GET /admin/progress, as `splitter progress` prints it
+    page.click("#view-toggle")
+    search = page.locator('#migration section[data-route="search"]')
+    eventually(lambda: search.count() == 1 and "search: migrated, 100 % on new since" in search.inner_text(), timeout=10)
+    assert page.locator("#routes").is_hidden()
+    assert search.locator("[data-field=state]").inner_text() == "done"
+    assert search.locator("tr[data-step]").count() >= 2, search.inner_text()
+    auth = page.locator('#migration section[data-route="auth"]').inner_text()
+    assert "auth: rolled back" in auth and "rollout rolled back" in auth, auth
+    page.screenshot(path=str(ARTIFACTS / "console-migration-1280.png"), full_page=True)
 
 
 RETIRING_YAML = """environment: production

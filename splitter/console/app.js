@@ -513,6 +513,65 @@ function summary(o, rollouts) {
   line.className = bad.length ? "bad" : hold.length ? "hold" : "good";
 }
 
+// The Migration view: GET /admin/progress (what `splitter progress` prints) for the people the plan reports
+// to — per route its summary line, state, timeline, each step's old vs new with 95 % intervals, incidents.
+let view = "routes";
+
+function ci(pair, f) { return pair ? `${f(pair[0])}–${none(pair[1]) ? "∞" : f(pair[1])}` : ""; }
+function signed(x) { return none(x) ? "-" : `${x > 0 ? "+" : x < 0 ? "−" : "±"}${Math.abs(100 * x).toFixed(0)} %`; }
+
+function stepRows(steps) {
+  const head = el("tr", {}, ...["step", "days", "new errors (95 % CI)", "legacy errors", "new p95 (95 % CI)",
+    "legacy p95", "p95 new vs legacy (95 % CI)"].map(h => el("th", {}, h)));
+  const rows = steps.map(s => {
+    const ch = s.p95_change;
+    return el("tr", { "data-step": String(s.percent) }, el("td", {}, `${s.percent} %` + (none(s.until) ? " (now)" : "")),
+      el("td", {}, s.days.toFixed(2)),
+      el("td", {}, `${pct(s.new.error_rate)} (${ci(s.new.error_rate_ci, pct)})`), el("td", {}, pct(s.legacy.error_rate)),
+      el("td", {}, `${ms(s.new.p95_ms)} (${ci(s.new.p95_ci_ms, ms)})`), el("td", {}, ms(s.legacy.p95_ms)),
+      el("td", {}, ch ? `${signed(ch.estimate)} (${ci(ch.interval, signed)})` : "-"));
+  });
+  return el("table", { class: "steps" }, head, ...rows);
+}
+
+function migrationCard(r) {
+  const card = el("section", { class: "route migration", "data-route": r.route },
+    el("h2", {}, r.route, el("span", { class: "state", "data-field": "state" }, r.state)),
+    el("div", { class: "summary-line", "data-field": "summary" }, r.summary));
+  const tl = r.timeline.map(t => el("tr", {}, el("td", {}, clock(t.at)), el("td", {}, `${none(t.from) ? "-" : t.from} → ${t.percent} %`),
+    el("td", {}, t.who), el("td", { class: "why" }, t.why), el("td", {}, t.days.toFixed(2))));
+  card.append(el("h3", {}, "timeline"), tl.length ? el("table", { class: "timeline-table" },
+    el("tr", {}, ...["when", "percent", "who", "why", "days"].map(h => el("th", {}, h))), ...tl) : el("div", { class: "muted" }, "no change recorded"));
+  if (r.steps.length) card.append(el("h3", {}, "old vs new at each step"), stepRows(r.steps));
+  if (r.incidents.length) {
+    card.append(el("h3", {}, "incidents"), ...r.incidents.map(i => el("div", { class: "label incident" },
+      `${clock(i.at)} ${i.kind} (${i.who})${i.why ? ": " + i.why : ""}`)));
+  }
+  return card;
+}
+
+async function migration() {
+  const box = document.getElementById("migration");
+  try {
+    const resp = await fetch("/admin/progress", { headers: readHeaders(), credentials: "omit" });
+    const doc = await resp.json();
+    if (!resp.ok) { status(`${resp.status}: ${doc.error || resp.statusText}`, false); return; }
+    box.replaceChildren(el("p", { class: "label" }, `generated ${clock(doc.generated_at)} · ${doc.environment} · ` +
+      "each interval at 95 %; `splitter progress --format markdown` prints the same for a wiki"), ...doc.routes.map(migrationCard));
+  } catch (e) {
+    status("cannot read /admin/progress: " + e, false);
+  }
+}
+
+function showView() {
+  const routes = view === "routes";
+  document.getElementById("routes").hidden = !routes;
+  document.getElementById("migration").hidden = routes;
+  document.getElementById("expand-all").hidden = !routes;
+  document.getElementById("view-toggle").textContent = routes ? "migration" : "routes";
+  if (!routes) migration();
+}
+
 async function refresh() {
   try {
     const resp = await fetch("/admin/overview", { headers: readHeaders(), credentials: "omit" });
@@ -545,6 +604,8 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!allOpen) opened.clear();
     if (last) render(last);
   });
+  document.getElementById("view-toggle").addEventListener("click", () => { view = view === "routes" ? "migration" : "routes"; showView(); });
   refresh();
   setInterval(refresh, 1000);
+  setInterval(() => { if (view === "migration") migration(); }, 5000);
 });
