@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test install system-deps lint bench clean images docs
+.PHONY: run test test-unit install system-deps lint bench clean images docs
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,6 +31,10 @@ system-deps:
 
 test: $(VENV)/.installed system-deps lint
 	$(PY) -m pytest -q
+
+# the edit loop: tests/unit only (no process, no listening socket: conftest.py checks it), ~10 s
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -q tests/unit
 
 # the benchmark: nginx (upstream and split_clients peer), wrk, and asgiproxy (the Python peer)
 bench: $(VENV)/.installed

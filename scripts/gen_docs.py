@@ -7,7 +7,7 @@ JSON Schema), every metric (the registry metrics.Metrics builds), every CLI comm
     scripts/gen_docs.py           write the pages
     scripts/gen_docs.py --check   write nothing; exit 1 naming each page that is stale
 
-`make test` runs the check (tests/test_docs.py): a key, metric, flag or endpoint changed without
+`make test` runs the check (tests/integration/test_docs.py): a key, metric, flag or endpoint changed without
 regenerating fails there, with the command that fixes it.
 """
 

@@ -24,7 +24,7 @@ from .text import terminal
 DEFAULT_ADMIN = "http://127.0.0.1:8081"
 
 # The one exit-code table: every command ends with one of these, the top-level help prints it, README quotes
-# it, and tests/test_cli_exits.py holds every command's error paths to it.
+# it, and tests/integration/test_cli_exits.py holds every command's error paths to it.
 EXIT_CODES: dict[int, str] = {
     0: "ok (report: every criterion passes; rollout wait: done)",
     1: "failed: bad routes.yaml, admin API unreachable or refusing, unknown route, no token",

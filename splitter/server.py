@@ -19,7 +19,7 @@ It relies on the parser callbacks (`on_url`, `on_header`, `on_message_begin`,
 of uvicorn's HttpToolsProtocol and its cycle's `chunked_encoding`, `expected_content_length`, `keep_alive`,
 `response_started`, `response_complete` and `disconnected`, and on its making each cycle by the module name
 `RequestResponseCycle` (replaced by `_Cycle`, which builds the response head in one pass); uvicorn is pinned in
-pyproject, and tests/faults/test_bad_input.py, test_large_bodies.py, test_early_answers.py and test_units.py
+pyproject, and tests/integration/faults/test_bad_input.py, test_large_bodies.py, test_early_answers.py and test_units.py
 fail loudly if they change.
 """
 
@@ -350,7 +350,7 @@ class _Cycle(RequestResponseCycle):
     that uvicorn's `send` dominated: it checks each header name and value with a regex search of its
     own (a dozen per proxied answer) and compares each name three times. Here one pass checks them
     all (upstream.relayable: the characters uvicorn refuses) and only the three names that matter are
-    looked at; the head is byte for byte uvicorn's (tests/test_units.py compares them). The head is
+    looked at; the head is byte for byte uvicorn's (tests/unit/test_units.py compares them). The head is
     written at once and the completed `_DONE` returned: no coroutine. Everything else (body messages,
     a bad header, which uvicorn reports, its access log or default headers, a paused or gone client)
     is uvicorn's own `send`. Installed as httptools_impl.RequestResponseCycle, the name uvicorn's
@@ -503,7 +503,7 @@ class ProxyWebSocketProtocol(WebSocketsSansIOProtocol):
     or a pong of its own (not the answer to uvicorn's keepalive ping): the proxy's idle timer
     counts it as activity. Relies on `handshake_complete`, `close_sent`, `disconnected`, `conn`, `queue`,
     `handle_ping`, `handle_pong` and `pending_ping_payload` of uvicorn's sans-I/O protocol (pinned
-    with uvicorn; tests/test_websocket.py's SIGTERM, ping flood and ping idle cases fail if they change)."""
+    with uvicorn; tests/integration/test_websocket.py's SIGTERM, ping flood and ping idle cases fail if they change)."""
 
     def __init__(self, *args: Any, graceful_timeout: float = 30.0, send_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -262,3 +262,31 @@ def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float =
                 return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+
+
+UNIT = Path(__file__).resolve().parent / "unit"
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_process_and_listen_on_nothing(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The unit tier (`make test-unit`, the edit loop): no test in tests/unit starts a process or listens on a
+    socket. Checked while each test runs, not by convention: one that does fails, naming what it did."""
+    if UNIT not in Path(str(request.node.path)).resolve().parents:
+        yield
+        return
+    did: list[str] = []
+    popen, listen = subprocess.Popen.__init__, socket.socket.listen
+
+    def no_popen(self: Any, *args: Any, **kwargs: Any) -> None:
+        did.append(f"started a process: {args[0] if args else kwargs.get('args')!r}")
+        popen(self, *args, **kwargs)
+
+    def no_listen(self: socket.socket, *args: int) -> None:
+        did.append(f"listened on {self.getsockname()!r}")
+        listen(self, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess.Popen, "__init__", no_popen)
+        mp.setattr(socket.socket, "listen", no_listen)
+        yield
+    assert not did, f"a unit test may not: {did} (it belongs in tests/integration)"

@@ -343,7 +343,7 @@ def test_report_counts_a_healthy_migration_exactly(procs, tmp_path, splitter):
 def test_report_judge_and_quantile():
     from splitter import report
 
-    # a p95 without its histogram has no interval: never a pass (tests/test_report.py: pass, fail and undecided)
+    # a p95 without its histogram has no interval: never a pass (tests/integration/test_report.py: pass, fail and undecided)
     bare = report.judge("auth", report.Side(1000, 0, 100.0), report.Side(1000, 0, 105.0))
     assert bare.verdict == "not_enough_evidence" and "p95" in bare.reasons[-1]
     erring = report.judge("auth", report.Side(1000, 0, 100.0), report.Side(1000, 10, 100.0))

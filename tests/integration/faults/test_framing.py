@@ -2,7 +2,7 @@
 
 A recording upstream (raw socket, every byte kept per connection) parsed afterwards by h11, an
 independent strict parser: what the backend reads is what the proxy meant to send, whatever the
-client wrote in `Connection`. The differential suite in tests/framing/ covers the whole class; these
+client wrote in `Connection`. The differential suite in tests/integration/framing/ covers the whole class; these
 are the cases of issue #32 spelled out."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """An upstream that misbehaves on purpose, with raw sockets.
 
-    python tests/faults/badupstream.py --port P
+    python tests/integration/faults/badupstream.py --port P
 
 /garbage   not HTTP at all                     -> the proxy answers 502 (protocol)
 /reset     closes without answering            -> 502 (connect)

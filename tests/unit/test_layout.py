@@ -75,3 +75,20 @@ def test_only_the_redis_store_imports_redis():
             if any(n == "redis" or n.startswith("redis.") for n in names):
                 importers.append(str(path.relative_to(PKG)))
     assert sorted(set(importers)) == ["store/redis.py"], importers
+
+
+PROCESS_FIXTURES = {"procs", "standin", "splitter", "redis_server", "browser_page", "receiver", "postgres"}
+
+
+def test_no_unit_test_asks_for_a_process_starting_fixture():
+    """tests/unit is the edit loop: a test whose fixtures start a process belongs in tests/integration
+    (conftest.py also fails one that starts a process or listens on a socket while it runs)."""
+    found = []
+    for path in sorted((ROOT / "tests" / "unit").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                used = {a.arg for a in node.args.args} & PROCESS_FIXTURES
+                if used:
+                    found.append(f"{path.name}::{node.name} {sorted(used)}")
+    assert found == [], found
+    assert len(list((ROOT / "tests" / "unit").glob("test_*.py"))) >= 10, "the tier exists"

@@ -97,7 +97,7 @@ def port_open(port: int) -> bool:
 
 
 def start_demo(tmp_path: Path) -> subprocess.Popen[bytes]:
-    """`make run`, as tests/test_demo.py starts it: scripts/demo.sh on a fresh database and state file."""
+    """`make run`, as tests/integration/test_demo.py starts it: scripts/demo.sh on a fresh database and state file."""
     env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db",
            "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db")}
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115 - the child holds it
