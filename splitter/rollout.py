@@ -438,15 +438,22 @@ class Rollouts:
         log.warning("rollout done at start", route=route.name, percent=running, reason=why)
         await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, running, running, why)
 
-    async def _bake(
-        self, route: Route, state: dict[str, Any], now: float, sides: tuple[Counts, Counts], gate_values: dict[str, Any]
-    ) -> None:
-        """The last step's gates held: it bakes there for bake_s, judged as any step (a failure rolls back)."""
+    async def _ended(
+        self, route: Route, state: dict[str, Any], now: float, sides: tuple[Counts, Counts]
+    ) -> tuple[RolloutSpec, int, dict[str, Any]]:
+        """The span that just ended (a step, or the bake): its window record, kept among the past steps."""
         ro = route.rollout
         assert ro is not None
         step, since = int(state["step"]), float(state["since"])
         evidence = self._window_record(ro, step, since, now, *sides, await self.extra(route, state, now))
         keep_step(state, evidence, *sides)
+        return ro, step, evidence
+
+    async def _bake(
+        self, route: Route, state: dict[str, Any], now: float, sides: tuple[Counts, Counts], gate_values: dict[str, Any]
+    ) -> None:
+        """The last step's gates held: it bakes there for bake_s, judged as any step (a failure rolls back)."""
+        ro, step, evidence = await self._ended(route, state, now, sides)
         why = f"the last step's gates held: baking {ro.bake_s:g} s at {ro.steps[step]}%"
         # a fresh span to judge (step_total) but the same step: legacy's side at 100 % stays the step before's
         move(route.name, state, "bake", reason=why, since=now, previous=evidence, step_total=None)
@@ -460,11 +467,7 @@ class Rollouts:
         self, route: Route, state: dict[str, Any], now: float, sides: tuple[Counts, Counts], gate_values: dict[str, Any]
     ) -> None:
         """The last step's gates held (and its bake, if any): the rollout is done, at its last step."""
-        ro = route.rollout
-        assert ro is not None
-        step, since = int(state["step"]), float(state["since"])
-        evidence = self._window_record(ro, step, since, now, *sides, await self.extra(route, state, now))
-        keep_step(state, evidence, *sides)
+        ro, step, evidence = await self._ended(route, state, now, sides)
         why = f"all steps passed and baked {ro.bake_s:g} s" if ro.bake_s > 0 else "all steps passed"
         move(route.name, state, "done", reason=why, since=now, previous=evidence)
         await self.rt.overrides.put_rollout(route.name, state)
