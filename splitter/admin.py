@@ -269,8 +269,10 @@ def writer(impl: Write) -> Callable[[Request], Awaitable[Response]]:
 
 # --- reads -------------------------------------------------------------------------------------
 async def healthz(request: Request) -> Response:
-    """Alive, and which store holds the runtime state (memory, sqlite PATH, redis URL, sentinel SERVICE)."""
-    return JSONResponse({"status": "ok", "store": _rt(request).overrides.name})
+    """Alive, which store holds the runtime state (memory, sqlite PATH, redis URL, sentinel SERVICE), and the
+    routes file it serves (`splitter sync` and `retire` edit that one by default)."""
+    rt = _rt(request)
+    return JSONResponse({"status": "ok", "store": rt.overrides.name, "config": rt.snapshot.config.path})
 
 
 async def readyz(request: Request) -> Response:
@@ -485,9 +487,14 @@ async def progress_view(request: Request) -> Response:
     if name is not None:
         route_or_404(rt, name)
     now = time.time()
-    routes = [v for v in routes_view(rt) if name is None or v["name"] == name]
+    routes = []
+    for v, r in zip(routes_view(rt), rt.snapshot.config.routes, strict=True):
+        if name is None or v["name"] == name:
+            await _retire_fields(rt, v, r, now)  # "ready to retire" is the route's, not its rollout's status
+            routes.append(v)
     rollouts = {v["route"]: v for v in await _rollouts(request).view()}
-    steps = {v["name"]: await _steps(rt, _rollouts(request), v["name"], now) for v in routes if v["name"] in rollouts}
+    # every route's record, a rollout in routes.yaml or not: a retired route's steps outlive its rollout section
+    steps = {v["name"]: await _steps(rt, _rollouts(request), v["name"], now) for v in routes}
     events = await rt.history.recent(10_000)  # the kill switch's events name no route: filtered in progress.py
     doc = progress.build(rt.snapshot.config.environment, now, routes, rollouts, steps, events)
     return JSONResponse(doc)
@@ -505,7 +512,8 @@ async def _steps(rt: Runtime, rollouts: Rollouts, name: str, now: float) -> list
         return past
     new, legacy = await rollouts.evidence(r, state, now)
     counts = {"new": new.fields(), "legacy": legacy.fields()}
-    current = {"percent": r.rollout.steps[step], "since": float(state["since"]), "until": None, "counts": counts}
+    current = {"percent": r.rollout.steps[step], "since": float(state["since"]), "until": None, "counts": counts,
+               "bake": state["status"] == "baking"}
     return [*past, current]
 
 

@@ -400,6 +400,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _served_file(args: argparse.Namespace) -> str:
+    """--file, else the routes file the proxy serves (its /healthz says; `ROUTES=examples/rollout.yaml make run`
+    serves another than ./routes.yaml) when it is on this machine, else routes.yaml here."""
+    if args.file:
+        return str(args.file)
+    served = _admin(args, "GET", "/healthz").get("config")
+    return served if isinstance(served, str) and os.path.isfile(served) else "routes.yaml"
+
+
 def _drift(routes: list[dict[str, Any]], rollouts: dict[str, dict[str, Any]]) -> list[str]:
     """A line per route whose running percent is not routes.yaml's: the file in git no longer says what runs."""
     lines = []
@@ -450,7 +459,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     before it replaces the file. Exit 0 in step (or written), 3 when they differ and nothing was written."""
     from . import sync, yamledit
 
-    path = _config_path(args.file, "pass --file PATH")
+    path = _config_path(_served_file(args), "pass --file PATH")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -1137,7 +1146,7 @@ def _admin_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser], fmt
 def _finish_line_parsers(admin_parser: Callable[[str, str], argparse.ArgumentParser]) -> None:
     """sync and progress: routes.yaml kept in step with what runs, and the migration told to people."""
     sy = admin_parser("sync", "where routes.yaml and what runs differ; --write puts the running values in the file")
-    sy.add_argument("--file", default="routes.yaml", help="the routes.yaml the proxy serves")
+    sy.add_argument("--file", default=None, help="the routes file (default: the one the proxy serves)")
     sy.add_argument("--write", action="store_true", help="write the running percents and cohort members into it")
     sy.set_defaults(func=cmd_sync)
     pg = admin_parser("progress", "per route: state, timeline, new vs legacy at each step, incidents, a summary line")
@@ -1254,7 +1263,7 @@ def _rollout_parser(ro: argparse.ArgumentParser) -> None:
 
 def _retire_parser(re_: argparse.ArgumentParser) -> None:
     re_.add_argument("route", help="route name")
-    re_.add_argument("--file", default="routes.yaml", help="the routes.yaml to rewrite (the one the proxy serves)")
+    re_.add_argument("--file", default=None, help="the routes file to rewrite (default: the one the proxy serves)")
     re_.add_argument("--force", action="store_true", help="retire a route that is not ready (the reason says why not)")
     re_.add_argument("--dry-run", action="store_true", help="print the change to routes.yaml as a diff; change nothing")
     re_.add_argument("--reason", default=None, help="why, for the history and notifications")
@@ -1275,7 +1284,7 @@ def cmd_retire(args: argparse.Namespace) -> int:
     if not os.environ.get("SPLITTER_ADMIN_TOKEN"):  # a change: said before anything is read or asked
         fail("SPLITTER_ADMIN_TOKEN is not set: export your admin token (an operator's, for changes)")
     _known_route(args, args.route)  # the proxy's routes first: the file may be another's
-    path = _config_path(args.file, "pass the file the proxy serves: --file PATH")
+    path = _config_path(_served_file(args), "pass the file the proxy serves: --file PATH")
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()

@@ -66,9 +66,10 @@ def route_progress(
     name = route["name"]
     mine = [e for e in events if e.get("route") == name or (e["action"] == "kill" and e.get("route") is None)]
     timeline = _timeline([e for e in mine if _is_percent(e.get("new")) and e.get("old") != e.get("new")], now)
+    retired = any(e["action"] == "retire" and e.get("route") == name for e in mine)
     view: dict[str, Any] = {
         "route": name,
-        "state": _state(route, rollout),
+        "state": "retired" if retired else _state(route, rollout),
         "percent": route["percent"],
         "file_percent": route["file_percent"],
         "source": route["source"],
@@ -87,6 +88,8 @@ def _is_percent(v: Any) -> bool:
 
 
 def _state(route: dict[str, Any], rollout: dict[str, Any] | None) -> str:
+    if route.get("ready_to_retire"):  # the route's own view says it (GET /admin/routes): legacy quiet long enough
+        return "ready to retire"
     if rollout is not None:
         status = str(rollout.get("status") or "pending")
         return STATES.get(status, status.replace("_", " "))
@@ -119,7 +122,7 @@ def _step(s: dict[str, Any], now: float) -> dict[str, Any]:
     new, legacy = _counts(counts.get("new")), _counts(counts.get("legacy"))
     until = s.get("until")
     out = {
-        "percent": s["percent"], "since": s["since"], "until": until,
+        "percent": s["percent"], "bake": bool(s.get("bake")), "since": s["since"], "until": until,
         "days": round(((until if until is not None else now) - s["since"]) / DAY, 3),
         "verdict": s.get("verdict"), "gates": s.get("gates") or [],
         "new": side(new), "legacy": side(legacy),
@@ -207,7 +210,7 @@ def prometheus_step(percent: float, since: float, until: float, legacy: Any, new
     n, o = Counts(), Counts()
     n.n, n.e, o.n, o.e = round(new.requests), round(new.errors), round(legacy.requests), round(legacy.errors)
     return {
-        "percent": percent, "since": since, "until": until if until < now else None,
+        "percent": percent, "bake": False, "since": since, "until": until if until < now else None,
         "days": round((until - since) / DAY, 3), "verdict": None, "gates": [], "evidence": "prometheus",
         "new": view(new), "legacy": view(legacy), "p95_change": change, "error_rate_change": error_rate_change(n, o),
     }
@@ -294,7 +297,14 @@ def summary_line(view: dict[str, Any]) -> str:
         return line
     change, new, legacy = compared["p95_change"], compared["new"], compared["legacy"]
     p95 = f"p95 {_signed(change['estimate'])}" if change else "p95 -"
+    if change and _crosses_zero(change["interval"]):  # said only as far as its interval goes
+        p95 = f"p95 {_signed(change['estimate'])} (not shown different)"
     return f"{line}; {p95}, errors {pct(new['error_rate'])} vs {pct(legacy['error_rate'])}"
+
+
+def _crosses_zero(interval: list[float | None]) -> bool:
+    low, high = interval
+    return (low is None or low <= 0) and (high is None or high >= 0)
 
 
 def _rate_cell(v: dict[str, Any]) -> str:
@@ -339,7 +349,7 @@ def text(doc: dict[str, Any]) -> str:
             for t in r["timeline"]
         ] if r["timeline"] else ["  timeline: no change recorded"]
         for s in r["steps"]:
-            ongoing = " (current)" if s["until"] is None else ""
+            ongoing = (" (bake)" if s["bake"] else "") + (" (current)" if s["until"] is None else "")
             lines.append(f"  step {_num(s['percent'])} % for {s['days']:.2f} days{ongoing}: {s['verdict'] or '-'}"
                          f"  new {s['new']['requests']} / legacy {s['legacy']['requests']} requests")
             lines.append(f"    error rate: new {_rate_cell(s['new'])}, legacy {_rate_cell(s['legacy'])}")
@@ -378,7 +388,7 @@ def markdown(doc: dict[str, Any]) -> str:
             out += ["| step | days | requests new / legacy | errors new | errors legacy | p95 new | p95 legacy | "
                     "new vs legacy | verdict |", "|---:|---:|---|---|---|---|---|---|---|"]
             for s in r["steps"]:
-                cur = " (current)" if s["until"] is None else ""
+                cur = (" (bake)" if s["bake"] else "") + (" (current)" if s["until"] is None else "")
                 out.append(
                     f"| {_num(s['percent'])} %{cur} | {s['days']:.2f} | {s['new']['requests']} / "
                     f"{s['legacy']['requests']} | {_rate_cell(s['new'])} | {_rate_cell(s['legacy'])} | "
@@ -516,7 +526,7 @@ def _html_route(r: dict[str, Any], doc: dict[str, Any]) -> list[str]:
                 "</th><th>errors new</th><th>errors legacy</th><th>p95 new</th><th>p95 legacy</th>"
                 "<th>new vs legacy</th><th>gates</th></tr>"]
         for s in r["steps"]:
-            cur = " (current)" if s["until"] is None else ""
+            cur = (" (bake)" if s["bake"] else "") + (" (current)" if s["until"] is None else "")
             out.append(
                 f"<tr><td class=n>{_h(_num(s['percent']))} %{cur}</td><td class=n>{s['days']:.2f}</td>"
                 f"<td class=n>{s['new']['requests']} / {s['legacy']['requests']}</td>"

@@ -446,6 +446,8 @@ class Rollouts:
         assert ro is not None
         step, since = int(state["step"]), float(state["since"])
         evidence = self._window_record(ro, step, since, now, *sides, await self.extra(route, state, now))
+        if state["status"] == Status.BAKING:
+            evidence["bake"] = True  # the last step again, judged while it baked: progress labels it
         keep_step(state, evidence, *sides)
         return ro, step, evidence
 

@@ -114,7 +114,16 @@ def _scalar_edit(parent: CommentedMap, key: str, value: Any, lines: list[str]) -
     m = _SCALAR.match(lines[line], col)
     if m is None:
         raise EditError(f"{key}: no value found at line {line + 1}: edit it by hand")
-    return (line, col, line, m.end(), _flow(value))
+    new, end = _flow(value), m.end()
+    rest = lines[line][end:]
+    gap = len(rest) - len(rest.lstrip(" "))
+    if rest.lstrip(" ").startswith("#"):  # a comment after the value keeps its column (one space at least)
+        grow = len(new) - (end - col)
+        if grow > 0:
+            end += min(grow, gap - 1)
+        else:
+            new += " " * -grow
+    return (line, col, line, end, new)
 
 
 def _flow(value: Any) -> str:

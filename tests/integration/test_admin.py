@@ -181,7 +181,7 @@ def test_admin_allowed_hosts_lets_a_listed_name_in_and_star_allows_any(standin, 
     bad = run("serve", "--admin-allowed-hosts", "splitter-admin:8081")
     assert bad.returncode == 2, bad.stderr
     last = bad.stderr.strip().splitlines()[-1]
-    assert last.startswith("splitter serve: error: argument --admin-allowed-hosts: 'splitter-admin:8081' is not a host")
+    assert last.startswith("splitter serve: argument --admin-allowed-hosts: 'splitter-admin:8081' is not a host")
 
 
 def test_an_endpoint_runs_alone_on_an_app_with_only_its_state():

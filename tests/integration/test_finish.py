@@ -80,6 +80,8 @@ def test_a_done_route_legacy_never_serves_is_ready_once_and_a_legacy_cohort_requ
         done = eventually(lambda: (v := rollout_view(s))["status"] == "done" and v, timeout=20)
         assert not auth(s)["ready_to_retire"] and done["ready_in_s"] > 0, done
         eventually(lambda: auth(s)["ready_to_retire"], timeout=10)
+        told = httpx.get(s.admin + "/admin/progress?route=auth").json()["routes"][0]
+        assert told["state"] == "ready to retire", told  # splitter progress says it too
         (ready,) = eventually(lambda: history(s, "ready_to_retire"), timeout=2)  # the driver's next tick says it
         assert 5 <= ready["at"] - done["since"] <= 6, (ready, done)  # within 6 s of the rollout finishing
         got = eventually(lambda: hook.got, timeout=5)
@@ -167,7 +169,7 @@ def test_retire_prints_a_diff_then_pins_the_route_to_new_keeping_every_comment(s
         dry = cli("retire", "auth", "--dry-run", "--file", path, "--admin", s.admin)
         assert dry.returncode == 0, dry
         assert "-    percent: 0                   # the rollout drives it" in dry.stdout
-        assert "+    percent: 100                   # the rollout drives it" in dry.stdout
+        assert "+    percent: 100                 # the rollout drives it" in dry.stdout
         assert "-    rollout: {steps: [100], interval_s: 1, retire_after_s: 1, gates: {min_requests: 5}}" in dry.stdout
         assert s.config.read_text() == text and history(s, "retire") == [], "a dry run changes nothing"
 
@@ -176,7 +178,7 @@ def test_retire_prints_a_diff_then_pins_the_route_to_new_keeping_every_comment(s
         after = s.config.read_text()
         comments = [line[line.index("#"):] for line in text.splitlines() if "#" in line]
         assert [c for c in comments if c not in after] == [], "every comment kept"
-        assert after == text.replace("percent: 0                   # the rollout", "percent: 100                   # the rollout").replace(
+        assert after == text.replace("percent: 0                   # the rollout", "percent: 100                 # the rollout").replace(
             "    guard: {max_error_rate: 0.5, min_requests: 1000, window_s: 60}\n", "").replace(
             "    rollout: {steps: [100], interval_s: 1, retire_after_s: 1, gates: {min_requests: 5}}\n", ""), after
         check = cli("check", path)
@@ -188,6 +190,9 @@ def test_retire_prints_a_diff_then_pins_the_route_to_new_keeping_every_comment(s
         got = eventually(lambda: hook.got, timeout=5)
         assert got[0][1]["action"] == "retire" and "retired auth: pinned to new" in got[0][1]["text"]
         assert s.metric("splitter_rollout_events_total", route="auth", event="retired") == 1
+        # the migration's story outlives the rollout's section: retired, its steps' numbers still there
+        (told,) = httpx.get(s.admin + "/admin/progress?route=auth").json()["routes"]
+        assert told["state"] == "retired" and told["steps"] and told["summary"].startswith("auth: migrated and retired"), told
     finally:
         hook.close()
 

@@ -42,7 +42,7 @@ def test_a_per_environment_percent_is_set_in_every_environment_and_nothing_else_
         "-  shadow:",
         "-    percent: 100          # every request copied",
         "-    methods: [GET]",
-        "+    staging: 100           # half",
+        "+    staging: 100          # half",
         "+    production: 100",
         "   # checkout follows auth",
         " - name: checkout",
