@@ -120,7 +120,7 @@ def test_overrides_are_kept_across_a_restart_in_the_state_file(standin, splitter
 def test_memory_state_is_lost_on_restart_and_refuses_writes_with_several_workers(standin, splitter, tmp_path):
     text = routes_yaml(standin("legacy"), standin("new"), extra='state: {path: ":memory:"}')
     s = splitter(text, env={"SPLITTER_ADMIN_TOKEN": TOKEN})
-    assert httpx.get(s.admin + "/healthz").json() == {"status": "ok", "store": "memory"}
+    assert httpx.get(s.admin + "/healthz").json() == {"status": "ok", "store": "memory", "config": str(s.config)}
     httpx.put(s.admin + "/admin/routes/auth", json={"percent": 100}, headers=AUTH)
     s.proc.stop()
     again = splitter("", env={"SPLITTER_ADMIN_TOKEN": TOKEN}, config=s.config)

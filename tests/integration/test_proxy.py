@@ -206,7 +206,7 @@ def test_proxy_port_never_serves_admin_paths(stack):
     for path in ("/metrics", "/admin/routes", "/healthz"):
         r = httpx.get(stack.url + path)
         assert r.json()["backend"] == "legacy", path
-    assert httpx.get(stack.admin + "/healthz").json() == {"status": "ok", "store": f"sqlite {stack.config.parent / 'splitter-state.db'}"}
+    assert httpx.get(stack.admin + "/healthz").json() == {"status": "ok", "store": f"sqlite {stack.config.parent / 'splitter-state.db'}", "config": str(stack.config)}
 
 
 def test_anonymous_cookie_is_minted_and_makes_the_browser_sticky(standin, splitter):
