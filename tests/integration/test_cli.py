@@ -208,7 +208,9 @@ def test_history_fits_100_columns_and_numbers_are_rounded(standin, splitter):
     assert out[3].split()[2:] == ["admin", "cli", "set", "auth", "50", "->", "12.5", "canary"], out
     prev = {"percent": 10, "since": 0, "until": 60, "verdict": "pass", "new": {"requests": 1, "errors": 0, "p95_ms": 1.595931}}
     view = {"route": "auth", "status": "running", "percent": 50, "step": 50, "steps": [10, 50], "reason": "", "previous": prev}
-    assert cli._rollout_lines([view])[-1] == "  last window: 10% for 60 s, new 1 request, 0 errors, p95 1.60 ms: pass"
+    from splitter.cli import rollout
+
+    assert rollout._rollout_lines([view])[-1] == "  last window: 10% for 60 s, new 1 request, 0 errors, p95 1.60 ms: pass"
 
 
 def test_notification_text_says_each_word_once():
