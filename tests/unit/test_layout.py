@@ -1,7 +1,7 @@
 """The house rules, checked: no import cycles (type-only imports included, so every module can
-be read bottom-up); the environment is read in one place (cli.py, which turns it into
-Settings); data flows down (runtime.py, the shared state, imports none of the layers that use
-it; server.py does not import cli.py)."""
+be read bottom-up; a package such as cli/ or config/ is one node); the environment is read in one
+place (cli/environ.py, for the CLI, which turns it into Settings); data flows down (runtime.py, the
+shared state, imports none of the layers that use it; server.py does not import cli)."""
 
 import ast
 
@@ -11,39 +11,69 @@ PKG = ROOT / "splitter"
 
 
 def imports() -> dict[str, set[str]]:
+    """Module or package -> the modules and packages of splitter it imports. A package's files import
+    each other freely (one level up: `from .x`); what they import from the rest (`from ..x`) is the
+    package's."""
     graph: dict[str, set[str]] = {}
-    for path in PKG.glob("*.py"):
-        mod = path.stem
+    for path in PKG.rglob("*.py"):
+        parts = path.relative_to(PKG).parts
+        mod, up = parts[0].removesuffix(".py"), len(parts)  # `from ..x` in pkg/m.py is level 2
         deps: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if isinstance(node, ast.ImportFrom) and node.level == up:
                 if node.module:
                     deps.add(node.module.split(".")[0])
                 else:
-                    deps.update(a.name for a in node.names if (PKG / f"{a.name}.py").exists())
-        graph[mod] = deps - {"__init__", mod}
+                    names = (a.name for a in node.names)
+                    deps.update(n for n in names if (PKG / f"{n}.py").exists() or (PKG / n).is_dir())
+        graph[mod] = graph.get(mod, set()) | deps - {"__init__", mod}
     return graph
 
 
-def test_no_import_cycles_even_type_only():
-    graph = imports()
-    cycles = []
+def package_imports(package: str) -> dict[str, set[str]]:
+    """Inside one package (cli, config, store): module -> the package's modules it imports (`from .x`)."""
+    graph: dict[str, set[str]] = {}
+    for path in (PKG / package).glob("*.py"):
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                deps.update(n for n in names if (PKG / package / f"{n}.py").exists())
+        graph[path.stem] = deps - {"__init__", path.stem}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found = []
 
     def visit(mod: str, stack: list[str]) -> None:
         if mod in stack:
-            cycles.append(stack[stack.index(mod) :] + [mod])
+            found.append(stack[stack.index(mod) :] + [mod])
             return
         for dep in graph.get(mod, ()):
             visit(dep, stack + [mod])
 
     for mod in graph:
         visit(mod, [])
-    assert cycles == [], cycles[:5]
+    return found
+
+
+def test_no_import_cycles_even_type_only():
+    assert cycles(imports()) == [], cycles(imports())[:5]
+    packages = sorted(p.parent.name for p in PKG.glob("*/__init__.py"))
+    assert {"cli", "config"} <= set(packages)
+    for package in packages:
+        graph = package_imports(package)
+        assert cycles(graph) == [], (package, cycles(graph)[:5])
 
 
 def test_only_cli_reads_the_environment():
-    readers = [p.name for p in PKG.glob("*.py") if "os.environ.get" in p.read_text() or "os.getenv" in p.read_text()]
-    assert readers == ["cli.py"], readers
+    readers = [
+        str(p.relative_to(PKG))
+        for p in sorted(PKG.rglob("*.py"))
+        if "os.environ.get" in p.read_text() or "os.getenv" in p.read_text()
+    ]
+    assert readers == ["cli/environ.py"], readers
 
 
 def test_data_flows_down_runtime_is_a_leaf_of_the_layers():

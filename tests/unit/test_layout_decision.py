@@ -1,5 +1,5 @@
 """One decision: the rules that keep who-serves-a-request in decide.py alone, checked on the
-source (an AST walk of splitter/*.py).
+source (an AST walk of splitter/**/*.py).
 
 What is checked, and what is not:
 - only decide.py compares a bucket with a percent (a comparison with a name or attribute
@@ -8,7 +8,7 @@ What is checked, and what is not:
 - the request path (proxy, websocket, shadow, call) and the CLI never read the kill switch
   (`.kill`); admin's `bucket_view` and the CLI's `_bucket_rows` call decide();
 - the configured backends (`cfg.backends[...]`, `config.backends[...]`) are never indexed by a
-  string literal nor by a role (`.role`) outside config.py: by the name a route resolved its
+  string literal nor by a role (`.role`) outside config/: by the name a route resolved its
   role to at load (`Route.backends`). A role held in a plain variable is not caught.
 """
 
@@ -20,7 +20,8 @@ PKG = ROOT / "splitter"
 
 
 def trees() -> dict[str, ast.Module]:
-    return {p.name: ast.parse(p.read_text()) for p in sorted(PKG.glob("*.py"))}
+    """Path under splitter/ (`decide.py`, `cli/check.py`) -> its syntax tree."""
+    return {str(p.relative_to(PKG)): ast.parse(p.read_text()) for p in sorted(PKG.rglob("*.py"))}
 
 
 def _names(node: ast.AST) -> str:
@@ -55,10 +56,12 @@ def test_only_decide_compares_a_bucket_with_a_percent():
 
 def test_the_request_path_and_the_views_leave_the_kill_switch_and_percent_to_decide():
     t = trees()
-    for name in ("proxy.py", "websocket.py", "shadow.py", "call.py", "cli.py"):
+    cli = [name for name in t if name.startswith("cli/")]
+    assert "cli/status.py" in cli
+    for name in ("proxy.py", "websocket.py", "shadow.py", "call.py", *cli):
         reads = [n.lineno for n in ast.walk(t[name]) if isinstance(n, ast.Attribute) and n.attr == "kill"]
         assert reads == [], f"{name} reads the kill switch at lines {reads}"
-    views = {"admin.py": "bucket_view", "cli.py": "_bucket_rows", "proxy.py": "_choose"}
+    views = {"admin.py": "bucket_view", "cli/check.py": "_bucket_rows", "proxy.py": "_choose"}
     for name, func in views.items():
         fn = next(n for n in ast.walk(t[name]) if isinstance(n, ast.FunctionDef) and n.name == func)
         calls = {_names(n.func) for n in ast.walk(fn) if isinstance(n, ast.Call)}
@@ -73,7 +76,8 @@ def test_backends_are_looked_up_by_name_never_by_a_literal_or_a_role_outside_con
             if target.endswith(("cfg.backends", "config.backends")):  # Config.backends: name -> Backend
                 key = node.slice
                 literal = isinstance(key, ast.Constant) and isinstance(key.value, str)
-                if literal or (name != "config.py" and isinstance(key, ast.Attribute) and key.attr == "role"):
+                by_role = isinstance(key, ast.Attribute) and key.attr == "role"
+                if literal or (by_role and not name.startswith("config/")):
                     found.append(f"{name}:{node.lineno}")
     assert found == [], found
     lookups = [
