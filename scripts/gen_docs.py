@@ -80,9 +80,9 @@ def constraints(spec: Any) -> str:
 
 def config_page() -> str:
     from splitter import config
+    from splitter.config.keys import REQUIRED as required
 
-    required = getattr(config, "_REQUIRED", {})
-    out = [HEADER.format(source="splitter/config.py (SECTIONS)"), "# routes.yaml keys\n\n"]
+    out = [HEADER.format(source="splitter/config/keys.py (SECTIONS)"), "# routes.yaml keys\n\n"]
     out.append(
         "Every key `splitter check` accepts, section by section: the same table makes the validator and "
         "`routes.schema.json` (`splitter schema`). A key not listed here is an error. What each key does is "

@@ -139,7 +139,7 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "max": {"type": "number"},
     },
 }
-_REQUIRED = {
+REQUIRED = {
     "top": ["backends", "routes"],
     "backends": list(BACKENDS),
     "backend": ["url"],
@@ -161,8 +161,8 @@ def json_schema() -> dict[str, Any]:
     def obj(section: str) -> dict[str, Any]:
         props = {k: {"$ref": f"#/$defs/{v}"} if isinstance(v, str) else v for k, v in SECTIONS[section].items()}
         out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
-        if section in _REQUIRED:
-            out["required"] = _REQUIRED[section]
+        if section in REQUIRED:
+            out["required"] = REQUIRED[section]
         if section == "backends":  # an open map of names; legacy and new are the defaults, so required
             out["additionalProperties"] = {"$ref": "#/$defs/backend"}
             out["propertyNames"] = {"pattern": "^[a-z0-9_]+$"}
