@@ -81,7 +81,7 @@ def test_ten_thousand_routes_still_find_the_longest():
 SEGMENT = st.text(alphabet="ab/", max_size=6)
 PATH = st.builds(lambda s: "/" + s, SEGMENT) | st.text(alphabet="ab/*", max_size=8)
 PREFIX = st.builds(lambda s: "/" + s, SEGMENT)
-NORMAL = st.builds(lambda s: ("/" + s).rstrip("/") or "/", SEGMENT)  # as config.py stores them
+NORMAL = st.builds(lambda s: ("/" + s).rstrip("/") or "/", SEGMENT)  # as config/validate_route.py stores them
 
 
 @given(st.lists(PREFIX, unique=True, max_size=8), st.lists(PATH, max_size=10))
