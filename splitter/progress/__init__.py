@@ -1,7 +1,7 @@
 """A migration's progress for the people who asked for it: per route, where it stands, how it got there,
 and how new compared with legacy at each step, in the migration plan's words.
 
-    GET /admin/progress   build(): the JSON (admin.py gathers its inputs)
+    GET /admin/progress   build(): the JSON (admin/migration.py gathers its inputs)
     splitter progress     text(), markdown(), html() of that JSON (cli.py asks the admin API)
 
 Inputs are what the admin API already holds: the change history (who moved a route, when and why),

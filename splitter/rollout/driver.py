@@ -305,7 +305,7 @@ class Driver(Evidence):
         await self.rt.history.record("rollout", "rollout", "rollout_done", route.name, at, at, said)
 
     async def _summary(self, route: Route, status: str, state: dict[str, Any], now: float) -> str:
-        """The route's summary line in the migration plan's words (progress.py), for the done and
+        """The route's summary line in the migration plan's words (progress/words.py), for the done and
         ready_to_retire notifications: 'auth: migrated, 100 % on new since 2026-12-03; p95 −12 %, ...'."""
         assert route.rollout is not None
         events = sorted(await self.rt.history.recent(1_000, route.name), key=lambda e: e["at"])

@@ -43,11 +43,11 @@ def retire_view(ro: RolloutSpec, state: dict[str, Any] | None, legacy_last: floa
     }
 
 
-PAST_STEPS = 20  # ended steps whose evidence a rollout record keeps (progress.py): a few restarts of a long plan
+PAST_STEPS = 20  # ended steps whose evidence a rollout record keeps (progress/): a few restarts of a long plan
 
 
 def keep_step(state: dict[str, Any], evidence: dict[str, Any], new: Counts, legacy: Counts) -> None:
-    """An ended step's window record with both sides' counts (histograms included: progress.py reads
+    """An ended step's window record with both sides' counts (histograms included: progress/ reads
     intervals from them), appended to the record's `past_steps`, the newest PAST_STEPS kept. `previous`
     holds only the last step; a migration's report needs every step, after the windows forgot them."""
     past = [p for p in state.get("past_steps") or [] if isinstance(p, dict)][-(PAST_STEPS - 1) :]

@@ -4,24 +4,39 @@ Settings); data flows down (runtime.py, the shared state, imports none of the la
 it; server.py does not import cli.py)."""
 
 import ast
+from pathlib import Path
 
 from conftest import ROOT
 
 PKG = ROOT / "splitter"
 
 
+def module_of(path: Path) -> str:
+    """`admin/routes.py` -> "admin.routes"; a package's `__init__.py` is the package ("admin"), the root ""."""
+    parts = path.relative_to(PKG).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def imports() -> dict[str, set[str]]:
+    """Top-level module or package -> those it imports (relative imports, nested and type-only ones
+    included). A package is one node: its modules' imports are its own, those between them dropped."""
     graph: dict[str, set[str]] = {}
-    for path in PKG.glob("*.py"):
-        mod = path.stem
+    for path in PKG.rglob("*.py"):
+        mod = module_of(path)
+        package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
         deps: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                base = package[: len(package) - node.level + 1]
                 if node.module:
-                    deps.add(node.module.split(".")[0])
-                else:
-                    deps.update(a.name for a in node.names if (PKG / f"{a.name}.py").exists())
-        graph[mod] = deps - {"__init__", mod}
+                    deps.add(base[0] if base else node.module.split(".")[0])
+                elif base:  # `from . import x` inside a package: the package itself
+                    deps.add(base[0])
+                else:  # `from . import judge` at the top: a module, or a name of splitter/__init__.py
+                    deps.update(a.name for a in node.names if (PKG / f"{a.name}.py").exists() or (PKG / a.name).is_dir())
+        if mod:
+            name = mod.split(".")[0]
+            graph[name] = graph.get(name, set()) | deps - {"__init__", name}
     return graph
 
 
@@ -42,7 +57,9 @@ def test_no_import_cycles_even_type_only():
 
 
 def test_only_cli_reads_the_environment():
-    readers = [p.name for p in PKG.glob("*.py") if "os.environ.get" in p.read_text() or "os.getenv" in p.read_text()]
+    readers = [
+        str(p.relative_to(PKG)) for p in PKG.rglob("*.py") if "os.environ.get" in p.read_text() or "os.getenv" in p.read_text()
+    ]
     assert readers == ["cli.py"], readers
 
 

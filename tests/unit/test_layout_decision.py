@@ -1,5 +1,5 @@
 """One decision: the rules that keep who-serves-a-request in decide.py alone, checked on the
-source (an AST walk of splitter/*.py).
+source (an AST walk of splitter/**/*.py, packages included).
 
 What is checked, and what is not:
 - only decide.py compares a bucket with a percent (a comparison with a name or attribute
@@ -20,7 +20,7 @@ PKG = ROOT / "splitter"
 
 
 def trees() -> dict[str, ast.Module]:
-    return {p.name: ast.parse(p.read_text()) for p in sorted(PKG.glob("*.py"))}
+    return {str(p.relative_to(PKG)): ast.parse(p.read_text()) for p in sorted(PKG.rglob("*.py"))}
 
 
 def _names(node: ast.AST) -> str:
@@ -58,7 +58,7 @@ def test_the_request_path_and_the_views_leave_the_kill_switch_and_percent_to_dec
     for name in ("proxy.py", "websocket.py", "shadow.py", "call.py", "cli.py"):
         reads = [n.lineno for n in ast.walk(t[name]) if isinstance(n, ast.Attribute) and n.attr == "kill"]
         assert reads == [], f"{name} reads the kill switch at lines {reads}"
-    views = {"admin.py": "bucket_view", "cli.py": "_bucket_rows", "proxy.py": "_choose"}
+    views = {"admin/routes.py": "bucket_view", "cli.py": "_bucket_rows", "proxy.py": "_choose"}
     for name, func in views.items():
         fn = next(n for n in ast.walk(t[name]) if isinstance(n, ast.FunctionDef) and n.name == func)
         calls = {_names(n.func) for n in ast.walk(fn) if isinstance(n, ast.Call)}
