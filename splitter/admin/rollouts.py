@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 from starlette.requests import Request
@@ -11,9 +11,6 @@ from starlette.responses import Response
 
 from ..rollout import Refused as RolloutRefused
 from .common import Actor, JSONResponse, Refused, body, record, rollouts_of, route_or_404, rt_of
-
-if TYPE_CHECKING:
-    pass
 
 log = structlog.get_logger("splitter.admin")
 

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..metrics import CONTENT_TYPE
 from .common import JSONResponse, Refused, rt_of
 from .security import identify
-
-if TYPE_CHECKING:
-    pass
 
 
 async def healthz(request: Request) -> Response:

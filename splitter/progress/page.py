@@ -1,12 +1,12 @@
 """The progress document as one self-contained HTML page (`splitter progress --format html`): a section per
-route with its percent over time, each step's evidence and the incidents; no script, every value escaped."""
+route with its percent over time, each step's evidence and the incidents; no script; text from outside escaped."""
 
 from __future__ import annotations
 
 import html as html_mod
 from typing import Any
 
-from .words import date, gates_line, moved, num, pct, said_p95, source_note, when, who_did
+from .words import date, gates_line, moved, num, p95_said, rate_said, said_p95, source_note, when, who_did
 
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2933;background:#f5f7fa;margin:0}
@@ -40,18 +40,20 @@ def _h(v: Any) -> str:
     return html_mod.escape(str(v))
 
 
-def _html_rate(v: dict[str, Any]) -> str:
-    if v["error_rate"] is None:
+def _html_cell(said: tuple[str, str, str] | None, unit: str = "") -> str:
+    """A value over its interval, on two lines; '-' without requests."""
+    if said is None:
         return "-"
-    low, high = v["error_rate_ci"]
-    return f"{_h(pct(v['error_rate'], 3))}<br><span class=ci>{_h(pct(low, 3))} – {_h(pct(high, 3))}</span>"
+    value, low, high = (_h(x) for x in said)
+    return f"{value}{unit}<br><span class=ci>{low} – {high}{unit}</span>"
+
+
+def _html_rate(v: dict[str, Any]) -> str:
+    return _html_cell(rate_said(v))
 
 
 def _html_p95(v: dict[str, Any]) -> str:
-    if v["p95_ms"] is None:
-        return "-"
-    low, high = v["p95_ci_ms"]
-    return f"{v['p95_ms']:.1f} ms<br><span class=ci>{low:.1f} – {'∞' if high is None else f'{high:.1f}'} ms</span>"
+    return _html_cell(p95_said(v), " ms")
 
 
 def _tone(change: dict[str, Any] | None) -> str:

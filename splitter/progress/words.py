@@ -96,18 +96,33 @@ def _crosses_zero(interval: list[float | None]) -> bool:
     return (low is None or low <= 0) and (high is None or high >= 0)
 
 
-def rate_cell(v: dict[str, Any]) -> str:
+def rate_said(v: dict[str, Any]) -> tuple[str, str, str] | None:
+    """A side's error rate and its interval's ends, as every renderer says them; None without requests."""
     if v["error_rate"] is None:
-        return "-"
+        return None
     low, high = v["error_rate_ci"]
-    return f"{pct(v['error_rate'], 3)} ({pct(low, 3)}–{pct(high, 3)})"
+    return pct(v["error_rate"], 3), pct(low, 3), pct(high, 3)
+
+
+def p95_said(v: dict[str, Any]) -> tuple[str, str, str] | None:
+    """A side's p95 (ms) and its interval's ends (∞: no upper bound yet); None without requests."""
+    if v["p95_ms"] is None:
+        return None
+    low, high = v["p95_ci_ms"]
+    return f"{v['p95_ms']:.1f}", f"{low:.1f}", "∞" if high is None else f"{high:.1f}"
+
+
+def cell(said: tuple[str, str, str] | None, unit: str = "") -> str:
+    """A value and its interval for a terminal or a table: '12.3 ms (10.0–14.1)'; '-' without requests."""
+    return "-" if said is None else f"{said[0]}{unit} ({said[1]}–{said[2]})"
+
+
+def rate_cell(v: dict[str, Any]) -> str:
+    return cell(rate_said(v))
 
 
 def p95_cell(v: dict[str, Any]) -> str:
-    if v["p95_ms"] is None:
-        return "-"
-    low, high = v["p95_ci_ms"]
-    return f"{v['p95_ms']:.1f} ms ({low:.1f}–{'∞' if high is None else f'{high:.1f}'})"
+    return cell(p95_said(v), " ms")
 
 
 def who_did(e: dict[str, Any]) -> str:

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("splitter.rollout")
 
 
-
 class Rollouts(Driver):
     """Every route's rollout: the driver (`run`), and what an operator sees (`view`) and does (`act`,
     `retire_check`, `mark_retired`)."""
@@ -30,8 +29,6 @@ class Rollouts(Driver):
         super().__init__(rt)
         self._waits: dict[str, tuple[float, float, list[dict[str, Any]]]] = {}  # route -> (step since, at, waits)
 
-
-    # --- operator actions -------------------------------------------------------
     async def view(self) -> list[dict[str, Any]]:
         return [await self._view_one(r, time.time()) for r in self.routes()]
 

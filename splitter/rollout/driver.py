@@ -45,7 +45,6 @@ class Driver(Evidence):
         # hook holds only its own route and never the lease
         self._asking: dict[str, tuple[tuple[float, int], asyncio.Task[tuple[int, str] | None]]] = {}
 
-
     async def run(self) -> None:
         while True:
             intervals = [r.rollout.interval_s for r in self.routes() if r.rollout]

@@ -6,8 +6,6 @@ import asyncio
 import math
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from .. import judge
 from ..config import Gates, RolloutSpec, Route
 from ..window import FINAL_AFTER_S, ROLES, SHADOW, Counts
@@ -17,9 +15,6 @@ from .remote import prom_check, read_prometheus
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
-
-log = structlog.get_logger("splitter.rollout")
-
 
 
 class Evidence:
@@ -32,7 +27,6 @@ class Evidence:
         self._looks: dict[str, tuple[float, int]] = {}  # route -> (step start, last checkpoint judged)
         self._prom: dict[str, tuple[float, tuple[judge.Check, ...]]] = {}  # route -> (read at, prometheus gates)
         self._prom_reads: dict[str, asyncio.Task[tuple[judge.Check, ...]]] = {}
-
 
     def routes(self) -> list[Route]:
         return [r for r in self.rt.snapshot.config.routes if r.rollout is not None]

@@ -4,14 +4,11 @@ always test, the first failure in words, each gate as the API shows it, and what
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import judge
 from ..config import Gates
 from ..window import Counts, Totals
-
-if TYPE_CHECKING:
-    pass
 
 
 def gate_checks(g: Gates, new: Totals, legacy: Totals) -> list[dict[str, Any]]:

@@ -3,14 +3,11 @@ step's running total (`step_total`), and whether the route is ready to retire, i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import RolloutSpec
 from ..window import Counts
 from .states import Status
-
-if TYPE_CHECKING:
-    pass
 
 
 def ago(seconds: float) -> str:

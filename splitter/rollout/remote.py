@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from .. import judge
 from ..config import Hook, PromGate
-
-if TYPE_CHECKING:
-    pass
 
 
 async def read_prometheus(url: str | None, route: str, gates: tuple[PromGate, ...]) -> tuple[judge.Check, ...]:

@@ -5,11 +5,7 @@ the table does not allow, naming the status and what would go on."""
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
-
+from typing import Any
 
 EVENTS = (
     "advanced", "done", "rolled_back", "aborted", "paused", "resumed", "promoted", "awaiting_approval", "stalled",
@@ -60,6 +56,8 @@ def allowed(status: str) -> list[str]:
     started yet, takes what a running one does: an action on it starts its record as running)."""
     now = Status.RUNNING if status == "pending" else Status(status)
     return [a for a in OPERATOR_ACTIONS if (now, a) in TRANSITIONS]
+
+
 _HINTS = {
     _R: "it is running",
     _A: "it is awaiting approval: splitter rollout promote {name} goes on",
