@@ -192,15 +192,15 @@ def test_an_endpoint_runs_alone_on_an_app_with_only_its_state():
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    from splitter import admin
+    from splitter.admin import common, migration, routes, security
     from splitter.config import parse
     from splitter.runtime import Runtime, Settings
 
     async def drive() -> tuple[httpx.Response, httpx.Response, Runtime]:
         text = routes_yaml("http://127.0.0.1:9", "http://127.0.0.1:9", extra='state: {path: ":memory:"}')
         rt = Runtime(Settings(admin_token=TOKEN), parse(text))
-        routes = [Route("/r/{name}", admin.writer(admin.set_route), methods=["PUT"]), Route("/h", admin.history)]
-        app = Starlette(routes=routes, exception_handlers=admin._ERRORS)
+        table = [Route("/r/{name}", security.writer(routes.set_route), methods=["PUT"]), Route("/h", migration.history)]
+        app = Starlette(routes=table, exception_handlers=common.ERRORS)
         app.state.rt = rt
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as c:
             refused = await c.put("/r/nope", json={"percent": 7}, headers=AUTH)

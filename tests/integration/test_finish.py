@@ -48,7 +48,7 @@ def test_the_last_step_bakes_for_bake_s_then_is_done(standin, splitter):
     assert bake["until"] - bake["since"] >= 10 and bake["percent"] == 100, bake
     assert done["percent"] == 100 and done["reason"] == "all steps passed and baked 10 s", done
     assert events(s, "baking") == 1 and events(s, "done") == 1 and len(history(s, "rollout_done")) == 1
-    # the done notification carries the summary line (progress.py), in the plan's words, with both sides compared
+    # the done notification carries the summary line (progress/words.py), in the plan's words, with both sides compared
     said = history(s, "rollout_done")[0]["reason"]
     assert re.search(r"^all steps passed and baked 10 s\. auth: migrated, 100 % on new since \d{4}-\d\d-\d\d; "
                      r"p95 .*, errors \d+\.\d\d % vs \d+\.\d\d %$", said), said

@@ -21,7 +21,7 @@ from conftest import PY, ROOT, Proc, eventually, routes_yaml, wait_http
 from test_cli import one_line_error, run
 
 from splitter import strictjson
-from splitter.admin import JSONResponse
+from splitter.admin.common import JSONResponse
 from splitter.bucketing import bucket
 
 TOKEN = "loop-token"

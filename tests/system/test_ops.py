@@ -13,7 +13,8 @@ import yaml
 from backends import start_backend
 from conftest import ROOT, Proc, eventually, free_port, routes_yaml, wait_http
 
-from splitter import admin, cli, config
+from splitter import cli, config
+from splitter.admin.security import host_allowed
 from splitter.bucketing import bucket
 
 DEPLOY = ROOT / "deploy"
@@ -110,7 +111,7 @@ def test_compose_commands_ports_and_env_match_the_code():
         published = {p.rsplit(":", 1)[1] for p in svc["ports"]}
         assert published == {str(args.port), str(args.admin_port)}
         assert f"{name}:{args.admin_port}" in targets
-        assert admin.host_allowed(f"{name}:{args.admin_port}", args.admin_allowed_hosts), "it answers Prometheus' Host"
+        assert host_allowed(f"{name}:{args.admin_port}", args.admin_allowed_hosts), "it answers Prometheus' Host"
         cfg_file = container_path(svc, args.config)
         cfg = config.load(cfg_file, svc["environment"]["SPLITTER_ENV"])
         for bname, svc_name in (("legacy", "legacy_backend"), ("new", "new_backend")):

@@ -4,29 +4,39 @@ place (cli/environ.py, for the CLI, which turns it into Settings); data flows do
 shared state, imports none of the layers that use it; server.py does not import cli)."""
 
 import ast
+from pathlib import Path
 
 from conftest import ROOT
 
 PKG = ROOT / "splitter"
 
 
+def module_of(path: Path) -> str:
+    """`admin/routes.py` -> "admin.routes"; a package's `__init__.py` is the package ("admin"), the root ""."""
+    parts = path.relative_to(PKG).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
 def imports() -> dict[str, set[str]]:
-    """Module or package -> the modules and packages of splitter it imports. A package's files import
-    each other freely (one level up: `from .x`); what they import from the rest (`from ..x`) is the
-    package's."""
+    """Top-level module or package -> those it imports (relative imports, nested and type-only ones
+    included). A package is one node: its modules' imports are its own, those between them dropped."""
     graph: dict[str, set[str]] = {}
     for path in PKG.rglob("*.py"):
-        parts = path.relative_to(PKG).parts
-        mod, up = parts[0].removesuffix(".py"), len(parts)  # `from ..x` in pkg/m.py is level 2
+        mod = module_of(path)
+        package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
         deps: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == up:
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                base = package[: len(package) - node.level + 1]
                 if node.module:
-                    deps.add(node.module.split(".")[0])
-                else:
-                    names = (a.name for a in node.names)
-                    deps.update(n for n in names if (PKG / f"{n}.py").exists() or (PKG / n).is_dir())
-        graph[mod] = graph.get(mod, set()) | deps - {"__init__", mod}
+                    deps.add(base[0] if base else node.module.split(".")[0])
+                elif base:  # `from . import x` inside a package: the package itself
+                    deps.add(base[0])
+                else:  # `from . import judge` at the top: a module, or a name of splitter/__init__.py
+                    deps.update(a.name for a in node.names if (PKG / f"{a.name}.py").exists() or (PKG / a.name).is_dir())
+        if mod:
+            name = mod.split(".")[0]
+            graph[name] = graph.get(name, set()) | deps - {"__init__", name}
     return graph
 
 
