@@ -70,7 +70,7 @@ class History:
         return await self.store.history(limit, route)
 
 
-_FINISH = {  # the finish line (rollout.py, `splitter retire`): said in the migration plan's words
+_FINISH = {  # the finish line (rollout/, `splitter retire`): said in the migration plan's words
     "rollout_baking": "rollout of {route} baking at {new} %",
     "ready_to_retire": "{route} is ready to retire",
     "retire": "retired {route}: pinned to new in routes.yaml (100 %; its rollout, guard and shadow removed)",

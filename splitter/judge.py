@@ -228,7 +228,7 @@ class Extra:
 
     examples: Mapping[str, str] = field(default_factory=dict)
     shadow: Counts | None = None
-    prometheus: tuple[Check, ...] = ()  # the prometheus gates, as last read (rollout.py asks, off its tick)
+    prometheus: tuple[Check, ...] = ()  # the prometheus gates, as last read (rollout/remote.py asks, off its tick)
 
 
 # --- shadow comparisons -------------------------------------------------------------------------------

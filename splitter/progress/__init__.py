@@ -2,7 +2,7 @@
 and how new compared with legacy at each step, in the migration plan's words.
 
     GET /admin/progress   build(): the JSON (admin/migration.py gathers its inputs)
-    splitter progress     text(), markdown(), html() of that JSON (cli.py asks the admin API)
+    splitter progress     text(), markdown(), html() of that JSON (cli/report.py asks the admin API)
 
 Inputs are what the admin API already holds: the change history (who moved a route, when and why),
 the rollout records (each ended step's counts, rollout.keep_step, and the current step's) and the
