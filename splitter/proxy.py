@@ -706,8 +706,8 @@ class Proxy:
             "client": call.client,
             "bytes_in": call.bytes_in,
             "bytes_out": call.bytes_out,
-            "backend": call.role,
-            "upstream": call.backend,  # the configured backend that served the role
+            "role": call.role,
+            "backend": call.backend,
             "upstream_ms": call.upstream_ms,
             "reason": call.reason,
         }

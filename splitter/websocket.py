@@ -286,7 +286,7 @@ class WebSockets:
     def _log_failed(self, call: Call, status: int, kind: str) -> None:
         log.info(
             "websocket", request_id=call.request_id, path=call.path, route=call.route_name, handler=call.handler,
-            backend=call.role, upstream=call.backend, reason=call.reason, status=status, error=kind,
+            role=call.role, backend=call.backend, reason=call.reason, status=status, error=kind,
             detail=call.detail, user_bucket=call.user_bucket, client=call.client,
         )  # fmt: skip
 
@@ -304,8 +304,8 @@ def _log_session(call: Call, session: Session) -> None:
         path=call.path,
         route=call.route_name,
         handler=call.handler,
-        backend=call.role,
-        upstream=call.backend,
+        role=call.role,
+        backend=call.backend,
         reason=call.reason,
         status=101,
         user_bucket=call.user_bucket,

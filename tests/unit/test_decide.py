@@ -144,7 +144,7 @@ def test_every_exit_records_once_through_finish(proxy):
     assert outcomes(proxy, "new") == (2, 1), "a client's abort or stall says nothing about the backend"
 
     lines = proxy.log.lines
-    assert [(e["status"], e.get("error"), e["backend"], e["reason"]) for e in lines] == [
+    assert [(e["status"], e.get("error"), e["role"], e["reason"]) for e in lines] == [
         (200, None, "new", "percent"),
         (502, "connect", "legacy", "percent"),
         (200, "protocol", "new", "percent"),
@@ -295,4 +295,4 @@ def test_a_cohort_request_is_counted_apart_and_never_enters_the_window(tmp_path,
     assert sample(p, "splitter_errors_total", route="auth", backend="new", handler="new_auth", kind="connect") == 1
     assert sample(p, "splitter_requests_total", route="auth", backend="new", handler="new_auth", code="502") == 1
     assert outcomes(p, "new") == (0, 0) and outcomes(p, "legacy") == (0, 0), "not a random sample: not judged"
-    assert (log.lines[-1]["reason"], log.lines[-1]["backend"], log.lines[-1]["upstream"]) == ("cohort:staff", "new", "new")
+    assert (log.lines[-1]["reason"], log.lines[-1]["role"], log.lines[-1]["backend"]) == ("cohort:staff", "new", "new")
