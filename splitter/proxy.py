@@ -36,6 +36,7 @@ from .bypass import CLIENT_HOOK, ClientConnection
 from .call import Call, Refused, error_body
 from .config import ROLES, UID_COOKIE, Config, Route, ShadowSpec
 from .decide import Facts, decide
+from .headers import DROP_UPSTREAM, DROP_UPSTREAM_TRUSTED, KEPT, connection_tokens, dropped_downstream
 from .logs import ACCESS
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
 from .shadow import Shadow
@@ -49,35 +50,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-# Hop-by-hop headers (RFC 9110 7.6.1) are meaningful for one connection only.
-HOP_HEADERS = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    ]
-)
-# Replaced with the proxy's own values, never copied from the client: the framing (Content-Length, or chunked
-# when the length is unknown) is written from the proxy's own parse, so no header the client sends or names in
-# Connection can change how the upstream splits the byte stream into requests (request smuggling).
-_REPLACED = frozenset(
-    [
-        b"x-request-id", b"x-client-request-id", b"x-splitter-handler", b"x-splitter-backend", b"x-splitter-token",
-        b"via", b"expect", b"content-length",
-    ]
-)  # fmt: skip
-# what a Connection header may not remove: Host stays as the client sent it (the framing is rewritten anyway)
-_KEPT = frozenset([b"host"])
-_FORWARDED = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"])
-_DROP_UPSTREAM = HOP_HEADERS | _REPLACED | _FORWARDED
-_DROP_UPSTREAM_TRUSTED = HOP_HEADERS | _REPLACED
-_DROP_DOWNSTREAM = HOP_HEADERS | frozenset([b"x-splitter-handler", b"x-request-id", b"content-length"])
 _ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _FORCEABLE = {role.encode(): role for role in ROLES}  # X-Splitter-Backend values
 
@@ -474,10 +446,10 @@ class Proxy:
     ) -> list[tuple[bytes, bytes]]:
         peer = call.client
         trusted = bool(cfg.trusted_proxies) and _peer_trusted(peer, cfg.trusted_proxies)
-        drop = _DROP_UPSTREAM_TRUSTED if trusted else _DROP_UPSTREAM
+        drop = DROP_UPSTREAM_TRUSTED if trusted else DROP_UPSTREAM
         conn = hd.get(b"connection")
         if conn is not None:
-            drop = drop | ({t.strip().lower() for t in conn.split(b",")} - _KEPT)
+            drop = drop | (connection_tokens(conn) - KEPT)
         # a list, not a dict: repeated headers stay repeated; the names added below were dropped above
         out = [(n, v) for n, v in scope["headers"] if n not in drop]
         if b"host" not in hd:  # HTTP/1.0 without Host: the upstream speaks HTTP/1.1
@@ -547,14 +519,14 @@ class Proxy:
             try:
                 chunks = body.chunks() if body is not None else None
                 chunked = b"transfer-encoding" in call.inbound
-                await pool.exchange(ex, call.method, call.target, _with_expect(call, ex, body), chunks, chunked)
+                await pool.send_request(ex, call.method, call.target, _with_expect(call, ex, body), chunks, chunked)
             finally:
                 if body is not None:
                     body.end(scope)  # before any answer: one that leaves the body unread closes the connection
             if body is not None:
                 call.bytes_in = body.received
             call.upstream_ms = round((time.perf_counter() - call.start) * 1000, 3)
-            first = ex.take()  # the body bytes that came with the head, without a wait (the common case)
+            first = ex.read_nowait()  # the body bytes that came with the head, without a wait (the common case)
             if first is None:
                 first = await ex.read()
             call.status = ex.status
@@ -730,20 +702,11 @@ def _client_from_xff(xff: bytes, trusted: tuple[Any, ...]) -> str | None:
     return None
 
 
-@lru_cache(maxsize=256)
-def _dropped_downstream(connection: bytes | None) -> frozenset[bytes]:
-    """The response header names not relayed: hop-by-hop ones, the framing (written anew from the
-    exchange's own parse), and those the Connection header names."""
-    if connection is None:
-        return _DROP_DOWNSTREAM
-    return _DROP_DOWNSTREAM | {t.strip().lower() for t in connection.split(b",")}
-
-
 def _asks_upgrade(hd: dict[bytes, bytes]) -> bool:
     """Connection names `upgrade` (and an Upgrade header is there): llhttp then reads no body after the
     head (uvicorn hands on an empty one and drops the rest), so such a request with a body, forwarded,
     would carry another body than the client sent (the differential suite's connection-upgrade-*)."""
-    return b"upgrade" in {t.strip().lower() for t in hd.get(b"connection", b"").split(b",")}
+    return b"upgrade" in connection_tokens(hd.get(b"connection", b""))
 
 
 def _with_expect(call: Call, ex: Exchange, body: _Body | None) -> list[tuple[bytes, bytes]]:
@@ -761,7 +724,7 @@ def _downstream_headers(ex: Exchange, call: Call) -> list[tuple[bytes, bytes]]:
     """The answer's head for the client: the upstream's fields less hop-by-hop ones, its length as the
     exchange parsed it (none on 204/304: it would describe the representation, not this empty body; none
     for a chunked or until-EOF body, which the server frames itself), and the proxy's own fields."""
-    drop = _dropped_downstream(ex.connection_header)
+    drop = dropped_downstream(ex.connection_header)
     headers = [h for h in ex.headers if h[0] not in drop]  # names arrive lower-cased from the exchange
     length = ex.content_length
     if length is not None and ex.status != 204 and ex.status != 304:
