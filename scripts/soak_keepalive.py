@@ -84,9 +84,10 @@ def stack(work: Path, idle_timeout_s: float | None = None) -> Iterator[str]:
     log = open(work / "soak.log", "ab")  # noqa: SIM115 - closed below, after both processes
     try:
         started.append(subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "soak_keepalive:backend_app", "--app-dir", str(ROOT / "scripts"),
-             "--host", "127.0.0.1", "--port", str(backend_port), "--timeout-keep-alive", str(KEEP_ALIVE_S),
-             "--log-level", "warning", "--no-access-log"], stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "uvicorn", "--factory", "soak_keepalive:backend_app",
+             "--app-dir", str(ROOT / "scripts"), "--host", "127.0.0.1", "--port", str(backend_port),
+             "--timeout-keep-alive", str(KEEP_ALIVE_S), "--log-level", "warning", "--no-access-log"],
+            stdout=log, stderr=subprocess.STDOUT,
         ))  # fmt: skip
         _wait_ready(backend + "/ready", started[0])
         started.append(subprocess.Popen(
