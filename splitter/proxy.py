@@ -17,14 +17,13 @@ re-encoded: names and values go upstream and back as the bytes that arrived.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import ipaddress
 import os
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -32,6 +31,7 @@ from urllib.parse import unquote
 from multidict import CIMultiDict
 
 from . import bucketing, bypass
+from .body import RequestBody
 from .bypass import CLIENT_HOOK, ClientConnection
 from .call import Call, Refused, error_body
 from .config import ROLES, UID_COOKIE, Config, Route, ShadowSpec
@@ -40,7 +40,7 @@ from .headers import DROP_UPSTREAM, DROP_UPSTREAM_TRUSTED, KEPT, connection_toke
 from .logs import ACCESS
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
 from .shadow import Shadow
-from .upstream import Aborted, BodyCut, Exchange, SendTimedOut, UpstreamError, map_upstream_error
+from .upstream import Aborted, Exchange, SendTimedOut, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:
     from .runtime import Runtime, Snapshot
@@ -58,154 +58,6 @@ _ENCODED_SLASH = re.compile("%2[fF]")
 _DOT = frozenset([b".", b"%2e"])
 _DOTDOT = frozenset([b"..", b".%2e", b"%2e.", b"%2e%2e"])
 UID_MAX_AGE = 365 * 24 * 3600
-
-
-class _Body:
-    """The request body as it streams upstream, with what happened to it.
-
-    The body timeout is one watchdog timer per body, not one per read: each wait for the
-    client's next bytes notes when it began, and the watchdog (re-armed for the time left)
-    cancels the wait once it has lasted `timeout` seconds. Waits for the upstream to take the
-    bytes (back-pressure) are not the client's fault and do not count.
-
-    A large Content-Length body not kept for a shadow is read past uvicorn once its first
-    piece is in: straight from the client socket into the bytes that go upstream (uvicorn's
-    path copies each byte twice more and wakes three coroutines per read). uvicorn's parser
-    then no longer knows where the next request starts, so the connection closes after this
-    response (`Connection: close`).
-
-    The upstream's answer (or failure) ends the body at once, even while it waits for the client
-    (`interrupt`, the same cancel as the watchdog's): the answer goes out, and `end` sees to the rest."""
-
-    __slots__ = (
-        "answered", "client", "complete", "fd", "gone", "length", "limit", "receive", "received", "task", "tee",
-        "timed_out", "timeout", "too_large", "waiting_since", "watchdog",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        receive: Receive,
-        limit: int,
-        timeout: float,
-        tee: list[bytes] | None,
-        length: int | None = None,
-        client: ClientConnection | None = None,
-    ) -> None:
-        self.receive, self.limit, self.timeout, self.tee = receive, limit, timeout, tee
-        self.length, self.client = length, client
-        self.fd: int | None = None  # the client socket (a duplicate) while the body is read past uvicorn
-        self.gone = self.too_large = self.timed_out = self.complete = self.answered = False
-        self.received = 0
-        self.waiting_since: float | None = None
-        self.watchdog: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[Any] | None = None
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        task = self.task = asyncio.current_task()
-        assert task is not None
-        self.watchdog = loop.call_later(self.timeout, self._watch, loop, task)
-        try:
-            while True:
-                if self.answered:
-                    raise BodyCut()
-                self.waiting_since = loop.time()
-                try:
-                    message = await self.receive()
-                except asyncio.CancelledError:
-                    self.interrupted(task)
-                    raise
-                finally:
-                    self.waiting_since = None
-                if message["type"] == "http.disconnect":
-                    self.gone = True
-                    raise Aborted()
-                chunk = message.get("body", b"")
-                if chunk:
-                    self.count(chunk)
-                    yield chunk
-                if not message.get("more_body", False):
-                    self.complete = True
-                    return
-                left = (self.length or 0) - self.received
-                if left >= bypass.BODY_BYPASS_MIN and self.tee is None and self.client is not None:
-                    self.fd = self.client.take_body(self.received)
-                    if self.fd is not None:
-                        async for chunk in bypass.read_past(self, self.fd, loop, task):
-                            yield chunk
-                        self.complete = True
-                        return
-        finally:
-            self.stop()
-
-    def count(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.received > self.limit:
-            self.too_large = True
-            raise Refused(413, "too_large", f"request body over the limit of {self.limit} bytes")
-        if self.tee is not None:
-            self.tee.append(chunk)
-
-    def interrupted(self, task: asyncio.Task[Any]) -> None:
-        """A wait for the client was cancelled: by the upstream's answer, the body stops there (it wins
-        over a watchdog that fired at the same time); by the watchdog, it is a 408."""
-        if (self.answered or self.timed_out) and task.uncancel() == 0:
-            if self.answered:
-                raise BodyCut() from None
-            raise Refused(408, "body_timeout", f"no request body bytes for {self.timeout:g} s") from None
-
-    def interrupt(self, _: object = None) -> None:
-        """The upstream answered (or failed): no more of the body goes; a wait for the client ends now."""
-        if self.answered or self.complete:
-            return
-        self.answered = True
-        task = self.task
-        if task is not None and self.waiting_since is not None and not self.timed_out:
-            task.cancel()  # the wait ends with CancelledError, turned into BodyCut by interrupted
-
-    def stop(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-            self.watchdog = None
-        fd = self.fd
-        if fd is not None and (self.complete or self.gone):
-            assert self.client is not None  # it handed out the fd
-            self.fd = None
-            os.close(fd)
-            self.client.body_taken(whole=self.complete)  # uvicorn reads again (to hear of a disconnect), or closes
-
-    def end(self, scope: Scope) -> None:
-        """No more of the body goes upstream; called before any answer goes out. If some of it is still
-        to come (the upstream answered or failed first, a 408, a 413), that answer carries
-        `Connection: close`, and once it is out the rest is read and dropped before the socket closes,
-        or the kernel would reset the connection, answer and all (nginx's lingering close)."""
-        self.stop()
-        client, self.client = self.client, None  # once
-        if self.complete or self.gone or client is None:
-            return
-        fd, self.fd = self.fd, None
-        if fd is None:  # uvicorn was reading the body: it stops
-            cut = client.cut_body(scope)
-            if cut is None:
-                return  # its parser has the whole body already (the connection lives on), or it is gone
-            fd, read = cut
-        else:
-            read = self.received
-        left = None if self.length is None else self.length - read
-        bypass.drop_rest(client, fd, left, self.timeout)
-
-    def _watch(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
-        if self.answered:
-            self.watchdog = None
-            return
-        since = self.waiting_since
-        left = self.timeout if since is None else since + self.timeout - loop.time()
-        if left > 0:
-            self.watchdog = loop.call_later(left, self._watch, loop, task)
-            return
-        self.watchdog = None
-        self.timed_out = True
-        task.cancel()  # the task is waiting in receive(): that wait ends with CancelledError
 
 
 def normalize_path(raw: bytes) -> tuple[bytes, str] | None:
@@ -483,7 +335,7 @@ class Proxy:
         return out
 
     # --- step 4: forward and stream back ------------------------------------------------------
-    def _parts(self, scope: Scope, receive: Receive, call: Call) -> tuple[Exchange, _Body | None, Any, bool]:
+    def _parts(self, scope: Scope, receive: Receive, call: Call) -> tuple[Exchange, RequestBody | None, Any, bool]:
         """What one exchange needs, made before it starts: the exchange, the request body (None: none),
         the client connection (to hear of a disconnect), and whether a shadow copy is kept."""
         hd = call.inbound
@@ -498,7 +350,7 @@ class Proxy:
         if has_body:
             length = None if chunked else int(hd.get(b"content-length", b"0"))
             limit = self.rt.snapshot.config.max_body_bytes
-            body = _Body(receive, limit, self.body_timeout, [] if shadowing else None, length, client)
+            body = RequestBody(receive, limit, self.body_timeout, [] if shadowing else None, length, client)
         ex = Exchange(call.method, client.loop if client is not None else None)
         if client is not None and not client.watch(ex.abort):
             ex.abort()  # already gone
@@ -649,7 +501,9 @@ class Proxy:
                 kind = str(status)
             outcomes.record(call.role, time.time(), error, seconds, kind, call.path)
 
-    def _shadow(self, route: Route, call: Call, body: _Body | None, ex: Exchange, resp_tee: list[bytes] | None) -> None:
+    def _shadow(
+        self, route: Route, call: Call, body: RequestBody | None, ex: Exchange, resp_tee: list[bytes] | None
+    ) -> None:
         complete = resp_tee is not None and len(resp_tee) <= 1024 and sum(map(len, resp_tee)) <= SHADOW_MAX_BODY
         response = (ex.status, _multidict(ex.headers), b"".join(resp_tee or ())) if complete else None
         req_body = b"".join(body.tee) if body is not None and body.tee is not None else None
@@ -709,7 +563,7 @@ def _asks_upgrade(hd: dict[bytes, bytes]) -> bool:
     return b"upgrade" in connection_tokens(hd.get(b"connection", b""))
 
 
-def _with_expect(call: Call, ex: Exchange, body: _Body | None) -> list[tuple[bytes, bytes]]:
+def _with_expect(call: Call, ex: Exchange, body: RequestBody | None) -> list[tuple[bytes, bytes]]:
     """The outbound headers; with a body, its end is tied to the answer (or a failure), and a client's
     `Expect: 100-continue` is passed on, so the body waits for the upstream's go-ahead."""
     if body is None:
