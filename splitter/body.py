@@ -31,7 +31,7 @@ from typing import Any
 
 from . import bypass
 from .bypass import ClientConnection
-from .call import Refused
+from .refused import Refused
 from .upstream import Aborted, BodyCut
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]

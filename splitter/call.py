@@ -1,4 +1,4 @@
-"""One request's record, and the refusal the proxy answers itself: shared by the HTTP and
+"""One request's record, and the body of the answers the proxy writes itself: shared by the HTTP and
 WebSocket paths (proxy.py, websocket.py), which import it downward."""
 
 from __future__ import annotations
@@ -14,14 +14,6 @@ from .config import Route
 def error_body(message: str, handler: str | None, request_id: str | None) -> bytes:
     """The JSON body of every answer the proxy writes itself (400, 408, 413, 431, 502, 503, 504)."""
     return orjson.dumps({"error": message, "handler": handler, "request_id": request_id})
-
-
-class Refused(Exception):
-    """A request the proxy answers itself."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
 
 
 class Call:

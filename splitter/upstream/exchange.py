@@ -42,7 +42,8 @@ class Phase(enum.Enum):
 
 
 # the members as module constants for the per-response code: an Enum attribute costs ~50 ns in 3.11, a global ~8
-_HEAD, _BODY, _DONE, _MUST_CLOSE, _FAILED = Phase.HEAD, Phase.BODY, Phase.DONE, Phase.MUST_CLOSE, Phase.FAILED
+_HEAD_PHASE, _BODY_PHASE, _DONE_PHASE = Phase.HEAD, Phase.BODY, Phase.DONE
+_MUST_CLOSE_PHASE, _FAILED_PHASE = Phase.MUST_CLOSE, Phase.FAILED
 MOVES: dict[Phase, set[Phase]] = {
     Phase.HEAD: {Phase.BODY, Phase.DONE, Phase.FAILED},
     Phase.BODY: {Phase.DONE, Phase.MUST_CLOSE, Phase.FAILED},
@@ -50,8 +51,8 @@ MOVES: dict[Phase, set[Phase]] = {
     Phase.MUST_CLOSE: {Phase.MUST_CLOSE, Phase.FAILED},
     Phase.FAILED: {Phase.FAILED},
 }
-_COMPLETE = frozenset([_DONE, _MUST_CLOSE])
-_SPOILED = frozenset([_MUST_CLOSE, _FAILED])  # the connection closes
+_COMPLETE = frozenset([_DONE_PHASE, _MUST_CLOSE_PHASE])
+_SPOILED = frozenset([_MUST_CLOSE_PHASE, _FAILED_PHASE])  # the connection closes
 
 
 class _ResponseParser:
@@ -149,7 +150,7 @@ class Exchange:
 
     def reset(self, method: str) -> None:
         """A fresh exchange (and parser) for another attempt of the same request."""
-        self.phase = _HEAD
+        self.phase = _HEAD_PHASE
         self.done = False  # the whole response is in (DONE or MUST_CLOSE): kept by `move`
         self.head_only = method == "HEAD"
         self.head: asyncio.Future[None] = self.loop.create_future()
@@ -203,7 +204,7 @@ class Exchange:
             # a known length: once this read is parsed, later bytes are counted, not parsed (no copy)
             self.raw_left = content_length
         # a HEAD answer ends with its head; a body after it makes the connection unusable
-        self.move(_DONE if self.head_only else _BODY)
+        self.move(_DONE_PHASE if self.head_only else _BODY_PHASE)
         if not self.head.done():
             self.head.set_result(None)
 
@@ -224,12 +225,12 @@ class Exchange:
         if self.done:
             return
         self.keep_alive = keep_alive
-        self.move(_DONE)
+        self.move(_DONE_PHASE)
         self.wake()
 
     def stray(self) -> None:
         """A byte nobody asked for arrived after the whole response: the connection is never reused."""
-        self.move(_MUST_CLOSE)
+        self.move(_MUST_CLOSE_PHASE)
 
     # --- from the connection --------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -263,10 +264,10 @@ class Exchange:
             data = data[:left]
         if data:
             self.body_in(data)  # counts raw_left down
-        if self.raw_left == 0 and self.phase is _BODY:
-            self.move(_DONE)
+        if self.raw_left == 0 and self.phase is _BODY_PHASE:
+            self.move(_DONE_PHASE)
         self.wake()
-        if spoiled and self.phase is not _FAILED:
+        if spoiled and self.phase is not _FAILED_PHASE:
             self.stray()
         if self.phase in _SPOILED and self.conn is not None:
             self.conn.close()
@@ -275,8 +276,8 @@ class Exchange:
         if self.done:
             self.stray()
             return
-        if self.head.done() and self.until_eof and not self.aborted and self.phase is _BODY:
-            self.move(_MUST_CLOSE)  # a body delimited by the connection's close
+        if self.head.done() and self.until_eof and not self.aborted and self.phase is _BODY_PHASE:
+            self.move(_MUST_CLOSE_PHASE)  # a body delimited by the connection's close
             self.wake()
             return
         if self.head.done():
@@ -287,7 +288,7 @@ class Exchange:
     def fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
-        self.move(_FAILED)
+        self.move(_FAILED_PHASE)
         if not self.head.done():
             self.head.set_exception(exc)
             self.head.exception()  # retrieved: nobody may be waiting yet
@@ -359,7 +360,7 @@ class Exchange:
         """Done with it: the connection goes back to the pool only if it is clean."""
         conn, self.conn = self.conn, None
         if conn is not None:
-            conn.done_with(self.phase is _DONE and self.keep_alive and not self.body_cut and not self.chunks)
+            conn.done_with(self.phase is _DONE_PHASE and self.keep_alive and not self.body_cut and not self.chunks)
         self.chunks.clear()  # an aborted download's buffered bytes go now, not at the next GC
         parser, self.parser = self.parser, None
         if parser is not None:
