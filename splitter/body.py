@@ -45,6 +45,8 @@ class BodyState(enum.Enum):
     TIMED_OUT = "timed_out"  # no bytes for the body timeout: a 408
     CUT = "cut"  # the upstream answered (or failed) first: no more of it goes
 
+    __hash__ = object.__hash__  # members are singletons: hashed in C, not by Enum's hash(name)
+
 
 _STREAMING, _COMPLETE, _GONE = BodyState.STREAMING, BodyState.COMPLETE, BodyState.GONE
 _TOO_LARGE, _TIMED_OUT, _CUT = BodyState.TOO_LARGE, BodyState.TIMED_OUT, BodyState.CUT

@@ -1,5 +1,5 @@
 """The synchronous steps of a request, before any I/O: what the proxy refuses itself, who decides the
-backend, and the outbound head. Each step returns values (Go's ProxyRequest.Out); `Planner.plan` writes
+backend, and the outbound head. Each step returns values (Go's ProxyRequest.Out); `plan_into` writes
 them into the request's record in one place. Shared by HTTP (proxy.py) and WebSocket (websocket.py).
 
 Modelled on Go's httputil.ReverseProxy: the inbound request is never mutated, an outbound header list
@@ -82,12 +82,9 @@ def begin(scope: Scope) -> tuple[Call, dict[bytes, bytes], int]:
         hd, hosts = _merged_headers(raw_headers)
     raw_rid = hd.get(b"x-request-id")
     if raw_rid is not None and _SANE_REQUEST_ID(raw_rid):
-        call = Call(scope, raw_rid.decode("ascii"))
-        call.client_request_id = call.request_id  # kept unless the backend checks ids (Planner.outbound)
-    else:
-        call = Call(scope, _new_request_id())
-    call.inbound = hd
-    return call, hd, hosts
+        rid = raw_rid.decode("ascii")  # the client's, kept unless the backend checks ids (Planner.outbound)
+        return Call(scope, rid, hd, rid), hd, hosts
+    return Call(scope, _new_request_id(), hd, None), hd, hosts
 
 
 class _RequestIds:
@@ -190,14 +187,6 @@ class Planner:
         s = runtime.settings
         self.force_token = s.force_token.encode() if s.force_token else None
 
-    def plan(self, scope: Scope, call: Call, hd: dict[bytes, bytes], snap: Snapshot) -> None:
-        """Steps 2 and 3 into the record: the one place they write it."""
-        (
-            call.route, call.route_name, call.role, call.backend, call.user_bucket, call.reason, call.handler,
-            call.set_cookie,
-        ) = self.choose(scope, call, snap)  # fmt: skip
-        call.headers, call.client, call.request_id, call.client_request_id = self.outbound(scope, call, hd, snap.config)
-
     def prepare(self, scope: Scope) -> Call:
         """The same decision for an upgrade: the call with its outbound request (target, headers,
         Set-Cookie); raises Refused."""
@@ -207,7 +196,7 @@ class Planner:
         if checked is None:
             raise Refused(400, "bad_request", "the request target must be a path")
         call.target, call.path = checked
-        self.plan(scope, call, hd, snap)
+        plan_into(self, scope, call, hd, snap)
         return call
 
     def choose(self, scope: Scope, call: Call, snap: Snapshot) -> Choice:
@@ -250,7 +239,7 @@ class Planner:
         if conn is not None:
             drop = drop | (connection_tokens(conn) - KEPT)
         # a list, not a dict: repeated headers stay repeated; the names added below were dropped above
-        out = [(n, v) for n, v in scope["headers"] if n not in drop]
+        out = [h for h in scope["headers"] if h[0] not in drop]  # the inbound tuples themselves: none built
         if b"host" not in hd:  # HTTP/1.0 without Host: the upstream speaks HTTP/1.1
             assert call.backend is not None
             out.append((b"host", self.rt.pool(cfg.backends[call.backend]).authority))
@@ -285,6 +274,16 @@ class Planner:
         if environment == "development":
             return True
         return self.force_token is not None and token is not None and hmac.compare_digest(token, self.force_token)
+
+
+def plan_into(planner: Planner, scope: Scope, call: Call, hd: dict[bytes, bytes], snap: Snapshot) -> None:
+    """Steps 2 and 3 into the record: the one place they write it (a function, not a method: one lookup less
+    per request on the hot path)."""
+    (
+        call.route, call.route_name, call.role, call.backend, call.user_bucket, call.reason, call.handler,
+        call.set_cookie,
+    ) = planner.choose(scope, call, snap)  # fmt: skip
+    call.headers, call.client, call.request_id, call.client_request_id = planner.outbound(scope, call, hd, snap.config)
 
 
 def _client_from_xff(xff: bytes, trusted: tuple[Any, ...]) -> str | None:

@@ -28,7 +28,7 @@ from .call import Call, error_body
 from .config import Route, ShadowSpec
 from .headers import dropped_downstream
 from .outcomes import Outcomes
-from .plan import Planner, begin, checked_target
+from .plan import Planner, begin, checked_target, plan_into
 from .plan import normalize_path as normalize_path  # the framing suite's import
 from .refused import Refused
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
@@ -76,14 +76,16 @@ class Proxy:
         if checked is None:  # OPTIONS *: about the server itself, answered here
             return self._options(call, send)
         call.target, call.path = checked
-        self.planner.plan(scope, call, hd, snap)
+        plan_into(self.planner, scope, call, hd, snap)
         return self._forward(scope, receive, send, call)
 
     async def _refused(self, call: Call, send: Send, refusal: Refused) -> None:
+        call.unplanned()
         await self._answer_refusal(call, send, refusal)
         self.outcomes.finish(call)
 
     async def _options(self, call: Call, send: Send) -> None:
+        call.unplanned()
         headers = [(b"allow", _ALLOW), (b"content-length", b"0"), (b"x-request-id", call.request_id.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
@@ -137,7 +139,8 @@ class Proxy:
             try:
                 chunks = body.chunks() if body is not None else None
                 chunked = b"transfer-encoding" in call.inbound
-                await pool.send_request(ex, call.method, call.target, _with_expect(call, ex, body), chunks, chunked)
+                headers = call.headers if body is None else _with_body(call, ex, body)
+                await pool.send_request(ex, call.method, call.target, headers, chunks, chunked)
             finally:
                 if body is not None:
                     body.end(scope)  # before any answer: one that leaves the body unread closes the connection
@@ -228,11 +231,9 @@ class Proxy:
         target = call.target.decode("latin-1")
         self.shadow.launch(route, call.role, call.method, target, _multidict(call.headers), req_body, response)
 
-def _with_expect(call: Call, ex: Exchange, body: RequestBody | None) -> list[tuple[bytes, bytes]]:
-    """The outbound headers; with a body, its end is tied to the answer (or a failure), and a client's
-    `Expect: 100-continue` is passed on, so the body waits for the upstream's go-ahead."""
-    if body is None:
-        return call.headers
+def _with_body(call: Call, ex: Exchange, body: RequestBody) -> list[tuple[bytes, bytes]]:
+    """The outbound headers of a request with a body: its end is tied to the answer (or a failure), and a
+    client's `Expect: 100-continue` is passed on, so the body waits for the upstream's go-ahead."""
     ex.head.add_done_callback(body.interrupt)  # the answer ends the body at once
     if call.inbound.get(b"expect", b"").lower() == b"100-continue":
         return [*call.headers, (b"expect", b"100-continue")]

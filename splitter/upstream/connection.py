@@ -23,6 +23,8 @@ class ConnState(enum.Enum):
     IDLE = "idle"  # in its pool's idle list, kept alive for the next request
     CLOSED = "closed"  # gone: never used again
 
+    __hash__ = object.__hash__  # members are singletons: hashed in C, not by Enum's hash(name) (twice a request)
+
 
 _CONNECTING, _ACTIVE, _IDLE, _CLOSED = ConnState.CONNECTING, ConnState.ACTIVE, ConnState.IDLE, ConnState.CLOSED
 CONN_MOVES: dict[ConnState, frozenset[ConnState]] = {
@@ -46,7 +48,11 @@ class Owner(Protocol):
 class Reader(Protocol):
     """The exchange a connection feeds (exchange.Exchange)."""
 
+    deadline: float  # loop time its wait for the upstream times out; 0: not waiting
+
     def feed(self, data: bytes) -> None: ...
+
+    def time_out(self) -> None: ...
 
     def connection_lost(self, exc: BaseException | None) -> None: ...
 
@@ -62,6 +68,7 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None  # fires at or before its exchange's deadline
 
     def move(self, to: ConnState) -> None:
         """The one place the state changes."""
@@ -73,9 +80,18 @@ class Connection(asyncio.Protocol):
     def closed(self) -> bool:
         return self.state is _CLOSED
 
-    def expired(self, stale_before: float) -> bool:
-        """Idle since before `stale_before` (monotonic): the backend may close it any moment now."""
-        return self.idle_since < stale_before
+    def check_deadline(self) -> None:
+        """The timer fired: the exchange's wait times out if its deadline passed, else the timer waits for
+        the time left. A wait that began later has a later deadline, so the timer never fires late."""
+        self.timer = None
+        ex = self.exchange
+        if ex is None or not ex.deadline or self.state is _CLOSED:
+            return  # nobody waits: the next wait arms it again
+        loop = asyncio.get_running_loop()
+        if ex.deadline > loop.time():
+            self.timer = loop.call_at(ex.deadline, self.check_deadline)
+            return
+        ex.time_out()
 
     def connection_made(self, transport: Any) -> None:  # uvloop's transports do not subclass asyncio's
         self.transport = transport
@@ -137,17 +153,15 @@ class Connection(asyncio.Protocol):
             return False
         return self.poller is None or not self.poller.poll(0)
 
-    def done_with(self, reusable: bool) -> None:
-        """Its exchange is over: back to the pool, which keeps it only if `reusable`."""
-        self.exchange = None
-        self.pool.release(self, reusable)
-
     def close(self) -> None:
         if self.transport is not None and self.state is not _CLOSED:
             self.transport.close()
         self._gone()
 
     def _gone(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.state is not _CLOSED:
             was_idle = self.state is _IDLE
             self.move(_CLOSED)

@@ -135,7 +135,8 @@ class Exchange:
     read by the proxy, released back to the pool. `phase` says where it is; only `move` changes it."""
 
     __slots__ = (
-        "aborted", "body_cut", "buffered", "chunks", "conn", "connection_header", "content_length", "done", "error",
+        "aborted", "body_cut", "buffered", "chunks", "conn", "connection_header", "content_length", "deadline", "done",
+        "error",
         "expect_id", "head", "head_only", "headers", "keep_alive", "loop", "parser", "phase", "raw_left",
         "read_timeout", "status", "until_eof", "waiter",
     )  # fmt: skip
@@ -145,6 +146,7 @@ class Exchange:
         self.loop = loop or asyncio.get_running_loop()
         self.aborted = False  # the client went away
         self.read_timeout = 60.0
+        self.deadline = 0.0  # loop time a wait for the upstream times out (0: not waiting)
         self.expect_id: bytes | None = None  # the X-Request-ID the answer must carry (check_request_id)
         self.reset(method)
 
@@ -296,6 +298,15 @@ class Exchange:
         if self.conn is not None:
             self.conn.close()
 
+    def waiting(self) -> None:
+        """The proxy waits for the upstream from now on: at most `read_timeout` s (until `deadline` is reset).
+        One timer per connection, re-armed for the time left when it fires, not one per wait: asyncio's
+        TimerHandle is Python code, and making and cancelling one cost ~200 opcodes a request."""
+        self.deadline = deadline = self.loop.time() + self.read_timeout
+        conn = self.conn
+        if conn is not None and conn.timer is None:
+            conn.timer = self.loop.call_at(deadline, conn.check_deadline)
+
     def time_out(self) -> None:
         self.fail(UpstreamTimeout("upstream timed out"))
 
@@ -336,11 +347,11 @@ class Exchange:
             if data is not None:
                 return data
             self.waiter = self.loop.create_future()
-            timer = self.loop.call_later(self.read_timeout, self.time_out)
+            self.waiting()
             try:
                 await self.waiter
             finally:
-                timer.cancel()
+                self.deadline = 0.0
                 self.waiter = None
 
     async def go_ahead(self, wait: float) -> None:
@@ -360,7 +371,9 @@ class Exchange:
         """Done with it: the connection goes back to the pool only if it is clean."""
         conn, self.conn = self.conn, None
         if conn is not None:
-            conn.done_with(self.phase is _DONE_PHASE and self.keep_alive and not self.body_cut and not self.chunks)
+            conn.exchange = None
+            clean = self.phase is _DONE_PHASE and self.keep_alive and not self.body_cut and not self.chunks
+            conn.pool.release(conn, clean)
         self.chunks.clear()  # an aborted download's buffered bytes go now, not at the next GC
         parser, self.parser = self.parser, None
         if parser is not None:

@@ -83,11 +83,11 @@ class Pool:
                 if ex.head.done():
                     ex.head.result()  # raises what ended it
                 else:
-                    timer = ex.loop.call_later(ex.read_timeout, ex.time_out)
+                    ex.waiting()
                     try:
                         await ex.head
                     finally:
-                        timer.cancel()
+                        ex.deadline = 0.0
                 return
             except ConnectFailed:
                 # A reused connection the upstream closed just as it was taken, before any answer
@@ -137,7 +137,7 @@ class Pool:
         while self.idle:
             conn = self.idle.pop()
             conn.move(_ACTIVE)
-            if conn.expired(stale):
+            if conn.idle_since < stale:
                 conn.close()
                 for old in list(self.idle):  # LIFO: every one under it went idle even earlier
                     old.close()

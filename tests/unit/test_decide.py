@@ -13,6 +13,7 @@ from splitter.bucketing import bucket
 from splitter.call import Call
 from splitter.config import parse
 from splitter.decide import Decision, Facts, decide
+from splitter.plan import plan_into
 from splitter.proxy import Proxy
 from splitter.runtime import Runtime, Settings, make_snapshot
 from splitter.shadow import Shadow
@@ -96,9 +97,8 @@ def sample(p: Proxy, name: str, **labels: str) -> float:
 def routed(p: Proxy, user: bytes = ALICE) -> Call:
     headers = [(b"x-user-id", user)]
     scope = {"type": "http", "method": "GET", "path": "/api/auth/x", "headers": headers, "client": ("10.0.0.1", 5)}
-    call = Call(scope, "rid")
-    call.inbound = dict(scope["headers"])
-    p.planner.plan(scope, call, call.inbound, p.rt.snapshot)
+    call = Call(scope, "rid", dict(scope["headers"]), None)
+    plan_into(p.planner, scope, call, call.inbound, p.rt.snapshot)
     return call
 
 
@@ -285,9 +285,8 @@ def test_a_cohort_request_is_counted_apart_and_never_enters_the_window(tmp_path,
     p = Proxy(rt, Shadow(rt))
     headers = [(b"x-user-id", BOB), (b"x-staff", b"1")]  # bob is on legacy by his bucket
     scope = {"type": "http", "method": "GET", "path": "/api/auth/x", "headers": headers, "client": ("10.0.0.1", 5)}
-    call = Call(scope, "rid")
-    call.inbound = dict(headers)
-    p.planner.plan(scope, call, call.inbound, rt.snapshot)
+    call = Call(scope, "rid", dict(headers), None)
+    plan_into(p.planner, scope, call, call.inbound, rt.snapshot)
     assert (call.role, call.reason, call.handler, call.user_bucket) == ("new", "cohort:staff", "new_auth", None)
     call.status, call.error = 502, "connect"
     p.outcomes.finish(call)

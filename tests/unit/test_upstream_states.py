@@ -26,6 +26,7 @@ from splitter.upstream import (
     Exchange,
     Phase,
     Pool,
+    UpstreamTimeout,
 )
 
 
@@ -97,8 +98,11 @@ class FakeTransport:
 class FakePool(Pool):
     """A pool whose new connections get a fake transport that answers each request with `answer`."""
 
-    def __init__(self, answer: bytes | None = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", idle_s: float = 1.5):
-        super().__init__(Backend("legacy", "http://127.0.0.1:1", 1.0, 5.0, idle_timeout_s=idle_s))
+    def __init__(
+        self, answer: bytes | None = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", idle_s: float = 1.5,
+        read_s: float = 5.0,
+    ):
+        super().__init__(Backend("legacy", "http://127.0.0.1:1", 1.0, read_s, idle_timeout_s=idle_s))
         self.answer = answer
         self.made: list[Connection] = []
 
@@ -232,6 +236,45 @@ def test_a_body_over_high_water_pauses_reading_until_the_proxy_takes_it():
         return [paused, conn.transport.paused, ex.phase is Phase.DONE]  # type: ignore[union-attr]
 
     assert asyncio.run(scenario()) == [True, False, True]
+
+
+def test_a_silent_upstream_times_out_after_read_timeout():
+    async def scenario() -> tuple[str, ConnState]:
+        pool = FakePool(answer=None, read_s=0.05)  # it never answers
+        ex = Exchange("GET")
+        try:
+            await pool.send_request(ex, "GET", b"/slow", [(b"host", b"x")], None, False)
+        except UpstreamTimeout as exc:
+            return exc.kind, pool.made[0].state
+        finally:
+            ex.release()
+        return "answered", pool.made[0].state
+
+    assert asyncio.run(scenario()) == ("timeout", ConnState.CLOSED)
+
+
+def test_the_read_timeout_is_one_timer_per_connection_rearmed_for_the_time_left_when_it_fires():
+    """A wait does not make a timer when its connection has one; the timer, fired before the wait's
+    deadline (armed by an earlier wait), waits for the time left; past the deadline it times the wait out."""
+
+    async def scenario() -> list[object]:
+        pool = FakePool(answer=None)
+        conn = pool.connected()
+        ex = Exchange("GET")
+        ex.conn, conn.exchange, ex.read_timeout = conn, ex, 30.0
+        ex.waiting()
+        first = conn.timer
+        ex.deadline = 0.0
+        ex.waiting()  # the next wait on the same connection
+        seen: list[object] = [first is not None and conn.timer is first]
+        conn.check_deadline()  # early: the deadline is 30 s away
+        seen += [conn.timer is not None and conn.timer is not first, ex.error]
+        ex.deadline = asyncio.get_running_loop().time() - 0.001  # the wait's time is up
+        conn.check_deadline()
+        seen += [type(ex.error).__name__, conn.state, conn.timer]
+        return seen
+
+    assert asyncio.run(scenario()) == [True, True, None, "UpstreamTimeout", ConnState.CLOSED, None]
 
 
 # --- the request body, with a fake client -------------------------------------------------------
