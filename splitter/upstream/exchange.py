@@ -132,13 +132,17 @@ class _ResponseParser:
 
 class Exchange:
     """One request/response on one upstream connection: fed by the connection (through its parser),
-    read by the proxy, released back to the pool. `phase` says where it is; only `move` changes it."""
+    read by the proxy, released back to the pool. `phase` says where it is; only `move` changes it.
+
+    The other fields are not states of the exchange: `done` is `phase` in DONE or MUST_CLOSE, kept by
+    `move` for the per-chunk checks; `head_only`, `until_eof`, `keep_alive`, `content_length` are what
+    the request and the answer's head say about framing; `aborted` (the client went away: it outlives a
+    retry's `reset`) and `body_cut` (the request body was not all sent) are the request side's."""
 
     __slots__ = (
-        "aborted", "body_cut", "buffered", "chunks", "conn", "connection_header", "content_length", "deadline", "done",
-        "error",
-        "expect_id", "head", "head_only", "headers", "keep_alive", "loop", "parser", "phase", "raw_left",
-        "read_timeout", "status", "until_eof", "waiter",
+        "aborted", "body_cut", "buffered", "chunks", "conn", "connection_header", "content_length", "deadline",
+        "done", "error", "expect_id", "head", "head_only", "headers", "keep_alive", "loop", "parser", "phase",
+        "raw_left", "read_timeout", "status", "until_eof", "waiter",
     )  # fmt: skip
 
     def __init__(self, method: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
