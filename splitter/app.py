@@ -33,7 +33,7 @@ class App:
         self.rollouts = Rollouts(runtime)
         self.shadow = Shadow(runtime)
         self.proxy = Proxy(runtime, self.shadow)
-        self.websockets = self.proxy.websockets = WebSockets(runtime, self.proxy)
+        self.websockets = WebSockets(runtime, self.proxy.planner, self.proxy.outcomes)
         self.admin = create_admin(runtime, self.rollouts, self.shadow, self.websockets)
         self.admin_port = runtime.settings.admin_port
         self._tasks: list[asyncio.Task[None]] = []
@@ -41,11 +41,14 @@ class App:
     def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Awaitable[None]:
         """The awaitable of the app the scope is for: returned, not awaited here, so a proxied request
         runs one coroutine frame less (an ASGI 3 app to uvicorn: server.py says interface="asgi3")."""
-        if scope["type"] == "lifespan":
+        kind = scope["type"]
+        if kind == "lifespan":
             return self._lifespan(receive, send)
         server = scope.get("server")
         if server is not None and server[1] == self.admin_port:
             return self.admin(scope, receive, send)
+        if kind == "websocket":
+            return self.websockets(scope, receive, send)
         return self.proxy(scope, receive, send)
 
     async def _lifespan(self, receive: Any, send: Any) -> None:

@@ -68,13 +68,17 @@ class ClientConnection(Protocol):
 
 
 class BodyReading(Protocol):
-    """A request body as `read_past` reads it (proxy._Body)."""
+    """A request body as `read_past` reads it (body.RequestBody)."""
 
     length: int | None
     received: int
-    answered: bool  # the upstream answered: no more of the body goes
-    gone: bool
     waiting_since: float | None
+
+    @property
+    def answered(self) -> bool:
+        """The upstream answered: no more of the body goes."""
+
+    def client_gone(self) -> None: ...
 
     def count(self, chunk: bytes) -> None: ...
 
@@ -247,10 +251,10 @@ async def read_past(
                 body.waiting_since = None
             continue
         except OSError as exc:  # reset by the client
-            body.gone = True
+            body.client_gone()
             raise Aborted() from exc
         if not chunk:
-            body.gone = True  # the client closed mid-body
+            body.client_gone()  # the client closed mid-body
             raise Aborted()
         body.count(chunk)
         yield chunk

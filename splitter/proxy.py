@@ -1,14 +1,11 @@
-"""The hot path: refuse, choose the backend, build the outbound head, forward, stream back.
+"""The hot path: the plan (plan.py: refuse, choose the backend, build the outbound head), then forward
+and stream back.
 
-Modelled on Go's httputil.ReverseProxy: the inbound request is never mutated,
-an outbound header list is built; Connection-named headers are removed first,
-then the fixed hop-by-hop list, then the proxy adds its own headers (so a client
-cannot strip them); one function maps upstream failures (upstream.map_upstream_error);
-once the response head is sent, a failure aborts the connection instead of
-writing a second status. One per-request record (`Call`, like Go's ProxyRequest:
-the inbound headers and the outbound target and headers) carries what the steps
-decide; decide.py chooses the side. Every exit ends in `_finish`, which records
-the metrics, the guard's and rollout's windows and the canonical log line.
+Modelled on Go's httputil.ReverseProxy: the inbound request is never mutated, one function maps
+upstream failures (upstream.map_upstream_error); once the response head is sent, a failure aborts the
+connection instead of writing a second status. One per-request record (`Call`, like Go's ProxyRequest:
+the inbound headers and the outbound target and headers) carries what the steps decide. Every exit
+ends in `Outcomes.finish` (outcomes.py): the metrics, the windows and the canonical log line.
 
 Nothing here does I/O but the upstream call: routing state is an immutable
 snapshot replaced whole by reloads and override changes. Header bytes are never
@@ -17,318 +14,37 @@ re-encoded: names and values go upstream and back as the bytes that arrived.
 
 from __future__ import annotations
 
-import asyncio
-import hmac
-import ipaddress
-import os
 import random
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import lru_cache
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from multidict import CIMultiDict
 
-from . import bucketing, bypass
+from . import bypass
+from .body import RequestBody
 from .bypass import CLIENT_HOOK, ClientConnection
-from .call import Call, Refused, error_body
-from .config import ROLES, UID_COOKIE, Config, Route, ShadowSpec
-from .decide import Facts, decide
-from .logs import ACCESS
+from .call import Call, error_body
+from .config import Route, ShadowSpec
+from .headers import dropped_downstream
+from .outcomes import Outcomes
+from .plan import Planner, begin, checked_target, plan_into
+from .plan import normalize_path as normalize_path  # the framing suite's import
+from .refused import Refused
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
 from .shadow import Shadow
-from .upstream import Aborted, BodyCut, Exchange, SendTimedOut, UpstreamError, map_upstream_error
+from .upstream import Aborted, Exchange, SendTimedOut, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:
-    from .runtime import Runtime, Snapshot
+    from .runtime import Runtime
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-# Hop-by-hop headers (RFC 9110 7.6.1) are meaningful for one connection only.
-HOP_HEADERS = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    ]
-)
-# Replaced with the proxy's own values, never copied from the client: the framing (Content-Length, or chunked
-# when the length is unknown) is written from the proxy's own parse, so no header the client sends or names in
-# Connection can change how the upstream splits the byte stream into requests (request smuggling).
-_REPLACED = frozenset(
-    [
-        b"x-request-id", b"x-client-request-id", b"x-splitter-handler", b"x-splitter-backend", b"x-splitter-token",
-        b"via", b"expect", b"content-length",
-    ]
-)  # fmt: skip
-# what a Connection header may not remove: Host stays as the client sent it (the framing is rewritten anyway)
-_KEPT = frozenset([b"host"])
-_FORWARDED = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"])
-_DROP_UPSTREAM = HOP_HEADERS | _REPLACED | _FORWARDED
-_DROP_UPSTREAM_TRUSTED = HOP_HEADERS | _REPLACED
-_DROP_DOWNSTREAM = HOP_HEADERS | frozenset([b"x-splitter-handler", b"x-request-id", b"content-length"])
 _ALLOW = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
-_FORCEABLE = {role.encode(): role for role in ROLES}  # X-Splitter-Backend values
 
-_SANE_REQUEST_ID = re.compile(rb"[!-~]{1,128}").fullmatch
-_ENCODED_SLASH = re.compile("%2[fF]")
-_DOT = frozenset([b".", b"%2e"])
-_DOTDOT = frozenset([b"..", b".%2e", b"%2e.", b"%2e%2e"])
-UID_MAX_AGE = 365 * 24 * 3600
-
-
-class _Body:
-    """The request body as it streams upstream, with what happened to it.
-
-    The body timeout is one watchdog timer per body, not one per read: each wait for the
-    client's next bytes notes when it began, and the watchdog (re-armed for the time left)
-    cancels the wait once it has lasted `timeout` seconds. Waits for the upstream to take the
-    bytes (back-pressure) are not the client's fault and do not count.
-
-    A large Content-Length body not kept for a shadow is read past uvicorn once its first
-    piece is in: straight from the client socket into the bytes that go upstream (uvicorn's
-    path copies each byte twice more and wakes three coroutines per read). uvicorn's parser
-    then no longer knows where the next request starts, so the connection closes after this
-    response (`Connection: close`).
-
-    The upstream's answer (or failure) ends the body at once, even while it waits for the client
-    (`interrupt`, the same cancel as the watchdog's): the answer goes out, and `end` sees to the rest."""
-
-    __slots__ = (
-        "answered", "client", "complete", "fd", "gone", "length", "limit", "receive", "received", "task", "tee",
-        "timed_out", "timeout", "too_large", "waiting_since", "watchdog",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        receive: Receive,
-        limit: int,
-        timeout: float,
-        tee: list[bytes] | None,
-        length: int | None = None,
-        client: ClientConnection | None = None,
-    ) -> None:
-        self.receive, self.limit, self.timeout, self.tee = receive, limit, timeout, tee
-        self.length, self.client = length, client
-        self.fd: int | None = None  # the client socket (a duplicate) while the body is read past uvicorn
-        self.gone = self.too_large = self.timed_out = self.complete = self.answered = False
-        self.received = 0
-        self.waiting_since: float | None = None
-        self.watchdog: asyncio.TimerHandle | None = None
-        self.task: asyncio.Task[Any] | None = None
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        task = self.task = asyncio.current_task()
-        assert task is not None
-        self.watchdog = loop.call_later(self.timeout, self._watch, loop, task)
-        try:
-            while True:
-                if self.answered:
-                    raise BodyCut()
-                self.waiting_since = loop.time()
-                try:
-                    message = await self.receive()
-                except asyncio.CancelledError:
-                    self.interrupted(task)
-                    raise
-                finally:
-                    self.waiting_since = None
-                if message["type"] == "http.disconnect":
-                    self.gone = True
-                    raise Aborted()
-                chunk = message.get("body", b"")
-                if chunk:
-                    self.count(chunk)
-                    yield chunk
-                if not message.get("more_body", False):
-                    self.complete = True
-                    return
-                left = (self.length or 0) - self.received
-                if left >= bypass.BODY_BYPASS_MIN and self.tee is None and self.client is not None:
-                    self.fd = self.client.take_body(self.received)
-                    if self.fd is not None:
-                        async for chunk in bypass.read_past(self, self.fd, loop, task):
-                            yield chunk
-                        self.complete = True
-                        return
-        finally:
-            self.stop()
-
-    def count(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.received > self.limit:
-            self.too_large = True
-            raise Refused(413, "too_large", f"request body over the limit of {self.limit} bytes")
-        if self.tee is not None:
-            self.tee.append(chunk)
-
-    def interrupted(self, task: asyncio.Task[Any]) -> None:
-        """A wait for the client was cancelled: by the upstream's answer, the body stops there (it wins
-        over a watchdog that fired at the same time); by the watchdog, it is a 408."""
-        if (self.answered or self.timed_out) and task.uncancel() == 0:
-            if self.answered:
-                raise BodyCut() from None
-            raise Refused(408, "body_timeout", f"no request body bytes for {self.timeout:g} s") from None
-
-    def interrupt(self, _: object = None) -> None:
-        """The upstream answered (or failed): no more of the body goes; a wait for the client ends now."""
-        if self.answered or self.complete:
-            return
-        self.answered = True
-        task = self.task
-        if task is not None and self.waiting_since is not None and not self.timed_out:
-            task.cancel()  # the wait ends with CancelledError, turned into BodyCut by interrupted
-
-    def stop(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.cancel()
-            self.watchdog = None
-        fd = self.fd
-        if fd is not None and (self.complete or self.gone):
-            assert self.client is not None  # it handed out the fd
-            self.fd = None
-            os.close(fd)
-            self.client.body_taken(whole=self.complete)  # uvicorn reads again (to hear of a disconnect), or closes
-
-    def end(self, scope: Scope) -> None:
-        """No more of the body goes upstream; called before any answer goes out. If some of it is still
-        to come (the upstream answered or failed first, a 408, a 413), that answer carries
-        `Connection: close`, and once it is out the rest is read and dropped before the socket closes,
-        or the kernel would reset the connection, answer and all (nginx's lingering close)."""
-        self.stop()
-        client, self.client = self.client, None  # once
-        if self.complete or self.gone or client is None:
-            return
-        fd, self.fd = self.fd, None
-        if fd is None:  # uvicorn was reading the body: it stops
-            cut = client.cut_body(scope)
-            if cut is None:
-                return  # its parser has the whole body already (the connection lives on), or it is gone
-            fd, read = cut
-        else:
-            read = self.received
-        left = None if self.length is None else self.length - read
-        bypass.drop_rest(client, fd, left, self.timeout)
-
-    def _watch(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
-        if self.answered:
-            self.watchdog = None
-            return
-        since = self.waiting_since
-        left = self.timeout if since is None else since + self.timeout - loop.time()
-        if left > 0:
-            self.watchdog = loop.call_later(left, self._watch, loop, task)
-            return
-        self.watchdog = None
-        self.timed_out = True
-        task.cancel()  # the task is waiting in receive(): that wait ends with CancelledError
-
-
-def normalize_path(raw: bytes) -> tuple[bytes, str] | None:
-    """(path to forward, path to match) with dot segments removed (RFC 3986 5.2.4, %2e forms too);
-    None when the path climbs above "/". %2F stays encoded and is never a separator."""
-    if b"/." in raw or b"%" in raw:
-        segments = raw.split(b"/")[1:]
-        out: list[bytes] = []
-        for i, seg in enumerate(segments):
-            low = seg.lower()
-            if low in _DOT:
-                if i == len(segments) - 1:
-                    out.append(b"")
-            elif low in _DOTDOT:
-                if not out:
-                    return None
-                out.pop()
-                if i == len(segments) - 1:
-                    out.append(b"")
-            else:
-                out.append(seg)
-        raw = b"/" + b"/".join(out)
-    text = raw.decode("latin-1")
-    if "%" in text:
-        text = "%2F".join(unquote(part, errors="replace") for part in _ENCODED_SLASH.split(text))
-    return raw, text
-
-
-@lru_cache(maxsize=4096)
-def _peer_trusted(peer: str, networks: tuple[Any, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(ip in net for net in networks)
-
-
-def _begin(scope: Scope) -> tuple[Call, dict[bytes, bytes], int]:
-    """The request's record, its headers by name, and how many Host headers it had."""
-    raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
-    hd = dict(raw_headers)
-    hosts = 1 if b"host" in hd else 0
-    if len(hd) < len(raw_headers):  # a repeated header: the slow path reads them as lists
-        hd, hosts = _merged_headers(raw_headers)
-    raw_rid = hd.get(b"x-request-id")
-    if raw_rid is not None and _SANE_REQUEST_ID(raw_rid):
-        call = Call(scope, raw_rid.decode("ascii"))
-        call.client_request_id = call.request_id  # kept unless the backend checks ids (_outbound_headers)
-    else:
-        call = Call(scope, _new_request_id())
-    call.inbound = hd
-    return call, hd, hosts
-
-
-class _RequestIds:
-    """32 hex digits from the operating system's cryptographic generator: an id an attacker reads in
-    their own answers must not tell them the next ones (a Mersenne Twister's state falls out of 156
-    of its outputs), since check_request_id matches answers on it. One os.urandom call fills 128 ids
-    (a getrandom() system call per request cost ~1 % of a request); a forked worker starts afresh."""
-
-    __slots__ = ("hex", "at")
-
-    def __init__(self) -> None:
-        self.hex, self.at = "", 0
-
-    def __call__(self) -> str:
-        at = self.at
-        if at >= len(self.hex):
-            self.hex, at = os.urandom(16 * 128).hex(), 0
-        self.at = at + 32
-        return self.hex[at : at + 32]
-
-    def reset(self) -> None:
-        self.hex, self.at = "", 0
-
-
-_new_request_id = _RequestIds()
-os.register_at_fork(after_in_child=_new_request_id.reset)
-
-
-def _merged_headers(raw: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], int]:
-    """Lower-case name -> value, and the number of Host headers. Repeated Cookie, Connection and
-    Transfer-Encoding headers are read as one list (RFC 9110 5.3); for others the last one wins."""
-    hd: dict[bytes, bytes] = {}
-    hosts = 0
-    for n, v in raw:
-        if n == b"host":
-            hosts += 1
-        if n in hd and n == b"cookie":
-            hd[n] += b"; " + v
-        elif n in hd and (n == b"connection" or n == b"transfer-encoding"):
-            hd[n] += b", " + v
-        else:
-            hd[n] = v
-    return hd, hosts
 
 
 class Proxy:
@@ -337,10 +53,9 @@ class Proxy:
     def __init__(self, runtime: Runtime, shadow: Shadow) -> None:
         self.rt = runtime
         self.shadow = shadow
-        self.websockets: Any = None  # websocket.WebSockets, wired by app.create_app
+        self.planner = Planner(runtime)
+        self.outcomes = Outcomes(runtime)
         s = runtime.settings
-        self.force_token = s.force_token.encode() if s.force_token else None
-        self.access_log = s.access_log
         self.body_timeout = s.body_timeout
         self.send_timeout = s.send_timeout
         self.in_flight = 0
@@ -351,167 +66,44 @@ class Proxy:
         """The request's steps up to the upstream call run here, synchronously; what is returned
         (awaited by the server) forwards it, or answers it: one coroutine frame per request, not two."""
         if scope["type"] != "http":
-            if scope["type"] == "websocket":
-                return self.websockets(scope, receive, send)  # type: ignore[no-any-return]
-            return _nothing()
-        call, hd, hosts = _begin(scope)
+            return _nothing()  # lifespan is the app's; WebSocket scopes go to websocket.py from the app
+        call, hd, hosts = begin(scope)
         snap = self.rt.snapshot
-        cfg = snap.config
         try:
-            target = self._refuse(scope, call, hd, hosts, cfg)
+            checked = checked_target(scope, call.method, call.path, hd, hosts, snap.config)
         except Refused as refusal:
             return self._refused(call, send, refusal)
-        if target is None:  # OPTIONS *: about the server itself, answered here
+        if checked is None:  # OPTIONS *: about the server itself, answered here
             return self._options(call, send)
-        call.target = target
-        self._choose(scope, call, snap)
-        call.headers = self._outbound_headers(scope, call, hd, cfg)
+        call.target, call.path = checked
+        plan_into(self.planner, scope, call, hd, snap)
         return self._forward(scope, receive, send, call)
 
     async def _refused(self, call: Call, send: Send, refusal: Refused) -> None:
+        call.unplanned()
         await self._answer_refusal(call, send, refusal)
-        self._finish(call)
+        self.outcomes.finish(call)
 
     async def _options(self, call: Call, send: Send) -> None:
+        call.unplanned()
         headers = [(b"allow", _ALLOW), (b"content-length", b"0"), (b"x-request-id", call.request_id.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         call.status = 200
-        self._finish(call)
-
-    def prepare(self, scope: Scope) -> Call:
-        """The same decision for an upgrade: the call with its outbound request (target, headers,
-        Set-Cookie); raises Refused."""
-        call, hd, hosts = _begin(scope)
-        snap = self.rt.snapshot
-        target = self._refuse(scope, call, hd, hosts, snap.config)
-        if target is None:
-            raise Refused(400, "bad_request", "the request target must be a path")
-        call.target = target
-        self._choose(scope, call, snap)
-        call.headers = self._outbound_headers(scope, call, hd, snap.config)
-        return call
-
-    # --- step 1: what the proxy refuses itself ------------------------------------------
-    def _refuse(self, scope: Scope, call: Call, hd: dict[bytes, bytes], hosts: int, cfg: Config) -> bytes | None:
-        """The upstream target (normalised path + query), None for OPTIONS *, or Refused."""
-        method = call.method
-        raw_path: bytes = scope.get("raw_path") or call.path.encode()
-        if method == "CONNECT":
-            raise Refused(400, "bad_request", "CONNECT is not supported")
-        if "extensions" in scope and "splitter.absolute_form" in scope["extensions"]:
-            raise Refused(
-                400, "bad_request", "absolute-form request targets are not accepted; this is not a forward proxy"
-            )
-        if raw_path == b"*" and method == "OPTIONS":
-            return None
-        if not raw_path.startswith(b"/"):
-            raise Refused(400, "bad_request", "the request target must be a path")
-        if hosts > 1:
-            raise Refused(400, "bad_request", "more than one Host header")
-        if hosts == 0 and scope.get("http_version") == "1.1":
-            raise Refused(400, "bad_request", "HTTP/1.1 request without a Host header")
-        te = hd.get(b"transfer-encoding")
-        if te is not None:
-            if b"content-length" in hd:
-                raise Refused(400, "bad_request", "Content-Length together with Transfer-Encoding")
-            if te.strip().lower() != b"chunked":  # a coding the proxy would drop, or a list hiding a framing
-                raise Refused(400, "bad_request", "Transfer-Encoding other than chunked is not supported")
-        cl = hd.get(b"content-length")
-        if cl is not None:
-            if not cl.isdigit():
-                raise Refused(400, "bad_request", "invalid Content-Length")
-            if int(cl) > cfg.max_body_bytes:
-                raise Refused(413, "too_large", f"request body over the limit of {cfg.max_body_bytes} bytes")
-        if b"upgrade" in hd and (te is not None or (cl is not None and int(cl) > 0)) and _asks_upgrade(hd):
-            raise Refused(400, "bad_request", "an Upgrade request with a body")
-        normal = normalize_path(raw_path)
-        if normal is None:
-            raise Refused(400, "bad_request", "the path climbs above the root")
-        target, call.path = normal
-        qs = scope.get("query_string")
-        return target + b"?" + qs if qs else target
+        self.outcomes.finish(call)
 
     async def _answer_refusal(self, call: Call, send: Send, refusal: Refused) -> None:
-        """The proxy's own 400, 408 or 413 (the caller then ends the request in _finish)."""
+        """The proxy's own 400, 408 or 413 (the caller then ends the request in Outcomes.finish)."""
         call.refused = True
         call.status = refusal.status
-        call.error = refusal.reason
+        call.error = refusal.kind
         rid = call.client_request_id or call.request_id
         await _send_error(send, refusal.status, refusal.message, call.handler, rid)
 
-    # --- step 2: who decides the backend ---------------------------------------------------
-    def _choose(self, scope: Scope, call: Call, snap: Snapshot) -> None:
-        """decide() for this request: sets route, role, backend, reason, bucket and handler on the
-        call, and the Set-Cookie that remembers a new anonymous id."""
-        cfg = snap.config
-        hd = call.inbound
-        route = call.route = cfg.match(call.path)
-        route_name = call.route_name = route.name if route is not None else "unmatched"
-        forced = self._forced(hd, cfg) if b"x-splitter-backend" in hd else None
-        # the peer is looked up (a cached lookup) only for a route with a `trusted: true` cohort
-        trusted = route is not None and route.trusted_cohorts and _peer_trusted(call.client, cfg.trusted_proxies)
-        facts = Facts(forced, bucketing.user_id(cfg.user_id, hd, cfg.anonymous == "cookie"), hd, trusted)
-        decision = decide(snap, route, facts)
-        if decision is None:  # anonymous under `anonymous: cookie`: a new id, kept in a cookie
-            uid = os.urandom(16).hex().encode()
-            call.set_cookie = _uid_cookie(uid, _is_https(scope, hd, cfg.trusted_proxies))
-            decision = decide(snap, route, facts._replace(user_id=uid))
-            assert decision is not None
-        call.role, call.backend, call.user_bucket, call.reason = decision
-        call.handler = ("new_" if decision.role == "new" else "old_") + route_name
-
-    def _forced(self, hd: dict[bytes, bytes], cfg: Config) -> str | None:
-        """The role an X-Splitter-Backend header names, when this request may force it."""
-        role = _FORCEABLE.get(hd.get(b"x-splitter-backend", b""))
-        if role is None or not self._force_allowed(cfg.environment, hd.get(b"x-splitter-token")):
-            return None
-        return role
-
-    # --- step 3: the outbound head ----------------------------------------------------------
-    def _outbound_headers(
-        self, scope: Scope, call: Call, hd: dict[bytes, bytes], cfg: Config
-    ) -> list[tuple[bytes, bytes]]:
-        peer = call.client
-        trusted = bool(cfg.trusted_proxies) and _peer_trusted(peer, cfg.trusted_proxies)
-        drop = _DROP_UPSTREAM_TRUSTED if trusted else _DROP_UPSTREAM
-        conn = hd.get(b"connection")
-        if conn is not None:
-            drop = drop | ({t.strip().lower() for t in conn.split(b",")} - _KEPT)
-        # a list, not a dict: repeated headers stay repeated; the names added below were dropped above
-        out = [(n, v) for n, v in scope["headers"] if n not in drop]
-        if b"host" not in hd:  # HTTP/1.0 without Host: the upstream speaks HTTP/1.1
-            assert call.backend is not None
-            out.append((b"host", self.rt.pool(cfg.backends[call.backend]).authority))
-        cl = hd.get(b"content-length")
-        if cl is not None:  # checked digits (_refuse); a chunked body gets its framing from upstream.Pool
-            out.append((b"content-length", b"%d" % int(cl)))
-        peer_b = peer.encode()
-        xff = hd.get(b"x-forwarded-for") if trusted else None
-        if xff:
-            call.client = _client_from_xff(xff, cfg.trusted_proxies) or peer
-        out.append((b"x-forwarded-for", xff + b", " + peer_b if xff else peer_b))
-        if not trusted or b"x-forwarded-proto" not in hd:
-            out.append((b"x-forwarded-proto", b"https" if scope.get("scheme") == "https" else b"http"))
-        if not trusted or b"x-forwarded-host" not in hd:
-            host = hd.get(b"host")
-            if host is not None:
-                out.append((b"x-forwarded-host", host))
-        via = hd.get(b"via")
-        out.append((b"via", via + b", 1.1 splitter" if via else b"1.1 splitter"))
-        assert call.backend is not None
-        if call.client_request_id is not None and cfg.backends[call.backend].check_request_id:
-            # the answer is matched on an id the proxy minted, never on one the client chose (or could guess)
-            out.append((b"x-client-request-id", call.client_request_id.encode()))
-            call.request_id = _new_request_id()
-        else:
-            call.client_request_id = None
-        out.append((b"x-request-id", call.request_id.encode()))
-        out.append((b"x-splitter-handler", (call.handler or "").encode()))
-        return out
-
-    # --- step 4: forward and stream back ------------------------------------------------------
-    def _parts(self, scope: Scope, receive: Receive, call: Call) -> tuple[Exchange, _Body | None, Any, bool]:
+    # --- forward and stream back ------------------------------------------------------------
+    def _exchange_parts(
+        self, scope: Scope, receive: Receive, call: Call
+    ) -> tuple[Exchange, RequestBody | None, Any, bool]:
         """What one exchange needs, made before it starts: the exchange, the request body (None: none),
         the client connection (to hear of a disconnect), and whether a shadow copy is kept."""
         hd = call.inbound
@@ -526,7 +118,7 @@ class Proxy:
         if has_body:
             length = None if chunked else int(hd.get(b"content-length", b"0"))
             limit = self.rt.snapshot.config.max_body_bytes
-            body = _Body(receive, limit, self.body_timeout, [] if shadowing else None, length, client)
+            body = RequestBody(receive, limit, self.body_timeout, [] if shadowing else None, length, client)
         ex = Exchange(call.method, client.loop if client is not None else None)
         if client is not None and not client.watch(ex.abort):
             ex.abort()  # already gone
@@ -535,7 +127,7 @@ class Proxy:
     async def _forward(self, scope: Scope, receive: Receive, send: Send, call: Call) -> None:
         """The exchange with the upstream and the answer relayed (one coroutine: this is the hot path);
         every exit leaves its outcome on the call, and the request ends in _finish."""
-        ex, body, client, shadowing = self._parts(scope, receive, call)
+        ex, body, client, shadowing = self._exchange_parts(scope, receive, call)
         tee: list[bytes] | None = [] if shadowing else None
         assert call.backend is not None
         pool = self.rt.pool(self.rt.snapshot.config.backends[call.backend])
@@ -547,14 +139,15 @@ class Proxy:
             try:
                 chunks = body.chunks() if body is not None else None
                 chunked = b"transfer-encoding" in call.inbound
-                await pool.exchange(ex, call.method, call.target, _with_expect(call, ex, body), chunks, chunked)
+                headers = call.headers if body is None else _with_body(call, ex, body)
+                await pool.send_request(ex, call.method, call.target, headers, chunks, chunked)
             finally:
                 if body is not None:
                     body.end(scope)  # before any answer: one that leaves the body unread closes the connection
             if body is not None:
                 call.bytes_in = body.received
             call.upstream_ms = round((time.perf_counter() - call.start) * 1000, 3)
-            first = ex.take()  # the body bytes that came with the head, without a wait (the common case)
+            first = ex.read_nowait()  # the body bytes that came with the head, without a wait (the common case)
             if first is None:
                 first = await ex.read()
             call.status = ex.status
@@ -588,7 +181,7 @@ class Proxy:
         if shadowing and call.error is None and not call.refused and (body is None or body.complete):
             assert call.route is not None  # never a shadow request with half a body, nor after a failure
             self._shadow(call.route, call, body, ex, tee)
-        self._finish(call)
+        self.outcomes.finish(call)
 
     async def _stream(
         self, ex: Exchange, send: Send, call: Call, tee: list[bytes] | None, client: ClientConnection | None
@@ -626,58 +219,9 @@ class Proxy:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return None
 
-    def _finish(self, call: Call) -> None:
-        """Every request ends here, whatever its exit: its metrics, the guard's and rollout's windows,
-        and the access-log line. OPTIONS * (no role) only logs; a refusal counts as rejected."""
-        error = call.error
-        elapsed = time.perf_counter() - call.start
-        if call.refused:
-            self.rt.metrics.rejected.labels(error).inc()
-        elif error == "client_abort":
-            self.rt.metrics.client_aborts.labels(call.route_name, call.handler).inc()
-        elif call.role is not None and error != "send_timeout":  # a stalled client: counted as rejected by the server
-            assert call.handler is not None
-            failed = error is not None or call.status >= 500
-            if failed:
-                self.rt.metrics.error(call.route_name, call.role, call.handler, error or "status_5xx")
-            timed = error is None or not call.head_sent  # a body cut short is no latency sample
-            if timed:
-                self.rt.observe(call.route_name, call.role, call.handler, call.status, elapsed)
-            # the proxy's own limit is not the backend's failure: no window sample (a cohort's still counts)
-            self.record_outcome(call, failed, error != "overflow", elapsed, error, timed)
-        if self.access_log:
-            self._log(call, elapsed)
-
-    def record_outcome(
-        self,
-        call: Call,
-        error: bool,
-        judged: bool = True,
-        elapsed: float | None = None,
-        kind: str | None = None,
-        timed: bool = True,
+    def _shadow(
+        self, route: Route, call: Call, body: RequestBody | None, ex: Exchange, resp_tee: list[bytes] | None
     ) -> None:
-        """Feed the guard, rollout and console windows, for the routes that have them. A cohort's
-        requests are not a random sample of either side: they are counted apart, never judged.
-        An error type (no_new_errors) is the proxy's failure kind, else a status >= 400 or one the
-        route's gates list: counted only on those paths. `timed`: the request's duration was observed
-        (splitter_request_duration_seconds), so a cohort's is too (report.py takes it out)."""
-        reason = call.reason
-        if reason is not None and reason.startswith("cohort:") and call.role is not None:
-            seconds = (time.perf_counter() - call.start if elapsed is None else elapsed) if timed else None
-            self.rt.metrics.cohort_request(call.route_name, reason[7:], call.role, error, seconds)
-            return
-        if not judged:
-            return
-        outcomes = self.rt.windows.get(call.route_name)
-        if outcomes is not None and call.role is not None:
-            seconds = time.perf_counter() - call.start if elapsed is None else elapsed
-            status = call.status
-            if kind is None and (status >= 400 or status in outcomes.typed):
-                kind = str(status)
-            outcomes.record(call.role, time.time(), error, seconds, kind, call.path)
-
-    def _shadow(self, route: Route, call: Call, body: _Body | None, ex: Exchange, resp_tee: list[bytes] | None) -> None:
         complete = resp_tee is not None and len(resp_tee) <= 1024 and sum(map(len, resp_tee)) <= SHADOW_MAX_BODY
         response = (ex.status, _multidict(ex.headers), b"".join(resp_tee or ())) if complete else None
         req_body = b"".join(body.tee) if body is not None and body.tee is not None else None
@@ -687,70 +231,9 @@ class Proxy:
         target = call.target.decode("latin-1")
         self.shadow.launch(route, call.role, call.method, target, _multidict(call.headers), req_body, response)
 
-    def _force_allowed(self, environment: str, token: bytes | None) -> bool:
-        if environment == "development":
-            return True
-        return self.force_token is not None and token is not None and hmac.compare_digest(token, self.force_token)
-
-    def _log(self, call: Call, elapsed: float) -> None:
-        fields = {
-            "event": "request",
-            "request_id": call.request_id,
-            "method": call.method,
-            "path": call.path,
-            "route": call.route_name,
-            "handler": call.handler,
-            "status": call.status,
-            "duration_ms": round(elapsed * 1000, 3),
-            "user_bucket": call.user_bucket,
-            "client": call.client,
-            "bytes_in": call.bytes_in,
-            "bytes_out": call.bytes_out,
-            "backend": call.role,
-            "upstream": call.backend,  # the configured backend that served the role
-            "upstream_ms": call.upstream_ms,
-            "reason": call.reason,
-        }
-        if call.client_request_id is not None and call.client_request_id != call.request_id:
-            fields["client_request_id"] = call.client_request_id
-        if call.error:
-            fields["error"] = call.error
-        if call.detail:
-            fields["detail"] = call.detail
-        ACCESS.write(fields)
-
-
-def _client_from_xff(xff: bytes, trusted: tuple[Any, ...]) -> str | None:
-    """The address a trusted proxy says the client has: the rightmost X-Forwarded-For entry
-    that is not itself a trusted proxy (entries further left are the client's own claims)."""
-    for part in reversed(xff.decode("latin-1").split(",")):
-        addr = part.strip()
-        if addr and not _peer_trusted(addr, trusted):
-            return addr
-    return None
-
-
-@lru_cache(maxsize=256)
-def _dropped_downstream(connection: bytes | None) -> frozenset[bytes]:
-    """The response header names not relayed: hop-by-hop ones, the framing (written anew from the
-    exchange's own parse), and those the Connection header names."""
-    if connection is None:
-        return _DROP_DOWNSTREAM
-    return _DROP_DOWNSTREAM | {t.strip().lower() for t in connection.split(b",")}
-
-
-def _asks_upgrade(hd: dict[bytes, bytes]) -> bool:
-    """Connection names `upgrade` (and an Upgrade header is there): llhttp then reads no body after the
-    head (uvicorn hands on an empty one and drops the rest), so such a request with a body, forwarded,
-    would carry another body than the client sent (the differential suite's connection-upgrade-*)."""
-    return b"upgrade" in {t.strip().lower() for t in hd.get(b"connection", b"").split(b",")}
-
-
-def _with_expect(call: Call, ex: Exchange, body: _Body | None) -> list[tuple[bytes, bytes]]:
-    """The outbound headers; with a body, its end is tied to the answer (or a failure), and a client's
-    `Expect: 100-continue` is passed on, so the body waits for the upstream's go-ahead."""
-    if body is None:
-        return call.headers
+def _with_body(call: Call, ex: Exchange, body: RequestBody) -> list[tuple[bytes, bytes]]:
+    """The outbound headers of a request with a body: its end is tied to the answer (or a failure), and a
+    client's `Expect: 100-continue` is passed on, so the body waits for the upstream's go-ahead."""
     ex.head.add_done_callback(body.interrupt)  # the answer ends the body at once
     if call.inbound.get(b"expect", b"").lower() == b"100-continue":
         return [*call.headers, (b"expect", b"100-continue")]
@@ -761,7 +244,7 @@ def _downstream_headers(ex: Exchange, call: Call) -> list[tuple[bytes, bytes]]:
     """The answer's head for the client: the upstream's fields less hop-by-hop ones, its length as the
     exchange parsed it (none on 204/304: it would describe the representation, not this empty body; none
     for a chunked or until-EOF body, which the server frames itself), and the proxy's own fields."""
-    drop = _dropped_downstream(ex.connection_header)
+    drop = dropped_downstream(ex.connection_header)
     headers = [h for h in ex.headers if h[0] not in drop]  # names arrive lower-cased from the exchange
     length = ex.content_length
     if length is not None and ex.status != 204 and ex.status != 304:
@@ -784,23 +267,6 @@ def _wants_shadow(shadow: ShadowSpec, method: str, hd: dict[bytes, bytes]) -> bo
     if cl is not None and (not cl.isdigit() or int(cl) > SHADOW_MAX_BODY):
         return False
     return shadow.percent >= 100 or random.random() * 100 < shadow.percent
-
-
-def _is_https(scope: Scope, hd: dict[bytes, bytes], trusted: tuple[Any, ...]) -> bool:
-    if scope.get("scheme") == "https":
-        return True
-    client = scope.get("client")
-    return (
-        bool(trusted)
-        and client is not None
-        and _peer_trusted(client[0], trusted)
-        and hd.get(b"x-forwarded-proto") == b"https"
-    )
-
-
-def _uid_cookie(uid: bytes, secure: bool) -> bytes:
-    cookie = b"%s=%s; Path=/; Max-Age=%d; HttpOnly; SameSite=Lax" % (UID_COOKIE.encode(), uid, UID_MAX_AGE)
-    return cookie + b"; Secure" if secure else cookie
 
 
 async def _nothing() -> None:

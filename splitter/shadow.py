@@ -115,7 +115,7 @@ class Shadow:
         h.append((b"x-splitter-shadow", b"1"))
         ex = Exchange(method)
         try:
-            await self.rt.pool(backend).exchange(
+            await self.rt.pool(backend).send_request(
                 ex, method, path_qs.encode("latin-1"), h, once(body) if body else None, chunked=False
             )
             data = b""

@@ -21,19 +21,20 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .bypass import CLIENT_HOOK
-from .call import Call, Refused, error_body
+from .call import Call, error_body
+from .outcomes import Outcomes, log_websocket
+from .plan import Planner
+from .refused import Refused
 from .upstream import ProtocolFailed, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:
-    from .proxy import Proxy, Receive, Scope, Send
+    from .proxy import Receive, Scope, Send
     from .runtime import Runtime
 
-log = structlog.get_logger("splitter.access")
 _NOT_FORWARDED = frozenset(
     [
         b"host",
@@ -175,17 +176,17 @@ class Session:
 class WebSockets:
     """The upgrade path, and the registry of open connections (for rollback and shutdown)."""
 
-    def __init__(self, rt: Runtime, proxy: Proxy) -> None:
-        self.rt, self.proxy = rt, proxy
+    def __init__(self, rt: Runtime, planner: Planner, outcomes: Outcomes) -> None:
+        self.rt, self.planner, self.outcomes = rt, planner, outcomes
         self.open: dict[str, set[Session]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
         try:
-            call = self.proxy.prepare(scope)
+            call = self.planner.prepare(scope)
         except Refused as refusal:
-            self.rt.metrics.rejected.labels(refusal.reason).inc()
+            self.rt.metrics.rejected.labels(refusal.kind).inc()
             body = error_body(refusal.message, None, None)
             await _deny(scope, send, refusal.status, [(b"content-type", b"application/json")], body)
             return
@@ -231,10 +232,7 @@ class WebSockets:
         except Exception:  # noqa: BLE001 - the client left during the handshake
             await upstream.close()
             return
-        metrics.ws_connections.labels(*labels, "accepted").inc()
-        elapsed = time.perf_counter() - call.start
-        self.rt.observe(call.route_name, call.role, call.handler, 101, elapsed)  # the handshake, as a request
-        self.proxy.record_outcome(call, False)
+        self.outcomes.upgrade(call, 101, "accepted")  # the handshake, as a request
         session = Session(call, upstream, receive, send, spec.idle_timeout_s, self.rt)
         session.client = scope.get("extensions", {}).get(CLIENT_HOOK)
         self.open.setdefault(call.route_name, set()).add(session)
@@ -253,10 +251,7 @@ class WebSockets:
         assert call.role is not None and call.handler is not None
         status = exc.response.status_code
         kind = "status_5xx" if status >= 500 else "refused"
-        self.rt.metrics.ws_connections.labels(call.route_name, call.role, call.handler, "refused").inc()
-        self.rt.metrics.error(call.route_name, call.role, call.handler, kind)
-        self.rt.observe(call.route_name, call.role, call.handler, status, time.perf_counter() - call.start)
-        self.proxy.record_outcome(call, True)
+        self.outcomes.upgrade(call, status, "refused", kind)
         headers = [
             (k.lower().encode("latin-1"), v.encode("latin-1"))
             for k, v in exc.response.headers.raw_items()
@@ -264,14 +259,11 @@ class WebSockets:
         ]
         headers.append((b"x-splitter-handler", call.handler.encode()))
         await _deny(scope, send, status, headers, bytes(exc.response.body or b""))
-        self._log_failed(call, status, kind)
+        log_websocket(call, status, error=kind, detail=call.detail)
 
     async def _failed(self, scope: Scope, send: Send, call: Call, err: UpstreamError) -> None:
-        assert call.role is not None and call.handler is not None
-        self.rt.metrics.ws_connections.labels(call.route_name, call.role, call.handler, "failed").inc()
-        self.rt.metrics.error(call.route_name, call.role, call.handler, err.kind)
-        self.rt.observe(call.route_name, call.role, call.handler, err.status, time.perf_counter() - call.start)
-        self.proxy.record_outcome(call, True)
+        assert call.handler is not None
+        self.outcomes.upgrade(call, err.status, "failed", err.kind)
         body = error_body(err.message, call.handler, call.request_id)
         await _deny(
             scope,
@@ -281,14 +273,7 @@ class WebSockets:
             body,
         )
         call.detail = err.detail
-        self._log_failed(call, err.status, err.kind)
-
-    def _log_failed(self, call: Call, status: int, kind: str) -> None:
-        log.info(
-            "websocket", request_id=call.request_id, path=call.path, route=call.route_name, handler=call.handler,
-            backend=call.role, upstream=call.backend, reason=call.reason, status=status, error=kind,
-            detail=call.detail, user_bucket=call.user_bucket, client=call.client,
-        )  # fmt: skip
+        log_websocket(call, err.status, error=err.kind, detail=err.detail)
 
     async def close_route(self, route: str, role: str, code: int, reason: str) -> int:
         """Close a route's open connections to one side (a rollback's `close_websockets`)."""
@@ -298,26 +283,11 @@ class WebSockets:
 
 
 def _log_session(call: Call, session: Session) -> None:
-    log.info(
-        "websocket",
-        request_id=call.request_id,
-        path=call.path,
-        route=call.route_name,
-        handler=call.handler,
-        backend=call.role,
-        upstream=call.backend,
-        reason=call.reason,
-        status=101,
-        user_bucket=call.user_bucket,
-        client=call.client,
-        duration_ms=round((time.perf_counter() - call.start) * 1000, 3),
-        messages_up=session.up,
-        messages_down=session.down,
-        close_code=session.close_code,
-        close_reason=session.close_reason,
-        closed_by=session.closed_by,
-        error=session.error,
-    )
+    log_websocket(
+        call, 101, duration_ms=round((time.perf_counter() - call.start) * 1000, 3), messages_up=session.up,
+        messages_down=session.down, close_code=session.close_code, close_reason=session.close_reason,
+        closed_by=session.closed_by, error=session.error,
+    )  # fmt: skip
 
 
 async def _deny(scope: Scope, send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:

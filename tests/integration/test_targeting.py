@@ -219,9 +219,9 @@ def test_at_percent_0_staff_and_beta_go_to_new_and_everyone_else_to_legacy(stand
     zed = httpx.get(s.admin + "/admin/bucket", params={"user_id": "zed"}).json()["routes"][0]
     assert (zed["backend"], zed["reason"], zed["bucket"]) == ("legacy", "percent", bucket("zed"))
     line = s.wait_log(lambda e: e.get("event") == "request" and e.get("reason") == "cohort:staff")
-    assert (line["backend"], line["upstream"], line["handler"], line["route"]) == ("new", "new", "new_auth", "auth")
+    assert (line["role"], line["backend"], line["handler"], line["route"]) == ("new", "new", "new_auth", "auth")
     line = s.wait_log(lambda e: e.get("event") == "request" and e.get("reason") == "cohort:beta")
-    assert line["upstream"] == "new"
+    assert line["backend"] == "new"
     assert s.metric("splitter_cohort_requests_total", route="auth", cohort="staff", backend="new") == 2
     assert s.metric("splitter_cohort_requests_total", route="auth", cohort="beta", backend="new") == 1
     assert s.metric("splitter_requests_total", route="auth", backend="new", handler="new_auth", code="200") == 3
@@ -255,7 +255,7 @@ def test_a_route_with_its_own_new_backend_answers_from_it_while_others_keep_new(
         assert served_by(c, "/api/upload/x", **{"X-User-ID": "zed"}) == ("upload_service", "new_upload")
         assert served_by(c, "/api/auth/me", **{"X-User-ID": "zed"}) == ("new", "new_auth")
     line = s.wait_log(lambda e: e.get("event") == "request" and e.get("route") == "upload")
-    assert (line["backend"], line["upstream"]) == ("new", "upload_service"), "metrics and logs keep the role"
+    assert (line["role"], line["backend"]) == ("new", "upload_service"), "metrics and the log's role keep the side"
     assert s.metric("splitter_requests_total", route="upload", backend="new", handler="new_upload", code="200") == 1
 
 
@@ -316,7 +316,7 @@ def test_a_websocket_upgrade_is_targeted_like_any_request(procs, tmp_path, split
     assert asyncio.run(hello({"X-User-ID": "alice"})) == "new"
     assert asyncio.run(hello({"X-User-ID": "zed"})) == "legacy"
     line = s.wait_log(lambda e: e.get("event") == "websocket" and e.get("reason") == "cohort:staff")
-    assert (line["backend"], line["upstream"], line["status"]) == ("new", "new", 101)
+    assert (line["role"], line["backend"], line["status"]) == ("new", "new", 101)
     assert s.metric("splitter_cohort_requests_total", route="notifications", cohort="staff", backend="new") == 1
     assert s.metric("splitter_cohort_requests_total", route="notifications", cohort="beta", backend="new") == 1
 

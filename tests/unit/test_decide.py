@@ -1,5 +1,5 @@
 """decide() and the proxy's one exit, driven without sockets (as uvicorn's tests drive its
-protocol with a mock transport): the decision from a snapshot, and what `_finish` records for
+protocol with a mock transport): the decision from a snapshot, and what `Outcomes.finish` records for
 each way a request can end."""
 
 import asyncio
@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from splitter import proxy as proxy_mod
+from splitter import outcomes as outcomes_mod
 from splitter.bucketing import bucket
 from splitter.call import Call
 from splitter.config import parse
 from splitter.decide import Decision, Facts, decide
+from splitter.plan import plan_into
 from splitter.proxy import Proxy
 from splitter.runtime import Runtime, Settings, make_snapshot
 from splitter.shadow import Shadow
@@ -82,7 +83,7 @@ class Captured:
 @pytest.fixture
 def proxy(tmp_path, monkeypatch):
     log = Captured()
-    monkeypatch.setattr(proxy_mod, "ACCESS", log)
+    monkeypatch.setattr(outcomes_mod, "ACCESS", log)
     rt = Runtime(Settings(config_path=str(tmp_path / "routes.yaml")), parse(YAML.replace("{anonymous}", "legacy")))
     p = Proxy(rt, Shadow(rt))
     p.log = log
@@ -96,9 +97,8 @@ def sample(p: Proxy, name: str, **labels: str) -> float:
 def routed(p: Proxy, user: bytes = ALICE) -> Call:
     headers = [(b"x-user-id", user)]
     scope = {"type": "http", "method": "GET", "path": "/api/auth/x", "headers": headers, "client": ("10.0.0.1", 5)}
-    call = Call(scope, "rid")
-    call.inbound = dict(scope["headers"])
-    p._choose(scope, call, p.rt.snapshot)
+    call = Call(scope, "rid", dict(scope["headers"]), None)
+    plan_into(p.planner, scope, call, call.inbound, p.rt.snapshot)
     return call
 
 
@@ -111,40 +111,40 @@ def test_every_exit_records_once_through_finish(proxy):
     ok = routed(proxy)
     assert (ok.role, ok.backend, ok.reason, ok.handler) == ("new", "new", "percent", "new_auth")
     ok.status = 200
-    proxy._finish(ok)
+    proxy.outcomes.finish(ok)
     assert sample(proxy, "splitter_requests_total", route="auth", backend="new", handler="new_auth", code="200") == 1
     assert outcomes(proxy, "new") == (1, 0)
 
     failed = routed(proxy, BOB)
     failed.status, failed.error = 502, "connect"
-    proxy._finish(failed)
+    proxy.outcomes.finish(failed)
     assert sample(proxy, "splitter_errors_total", route="auth", backend="legacy", handler="old_auth", kind="connect")
     assert sample(proxy, "splitter_requests_total", route="auth", backend="legacy", handler="old_auth", code="502") == 1
     assert outcomes(proxy, "legacy") == (1, 1)
 
     cut = routed(proxy)  # the head was out when the upstream broke: an error, no latency sample
     cut.status, cut.error, cut.head_sent = 200, "protocol", True
-    proxy._finish(cut)
+    proxy.outcomes.finish(cut)
     assert sample(proxy, "splitter_errors_total", route="auth", backend="new", handler="new_auth", kind="protocol") == 1
     assert sample(proxy, "splitter_requests_total", route="auth", backend="new", handler="new_auth", code="200") == 1
     assert outcomes(proxy, "new") == (2, 1)
 
     busy = routed(proxy)  # the proxy's own connection limit is not new's failure
     busy.status, busy.error = 503, "overflow"
-    proxy._finish(busy)
+    proxy.outcomes.finish(busy)
     assert outcomes(proxy, "new") == (2, 1)
 
     gone = routed(proxy)
     gone.status, gone.error = 499, "client_abort"
-    proxy._finish(gone)
+    proxy.outcomes.finish(gone)
     stalled = routed(proxy)
     stalled.status, stalled.error, stalled.head_sent = 200, "send_timeout", True
-    proxy._finish(stalled)
+    proxy.outcomes.finish(stalled)
     assert sample(proxy, "splitter_client_aborts_total", route="auth", handler="new_auth") == 1
     assert outcomes(proxy, "new") == (2, 1), "a client's abort or stall says nothing about the backend"
 
     lines = proxy.log.lines
-    assert [(e["status"], e.get("error"), e["backend"], e["reason"]) for e in lines] == [
+    assert [(e["status"], e.get("error"), e["role"], e["reason"]) for e in lines] == [
         (200, None, "new", "percent"),
         (502, "connect", "legacy", "percent"),
         (200, "protocol", "new", "percent"),
@@ -175,7 +175,7 @@ def test_the_proxys_own_answers_end_in_finish_and_honour_no_access_log(proxy):
     assert drive(proxy, refused)[0]["status"] == 400
     assert sample(proxy, "splitter_rejected_total", reason="bad_request") == 1
     assert [(e["status"], e["path"]) for e in proxy.log.lines] == [(200, "*"), (400, "/a")]
-    proxy.access_log = False
+    proxy.outcomes.access_log = False
     drive(proxy, options)
     drive(proxy, refused)
     assert len(proxy.log.lines) == 2, "--no-access-log: no per-request line, OPTIONS * included"
@@ -278,21 +278,20 @@ def test_a_trusted_cohort_matches_only_when_the_peer_is_trusted_and_the_next_coh
 
 def test_a_cohort_request_is_counted_apart_and_never_enters_the_window(tmp_path, monkeypatch):
     log = Captured()
-    monkeypatch.setattr(proxy_mod, "ACCESS", log)
+    monkeypatch.setattr(outcomes_mod, "ACCESS", log)
     staff = "min_requests: 10}, cohorts: [{name: staff, header: X-Staff, equals: '1', to: new}]}"
     text = YAML.replace("{anonymous}", "legacy").replace("min_requests: 10}}", staff)
     rt = Runtime(Settings(config_path=str(tmp_path / "routes.yaml")), parse(text))
     p = Proxy(rt, Shadow(rt))
     headers = [(b"x-user-id", BOB), (b"x-staff", b"1")]  # bob is on legacy by his bucket
     scope = {"type": "http", "method": "GET", "path": "/api/auth/x", "headers": headers, "client": ("10.0.0.1", 5)}
-    call = Call(scope, "rid")
-    call.inbound = dict(headers)
-    p._choose(scope, call, rt.snapshot)
+    call = Call(scope, "rid", dict(headers), None)
+    plan_into(p.planner, scope, call, call.inbound, rt.snapshot)
     assert (call.role, call.reason, call.handler, call.user_bucket) == ("new", "cohort:staff", "new_auth", None)
     call.status, call.error = 502, "connect"
-    p._finish(call)
+    p.outcomes.finish(call)
     assert sample(p, "splitter_cohort_requests_total", route="auth", cohort="staff", backend="new") == 1
     assert sample(p, "splitter_errors_total", route="auth", backend="new", handler="new_auth", kind="connect") == 1
     assert sample(p, "splitter_requests_total", route="auth", backend="new", handler="new_auth", code="502") == 1
     assert outcomes(p, "new") == (0, 0) and outcomes(p, "legacy") == (0, 0), "not a random sample: not judged"
-    assert (log.lines[-1]["reason"], log.lines[-1]["backend"], log.lines[-1]["upstream"]) == ("cohort:staff", "new", "new")
+    assert (log.lines[-1]["reason"], log.lines[-1]["role"], log.lines[-1]["backend"]) == ("cohort:staff", "new", "new")

@@ -113,7 +113,7 @@ def test_bytes_that_arrive_just_before_reuse_are_caught(raw):
         bodies = []
         for path in (b"/first/double-later?d=0.05", b"/second"):
             ex = Exchange("GET")
-            await pool.exchange(ex, "GET", path, [(b"host", b"x")], None, False)
+            await pool.send_request(ex, "GET", path, [(b"host", b"x")], None, False)
             body = b""
             while chunk := await ex.read():
                 body += chunk
