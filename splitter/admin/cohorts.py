@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..config import MAX_COHORT_MEMBERS
+from ..refused import Refused
 from ..store import TooMany
-from .common import Actor, JSONResponse, Refused, body, record, route_or_404, rt_of
+from .common import Actor, JSONResponse, body, record, route_or_404, rt_of
 
 if TYPE_CHECKING:
     from ..config import Cohort
@@ -36,7 +37,7 @@ def cohort_or_404(rt: Runtime, route: str, name: str) -> Cohort:
     cohort = next((c for c in cohorts if c.name == name), None)
     if cohort is None:
         known = ", ".join(c.name for c in cohorts) or "none"
-        raise Refused(404, f"route {route!r} has no cohort {name!r} (cohorts: {known})")
+        raise Refused(404, "not_found", f"route {route!r} has no cohort {name!r} (cohorts: {known})")
     return cohort
 
 
@@ -44,7 +45,8 @@ def users_cohort(rt: Runtime, route: str, name: str) -> Cohort:
     """The cohort, if it is a `users` cohort: 404 unknown, 400 another matcher (it has no members)."""
     cohort = cohort_or_404(rt, route, name)
     if cohort.matcher != "users":
-        raise Refused(400, f"cohort {name!r} of route {route!r} matches {cohort.matcher} {cohort.key}, not users: "
+        raise Refused(400, "bad_request",
+            f"cohort {name!r} of route {route!r} matches {cohort.matcher} {cohort.key}, not users: "
                             "it has no members to change or list")
     return cohort
 
@@ -64,7 +66,7 @@ def page_args(request: Request) -> tuple[int, tuple[int, str] | None]:
     """`?limit=N&cursor=C`: the page size and where the page starts (None: at the beginning)."""
     raw = request.query_params.get("limit", str(DEFAULT_LIMIT))
     if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise Refused(400, f"limit must be an integer 1..{MAX_LIMIT}, got {raw[:40]!r}")
+        raise Refused(400, "bad_request", f"limit must be an integer 1..{MAX_LIMIT}, got {raw[:40]!r}")
     cursor = request.query_params.get("cursor")
     if not cursor:
         return int(raw), None
@@ -73,7 +75,8 @@ def page_args(request: Request) -> tuple[int, tuple[int, str] | None]:
     except (ValueError, TypeError, UnicodeError, binascii.Error):
         kind = after = None
     if kind not in (0, 1) or not isinstance(after, str):
-        raise Refused(400, f"cursor {cursor[:40]!r} is not one this API gave: use next_cursor from the last page")
+        raise Refused(400, "bad_request",
+            f"cursor {cursor[:40]!r} is not one this API gave: use next_cursor from the last page")
     return int(raw), (kind, after)
 
 
@@ -201,11 +204,11 @@ def _member_ids(data: dict[str, Any], key: str) -> list[str]:
     """`add` or `remove`: a list of user ids, each a non-empty printable string; duplicates dropped."""
     raw = data.get(key, [])
     if not isinstance(raw, list):
-        raise Refused(400, f"{key} must be a list of user ids, got {json.dumps(raw)[:80]}")
+        raise Refused(400, "bad_request", f"{key} must be a list of user ids, got {json.dumps(raw)[:80]}")
     for u in raw:
         if not isinstance(u, str) or not 0 < len(u) <= MAX_MEMBER_ID or not u.isprintable() or not _utf8(u):
-            raise Refused(
-                400, f"{key}: a user id must be a non-empty printable string of at most {MAX_MEMBER_ID} characters, "
+            raise Refused(400, "bad_request",
+                f"{key}: a user id must be a non-empty printable string of at most {MAX_MEMBER_ID} characters, "
                 f"got {json.dumps(u)[:80]}"
             )
     return list(dict.fromkeys(raw))
@@ -220,23 +223,26 @@ async def change_cohort(request: Request, who: Actor) -> Any:
     data = await body(request)
     extra = sorted(set(data) - {"add", "remove", "reason"})
     if extra:
-        raise Refused(400, f'unknown key {extra[0]!r}: the body is {{"add": [ids], "remove": [ids], "reason": text}}')
+        raise Refused(400, "bad_request",
+            f'unknown key {extra[0]!r}: the body is {{"add": [ids], "remove": [ids], "reason": text}}')
     add, remove = _member_ids(data, "add"), _member_ids(data, "remove")
     if not add and not remove:
-        raise Refused(400, 'nothing to change: give "add" and/or "remove", lists of user ids')
+        raise Refused(400, "bad_request", 'nothing to change: give "add" and/or "remove", lists of user ids')
     both = set(add) & set(remove)
     if both:
-        raise Refused(400, f"user id {min(both)!r} is both in add and in remove")
+        raise Refused(400, "bad_request", f"user id {min(both)!r} is both in add and in remove")
     in_file = [u for u in remove if u.encode() in cohort.users]
     if in_file:
-        raise Refused(400, f"{in_file[0]!r} is one of routes.yaml's members of cohort {name!r}: remove it from "
+        raise Refused(400, "bad_request",
+            f"{in_file[0]!r} is one of routes.yaml's members of cohort {name!r}: remove it from "
                             "routes.yaml (runtime changes add and remove only runtime members); nothing was changed")
     add = [u for u in add if u.encode() not in cohort.users]
     limit = MAX_COHORT_MEMBERS - len(cohort.users)
     try:
         change = await rt.overrides.change_members((route, name), add, remove, limit)
     except TooMany as exc:
-        raise Refused(400, f"cohort {name!r} of route {route!r} would have {len(cohort.users) + exc.after} members "
+        raise Refused(400, "bad_request",
+            f"cohort {name!r} of route {route!r} would have {len(cohort.users) + exc.after} members "
                             f"({len(cohort.users)} in routes.yaml, {exc.after} at runtime), more than "
                             f"{MAX_COHORT_MEMBERS}; nothing was changed") from None
     log.info("cohort members changed", who=who.name, route=route, cohort=name, added=change.added,

@@ -1,4 +1,4 @@
-"""What every admin endpoint shares: strict JSON answers, `Refused` (status and message) and the one place
+"""What every admin endpoint shares: strict JSON answers, the one place
 admin errors become status codes (`ERRORS`), the app's state (runtime, rollouts, shadow), a request's JSON
 body, who made a change (`Actor`) and its history record, and the routes as GET /admin/routes shows them."""
 
@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
 
 from .. import strictjson
+from ..refused import Refused
 from ..store import Conflict, Unavailable
 
 if TYPE_CHECKING:
@@ -27,13 +28,6 @@ class JSONResponse(_StarletteJSONResponse):
 
     def render(self, content: Any) -> bytes:
         return strictjson.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-class Refused(Exception):
-    """An admin request refused: answered `{"error": message}` with `status` (ERRORS below)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status, self.message = status, message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,18 +76,18 @@ async def body(request: Request) -> dict[str, Any]:
     try:
         data = loads(await request.body() or b"{}")
     except UnicodeEncodeError:
-        raise Refused(400, NOT_TEXT) from None
+        raise Refused(400, "bad_request", NOT_TEXT) from None
     except ValueError:
-        raise Refused(400, "body must be JSON") from None
+        raise Refused(400, "bad_request", "body must be JSON") from None
     if not isinstance(data, dict):
-        raise Refused(400, "body must be a JSON object")
+        raise Refused(400, "bad_request", "body must be a JSON object")
     return data
 
 
 def route_or_404(rt: Runtime, name: str) -> None:
     if name not in rt.snapshot.config.by_name:
         known = ", ".join(r.name for r in rt.snapshot.config.routes)
-        raise Refused(404, f"unknown route {name!r} (routes: {known})")
+        raise Refused(404, "not_found", f"unknown route {name!r} (routes: {known})")
 
 
 def routes_view(rt: Runtime) -> list[dict[str, Any]]:

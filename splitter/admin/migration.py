@@ -12,9 +12,10 @@ from starlette.responses import Response
 
 from .. import progress
 from ..config import MAX_COHORT_MEMBERS
+from ..refused import Refused
 from ..store import TooMany
 from ..store.transfer import export_state, import_state
-from .common import Actor, JSONResponse, Refused, body, rollouts_of, route_or_404, routes_view, rt_of
+from .common import Actor, JSONResponse, body, rollouts_of, route_or_404, routes_view, rt_of
 from .judged import retire_fields
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ async def history(request: Request) -> Response:
     """Changes, newest first: ?route=NAME (also a route since removed), ?limit=N (1..10000)."""
     raw = request.query_params.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-        raise Refused(400, f"limit must be an integer 1..10000, got {raw!r}")
+        raise Refused(400, "bad_request", f"limit must be an integer 1..10000, got {raw!r}")
     return JSONResponse(await rt_of(request).history.recent(int(raw), request.query_params.get("route") or None))
 
 
@@ -82,8 +83,8 @@ async def state_import(request: Request, who: Actor) -> Any:
     try:
         written = await import_state(rt.overrides, await body(request), MAX_COHORT_MEMBERS)
     except ValueError as exc:
-        raise Refused(400, str(exc)) from None
+        raise Refused(400, "bad_request", str(exc)) from None
     except TooMany as exc:
-        raise Refused(400, f"members: {exc}; nothing more was imported") from None
+        raise Refused(400, "bad_request", f"members: {exc}; nothing more was imported") from None
     log.warning("state imported", who=who.name, store=rt.overrides.name, **written)
     return {"store": rt.overrides.name, "imported": written}

@@ -9,8 +9,8 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..rollout import Refused as RolloutRefused
-from .common import Actor, JSONResponse, Refused, body, record, rollouts_of, route_or_404, rt_of
+from ..refused import Refused
+from .common import Actor, JSONResponse, body, record, rollouts_of, route_or_404, rt_of
 
 log = structlog.get_logger("splitter.admin")
 
@@ -30,11 +30,11 @@ async def retire_route(request: Request, who: Actor) -> Any:
     data = await body(request)
     force, dry_run = data.get("force", False), data.get("dry_run", False)
     if not isinstance(force, bool) or not isinstance(dry_run, bool):
-        raise Refused(400, "force and dry_run must be true or false")
+        raise Refused(400, "bad_request", "force and dry_run must be true or false")
     now = time.time()
     ready, why_not = await rollouts_of(request).retire_check(rt.snapshot.config.by_name[name], now)
     if not ready and not force:
-        raise Refused(409, f"route {name!r} is not ready to retire: {why_not} (--force retires it anyway)")
+        raise Refused(409, "conflict", f"route {name!r} is not ready to retire: {why_not} (--force retires it anyway)")
     overrode = f"forced: {why_not}" if not ready else ""
     answer = {"route": name, "ready_to_retire": ready, "forced": overrode or None, "dry_run": dry_run}
     if dry_run:
@@ -53,17 +53,14 @@ async def rollout_action(request: Request, who: Actor) -> Any:
     name, action = request.path_params["name"], request.path_params["action"]
     route_or_404(rt, name)
     if rt.snapshot.config.by_name[name].rollout is None:
-        raise Refused(404, f"route {name!r} has no rollout section in routes.yaml")
+        raise Refused(404, "not_found", f"route {name!r} has no rollout section in routes.yaml")
     if action not in ("pause", "resume", "abort", "promote", "restart"):
-        raise Refused(404, "action must be pause, resume, abort, promote or restart")
+        raise Refused(404, "not_found", "action must be pause, resume, abort, promote or restart")
     full = (await body(request)).get("full", False) if action == "promote" else False
     if not isinstance(full, bool):
-        raise Refused(400, "full must be true or false")
+        raise Refused(400, "bad_request", "full must be true or false")
     log.info("rollout action", who=who.name, route=name, action=action, full=full)
     old = rt.snapshot.percent[name]
-    try:
-        view = await rollouts_of(request).act(name, action, full)
-    except RolloutRefused as exc:
-        raise Refused(409, str(exc)) from None
+    view = await rollouts_of(request).act(name, action, full)  # Refused (409) when the status does not take it
     await record(request, who, f"rollout_{action}", name, old, rt.snapshot.percent[name])
     return view

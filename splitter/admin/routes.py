@@ -15,11 +15,11 @@ from starlette.responses import Response
 from .. import bucketing
 from ..config import PERCENT_RULE, as_percent
 from ..decide import Facts, decide
+from ..refused import Refused
 from ..store import Unavailable
 from .common import (
     Actor,
     JSONResponse,
-    Refused,
     body,
     record,
     rollouts_of,
@@ -66,7 +66,7 @@ async def bucket(request: Request) -> Response:
     """?user_id=ID: the bucket and the backend each route would pick for that user, live (cohorts, overrides, kill)."""
     uid = _raw_query_param(request.scope.get("query_string", b""), b"user_id")
     if not uid:
-        raise Refused(400, "query parameter user_id is required")
+        raise Refused(400, "bad_request", "query parameter user_id is required")
     return JSONResponse(bucket_view(rt_of(request).snapshot, uid))
 
 
@@ -76,7 +76,7 @@ async def shadow_view(request: Request) -> Response:
     name = request.path_params["name"]
     route_or_404(rt, name)
     if rt.snapshot.config.by_name[name].shadow is None:
-        raise Refused(404, f"route {name!r} has no shadow section in routes.yaml")
+        raise Refused(404, "not_found", f"route {name!r} has no shadow section in routes.yaml")
     return JSONResponse({"route": name, "mismatches": await shadow_of(request).recent(name)})
 
 
@@ -89,7 +89,7 @@ async def set_route(request: Request, who: Actor) -> Any:
     data = await body(request)
     pct = as_percent(data.get("percent"))
     if pct is None:
-        raise Refused(400, f"percent must be {PERCENT_RULE}, got {json.dumps(data.get('percent'))}")
+        raise Refused(400, "bad_request", f"percent must be {PERCENT_RULE}, got {json.dumps(data.get('percent'))}")
     old = rt.snapshot.percent[name]
     await rt.overrides.set_percent(name, pct)
     log.info("override set", who=who.name, on_behalf=who.on_behalf, route=name, old=old, new=pct)
@@ -119,10 +119,10 @@ async def rollback(request: Request, who: Actor) -> Any:
         route_or_404(rt, data["route"])
         names = [data["route"]]
     else:
-        raise Refused(400, 'body must be {"route": NAME} or {"all": true}')
+        raise Refused(400, "bad_request", 'body must be {"route": NAME} or {"all": true}')
     close = data.get("close_websockets", False)
     if not isinstance(close, bool):
-        raise Refused(400, "close_websockets must be true or false")
+        raise Refused(400, "bad_request", "close_websockets must be true or false")
     old = {n: rt.snapshot.percent[n] for n in names}
     if names:
         await rt.overrides.set_many(dict.fromkeys(names, 0))

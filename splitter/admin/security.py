@@ -14,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..refused import Refused
 from ..tokens import Identity
-from .common import NOT_TEXT, Actor, JSONResponse, Refused, loads, rt_of
+from .common import NOT_TEXT, Actor, JSONResponse, loads, rt_of
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -35,7 +36,7 @@ def identify(rt: Runtime, headers: Headers) -> Identity | None:
     scheme, _, given = value.partition(" ")
     identity = rt.tokens.identify(given.strip()) if scheme.lower() == "bearer" else None
     if identity is None:
-        raise Refused(401, WRONG_TOKEN)
+        raise Refused(401, "unauthorized", WRONG_TOKEN)
     return identity
 
 
@@ -50,9 +51,11 @@ class ViewerTokenGate:
         if gated and scope["path"].startswith("/admin/") and scope["method"] in ("GET", "HEAD"):
             try:
                 if not self.rt.tokens.configured:
-                    raise Refused(403, f"reads need a token (admin.reads: token) but none is configured: {HOW}")
+                    raise Refused(403, "forbidden",
+                        f"reads need a token (admin.reads: token) but none is configured: {HOW}")
                 if identify(self.rt, Headers(scope=scope)) is None:
-                    raise Refused(401, "reads need a viewer token (admin.reads: token): Authorization: Bearer <token>")
+                    raise Refused(401, "unauthorized",
+                        "reads need a viewer token (admin.reads: token): Authorization: Bearer <token>")
             except Refused as exc:
                 await JSONResponse({"error": exc.message}, exc.status)(scope, receive, send)
                 return
@@ -63,22 +66,23 @@ async def authorize(request: Request) -> Actor:
     """Who makes this change: 403 without tokens configured or for a viewer, 401 for none or a wrong one."""
     rt = rt_of(request)
     if not rt.tokens.configured:
-        raise Refused(403, NO_TOKENS)
+        raise Refused(403, "forbidden", NO_TOKENS)
     identity = identify(rt, request.headers)
     if identity is None:
-        raise Refused(401, WRONG_TOKEN)
+        raise Refused(401, "unauthorized", WRONG_TOKEN)
     if not identity.may_change:
-        raise Refused(403, f"token {identity.name!r} has the role {identity.role}: changes need an operator token")
+        raise Refused(403, "forbidden",
+            f"token {identity.name!r} has the role {identity.role}: changes need an operator token")
     source = request.headers.get("x-splitter-source", "")
     try:
         data = loads(await request.body() or b"{}")
     except UnicodeEncodeError:
-        raise Refused(400, NOT_TEXT) from None
+        raise Refused(400, "bad_request", NOT_TEXT) from None
     except ValueError:
         data = {}  # the endpoint says what is wrong with its body
     reason = data.get("reason", "") if isinstance(data, dict) else ""
     if not isinstance(reason, str) or len(reason) > 500:
-        raise Refused(400, "reason must be a string of at most 500 characters")
+        raise Refused(400, "bad_request", "reason must be a string of at most 500 characters")
     on_behalf = request.headers.get("x-splitter-actor", "")[:64] or None
     return Actor(identity.name, source if source in CLIENT_SOURCES else "api", reason, on_behalf)
 

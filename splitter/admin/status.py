@@ -6,7 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..metrics import CONTENT_TYPE
-from .common import JSONResponse, Refused, rt_of
+from ..refused import Refused
+from .common import JSONResponse, rt_of
 from .security import identify
 
 
@@ -32,5 +33,5 @@ async def whoami(request: Request) -> Response:
     """Whose token this is (the console shows it): 401 for none or a wrong one."""
     identity = identify(rt_of(request), request.headers)
     if identity is None:
-        raise Refused(401, "no token: send 'Authorization: Bearer <token>'")
+        raise Refused(401, "unauthorized", "no token: send 'Authorization: Bearer <token>'")
     return JSONResponse({"name": identity.name, "role": identity.role})

@@ -30,10 +30,11 @@ remote (Prometheus and before_step hooks, off the tick), evidence (what a step i
 step engine), actions (`Rollouts`: the driver plus the operator's view and actions).
 """
 
+from ..refused import Refused
 from .actions import Rollouts
 from .gates import gate_checks, gate_failure
 from .record import retire_view
-from .states import ACTIONS, TRANSITIONS, Refused, Status, transition
+from .states import ACTIONS, TRANSITIONS, Status, transition
 
 __all__ = [
     "ACTIONS", "TRANSITIONS", "Refused", "Rollouts", "Status", "gate_checks", "gate_failure", "retire_view",

@@ -9,11 +9,12 @@ import structlog
 
 from .. import judge
 from ..config import Percent, Route
+from ..refused import Refused
 from ..window import Counts
 from .driver import Driver
 from .gates import gate_views, waiting_for
 from .record import ago, retire_view
-from .states import ACTIVE, Refused, Status, allowed, move, transition
+from .states import ACTIVE, Status, allowed, move, transition
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -115,7 +116,7 @@ class Rollouts(Driver):
             move(name, state, "abort", reason="aborted by operator", since=now)
             await self.rt.overrides.set_percent(name, 0, source="rollout")
         else:
-            raise Refused(f"unknown rollout action {action!r}")
+            raise Refused(409, "conflict", f"unknown rollout action {action!r}")
         await self.rt.overrides.put_rollout(name, state)
         if action in ("pause", "resume", "abort"):
             self._event(name, {"pause": "paused", "resume": "resumed", "abort": "aborted"}[action])

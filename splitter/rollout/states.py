@@ -7,6 +7,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from ..refused import Refused
+
 EVENTS = (
     "advanced", "done", "rolled_back", "aborted", "paused", "resumed", "promoted", "awaiting_approval", "stalled",
     "baking", "ready_to_retire", "retired",
@@ -69,16 +71,13 @@ _HINTS = {
 }
 
 
-class Refused(Exception):
-    """An operator action that does not apply to the rollout's status (409)."""
-
-
 def transition(name: str, status: str, action: str) -> Status:
     """The status `action` moves a rollout in `status` to, or Refused naming the status."""
     now = Status(status)
     nxt = TRANSITIONS.get((now, action))
     if nxt is None:
-        raise Refused(f"rollout of {name!r} is {now.value}: {action} does not apply ({_HINTS[now].format(name=name)})")
+        raise Refused(409, "conflict",
+            f"rollout of {name!r} is {now.value}: {action} does not apply ({_HINTS[now].format(name=name)})")
     return nxt
 
 
