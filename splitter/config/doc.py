@@ -7,6 +7,7 @@ it; a key without a line of its own is reported at its closest parent's.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -70,6 +71,20 @@ def _mapping(doc: _Doc, value: Any, path: str) -> dict[str, Any] | None:
         doc.error(path, f"must be a mapping, got {_show(value)}")
         return None
     return value
+
+
+def _entries(doc: _Doc, raw: Any, path: str, example: str, allowed: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each mapping of a list of mappings (notify targets, gates, hooks, cohorts) with its key path, its
+    unknown keys reported; not a list: one error that shows `example`, and no entries."""
+    if not isinstance(raw, list):
+        doc.error(path, f"must be a list like [{example}], got {_show(raw)}")
+        return
+    for i, item in enumerate(raw):
+        at = f"{path}[{i}]"
+        entry = _mapping(doc, item, at)
+        if entry is not None:
+            _unknown(doc, entry, allowed, at)
+            yield at, entry
 
 
 def _show(v: Any) -> str:

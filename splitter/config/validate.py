@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..routes import RouteTable
-from .doc import _Doc, _is_int, _mapping, _number, _show, _unknown
+from .doc import _Doc, _entries, _is_int, _mapping, _number, _show, _unknown
 from .keys import _TOP_KEYS, SECTIONS
 from .model import (
     ANONYMOUS,
@@ -288,16 +288,8 @@ def _origin(doc: _Doc, url: Any, path: str) -> str | None:
 
 
 def _notify(doc: _Doc, raw: Any) -> tuple[NotifyTarget, ...]:
-    if not isinstance(raw, list):
-        doc.error("notify", f"must be a list like [{{url: https://..., format: json}}], got {_show(raw)}")
-        return ()
     out = []
-    for i, item in enumerate(raw):
-        path = f"notify[{i}]"
-        t = _mapping(doc, item, path)
-        if t is None:
-            continue
-        _unknown(doc, t, set(SECTIONS["notify"]), path)
+    for path, t in _entries(doc, raw, "notify", "{url: https://..., format: json}", set(SECTIONS["notify"])):
         url, url_env = t.get("url"), t.get("url_env")
         if (url is None) == (url_env is None):
             doc.error(path, "needs one of url or url_env (the name of an environment variable holding the URL)")

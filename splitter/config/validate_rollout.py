@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .doc import _Doc, _is_int, _is_num, _mapping, _number, _show, _unknown
+from .doc import _Doc, _entries, _is_int, _is_num, _mapping, _number, _show, _unknown
 from .keys import SECTIONS
 from .model import (
     DEFAULT_P95_TOLERANCE_MS,
@@ -85,16 +85,9 @@ def _rollout(doc: _Doc, raw: Any, path: str) -> RolloutSpec | None:
 
 
 def _prom_gates(doc: _Doc, raw: Any, path: str) -> tuple[PromGate, ...]:
-    if not isinstance(raw, list):
-        doc.error(path, f"must be a list like [{{name: logins, query: '...', min_ratio: 0.98}}], got {_show(raw)}")
-        return ()
     out = []
-    for i, item in enumerate(raw):
-        at = f"{path}[{i}]"
-        g = _mapping(doc, item, at)
-        if g is None:
-            continue
-        _unknown(doc, g, set(SECTIONS["prometheus_gate"]), at)
+    example = "{name: logins, query: '...', min_ratio: 0.98}"
+    for at, g in _entries(doc, raw, path, example, set(SECTIONS["prometheus_gate"])):
         name, query = g.get("name"), g.get("query")
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             doc.error(f"{at}.name", f"must match [a-z0-9_]+, got {_show(name)}")
@@ -111,21 +104,15 @@ def _prom_gates(doc: _Doc, raw: Any, path: str) -> tuple[PromGate, ...]:
 
 
 def _hooks(doc: _Doc, raw: Any, path: str) -> tuple[Hook, ...]:
-    if not isinstance(raw, list):
-        doc.error(path, f"must be a list like [{{url: http://smoke/run, timeout_s: 60, retries: 2}}], got {_show(raw)}")
-        return ()
     out = []
-    for i, item in enumerate(raw):
-        h = _mapping(doc, item, f"{path}[{i}]")
-        if h is None:
-            continue
-        _unknown(doc, h, set(SECTIONS["hook"]), f"{path}[{i}]")
+    example = "{url: http://smoke/run, timeout_s: 60, retries: 2}"
+    for at, h in _entries(doc, raw, path, example, set(SECTIONS["hook"])):
         url = h.get("url")
         if not isinstance(url, str) or not re.match(r"https?://[^/?#]", url):
-            doc.error(f"{path}[{i}].url", f"must be an http(s):// URL, got {_show(url)}")
+            doc.error(f"{at}.url", f"must be an http(s):// URL, got {_show(url)}")
             continue
-        timeout = _number(doc, h, "timeout_s", f"{path}[{i}]", 60.0)
-        retries = int(_number(doc, h, "retries", f"{path}[{i}]", 2, integer=True))
+        timeout = _number(doc, h, "timeout_s", at, 60.0)
+        retries = int(_number(doc, h, "retries", at, 2, integer=True))
         out.append(Hook(url, float(timeout), retries))
     return tuple(out)
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from .doc import _Doc, _is_int, _mapping, _number, _show, _unknown
+from .doc import _Doc, _entries, _is_int, _mapping, _number, _show, _unknown
 from .keys import _ROUTE_KEYS, SECTIONS
 from .model import (
     BACKENDS,
@@ -117,19 +117,10 @@ def _sides(doc: _Doc, r: dict[str, Any], path: str, known: frozenset[str]) -> Ma
 
 def _cohorts(doc: _Doc, raw: Any, path: str, token_header: str) -> tuple[Cohort, ...]:
     """`routes[].cohorts`: who goes to which side before the percent, tried in order."""
-    if not isinstance(raw, list):
-        doc.error(
-            path, f"must be a list like [{{name: staff, header: X-Staff, equals: '1', to: new}}], got {_show(raw)}"
-        )
-        return ()
     out: list[Cohort] = []
     seen: dict[str, str] = {}
-    for j, item in enumerate(raw):
-        cpath = f"{path}[{j}]"
-        c = _mapping(doc, item, cpath)
-        if c is None:
-            continue
-        _unknown(doc, c, set(SECTIONS["cohort"]), cpath)
+    example = "{name: staff, header: X-Staff, equals: '1', to: new}"
+    for cpath, c in _entries(doc, raw, path, example, set(SECTIONS["cohort"])):
         name = _unique_name(doc, c.get("name"), cpath, seen, "cohort name", " in this route")
         to = c.get("to")
         if to not in ROLES:

@@ -283,3 +283,37 @@ def test_prometheus_gates_load_and_need_a_bound(tmp_path):
     with pytest.raises(config.ConfigError) as err:
         config.load(f)
     assert any("routes[1].rollout.gates.prometheus[0]: needs one of min_ratio" in e for e in err.value.errors)
+
+
+
+def _with(section: str) -> str:
+    """VALID with `section`: at the top level when it starts there, else in the upload route."""
+    return VALID + section + "\n" if not section.startswith(" ") else VALID.replace("    salt: s1", f"    salt: s1\n{section}")
+
+
+@pytest.mark.parametrize(
+    "section,key_path,example,entry",
+    [
+        ("notify: {}", "notify", "[{url: https://..., format: json}]", "{url: 'https://h', colour: red}"),
+        ("    rollout: {{steps: [10], before_step: {}}}", "routes[1].rollout.before_step", "[{url: http://smoke/run,",
+         "{url: 'http://s/r', colour: red}"),
+        ("    rollout: {{steps: [10], gates: {{prometheus: {}}}}}", "routes[1].rollout.gates.prometheus",
+         "[{name: logins,", "{name: g, query: up, min: 1, colour: red}"),
+        ("    cohorts: {}", "routes[1].cohorts", "[{name: staff, header: X-Staff,",
+         "{name: s, header: X-S, equals: '1', to: new, colour: red}"),
+    ],
+)
+def test_a_list_of_mappings_shows_an_example_when_not_a_list_and_checks_each_entry(
+    tmp_path, section, key_path, example, entry
+):
+    """notify, before_step, prometheus gates and cohorts: each a list of mappings, checked alike."""
+    f = tmp_path / "routes.yaml"
+    for value, expected in [
+        ("x", [f"{key_path}: must be a list like {example}"]),
+        (f"[{entry}, 7]", [f"{key_path}[0].colour: unknown key", f"{key_path}[1]: must be a mapping, got 7"]),
+    ]:
+        f.write_text(_with(section.format(value)))
+        with pytest.raises(config.ConfigError) as err:
+            config.load(f)
+        for message in expected:
+            assert any(message in e for e in err.value.errors), (message, err.value.errors)
