@@ -32,7 +32,7 @@ from .plan import Planner, begin, checked_target, plan_into
 from .plan import normalize_path as normalize_path  # the framing suite's import
 from .refused import Refused
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
-from .shadow import Shadow
+from .shadow import Mirrored, Shadow
 from .upstream import Aborted, Exchange, SendTimedOut, UpstreamError, map_upstream_error
 
 if TYPE_CHECKING:
@@ -229,7 +229,8 @@ class Proxy:
             response = None
         assert call.role is not None
         target = call.target.decode("latin-1")
-        self.shadow.launch(route, call.role, call.method, target, _multidict(call.headers), req_body, response)
+        mirrored = Mirrored(route, call.role, call.method, target, _multidict(call.headers), req_body, response)
+        self.shadow.launch(mirrored)
 
 def _with_body(call: Call, ex: Exchange, body: RequestBody) -> list[tuple[bytes, bytes]]:
     """The outbound headers of a request with a body: its end is tied to the answer (or a failure), and a

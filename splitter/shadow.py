@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -79,27 +80,31 @@ def compare(
     return json_diff(ja, jb, "$", ignore_matcher(route.shadow.ignore), diffs)
 
 
+@dataclass(frozen=True, slots=True)
+class Mirrored:
+    """A request the primary answered (`response`: None when too large to compare), to send again to the other side."""
+
+    route: Route
+    primary: str
+    method: str
+    path_qs: str
+    headers: CIMultiDict[str]
+    body: bytes | None
+    response: tuple[int, CIMultiDict[str], bytes] | None
+
+
 class Shadow:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.inflight = 0
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def launch(
-        self,
-        route: Route,
-        primary: str,
-        method: str,
-        path_qs: str,
-        headers: CIMultiDict[str],
-        body: bytes | None,
-        response: tuple[int, CIMultiDict[str], bytes] | None,
-    ) -> None:
-        if response is None or self.inflight >= MAX_INFLIGHT:
-            self.rt.metrics.shadow.labels(route.name, "dropped").inc()
+    def launch(self, m: Mirrored) -> None:
+        if m.response is None or self.inflight >= MAX_INFLIGHT:
+            self.rt.metrics.shadow.labels(m.route.name, "dropped").inc()
             return
         self.inflight += 1
-        task = asyncio.ensure_future(self._run(route, primary, method, path_qs, headers, body, response))
+        task = asyncio.ensure_future(self._run(m, m.response))
         self.tasks.add(task)
         task.add_done_callback(self._done)
 
@@ -107,16 +112,14 @@ class Shadow:
         self.inflight -= 1
         self.tasks.discard(task)
 
-    async def _fetch(
-        self, backend_name: str, method: str, path_qs: str, headers: CIMultiDict[str], body: bytes | None
-    ) -> tuple[int, CIMultiDict[str], bytes]:
+    async def _fetch(self, backend_name: str, m: Mirrored) -> tuple[int, CIMultiDict[str], bytes]:
         backend = self.rt.snapshot.config.backends[backend_name]
-        h = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        h = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in m.headers.items()]
         h.append((b"x-splitter-shadow", b"1"))
-        ex = Exchange(method)
+        ex = Exchange(m.method)
         try:
             await self.rt.pool(backend).send_request(
-                ex, method, path_qs.encode("latin-1"), h, once(body) if body else None, chunked=False
+                ex, m.method, m.path_qs.encode("latin-1"), h, once(m.body) if m.body else None, chunked=False
             )
             data = b""
             while len(data) <= MAX_BODY:
@@ -132,24 +135,16 @@ class Shadow:
         finally:
             ex.release()
 
-    async def _run(
-        self,
-        route: Route,
-        primary: str,
-        method: str,
-        path_qs: str,
-        headers: CIMultiDict[str],
-        body: bytes | None,
-        response: tuple[int, CIMultiDict[str], bytes],
-    ) -> None:
+    async def _run(self, m: Mirrored, response: tuple[int, CIMultiDict[str], bytes]) -> None:
+        route, primary, method, path_qs, headers = m.route, m.primary, m.method, m.path_qs, m.headers
         other = "new" if primary == "legacy" else "legacy"
         counter = self.rt.metrics.shadow
         try:
-            shadow = await self._fetch(route.backends[other], method, path_qs, headers, body)
+            shadow = await self._fetch(route.backends[other], m)
             diffs = compare(route, response, shadow)
             if diffs and method in ("GET", "HEAD", "OPTIONS"):
                 # noise cancellation: what differs between two calls to the primary is not a regression
-                again = await self._fetch(route.backends[primary], method, path_qs, headers, body)
+                again = await self._fetch(route.backends[primary], m)
                 noise = {d["path"] for d in compare(route, response, again)}
                 diffs = [d for d in diffs if d["path"] not in noise]
         except Exception as exc:  # noqa: BLE001 - a shadow failure never reaches the user

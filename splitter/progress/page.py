@@ -6,7 +6,7 @@ from __future__ import annotations
 import html as html_mod
 from typing import Any
 
-from .words import date, gates_line, moved, num, p95_said, rate_said, said_p95, source_note, when, who_did
+from .words import date, gates_line, moved, num, p95_said, rate_said, said_p95, source_note, step_said, when, who_did
 
 _CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1f2933;background:#f5f7fa;margin:0}
@@ -131,9 +131,8 @@ def _html_route(r: dict[str, Any], doc: dict[str, Any]) -> list[str]:
                 "</th><th>errors new</th><th>errors legacy</th><th>p95 new</th><th>p95 legacy</th>"
                 "<th>new vs legacy</th><th>gates</th></tr>"]
         for s in r["steps"]:
-            cur = (" (bake)" if s["bake"] else "") + (" (current)" if s["until"] is None else "")
             out.append(
-                f"<tr><td class=n>{_h(num(s['percent']))} %{cur}</td><td class=n>{s['days']:.2f}</td>"
+                f"<tr><td class=n>{_h(step_said(s))}</td><td class=n>{s['days']:.2f}</td>"
                 f"<td class=n>{s['new']['requests']} / {s['legacy']['requests']}</td>"
                 f"<td>{_html_rate(s['new'])}</td><td>{_html_rate(s['legacy'])}</td>"
                 f"<td>{_html_p95(s['new'])}</td><td>{_html_p95(s['legacy'])}</td>"

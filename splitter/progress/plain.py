@@ -5,7 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from ..text import terminal
-from .words import gates_line, moved, num, p95_cell, rate_cell, said_errors, said_p95, source_note, when, who_did
+from .words import (
+    gates_line,
+    moved,
+    num,
+    p95_cell,
+    rate_cell,
+    said_errors,
+    said_p95,
+    source_note,
+    step_said,
+    when,
+    who_did,
+)
 
 
 def text(doc: dict[str, Any]) -> str:
@@ -52,9 +64,8 @@ def markdown(doc: dict[str, Any]) -> str:
             out += ["| step | days | requests new / legacy | errors new | errors legacy | p95 new | p95 legacy | "
                     "new vs legacy | verdict |", "|---:|---:|---|---|---|---|---|---|---|"]
             for s in r["steps"]:
-                cur = (" (bake)" if s["bake"] else "") + (" (current)" if s["until"] is None else "")
                 out.append(
-                    f"| {num(s['percent'])} %{cur} | {s['days']:.2f} | {s['new']['requests']} / "
+                    f"| {step_said(s)} | {s['days']:.2f} | {s['new']['requests']} / "
                     f"{s['legacy']['requests']} | {rate_cell(s['new'])} | {rate_cell(s['legacy'])} | "
                     f"{p95_cell(s['new'])} | {p95_cell(s['legacy'])} | {_md(said_p95(s['p95_change']))} | "
                     f"{_md(s['verdict'] or '-')} |"

@@ -28,6 +28,11 @@ def num(x: float) -> str:
     return f"{x:g}"
 
 
+def step_said(s: dict[str, Any]) -> str:
+    """A step as its row names it: `50 %`, `100 % (bake)`, `25 % (current)`."""
+    return f"{num(s['percent'])} %" + (" (bake)" if s["bake"] else "") + (" (current)" if s["until"] is None else "")
+
+
 def said_p95(change: dict[str, Any] | None) -> str:
     """'p95 12 % lower on new, 95 % CI 9–15 %'; 'not shown' when the interval holds no change."""
     if change is None:
