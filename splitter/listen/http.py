@@ -66,7 +66,7 @@ class HttpProtocol(asyncio.Protocol):
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         except AttributeError:  # httptools < 0.6.3
             pass
-        self.state = Conn.IDLE
+        self.state = Conn.HEAD  # its header deadline runs from the accept, not from the first byte
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # until connection_made
         self.out: Coalescing = None  # type: ignore[assignment]
         self.server: tuple[str, int | None] | None = None

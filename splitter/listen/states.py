@@ -8,8 +8,8 @@ from typing import Any
 
 
 class Conn(enum.Enum):
-    IDLE = "idle"  # no request in flight, none arriving: the keep-alive (or a new connection's head) deadline runs
-    HEAD = "head"  # a request head is arriving, none in flight: the header deadline runs
+    IDLE = "idle"  # a response is done, no request arriving: the keep-alive deadline runs
+    HEAD = "head"  # a new connection, or a request head arriving with none in flight: the header deadline runs
     BUSY = "busy"  # a request is in flight (a pipelined one waits behind it, reading paused)
     DETACHED = "detached"  # in flight, its body read or dropped past the parser: nothing is read
     CLOSING = "closing"  # closes once what is written is out
@@ -26,7 +26,7 @@ class Phase(enum.Enum):
 
 
 NEXT: dict[enum.Enum, frozenset[Any]] = {
-    Conn.IDLE: frozenset([Conn.HEAD, Conn.BUSY, Conn.CLOSING, Conn.CLOSED]),
+    Conn.IDLE: frozenset([Conn.HEAD, Conn.CLOSING, Conn.CLOSED]),
     Conn.HEAD: frozenset([Conn.BUSY, Conn.CLOSING, Conn.UPGRADED, Conn.CLOSED]),
     Conn.BUSY: frozenset([Conn.IDLE, Conn.DETACHED, Conn.CLOSING, Conn.UPGRADED, Conn.CLOSED]),
     Conn.DETACHED: frozenset([Conn.BUSY, Conn.CLOSING, Conn.CLOSED]),
