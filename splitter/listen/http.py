@@ -27,6 +27,7 @@ import os
 import urllib.parse
 from collections import deque
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any
 
 import httptools
@@ -179,8 +180,8 @@ class HttpProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # a chunked body's trailer fields: dropped, never merged into the request head (nginx does the same)
-        self._head_bytes += len(name) + len(value) + 4  # _count's sum, inline: this runs per header
-        if self._head_bytes > MAX_HEAD_BYTES:
+        size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4  # _count's sum, inline: per header
+        if size > MAX_HEAD_BYTES:
             self._count(0)
         name = name.lower()
         if name == b"expect" and value.lower() == b"100-continue":
@@ -254,12 +255,14 @@ class HttpProtocol(asyncio.Protocol):
         """The app runs as a task of its own: the app's awaitable itself (no wrapping coroutine); its end
         is seen by a done callback (Request.ran)."""
         to(self, Conn.BUSY)
-        to(request, Phase.RUNNING)
+        if request.state is Phase.QUEUED:
+            to(request, Phase.RUNNING)
         self.current = request
         try:
-            task: asyncio.Future[Any] = asyncio.ensure_future(
-                app(request.scope, request.receive, request.send), loop=self.loop
-            )
+            run = app(request.scope, request.receive, request.send)
+            task: asyncio.Future[Any] = (
+                self.loop.create_task(run) if type(run) is CoroutineType else asyncio.ensure_future(run)
+            )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - the app failed before returning its awaitable: a 500
             task = self.loop.create_future()
             task.set_exception(exc)

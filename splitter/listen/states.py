@@ -42,9 +42,14 @@ NEXT: dict[enum.Enum, frozenset[Any]] = {
 
 
 def to(holder: Any, new: Any) -> None:
-    """The one mover of a connection's or a request's state: a move the table does not list is a bug here."""
+    """The one mover of a connection's or a request's state: a move the table does not list is a bug here.
+    (A tuple on the member, not NEXT itself: an enum's hash is a Python call, this runs a few times a request.)"""
     old = holder.state
     if new is not old:
-        if new not in NEXT[old]:
+        if new not in old.moves:
             raise RuntimeError(f"{type(holder).__name__}: no move from {old.name} to {new.name}")
         holder.state = new
+
+
+for _state, _moves in NEXT.items():
+    _state.moves = tuple(_moves)  # type: ignore[attr-defined]
