@@ -40,6 +40,7 @@ from ..bypass import CLIENT_HOOK, ClientConnection, Stall
 from .request import BAD_REQUEST, LOG, Request, refusal
 from .states import Conn, Phase, to
 from .transport import Coalescing, count_rejected, send_timed_out
+from .websocket import hand_over, request_head, wants_websocket
 
 MAX_HEAD_BYTES = 32 * 1024
 ABSOLUTE_FORM = "splitter.absolute_form"
@@ -59,9 +60,8 @@ class HttpProtocol(asyncio.Protocol):
         self.loop = _loop or asyncio.get_event_loop()
         self.tasks = server_state.tasks
         self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
-        self.keepalive_timeout, self.header_timeout, self.send_timeout = (
-            config.timeout_keep_alive, header_timeout, send_timeout
-        )  # fmt: skip
+        self.keepalive_timeout = max(config.timeout_keep_alive, 0.001)  # 0: an idle connection closes at once
+        self.header_timeout, self.send_timeout = header_timeout, send_timeout  # header_timeout 0: no limit
         self.parser = httptools.HttpRequestParser(self)
         try:  # answer the first of pipelined requests even when the client closed after sending them (uvicorn's)
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
@@ -354,37 +354,21 @@ class HttpProtocol(asyncio.Protocol):
         self.close()
 
     def _websocket(self) -> bool:
-        if self.config.ws_protocol_class is None:
-            return False
-        connection: list[bytes] = []
-        upgrade = None
-        for name, value in self._headers:
-            if name == b"connection":
-                connection = [token.lower().strip() for token in value.split(b",")]
-            elif name == b"upgrade":
-                upgrade = value.lower()
-        return upgrade == b"websocket" and b"upgrade" in connection
+        return self.config.ws_protocol_class is not None and wants_websocket(self._headers)
 
     def _upgrade(self) -> None:
-        """A WebSocket handshake goes to the WebSocket protocol with the request head, as uvicorn hands it
-        over; another Upgrade was answered as a plain request (the parser reads no body after its head)."""
+        """A WebSocket handshake goes to the WebSocket protocol; another Upgrade was answered as a plain
+        request (the parser reads no body after its head)."""
         if not self._websocket():
             LOG.warning("Unsupported upgrade request.")
             return
         to(self, Conn.UPGRADED)
         self._stop_timer()
         self.server_state.connections.discard(self)
-        head = [self.parser.get_method(), b" ", self._url, b" HTTP/1.1\r\n"]
-        for name, value in self._headers:
-            head += (name, b": ", value, b"\r\n")
-        head.append(b"\r\n")
-        protocol = self.config.ws_protocol_class(  # type: ignore[call-arg, misc]
-            config=self.config, server_state=self.server_state, app_state=self.app_state
-        )
         self.out.flush()
-        protocol.connection_made(self.transport)
-        protocol.data_received(b"".join(head))
-        self.transport.set_protocol(protocol)
+        hand_over(self.config, self.server_state, self.app_state, self.transport, request_head(
+            self.parser.get_method(), self._url, self._headers
+        ))  # fmt: skip
 
     # --- what the proxy may ask of the connection (bypass.ClientConnection) ----------------------
     def watch(self, hook: Callable[[], None] | None) -> bool:

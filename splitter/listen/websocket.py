@@ -7,10 +7,45 @@ import asyncio
 import time
 from typing import Any
 
+from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
 
 from ..bypass import CLIENT_HOOK, Stall
 from .transport import send_timed_out, waiting
+
+
+def wants_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
+    """`Connection` names `upgrade` and `Upgrade` is `websocket` (uvicorn's test, the last of each counts)."""
+    connection: list[bytes] = []
+    upgrade = None
+    for name, value in headers:
+        if name == b"connection":
+            connection = [token.lower().strip() for token in value.split(b",")]
+        elif name == b"upgrade":
+            upgrade = value.lower()
+    return upgrade == b"websocket" and b"upgrade" in connection
+
+
+def request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    head = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        head += (name, b": ", value, b"\r\n")
+    head.append(b"\r\n")
+    return b"".join(head)
+
+
+def hand_over(
+    config: Config, server_state: ServerState, app_state: dict[str, Any], transport: asyncio.Transport, head: bytes
+) -> None:
+    """The connection becomes the WebSocket protocol's, as uvicorn's own HTTP protocols hand it over: a new
+    `config.ws_protocol_class` gets the transport and the request head (it parses the handshake itself)."""
+    protocol = config.ws_protocol_class(  # type: ignore[call-arg, misc]
+        config=config, server_state=server_state, app_state=app_state
+    )
+    protocol.connection_made(transport)
+    protocol.data_received(head)
+    transport.set_protocol(protocol)
 
 
 class ProxyWebSocketProtocol(WebSocketsSansIOProtocol):

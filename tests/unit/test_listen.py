@@ -385,3 +385,40 @@ def test_every_state_move_the_table_lists_is_allowed_and_no_other():
             with pytest.raises(RuntimeError, match=f"no move from {old.name} to {new.name}"):
                 to(holder, new)
     assert set(NEXT) == {*Conn, *Phase}
+
+
+def test_a_client_that_sends_no_whole_head_within_the_header_timeout_is_dropped_without_an_answer():
+    async def scenario() -> FakeTransport:
+        cfg = uvicorn.Config(answer(), interface="asgi3", lifespan="off", log_config=None)
+        protocol = HttpProtocol(cfg, ServerState(), {}, asyncio.get_running_loop(), header_timeout=0.2)
+        t = FakeTransport()
+        protocol.connection_made(t)  # type: ignore[arg-type]
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: exa")
+        assert not t.closed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not t.closed and loop.time() < deadline:
+            protocol.data_received(b"m")  # a byte now and then does not extend the deadline (slowloris)
+            await asyncio.sleep(0.02)
+        return t
+
+    t = asyncio.run(scenario())
+    assert t.closed and t.buffer == b""
+
+
+@pytest.mark.parametrize("resumed_first", [False, True])
+def test_a_response_waits_while_the_clients_buffer_is_full_and_goes_once_it_drains(resumed_first):
+    async def scenario() -> None:
+        protocol, t = connect(answer())
+        protocol.pause_writing()
+        if resumed_first:
+            protocol.resume_writing()
+        protocol.data_received(GET)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert (t.buffer != b"") is resumed_first
+        protocol.resume_writing()
+        await until(lambda: t.buffer.endswith(b"hello"))
+        assert t.buffer == b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello" and not protocol.stalled
+
+    asyncio.run(scenario())
