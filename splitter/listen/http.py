@@ -115,6 +115,9 @@ class HttpProtocol(asyncio.Protocol):
         for request in (self.current, self.parsing, *(queued for queued, _ in self._queue)):
             if request is not None:
                 request.gone()
+        self.current = self.parsing = None  # no cycle through a scope keeps this object (or the parser) alive
+        self._queue.clear()
+        self.parser = None  # type: ignore[assignment]
         self._drained()
         hook, self._on_lost = self._on_lost, None
         if hook is not None:
