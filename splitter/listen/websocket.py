@@ -59,9 +59,9 @@ class ProxyWebSocketProtocol(WebSocketsSansIOProtocol):
     for ever: websocket.py closes that at once). `heard` is when the client last sent a ping
     or a pong of its own (not the answer to uvicorn's keepalive ping): the proxy's idle timer
     counts it as activity. Relies on `handshake_complete`, `close_sent`, `disconnected`, `conn`, `queue`,
-    `handle_ping`, `handle_pong` and `pending_ping_payload` of uvicorn's sans-I/O protocol (public names,
-    there since uvicorn 0.35; tests/integration/test_websocket.py's SIGTERM, ping flood and ping idle cases fail
-    if they change)."""
+    `handle_ping`, `handle_pong` and `pending_ping_payload` of uvicorn's sans-I/O protocol (public names;
+    `pending_ping_payload` since uvicorn 0.44, pyproject's lower bound; tests/integration/test_websocket.py's
+    SIGTERM, ping flood and ping idle cases fail if they change)."""
 
     def __init__(self, *args: Any, graceful_timeout: float = 30.0, send_timeout: float = 60.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
