@@ -3,12 +3,12 @@
 - A response body of known length goes from the upstream socket to the client socket inside the
   kernel (`splice`: splice(2) through a pipe), once the head is out and nothing of it is buffered.
 - A large request body of known length is read from the client socket itself once its first piece
-  is in (`read_past`): uvicorn's path copies each byte twice more and wakes three coroutines per read.
+  is in (`read_past`): the protocol's path copies each byte twice more and wakes coroutines per read.
 - A request body cut short (the answer came first) is read and dropped after the answer is out, then
   its socket closes (`drop_rest`: nginx's lingering close), or the kernel would reset the connection.
 
 `ClientConnection` is the server's HTTP protocol as the proxy sees it (found in a request's scope
-under CLIENT_HOOK); server.ProxyHttpProtocol implements it.
+under CLIENT_HOOK); listen.http.HttpProtocol implements it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ SPLICE_MIN = 256 * 1024  # a Content-Length body with this much left moves socke
 SPLICE_PIPE = 1024 * 1024  # the pipe between the two sockets (Linux's default pipe-max-size)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 CAN_SPLICE = hasattr(os, "splice")
-BODY_BYPASS_MIN = 1024 * 1024  # request body bytes still to come for reading them past uvicorn
+BODY_BYPASS_MIN = 1024 * 1024  # request body bytes still to come for reading them past the parser
 BODY_READ = 256 * 1024  # the most one read of such a body takes
 STALL_SAMPLES = 20  # looks a send timeout takes at whether the client took bytes: it cuts at most 5 % late
 LINGER_MAX = 30.0  # seconds the rest of a body cut short may take to arrive (and be dropped) before its socket closes
@@ -37,7 +37,7 @@ _LINGERING: set[asyncio.Task[None]] = set()
 
 
 class ClientConnection(Protocol):
-    """The client's connection as the proxy uses it (server.ProxyHttpProtocol)."""
+    """The client's connection as the proxy uses it (listen.http.HttpProtocol, splitter's own HTTP/1.1 protocol)."""
 
     stalled: bool  # cut for taking no response bytes for the send timeout
     loop: asyncio.AbstractEventLoop  # the loop serving it (asking asyncio for it costs a system call in 3.11)
@@ -46,22 +46,22 @@ class ClientConnection(Protocol):
         """Call `hook()` when the client goes away (None: stop watching). False if it already has."""
 
     async def splice_target(self, size: int) -> int | None:
-        """The client socket's fd, to take `size` response body bytes past uvicorn; None when it cannot."""
+        """The client socket's fd, to take `size` response body bytes past the protocol; None when it cannot."""
 
     def sent_outside(self, n: int) -> None:
-        """`n` response body bytes went to the client past uvicorn."""
+        """`n` response body bytes went to the client past the protocol."""
 
     def cut_stalled(self) -> None:
         """The client took no response bytes for the send timeout: abort its connection."""
 
     def take_body(self, delivered: int) -> int | None:
-        """A duplicate of the client socket's fd, to read the rest of the request body past uvicorn."""
+        """A duplicate of the client socket's fd, to read the rest of the request body past the parser."""
 
     def body_taken(self, whole: bool = True) -> None:
         """The proxy is done reading the request body itself (`whole`: to its end)."""
 
     def cut_body(self, scope: Any) -> tuple[int, int] | None:
-        """uvicorn stops reading the request body: (a duplicate fd to drop the rest from, bytes it parsed)."""
+        """The parser stops reading the request body: (a duplicate fd to drop the rest from, bytes it parsed)."""
 
     def after_close(self, hook: Callable[[], None]) -> None:
         """Call `hook()` once the connection is closed."""
@@ -229,7 +229,7 @@ def unsent(fd: int) -> int:
         return 0
 
 
-# --- a request body read past uvicorn, and the rest of one cut short ---------------------------
+# --- a request body read past the parser, and the rest of one cut short ------------------------
 async def read_past(
     body: BodyReading, fd: int, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]
 ) -> AsyncIterator[bytes]:

@@ -89,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         usage("--port and --admin-port must differ")
     if not (settings.redis_url or cfg.redis_url or cfg.redis_ha.sentinels):
         _check_state(settings, cfg)
-    from .. import server
+    from .. import listen as server
 
     try:
         return server.serve(settings, args.log_level, cfg.environment)

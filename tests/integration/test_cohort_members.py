@@ -25,9 +25,9 @@ from conftest import ROOT, eventually, routes_yaml, wait_http
 from splitter.app import App
 from splitter.config import MAX_COHORT_MEMBERS, Cohort, Config, parse
 from splitter.history import describe
+from splitter.listen import bind
 from splitter.routes import RouteTable
 from splitter.runtime import Runtime, Settings
-from splitter.server import bind
 
 TOKEN = "cohort-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

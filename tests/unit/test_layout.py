@@ -1,7 +1,7 @@
 """The house rules, checked: no import cycles (type-only imports included, so every module can
 be read bottom-up; a package such as cli/ or config/ is one node); the environment is read in one
 place (cli/environ.py, for the CLI, which turns it into Settings); data flows down (runtime.py, the
-shared state, imports none of the layers that use it; server.py does not import cli)."""
+shared state, imports none of the layers that use it; listen/ does not import cli)."""
 
 import ast
 from pathlib import Path
@@ -88,8 +88,27 @@ def test_only_cli_reads_the_environment():
 
 def test_data_flows_down_runtime_is_a_leaf_of_the_layers():
     graph = imports()
-    assert not graph["runtime"] & {"app", "proxy", "admin", "guard", "rollout", "shadow", "server", "cli"}
-    assert "cli" not in graph["server"]
+    assert not graph["runtime"] & {"app", "proxy", "admin", "guard", "rollout", "shadow", "listen", "cli"}
+    assert "cli" not in graph["listen"]
+    assert not graph["proxy"] & {"listen", "app"}, "the proxy is an ASGI app: it knows the connection only as bypass.py's"
+
+
+def test_no_private_uvicorn_name_is_used():
+    """splitter's own HTTP protocol runs under uvicorn.Server through its public hooks (Config(http=...)):
+    no uvicorn class replaced, no underscore name imported, so uvicorn is not pinned to a minor version."""
+    used = []
+    for path in sorted(PKG.rglob("*.py")):
+        text = path.read_text()
+        if "httptools_impl" in text or "RequestResponseCycle" in text:
+            used.append(f"{path.relative_to(ROOT)}: uvicorn's httptools protocol")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("uvicorn"):
+                private = [a.name for a in node.names if a.name.startswith("_")] + [
+                    m for m in (node.module or "").split(".") if m.startswith("_")
+                ]
+                if private:
+                    used.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module} {private}")
+    assert used == []
 
 
 def test_no_function_in_the_package_is_longer_than_80_lines():

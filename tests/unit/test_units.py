@@ -94,11 +94,11 @@ def test_path_normalisation(raw, forward, match):
 
 
 def test_client_writes_of_one_loop_step_go_out_together_in_order():
-    """server._Coalescing: a response head and body written in one step reach the socket as
+    """listen.transport.Coalescing: a response head and body written in one step reach the socket as
     one writelines call (one send), in order; close() sends what is pending first; abort drops it."""
     import asyncio
 
-    from splitter.server import _Coalescing
+    from splitter.listen.transport import Coalescing
 
     class Recording:
         def __init__(self) -> None:
@@ -128,9 +128,9 @@ def test_client_writes_of_one_loop_step_go_out_together_in_order():
     async def scenario() -> list[list[tuple[str, object]]]:
         loop = asyncio.get_running_loop()
 
-        def wrapped() -> tuple[Recording, _Coalescing]:
+        def wrapped() -> tuple[Recording, Coalescing]:
             t = Recording()
-            return t, _Coalescing(t, loop)  # type: ignore[arg-type]
+            return t, Coalescing(t, loop)  # type: ignore[arg-type]
 
         t, c = wrapped()
         c.write(b"HTTP/1.1 200 OK\r\n\r\n")
@@ -252,20 +252,19 @@ HEADS = [
 @pytest.mark.parametrize("keep_alive", [True, False])
 @pytest.mark.parametrize(("status", "headers"), HEADS)
 def test_the_servers_response_head_is_uvicorns_byte_for_byte(status, headers, keep_alive, method):
-    """server._Cycle builds the head itself (one check for all fields): the bytes, and the state the body
-    messages rely on (length, chunking, keep-alive), are what uvicorn's own send makes."""
+    """listen.request.response_head builds the head in one pass (one check for all fields): the bytes, and
+    the framing the body messages rely on (length or chunked, keep-alive), are what uvicorn's own cycle makes."""
     from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-    from splitter.server import _Cycle
+    from splitter.listen.request import response_head
 
     message = {"type": "http.response.start", "status": status, "headers": headers}
-    ours, t_ours = _cycle(_Cycle, method, keep_alive)
     theirs, t_theirs = _cycle(RequestResponseCycle, method, keep_alive)
-    asyncio.run(_send(ours, message))
     asyncio.run(_send(theirs, message))
-    assert t_ours.out == t_theirs.out
-    state = ("chunked_encoding", "expected_content_length", "keep_alive", "response_started")
-    assert [getattr(ours, a) for a in state] == [getattr(theirs, a) for a in state]
+    head, length, alive = response_head(status, headers, method == "HEAD", keep_alive)
+    assert [head] == t_theirs.out
+    framing = None if theirs.chunked_encoding else theirs.expected_content_length
+    assert (length, alive) == (framing, theirs.keep_alive)
 
 
 async def _send(cycle, message):
@@ -273,26 +272,18 @@ async def _send(cycle, message):
 
 
 @pytest.mark.parametrize(("name", "value"), [(b"bad name", b"v"), (b"x", b"a\r\nb"), (b"x", b"\x00"), (b"(x)", b"v")])
-def test_a_header_uvicorn_refuses_is_refused_by_the_fast_head_too(name, value):
-    from splitter.server import _Cycle
+def test_a_header_uvicorn_refuses_is_refused_by_the_one_pass_head_too(name, value):
+    """The same error uvicorn raises (the app sees the same failure), and nothing is built."""
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-    cycle, transport = _cycle(_Cycle)
-    with pytest.raises(RuntimeError, match="Invalid HTTP header"):
-        asyncio.run(_send(cycle, {"type": "http.response.start", "status": 200, "headers": [(name, value)]}))
-    assert transport.out == []
+    from splitter.listen.request import response_head
 
-
-def test_uvicorn_makes_each_requests_cycle_from_the_servers_class():
-    """The name uvicorn's on_headers_complete looks up is the proxy's cycle (if uvicorn stops looking it up
-    by that name, the head is uvicorn's again: slower, not wrong; this says so)."""
-    import inspect
-
-    from uvicorn.protocols.http import httptools_impl
-
-    from splitter.server import _Cycle
-
-    assert httptools_impl.RequestResponseCycle is _Cycle
-    assert "RequestResponseCycle(" in inspect.getsource(httptools_impl.HttpToolsProtocol.on_headers_complete)
+    theirs, _ = _cycle(RequestResponseCycle)
+    with pytest.raises(RuntimeError) as uvicorns:
+        asyncio.run(_send(theirs, {"type": "http.response.start", "status": 200, "headers": [(name, value)]}))
+    with pytest.raises(RuntimeError, match="Invalid HTTP header") as ours:
+        response_head(200, [(name, value)], False, True)
+    assert str(ours.value) == str(uvicorns.value)
 
 
 def test_a_route_lookup_is_remembered_and_the_memory_is_bounded():

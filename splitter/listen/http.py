@@ -1,0 +1,490 @@
+"""splitter's client-side HTTP/1.1 protocol: an asyncio.Protocol on httptools serving one ASGI app.
+
+It keeps uvicorn's HTTP semantics (scope, receive/send, keep-alive, HTTP/1.0, pipelining, 100-continue,
+the response's framing and length check, the 400 and 500 answers, byte for byte) and adds what a proxy
+in front of production needs:
+  - absolute-form targets (`GET http://host/x`) are flagged (ABSOLUTE_FORM) so the proxy answers 400;
+  - a request head larger than MAX_HEAD_BYTES gets 431 (nginx's 4 x 8k); a chunked body's trailers are dropped;
+  - a client has `header_timeout` seconds to send a whole request head (slowloris);
+  - a client that takes no response bytes for `send_timeout` seconds is cut (nginx's send_timeout):
+    timed while the transport's write buffer is full, and by the splice's own wait (`cut_stalled`).
+Large bodies skip the parser: a download's is spliced socket to socket in the kernel (`splice_target`,
+then `sent_outside` for the length check); an upload's is read from the client socket by the proxy
+(`take_body`, then `body_taken`). An answer that goes out before its request body is all in (`cut_body`)
+closes the connection after it, and the proxy reads and drops the rest first (`after_close`: lingering close).
+`ClientConnection` (bypass.py) is this protocol as the proxy sees it, found in each scope under CLIENT_HOOK.
+
+uvicorn.Server still owns the sockets, lifespan, signals and graceful shutdown: this class is its
+`Config(http=...)`; it registers in `server_state.connections` and stops on `shutdown()`. WebSocket
+upgrades are handed to `config.ws_protocol_class` with the request head. A connection is in one `Conn`
+state and each request in one `Phase` (listen/states.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.parse
+from collections import deque
+from collections.abc import Callable
+from types import CoroutineType
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.server import ServerState
+
+from ..bypass import CLIENT_HOOK, ClientConnection, Stall
+from .request import BAD_REQUEST, LOG, Request, refusal
+from .states import Conn, Phase, to
+from .transport import Coalescing, count_rejected, send_timed_out
+from .websocket import hand_over, request_head, wants_websocket
+
+MAX_HEAD_BYTES = 32 * 1024
+ABSOLUTE_FORM = "splitter.absolute_form"
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection (uvicorn.Config(http=...) builds one per accepted socket)."""
+
+    def __init__(
+        self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None, *, header_timeout: float = 30.0, send_timeout: float = 60.0,
+    ) -> None:  # fmt: skip
+        if not config.loaded:
+            config.load()
+        self.config, self.server_state, self.app_state = config, server_state, app_state
+        self.app = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.tasks = server_state.tasks
+        self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
+        self.keepalive_timeout = max(config.timeout_keep_alive, 0.001)  # 0: an idle connection closes at once
+        self.header_timeout, self.send_timeout = header_timeout, send_timeout  # header_timeout 0: no limit
+        self.parser = httptools.HttpRequestParser(self)
+        try:  # answer the first of pipelined requests even when the client closed after sending them (uvicorn's)
+            self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        except AttributeError:  # httptools < 0.6.3
+            pass
+        self.state = Conn.HEAD  # its header deadline runs from the accept, not from the first byte
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # until connection_made
+        self.out: Coalescing = None  # type: ignore[assignment]
+        self.server: tuple[str, int | None] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.stalled = False  # cut for taking no response bytes for send_timeout seconds
+        self.write_paused = False  # the client's write buffer is over the high-water mark
+        self.current: Request | None = None  # the request whose response is going out
+        self.parsing: Request | None = None  # the last request parsed: the body the parser reads is its
+        self._queue: deque[tuple[Request, Any]] = deque()  # pipelined requests, with the app to run for each
+        self._keep_alive = True  # False once the server stops: no request after the one in flight
+        self._requests = 0
+        self._read_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._send_clock: Stall | None = None  # runs while the client's write buffer is full
+        self._deadline: float | None = None  # loop time by which a request head must be whole, or the idle end
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._url = b""  # the request head being parsed
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._in_head = False  # False after the head: header fields now are a chunked body's trailers
+        self._expect_100 = self._absolute = self._too_large = False
+        self._on_lost: Callable[[], None] | None = None
+        self._after_close: Callable[[], None] | None = None
+        self._splicing: Request | None = None  # the request whose body splice_target handed the socket out for
+
+    # --- the transport's events ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.server_state.connections.add(self)  # type: ignore[arg-type]  # uvicorn's set takes any protocol
+        self.transport = transport  # type: ignore[assignment]  # a stream transport
+        self.out = Coalescing(self.transport, self.loop)
+        self.server = get_local_addr(self.transport)
+        self.client = get_remote_addr(self.transport)
+        self.scheme = "https" if is_ssl(self.transport) else "http"
+        self._expire(self.header_timeout)  # a new connection has header_timeout seconds to send its first head
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server_state.connections.discard(self)
+        to(self, Conn.CLOSED)
+        self._stop_timer()
+        if self._send_clock is not None:
+            self._send_clock.cancel()
+            self._send_clock = None
+        for request in (self.current, self.parsing, *(queued for queued, _ in self._queue)):
+            if request is not None:
+                request.gone()
+        self.current = self.parsing = None  # no cycle through a scope keeps this object (or the parser) alive
+        self._queue.clear()
+        self.parser = None  # type: ignore[assignment]
+        self._drained()
+        hook, self._on_lost = self._on_lost, None
+        if hook is not None:
+            hook()  # the proxy cancels the upstream request at once
+        after, self._after_close = self._after_close, None
+        if after is not None:
+            after()
+
+    def eof_received(self) -> None:
+        """The client shut its side: the transport closes (a half-closed client gets no answer, as with uvicorn)."""
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is Conn.IDLE:
+            to(self, Conn.HEAD)
+            self._expire(self.header_timeout)  # bytes of a new request head are arriving
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgrade()
+        except httptools.HttpParserError:
+            self._refuse_head()
+
+    def pause_writing(self) -> None:
+        """The client is not taking bytes as fast as they come: it has send_timeout seconds to take some."""
+        self.write_paused = True
+        if self._send_clock is None:
+            self._send_clock = Stall(self.loop, self.send_timeout, self.out.taken, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._drained()
+        clock, self._send_clock = self._send_clock, None
+        if clock is not None:
+            clock.cancel()
+
+    def shutdown(self) -> None:
+        """Graceful stop (uvicorn.Server calls it on each connection). One with no request in flight closes
+        now, one in flight after its response; one accepted a moment ago has its first request on the way,
+        so it gets a short grace instead of a reset (the rolling-restart test catches this)."""
+        self._keep_alive = False
+        if self.current is not None:
+            self.current.keep_alive = False
+        elif self._requests == 0 and not self.out.is_closing():
+            self.loop.call_later(1.0, self._close_if_idle)
+        else:
+            self.close()
+
+    def _close_if_idle(self) -> None:
+        if self.current is None:
+            self.close()
+
+    # --- the parser's callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._head_bytes, self._in_head = b"", [], 0, True
+        self._expect_100 = self._absolute = False
+
+    def on_url(self, url: bytes) -> None:
+        if not self._url and not url.startswith(b"/") and url != b"*":
+            self._absolute = True
+        self._url += url
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a chunked body's trailer fields: dropped, never merged into the request head (nginx does the same)
+        size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4  # _count's sum, inline: per header
+        if size > MAX_HEAD_BYTES:
+            self._count(0)
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self._expect_100 = True
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._deadline = None  # the head is whole: the timer, when it fires, finds no deadline
+        self._requests += 1
+        parser = self.parser
+        if parser.should_upgrade() and self._websocket():
+            self.parsing = None
+            return  # data_received hands the connection over
+        version, method = parser.get_http_version(), parser.get_method().decode("ascii")
+        url = httptools.parse_url(self._url)
+        raw_path = url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        extensions: dict[str, Any] = {CLIENT_HOOK: self}
+        if self._absolute:
+            extensions[ABSOLUTE_FORM] = {}
+        root = self.config.root_path
+        scope = {
+            "type": "http", "asgi": self.asgi, "http_version": version, "server": self.server, "client": self.client,
+            "scheme": self.scheme, "method": method, "root_path": root, "path": root + path,
+            "raw_path": root.encode("ascii") + raw_path if root else raw_path, "query_string": url.query or b"",
+            "headers": self._headers, "state": self.app_state.copy(), "extensions": extensions,
+        }  # fmt: skip
+        keep_alive = self._keep_alive and version != "1.0" and parser.should_keep_alive()
+        request = self.parsing = Request(self, scope, keep_alive, self._expect_100, self.current is not None)
+        app = self.app if self._within_limit() else service_unavailable
+        if self.current is None:
+            self._run(request, app)
+        else:  # pipelined: it waits for the one in flight, and nothing more is read meanwhile
+            self._queue.append((request, app))
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        request = self.parsing
+        if request is None:
+            return
+        request.parsed += len(body)
+        if request.state is Phase.DONE:
+            return
+        request.body += body
+        if len(request.body) > HIGH_WATER_LIMIT:
+            self.pause_reading()
+        request.wake()
+
+    def on_message_complete(self) -> None:
+        request = self.parsing
+        if request is not None:
+            request.more_body = False
+            if request.state is not Phase.DONE:
+                request.wake()
+
+    def _count(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._too_large = True
+            raise ValueError("request head too large")  # the parser turns this into HttpParserError
+
+    def _within_limit(self) -> bool:
+        limit = self.config.limit_concurrency
+        return limit is None or (len(self.server_state.connections) < limit and len(self.tasks) < limit)
+
+    # --- requests -----------------------------------------------------------------------------
+    def _run(self, request: Request, app: Any) -> None:
+        """The app runs as a task of its own: the app's awaitable itself (no wrapping coroutine); its end
+        is seen by a done callback (Request.ran)."""
+        to(self, Conn.BUSY)
+        if request.state is Phase.QUEUED:
+            to(request, Phase.RUNNING)
+        self.current = request
+        try:
+            run = app(request.scope, request.receive, request.send)
+            task: asyncio.Future[Any] = (
+                self.loop.create_task(run) if type(run) is CoroutineType else asyncio.ensure_future(run)
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the app failed before returning its awaitable: a 500
+            task = self.loop.create_future()
+            task.set_exception(exc)
+        self.tasks.add(task)  # type: ignore[arg-type]  # uvicorn's shutdown waits for these
+        task.add_done_callback(request.ran)
+
+    def response_done(self, request: Request) -> None:
+        """The response is complete: the connection closes, or serves the next pipelined request, or waits."""
+        self.server_state.total_requests += 1
+        self.current = None
+        if not request.keep_alive:
+            self.close()
+            return
+        if self.out.is_closing():
+            return
+        self.resume_reading()
+        if self._queue:
+            self._run(*self._queue.popleft())
+        else:
+            to(self, Conn.IDLE)
+            self._expire(self.keepalive_timeout)
+
+    def pause_reading(self) -> None:
+        if not self._read_paused:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Reading resumes, unless the proxy reads the body past the parser (DETACHED)."""
+        if self._read_paused and self.state is not Conn.DETACHED:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def drained(self) -> asyncio.Future[None]:
+        if self._drain is None:
+            self._drain = self.loop.create_future()
+        return self._drain
+
+    def _drained(self) -> None:
+        fut, self._drain = self._drain, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def close(self) -> None:
+        if self.state is not Conn.CLOSING and self.state is not Conn.CLOSED and self.state is not Conn.UPGRADED:
+            to(self, Conn.CLOSING)
+            self.out.close()
+
+    # --- the head deadline, the idle end ------------------------------------------------------
+    def _expire(self, timeout: float) -> None:
+        """The connection closes unless a request is in flight within `timeout` seconds (0: no limit). A
+        deadline per wait and one timer per connection that, when it fires early, waits again for the
+        time left (not a timer made and cancelled per request); moved earlier only when it must be."""
+        if timeout <= 0:
+            self._deadline = None
+            return
+        deadline = self._deadline = self.loop.time() + timeout
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = self.loop.call_later(timeout, self._expired), deadline
+
+    def _expired(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or (self.state is not Conn.IDLE and self.state is not Conn.HEAD):
+            return
+        left = deadline - self.loop.time()
+        if left > 0:
+            self._timer, self._timer_at = self.loop.call_later(left, self._expired), deadline
+            return
+        self._deadline = None
+        self.close()  # no complete request head in time (nginx's client_header_timeout), or idle too long
+
+    def _stop_timer(self) -> None:
+        """The connection is gone, or is the WebSocket protocol's now: its timer must not keep this object."""
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # --- answers without the app: bad heads, upgrades -----------------------------------------
+    def _refuse_head(self) -> None:
+        """A request head the parser refuses: uvicorn's 400, byte for byte; over MAX_HEAD_BYTES a 431."""
+        count_rejected(self.app, "headers_too_large" if self._too_large else "bad_request")
+        if not self._too_large:
+            LOG.warning(BAD_REQUEST)
+        self.out.write(refusal(self._too_large, self.server_state.default_headers))
+        self.close()
+
+    def _websocket(self) -> bool:
+        return self.config.ws_protocol_class is not None and wants_websocket(self._headers)
+
+    def _upgrade(self) -> None:
+        """A WebSocket handshake goes to the WebSocket protocol; another Upgrade was answered as a plain
+        request (the parser reads no body after its head)."""
+        if not self._websocket():
+            LOG.warning("Unsupported upgrade request.")
+            return
+        to(self, Conn.UPGRADED)
+        self._stop_timer()
+        self.server_state.connections.discard(self)
+        self.out.flush()
+        hand_over(self.config, self.server_state, self.app_state, self.transport, request_head(
+            self.parser.get_method(), self._url, self._headers
+        ))  # fmt: skip
+
+    # --- what the proxy may ask of the connection (bypass.ClientConnection) ----------------------
+    def watch(self, hook: Callable[[], None] | None) -> bool:
+        """Call `hook()` when the client goes away (None: stop watching). False if it already has."""
+        if hook is not None and (self.transport is None or self.out.is_closing()):
+            return False
+        self._on_lost = hook
+        return True
+
+    async def splice_target(self, size: int) -> int | None:
+        """The client socket, to take `size` body bytes of the response going out that bypass the protocol
+        (bypass.splice), once all written before them has reached the kernel; None when it cannot (a
+        chunked or shorter response, a closing connection, a client not reading fast enough)."""
+        request, out = self.current, self.out
+        if request is None or request.state is not Phase.SENDING or request.left is None or request.left < size:
+            return None
+        if out.is_closing():
+            return None
+        out.flush()
+        if out.get_write_buffer_size():
+            await asyncio.sleep(0)  # uvloop sends what it queued at the end of this loop step
+            if out.get_write_buffer_size() or out.is_closing():
+                return None
+        sock = out.get_extra_info("socket")
+        if sock is None:
+            return None
+        self._splicing = request
+        return int(sock.fileno())
+
+    def sent_outside(self, n: int) -> None:
+        """`n` body bytes went to the client past the protocol: counted against the Content-Length check
+        of the response they belong to (the one splice_target handed the socket out for)."""
+        request, self._splicing = self._splicing, None
+        if request is not None and request.left is not None:
+            request.left -= n
+
+    def take_body(self, delivered: int) -> int | None:
+        """A duplicate of the client socket's fd, for reading the rest of the request body past the parser;
+        only when all it has parsed of the body (`delivered` bytes) reached the app. Nothing is read
+        meanwhile, and the connection closes after the response: the parser would take the next
+        request's bytes for this body."""
+        request, sock = self.parsing, self.out.get_extra_info("socket")
+        if request is None or request.parsed != delivered or self.out.is_closing() or sock is None:
+            return None
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError:
+            return None  # out of file descriptors: the parser reads it
+        self._detach(request)
+        return fd
+
+    def body_taken(self, whole: bool = True) -> None:
+        """The proxy is done reading the body itself: the parser reads again, to hear of a disconnect.
+        Not `whole`: the client closed or reset mid-body; no answer goes out (a 500 to a request that
+        never arrived), the connection closes."""
+        if whole:
+            if self.state is Conn.DETACHED:
+                to(self, Conn.BUSY)
+                self.resume_reading()
+            return
+        if self.parsing is not None:
+            self.parsing.gone()
+        self.close()
+
+    def cut_body(self, scope: Any) -> tuple[int, int] | None:
+        """The app reads no more of the request body of `scope` (the answer came first): a duplicate of the
+        client socket to read the rest from and drop it, and how many body bytes the parser handed on.
+        Nothing more is read, and the connection closes after the response. None when the parser has
+        the whole body already (nothing is left to drop: the connection lives on) or it is closing."""
+        request, sock = self.parsing, self.out.get_extra_info("socket")
+        if request is None or scope is not request.scope or not request.more_body or self.out.is_closing():
+            return None
+        if sock is None:
+            return None
+        request.keep_alive = False
+        try:
+            fd = os.dup(sock.fileno())
+        except OSError:
+            return None  # out of file descriptors: it closes without reading the rest
+        self._detach(request)
+        return fd, request.parsed
+
+    def _detach(self, request: Request) -> None:
+        request.keep_alive = False
+        self.pause_reading()
+        to(self, Conn.DETACHED)
+
+    def after_close(self, hook: Callable[[], None]) -> None:
+        """Call `hook()` once the connection is closed (all written before has reached the kernel), at once if it is."""
+        if self.state is Conn.CLOSED:
+            hook()
+        else:
+            self._after_close = hook
+
+    def cut_stalled(self) -> None:
+        """The client took no response bytes for send_timeout seconds (nginx's send_timeout): abort the
+        connection; the proxy's `watch` hook frees the upstream connection. Counted and logged."""
+        if self.stalled:
+            return
+        self.stalled = True
+        send_timed_out(self.app, self.client, self.send_timeout)
+        if self.current is not None:
+            self.current.gone()  # the app's return is not "an incomplete response" (connection_lost comes later)
+        if self.state is not Conn.CLOSED:
+            to(self, Conn.CLOSING)
+        self.out.abort()
+
+    def _send_stalled(self) -> None:
+        """Also when the connection is closing: a close waits for the buffer to drain, which never comes."""
+        self._send_clock = None
+        if self.state is not Conn.CLOSED:
+            self.cut_stalled()
+
+
+def _check(protocol: HttpProtocol) -> ClientConnection:
+    return protocol  # what the proxy may call on it, checked by mypy
