@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from .call import Call
 from .logs import ACCESS
+from .record import RequestRecord
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -24,7 +24,7 @@ class Outcomes:
         self.rt = runtime
         self.access_log = runtime.settings.access_log
 
-    def finish(self, call: Call) -> None:
+    def finish(self, call: RequestRecord) -> None:
         """Every HTTP request ends here, whatever its exit: its metrics, the windows and the access-log
         line. OPTIONS * (no role) only logs; a refusal counts as rejected."""
         error = call.error
@@ -46,7 +46,7 @@ class Outcomes:
         if self.access_log:
             self._log(call, elapsed)
 
-    def upgrade(self, call: Call, status: int, result: str, kind: str | None = None) -> None:
+    def upgrade(self, call: RequestRecord, status: int, result: str, kind: str | None = None) -> None:
         """A WebSocket handshake's end, as a request: accepted (101), refused by the backend or failed
         (`kind`: the error it is counted as)."""
         assert call.role is not None and call.handler is not None
@@ -59,7 +59,7 @@ class Outcomes:
 
     def record(
         self,
-        call: Call,
+        call: RequestRecord,
         error: bool,
         judged: bool = True,
         elapsed: float | None = None,
@@ -86,7 +86,7 @@ class Outcomes:
                 kind = str(status)
             windows.record(call.role, time.time(), error, seconds, kind, call.path)
 
-    def _log(self, call: Call, elapsed: float) -> None:
+    def _log(self, call: RequestRecord, elapsed: float) -> None:
         fields = {
             "event": "request",
             "request_id": call.request_id,
@@ -114,7 +114,7 @@ class Outcomes:
         ACCESS.write(fields)
 
 
-def log_websocket(call: Call, status: int, **more: Any) -> None:
+def log_websocket(call: RequestRecord, status: int, **more: Any) -> None:
     """A WebSocket's line (`event: websocket`): at its end, or when its handshake failed."""
     _ws_log.info(
         "websocket", request_id=call.request_id, path=call.path, route=call.route_name, handler=call.handler,

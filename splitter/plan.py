@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from . import bucketing
-from .call import Call
 from .config import ROLES, UID_COOKIE, Config, Route
 from .decide import Facts, decide
 from .headers import DROP_UPSTREAM, DROP_UPSTREAM_TRUSTED, KEPT, connection_tokens
+from .record import RequestRecord
 from .refused import Refused
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def _peer_trusted(peer: str, networks: tuple[Any, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
-def begin(scope: Scope) -> tuple[Call, dict[bytes, bytes], int]:
+def begin(scope: Scope) -> tuple[RequestRecord, dict[bytes, bytes], int]:
     """The request's record, its headers by name, and how many Host headers it had."""
     raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
     hd = dict(raw_headers)
@@ -83,8 +83,8 @@ def begin(scope: Scope) -> tuple[Call, dict[bytes, bytes], int]:
     raw_rid = hd.get(b"x-request-id")
     if raw_rid is not None and _SANE_REQUEST_ID(raw_rid):
         rid = raw_rid.decode("ascii")  # the client's, kept unless the backend checks ids (Planner.outbound)
-        return Call(scope, rid, hd, rid), hd, hosts
-    return Call(scope, _new_request_id(), hd, None), hd, hosts
+        return RequestRecord(scope, rid, hd, rid), hd, hosts
+    return RequestRecord(scope, _new_request_id(), hd, None), hd, hosts
 
 
 class _RequestIds:
@@ -187,7 +187,7 @@ class Planner:
         s = runtime.settings
         self.force_token = s.force_token.encode() if s.force_token else None
 
-    def prepare(self, scope: Scope) -> Call:
+    def prepare(self, scope: Scope) -> RequestRecord:
         """The same decision for an upgrade: the call with its outbound request (target, headers,
         Set-Cookie); raises Refused."""
         call, hd, hosts = begin(scope)
@@ -199,7 +199,7 @@ class Planner:
         plan_into(self, scope, call, hd, snap)
         return call
 
-    def choose(self, scope: Scope, call: Call, snap: Snapshot) -> Choice:
+    def choose(self, scope: Scope, call: RequestRecord, snap: Snapshot) -> Choice:
         """decide() for this request: its route, role, backend, bucket, reason and handler, and the
         Set-Cookie that remembers a new anonymous id."""
         cfg = snap.config
@@ -228,7 +228,7 @@ class Planner:
             return None
         return role
 
-    def outbound(self, scope: Scope, call: Call, hd: dict[bytes, bytes], cfg: Config) -> Outbound:
+    def outbound(self, scope: Scope, call: RequestRecord, hd: dict[bytes, bytes], cfg: Config) -> Outbound:
         """The outbound headers, and the client (a trusted proxy may name it), request id and client's
         request id the log and the answer carry."""
         peer = client = call.client
@@ -276,7 +276,7 @@ class Planner:
         return self.force_token is not None and token is not None and hmac.compare_digest(token, self.force_token)
 
 
-def plan_into(planner: Planner, scope: Scope, call: Call, hd: dict[bytes, bytes], snap: Snapshot) -> None:
+def plan_into(planner: Planner, scope: Scope, call: RequestRecord, hd: dict[bytes, bytes], snap: Snapshot) -> None:
     """Steps 2 and 3 into the record: the one place they write it (a function, not a method: one lookup less
     per request on the hot path)."""
     (

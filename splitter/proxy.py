@@ -3,7 +3,7 @@ and stream back.
 
 Modelled on Go's httputil.ReverseProxy: the inbound request is never mutated, one function maps
 upstream failures (upstream.map_upstream_error); once the response head is sent, a failure aborts the
-connection instead of writing a second status. One per-request record (`Call`, like Go's ProxyRequest:
+connection instead of writing a second status. One per-request record (`RequestRecord`, like Go's ProxyRequest:
 the inbound headers and the outbound target and headers) carries what the steps decide. Every exit
 ends in `Outcomes.finish` (outcomes.py): the metrics, the windows and the canonical log line.
 
@@ -24,12 +24,12 @@ from multidict import CIMultiDict
 from . import bypass
 from .body import RequestBody
 from .bypass import CLIENT_HOOK, ClientConnection
-from .call import Call, error_body
 from .config import Route, ShadowSpec
 from .headers import dropped_downstream
 from .outcomes import Outcomes
 from .plan import Planner, begin, checked_target, plan_into
 from .plan import normalize_path as normalize_path  # the framing suite's import
+from .record import RequestRecord, error_body
 from .refused import Refused
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
 from .shadow import Mirrored, Shadow
@@ -79,12 +79,12 @@ class Proxy:
         plan_into(self.planner, scope, call, hd, snap)
         return self._forward(scope, receive, send, call)
 
-    async def _refused(self, call: Call, send: Send, refusal: Refused) -> None:
+    async def _refused(self, call: RequestRecord, send: Send, refusal: Refused) -> None:
         call.unplanned()
         await self._answer_refusal(call, send, refusal)
         self.outcomes.finish(call)
 
-    async def _options(self, call: Call, send: Send) -> None:
+    async def _options(self, call: RequestRecord, send: Send) -> None:
         call.unplanned()
         headers = [(b"allow", _ALLOW), (b"content-length", b"0"), (b"x-request-id", call.request_id.encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -92,7 +92,7 @@ class Proxy:
         call.status = 200
         self.outcomes.finish(call)
 
-    async def _answer_refusal(self, call: Call, send: Send, refusal: Refused) -> None:
+    async def _answer_refusal(self, call: RequestRecord, send: Send, refusal: Refused) -> None:
         """The proxy's own 400, 408 or 413 (the caller then ends the request in Outcomes.finish)."""
         call.refused = True
         call.status = refusal.status
@@ -102,7 +102,7 @@ class Proxy:
 
     # --- forward and stream back ------------------------------------------------------------
     def _exchange_parts(
-        self, scope: Scope, receive: Receive, call: Call
+        self, scope: Scope, receive: Receive, call: RequestRecord
     ) -> tuple[Exchange, RequestBody | None, Any, bool]:
         """What one exchange needs, made before it starts: the exchange, the request body (None: none),
         the client connection (to hear of a disconnect), and whether a shadow copy is kept."""
@@ -124,7 +124,7 @@ class Proxy:
             ex.abort()  # already gone
         return ex, body, client, shadowing
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, call: Call) -> None:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, call: RequestRecord) -> None:
         """The exchange with the upstream and the answer relayed (one coroutine: this is the hot path);
         every exit leaves its outcome on the call, and the request ends in _finish."""
         ex, body, client, shadowing = self._exchange_parts(scope, receive, call)
@@ -184,7 +184,7 @@ class Proxy:
         self.outcomes.finish(call)
 
     async def _stream(
-        self, ex: Exchange, send: Send, call: Call, tee: list[bytes] | None, client: ClientConnection | None
+        self, ex: Exchange, send: Send, call: RequestRecord, tee: list[bytes] | None, client: ClientConnection | None
     ) -> str | None:
         """Copy the rest of the body; returns None when whole, else why it stopped. A large body of
         known length, not kept for a shadow comparison, goes socket to socket in the kernel."""
@@ -220,7 +220,7 @@ class Proxy:
         return None
 
     def _shadow(
-        self, route: Route, call: Call, body: RequestBody | None, ex: Exchange, resp_tee: list[bytes] | None
+        self, route: Route, call: RequestRecord, body: RequestBody | None, ex: Exchange, resp_tee: list[bytes] | None
     ) -> None:
         complete = resp_tee is not None and len(resp_tee) <= 1024 and sum(map(len, resp_tee)) <= SHADOW_MAX_BODY
         response = (ex.status, _multidict(ex.headers), b"".join(resp_tee or ())) if complete else None
@@ -232,7 +232,7 @@ class Proxy:
         mirrored = Mirrored(route, call.role, call.method, target, _multidict(call.headers), req_body, response)
         self.shadow.launch(mirrored)
 
-def _with_body(call: Call, ex: Exchange, body: RequestBody) -> list[tuple[bytes, bytes]]:
+def _with_body(call: RequestRecord, ex: Exchange, body: RequestBody) -> list[tuple[bytes, bytes]]:
     """The outbound headers of a request with a body: its end is tied to the answer (or a failure), and a
     client's `Expect: 100-continue` is passed on, so the body waits for the upstream's go-ahead."""
     ex.head.add_done_callback(body.interrupt)  # the answer ends the body at once
@@ -241,7 +241,7 @@ def _with_body(call: Call, ex: Exchange, body: RequestBody) -> list[tuple[bytes,
     return call.headers
 
 
-def _downstream_headers(ex: Exchange, call: Call) -> list[tuple[bytes, bytes]]:
+def _downstream_headers(ex: Exchange, call: RequestRecord) -> list[tuple[bytes, bytes]]:
     """The answer's head for the client: the upstream's fields less hop-by-hop ones, its length as the
     exchange parsed it (none on 204/304: it would describe the representation, not this empty body; none
     for a chunked or until-EOF body, which the server frames itself), and the proxy's own fields."""

@@ -25,9 +25,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .bypass import CLIENT_HOOK
-from .call import Call, error_body
 from .outcomes import Outcomes, log_websocket
 from .plan import Planner
+from .record import RequestRecord, error_body
 from .refused import Refused
 from .upstream import ProtocolFailed, UpstreamError, map_upstream_error
 
@@ -58,7 +58,7 @@ class Session:
     """One relayed connection: the client's ASGI side and the upstream client."""
 
     def __init__(
-        self, call: Call, upstream: ClientConnection, receive: Receive, send: Send, idle_s: float, rt: Runtime
+        self, call: RequestRecord, upstream: ClientConnection, receive: Receive, send: Send, idle_s: float, rt: Runtime
     ) -> None:
         self.call, self.upstream, self.receive, self.send = call, upstream, receive, send
         self.idle_s, self.rt = idle_s, rt
@@ -246,7 +246,7 @@ class WebSockets:
             call.status = 101
             _log_session(call, session)
 
-    async def _refused(self, scope: Scope, send: Send, call: Call, exc: InvalidStatus) -> None:
+    async def _refused(self, scope: Scope, send: Send, call: RequestRecord, exc: InvalidStatus) -> None:
         """The backend said no: the client gets its answer (status, headers, body)."""
         assert call.role is not None and call.handler is not None
         status = exc.response.status_code
@@ -261,7 +261,7 @@ class WebSockets:
         await _deny(scope, send, status, headers, bytes(exc.response.body or b""))
         log_websocket(call, status, error=kind, detail=call.detail)
 
-    async def _failed(self, scope: Scope, send: Send, call: Call, err: UpstreamError) -> None:
+    async def _failed(self, scope: Scope, send: Send, call: RequestRecord, err: UpstreamError) -> None:
         assert call.handler is not None
         self.outcomes.upgrade(call, err.status, "failed", err.kind)
         body = error_body(err.message, call.handler, call.request_id)
@@ -282,7 +282,7 @@ class WebSockets:
         return len(sessions)
 
 
-def _log_session(call: Call, session: Session) -> None:
+def _log_session(call: RequestRecord, session: Session) -> None:
     log_websocket(
         call, 101, duration_ms=round((time.perf_counter() - call.start) * 1000, 3), messages_up=session.up,
         messages_down=session.down, close_code=session.close_code, close_reason=session.close_reason,

@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 from uvicorn.server import ServerState
 
-from ..call import error_body
 from ..headers import relayable
+from ..record import error_body
 from .states import Phase, to
 from .transport import Coalescing
 

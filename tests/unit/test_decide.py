@@ -10,11 +10,11 @@ import pytest
 
 from splitter import outcomes as outcomes_mod
 from splitter.bucketing import bucket
-from splitter.call import Call
 from splitter.config import parse
 from splitter.decide import Decision, Facts, decide
 from splitter.plan import plan_into
 from splitter.proxy import Proxy
+from splitter.record import RequestRecord
 from splitter.runtime import Runtime, Settings, make_snapshot
 from splitter.shadow import Shadow
 from splitter.store import State
@@ -94,10 +94,10 @@ def sample(p: Proxy, name: str, **labels: str) -> float:
     return p.rt.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-def routed(p: Proxy, user: bytes = ALICE) -> Call:
+def routed(p: Proxy, user: bytes = ALICE) -> RequestRecord:
     headers = [(b"x-user-id", user)]
     scope = {"type": "http", "method": "GET", "path": "/api/auth/x", "headers": headers, "client": ("10.0.0.1", 5)}
-    call = Call(scope, "rid", dict(scope["headers"]), None)
+    call = RequestRecord(scope, "rid", dict(scope["headers"]), None)
     plan_into(p.planner, scope, call, call.inbound, p.rt.snapshot)
     return call
 
@@ -285,7 +285,7 @@ def test_a_cohort_request_is_counted_apart_and_never_enters_the_window(tmp_path,
     p = Proxy(rt, Shadow(rt))
     headers = [(b"x-user-id", BOB), (b"x-staff", b"1")]  # bob is on legacy by his bucket
     scope = {"type": "http", "method": "GET", "path": "/api/auth/x", "headers": headers, "client": ("10.0.0.1", 5)}
-    call = Call(scope, "rid", dict(headers), None)
+    call = RequestRecord(scope, "rid", dict(headers), None)
     plan_into(p.planner, scope, call, call.inbound, rt.snapshot)
     assert (call.role, call.reason, call.handler, call.user_bucket) == ("new", "cohort:staff", "new_auth", None)
     call.status, call.error = 502, "connect"

@@ -5,7 +5,7 @@ What is checked, and what is not:
 - only decide.py compares a bucket with a percent (a comparison with a name or attribute
   holding "bucket" on one side and "percent"/"pct" on the other) or calls bucketing.is_new
   (which states the formula, `bucket < percent`);
-- the request path (plan, proxy, websocket, shadow, call, outcomes) and the CLI never read the kill switch
+- the request path (plan, proxy, websocket, shadow, record, outcomes) and the CLI never read the kill switch
   (`.kill`); admin's `bucket_view`, the CLI's `_bucket_rows` and plan's `choose` call decide();
 - the configured backends (`cfg.backends[...]`, `config.backends[...]`) are never indexed by a
   string literal nor by a role (`.role`) outside config/: by the name a route resolved its
@@ -58,7 +58,7 @@ def test_the_request_path_and_the_views_leave_the_kill_switch_and_percent_to_dec
     t = trees()
     cli = [name for name in t if name.startswith("cli/")]
     assert "cli/status.py" in cli
-    for name in ("plan.py", "proxy.py", "websocket.py", "shadow.py", "call.py", "outcomes.py", *cli):
+    for name in ("plan.py", "proxy.py", "websocket.py", "shadow.py", "record.py", "outcomes.py", *cli):
         reads = [n.lineno for n in ast.walk(t[name]) if isinstance(n, ast.Attribute) and n.attr == "kill"]
         assert reads == [], f"{name} reads the kill switch at lines {reads}"
     views = {"admin/routes.py": "bucket_view", "cli/check.py": "_bucket_rows", "plan.py": "choose"}

@@ -16,7 +16,7 @@ def error_body(message: str, handler: str | None, request_id: str | None) -> byt
     return orjson.dumps({"error": message, "handler": handler, "request_id": request_id})
 
 
-class Call:
+class RequestRecord:
     """One request's record: what each step decided, the outbound request (Go's ProxyRequest.Out:
     target, headers), and what the log line reports."""
 
