@@ -32,7 +32,7 @@ system-deps:
 # the whole suite on TEST_WORKERS pytest-xdist workers: a test mostly waits (process start-up, timers, timeouts),
 # so more workers than cores overlap the waits; --dist loadgroup runs each xdist_group (the fixed-port tests, a
 # module's shared server) on one worker
-TEST_WORKERS ?= 6
+TEST_WORKERS ?= 4
 test: $(VENV)/.installed system-deps lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 

@@ -257,6 +257,30 @@ def redis_server(redis_server_bin: str, tmp_path: Path) -> Iterator[Redis]:
     r.stop()
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright, launched once per module (a launch takes about 1.5 s; browser_page
+    gives each test its own context). Not once per session: between calls Playwright's sync API leaves its event
+    loop marked running in this thread, and asyncio.run() in a later module's test would refuse to start."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-background-networking", "--disable-component-update"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def browser_page(browser: Any) -> Iterator[Any]:
+    """A page in a fresh context (no cookies or storage from the test before)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    yield context.new_page()
+    context.close()
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

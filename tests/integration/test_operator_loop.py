@@ -255,8 +255,10 @@ def test_a_new_failing_half_its_requests_is_rolled_back_and_wait_exits_3(procs, 
     assert restarted.stdout.strip() == "auth: rollout running at 50% (step 1 of 2)", restarted.stdout
 
 
+# interval_s 4: after the promote to 50 % the step to 100 % comes 4 s later, time enough for `promote --full` to
+# find the rollout still at 50 % on a loaded machine (at 1 s a slow CLI start let the rollout finish by itself)
 APPROVAL = (
-    "{steps: [10, {percent: 50, approval: true}, 100], interval_s: 1, gates: {max_error_rate: 0.5, min_requests: 3}}"
+    "{steps: [10, {percent: 50, approval: true}, 100], interval_s: 4, gates: {max_error_rate: 0.5, min_requests: 3}}"
 )
 
 

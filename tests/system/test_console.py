@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import threading
 from pathlib import Path
 
@@ -15,8 +14,9 @@ from conftest import ROOT, eventually
 from splitter.bucketing import bucket
 
 TOKEN = "console-token"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("SPLITTER_ARTIFACTS", ROOT / ".artifacts"))
+
+pytestmark = pytest.mark.xdist_group("console")  # one worker runs the module: one chromium for its tests
 
 
 def yaml_text(legacy: str, new: str) -> str:
@@ -39,19 +39,6 @@ routes:
     prefix: /api/resume
     percent: 100
 """
-
-
-@pytest.fixture
-def browser_page():
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed: `make test` installs Debian's chromium")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking", "--disable-component-update"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        yield page
-        browser.close()
 
 
 def card(page, name: str):
