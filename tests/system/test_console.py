@@ -292,9 +292,10 @@ def promote_then_kill(page, s) -> None:
     checkout = card(page, "checkout")
     page.fill("#token", TOKEN)
     checkout.get_by_role("button", name="promote", exact=True).click()
-    eventually(lambda: rollout_of(s, "checkout")["percent"] == 50, timeout=5)
+    # 15 s: the click, the confirm dialog, the POST and the page's next read, on a loaded machine (5 s ran out once)
+    eventually(lambda: rollout_of(s, "checkout")["percent"] == 50, timeout=15)
     previous = r"previous step: at 20 %, from \d\d:\d\d:\d\d until \d\d:\d\d:\d\d: new \d+ requests"
-    eventually(lambda: re.search(previous, checkout.inner_text()), timeout=5)
+    eventually(lambda: re.search(previous, checkout.inner_text()), timeout=15)
 
     assert httpx.put(s.admin + "/admin/kill", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     holds = "KILL SWITCH ON: everything goes to legacy; the rollout holds (at 10 %)"
