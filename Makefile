@@ -29,8 +29,12 @@ system-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# the whole suite on TEST_WORKERS pytest-xdist workers: a test mostly waits (process start-up, timers, timeouts),
+# so more workers than cores overlap the waits; --dist loadgroup runs each xdist_group (the fixed-port tests, a
+# module's shared server) on one worker
+TEST_WORKERS ?= 4
 test: $(VENV)/.installed system-deps lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # the edit loop: tests/unit only (no process, no listening socket: conftest.py checks it), ~10 s
 test-unit: $(VENV)/.installed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import shutil
 import signal
 import socket
@@ -20,10 +22,29 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+# Each xdist worker (`make test` runs several) hands out ports from its own block, below the kernel's ephemeral
+# range (32768-60999): a port given to a child that has not bound it yet can then be taken neither by another
+# worker nor by an outgoing connection, as one from bind(0) could. A random start keeps two sessions apart.
+PORT_BLOCKS = range(20000, 32000, 1000)
+_port_offsets = itertools.count(random.randrange(PORT_BLOCKS.step))
+
+# A test that listens on fixed ports (make run's 8001-8003, 8080, 8081; BASE_PORT=9000's; the quickstart's 8090,
+# 8091) runs on the xdist worker of this group, so never beside another one
+FIXED_PORTS = pytest.mark.xdist_group("fixed_ports")
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    first = PORT_BLOCKS[worker % len(PORT_BLOCKS)]
+    for _ in range(PORT_BLOCKS.step):
+        port = first + next(_port_offsets) % PORT_BLOCKS.step
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))  # free: nothing listens there, no connection lingers on it
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {first}-{first + PORT_BLOCKS.step - 1}")
 
 
 def wait_http(url: str, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -234,6 +255,30 @@ def redis_server(redis_server_bin: str, tmp_path: Path) -> Iterator[Redis]:
     r.start()
     yield r
     r.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright, launched once per module (a launch takes about 1.5 s; browser_page
+    gives each test its own context). Not once per session: between calls Playwright's sync API leaves its event
+    loop marked running in this thread, and asyncio.run() in a later module's test would refuse to start."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.fail("chromium is not installed: `make test` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-background-networking", "--disable-component-update"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def browser_page(browser: Any) -> Iterator[Any]:
+    """A page in a fresh context (no cookies or storage from the test before)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    yield context.new_page()
+    context.close()
 
 
 def rss_mib(pid: int) -> float:

@@ -8,7 +8,7 @@ import sys
 import time
 
 import httpx
-from conftest import ROOT
+from conftest import FIXED_PORTS, ROOT
 
 
 def port_open(port: int) -> bool:
@@ -16,6 +16,7 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@FIXED_PORTS
 def test_demo_script_starts_four_processes_and_ctrl_c_stops_them(tmp_path):
     busy = [p for p in (8001, 8002, 8003, 8080, 8081) if port_open(p)]
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
@@ -53,6 +54,7 @@ def test_demo_script_starts_four_processes_and_ctrl_c_stops_them(tmp_path):
         log.close()
 
 
+@FIXED_PORTS
 def test_demo_says_which_service_failed_to_start(tmp_path):
     busy = [p for p in (8001, 8002, 8003, 8080, 8081) if port_open(p)]
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
@@ -102,6 +104,7 @@ def test_readme_and_the_docs_quote_urls_with_a_query_string():
     assert unquoted == []
 
 
+@FIXED_PORTS
 def test_base_port_moves_the_whole_stack_and_the_terminal_shows_no_request(tmp_path):
     """BASE_PORT=9000: legacy 9001, new 9002, upload_service 9003, proxy 9080, admin 9081, on the routes file as
     written (--backend-url, so an edit still reloads; here ROUTES=examples/rollout.yaml); the per-request lines go

@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 from conftest import ROOT, eventually, routes_yaml
-from test_console import browser_page, card, expand_all  # noqa: F401 - a fixture, used by name
+from test_console import card, expand_all
 from test_history import receiver  # noqa: F401 - a fixture, used by name
 
 from splitter import bucketing, config
@@ -327,7 +327,7 @@ def test_a_rollout_walks_fractional_steps_and_the_guard_rolls_back_from_1_5(stan
 # --- the console --------------------------------------------------------------------------------
 
 
-def test_the_console_sets_and_shows_a_fractional_percent(standin, splitter, browser_page):  # noqa: F811
+def test_the_console_sets_and_shows_a_fractional_percent(standin, splitter, browser_page):
     s = splitter(routes_yaml(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
     page = browser_page
     dialogs: list[str] = []

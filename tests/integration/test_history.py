@@ -8,6 +8,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -284,10 +285,17 @@ def test_guard_rollout_and_routes_yaml_changes_are_in_the_history(standin, split
     assert s.metric("splitter_changes_total", route="auth", action="guard_trip", source="guard") == 1
 
 
-def test_a_webhook_hears_each_change_within_2s_and_a_dead_one_slows_nothing(standin, splitter, tmp_path, receiver):
-    dead = socket.socket()  # listens, never accepts: a receiver that hangs
-    dead.bind(("127.0.0.1", 0))
-    dead.listen(1)
+@pytest.fixture
+def dead() -> Iterator[socket.socket]:
+    """A receiver that hangs: it listens and never accepts. Closed also when the test fails: left to the garbage
+    collector, its ResourceWarning failed whichever later test was running then."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield sock
+
+
+def test_a_webhook_hears_each_change_within_2s_and_a_dead_one_slows_nothing(standin, splitter, tmp_path, receiver, dead):
     refused = f"http://127.0.0.1:{free_port()}/hook"
     extra = f"""notify:
   - {{url: "{receiver.url}", format: json}}
@@ -305,7 +313,9 @@ def test_a_webhook_hears_each_change_within_2s_and_a_dead_one_slows_nothing(stan
         t0 = time.monotonic()
         r = httpx.request(method, s.admin + path, json=body, headers=bearer(ALICE))
         answered = time.monotonic() - t0
-        assert r.status_code == 200 and answered < 0.5, f"a dead receiver never slows a change ({answered:.3f} s)"
+        # a receiver that hangs would hold the answer for notify's 5 s deadline; < 2 s leaves a loaded machine room
+        # (0.57 s was seen on 6 xdist workers at load 10)
+        assert r.status_code == 200 and answered < 2.0, f"a dead receiver never slows a change ({answered:.3f} s)"
         eventually(lambda count=count: len(receiver.got) == count, timeout=2.5)
         delays = [at - t0 for at, _ in receiver.got[count - (1 if count == 1 else 2) :]]
         assert max(delays) <= 2.0, delays  # within 2 s of the change
@@ -319,10 +329,9 @@ def test_a_webhook_hears_each_change_within_2s_and_a_dead_one_slows_nothing(stan
     eventually(lambda: (s.metric("splitter_notify_failures_total") or 0) >= 2, timeout=10)
     t0 = time.monotonic()
     assert (
-        httpx.get(s.url + "/api/auth/x", headers={"X-User-ID": "u1"}).status_code == 200 and time.monotonic() - t0 < 0.5
+        httpx.get(s.url + "/api/auth/x", headers={"X-User-ID": "u1"}).status_code == 200 and time.monotonic() - t0 < 2.0
     )
     assert receiver.url not in s.proc.output(), "a URL from url_env is a secret"
-    dead.close()
 
 
 def test_an_unset_url_env_is_refused_at_start(standin, tmp_path):

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, wait_http
+from conftest import FIXED_PORTS, ROOT, wait_http
 
 PAGE = ROOT / "docs" / "quickstart.md"
 PORTS = (8001, 8002, 8003, 8080, 8081, 8090, 8091)  # the demo's, and the rollout example's splitter
@@ -115,6 +115,7 @@ def start_demo(tmp_path: Path) -> subprocess.Popen[bytes]:
     return p
 
 
+@FIXED_PORTS
 def test_the_quickstart_page_runs_as_written(tmp_path):
     text = PAGE.read_text()
     first = re.search(r"^```sh\n(.*?)^```", text, re.S | re.M)

@@ -6,6 +6,8 @@ import httpx
 import pytest
 from backends import start_backend
 
+pytestmark = pytest.mark.xdist_group("postgres")  # one worker runs the module: one PostgreSQL server
+
 RESUME = """Summary: engineer. Experience at Acme 2019-2024: led a team of 5, built the billing system,
 reduced costs by 30%, improved latency. Education: BSc, University of Somewhere. Skills: Python, SQL.
 Projects: an open-source proxy.

@@ -11,7 +11,7 @@ import time
 import httpx
 from conftest import eventually, routes_yaml
 from test_cli import TOKEN, run
-from test_console import ARTIFACTS, browser_page  # noqa: F401  (the fixture)
+from test_console import ARTIFACTS
 from test_operator_loop import Paced, auth_route, rollout_view, strict_loads
 
 from splitter import progress
@@ -118,7 +118,7 @@ def test_progress_markdown_after_a_two_day_migration_tells_the_story_with_interv
     assert "  incident " in text and text.rstrip().endswith("upload: not started, 0 % on new"), text
 
 
-def test_progress_html_is_one_page_that_reads_in_chromium(standin, splitter, tmp_path, browser_page):  # noqa: F811
+def test_progress_html_is_one_page_that_reads_in_chromium(standin, splitter, tmp_path, browser_page):
     s = splitter(routes_yaml(standin("legacy"), standin("new"), routes=ROUTES), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
     seed(s, tmp_path)
     r = run("progress", "--format", "html", "--admin", s.admin)

@@ -136,7 +136,7 @@ def test_only_the_redis_store_imports_redis():
     assert sorted(set(importers)) == ["store/redis.py"], importers
 
 
-PROCESS_FIXTURES = {"procs", "standin", "splitter", "redis_server", "browser_page", "receiver", "postgres"}
+PROCESS_FIXTURES = {"procs", "standin", "splitter", "redis_server", "browser", "browser_page", "receiver", "postgres"}
 
 
 def test_no_unit_test_asks_for_a_process_starting_fixture():

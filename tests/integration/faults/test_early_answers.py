@@ -195,7 +195,9 @@ def test_curl_posting_2_mb_with_its_default_expect_is_as_fast_through_the_proxy_
         best[name] = min(took)
     assert all(b"\r\nexpect: 100-continue\r\n" in h.lower() for h in raw.seen.heads), "curl asked for the go-ahead"
     print(f"curl 2 MB: direct {best['direct'] * 1000:.1f} ms, through the proxy {best['proxy'] * 1000:.1f} ms")
-    assert best["proxy"] < best["direct"] + 0.05, best
+    # within 0.25 s of direct: far below the 1 s a waiting proxy (or curl's own Expect timeout) would add, and
+    # above the 50 ms a loaded machine's extra hop took (58 ms on 6 xdist workers at load 10)
+    assert best["proxy"] < best["direct"] + 0.25, best
 
 
 def send_head_and_time_the_go_ahead(port: int, path: str, body: bytes, release=None) -> float:

@@ -88,6 +88,7 @@ def live(tmp_path_factory):
         p.stop()
 
 
+@pytest.mark.xdist_group("fuzzed_proxy")  # one proxy for both, on one worker: the second reads what the first did
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(header_values, header_values, st.binary(max_size=100), st.text(alphabet="/abcdef%.~_-", max_size=40))
 def test_hostile_ids_never_make_the_proxy_fail(live, uid, cookie, payload, path):
@@ -103,6 +104,7 @@ def test_hostile_ids_never_make_the_proxy_fail(live, uid, cookie, payload, path)
     assert "Traceback" not in proc.output()
 
 
+@pytest.mark.xdist_group("fuzzed_proxy")
 def test_the_fuzzed_proxy_logged_no_traceback(live):
     _, proc = live
     import time

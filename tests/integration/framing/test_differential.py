@@ -31,6 +31,8 @@ from recorder import ParseError, Raw, Recorder, named
 
 from splitter.proxy import normalize_path
 
+pytestmark = pytest.mark.xdist_group("framing_rig")  # one worker runs the module: the rig starts once
+
 REQUESTS = request_mutations()
 ANSWERS = answer_mutations()
 PARALLEL = 24  # client connections at once: the quiet waits overlap, the 2-core machine is not swamped
