@@ -46,6 +46,16 @@ MAX_HEAD_BYTES = 32 * 1024
 ABSOLUTE_FORM = "splitter.absolute_form"
 
 
+class _Drop:
+    """The parser after an Upgrade that is not a WebSocket's: what the client sends next is dropped."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+DROP = _Drop()
+
+
 class HttpProtocol(asyncio.Protocol):
     """One client connection (uvicorn.Config(http=...) builds one per accepted socket)."""
 
@@ -369,10 +379,15 @@ class HttpProtocol(asyncio.Protocol):
         return self.config.ws_protocol_class is not None and wants_websocket(self._headers)
 
     def _upgrade(self) -> None:
-        """A WebSocket handshake goes to the WebSocket protocol; another Upgrade was answered as a plain
-        request (the parser reads no body after its head)."""
+        """A WebSocket handshake goes to the WebSocket protocol; another Upgrade (h2c) is answered as a plain
+        request, and the connection closes after it: the parser stops at its head, so what follows (a body,
+        a pipelined request) would be lost or misread as a request head; it is read and dropped."""
         if not self._websocket():
             LOG.warning("Unsupported upgrade request.")
+            self._keep_alive = False
+            if self.parsing is not None:
+                self.parsing.keep_alive = False
+            self.parser = DROP  # type: ignore[assignment]  # read and dropped, not left unread: a close sends no reset
             return
         to(self, Conn.UPGRADED)
         self._stop_timer()
