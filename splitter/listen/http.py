@@ -36,7 +36,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavai
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
-from ..bypass import CLIENT_HOOK, ClientConnection, Stall
+from ..bypass import CLIENT_HOOK, ClientConnection, Stall, drop_rest
 from .request import BAD_REQUEST, LOG, Request, refusal
 from .states import Conn, Phase, to
 from .transport import Coalescing, count_rejected, send_timed_out
@@ -44,6 +44,7 @@ from .websocket import hand_over, request_head, wants_websocket
 
 MAX_HEAD_BYTES = 32 * 1024
 ABSOLUTE_FORM = "splitter.absolute_form"
+LINGER_WAIT = 5.0  # seconds a read of a body dropped after an early answer may wait (nginx's lingering_timeout)
 
 
 class _Drop:
@@ -477,6 +478,19 @@ class HttpProtocol(asyncio.Protocol):
             return None  # out of file descriptors: it closes without reading the rest
         self._detach(request)
         return fd, request.parsed
+
+    def answered_early(self, request: Request) -> None:
+        """An answer starts before its request body is all in and the proxy did not cut the body (a 413 or
+        400 decided on the head, a 500): it says Connection: close, and the rest of the body is dropped
+        after it (lingering close), instead of the parser reading up to the declared length (2 GB) as
+        the body of an answered request, and a pipelined request as more of it."""
+        cut = self.cut_body(request.scope)
+        if cut is None:
+            return
+        fd, parsed = cut
+        length = next((value for name, value in request.scope["headers"] if name == b"content-length"), None)
+        left = int(length) - parsed if length is not None and length.isdigit() else None
+        drop_rest(self, fd, left, LINGER_WAIT)
 
     def _detach(self, request: Request) -> None:
         request.keep_alive = False
