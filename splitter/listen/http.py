@@ -137,17 +137,10 @@ class HttpProtocol(asyncio.Protocol):
         if after is not None:
             after()
 
-    def eof_received(self) -> bool | None:
-        """The client shut its side (shutdown(SHUT_WR)): "no more requests", not "gone". Whole requests are
-        answered, then the connection closes (as nginx does; uvicorn dropped the answers); with none in
-        flight, or mid-request (a request that never arrived whole gets no answer), it closes now."""
-        request, parsing = self.current, self.parsing
-        if request is None or (parsing is not None and parsing.more_body) or self.state is Conn.DETACHED:
-            return None  # the transport closes
-        self._keep_alive = request.keep_alive = False
-        for queued, _ in self._queue:
-            queued.keep_alive = False
-        return True
+    def eof_received(self) -> None:
+        """The client shut its side: the transport closes (a half-closed client gets no answer, as with uvicorn
+        and nginx's proxy): a FIN from shutdown(SHUT_WR) cannot be told from one from close(), and a client
+        that goes away cancels its upstream request at once (SPEC; test_upstream_hygiene.py's abandoned requests)."""
 
     def data_received(self, data: bytes) -> None:
         if self.state is Conn.IDLE:

@@ -112,32 +112,6 @@ def read_all(sock: socket.socket, seconds: float) -> bytes:
     return data
 
 
-def test_a_client_that_half_closes_after_whole_requests_gets_every_answer_then_a_close(splitter):
-    """shutdown(SHUT_WR) after a request says "no more requests", not "gone" (nginx, curl's --no-keepalive
-    scripts, `nc -N`): each whole request is answered, the last with Connection: close, then the proxy
-    closes. Both orders: the EOF comes while the upstream still works on the answer (it answers after
-    1.5 s, and counts a proxy that closed on it first), and after the answer is already in."""
-    up = RawUpstream()
-    try:
-        s = splitter(routes_yaml(up.url, up.url), args=["--keepalive-timeout", "30"])
-        with socket.create_connection(("127.0.0.1", s.port)) as c:
-            c.sendall(b"GET /api/one HTTP/1.1\r\nHost: a\r\n\r\nGET /api/two/slow?s=1.5 HTTP/1.1\r\nHost: a\r\n\r\n")
-            c.shutdown(socket.SHUT_WR)
-            data = read_all(c, 15)
-        assert data.count(b"HTTP/1.1 200 OK") == 2 and data.endswith(b"/api/two/slow"), data
-        assert data.count(b"connection: close") == 1, "the last answer says the connection closes"
-        assert up.seen.closed_while_waiting == [], "the upstream request was not cancelled"
-        with socket.create_connection(("127.0.0.1", s.port)) as c:
-            c.sendall(b"GET /api/three HTTP/1.1\r\nHost: a\r\n\r\n")
-            c.settimeout(10)
-            first = c.recv(65536)
-            assert first.startswith(b"HTTP/1.1 200") and first.endswith(b"/api/three")
-            c.shutdown(socket.SHUT_WR)
-            assert read_all(c, 5) == b"", "after its answer, a half-closed connection closes at once"
-    finally:
-        up.stop()
-
-
 def test_an_upgrade_other_than_websocket_is_answered_plainly_and_the_connection_closes_after(splitter):
     """`Upgrade: h2c` (curl --http2 on http://) is answered as a plain HTTP/1.1 request; the parser stops at
     its head, so the bytes after it (a body, a pipelined request) are never parsed: the answer carries
