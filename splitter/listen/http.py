@@ -148,8 +148,8 @@ class HttpProtocol(asyncio.Protocol):
             self._expire(self.header_timeout)  # bytes of a new request head are arriving
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrade(data[upgrade.args[0]:] if upgrade.args else b"")
+        except httptools.HttpParserUpgrade:
+            self._upgrade()
         except httptools.HttpParserError:
             self._refuse_head()
 
@@ -372,7 +372,7 @@ class HttpProtocol(asyncio.Protocol):
     def _websocket(self) -> bool:
         return self.config.ws_protocol_class is not None and wants_websocket(self._headers)
 
-    def _upgrade(self, rest: bytes) -> None:
+    def _upgrade(self) -> None:
         """A WebSocket handshake goes to the WebSocket protocol; another Upgrade (h2c) is answered as a plain
         request, and the connection closes after it: the parser stops at its head, so what follows (a body,
         a pipelined request) would be lost or misread as a request head; it is read and dropped."""
@@ -387,8 +387,9 @@ class HttpProtocol(asyncio.Protocol):
         self._stop_timer()
         self.server_state.connections.discard(self)
         self.out.flush()
-        head = request_head(self.parser.get_method(), self._url, self._headers)
-        hand_over(self.config, self.server_state, self.app_state, self.transport, head + rest)  # rest: early frames
+        hand_over(self.config, self.server_state, self.app_state, self.transport, request_head(
+            self.parser.get_method(), self._url, self._headers
+        ))  # fmt: skip
 
     # --- what the proxy may ask of the connection (bypass.ClientConnection) ----------------------
     def watch(self, hook: Callable[[], None] | None) -> bool:

@@ -406,22 +406,3 @@ def test_websocket_clients_that_never_read_are_cut_by_the_send_timeout_with_thei
     logs = [e for e in s.logs() if e.get("event") == "websocket"]
     assert {(e["error"], e["closed_by"], e["close_code"]) for e in logs} == {("send_timeout", "proxy", 1001)}
     assert "Exception in ASGI" not in s.proc.output()
-
-
-def test_a_frame_sent_with_the_handshake_in_one_segment_is_not_lost(wsup, splitter):
-    """A client that sends its first frame right behind the handshake, without waiting for the 101 (RFC 6455
-    says it should wait; some do not, and a proxy in front may join the two): the frame reaches the backend
-    and its echo comes back, instead of being dropped with the rest of the segment the HTTP parser stopped in."""
-    s = splitter(ws_yaml(wsup.url, wsup.url))
-    mask = os.urandom(4)
-    frame = bytes([0x81, 0x82]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"hi"))  # masked text "hi"
-    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
-        request = f"GET /api/notifications/echo HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nUpgrade: websocket\r\n"
-        key = "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        sock.sendall(request.encode() + key.encode() + frame)
-        data = b""
-        while not data.endswith(b"\r\n\r\n\x81\x02hi"):
-            chunk = sock.recv(4096)
-            assert chunk, f"closed: {data!r}"
-            data += chunk
-    assert data.startswith(b"HTTP/1.1 101")
