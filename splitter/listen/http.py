@@ -36,7 +36,7 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavai
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
-from ..bypass import CLIENT_HOOK, ClientConnection, Stall
+from ..bypass import CLIENT_HOOK, ClientConnection, Stall, drop_rest
 from .request import BAD_REQUEST, LOG, Request, refusal
 from .states import Conn, Phase, to
 from .transport import Coalescing, count_rejected, send_timed_out
@@ -44,6 +44,17 @@ from .websocket import hand_over, request_head, wants_websocket
 
 MAX_HEAD_BYTES = 32 * 1024
 ABSOLUTE_FORM = "splitter.absolute_form"
+LINGER_WAIT = 5.0  # seconds a read of a body dropped after an early answer may wait (nginx's lingering_timeout)
+
+
+class _Drop:
+    """The parser after an Upgrade that is not a WebSocket's: what the client sends next is dropped."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+DROP = _Drop()
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -127,7 +138,9 @@ class HttpProtocol(asyncio.Protocol):
             after()
 
     def eof_received(self) -> None:
-        """The client shut its side: the transport closes (a half-closed client gets no answer, as with uvicorn)."""
+        """The client shut its side: the transport closes (a half-closed client gets no answer, as with uvicorn
+        and nginx's proxy): a FIN from shutdown(SHUT_WR) cannot be told from one from close(), and a client
+        that goes away cancels its upstream request at once (SPEC; test_upstream_hygiene.py's abandoned requests)."""
 
     def data_received(self, data: bytes) -> None:
         if self.state is Conn.IDLE:
@@ -360,10 +373,15 @@ class HttpProtocol(asyncio.Protocol):
         return self.config.ws_protocol_class is not None and wants_websocket(self._headers)
 
     def _upgrade(self) -> None:
-        """A WebSocket handshake goes to the WebSocket protocol; another Upgrade was answered as a plain
-        request (the parser reads no body after its head)."""
+        """A WebSocket handshake goes to the WebSocket protocol; another Upgrade (h2c) is answered as a plain
+        request, and the connection closes after it: the parser stops at its head, so what follows (a body,
+        a pipelined request) would be lost or misread as a request head; it is read and dropped."""
         if not self._websocket():
             LOG.warning("Unsupported upgrade request.")
+            self._keep_alive = False
+            if self.parsing is not None:
+                self.parsing.keep_alive = False
+            self.parser = DROP  # type: ignore[assignment]  # read and dropped, not left unread: a close sends no reset
             return
         to(self, Conn.UPGRADED)
         self._stop_timer()
@@ -453,6 +471,19 @@ class HttpProtocol(asyncio.Protocol):
             return None  # out of file descriptors: it closes without reading the rest
         self._detach(request)
         return fd, request.parsed
+
+    def answered_early(self, request: Request) -> None:
+        """An answer starts before its request body is all in and the proxy did not cut the body (a 413 or
+        400 decided on the head, a 500): it says Connection: close, and the rest of the body is dropped
+        after it (lingering close), instead of the parser reading up to the declared length (2 GB) as
+        the body of an answered request, and a pipelined request as more of it."""
+        cut = self.cut_body(request.scope)
+        if cut is None:
+            return
+        fd, parsed = cut
+        length = next((value for name, value in request.scope["headers"] if name == b"content-length"), None)
+        left = int(length) - parsed if length is not None and length.isdigit() else None
+        drop_rest(self, fd, left, LINGER_WAIT)
 
     def _detach(self, request: Request) -> None:
         request.keep_alive = False

@@ -50,6 +50,8 @@ class Connection(Protocol):
 
     def close(self) -> None: ...
 
+    def answered_early(self, request: Request) -> None: ...
+
 
 class _Done:
     """An awaitable that is already complete (awaiting it returns None at once, no coroutine made)."""
@@ -202,6 +204,8 @@ class Request:
         defaults = self.conn.server_state.default_headers
         if defaults:
             headers = defaults + list(headers)
+        if self.more_body and self.keep_alive:  # the answer comes before the body, which nobody cut: it must not stay
+            self.conn.answered_early(self)
         head, self.left, self.keep_alive = response_head(status, headers, self.head_request, self.keep_alive)
         to(self, Phase.SENDING)
         self.continue_first = False

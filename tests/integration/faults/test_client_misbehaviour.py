@@ -6,6 +6,7 @@ import time
 
 import httpx
 from conftest import eventually, routes_yaml, rss_mib
+from rawupstream import RawUpstream
 
 
 def fds(pid: int) -> int:
@@ -100,3 +101,43 @@ def test_the_header_timeout_counts_from_each_heads_first_byte_on_a_kept_alive_co
     assert 0.9 <= time.monotonic() - started < 2.8
     for sock in (idle, late):
         sock.close()
+
+
+def read_all(sock: socket.socket, seconds: float) -> bytes:
+    """Everything the proxy sends until it closes the connection; fails if it is still open after `seconds`."""
+    sock.settimeout(seconds)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_an_upgrade_other_than_websocket_is_answered_plainly_and_the_connection_closes_after(splitter):
+    """`Upgrade: h2c` (curl --http2 on http://) is answered as a plain HTTP/1.1 request; the parser stops at
+    its head, so the bytes after it (a body, a pipelined request) are never parsed: the answer carries
+    Connection: close and the connection closes, instead of the pipelined request waiting, unanswered,
+    for the keep-alive timeout (or its body being parsed as the next request head)."""
+    up = RawUpstream()
+    try:
+        s = splitter(routes_yaml(up.url, up.url), args=["--keepalive-timeout", "30"])
+        upgrade = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
+        pipelined = b"GET /api/next HTTP/1.1\r\nHost: a\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", s.port)) as c:
+            c.sendall(b"GET /api/h2c HTTP/1.1\r\nHost: a\r\n" + upgrade + b"\r\n" + pipelined)
+            data = read_all(c, 10)
+        assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"/api/h2c"), data
+        assert b"\r\nconnection: close\r\n" in data
+        with socket.create_connection(("127.0.0.1", s.port)) as c:  # more bytes while the answer is on its way
+            c.sendall(b"GET /api/late/slow?s=1.5 HTTP/1.1\r\nHost: a\r\n" + upgrade + b"\r\n")
+            eventually(lambda: any(b"/api/late/slow" in head for head in up.seen.heads))
+            c.sendall(b"hello")  # not a request head: no 400 is written into the answer
+            data = read_all(c, 10)
+        assert data.startswith(b"HTTP/1.1 200 OK") and data.count(b"HTTP/1.1") == 1, data
+        assert data.endswith(b"/api/late/slow") and b"\r\nconnection: close\r\n" in data
+        with socket.create_connection(("127.0.0.1", s.port)) as c:
+            c.sendall(b"POST /api/h2c HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n" + upgrade + b"\r\nhello" + pipelined)
+            data = read_all(c, 10)
+        assert data.startswith(b"HTTP/1.1 400 ") and data.count(b"HTTP/1.1") == 1, data
+        assert b"\r\nconnection: close\r\n" in data
+    finally:
+        up.stop()

@@ -265,3 +265,22 @@ def test_the_upstreams_go_ahead_or_answer_ends_the_wait_for_it_in_either_order(o
 
     took = asyncio.run(scenario())
     assert took < 0.3, f"the wait ended {took:.2f} s after the upstream's {head.split(b' ')[1].decode()}"
+
+
+def test_a_refusal_on_the_head_alone_closes_the_connection_instead_of_reading_the_declared_body(raw, splitter):
+    """A 413 (Content-Length over the limit) or 400 decided on the head, before any of the body is read:
+    it says Connection: close and the connection ends after it (the rest, if sent, read and dropped for a
+    while: lingering close), instead of staying open while the parser swallows up to the declared 2 GB as
+    the body of an answered request (and a pipelined request after it as more of that body)."""
+    s = splitter(routes_yaml(raw.url, raw.url), args=["--keepalive-timeout", "30"])
+    heads = [
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000000\r\n\r\n",
+        b"POST /api/x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: foo\r\nContent-Length: 100000\r\n\r\n",
+    ]
+    for head in heads:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=10) as c:
+            c.sendall(head + b"u" * 1000 + b"GET /api/next HTTP/1.1\r\nHost: a\r\n\r\n")
+            status, headers, body = read_response(c)
+            assert status.split()[1] in (b"413", b"400") and headers.get(b"connection") == b"close", (status, headers)
+            assert c.recv(65536) == b"", "the connection ends after the answer, the pipelined request unanswered"
+    assert raw.seen.connections == 0, "nothing went upstream"
