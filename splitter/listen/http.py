@@ -1,8 +1,8 @@
 """splitter's client-side HTTP/1.1 protocol: an asyncio.Protocol on httptools serving one ASGI app.
 
 It keeps uvicorn's HTTP semantics (scope, receive/send, keep-alive, HTTP/1.0, pipelining, 100-continue,
-the response's framing and length check, the 400 and 500 answers, byte for byte) and adds what a proxy
-in front of production needs:
+the response's framing and length check) and adds what a proxy in front of production needs:
+  - a refused head (400) and a failing app (500) get the proxy's JSON error body, not uvicorn's plain text;
   - absolute-form targets (`GET http://host/x`) are flagged (ABSOLUTE_FORM) so the proxy answers 400;
   - a request head larger than MAX_HEAD_BYTES gets 431 (nginx's 4 x 8k); a chunked body's trailers are dropped;
   - a client has `header_timeout` seconds to send a whole request head (slowloris);
@@ -362,7 +362,7 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- answers without the app: bad heads, upgrades -----------------------------------------
     def _refuse_head(self) -> None:
-        """A request head the parser refuses: uvicorn's 400, byte for byte; over MAX_HEAD_BYTES a 431."""
+        """A request head the parser refuses: a 400 (JSON); over MAX_HEAD_BYTES a 431."""
         count_rejected(self.app, "headers_too_large" if self._too_large else "bad_request")
         if not self._too_large:
             LOG.warning(BAD_REQUEST)

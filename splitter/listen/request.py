@@ -29,7 +29,7 @@ STATUS_LINE = {code: _status_line(code) for code in range(100, 600)}
 _HEADER_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')  # uvicorn's checks, for its messages
 _HEADER_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 _FRAMING = frozenset([b"content-length", b"transfer-encoding", b"connection"])
-BAD_REQUEST = "Invalid HTTP request received."
+BAD_REQUEST = "invalid HTTP request"
 LOG = logging.getLogger("uvicorn.error")  # where uvicorn reports a failing app: operators' filters stay true
 
 
@@ -104,18 +104,18 @@ def response_head(
 
 
 def refusal(too_large: bool, default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The answer to a request head the parser refuses: uvicorn's 400, or a 431 (too large) in the proxy's JSON."""
-    if too_large:
-        body = error_body("request header fields too large", None, None)
-        return (
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\ncontent-length: "
-            + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
-        )  # fmt: skip
-    content = [STATUS_LINE[400]]
+    """The answer to a request head the parser refuses, in the proxy's JSON like every answer it writes
+    itself (SPEC: error bodies are JSON; uvicorn's was plain text): a 400, or a 431 when too large."""
+    status, message = (431, "request header fields too large") if too_large else (400, BAD_REQUEST)
+    return _json_answer(status, error_body(message, None, None), default_headers)
+
+
+def _json_answer(status: int, body: bytes, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    content = [STATUS_LINE[status]]
     for name, value in default_headers:
         content += (name, b": ", value, b"\r\n")
-    content.append(b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n" % len(BAD_REQUEST))
-    content.append(b"connection: close\r\n\r\n" + BAD_REQUEST.encode("ascii"))
+    content.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+    content.append(b"connection: close\r\n\r\n" + body)
     return b"".join(content)
 
 
@@ -250,8 +250,9 @@ class Request:
         elif self.state is Phase.SENDING:
             LOG.error("ASGI callable returned without completing response.")
         if self.state is Phase.RUNNING and (exc is not None or not failed):
-            self.start(500, [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21"),
+            body = error_body("internal server error", None, None)  # JSON, as every answer the proxy writes
+            self.start(500, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
                              (b"connection", b"close")])  # fmt: skip
-            self.write(b"Internal Server Error", False)
+            self.write(body, False)
         elif failed or self.state is Phase.SENDING:
             self.conn.close()

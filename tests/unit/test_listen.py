@@ -19,9 +19,9 @@ from splitter.listen.states import NEXT, Conn, Phase, to
 
 GET = b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n"
 BAD_REQUEST = (
-    b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 30\r\n"
-    b"connection: close\r\n\r\nInvalid HTTP request received."
-)  # uvicorn's, byte for byte
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 65\r\n"
+    b'connection: close\r\n\r\n{"error":"invalid HTTP request","handler":null,"request_id":null}'
+)  # the proxy's JSON, as every answer it writes itself (uvicorn's was plain text)
 
 
 class FakeTransport:
@@ -226,8 +226,8 @@ def test_an_app_that_fails_before_answering_gets_a_500():
         return t.buffer
 
     assert asyncio.run(scenario()) == (
-        b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\n"
-        b"connection: close\r\n\r\nInternal Server Error"
+        b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 66\r\n"
+        b'connection: close\r\n\r\n{"error":"internal server error","handler":null,"request_id":null}'
     )
 
 
