@@ -23,7 +23,6 @@ state and each request in one `Phase` (listen/states.py).
 from __future__ import annotations
 
 import asyncio
-import os
 import urllib.parse
 from collections import deque
 from collections.abc import Callable
@@ -36,28 +35,18 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavai
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
-from ..bypass import CLIENT_HOOK, ClientConnection, Stall, drop_rest
+from ..bypass import CLIENT_HOOK, ClientConnection, Stall
+from .client import ClientSide
 from .request import BAD_REQUEST, LOG, Request, refusal
 from .states import Conn, Phase, to
-from .transport import Coalescing, count_rejected, send_timed_out
+from .transport import DROP, Coalescing, count_rejected
 from .websocket import hand_over, request_head, wants_websocket
 
 MAX_HEAD_BYTES = 32 * 1024
 ABSOLUTE_FORM = "splitter.absolute_form"
-LINGER_WAIT = 5.0  # seconds a read of a body dropped after an early answer may wait (nginx's lingering_timeout)
 
 
-class _Drop:
-    """The parser after an Upgrade that is not a WebSocket's: what the client sends next is dropped."""
-
-    def feed_data(self, data: bytes) -> None:
-        pass
-
-
-DROP = _Drop()
-
-
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(ClientSide, asyncio.Protocol):
     """One client connection (uvicorn.Config(http=...) builds one per accepted socket)."""
 
     def __init__(
@@ -390,131 +379,6 @@ class HttpProtocol(asyncio.Protocol):
         hand_over(self.config, self.server_state, self.app_state, self.transport, request_head(
             self.parser.get_method(), self._url, self._headers
         ))  # fmt: skip
-
-    # --- what the proxy may ask of the connection (bypass.ClientConnection) ----------------------
-    def watch(self, hook: Callable[[], None] | None) -> bool:
-        """Call `hook()` when the client goes away (None: stop watching). False if it already has."""
-        if hook is not None and (self.transport is None or self.out.is_closing()):
-            return False
-        self._on_lost = hook
-        return True
-
-    async def splice_target(self, size: int) -> int | None:
-        """The client socket, to take `size` body bytes of the response going out that bypass the protocol
-        (bypass.splice), once all written before them has reached the kernel; None when it cannot (a
-        chunked or shorter response, a closing connection, a client not reading fast enough)."""
-        request, out = self.current, self.out
-        if request is None or request.state is not Phase.SENDING or request.left is None or request.left < size:
-            return None
-        if out.is_closing():
-            return None
-        out.flush()
-        if out.get_write_buffer_size():
-            await asyncio.sleep(0)  # uvloop sends what it queued at the end of this loop step
-            if out.get_write_buffer_size() or out.is_closing():
-                return None
-        sock = out.get_extra_info("socket")
-        if sock is None:
-            return None
-        self._splicing = request
-        return int(sock.fileno())
-
-    def sent_outside(self, n: int) -> None:
-        """`n` body bytes went to the client past the protocol: counted against the Content-Length check
-        of the response they belong to (the one splice_target handed the socket out for)."""
-        request, self._splicing = self._splicing, None
-        if request is not None and request.left is not None:
-            request.left -= n
-
-    def take_body(self, delivered: int) -> int | None:
-        """A duplicate of the client socket's fd, for reading the rest of the request body past the parser;
-        only when all it has parsed of the body (`delivered` bytes) reached the app. Nothing is read
-        meanwhile, and the connection closes after the response: the parser would take the next
-        request's bytes for this body."""
-        request, sock = self.parsing, self.out.get_extra_info("socket")
-        if request is None or request.parsed != delivered or self.out.is_closing() or sock is None:
-            return None
-        try:
-            fd = os.dup(sock.fileno())
-        except OSError:
-            return None  # out of file descriptors: the parser reads it
-        self._detach(request)
-        return fd
-
-    def body_taken(self, whole: bool = True) -> None:
-        """The proxy is done reading the body itself: the parser reads again, to hear of a disconnect.
-        Not `whole`: the client closed or reset mid-body; no answer goes out (a 500 to a request that
-        never arrived), the connection closes."""
-        if whole:
-            if self.state is Conn.DETACHED:
-                to(self, Conn.BUSY)
-                self.resume_reading()
-            return
-        if self.parsing is not None:
-            self.parsing.gone()
-        self.close()
-
-    def cut_body(self, scope: Any) -> tuple[int, int] | None:
-        """The app reads no more of the request body of `scope` (the answer came first): a duplicate of the
-        client socket to read the rest from and drop it, and how many body bytes the parser handed on.
-        Nothing more is read, and the connection closes after the response. None when the parser has
-        the whole body already (nothing is left to drop: the connection lives on) or it is closing."""
-        request, sock = self.parsing, self.out.get_extra_info("socket")
-        if request is None or scope is not request.scope or not request.more_body or self.out.is_closing():
-            return None
-        if sock is None:
-            return None
-        request.keep_alive = False
-        try:
-            fd = os.dup(sock.fileno())
-        except OSError:
-            return None  # out of file descriptors: it closes without reading the rest
-        self._detach(request)
-        return fd, request.parsed
-
-    def answered_early(self, request: Request) -> None:
-        """An answer starts before its request body is all in and the proxy did not cut the body (a 413 or
-        400 decided on the head, a 500): it says Connection: close, and the rest of the body is dropped
-        after it (lingering close), instead of the parser reading up to the declared length (2 GB) as
-        the body of an answered request, and a pipelined request as more of it."""
-        cut = self.cut_body(request.scope)
-        if cut is None:
-            return
-        fd, parsed = cut
-        length = next((value for name, value in request.scope["headers"] if name == b"content-length"), None)
-        left = int(length) - parsed if length is not None and length.isdigit() else None
-        drop_rest(self, fd, left, LINGER_WAIT)
-
-    def _detach(self, request: Request) -> None:
-        request.keep_alive = False
-        self.pause_reading()
-        to(self, Conn.DETACHED)
-
-    def after_close(self, hook: Callable[[], None]) -> None:
-        """Call `hook()` once the connection is closed (all written before has reached the kernel), at once if it is."""
-        if self.state is Conn.CLOSED:
-            hook()
-        else:
-            self._after_close = hook
-
-    def cut_stalled(self) -> None:
-        """The client took no response bytes for send_timeout seconds (nginx's send_timeout): abort the
-        connection; the proxy's `watch` hook frees the upstream connection. Counted and logged."""
-        if self.stalled:
-            return
-        self.stalled = True
-        send_timed_out(self.app, self.client, self.send_timeout)
-        if self.current is not None:
-            self.current.gone()  # the app's return is not "an incomplete response" (connection_lost comes later)
-        if self.state is not Conn.CLOSED:
-            to(self, Conn.CLOSING)
-        self.out.abort()
-
-    def _send_stalled(self) -> None:
-        """Also when the connection is closing: a close waits for the buffer to drain, which never comes."""
-        self._send_clock = None
-        if self.state is not Conn.CLOSED:
-            self.cut_stalled()
 
 
 def _check(protocol: HttpProtocol) -> ClientConnection:

@@ -92,3 +92,13 @@ def count_rejected(app: Any, reason: str) -> None:
     runtime = getattr(app, "runtime", None)
     if runtime is not None:
         runtime.metrics.rejected.labels(reason).inc()
+
+
+class _Drop:
+    """The parser after an Upgrade that is not a WebSocket's: what the client sends next is dropped."""
+
+    def feed_data(self, data: bytes) -> None:
+        pass
+
+
+DROP = _Drop()
