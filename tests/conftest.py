@@ -33,6 +33,21 @@ _port_offsets = itertools.count(random.randrange(PORT_BLOCKS.step))
 FIXED_PORTS = pytest.mark.xdist_group("fixed_ports")
 
 
+def ports_in_use(ports: tuple[int, ...], wait: float = 30.0) -> list[int]:
+    """Which of `ports` something still listens on after up to `wait` seconds: the fixed-port test before this one
+    on the worker may still be stopping what it started (a drain, a slow exit on a busy machine)."""
+    deadline = time.monotonic() + wait
+    while True:
+        busy = []
+        for port in ports:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    busy.append(port)
+        if not busy or time.monotonic() >= deadline:
+            return busy
+        time.sleep(0.2)
+
+
 def free_port() -> int:
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     first = PORT_BLOCKS[worker % len(PORT_BLOCKS)]

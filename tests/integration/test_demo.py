@@ -8,7 +8,7 @@ import sys
 import time
 
 import httpx
-from conftest import FIXED_PORTS, ROOT
+from conftest import FIXED_PORTS, ROOT, ports_in_use
 
 
 def port_open(port: int) -> bool:
@@ -18,7 +18,7 @@ def port_open(port: int) -> bool:
 
 @FIXED_PORTS
 def test_demo_script_starts_four_processes_and_ctrl_c_stops_them(tmp_path):
-    busy = [p for p in (8001, 8002, 8003, 8080, 8081) if port_open(p)]
+    busy = ports_in_use((8001, 8002, 8003, 8080, 8081))
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
     env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db"), "ACCESS_LOG": str(tmp_path / "access.log")}
     log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115
@@ -41,10 +41,7 @@ def test_demo_script_starts_four_processes_and_ctrl_c_stops_them(tmp_path):
         assert r.headers["x-served-by"] == "new_backend" and r.headers["x-splitter-handler"] == "new_auth"
         os.killpg(p.pid, signal.SIGINT)
         p.wait(15)
-        deadline = time.monotonic() + 10
-        while any(port_open(port) for port in (8001, 8002, 8003, 8080)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(port_open(port) for port in (8001, 8002, 8003, 8080, 8081))
+        assert not ports_in_use((8001, 8002, 8003, 8080, 8081), wait=10)
         out = (tmp_path / "demo.log").read_text()
         assert "curl -si localhost:8080/api/auth/me -H 'X-User-ID: alice'" in out
     finally:
@@ -56,7 +53,7 @@ def test_demo_script_starts_four_processes_and_ctrl_c_stops_them(tmp_path):
 
 @FIXED_PORTS
 def test_demo_says_which_service_failed_to_start(tmp_path):
-    busy = [p for p in (8001, 8002, 8003, 8080, 8081) if port_open(p)]
+    busy = ports_in_use((8001, 8002, 8003, 8080, 8081))
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
     env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db", "UPLOAD_DIR": str(tmp_path / "up"), "SPLITTER_STATE": str(tmp_path / "state.db"), "ACCESS_LOG": str(tmp_path / "access.log")}
     with socket.socket() as squatter:
@@ -66,10 +63,7 @@ def test_demo_says_which_service_failed_to_start(tmp_path):
         r = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, start_new_session=True)
     assert r.returncode == 1
     assert "new_backend failed to start" in r.stderr and "demo is up" not in r.stdout, r.stderr[-2000:]
-    deadline = time.monotonic() + 10
-    while any(port_open(port) for port in (8001, 8003, 8080, 8081)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(port_open(port) for port in (8001, 8003, 8080, 8081)), "the others were stopped"
+    assert not ports_in_use((8001, 8003, 8080, 8081), wait=10), "the others were stopped"
 
 
 def test_make_run_sets_jwt_secret_so_no_backend_warns_and_faults_can_target_one_backend(procs, tmp_path):
@@ -110,7 +104,7 @@ def test_base_port_moves_the_whole_stack_and_the_terminal_shows_no_request(tmp_p
     written (--backend-url, so an edit still reloads; here ROUTES=examples/rollout.yaml); the per-request lines go
     to the access log file the banner names, the terminal keeps the banner."""
     ports = (9001, 9002, 9003, 9080, 9081)
-    busy = [p for p in ports if port_open(p)]
+    busy = ports_in_use(ports + (8001, 8002, 8003, 8080, 8081))  # the default ports too: checked free below
     assert not busy, f"ports {busy} are taken; stop what runs there to test the demo"
     access = tmp_path / "access.log"
     env = {**os.environ, "PY": sys.executable, "BASE_PORT": "9000", "ACCESS_LOG": str(access), "ROUTES": "examples/rollout.yaml",

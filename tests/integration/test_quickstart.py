@@ -9,13 +9,12 @@ import os
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from conftest import FIXED_PORTS, ROOT, wait_http
+from conftest import FIXED_PORTS, ROOT, ports_in_use, wait_http
 
 PAGE = ROOT / "docs" / "quickstart.md"
 PORTS = (8001, 8002, 8003, 8080, 8081, 8090, 8091)  # the demo's, and the rollout example's splitter
@@ -91,11 +90,6 @@ class Shell:
                 pipe.close()
 
 
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def start_demo(tmp_path: Path) -> subprocess.Popen[bytes]:
     """`make run`, as tests/integration/test_demo.py starts it: scripts/demo.sh on a fresh database and state file."""
     env = {**os.environ, "PY": sys.executable, "DATABASE_URL": f"sqlite:///{tmp_path}/demo.db",
@@ -121,7 +115,7 @@ def test_the_quickstart_page_runs_as_written(tmp_path):
     first = re.search(r"^```sh\n(.*?)^```", text, re.S | re.M)
     assert first is not None and first.group(1).strip() == "make run", "the page starts the stack the test starts"
     assert re.search(r"^run: .*\n(\t.*\n)*\t.*scripts/demo\.sh", (ROOT / "Makefile").read_text(), re.M)
-    busy = [p for p in PORTS if port_open(p)]
+    busy = ports_in_use(PORTS)
     assert not busy, f"ports {busy} are taken; stop what runs there to test the quickstart"
     # the reader's clone: .venv (this interpreter's environment) and examples/; what the page writes lands here
     (tmp_path / "clone").mkdir()
@@ -143,3 +137,4 @@ def test_the_quickstart_page_runs_as_written(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(demo.pid, signal.SIGKILL)
             demo.wait(10)
+        ports_in_use(PORTS)  # the next fixed-port test starts once everything here has let go of its port
