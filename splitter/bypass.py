@@ -25,6 +25,9 @@ from typing import Any, Protocol
 from .upstream import Aborted, BodyCut, Exchange, Phase, ProtocolFailed, SendTimedOut, UpstreamError
 
 CLIENT_HOOK = "splitter.client"  # scope extension: the server's connection, to hear of a disconnect at once
+# A key of `http.response.start`: the app vouches that every field is relayable (the proxy: the upstream's
+# fields were checked by its exchange, its own are made from checked parts), so the server does not check twice
+RELAYABLE = "splitter.relayable"
 SPLICE_MIN = 256 * 1024  # a Content-Length body with this much left moves socket to socket in the kernel
 SPLICE_PIPE = 1024 * 1024  # the pipe between the two sockets (Linux's default pipe-max-size)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)

@@ -12,6 +12,7 @@ import atexit
 import logging
 import os
 import select
+import stat
 import sys
 import time
 from typing import Any
@@ -25,9 +26,10 @@ class BatchedLogger:
 
     Like nginx's `access_log ... buffer= flush=`: lines are written at most
     FLUSH_S after they were logged (or when 64 KiB are pending), each write()
-    holding whole lines and at most PIPE_BUF bytes where possible, so workers
-    sharing stdout never interleave inside a line. One syscall per batch
-    instead of one per request; what is pending is written at exit.
+    holding whole lines (to a pipe at most PIPE_BUF bytes where possible; to a
+    regular file all of them), so workers sharing stdout never interleave inside
+    a line. One syscall per batch instead of one per request; what is pending is
+    written at exit.
     """
 
     FLUSH_S = 0.1
@@ -60,6 +62,9 @@ class BatchedLogger:
     def flush(self) -> None:
         self._scheduled = False
         lines, self._pending, self._size = self._pending, [], 0
+        if lines and _regular_file(self._fd):  # workers sharing it write whole calls at the shared offset
+            self._write(b"\n".join(lines) + b"\n")
+            return
         chunk: list[bytes] = []
         size = 0
         for line in lines:
@@ -83,6 +88,15 @@ class BatchedLogger:
             except OSError:
                 return  # stdout is gone; logging must never take the proxy down
             view = view[n:]
+
+
+def _regular_file(fd: int) -> bool:
+    """A write() to a regular file lands whole at the file's offset whatever its size; to a pipe, only one of
+    at most PIPE_BUF bytes is sure not to interleave with another worker's (so those go in such pieces)."""
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 _LOG_SINK = BatchedLogger(1)
@@ -113,11 +127,11 @@ class AccessLog:
         second = int(now)
         if second != self._second:
             self._second = second
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + ".%06dZ"  # %d truncates
             self._pid = os.getpid()
         fields["pid"] = self._pid
         fields["level"] = "info"
-        fields["timestamp"] = f"{self._prefix}.{int((now - second) * 1_000_000):06d}Z"
+        fields["timestamp"] = self._prefix % ((now - second) * 1_000_000)
         self.sink.line(orjson.dumps(fields, default=str))  # bytes straight to the sink: no str round trip
 
 

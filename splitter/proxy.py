@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from . import bypass
 from .body import RequestBody
-from .bypass import CLIENT_HOOK, ClientConnection
+from .bypass import CLIENT_HOOK, RELAYABLE, ClientConnection
 from .config import Route, ShadowSpec
 from .headers import dropped_downstream
 from .outcomes import Outcomes
@@ -151,7 +151,8 @@ class Proxy:
             if first is None:
                 first = await ex.read()
             call.status = ex.status
-            await send({"type": "http.response.start", "status": ex.status, "headers": _downstream_headers(ex, call)})
+            head = _downstream_headers(ex, call)
+            await send({"type": "http.response.start", "status": ex.status, "headers": head, RELAYABLE: True})
             call.head_sent = True
             call.bytes_out = len(first)
             if tee is not None:

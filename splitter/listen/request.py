@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from uvicorn.server import ServerState
 
+from ..bypass import RELAYABLE
 from ..headers import relayable
 from ..record import error_body
 from .states import Phase, to
@@ -30,6 +31,7 @@ _HEADER_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')  # uvicor
 _HEADER_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
 _FRAMING = frozenset([b"content-length", b"transfer-encoding", b"connection"])
 BAD_REQUEST = "invalid HTTP request"
+
 LOG = logging.getLogger("uvicorn.error")  # where uvicorn reports a failing app: operators' filters stay true
 
 
@@ -66,13 +68,14 @@ DONE = _Done()
 
 
 def response_head(
-    status: int, headers: list[tuple[bytes, bytes]], head_request: bool, keep_alive: bool
+    status: int, headers: list[tuple[bytes, bytes]], head_request: bool, keep_alive: bool, checked: bool = False
 ) -> tuple[bytes, int | None, bool]:
     """(the head's bytes, the body length it promises (None: chunked), keep-alive after it), in one pass:
     one check for all fields (upstream.relayable: the characters uvicorn refuses, with uvicorn's message
-    when one is there) and only the three framing names looked at; the bytes are uvicorn's (the first
-    Content-Length counts, chunked wins, chunked added when neither is given and a body may follow)."""
-    if not relayable(headers):
+    when one is there; skipped when the app says its fields are `checked`, see RELAYABLE) and only the three
+    framing names looked at; the bytes are uvicorn's (the first Content-Length counts, chunked wins, chunked
+    added when neither is given and a body may follow)."""
+    if not checked and not relayable(headers):
         for name, value in headers:
             if _HEADER_NAME.search(name):
                 raise RuntimeError("Invalid HTTP header name.")
@@ -187,7 +190,7 @@ class Request:
         if state is Phase.RUNNING:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
-            self.start(message["status"], message.get("headers", []))
+            self.start(message["status"], message.get("headers", []), RELAYABLE in message)
         elif state is Phase.SENDING:
             if message["type"] != "http.response.body":
                 raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
@@ -200,13 +203,13 @@ class Request:
         await self.conn.drained()
         await self.send(message)
 
-    def start(self, status: int, headers: Any) -> None:
+    def start(self, status: int, headers: Any, checked: bool = False) -> None:
         defaults = self.conn.server_state.default_headers
         if defaults:
             headers = defaults + list(headers)
         if self.more_body and self.keep_alive:  # the answer comes before the body, which nobody cut: it must not stay
             self.conn.answered_early(self)
-        head, self.left, self.keep_alive = response_head(status, headers, self.head_request, self.keep_alive)
+        head, self.left, self.keep_alive = response_head(status, headers, self.head_request, self.keep_alive, checked)
         to(self, Phase.SENDING)
         self.continue_first = False
         self.conn.out.write(head)
