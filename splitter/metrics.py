@@ -105,8 +105,9 @@ class Metrics:
         buckets = DURATION_BUCKETS
         self.observe: Callable[[str, str, str, int, float], None]
         if reg is None:  # several workers: the values live in prometheus_client's files
-            self.requests = Counter("splitter_requests_total", REQUESTS_ABOUT, [*rbh, "code"])
-            self.duration = Histogram("splitter_request_duration_seconds", DURATION_ABOUT, rbh, buckets=buckets)
+            self.requests = Counter("splitter_requests_total", REQUESTS_ABOUT, [*rbh, "code"], registry=None)
+            about, name = DURATION_ABOUT, "splitter_request_duration_seconds"
+            self.duration = Histogram(name, about, rbh, buckets=buckets, registry=None)
             self.observe = self._observe_children
         else:
             traffic = Traffic(buckets)
