@@ -60,6 +60,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
         self.loop = _loop or asyncio.get_event_loop()
         self.tasks = server_state.tasks
         self.asgi = {"version": config.asgi_version, "spec_version": "2.3"}
+        self._limit = config.limit_concurrency  # None: no limit (the proxy's), checked without a call
         self.keepalive_timeout = max(config.timeout_keep_alive, 0.001)  # 0: an idle connection closes at once
         self.header_timeout, self.send_timeout = header_timeout, send_timeout  # header_timeout 0: no limit
         self.parser = httptools.HttpRequestParser(self)
@@ -219,7 +220,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
         }  # fmt: skip
         keep_alive = self._keep_alive and version != "1.0" and parser.should_keep_alive()
         request = self.parsing = Request(self, scope, keep_alive, self._expect_100, self.current is not None)
-        app = self.app if self._within_limit() else service_unavailable
+        app = self.app if self._limit is None or self._within_limit() else service_unavailable
         if self.current is None:
             self._run(request, app)
         else:  # pipelined: it waits for the one in flight, and nothing more is read meanwhile
@@ -252,7 +253,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
             raise ValueError("request head too large")  # the parser turns this into HttpParserError
 
     def _within_limit(self) -> bool:
-        limit = self.config.limit_concurrency
+        limit = self._limit
         return limit is None or (len(self.server_state.connections) < limit and len(self.tasks) < limit)
 
     # --- requests -----------------------------------------------------------------------------
