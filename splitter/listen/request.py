@@ -41,7 +41,6 @@ class Connection(Protocol):
     loop: asyncio.AbstractEventLoop
     out: Coalescing
     server_state: ServerState
-    tasks: set[asyncio.Task[None]]
     write_paused: bool
 
     def resume_reading(self) -> None: ...
@@ -239,15 +238,13 @@ class Request:
             to(self, Phase.GONE)
             self.wake()
 
-    def ran(self, task: asyncio.Future[Any]) -> None:
+    def ended(self, exc: BaseException | None, result: Any) -> None:
         """The app returned or failed: uvicorn's answers (a 500 before the head, a closed connection after)."""
-        self.conn.tasks.discard(task)
-        exc = asyncio.CancelledError() if task.cancelled() else task.exception()
-        failed = exc is not None or task.result() is not None
+        failed = exc is not None or result is not None
         if exc is not None:
             LOG.error("Exception in ASGI application\n", exc_info=exc)
         elif failed:
-            LOG.error("ASGI callable should return None, but returned '%s'.", task.result())
+            LOG.error("ASGI callable should return None, but returned '%s'.", result)
         elif self.state is Phase.RUNNING:
             LOG.error("ASGI callable returned without starting response.")
         elif self.state is Phase.SENDING:

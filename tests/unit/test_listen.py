@@ -140,6 +140,81 @@ def test_pipelined_requests_run_one_at_a_time_in_order_and_nothing_more_is_read_
     asyncio.run(scenario())
 
 
+def test_the_requests_of_a_keep_alive_connection_run_in_one_task_and_it_ends_with_the_connection():
+    """One runner task per connection, not a task per request; once the connection is gone, no task is left."""
+
+    async def scenario() -> None:
+        tasks: list[asyncio.Task[Any] | None] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            tasks.append(asyncio.current_task())
+            await answer()(scope, receive, send)
+
+        protocol, t = connect(app)
+        for n in range(1, 4):
+            protocol.data_received(GET)
+            await until(lambda n=n: t.buffer.count(b"hello") == n and protocol.state is Conn.IDLE)
+            await asyncio.sleep(0)  # the app returns after its answer is out
+        assert len(tasks) == 3 and len(set(tasks)) == 1 and len(protocol.tasks) == 1
+        protocol.connection_lost(None)
+        await until(lambda: not protocol.tasks and all(task is not None and task.done() for task in tasks))
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("app_done_first", [True, False])
+def test_a_request_never_waits_for_an_app_that_still_runs_after_its_answer(app_done_first):
+    """Both orders on purpose: the next request arrives after the app before it returned (its runner takes it),
+    or while that app still works after its answer is out (a second runner serves it at once, as uvicorn's
+    task per request did; the first runner then ends)."""
+
+    async def scenario() -> None:
+        after_answer = asyncio.Event()
+        finished: list[str] = []
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await answer(scope["path"].encode())(scope, receive, send)
+            if scope["path"] == "/first":
+                await after_answer.wait()  # work after the answer (a log, a shadow request)
+            finished.append(scope["path"])
+
+        protocol, t = connect(app)
+        protocol.data_received(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: t.buffer.endswith(b"/first") and protocol.state is Conn.IDLE)
+        if app_done_first:
+            after_answer.set()
+            await until(lambda: finished == ["/first"])
+        protocol.data_received(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: t.buffer.endswith(b"/second"))
+        assert finished == (["/first", "/second"] if app_done_first else ["/second"])
+        after_answer.set()
+        await until(lambda: sorted(finished) == ["/first", "/second"])
+        protocol.data_received(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+        await until(lambda: t.buffer.endswith(b"/third"))
+        await until(lambda: len(protocol.tasks) == 1)  # one runner waits for the next request, whatever the order
+        protocol.connection_lost(None)
+        await until(lambda: not protocol.tasks)
+
+    asyncio.run(scenario())
+
+
+def test_an_app_that_fails_after_answering_closes_the_connection_and_its_runner_ends():
+    async def scenario() -> None:
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+            raise RuntimeError("after the answer")
+
+        protocol, t = connect(app)
+        protocol.data_received(GET)
+        await until(lambda: t.closed)
+        assert t.buffer.endswith(b"ok")
+        protocol.connection_lost(None)
+        await until(lambda: not protocol.tasks)
+
+    asyncio.run(scenario())
+
+
 def test_http_1_0_gets_connection_close_and_the_connection_closes():
     async def scenario() -> None:
         protocol, t = connect(answer())
