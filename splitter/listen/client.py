@@ -11,7 +11,7 @@ from typing import Any
 
 from ..bypass import Stall, drop_rest
 from .request import Request
-from .states import Conn, Phase, to
+from .states import BUSY, CLOSED, CLOSING, DETACHED, SENDING, Conn, to
 from .transport import Coalescing, send_timed_out
 
 LINGER_WAIT = 5.0  # seconds a read of a body dropped after an early answer may wait (nginx's lingering_timeout)
@@ -56,7 +56,7 @@ class ClientSide:
         (bypass.splice), once all written before them has reached the kernel; None when it cannot (a
         chunked or shorter response, a closing connection, a client not reading fast enough)."""
         request, out = self.current, self.out
-        if request is None or request.state is not Phase.SENDING or request.left is None or request.left < size:
+        if request is None or request.state is not SENDING or request.left is None or request.left < size:
             return None
         if out.is_closing():  # nothing more goes out on it
             return None
@@ -96,8 +96,8 @@ class ClientSide:
         Not `whole`: the client closed or reset mid-body; no answer goes out (a 500 to a request that
         never arrived), the connection closes."""
         if whole:
-            if self.state is Conn.DETACHED:
-                to(self, Conn.BUSY)
+            if self.state is DETACHED:
+                to(self, BUSY)
                 self.resume_reading()
             return
         if self.parsing is not None:
@@ -145,11 +145,11 @@ class ClientSide:
     def _detach(self, request: Request) -> None:
         request.keep_alive = False
         self.pause_reading()
-        to(self, Conn.DETACHED)
+        to(self, DETACHED)
 
     def after_close(self, hook: Callable[[], None]) -> None:
         """Call `hook()` once the connection is closed (all written before has reached the kernel), at once if it is."""
-        if self.state is Conn.CLOSED:
+        if self.state is CLOSED:
             hook()
         else:
             self._after_close = hook
@@ -163,12 +163,12 @@ class ClientSide:
         send_timed_out(self.app, self.client, self.send_timeout)
         if self.current is not None:
             self.current.gone()  # the app's return is not "an incomplete response" (connection_lost comes later)
-        if self.state is not Conn.CLOSED:
-            to(self, Conn.CLOSING)
+        if self.state is not CLOSED:
+            to(self, CLOSING)
         self.out.abort()
 
     def _send_stalled(self) -> None:
         """Also when the connection is closing: a close waits for the buffer to drain, which never comes."""
         self._send_clock = None
-        if self.state is not Conn.CLOSED:
+        if self.state is not CLOSED:
             self.cut_stalled()

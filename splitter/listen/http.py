@@ -37,12 +37,12 @@ from uvicorn.server import ServerState
 from ..bypass import CLIENT_HOOK, ClientConnection, Stall
 from .client import ClientSide
 from .request import BAD_REQUEST, LOG, Request, refusal
-from .states import Conn, Phase, to
+from .states import BUSY, CLOSED, CLOSING, DETACHED, DONE, HEAD, IDLE, QUEUED, RUNNING, UPGRADED, to
 from .transport import DROP, Coalescing, count_rejected
 from .websocket import hand_over, request_head, wants_websocket
 
 MAX_HEAD_BYTES = 32 * 1024
-_ENDED = frozenset([Conn.CLOSING, Conn.CLOSED, Conn.UPGRADED])  # no more requests: the runner ends
+_ENDED = frozenset([CLOSING, CLOSED, UPGRADED])  # no more requests: the runner ends
 ABSOLUTE_FORM = "splitter.absolute_form"
 
 
@@ -68,7 +68,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         except AttributeError:  # httptools < 0.6.3
             pass
-        self.state = Conn.HEAD  # its header deadline runs from the accept, not from the first byte
+        self.state = HEAD  # its header deadline runs from the accept, not from the first byte
         self.transport: asyncio.Transport = None  # type: ignore[assignment]  # until connection_made
         self.out: Coalescing = None  # type: ignore[assignment]
         self.server: tuple[str, int | None] | None = None
@@ -110,7 +110,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.connections.discard(self)
-        to(self, Conn.CLOSED)
+        to(self, CLOSED)
         self._stop_timer()
         if self._send_clock is not None:
             self._send_clock.cancel()
@@ -136,8 +136,8 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
         that goes away cancels its upstream request at once (SPEC; test_upstream_hygiene.py's abandoned requests)."""
 
     def data_received(self, data: bytes) -> None:
-        if self.state is Conn.IDLE:
-            to(self, Conn.HEAD)
+        if self.state is IDLE:
+            to(self, HEAD)
             self._expire(self.header_timeout)  # bytes of a new request head are arriving
         try:
             self.parser.feed_data(data)
@@ -235,7 +235,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
         if request is None:
             return
         request.parsed += len(body)
-        if request.state is Phase.DONE:
+        if request.state is DONE:
             return
         request.body += body
         if len(request.body) > HIGH_WATER_LIMIT:
@@ -246,7 +246,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
         request = self.parsing
         if request is not None:
             request.more_body = False
-            if request.state is not Phase.DONE:
+            if request.state is not DONE:
                 request.wake()
 
     def _count(self, n: int) -> None:
@@ -264,9 +264,9 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
         """The app's awaitable goes to this connection's runner (`_serve`), waiting for it since the request before;
         when there is none waiting (the first request, or one that must start while the runner still finishes
         the one before: its response is out, its app not done), a new runner task takes it."""
-        to(self, Conn.BUSY)
-        if request.state is Phase.QUEUED:
-            to(request, Phase.RUNNING)
+        to(self, BUSY)
+        if request.state is QUEUED:
+            to(request, RUNNING)
         self.current = request
         try:
             run = app(request.scope, request.receive, request.send)
@@ -323,7 +323,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
         if self._queue:
             self._run(*self._queue.popleft())
         else:
-            to(self, Conn.IDLE)
+            to(self, IDLE)
             self._expire(self.keepalive_timeout)
 
     def pause_reading(self) -> None:
@@ -333,7 +333,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
 
     def resume_reading(self) -> None:
         """Reading resumes, unless the proxy reads the body past the parser (DETACHED)."""
-        if self._read_paused and self.state is not Conn.DETACHED:
+        if self._read_paused and self.state is not DETACHED:
             self._read_paused = False
             self.transport.resume_reading()
 
@@ -348,8 +348,8 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
             fut.set_result(None)
 
     def close(self) -> None:
-        if self.state is not Conn.CLOSING and self.state is not Conn.CLOSED and self.state is not Conn.UPGRADED:
-            to(self, Conn.CLOSING)
+        if self.state is not CLOSING and self.state is not CLOSED and self.state is not UPGRADED:
+            to(self, CLOSING)
             self.out.close()
 
     # --- the head deadline, the idle end ------------------------------------------------------
@@ -369,7 +369,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
     def _expired(self) -> None:
         self._timer = None
         deadline = self._deadline
-        if deadline is None or (self.state is not Conn.IDLE and self.state is not Conn.HEAD):
+        if deadline is None or (self.state is not IDLE and self.state is not HEAD):
             return
         left = deadline - self.loop.time()
         if left > 0:
@@ -408,7 +408,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
                 self.parsing.keep_alive = False
             self.parser = DROP  # type: ignore[assignment]  # read and dropped, not left unread: a close sends no reset
             return
-        to(self, Conn.UPGRADED)
+        to(self, UPGRADED)
         self._stop_timer()
         self._stop_runner()
         self.server_state.connections.discard(self)

@@ -14,7 +14,7 @@ from uvicorn.server import ServerState
 from ..bypass import RELAYABLE
 from ..headers import relayable
 from ..record import error_body
-from .states import Phase, to
+from .states import DONE, GONE, QUEUED, RUNNING, SENDING, to
 from .transport import Coalescing
 
 
@@ -63,7 +63,7 @@ class _Done:
         return iter(())
 
 
-DONE = _Done()
+READY = _Done()  # what send() returns when it need not wait
 
 
 def response_head(
@@ -136,7 +136,7 @@ class Request:
     ) -> None:
         self.conn = conn
         self.scope = scope
-        self.state = Phase.QUEUED if queued else Phase.RUNNING
+        self.state = QUEUED if queued else RUNNING
         self.keep_alive = keep_alive
         self.continue_first = expect_100  # `100 Continue` goes out at the app's first receive()
         self.head_request = scope["method"] == "HEAD"
@@ -154,7 +154,7 @@ class Request:
             if not conn.out.is_closing():
                 conn.out.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         fut: asyncio.Future[dict[str, Any]] = conn.loop.create_future()
-        if self.state is Phase.RUNNING or self.state is Phase.SENDING:
+        if self.state is RUNNING or self.state is SENDING:
             conn.resume_reading()
             if not self.news:
                 self.waiter = fut
@@ -164,7 +164,7 @@ class Request:
         return fut
 
     def message(self) -> dict[str, Any]:
-        if self.state is Phase.DONE or self.state is Phase.GONE:
+        if self.state is DONE or self.state is GONE:
             return {"type": "http.disconnect"}
         body, self.body = self.body, bytearray()
         return {"type": "http.request", "body": bytes(body), "more_body": self.more_body}
@@ -182,21 +182,21 @@ class Request:
         """The head is written in one pass and the body at once; a completed awaitable is returned (no
         coroutine) unless the client's buffer is full, when the message waits for it to drain."""
         state = self.state
-        if state is Phase.GONE:
-            return DONE
+        if state is GONE:
+            return READY
         if self.conn.write_paused:
             return self._send_drained(message)
-        if state is Phase.RUNNING:
+        if state is RUNNING:
             if message["type"] != "http.response.start":
                 raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
             self.start(message["status"], message.get("headers", []), RELAYABLE in message)
-        elif state is Phase.SENDING:
+        elif state is SENDING:
             if message["type"] != "http.response.body":
                 raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
             self.write(message.get("body", b""), message.get("more_body", False))
         else:
             raise RuntimeError(f"Unexpected ASGI message '{message['type']}' sent, after response already completed.")
-        return DONE
+        return READY
 
     async def _send_drained(self, message: dict[str, Any]) -> None:
         await self.conn.drained()
@@ -209,7 +209,7 @@ class Request:
         if self.more_body and self.keep_alive:  # the answer comes before the body, which nobody cut: it must not stay
             self.conn.answered_early(self)
         head, self.left, self.keep_alive = response_head(status, headers, self.head_request, self.keep_alive, checked)
-        to(self, Phase.SENDING)
+        to(self, SENDING)
         self.continue_first = False
         self.conn.out.write(head)
 
@@ -229,30 +229,33 @@ class Request:
         if not more_body:
             if self.left:
                 raise RuntimeError("Response content shorter than Content-Length")
-            to(self, Phase.DONE)
+            to(self, DONE)
             self.wake()
             self.conn.response_done(self)
 
     def gone(self) -> None:
-        if self.state is not Phase.DONE:
-            to(self, Phase.GONE)
+        if self.state is not DONE:
+            to(self, GONE)
             self.wake()
 
     def ended(self, exc: BaseException | None, result: Any) -> None:
         """The app returned or failed: uvicorn's answers (a 500 before the head, a closed connection after)."""
+        state = self.state
+        if state is DONE and exc is None and result is None:
+            return  # answered whole and returned: nothing to say
         failed = exc is not None or result is not None
         if exc is not None:
             LOG.error("Exception in ASGI application\n", exc_info=exc)
         elif failed:
             LOG.error("ASGI callable should return None, but returned '%s'.", result)
-        elif self.state is Phase.RUNNING:
+        elif self.state is RUNNING:
             LOG.error("ASGI callable returned without starting response.")
-        elif self.state is Phase.SENDING:
+        elif self.state is SENDING:
             LOG.error("ASGI callable returned without completing response.")
-        if self.state is Phase.RUNNING and (exc is not None or not failed):
+        if self.state is RUNNING and (exc is not None or not failed):
             body = error_body("internal server error", None, None)  # JSON, as every answer the proxy writes
             self.start(500, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
                              (b"connection", b"close")])  # fmt: skip
             self.write(body, False)
-        elif failed or self.state is Phase.SENDING:
+        elif failed or self.state is SENDING:
             self.conn.close()

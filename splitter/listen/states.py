@@ -51,5 +51,10 @@ def to(holder: Any, new: Any) -> None:
         holder.state = new
 
 
+# The members as module constants, for the per-request code: an Enum attribute (Conn.IDLE) costs ~60 ns in 3.11,
+# a global ~9, and a request reads about twenty
+IDLE, HEAD, BUSY, DETACHED, CLOSING, UPGRADED, CLOSED = Conn
+QUEUED, RUNNING, SENDING, DONE, GONE = Phase
+
 for _state, _moves in NEXT.items():
     _state.moves = tuple(_moves)  # type: ignore[attr-defined]
