@@ -120,18 +120,18 @@ class AccessLog:
         self._pid = 0  # the worker that served the request (several share the listeners); read once a second
 
 
-    def write(self, fields: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
+    def stamp(self) -> tuple[int, str]:
+        """(the worker's pid, the timestamp) of a line written now: the second's part formatted once a second."""
         now = time.time()
         second = int(now)
         if second != self._second:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + ".%06dZ"  # %d truncates
             self._pid = os.getpid()
-        fields["pid"] = self._pid
-        fields["level"] = "info"
-        fields["timestamp"] = self._prefix % ((now - second) * 1_000_000)
+        return self._pid, self._prefix % ((now - second) * 1_000_000)
+
+    def write(self, fields: dict[str, Any]) -> None:
+        """One line: `fields` with `pid`, `level` and `timestamp` (stamp) among them."""
         self.sink.line(orjson.dumps(fields, default=str))  # bytes straight to the sink: no str round trip
 
 

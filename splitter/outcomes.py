@@ -87,6 +87,9 @@ class Outcomes:
             windows.record(call.role, time.time(), error, seconds, kind, call.path)
 
     def _log(self, call: RequestRecord, elapsed: float) -> None:
+        if not ACCESS.enabled:
+            return
+        pid, timestamp = ACCESS.stamp()
         fields = {
             "event": "request",
             "request_id": call.request_id,
@@ -95,7 +98,7 @@ class Outcomes:
             "route": call.route_name,
             "handler": call.handler,
             "status": call.status,
-            "duration_ms": round(elapsed * 1000, 3),
+            "duration_ms": int(elapsed * 1_000_000 + 0.5) / 1000,  # ms to three places (round() costs 3x)
             "user_bucket": call.user_bucket,
             "client": call.client,
             "bytes_in": call.bytes_in,
@@ -104,6 +107,9 @@ class Outcomes:
             "backend": call.backend,
             "upstream_ms": call.upstream_ms,
             "reason": call.reason,
+            "pid": pid,
+            "level": "info",
+            "timestamp": timestamp,
         }
         if call.client_request_id is not None and call.client_request_id != call.request_id:
             fields["client_request_id"] = call.client_request_id

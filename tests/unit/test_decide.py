@@ -73,8 +73,15 @@ def test_a_role_resolves_to_the_backend_the_route_names():
 
 
 class Captured:
+    """logs.ACCESS as the outcomes see it: the lines kept instead of written."""
+
+    enabled = True
+
     def __init__(self) -> None:
         self.lines: list[dict[str, Any]] = []
+
+    def stamp(self) -> tuple[int, str]:
+        return 1, "2026-01-01T00:00:00.000000Z"
 
     def write(self, fields: dict[str, Any]) -> None:
         self.lines.append(dict(fields))
