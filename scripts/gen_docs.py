@@ -104,7 +104,7 @@ def config_page() -> str:
 
 # --- metrics --------------------------------------------------------------------------------------
 def metrics_page() -> str:
-    from splitter.metrics import Metrics
+    from splitter.metrics import DURATION_ABOUT, DURATION_LABELS, REQUESTS_ABOUT, REQUESTS_LABELS, Metrics, Traffic
 
     registry = Metrics(with_redis=True).registry
     out = [HEADER.format(source="the registry of splitter/metrics.py"), "# Metrics\n\n"]
@@ -116,6 +116,12 @@ def metrics_page() -> str:
     out.append("| name | type | labels | help |\n|---|---|---|---|\n")
     rows = []
     for collector in list(registry._collector_to_names):  # noqa: SLF001 - the only list of what it holds
+        if isinstance(collector, Traffic):  # the two request metrics, kept as plain numbers in one process
+            buckets = ", ".join(f"{b:g}" for b in collector.bounds)
+            rows.append(("`splitter_requests_total`", "counter", ", ".join(REQUESTS_LABELS), REQUESTS_ABOUT))
+            about = f"{DURATION_ABOUT} Buckets (s): {buckets}"
+            rows.append(("`splitter_request_duration_seconds`", "histogram", ", ".join(DURATION_LABELS), about))
+            continue
         name = getattr(collector, "_name", None)
         if name is None:  # the process collector: the standard process_* family
             rows.append(("process_*", "standard", "—", "CPU, memory, open fds, start time (prometheus-client)"))

@@ -158,8 +158,8 @@ class _JsonHandler(logging.Handler):
 
 
 def open_access_log(path: str) -> int:
-    """The access log's own file, appended to: every worker writes whole lines of at most PIPE_BUF bytes
-    with O_APPEND, so lines from several workers never interleave. OSError for the CLI to say."""
+    """The access log's own file, appended to: every worker writes whole lines with O_APPEND (each write
+    lands whole at the file's end), so lines from several workers never interleave. OSError for the CLI to say."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
 

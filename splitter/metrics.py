@@ -32,6 +32,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 NOTIFY_DROPPED = ("queue_full", "deadline", "failed", "shutdown")  # notify.py's reasons, each shown from 0
 REQUESTS_ABOUT = "Requests answered, by route, backend, handler and status code."
 DURATION_ABOUT = "Time from request start to the last response byte."
+DURATION_LABELS = ("route", "backend", "handler")
+REQUESTS_LABELS = (*DURATION_LABELS, "code")
 
 
 class Traffic:
@@ -60,15 +62,11 @@ class Traffic:
         durations[1 + bisect_left(self.bounds, seconds)] += 1  # the first bucket whose `le` holds it
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
-            "splitter_requests_total", REQUESTS_ABOUT, labels=["route", "backend", "handler", "code"]
-        )
+        requests = CounterMetricFamily("splitter_requests_total", REQUESTS_ABOUT, labels=REQUESTS_LABELS)
         for (route, backend, handler, code), row in self.rows.items():
             requests.add_metric([route, backend, handler, str(code)], row[0])
         yield requests
-        duration = HistogramMetricFamily(
-            "splitter_request_duration_seconds", DURATION_ABOUT, labels=["route", "backend", "handler"]
-        )
+        duration = HistogramMetricFamily("splitter_request_duration_seconds", DURATION_ABOUT, labels=DURATION_LABELS)
         for labels, counts in self.durations.items():
             buckets, total = [], 0.0
             for le, n in zip(self.les, counts[1:], strict=True):
@@ -105,9 +103,9 @@ class Metrics:
         buckets = DURATION_BUCKETS
         self.observe: Callable[[str, str, str, int, float], None]
         if reg is None:  # several workers: the values live in prometheus_client's files
-            self.requests = Counter("splitter_requests_total", REQUESTS_ABOUT, [*rbh, "code"], registry=None)
+            self.requests = Counter("splitter_requests_total", REQUESTS_ABOUT, REQUESTS_LABELS, registry=None)
             about, name = DURATION_ABOUT, "splitter_request_duration_seconds"
-            self.duration = Histogram(name, about, rbh, buckets=buckets, registry=None)
+            self.duration = Histogram(name, about, DURATION_LABELS, buckets=buckets, registry=None)
             self.observe = self._observe_children
         else:
             traffic = Traffic(buckets)
