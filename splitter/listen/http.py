@@ -298,6 +298,7 @@ class HttpProtocol(ClientSide, asyncio.Protocol):
                 request.ended(None, result)
             if runner != self._runners or self.state in _ENDED:
                 return
+            del request, run  # nothing of the answered request is kept while the connection idles
             waiter = self._next = self.loop.create_future()
             taken = await waiter
             if taken is None:
