@@ -450,7 +450,23 @@ function routeCard(r, rollout, now, events) {
   return card;
 }
 
+// A redraw replaces every card's buttons: one between a button's press and its release would replace it
+// under the pointer, and the click would never happen. So while a pointer is pressed (at most 2 s: a release
+// outside the window may never reach the page) the overview is held and drawn once it is released.
+let pressedAt = 0;
+let held = null;
+function release() {
+  pressedAt = 0;
+  if (held) { const o = held; held = null; render(o); }
+}
+document.addEventListener("pointerdown", () => { pressedAt = Date.now(); }, true);
+// after the click the release dispatches (a task later), the held overview is drawn
+document.addEventListener("pointerup", () => setTimeout(release, 0), true);
+document.addEventListener("pointercancel", () => setTimeout(release, 0), true);
+
 function render(o) {
+  if (pressedAt && Date.now() - pressedAt < 2000) { held = o; return; }
+  held = null;
   document.getElementById("env").textContent = `${o.environment} · v${o.version}`;
   document.getElementById("tz").textContent = zone();
   const redis = document.getElementById("redis");

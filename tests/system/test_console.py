@@ -164,6 +164,36 @@ def test_the_console_shows_whose_token_and_each_routes_timeline(standin, splitte
     assert page.input_value("#reason") == "", "a reason goes with one change"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "console-history.png"), full_page=True)
+@pytest.mark.parametrize("redraw", ["before_the_press", "between_press_and_release"])
+def test_a_click_on_a_card_is_not_lost_to_the_redraw(standin, splitter, browser_page, redraw):
+    """The page redraws every card each second (and when a token is typed): a redraw between a button's press
+    and its release replaced the button under the pointer, and the click never happened (a third of a
+    human's clicks at ~300 ms each). Both orders on purpose: the redraw is made to happen before the press,
+    and between the press and the release; the roll back goes through either way."""
+    s = splitter(yaml_text(standin("legacy"), standin("new")), env={"SPLITTER_ADMIN_TOKEN": TOKEN})
+    page = browser_page
+    page.on("dialog", lambda d: d.accept())
+    page.goto(s.admin + "/ui")
+    expand_all(page)
+    page.fill("#token", TOKEN)
+    button = card(page, "auth").get_by_role("button", name="roll back")
+    button.wait_for(timeout=5000)
+    box = button.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    redraws = page.evaluate("document.querySelectorAll('section.route').length")
+    if redraw == "before_the_press":
+        page.evaluate("render(last)")
+        page.mouse.down()
+    else:
+        page.mouse.down()
+        page.evaluate("render(last)")
+    page.mouse.up()
+    assert redraws == 3
+    percent = lambda: next(r for r in httpx.get(s.admin + "/admin/routes").json() if r["name"] == "auth")["percent"]  # noqa: E731
+    eventually(lambda: percent() == 0, timeout=5)
+
+
 ROLLOUTS_YAML = """environment: production
 backends:
   legacy: {{url: "{legacy}", read_timeout: 5}}
