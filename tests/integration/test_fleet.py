@@ -162,9 +162,13 @@ def test_the_judge_advances_a_healthy_new_with_its_evidence(procs, tmp_path, spl
     with load:
         # a loaded machine's latency tails can keep the 95 % interval of the p95 ratio open for a while (a run
         # with both cores busy and 4 xdist workers took over 60 s): wait; the verdicts below must still pass
-        eventually(lambda: rollout_view(s)["step"] == 50 and rollout_view(s)["new"]["requests"] >= 100, timeout=120)
-        out = run("rollout", "status", "auth", "--admin", s.admin).stdout  # mid-step: the live evidence
-        eventually(lambda: rollout_view(s)["status"] == "done", timeout=120)
+        try:
+            eventually(lambda: rollout_view(s)["step"] == 50 and rollout_view(s)["new"]["requests"] >= 100, timeout=120)
+            out = run("rollout", "status", "auth", "--admin", s.admin).stdout  # mid-step: the live evidence
+            eventually(lambda: rollout_view(s)["status"] == "done", timeout=120)
+        except AssertionError as exc:  # what the judge saw, for the one who reads the failure
+            judged = next(r for r in httpx.get(s.admin + "/admin/routes").json() if r["name"] == "auth")["judgement"]
+            raise AssertionError(f"{exc}\nrollout: {rollout_view(s)}\njudgement: {judged}") from None
     advanced = [e for e in s.logs() if e["event"] == "rollout step" and e.get("action") == "advance"]
     assert advanced and all(c["verdict"] == "pass" for c in advanced[0]["checks"]), advanced
     assert {c["gate"] for c in advanced[0]["checks"]} == {"max_error_rate", "max_p95_ratio"}

@@ -119,7 +119,9 @@ def test_a_trickling_receiver_is_given_up_at_each_tries_deadline_not_minutes_lat
             await until(lambda: all(closed for _, closed in hook.connections), timeout=5)
         assert len(hook.got) == TRIES and bound - 0.5 <= took <= bound + 5, (len(hook.got), took)
         held = [closed - opened for opened, closed in hook.connections]
-        assert all(DEADLINE_S - 0.1 <= h <= DEADLINE_S + 2 for h in held), held  # old httpx: 2,000 s for 1,000 bytes
+        # the hook's clock starts when its handler first runs: with both cores busy that came 0.17 s after the try's
+        # own deadline started (4.83 s held), so 0.5 s early is allowed; giving up early would be seconds early
+        assert all(DEADLINE_S - 0.5 <= h <= DEADLINE_S + 2 for h in held), held  # old httpx: 2,000 s for 1,000 bytes
         assert (
             dropped(metrics, "failed") == 0 and metrics.registry.get_sample_value("splitter_notify_failures_total") == 1
         )
