@@ -8,6 +8,7 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 from starlette.responses import Response
@@ -121,5 +122,13 @@ async def _conflict(request: Request, exc: Exception) -> Response:
     return JSONResponse({"error": str(exc)}, 409)  # several workers, no Redis
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own: an unknown path (404), a method the path does not take (405, with its Allow header)."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, exc.status_code, headers=exc.headers)
+
+
 # The one place admin errors become status codes (Starlette maps them, like its own HTTPException).
-ERRORS: dict[Any, Any] = {Refused: _refused, Unavailable: _unavailable, Conflict: _conflict}
+ERRORS: dict[Any, Any] = {
+    Refused: _refused, Unavailable: _unavailable, Conflict: _conflict, HTTPException: _http_error,
+}  # fmt: skip

@@ -71,6 +71,11 @@ def test_admin_errors_are_clear(stack):
         assert httpx.put(stack.admin + "/admin/routes/auth", json=bad, headers=AUTH).status_code == 400
     assert httpx.put(stack.admin + "/admin/routes/auth", content=b"{", headers=AUTH).status_code == 400
     assert httpx.post(stack.admin + "/admin/rollback", json={"x": 1}, headers=AUTH).status_code == 400
+    # Starlette's own answers are the admin API's JSON too: an unknown path, a method the path does not take
+    unknown = httpx.get(stack.admin + "/admin/status")
+    assert unknown.status_code == 404 and unknown.json() == {"error": "Not Found"}, unknown.text
+    wrong = httpx.delete(stack.admin + "/admin/routes", headers=AUTH)
+    assert wrong.status_code == 405 and wrong.json() == {"error": "Method Not Allowed"} and "GET" in wrong.headers["allow"]
 
 
 def test_a_lone_surrogate_in_a_body_is_refused_and_every_read_still_answers(stack):
