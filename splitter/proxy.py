@@ -29,7 +29,7 @@ from .headers import dropped_downstream
 from .outcomes import Outcomes
 from .plan import Planner, begin, checked_target, plan_into
 from .plan import normalize_path as normalize_path  # the framing suite's import
-from .record import RequestRecord, error_body
+from .record import RequestRecord, error_body, ms
 from .refused import Refused
 from .shadow import MAX_BODY as SHADOW_MAX_BODY
 from .shadow import Mirrored, Shadow
@@ -146,7 +146,7 @@ class Proxy:
                     body.end(scope)  # before any answer: one that leaves the body unread closes the connection
             if body is not None:
                 call.bytes_in = body.received
-            call.upstream_ms = int((time.perf_counter() - call.start) * 1_000_000 + 0.5) / 1000  # ms, three places
+            call.upstream_ms = ms(time.perf_counter() - call.start)
             first = ex.read_nowait()  # the body bytes that came with the head, without a wait (the common case)
             if first is None:
                 first = await ex.read()

@@ -16,6 +16,11 @@ def error_body(message: str, handler: str | None, request_id: str | None) -> byt
     return orjson.dumps({"error": message, "handler": handler, "request_id": request_id})
 
 
+def ms(seconds: float) -> float:
+    """Seconds as milliseconds to three places, as the access log writes them (round() costs three times this)."""
+    return int(seconds * 1_000_000 + 0.5) / 1000
+
+
 class RequestRecord:
     """One request's record: what each step decided, the outbound request (Go's ProxyRequest.Out:
     target, headers), and what the log line reports."""

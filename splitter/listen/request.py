@@ -248,14 +248,14 @@ class Request:
             LOG.error("Exception in ASGI application\n", exc_info=exc)
         elif failed:
             LOG.error("ASGI callable should return None, but returned '%s'.", result)
-        elif self.state is RUNNING:
+        elif state is RUNNING:
             LOG.error("ASGI callable returned without starting response.")
-        elif self.state is SENDING:
+        elif state is SENDING:
             LOG.error("ASGI callable returned without completing response.")
-        if self.state is RUNNING and (exc is not None or not failed):
+        if state is RUNNING and (exc is not None or not failed):
             body = error_body("internal server error", None, None)  # JSON, as every answer the proxy writes
             self.start(500, [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
                              (b"connection", b"close")])  # fmt: skip
             self.write(body, False)
-        elif failed or self.state is SENDING:
+        elif failed or state is SENDING:
             self.conn.close()
